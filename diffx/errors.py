@@ -1,0 +1,36 @@
+"""Errors a user can cause. Each message says what went wrong and how to fix it.
+
+The CLI prints a `DiffxError` as one line on stderr and exits with code 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class DiffxError(Exception):
+    """Base class for every error caused by user input (bad option, bad file, missing model)."""
+
+
+class InvalidArgumentError(DiffxError, ValueError):
+    """An option value is out of range or not one of the allowed names."""
+
+
+class ModelNotFoundError(DiffxError, FileNotFoundError):
+    """No model was found where the user (or the search order) pointed."""
+
+
+class CheckpointError(DiffxError):
+    """A checkpoint file exists but cannot be used: wrong format, unsafe pickle, wrong keys or shapes."""
+
+
+class InputImageError(DiffxError):
+    """An input image or mask cannot be read or does not fit the requested size."""
+
+
+class OutputPathError(DiffxError):
+    """An output file already exists (and --force was not given) or cannot be written."""
+
+
+def check_choice(kind: str, value: str, valid: "list[str] | tuple[str, ...]") -> str:
+    """Return `value` if it is one of `valid`, else raise an error listing the valid names."""
+    if value not in valid:
+        raise InvalidArgumentError(f"unknown {kind} {value!r}; choose one of: {', '.join(valid)}")
+    return value

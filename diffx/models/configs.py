@@ -1,0 +1,159 @@
+"""Model configurations as dataclasses, with the SD1.5 preset and small sizes.
+
+Field names follow the original (CompVis/LDM) configs so a reader can compare them with
+`v1-inference.yaml`; `sd15()` reproduces that file's numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TextEncoderConfig:
+    """CLIP text transformer (Radford et al. 2021), ViT-L/14 text tower for SD1.x."""
+
+    vocab_size: int = 49408
+    max_position_embeddings: int = 77
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"
+
+
+@dataclass
+class UNetConfig:
+    """The LDM U-Net (Rombach et al. 2022, `openaimodel.UNetModel`) with spatial transformers."""
+
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    # Levels (0 = full latent resolution) whose blocks carry a spatial transformer; the middle always does.
+    attention_levels: tuple[int, ...] = (0, 1, 2)
+    num_heads: int = 8
+    transformer_depth: int = 1
+    context_dim: int = 768
+    norm_num_groups: int = 32
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.model_channels * 4
+
+
+@dataclass
+class VAEConfig:
+    """AutoencoderKL (Rombach et al. 2022, `ldm.models.autoencoder`); f = 2**(len(ch_mult) - 1)."""
+
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    embed_dim: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass
+class SchedulerConfig:
+    """The training noise schedule and the default sampling settings that go with a model."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    timestep_spacing: str = "leading"
+    steps_offset: int = 1
+    prediction_type: str = "epsilon"
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build one text-to-image model."""
+
+    name: str
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    image_size: int = 512
+    default_sampler: str = "ddim"
+    default_steps: int = 50
+    default_guidance: float = 7.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        def tuples(d: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        return cls(
+            name=data["name"],
+            text_encoder=TextEncoderConfig(**tuples(data["text_encoder"])),
+            unet=UNetConfig(**tuples(data["unet"])),
+            vae=VAEConfig(**tuples(data["vae"])),
+            scheduler=SchedulerConfig(**data["scheduler"]),
+            **{k: data[k] for k in ("image_size", "default_sampler", "default_steps", "default_guidance")
+               if k in data},
+        )
+
+
+def sd15() -> ModelConfig:
+    """Stable Diffusion v1.5 (`v1-inference.yaml`): 860 M-parameter U-Net, CLIP ViT-L/14, f8 VAE."""
+    return ModelConfig(name="sd15")
+
+
+def sd15_inpainting() -> ModelConfig:
+    """SD1.5 inpainting: the U-Net also sees the mask (1 channel) and the masked image latent (4)."""
+    config = sd15()
+    config.name = "sd15-inpainting"
+    config.unet.in_channels = 9
+    return config
+
+
+def tiny() -> ModelConfig:
+    """A few-kB model with every architectural feature of SD1.5, for fast tests."""
+    return ModelConfig(
+        name="tiny",
+        text_encoder=TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4),
+        unet=UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(0, 1),
+                        num_heads=2, context_dim=32, norm_num_groups=8),
+        vae=VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, norm_num_groups=8),
+        image_size=64,
+        default_steps=10,
+    )
+
+
+def shapes_world() -> ModelConfig:
+    """The embedded default model: SD1.x architecture at toy size, trained on the shapes world.
+
+    64x64 pixels, an f4 VAE (16x16x4 latents: at f8 the shapes' corners blur away), a 2-layer
+    CLIP text encoder on the real CLIP vocabulary and a 3-level U-Net with cross-attention.
+    """
+    return ModelConfig(
+        name="shapes-world",
+        text_encoder=TextEncoderConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                                       num_attention_heads=4),
+        unet=UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(1, 2),
+                        num_heads=4, context_dim=128, norm_num_groups=16),
+        vae=VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, norm_num_groups=16),
+        image_size=64,
+        default_sampler="ddim",
+        default_steps=25,
+        default_guidance=5.0,
+    )
+
+
+PRESETS = {"sd15": sd15, "sd15-inpainting": sd15_inpainting, "tiny": tiny, "shapes-world": shapes_world}
