@@ -1,0 +1,266 @@
+"""The noise-prediction U-Net of latent diffusion (Rombach et al. 2022, `openaimodel.UNetModel`).
+
+eps_pred = UNet(x_t, t, context): a convolutional U-Net (Ronneberger et al. 2015) whose residual blocks
+are told the timestep t (Ho et al. 2020, appendix B) and whose attention levels carry *spatial
+transformers*: self-attention over the latent pixels, then cross-attention from the pixels (queries) to
+the text tokens (keys and values) — the only place where the prompt enters the image.
+
+Every attribute path mirrors the original checkpoint keys (`model.diffusion_model.<path>`), so an SD1.5
+checkpoint loads with no renaming: `input_blocks.1.0.in_layers.2.weight`, `middle_block.1.proj_in.bias`...
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffx.errors import InvalidArgumentError
+from diffx.models.attention import AttentionLayer, name_attention_layers
+from diffx.models.configs import UNetConfig
+
+
+def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of the timestep (Vaswani et al. 2017, sec. 3.5), LDM layout: cos half, then sin.
+
+    emb[i] = cos(t * w_i), emb[half + i] = sin(t * w_i), w_i = max_period ** (-i / half).
+    (B,) -> (B, dim), in fp32.
+    """
+    half = dim // 2
+    frequencies = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    angles = timesteps.float()[:, None] * frequencies[None]  # (B, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class ResBlock(nn.Module):
+    """Residual block told the timestep: x + conv(SiLU(GN(conv(SiLU(GN(x)))) + Linear(SiLU(emb))))."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        # Index 2 was a Dropout in the original; an Identity keeps `out_layers.3` where checkpoints expect it.
+        self.out_layers = nn.Sequential(
+            nn.GroupNorm(groups, out_channels), nn.SiLU(), nn.Identity(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip_connection = (
+            nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        )
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb)[:, :, None, None]  # the timestep shifts every channel
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class CrossAttention(AttentionLayer):
+    """Multi-head attention from `x` (queries) to `context` (keys, values); self-attention without context."""
+
+    def __init__(self, query_dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.kind = "self" if context_dim is None else "cross"
+        self.heads = heads
+        key_dim = query_dim if context_dim is None else context_dim
+        self.to_q = nn.Linear(query_dim, query_dim, bias=False)
+        self.to_k = nn.Linear(key_dim, query_dim, bias=False)
+        self.to_v = nn.Linear(key_dim, query_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(query_dim, query_dim))  # Sequential: the key is `to_out.0`
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        context = x if context is None else context
+        out = self.attend(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    """GELU-gated linear unit (Shazeer 2020, eq. 6): value * GELU(gate), both from one projection."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward with a 4x wider hidden layer; `net.1` was a Dropout in the original."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, cross-attention to the text, feed-forward."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = CrossAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = CrossAttention(dim, heads, context_dim=context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Runs transformer blocks over the pixels of a feature map as a sequence of H*W tokens, residually."""
+
+    def __init__(self, channels: int, heads: int, depth: int, context_dim: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(channels, heads, context_dim) for _ in range(depth)
+        )
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        h = self.proj_in(self.norm(x))
+        h = h.permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # (B, C, H, W) -> (B, H*W, C)
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        h = h.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # (B, H*W, C) -> (B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    """Halves the resolution with a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Doubles the resolution: nearest-neighbour x2, then a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A Sequential that hands the timestep embedding to ResBlocks and the context to transformers."""
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor) -> Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """The LDM U-Net: predicts the noise eps in x_t (DDPM eq. 14's eps_theta) given t and the text context."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        channels = config.model_channels
+        emb_dim = config.time_embed_dim
+        groups = config.norm_num_groups
+
+        def res_block(in_ch: int, out_ch: int) -> ResBlock:
+            return ResBlock(in_ch, emb_dim, out_ch, groups)
+
+        def transformer(ch: int) -> SpatialTransformer:
+            return SpatialTransformer(
+                ch, config.num_heads, config.transformer_depth, config.context_dim, groups
+            )
+
+        self.time_embed = nn.Sequential(
+            nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+
+        # Encoder: per level, num_res_blocks blocks, then a Downsample (except at the last level).
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(nn.Conv2d(config.in_channels, channels, 3, padding=1))]
+        )
+        skip_channels = [channels]  # the channels of every encoder output, consumed by the decoder
+        ch = channels
+        num_levels = len(config.channel_mult)
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                layers: list[nn.Module] = [res_block(ch, mult * channels)]
+                ch = mult * channels
+                if level in config.attention_levels:
+                    layers.append(transformer(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != num_levels - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+                skip_channels.append(ch)
+
+        self.middle_block = TimestepEmbedSequential(res_block(ch, ch), transformer(ch), res_block(ch, ch))
+
+        # Decoder: per level (deepest first), num_res_blocks + 1 blocks, each fed one skip connection.
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for i in range(config.num_res_blocks + 1):
+                layers = [res_block(ch + skip_channels.pop(), mult * channels)]
+                ch = mult * channels
+                if level in config.attention_levels:
+                    layers.append(transformer(ch))
+                if level != 0 and i == config.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1)
+        )
+        name_attention_layers(self)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.config.channel_mult) - 1)
+
+    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        """x (B, in_ch, h, w), t (B,) or scalar, context (B, N_tokens, context_dim) -> (B, out_ch, h, w)."""
+        factor = self.downsample_factor
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise InvalidArgumentError(
+                f"latent size {tuple(x.shape[-2:])} is not divisible by {factor}; "
+                f"use an image size that is a multiple of {factor} times the VAE factor"
+            )
+        timesteps = timesteps.expand(x.shape[0]) if timesteps.ndim == 0 else timesteps
+        dtype = self.time_embed[0].weight.dtype
+        # The sinusoid is computed in fp32 (t up to 1000 needs the precision), then cast to the model's dtype.
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+
+        h, context = x.to(dtype), context.to(dtype)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+        return self.out(h)
