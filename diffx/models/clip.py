@@ -1,0 +1,139 @@
+"""The CLIP text encoder (Radford et al. 2021): a causal pre-LN transformer over 77 BPE tokens.
+
+SD1.x conditions its U-Net on the *last hidden state* (B, 77, 768) of CLIP ViT-L/14's text tower:
+one vector per token position, each seeing only the tokens before it (causal mask, as in GPT-2).
+
+    x_0 = token_embedding(ids) + position_embedding(0..76)
+    x_l = x_{l-1} + SelfAttention(LayerNorm(x_{l-1}))          (causal)
+    x_l = x_l + MLP(LayerNorm(x_l)),  MLP = fc2(quick_gelu(fc1(.)))
+    context = LayerNorm(x_L)
+
+Module names follow transformers' `CLIPTextModel`, so the state dict of `text_encoder/` in a diffusers
+folder, or `cond_stage_model.transformer.*` of an original SD checkpoint with the prefix removed, loads
+without renaming. Those files may also hold `text_model.embeddings.position_ids` (the constant 0..76):
+diffx computes the positions instead and drops that key on load.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffx.errors import check_choice
+from diffx.models.attention import AttentionLayer, name_attention_layers
+from diffx.models.configs import TextEncoderConfig
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    """x * sigmoid(1.702 x): the sigmoid approximation of GELU (Hendrycks & Gimpel 2016, sec. 2) CLIP used."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+
+
+class ClipEmbeddings(nn.Module):
+    """Token embedding + learned absolute position embedding."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        # (B, N) -> (B, N, hidden)
+        return self.token_embedding(input_ids) + self.position_embedding(positions)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints saved by older transformers carry the position ids 0..N-1 as a buffer: not a weight.
+        state_dict.pop(prefix + "position_ids", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ClipSelfAttention(AttentionLayer):
+    """Multi-head causal self-attention: token i attends to tokens 0..i."""
+
+    kind = "self"
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        width = config.hidden_size
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True)
+        return self.out_proj(out)
+
+
+class ClipMLP(nn.Module):
+    """Position-wise feed-forward: hidden -> intermediate -> hidden."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.activation = ACTIVATIONS[check_choice("hidden_act", config.hidden_act, list(ACTIVATIONS))]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation(self.fc1(x)))
+
+
+class ClipEncoderLayer(nn.Module):
+    """One pre-LN transformer block: LayerNorm before each sublayer, residual around it."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = ClipSelfAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ClipMLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class ClipEncoder(nn.Module):
+    """The stack of transformer blocks."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(ClipEncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class ClipTextTransformer(nn.Module):
+    """Embeddings -> blocks -> final LayerNorm (transformers' `text_model`)."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.embeddings = ClipEmbeddings(config)
+        self.encoder = ClipEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.final_layer_norm(self.encoder(self.embeddings(input_ids)))
+
+
+class TextEncoder(nn.Module):
+    """CLIP text encoder: token ids (B, 77) -> last hidden state (B, 77, hidden), SD1.x's context."""
+
+    def __init__(self, config: TextEncoderConfig | None = None):
+        super().__init__()
+        self.config = config or TextEncoderConfig()
+        self.text_model = ClipTextTransformer(self.config)
+        name_attention_layers(self)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        # (B, 77) int64 -> (B, 77, hidden)
+        return self.text_model(input_ids)
