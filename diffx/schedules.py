@@ -1,0 +1,267 @@
+"""Noise schedules: β_t, ᾱ_t, σ_t, the forward process q, the training loss and timestep spacing.
+
+Indexing follows diffusers and the LDM code: timesteps are 0-based, t = 0 … T-1, and
+ᾱ_t = ∏_{s≤t} (1 - β_s), so the clean sample x_0 sits *before* index 0 ("ᾱ_{-1} = 1").
+
+Every table is computed the way diffusers computes it (β in float32, ᾱ by a float32 cumprod), so
+a sampler that reads these tables reproduces diffusers' schedulers number for number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffx.errors import InvalidArgumentError, check_choice
+from diffx.models.configs import SchedulerConfig
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+# ---------------------------------------------------------------------------------------------
+# β schedules
+
+
+def linear_betas(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β_t linear in t (Ho et al. 2020, DDPM §4: 1e-4 → 0.02 over T = 1000)."""
+    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+
+
+def scaled_linear_betas(num_train_timesteps: int, beta_start: float = 0.00085,
+                        beta_end: float = 0.012) -> torch.Tensor:
+    """√β_t linear in t, then squared: the latent-diffusion schedule (Rombach et al. 2022, SD1.x)."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+
+
+def cosine_betas(num_train_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2).
+
+    β_t = 1 - ᾱ(t+1)/ᾱ(t), clipped at `max_beta` so the last steps stay invertible (their §3.2).
+    This is diffusers' `squaredcos_cap_v2`, computed in Python floats then stored as float32.
+    """
+
+    def alpha_bar(u: float) -> float:
+        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    T = num_train_timesteps
+    betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_betas(beta_schedule: str, num_train_timesteps: int = 1000, beta_start: float | None = None,
+               beta_end: float | None = None) -> torch.Tensor:
+    """β_1 … β_T for one of `BETA_SCHEDULES` (the cosine schedule ignores beta_start/beta_end)."""
+    check_choice("beta schedule", beta_schedule, BETA_SCHEDULES)
+    if beta_schedule == "cosine":
+        return cosine_betas(num_train_timesteps)
+    make: Callable[..., torch.Tensor] = linear_betas if beta_schedule == "linear" else scaled_linear_betas
+    ends = {k: v for k, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
+    return make(num_train_timesteps, **ends)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule and its derived tables
+
+
+@dataclass
+class NoiseSchedule:
+    """All per-timestep quantities of a variance-preserving diffusion, each a float32 tensor of shape (T,).
+
+    betas                         β_t
+    alphas                        α_t = 1 - β_t
+    alphas_cumprod                ᾱ_t = ∏_{s≤t} α_s                          (DDPM eq. 4)
+    sqrt_alphas_cumprod           √ᾱ_t           — the signal scale of x_t
+    sqrt_one_minus_alphas_cumprod √(1 - ᾱ_t)     — the noise scale of x_t
+    posterior_variance            β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) · β_t       (DDPM eq. 7)
+    posterior_mean_coef_x0        √ᾱ_{t-1} β_t / (1 - ᾱ_t)                    (DDPM eq. 7, μ̃ on x_0)
+    posterior_mean_coef_xt        √α_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)              (DDPM eq. 7, μ̃ on x_t)
+    sigmas                        σ_t = √((1 - ᾱ_t) / ᾱ_t): x_t / √ᾱ_t = x_0 + σ_t ε (Karras et al. 2022)
+    log_snr                       λ_t = log(ᾱ_t / (1 - ᾱ_t)) = -2 log σ_t
+    """
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_mean_coef_x0: torch.Tensor
+    posterior_mean_coef_xt: torch.Tensor
+    sigmas: torch.Tensor
+    log_snr: torch.Tensor
+    beta_schedule: str = "custom"
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor, beta_schedule: str = "custom") -> NoiseSchedule:
+        """Derive every table from β. ᾱ is a float32 cumprod (as in diffusers); the rest is computed in
+        float64 from that ᾱ and stored as float32."""
+        betas = betas.to(torch.float32)
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+
+        a_bar = alphas_cumprod.double()
+        a_bar_prev = torch.cat([a_bar.new_ones(1), a_bar[:-1]])  # ᾱ_{t-1}, with ᾱ_{-1} = 1
+        beta = betas.double()
+        tables = {
+            "sqrt_alphas_cumprod": a_bar.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1 - a_bar).sqrt(),
+            "posterior_variance": (1 - a_bar_prev) / (1 - a_bar) * beta,
+            "posterior_mean_coef_x0": a_bar_prev.sqrt() * beta / (1 - a_bar),
+            "posterior_mean_coef_xt": alphas.double().sqrt() * (1 - a_bar_prev) / (1 - a_bar),
+            "sigmas": ((1 - a_bar) / a_bar).sqrt(),
+            "log_snr": (a_bar / (1 - a_bar)).log(),
+        }
+        return cls(betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod, beta_schedule=beta_schedule,
+                   **{name: value.float() for name, value in tables.items()})
+
+    @classmethod
+    def create(cls, beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000,
+               beta_start: float | None = None, beta_end: float | None = None) -> NoiseSchedule:
+        """A schedule from its name (one of `BETA_SCHEDULES`) and, for the linear ones, its end points."""
+        if num_train_timesteps < 2:
+            raise InvalidArgumentError(f"num_train_timesteps must be at least 2, got {num_train_timesteps}")
+        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        return cls.from_betas(betas, beta_schedule)
+
+    @classmethod
+    def from_config(cls, config: SchedulerConfig) -> NoiseSchedule:
+        """The training schedule a model config names (SD1.5: scaled_linear, 0.00085 → 0.012, T = 1000)."""
+        return cls.create(config.beta_schedule, config.num_train_timesteps, config.beta_start,
+                          config.beta_end)
+
+
+def sigma_to_t(schedule: NoiseSchedule, sigma: torch.Tensor) -> torch.Tensor:
+    """The (fractional) timestep whose σ_t equals `sigma`, by linear interpolation in log σ.
+
+    This is diffusers' / k-diffusion's `_sigma_to_t`, used to give the model a timestep for
+    σ values that are not on the training grid (Karras sigmas). Returns float64, same shape as `sigma`.
+    """
+    log_sigmas = schedule.sigmas.log()  # (T,) float32, increasing in t
+    log_sigma = sigma.double().clamp(min=1e-10).log().reshape(-1)  # (N,)
+    dists = log_sigma - log_sigmas[:, None]  # (T, N)
+    # Index of the last table entry with log σ_t ≤ log σ, kept one short of the end for `high`.
+    low_idx = (dists >= 0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """σ_i = (σ_max^{1/ρ} + i/(N-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5), float64."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward process and training loss
+
+
+def _per_sample(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """table[t] reshaped to broadcast against `like`: (B,) -> (B, 1, 1, 1)."""
+    values = table.to(like.device)[t.to(like.device)].to(like.dtype)
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε, a sample of q(x_t | x_0) in closed form (DDPM eq. 4).
+
+    `t` is an int tensor, 0-dim or (B,); the arithmetic is diffusers' `add_noise`.
+    """
+    alphas_cumprod = schedule.alphas_cumprod.to(x0.device, x0.dtype)
+    sqrt_alpha_prod = _per_sample(alphas_cumprod**0.5, t, x0)
+    sqrt_one_minus_alpha_prod = _per_sample((1 - alphas_cumprod) ** 0.5, t, x0)
+    return sqrt_alpha_prod * x0 + sqrt_one_minus_alpha_prod * noise
+
+
+def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor,
+           noise: torch.Tensor) -> torch.Tensor:
+    """x_t = √(1 - β_t) x_{t-1} + √β_t ε, one step of q(x_t | x_{t-1}) (DDPM eq. 2).
+
+    Starting from the clean sample at t = 0 and stepping t = 0, 1, …, k gives x_k ~ q(x_k | x_0).
+    """
+    beta = _per_sample(schedule.betas, t, x_prev)
+    return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
+
+
+def training_loss(eps_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                  schedule: NoiseSchedule, x0: torch.Tensor, context: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """L_simple = E_{t, ε} ‖ε - ε_θ(x_t, t, c)‖² (DDPM Algorithm 1 and eq. 14).
+
+    t ~ U{0, …, T-1} per sample, ε ~ N(0, I), x_t from `q_sample`; `eps_model(x_t, t, context)`.
+    Random numbers are drawn on the generator's device (CPU by default) and moved, so a seed means
+    the same thing on every device. Returns the scalar mean squared error.
+    """
+    draw_device = generator.device if generator is not None else x0.device
+    batch = x0.shape[0]
+    t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator, device=draw_device)
+    noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
+    t, noise = t.to(x0.device), noise.to(x0.device)
+    x_t = q_sample(schedule, x0, t, noise)
+    eps_pred = eps_model(x_t, t, context)
+    return F.mse_loss(eps_pred.float(), noise.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# Timesteps for sampling
+
+
+def check_steps(steps: int, num_train_timesteps: int) -> None:
+    """Raise a clear error unless 1 ≤ steps ≤ T."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise InvalidArgumentError(
+            f"steps must be between 1 and {num_train_timesteps} (the training timesteps), got {steps}")
+
+
+def spaced_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading", steps_offset: int = 0,
+                     *, discrete: bool = True) -> torch.Tensor:
+    """The descending timesteps a sampler visits (Lin et al. 2024, "Common Diffusion Noise Schedules
+    and Sample Steps are Flawed", Table 2), exactly as diffusers' `set_timesteps` makes them:
+
+    leading   t_i = i · ⌊T/N⌋ + steps_offset           (SD1.5, N = 50, offset 1: 981, 961, …, 1)
+    trailing  t_i = round(T - i · T/N) - 1             (always starts at T - 1)
+    linspace  N points from 0 to T - 1, evenly spaced
+
+    `discrete=True` (DDPM, DDIM, DPM-Solver) gives int64 with linspace rounded; `discrete=False`
+    (Euler, Heun) gives float32 and keeps linspace's fractional timesteps.
+    """
+    check_choice("timestep spacing", spacing, SPACINGS)
+    check_steps(steps, num_train_timesteps)
+    T = num_train_timesteps
+    # numpy on purpose: its arange/linspace round differently from torch's, and diffusers uses numpy.
+    if spacing == "leading":
+        grid = np.arange(0, steps)[::-1] * (T // steps) + steps_offset
+    elif spacing == "trailing":
+        # [:steps]: for some N (61, 103, …) float error gives np.arange one extra point, which diffusers
+        # keeps as a bogus timestep -1; dropping it is the only deviation from diffusers here.
+        grid = np.round(np.arange(T, 0, -T / steps))[:steps] - 1
+    else:
+        grid = np.linspace(0, T - 1, steps)[::-1]
+        grid = grid.round() if discrete else grid
+    timesteps = torch.from_numpy(grid.copy())
+    if timesteps.max() > T - 1:
+        raise InvalidArgumentError(
+            f"steps_offset {steps_offset} pushes the {spacing} timesteps past {T - 1}; use a smaller offset")
+    return timesteps.long() if discrete else timesteps.float()
+
+
+def img2img_start(steps: int, strength: float) -> int:
+    """How many of the `steps` sampling steps image-to-image skips: strength 1 skips none (pure noise),
+    strength 0 skips all (the input comes back). As diffusers' StableDiffusionImg2ImgPipeline.get_timesteps.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise InvalidArgumentError(f"strength must be between 0 and 1, got {strength}")
+    init_timestep = min(int(steps * strength), steps)
+    return max(steps - init_timestep, 0)
