@@ -1,0 +1,108 @@
+"""The Stable Diffusion v1 model stack in one object: tokenizer, text encoder, U-Net, VAE.
+
+Its weights are exchanged in the *original* single-file layout of CompVis/Runway checkpoints
+(`v1-5-pruned-emaonly.ckpt`), where each component sits under one prefix. The modules mirror those
+keys exactly, so converting is only adding or removing the prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from diffx.errors import CheckpointError
+from diffx.models.clip import TextEncoder
+from diffx.models.configs import ModelConfig
+from diffx.models.tokenizer import ClipTokenizer
+from diffx.models.unet import UNet
+from diffx.models.vae import AutoencoderKL
+
+# Component attribute -> its key prefix in an original SD1.x checkpoint.
+ORIGINAL_PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "cond_stage_model.transformer.",
+}
+
+
+@dataclass
+class StableDiffusion:
+    """Everything a pipeline needs to turn a prompt into an image, plus where its weights came from."""
+
+    config: ModelConfig
+    tokenizer: ClipTokenizer
+    text_encoder: TextEncoder
+    unet: UNet
+    vae: AutoencoderKL
+    source: str
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in ORIGINAL_PREFIXES}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+           ) -> StableDiffusion:
+        """Move (and cast floating-point weights of) every component, in place; returns self."""
+        for module in self.modules().values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def eval(self) -> StableDiffusion:
+        for module in self.modules().values():
+            module.eval()
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for module in self.modules().values() for p in module.parameters())
+
+    def original_state_dict(self) -> dict[str, Tensor]:
+        """All weights under their original single-file keys (`model.diffusion_model.input_blocks...`)."""
+        return {
+            ORIGINAL_PREFIXES[name] + key: tensor
+            for name, module in self.modules().items()
+            for key, tensor in module.state_dict().items()
+        }
+
+    def load_original_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
+        """Take over the tensors of an original-layout state dict (no copy: `assign=True`).
+
+        With `strict`, any missing, unexpected or mis-shaped key raises one `CheckpointError` that
+        names the first five of each kind. Without it, only matching keys are loaded.
+        """
+        expected = {key: tuple(tensor.shape) for key, tensor in self.original_state_dict().items()}
+        missing = [key for key in expected if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in expected]
+        misshaped = [
+            f"{key} {tuple(state_dict[key].shape)} != {expected[key]}"
+            for key in expected if key in state_dict and tuple(state_dict[key].shape) != expected[key]
+        ]
+        if strict and (missing or unexpected or misshaped):
+            kinds = {"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped}
+            problems = [
+                f"{len(keys)} {kind} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+                for kind, keys in kinds.items() if keys
+            ]
+            raise CheckpointError(
+                f"weights from {self.source} do not fit the {self.config.name} model: {'; '.join(problems)}; "
+                "is this checkpoint an SD1.x model of that size?"
+            )
+        loadable = set(expected) - set(missing) - {entry.split(" ")[0] for entry in misshaped}
+        for name, module in self.modules().items():
+            prefix = ORIGINAL_PREFIXES[name]
+            part = {key[len(prefix):]: state_dict[key] for key in loadable if key.startswith(prefix)}
+            module.load_state_dict(part, strict=strict, assign=True)
+
+
+def build(
+    config: ModelConfig, tokenizer: ClipTokenizer | None = None, source: str = "random init"
+) -> StableDiffusion:
+    """A model with freshly initialised weights (or meta tensors, inside `torch.device("meta")`)."""
+    return StableDiffusion(
+        config=config,
+        tokenizer=tokenizer or ClipTokenizer.default(),
+        text_encoder=TextEncoder(config.text_encoder),
+        unet=UNet(config.unet),
+        vae=AutoencoderKL(config.vae),
+        source=source,
+    )
