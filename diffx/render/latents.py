@@ -1,0 +1,89 @@
+"""Tensors of the diffusion process (latents, noise, decoded images) to RGB pictures.
+
+A 4-channel SD latent is not a picture, but the VAE decoder is close to linear in colour: each latent
+pixel covers an 8x8 patch whose average RGB is roughly a fixed linear map of its 4 channels. That map
+gives a "free" preview of x_t and x0_pred at every step without running the decoder.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Linear latent -> RGB factors for SD1.x latents, rows = latent channels, columns = (R, G, B). Applied
+# to the *scaled* latents the U-Net works on (VAE latent * 0.18215); the result is roughly in [-1, 1].
+# These are the community preview factors from the Hugging Face forum thread "Decoding latents to RGB
+# without upscaling" (discuss.huggingface.co/t/23204), used as `cheap_approximation` in AUTOMATIC1111's
+# modules/sd_vae_approx.py and as SD15.latent_rgb_factors in early ComfyUI comfy/latent_formats.py.
+SD15_LATENT_RGB_FACTORS = torch.tensor(
+    [
+        [0.298, 0.207, 0.208],
+        [0.187, 0.286, 0.173],
+        [-0.158, 0.189, 0.264],
+        [-0.184, -0.271, -0.473],
+    ]
+)
+
+# Standardized noise is shown over +-NOISE_DISPLAY_SIGMAS: values beyond saturate to 0 or 255.
+NOISE_DISPLAY_SIGMAS = 2.5
+
+
+def _unit_range_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(H, W, 3) floats in [-1, 1] -> uint8 (H, W, 3) in [0, 255], clipping what falls outside."""
+    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def tensor_to_image(x: torch.Tensor) -> np.ndarray:
+    """A decoded image (3, H, W) in [-1, 1] (the VAE's output range) -> uint8 (H, W, 3)."""
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(x.shape)}")
+    return _unit_range_to_uint8(x.detach().float().permute(1, 2, 0))
+
+
+def latent_to_rgb_fast(
+    latent: torch.Tensor, factors: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> np.ndarray:
+    """Preview a scaled latent (C, h, w) as uint8 (h, w, 3): rgb = latent^T @ factors + bias.
+
+    `factors` (C, 3) defaults to SD15_LATENT_RGB_FACTORS; a model with its own VAE passes the
+    factors and bias fitted by `fit_latent_rgb_factors`.
+    """
+    factors = SD15_LATENT_RGB_FACTORS if factors is None else factors
+    if latent.ndim != 3 or latent.shape[0] != factors.shape[0]:
+        raise ValueError(f"expected a ({factors.shape[0]}, h, w) latent, got shape {tuple(latent.shape)}")
+    latent = latent.detach().float().cpu()
+    rgb = torch.einsum("chw,cr->hwr", latent, factors.float().cpu())  # (C, h, w) -> (h, w, 3)
+    if bias is not None:
+        rgb = rgb + bias.float().cpu()
+    return _unit_range_to_uint8(rgb)
+
+
+def fit_latent_rgb_factors(latents: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares fit of the linear preview: min_{W, b} || latent^T W + b - avgpool(image) ||^2.
+
+    latents: (N, C, h, w) scaled latents; images: (N, 3, H, W) their decodes in [-1, 1]. Each image is
+    average-pooled to the latent grid (h, w), so every latent pixel is matched to the mean colour of
+    the patch it decodes to. Returns factors (C, 3) and bias (3,).
+    """
+    n, channels, h, w = latents.shape
+    targets = F.adaptive_avg_pool2d(images.double(), (h, w))  # (N, 3, H, W) -> (N, 3, h, w)
+    inputs = latents.double().permute(0, 2, 3, 1).reshape(-1, channels)  # (N*h*w, C)
+    targets = targets.permute(0, 2, 3, 1).reshape(-1, 3)  # (N*h*w, 3)
+    design = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], dim=1)  # (N*h*w, C+1)
+    solution = torch.linalg.lstsq(design, targets).solution  # (C+1, 3)
+    return solution[:channels].float(), solution[channels].float()
+
+
+def visualize_noise(eps: torch.Tensor) -> np.ndarray:
+    """Show a noise tensor (C >= 3, h, w), e.g. eps_pred or eps_cond - eps_uncond, as uint8 (h, w, 3).
+
+    Each channel is standardized on its own (zero mean, unit std) so structure is visible whatever the
+    scale, then the first 3 channels are shown as R, G, B over +-NOISE_DISPLAY_SIGMAS (grey = 0).
+    The 4th SD channel is dropped: any fixed 4->3 projection would mix channels and hide which is which.
+    """
+    if eps.ndim != 3 or eps.shape[0] < 3:
+        raise ValueError(f"expected a (C>=3, h, w) noise tensor, got shape {tuple(eps.shape)}")
+    channels = eps.detach().float().cpu()[:3]
+    mean = channels.mean(dim=(1, 2), keepdim=True)
+    std = channels.std(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    standardized = (channels - mean) / std  # (3, h, w), unit variance per channel
+    return _unit_range_to_uint8((standardized / NOISE_DISPLAY_SIGMAS).permute(1, 2, 0))
