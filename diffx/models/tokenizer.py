@@ -225,8 +225,9 @@ class ClipTokenizer:
 
     def decode_tokens(self, tokens: list[str]) -> str:
         """BPE token strings back to text; `</w>` becomes a space."""
-        data = bytes(self.byte_decoder[char] for char in "".join(tokens).replace(END_OF_WORD, " "))
-        return data.decode("utf-8", errors="replace").strip()
+        # `</w>` is plain ASCII, so it survives the byte mapping and is replaced afterwards, as in CLIP.
+        data = bytes(self.byte_decoder[char] for char in "".join(tokens))
+        return data.decode("utf-8", errors="replace").replace(END_OF_WORD, " ").strip()
 
     def encode(self, prompt: str) -> TokenizedPrompt:
         """Tokenize one prompt into CONTEXT_LENGTH ids, keeping which word each token came from."""
