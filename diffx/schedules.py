@@ -103,8 +103,8 @@ class NoiseSchedule:
 
     @classmethod
     def from_betas(cls, betas: torch.Tensor, beta_schedule: str = "custom") -> NoiseSchedule:
-        """Derive every table from β. ᾱ is a float32 cumprod (as in diffusers); the rest is computed in
-        float64 from that ᾱ and stored as float32."""
+        """Derive every table from β. ᾱ is a float32 cumprod and σ is float32 arithmetic (as in diffusers);
+        the rest is computed in float64 from that ᾱ and stored as float32."""
         betas = betas.to(torch.float32)
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -118,11 +118,12 @@ class NoiseSchedule:
             "posterior_variance": (1 - a_bar_prev) / (1 - a_bar) * beta,
             "posterior_mean_coef_x0": a_bar_prev.sqrt() * beta / (1 - a_bar),
             "posterior_mean_coef_xt": alphas.double().sqrt() * (1 - a_bar_prev) / (1 - a_bar),
-            "sigmas": ((1 - a_bar) / a_bar).sqrt(),
             "log_snr": (a_bar / (1 - a_bar)).log(),
         }
-        return cls(betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod, beta_schedule=beta_schedule,
-                   **{name: value.float() for name, value in tables.items()})
+        # σ in float32 arithmetic, exactly as diffusers' σ-space schedulers build their tables.
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        return cls(betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod, sigmas=sigmas,
+                   beta_schedule=beta_schedule, **{name: value.float() for name, value in tables.items()})
 
     @classmethod
     def create(cls, beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000,
@@ -143,25 +144,26 @@ class NoiseSchedule:
 def sigma_to_t(schedule: NoiseSchedule, sigma: torch.Tensor) -> torch.Tensor:
     """The (fractional) timestep whose σ_t equals `sigma`, by linear interpolation in log σ.
 
-    This is diffusers' / k-diffusion's `_sigma_to_t`, used to give the model a timestep for
-    σ values that are not on the training grid (Karras sigmas). Returns float64, same shape as `sigma`.
+    This is diffusers' / k-diffusion's `_sigma_to_t`, used to give the model a timestep for σ values
+    that are not on the training grid (Karras sigmas). numpy, as in diffusers, so the timesteps agree
+    bit for bit. Returns float64, same shape as `sigma`.
     """
-    log_sigmas = schedule.sigmas.log()  # (T,) float32, increasing in t
-    log_sigma = sigma.double().clamp(min=1e-10).log().reshape(-1)  # (N,)
+    log_sigmas = np.log(schedule.sigmas.numpy())  # (T,) float32, increasing in t
+    log_sigma = np.log(np.maximum(sigma.double().numpy(), 1e-10)).reshape(-1)  # (N,)
     dists = log_sigma - log_sigmas[:, None]  # (T, N)
     # Index of the last table entry with log σ_t ≤ log σ, kept one short of the end for `high`.
-    low_idx = (dists >= 0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+    low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
     high_idx = low_idx + 1
     low, high = log_sigmas[low_idx], log_sigmas[high_idx]
-    w = ((low - log_sigma) / (low - high)).clamp(0, 1)
-    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return torch.from_numpy((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
     """σ_i = (σ_max^{1/ρ} + i/(N-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5), float64."""
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    ramp = np.linspace(0, 1, steps)
     min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    return torch.from_numpy((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,421 @@
+"""Samplers: plain functions that turn noise into a latent by calling a denoiser (k-diffusion shape).
+
+The denoiser contract, for every sampler:
+
+    eps_model(x_in, t) -> eps_pred
+
+`x_in` is the variance-preserving model input x_t = √ᾱ x_0 + √(1-ᾱ) ε, shape (B, C, H, W), and `t`
+a 0-dim float32 timestep (fractional for Karras sigmas). Classifier-free guidance belongs to the
+caller: wrap the U-Net in a function that runs both branches and mixes them.
+
+Two families, with the states diffusers keeps:
+
+* VP samplers (DDPM, DDIM, DPM-Solver++(2M)) keep x_t itself.
+* σ-space samplers (Euler, Euler a, Heun; Karras et al. 2022) keep x = x_t / √ᾱ = x_0 + σ ε, and feed
+  the model x / √(σ² + 1), which is x_t again (diffusers' `scale_model_input`).
+
+How x enters: `noise` is always ε ~ N(0, I) in VP units. Text-to-image starts from noise · init_noise_sigma
+(1 for VP samplers; for σ-space samplers √(σ_max² + 1) with leading spacing and σ_max otherwise,
+diffusers' choice). Image-to-image passes `init_latent` and a `start_index`, and each sampler noises
+the latent to its own first step the way its diffusers scheduler's `add_noise` does. The result is the
+sampler's final state: the clean latent for σ-space samplers and DPM-Solver++ (which end at σ = 0),
+and x at t = 0 for DDPM/DDIM (ᾱ_0 ≈ 0.999, SD's `set_alpha_to_one=False`), ready for the VAE.
+
+Every step (every model evaluation: Heun makes two per step) is reported to `callback` as a
+`StepRecord`. Per-step noise is drawn with `torch.randn(shape, generator=generator)` on the generator's
+device, in the order diffusers draws it, so a seed gives the same image as diffusers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffx.errors import InvalidArgumentError, check_choice
+from diffx.schedules import (
+    NoiseSchedule,
+    check_steps,
+    img2img_start,
+    karras_sigmas,
+    q_sample,
+    sigma_to_t,
+    spaced_timesteps,
+)
+
+SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m")
+KARRAS_SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m")
+VARIANCES = ("fixed_small", "fixed_large")
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepRecord:
+    """What one model evaluation saw and produced.
+
+    `x` is always the VP-space x_t (the model input); `state` is the sampler's own variable (x_t for VP
+    samplers, x_0 + σ ε for σ-space samplers) and `x_next` is the state after the step, i.e. the next
+    record's `state` (after the last step: the returned latent).
+    """
+
+    index: int  # 0-based model evaluation
+    num_steps: int  # model evaluations in this run
+    timestep: float  # t given to the model
+    sigma: float  # σ = √((1 - ᾱ) / ᾱ) of the state
+    alpha_cumprod: float  # ᾱ = 1 / (σ² + 1)
+    x: torch.Tensor  # (B, C, H, W) VP model input x_t
+    state: torch.Tensor  # (B, C, H, W) the sampler's state before the step
+    eps_pred: torch.Tensor  # ε_θ(x_t, t)
+    x0_pred: torch.Tensor  # the x_0 estimate this step implies
+    x_next: torch.Tensor  # the state after the step
+
+
+StepCallback = Callable[[StepRecord], None]
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """ε ~ N(0, I) shaped like `like`, drawn on the generator's device then moved (as randn_tensor)."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _predict_eps(eps_model: EpsModel, x_in: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    return eps_model(x_in, torch.as_tensor(t, dtype=torch.float32, device=x_in.device))
+
+
+def _report(callback: StepCallback | None, index: int, num_steps: int, timestep: torch.Tensor | float,
+            sigma: torch.Tensor | float, x: torch.Tensor, state: torch.Tensor, eps_pred: torch.Tensor,
+            x0_pred: torch.Tensor, x_next: torch.Tensor) -> None:
+    if callback is not None:
+        sigma = float(sigma)
+        callback(StepRecord(index=index, num_steps=num_steps, timestep=float(timestep), sigma=sigma,
+                            alpha_cumprod=1.0 / (sigma**2 + 1.0), x=x, state=state, eps_pred=eps_pred,
+                            x0_pred=x0_pred, x_next=x_next))
+
+
+# ---------------------------------------------------------------------------------------------
+# VP samplers: the state is x_t
+
+
+def _vp_start(schedule: NoiseSchedule, noise: torch.Tensor, init_latent: torch.Tensor | None,
+              timestep: torch.Tensor) -> torch.Tensor:
+    """x at the first timestep: pure noise, or the init latent noised by q(x_t | x_0) (DDPM eq. 4)."""
+    return noise if init_latent is None else q_sample(schedule, init_latent, timestep, noise)
+
+
+def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+                spacing: str = "leading", steps_offset: int = 1, variance: str = "fixed_small",
+                init_latent: torch.Tensor | None = None, start_index: int = 0,
+                generator: torch.Generator | None = None,
+                callback: StepCallback | None = None) -> torch.Tensor:
+    """Ancestral sampling, DDPM Algorithm 2, on a subsequence of timesteps t → t' (diffusers' DDPMScheduler).
+
+    x_{t'} = μ̃(x_t, x̂_0) + σ z with μ̃ from DDPM eq. 7 using ᾱ_t / ᾱ_{t'} in place of α_t, and
+    σ² = β̃ ("fixed_small", eq. 7) or β ("fixed_large"). As in diffusers, noise is added whenever t > 0.
+    """
+    check_choice("variance", variance, VARIANCES)
+    timesteps = spaced_timesteps(schedule.num_train_timesteps, steps, spacing, steps_offset)
+    alphas_cumprod = schedule.alphas_cumprod.to(noise.device)
+    x = _vp_start(schedule, noise, init_latent, timesteps[start_index])
+    run = timesteps[start_index:].tolist()
+    for i, t in enumerate(run):
+        prev_t = run[i + 1] if i + 1 < len(run) else -1
+        alpha_prod_t = alphas_cumprod[t]
+        alpha_prod_t_prev = alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0, device=x.device)
+        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t
+
+        eps_pred = _predict_eps(eps_model, x, t)
+        x0_pred = (x - beta_prod_t**0.5 * eps_pred) / alpha_prod_t**0.5  # DDPM eq. 15
+        # Posterior mean μ̃_t(x_t, x_0), DDPM eq. 7.
+        x_next = ((alpha_prod_t_prev**0.5 * current_beta_t) / beta_prod_t * x0_pred
+                  + current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t * x)
+        if t > 0:
+            z = _randn(eps_pred, generator)
+            if variance == "fixed_small":  # β̃_t, clamped as diffusers does (it is 0 at the last step)
+                step_variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)
+            else:
+                step_variance = current_beta_t
+            x_next = x_next + step_variance**0.5 * z
+        _report(callback, i, len(run), t, schedule.sigmas[t], x, x, eps_pred, x0_pred, x_next)
+        x = x_next
+    return x
+
+
+def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+                spacing: str = "leading", steps_offset: int = 1, eta: float = 0.0,
+                init_latent: torch.Tensor | None = None, start_index: int = 0,
+                generator: torch.Generator | None = None,
+                callback: StepCallback | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12), stride T // steps as in diffusers' DDIMScheduler:
+
+    x_{t'} = √ᾱ_{t'} x̂_0 + √(1 - ᾱ_{t'} - σ_t²) ε_θ + σ_t z,
+    σ_t = η √((1 - ᾱ_{t'}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t'})   (eq. 16; η = 0 deterministic, η = 1 DDPM).
+    """
+    if eta < 0:
+        raise InvalidArgumentError(f"eta must be >= 0, got {eta}")
+    T = schedule.num_train_timesteps
+    timesteps = spaced_timesteps(T, steps, spacing, steps_offset)
+    alphas_cumprod = schedule.alphas_cumprod.to(noise.device)
+    x = _vp_start(schedule, noise, init_latent, timesteps[start_index])
+    run = timesteps[start_index:].tolist()
+    for i, t in enumerate(run):
+        prev_t = t - T // steps
+        alpha_prod_t = alphas_cumprod[t]
+        # Past t = 0 the last step lands on ᾱ_0, not 1 (SD's set_alpha_to_one=False).
+        alpha_prod_t_prev = alphas_cumprod[prev_t] if prev_t >= 0 else alphas_cumprod[0]
+        beta_prod_t = 1 - alpha_prod_t
+
+        eps_pred = _predict_eps(eps_model, x, t)
+        x0_pred = (x - beta_prod_t**0.5 * eps_pred) / alpha_prod_t**0.5  # "predicted x_0", eq. 12
+        step_variance = ((1 - alpha_prod_t_prev) / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+        std_dev_t = eta * step_variance**0.5
+        direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * eps_pred  # "direction pointing to x_t"
+        x_next = alpha_prod_t_prev**0.5 * x0_pred + direction
+        if eta > 0:
+            x_next = x_next + std_dev_t * _randn(eps_pred, generator)
+        _report(callback, i, len(run), t, schedule.sigmas[t], x, x, eps_pred, x0_pred, x_next)
+        x = x_next
+    return x
+
+
+def _dpm_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
+              karras: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (N,) int64 and σ (N + 1,) float32 ending in 0, as diffusers' DPMSolverMultistepScheduler.
+
+    Its leading/linspace grids are N + 1 points ending at t = 0 with that last point dropped; with
+    Karras sigmas the whole training range σ_0 … σ_{T-1} is respaced and mapped back to timesteps.
+    """
+    T = schedule.num_train_timesteps
+    if spacing == "trailing":
+        timesteps = spaced_timesteps(T, steps, spacing, steps_offset)
+    else:
+        check_steps(steps, T - 1)  # the grid has steps + 1 points
+        timesteps = spaced_timesteps(T, steps + 1, spacing, steps_offset)[:-1]
+    if karras:
+        sigmas = karras_sigmas(schedule.sigmas[0].item(), schedule.sigmas[-1].item(), steps)
+        fractional = sigma_to_t(schedule, sigmas)
+        # diffusers rounds to whole timesteps except for the cosine schedule, then truncates to int64.
+        timesteps = (fractional if schedule.beta_schedule == "cosine" else fractional.round()).long()
+    else:
+        sigmas = schedule.sigmas[timesteps].double()
+    return timesteps, torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ-space σ → VP (α_t, σ_t) = (1/√(σ² + 1), σ/√(σ² + 1)), so that x_t = α_t x_0 + σ_t ε."""
+    alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
+    return alpha_t, sigma * alpha_t
+
+
+def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+                    spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
+                    init_latent: torch.Tensor | None = None, start_index: int = 0,
+                    callback: StepCallback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), multistep second order in λ = log(α_t/σ_t).
+
+    With h = λ_{t'} - λ_t and D = x̂_0 (first step and last step: first order, which is DDIM),
+    or D = x̂_0 + (x̂_0 - x̂_0^{prev}) / (2 r), r = h_prev / h (later steps):
+    x_{t'} = (σ_{t'}/σ_t) x_t - α_{t'} (e^{-h} - 1) D.
+    Matches diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2).
+    """
+    timesteps, sigmas = _dpm_grid(schedule, steps, spacing, steps_offset, karras)
+    sigmas = sigmas.to(noise.device)
+    if init_latent is None:
+        x = noise
+    else:
+        alpha_t, sigma_t = _alpha_sigma(sigmas[start_index])
+        x = alpha_t * init_latent + sigma_t * noise
+    x0_pred_prev = None
+    for i in range(start_index, steps):
+        alpha_s0, sigma_s0 = _alpha_sigma(sigmas[i])
+        alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
+        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
+        lambda_t = torch.log(alpha_t) - torch.log(sigma_t)  # +∞ at σ = 0: e^{-h} = 0, x_{t'} = D
+        h = lambda_t - lambda_s0
+
+        eps_pred = _predict_eps(eps_model, x, timesteps[i])
+        x0_pred = (x - sigma_s0 * eps_pred) / alpha_s0
+        if x0_pred_prev is None or i == steps - 1:
+            x_next = (sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0_pred
+        else:
+            alpha_s1, sigma_s1 = _alpha_sigma(sigmas[i - 1])
+            h_0 = lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))
+            r0 = h_0 / h
+            D0, D1 = x0_pred, (1.0 / r0) * (x0_pred - x0_pred_prev)
+            x_next = ((sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * D0
+                      - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1)
+        _report(callback, i - start_index, steps - start_index, timesteps[i], sigmas[i], x, x, eps_pred,
+                x0_pred, x_next)
+        x, x0_pred_prev = x_next, x0_pred
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# σ-space samplers: the state is x = x_0 + σ ε (Karras et al. 2022)
+
+
+def _sigma_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
+                karras: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (N,) float32 and σ (N + 1,) float32 ending in 0, as diffusers' Euler/Heun schedulers.
+
+    σ is interpolated linearly in t between training sigmas; Karras sigmas (eq. 5) respace the
+    range σ(t_0) … σ(t_{N-1}) and get fractional timesteps by log-σ interpolation.
+    """
+    timesteps = spaced_timesteps(schedule.num_train_timesteps, steps, spacing, steps_offset, discrete=False)
+    table = schedule.sigmas.numpy()
+    sigmas = torch.from_numpy(np.interp(timesteps.numpy(), np.arange(len(table)), table))  # float64
+    if karras:
+        sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), steps)
+        timesteps = sigma_to_t(schedule, sigmas).float()
+    return timesteps, torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def _sigma_start(noise: torch.Tensor, sigmas: torch.Tensor, spacing: str, init_latent: torch.Tensor | None,
+                 start_index: int) -> torch.Tensor:
+    """The first σ-space state: noise · init_noise_sigma, or x_0 + σ ε for image-to-image (diffusers)."""
+    if init_latent is not None:
+        return init_latent + noise * sigmas[start_index]
+    sigma_max = sigmas.max()
+    init_noise_sigma = sigma_max if spacing in ("linspace", "trailing") else (sigma_max**2 + 1) ** 0.5
+    return noise * init_noise_sigma
+
+
+def _model_input(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x_0 + σ ε  →  x_t = (x_0 + σ ε) / √(σ² + 1), the VP input the model was trained on."""
+    return x / ((sigma**2 + 1) ** 0.5)
+
+
+def _euler_derivative(x: torch.Tensor, sigma: torch.Tensor,
+                      eps_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂_0 = x - σ ε̂ and the probability-flow ODE slope dx/dσ = (x - x̂_0)/σ (Karras et al. 2022, eq. 4)."""
+    x0_pred = x - sigma * eps_pred
+    return x0_pred, (x - x0_pred) / sigma
+
+
+def sample_euler(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+                 spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
+                 init_latent: torch.Tensor | None = None, start_index: int = 0,
+                 callback: StepCallback | None = None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE in σ (Karras et al. 2022, Algorithm 1 without the
+    Heun correction): x_{i+1} = x_i + (σ_{i+1} - σ_i) dx/dσ. diffusers' EulerDiscreteScheduler."""
+    timesteps, sigmas = _sigma_grid(schedule, steps, spacing, steps_offset, karras)
+    sigmas = sigmas.to(noise.device)
+    x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
+    for i in range(start_index, steps):
+        x_in = _model_input(x, sigmas[i])
+        eps_pred = _predict_eps(eps_model, x_in, timesteps[i])
+        x0_pred, derivative = _euler_derivative(x, sigmas[i], eps_pred)
+        x_next = x + derivative * (sigmas[i + 1] - sigmas[i])
+        _report(callback, i - start_index, steps - start_index, timesteps[i], sigmas[i], x_in, x, eps_pred,
+                x0_pred, x_next)
+        x = x_next
+    return x
+
+
+def sample_euler_ancestral(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+                           spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
+                           init_latent: torch.Tensor | None = None, start_index: int = 0,
+                           generator: torch.Generator | None = None,
+                           callback: StepCallback | None = None) -> torch.Tensor:
+    """Euler ancestral (k-diffusion `sample_euler_ancestral`, diffusers' EulerAncestralDiscreteScheduler):
+    split σ_{i+1}² = σ_down² + σ_up², take an Euler step to σ_down, then add fresh noise σ_up z."""
+    timesteps, sigmas = _sigma_grid(schedule, steps, spacing, steps_offset, karras)
+    sigmas = sigmas.to(noise.device)
+    x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
+    for i in range(start_index, steps):
+        sigma_from, sigma_to = sigmas[i], sigmas[i + 1]
+        sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+
+        x_in = _model_input(x, sigma_from)
+        eps_pred = _predict_eps(eps_model, x_in, timesteps[i])
+        x0_pred, derivative = _euler_derivative(x, sigma_from, eps_pred)
+        # diffusers draws z on every step, the last (σ_up = 0) included: the generator stays in step.
+        x_next = x + derivative * (sigma_down - sigma_from) + _randn(eps_pred, generator) * sigma_up
+        _report(callback, i - start_index, steps - start_index, timesteps[i], sigma_from, x_in, x, eps_pred,
+                x0_pred, x_next)
+        x = x_next
+    return x
+
+
+def sample_heun(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+                spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
+                init_latent: torch.Tensor | None = None, start_index: int = 0,
+                callback: StepCallback | None = None) -> torch.Tensor:
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1 with γ = 0), diffusers' HeunDiscreteScheduler.
+
+    An Euler predictor to σ_{i+1}, then the model again at t_{i+1} and the trapezoid average of the two
+    slopes; the last step (to σ = 0) is plain Euler. So the model sees t_0, t_1, t_1, t_2, t_2, …, t_{N-1}:
+    2 (N - start) - 1 evaluations, each reported as one record.
+    """
+    timesteps, sigmas = _sigma_grid(schedule, steps, spacing, steps_offset, karras)
+    sigmas = sigmas.to(noise.device)
+    x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
+    num_evals, index = 2 * (steps - start_index) - 1, 0
+    for i in range(start_index, steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        dt = sigma_next - sigma
+        x_in = _model_input(x, sigma)
+        eps_pred = _predict_eps(eps_model, x_in, timesteps[i])
+        x0_pred, derivative = _euler_derivative(x, sigma, eps_pred)
+        x_euler = x + derivative * dt
+        _report(callback, index, num_evals, timesteps[i], sigma, x_in, x, eps_pred, x0_pred, x_euler)
+        index += 1
+        if i == steps - 1:  # σ_next = 0: the slope there is undefined, keep the Euler step
+            x = x_euler
+            break
+        x_in = _model_input(x_euler, sigma_next)
+        eps_pred = _predict_eps(eps_model, x_in, timesteps[i + 1])
+        x0_pred, derivative_next = _euler_derivative(x_euler, sigma_next, eps_pred)
+        x_next = x + (derivative + derivative_next) / 2 * dt
+        _report(callback, index, num_evals, timesteps[i + 1], sigma_next, x_in, x_euler, eps_pred, x0_pred,
+                x_next)
+        index += 1
+        x = x_next
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point
+
+
+def sample(sampler: str, eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+           spacing: str = "leading", steps_offset: int = 1, karras: bool = False, eta: float = 0.0,
+           variance: str = "fixed_small", init_latent: torch.Tensor | None = None,
+           strength: float | None = None, generator: torch.Generator | None = None,
+           callback: StepCallback | None = None) -> torch.Tensor:
+    """Run one of `SAMPLERS` from `noise` (ε ~ N(0, I), (B, C, H, W)) and return the final latent.
+
+    Image-to-image: give `init_latent` (the VAE latent of the input image, same shape) and `strength`
+    in [0, 1]; the sampler skips the first (1 - strength) of its steps exactly like diffusers'
+    StableDiffusionImg2ImgPipeline and noises the latent to the first step it runs (strength 0 returns
+    `init_latent` unchanged). `eta` is DDIM's, `variance` DDPM's, `generator` feeds the ancestral
+    samplers (ddpm, euler_a, ddim with eta > 0), `karras` applies to euler, euler_a, heun, dpmpp_2m.
+    """
+    check_choice("sampler", sampler, SAMPLERS)
+    check_steps(steps, schedule.num_train_timesteps)
+    if karras and sampler not in KARRAS_SAMPLERS:
+        raise InvalidArgumentError(
+            f"Karras sigmas apply to {', '.join(KARRAS_SAMPLERS)}, not {sampler}; drop karras or switch")
+    if (init_latent is None) != (strength is None):
+        raise InvalidArgumentError("image-to-image needs both init_latent and strength (or neither)")
+    start_index = 0 if strength is None else img2img_start(steps, strength)
+    if start_index == steps:
+        return init_latent
+
+    grid = {"spacing": spacing, "steps_offset": steps_offset, "init_latent": init_latent,
+            "start_index": start_index, "callback": callback}
+    if sampler == "ddpm":
+        return sample_ddpm(eps_model, noise, schedule, steps, variance=variance, generator=generator, **grid)
+    if sampler == "ddim":
+        return sample_ddim(eps_model, noise, schedule, steps, eta=eta, generator=generator, **grid)
+    if sampler == "euler_a":
+        return sample_euler_ancestral(eps_model, noise, schedule, steps, karras=karras, generator=generator,
+                                      **grid)
+    deterministic = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}[sampler]
+    return deterministic(eps_model, noise, schedule, steps, karras=karras, **grid)
