@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from diffx.errors import InvalidArgumentError, check_choice
+from diffx.render.image import PictureLike, to_pil
 
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis")
 NORMALIZE_SCALES = ("shared", "word")
@@ -45,14 +46,15 @@ def heatmap(
     return np.round(rgba[..., :3] * 255).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, heat: MapLike, alpha: float = 0.5, cmap: str = "viridis") -> np.ndarray:
-    """Blend a heatmap over an RGB uint8 (H, W, 3) image: (1 - alpha) * image + alpha * colour(heat).
+def overlay(image: PictureLike, heat: MapLike, alpha: float = 0.5, cmap: str = "viridis") -> np.ndarray:
+    """Blend a heatmap over an RGB image (H, W, 3): (1 - alpha) * image + alpha * colour(heat), as uint8.
 
     `heat` is a (h, w) map already in [0, 1] (see `normalize_maps`); it is upsampled bilinearly to
     the image size first, so a 16x16 attention map lines up with the 512x512 picture it attends over.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InvalidArgumentError(f"overlay alpha must be in [0, 1], got {alpha}")
+    image = np.asarray(to_pil(image))
     height, width = image.shape[:2]
     heat = _as_float_array(heat)
     heat = np.asarray(Image.fromarray(heat).resize((width, height), Image.Resampling.BILINEAR))

@@ -35,7 +35,7 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path
 
     The temporary file keeps the target's suffix so writers that pick a format from the extension
     (PIL, imageio) behave the same. Raises `OutputPathError` if `path` exists and `force` is false,
-    or if its folder cannot be created or written.
+    if its folder cannot be created or written, or if writing fails with an OSError.
     """
     path = Path(path)
     if path.is_dir():
@@ -55,8 +55,11 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path
         yield tmp_path
         os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(err, OSError):  # disk full, file system gone read-only, ...
+            reason = err.strerror or err
+            raise OutputPathError(f"cannot write {path} ({reason}); check the output folder") from err
         raise
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from diffx.errors import InvalidArgumentError
 from diffx.render.colormap import COLORMAPS, heatmap, normalize_maps, overlay
@@ -50,6 +51,7 @@ def test_overlay_alpha_zero_is_image_and_alpha_one_is_heatmap():
     image = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
     heat = rng.random((4, 6)).astype(np.float32)
     assert np.array_equal(overlay(image, heat, alpha=0.0), image)
+    assert np.array_equal(overlay(Image.fromarray(image), heat, alpha=0.0), image)  # PIL images too
     on_top = overlay(image, heat, alpha=1.0)
     upsampled = F.interpolate(torch.from_numpy(heat)[None, None], size=(16, 24), mode="bilinear")[0, 0]
     expected = heatmap(upsampled, vmin=0.0, vmax=1.0)

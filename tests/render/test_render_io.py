@@ -1,5 +1,6 @@
 """Atomic output files, GIF/PNG/MP4 writers, and reading input images and masks."""
 
+import errno
 import importlib.util
 import os
 
@@ -55,6 +56,15 @@ def test_failing_overwrite_keeps_original(tmp_path):
         write_atomic(target, lambda tmp: (_ for _ in ()).throw(ValueError("bad")), force=True)
     assert target.read_bytes() == b"original"
     assert _leftovers(tmp_path) == []
+
+
+def test_os_error_while_writing_becomes_output_path_error(tmp_path):
+    def disk_full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputPathError, match="out.gif.*No space left"):
+        write_atomic(tmp_path / "out.gif", disk_full)
+    assert os.listdir(tmp_path) == []
 
 
 def test_creates_parent_folders_and_normal_permissions(tmp_path):
