@@ -3,9 +3,10 @@
 A prompt becomes 77 token ids in four steps, the same as OpenAI's `SimpleTokenizer` and the
 `CLIPTokenizer` of transformers (without ftfy):
 
-1. clean-up: Unicode NFC, every run of whitespace -> one space, lowercase;
-2. pre-tokenize into *words* with CLIP's regex: letter runs, single digits, punctuation runs,
-   English contractions ('s 't 're 've 'm 'll 'd) and the two special tokens;
+1. the special tokens `<|startoftext|>` / `<|endoftext|>` are found as written; the text around them is
+   cleaned up: Unicode NFC, every run of whitespace -> one space, lowercase;
+2. pre-tokenize into *words* with CLIP's regex: letter runs, single digits, punctuation runs and
+   English contractions ('s 't 're 've 'm 'll 'd);
 3. byte-level BPE per word: its UTF-8 bytes as printable characters (`bytes_to_unicode`), the last one
    marked with `</w>`, then the learned merges applied lowest rank first until none applies;
 4. `<|startoftext|>` + up to 75 BPE tokens + `<|endoftext|>`, padded with `<|endoftext|>` to 77.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from diffx.errors import ModelNotFoundError
+from diffx.errors import CheckpointError, ModelNotFoundError
 from diffx.paths import BPE_VOCAB_FILE
 
 START_TOKEN = "<|startoftext|>"
@@ -140,15 +141,15 @@ class ClipTokenizer:
     """CLIP's byte-level BPE tokenizer. `encode` one prompt, or call on a list for a (B, 77) tensor."""
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
+        missing = [token for token in (START_TOKEN, END_TOKEN) if token not in vocab]
+        if missing:
+            raise CheckpointError(f"tokenizer vocabulary lacks {', '.join(missing)}; use a CLIP vocab.json")
         self.vocab = vocab
-        self.id_to_token = {i: token for token, i in vocab.items()}
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {char: b for b, char in self.byte_encoder.items()}
         # byte-mapped word -> its BPE tokens; the special tokens (plain ASCII) are their own single token.
         self.cache: dict[str, list[str]] = {START_TOKEN: [START_TOKEN], END_TOKEN: [END_TOKEN]}
-        self.start_id = vocab[START_TOKEN]
-        self.end_id = vocab[END_TOKEN]
 
     @classmethod
     def default(cls) -> ClipTokenizer:

@@ -201,3 +201,7 @@ def test_missing_files_raise_user_errors(tmp_path):
         ClipTokenizer.from_folder(tmp_path)
     with pytest.raises(DiffxError, match="not found"):
         ClipTokenizer.from_bpe_file(tmp_path / "missing.txt.gz")
+    (tmp_path / "vocab.json").write_text('{"a</w>": 0}', encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    with pytest.raises(DiffxError, match="lacks"):
+        ClipTokenizer.from_folder(tmp_path)
