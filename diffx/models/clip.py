@@ -8,10 +8,12 @@ one vector per token position, each seeing only the tokens before it (causal mas
     x_l = x_l + MLP(LayerNorm(x_l)),  MLP = fc2(quick_gelu(fc1(.)))
     context = LayerNorm(x_L)
 
-Module names follow transformers' `CLIPTextModel`, so the state dict of `text_encoder/` in a diffusers
-folder, or `cond_stage_model.transformer.*` of an original SD checkpoint with the prefix removed, loads
-without renaming. Those files may also hold `text_model.embeddings.position_ids` (the constant 0..76):
-diffx computes the positions instead and drops that key on load.
+Module names are the keys of transformers' `CLIPTextModel` checkpoints (`text_model.*`), so the state
+dict of `text_encoder/` in a diffusers folder, or `cond_stage_model.transformer.*` of an original SD
+checkpoint with that prefix removed, loads without renaming. (transformers >= 5.6 itself saves the
+same keys without `text_model.`; a loader must add the prefix back for such folders.)
+Files may also hold `text_model.embeddings.position_ids` (the constant 0..76): diffx computes the
+positions instead of storing them, and drops that key on load.
 """
 
 from __future__ import annotations
