@@ -93,7 +93,7 @@ class Scene:
 
     @property
     def axis(self) -> str | None:
-        """"horizontal" (side by side), "vertical" (one above the other) or None for one object."""
+        """How two objects are laid out: "horizontal", "vertical", or None for a single object."""
         if len(self.objects) < 2:
             return None
         return "horizontal" if self.objects[0].position == "left" else "vertical"
