@@ -81,16 +81,16 @@ def test_q_step_chain_has_q_sample_distribution():
     """x_0 → q_step t = 0…k has the law of q_sample(x_0, k): mean √ᾱ_k x_0, variance 1 - ᾱ_k (DDPM eq. 4)."""
     schedule = NoiseSchedule.create("linear")
     generator = torch.Generator().manual_seed(0)
-    n, k = 20000, 300
-    x0 = torch.linspace(-1, 1, 5).expand(n, 5)
+    n, k = 8000, 300  # standard errors: mean ≈ 0.011, variance ≈ 0.016; tolerances are ~3.5 of them
+    x0 = torch.linspace(-1, 1, 4).expand(n, 4)
     x = x0
     for t in range(k + 1):
         x = q_step(schedule, x, torch.tensor(t), torch.randn(x.shape, generator=generator))
     direct = q_sample(schedule, x0, torch.tensor(k), torch.randn(x0.shape, generator=generator))
     a_bar = schedule.alphas_cumprod[k]
     for samples in (x, direct):
-        torch.testing.assert_close(samples.mean(0), a_bar.sqrt() * x0[0], atol=0.03, rtol=0)
-        torch.testing.assert_close(samples.var(0), (1 - a_bar).expand(5), atol=0.03, rtol=0)
+        torch.testing.assert_close(samples.mean(0), a_bar.sqrt() * x0[0], atol=0.04, rtol=0)
+        torch.testing.assert_close(samples.var(0), (1 - a_bar).expand(4), atol=0.05, rtol=0)
     # A wrong chain (e.g. skipping √(1-β) on x_{t-1}) would leave the mean at x_0: make sure it is not.
     assert (x.mean(0) - x0[0]).abs().max() > 0.3
 
