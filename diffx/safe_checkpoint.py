@@ -16,6 +16,7 @@ not held twice in memory.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import mmap
 import pickle
@@ -32,7 +33,7 @@ from diffx.errors import CheckpointError
 # is refused outright: no legitimate weight file needs them.
 _DANGEROUS_MODULES = (
     "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "runpy", "importlib", "pickle", "_pickle",
-    "marshal", "builtins", "__builtin__", "codecs", "ctypes", "pty", "multiprocessing", "webbrowser", "code",
+    "marshal", "builtins", "codecs", "ctypes", "pty", "multiprocessing", "webbrowser", "code",
     "asyncio", "signal", "tempfile", "pathlib", "io", "_io", "operator", "functools", "types", "inspect",
     "urllib", "http", "requests", "torch.hub", "torch.jit", "torch.ops", "torch.package",
     "torch.serialization",
@@ -135,7 +136,7 @@ class InertObject:
 
 
 def _is_dangerous(module: str, name: str) -> bool:
-    if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+    if module == "builtins" and name in _SAFE_BUILTINS:
         return False
     return any(module == bad or module.startswith(bad + ".") for bad in _DANGEROUS_MODULES)
 
@@ -151,6 +152,9 @@ class SafeUnpickler(pickle.Unpickler):
         self.placeholders: dict[tuple[str, str], type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 2 files use Python 2 names (`__builtin__.exec`); translate them as pickle itself does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -159,7 +163,7 @@ class SafeUnpickler(pickle.Unpickler):
             return torch.uint8
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+        if module == "builtins" and name in _SAFE_BUILTINS:
             return _SAFE_BUILTINS[name]
         if _is_dangerous(module, name):
             raise CheckpointError(

@@ -218,8 +218,16 @@ def vae_from_diffusers(state_dict: dict[str, Tensor], config: VAEConfig) -> dict
 
 
 def text_encoder_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A transformers `CLIPTextModel` state dict -> original keys (`cond_stage_model.transformer.*`)."""
-    return {ORIGINAL_PREFIXES["text_encoder"] + key: tensor for key, tensor in state_dict.items()}
+    """A transformers `CLIPTextModel` state dict -> original keys (`cond_stage_model.transformer.*`).
+
+    transformers < 5 saved the keys under `text_model.` (as all SD folders on the hub have them);
+    transformers 5 saves them without it.
+    """
+    prefix = ORIGINAL_PREFIXES["text_encoder"]
+    return {
+        prefix + ("" if key.startswith("text_model.") else "text_model.") + key: tensor
+        for key, tensor in state_dict.items() if not key.endswith("embeddings.position_ids")
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -415,10 +423,8 @@ def _component_state_dict(folder: Path) -> dict[str, Tensor]:
 
 def _read_diffusers(folder: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     config = config_from_diffusers(folder)
-    text_weights = _component_state_dict(folder / "text_encoder")
-    text_weights.pop("text_model.embeddings.position_ids", None)
     return config, {
-        **text_encoder_from_transformers(text_weights),
+        **text_encoder_from_transformers(_component_state_dict(folder / "text_encoder")),
         **unet_from_diffusers(_component_state_dict(folder / "unet"), config.unet),
         **vae_from_diffusers(_component_state_dict(folder / "vae"), config.vae),
     }

@@ -1,0 +1,396 @@
+"""Loading weights: original checkpoints (.ckpt / .safetensors), diffusers folders, diffx folders, discovery.
+
+The witnesses are independent: diffusers' own LDM->diffusers converters and `save_pretrained` produce the
+diffusers folders, `torch.save` produces the .ckpt files, and a subprocess without Lightning loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffx import weights
+from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError
+from diffx.models.configs import ModelConfig, sd15, tiny
+from diffx.models.stable_diffusion import StableDiffusion, build
+from diffx.models.tokenizer import write_vocab_folder
+from diffx.safe_checkpoint import load_torch_zip
+from diffx.weights import (
+    find_models,
+    load_model,
+    read_state_dict,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_source,
+    save_model,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+UNET_KEY = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+
+
+@pytest.fixture(scope="module")
+def original() -> dict[str, torch.Tensor]:
+    """A random tiny model's weights in the original single-file layout."""
+    torch.manual_seed(0)
+    return {key: tensor.detach().clone() for key, tensor in build(tiny()).original_state_dict().items()}
+
+
+def assert_same_weights(model: StableDiffusion, expected: dict[str, torch.Tensor]) -> None:
+    loaded = model.original_state_dict()
+    assert loaded.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert loaded[key].dtype == tensor.dtype, key
+        assert torch.equal(loaded[key], tensor), key
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    save_file({key: tensor.contiguous() for key, tensor in state_dict.items()}, path)
+    return path
+
+
+def fake_lightning_callback() -> tuple[types.ModuleType, list[str], object]:
+    """An instance of `pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint` from a made-up module."""
+    names = ["pytorch_lightning", "pytorch_lightning.callbacks",
+             "pytorch_lightning.callbacks.model_checkpoint"]
+    module = types.ModuleType(names[-1])
+
+    class ModelCheckpoint:
+        def __init__(self) -> None:
+            self.monitor, self.best_model_score = "val/loss", torch.tensor(0.25)
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    return module, names, ModelCheckpoint()
+
+
+def save_lightning_checkpoint(state_dict: dict[str, torch.Tensor], path: Path, monkeypatch) -> Path:
+    """torch.save of a Lightning-style checkpoint whose callbacks need `pytorch_lightning` to unpickle."""
+    module, names, callback = fake_lightning_callback()
+    for name in names:  # pickle looks the class up by its module name while saving
+        monkeypatch.setitem(sys.modules, name, module if name == names[-1] else types.ModuleType(name))
+    torch.save({"state_dict": state_dict, "global_step": 1, "callbacks": {callback: {"best_k": 1}}}, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Original single-file checkpoints
+
+
+def test_ckpt_and_safetensors_load_where_lightning_is_not_installed(tmp_path, original, monkeypatch):
+    ckpt = save_lightning_checkpoint(original, tmp_path / "model.ckpt", monkeypatch)
+    safetensors = save_safetensors(original, tmp_path / "model.safetensors")
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        torch.load(ckpt, weights_only=True)  # what diffx must cope with
+
+    # A fresh interpreter: the fake module is gone, so unpickling the callback needs a placeholder.
+    child = (
+        "import importlib.util, sys, torch\n"
+        "from diffx.weights import load_model, save_model\n"
+        "assert importlib.util.find_spec('pytorch_lightning') is None\n"
+        "for path in sys.argv[1:]:\n"
+        "    model = load_model(path)\n"
+        "    print(model.config.name)\n"
+        "    save_model(model, path + '.out', dtype=torch.float32)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", child, str(ckpt), str(safetensors)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["tiny", "tiny"]  # the preset was recognised from the shapes
+    for path in (ckpt, safetensors):
+        reloaded = load_file(f"{path}.out/model.safetensors")
+        assert reloaded.keys() == original.keys()
+        assert all(torch.equal(reloaded[key], original[key]) for key in original)
+
+
+def test_lightning_objects_become_inert_placeholders(tmp_path, original, monkeypatch):
+    ckpt = save_lightning_checkpoint(original, tmp_path / "model.ckpt", monkeypatch)
+    for name in [n for n in sys.modules if n.startswith("pytorch_lightning")]:
+        monkeypatch.delitem(sys.modules, name)
+    tree = load_torch_zip(ckpt)
+    (callback, state), = tree["callbacks"].items()
+    assert type(callback).pickled_name == "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+    assert state == {"best_k": 1} and tree["global_step"] == 1
+    assert torch.equal(callback.state["best_model_score"], torch.tensor(0.25))
+
+
+def test_fp16_checkpoint_is_cast_to_the_requested_dtype(tmp_path, original):
+    half = {key: tensor.half() for key, tensor in original.items()}
+    path = save_safetensors(half, tmp_path / "half.safetensors")
+    assert_same_weights(load_model(path), {key: tensor.float() for key, tensor in half.items()})
+    assert_same_weights(load_model(path, dtype=torch.float16), half)
+
+
+def test_ema_weights_are_used_when_present_unless_disabled(tmp_path, original, monkeypatch):
+    ema = {key: tensor + 1 for key, tensor in original.items() if key.startswith("model.diffusion_model.")}
+    checkpoint = {
+        **original,
+        # The EMA copy is stored under the key with its dots removed, as in the LDM training code.
+        **{"model_ema." + key.removeprefix("model.").replace(".", ""): tensor for key, tensor in ema.items()},
+        "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000),
+        "betas": torch.linspace(1e-4, 2e-2, 1000), "alphas_cumprod": torch.ones(1000),
+        "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
+    }
+    assert "model_ema.diffusion_modelinput_blocks10in_layers2weight" in checkpoint
+    path = save_lightning_checkpoint(checkpoint, tmp_path / "ema.ckpt", monkeypatch)
+    assert_same_weights(load_model(path), {**original, **ema})
+    assert_same_weights(load_model(path, use_ema=False), original)
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, original):
+    marker = tmp_path / "MARKER"
+
+    class RunsCommand:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    class RunsPython:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').close()",)
+
+    for payload, culprit in ((RunsCommand(), "system"), (RunsPython(), "builtins.exec")):
+        path = tmp_path / "evil.ckpt"
+        torch.save({"state_dict": dict(original), "payload": payload}, path)
+        with pytest.raises(CheckpointError, match=rf"refusing to load .*{culprit}.*malicious"):
+            load_model(path)
+        assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# diffusers folders
+
+
+def write_diffusers_folder(folder: Path, config: ModelConfig, original: dict[str, torch.Tensor],
+                           weights_format: str) -> None:
+    """A diffusers SD folder made by diffusers/transformers themselves from our original-layout weights."""
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from tests.models.ldm_configs import diffusers_unet_config, diffusers_vae_config
+
+    # diffusers' helper guesses a 512-pixel model; say what tiny's latent size really is.
+    unet_config = {**diffusers_unet_config(config, original),
+                   "sample_size": config.image_size // config.vae.downsample_factor}
+    vae_config = diffusers_vae_config(config, original)
+    unet = UNet2DConditionModel(**unet_config)
+    unet.load_state_dict(convert_ldm_unet_checkpoint(original, unet_config), strict=True)
+    vae = AutoencoderKL(**vae_config)
+    vae.load_state_dict(convert_ldm_vae_checkpoint(original, vae_config), strict=True)
+    text = config.text_encoder
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=text.vocab_size, max_position_embeddings=text.max_position_embeddings,
+        hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
+        num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
+        layer_norm_eps=text.layer_norm_eps, hidden_act=text.hidden_act,
+    ))
+    # transformers 5 names the keys without the `text_model.` of older versions and of the hub's SD folders.
+    prefix = "cond_stage_model.transformer." + ("text_model." if "embeddings.position_embedding.weight"
+                                                in text_encoder.state_dict() else "")
+    text_encoder.load_state_dict(
+        {key.removeprefix(prefix): tensor for key, tensor in original.items() if key.startswith(prefix)}
+    )
+    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        module.save_pretrained(folder / name)
+        if weights_format == "bin":  # the older pickle format, as in many hub snapshots
+            for safetensors_file in (folder / name).glob("*.safetensors"):
+                bin_name = {"model.safetensors": "pytorch_model.bin"}.get(
+                    safetensors_file.name, safetensors_file.name.replace(".safetensors", ".bin"))
+                torch.save(load_file(safetensors_file), folder / name / bin_name)
+                safetensors_file.unlink()
+    write_vocab_folder(folder / "tokenizer")
+    (folder / "scheduler").mkdir()
+    scheduler = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.013,
+                 "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+
+
+@pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
+def test_diffusers_folder_round_trip(tmp_path, original, weights_format):
+    folder = tmp_path / "sd-tiny"
+    write_diffusers_folder(folder, tiny(), original, weights_format)
+    assert any((folder / "unet").glob(f"*.{weights_format}"))
+
+    model = load_model(folder)
+    assert_same_weights(model, original)
+    expected = tiny()
+    assert (model.config.unet, model.config.vae, model.config.text_encoder) == (
+        expected.unet, expected.vae, expected.text_encoder)
+    assert model.config.scheduler.beta_end == 0.013 and model.config.image_size == expected.image_size
+    assert model.tokenizer("a cat").tolist() == build(tiny()).tokenizer("a cat").tolist()
+
+
+def test_rename_rules_invert_diffusers_converters_at_sd15_size():
+    """Keys only (meta tensors): every diffusers name maps back to the original key it came from."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from tests.models.ldm_configs import diffusers_unet_config, diffusers_vae_config
+
+    config = sd15()
+    with torch.device("meta"):
+        model = build(config)
+    # Tag each tensor with its own key, so a wrong mapping cannot go unnoticed.
+    original = {key: (key, t) for key, t in model.original_state_dict().items()}
+    flat = {key: t for key, (_, t) in original.items()}
+    unet_diffusers = convert_ldm_unet_checkpoint(flat, diffusers_unet_config(config, flat))
+    vae_diffusers = convert_ldm_vae_checkpoint(flat, diffusers_vae_config(config, flat))
+    back = {**weights.unet_from_diffusers(unet_diffusers, config.unet),
+            **weights.vae_from_diffusers(vae_diffusers, config.vae)}
+    expected = {key for key in original if not key.startswith("cond_stage_model.")}
+    assert back.keys() == expected
+    assert all(back[key].shape == original[key][1].shape for key in expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# diffx folders and errors
+
+
+def test_save_model_writes_a_diffx_folder_that_loads_back(tmp_path, original):
+    model = build(tiny())
+    model.load_original_state_dict(dict(original))
+    folder = save_model(model, tmp_path / "saved")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_model(folder, dtype=torch.float16)
+    assert loaded.config == tiny()
+    assert_same_weights(loaded, {key: tensor.half() for key, tensor in original.items()})
+    assert resolve_model_source(folder).format == "diffx"
+
+
+def test_missing_and_misshaped_keys_are_listed(tmp_path, original):
+    broken = dict(original)
+    del broken[UNET_KEY]
+    broken["first_stage_model.quant_conv.bias"] = torch.zeros(3)
+    path = save_safetensors(broken, tmp_path / "broken.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        load_model(path, config=tiny())
+    message = str(error.value)
+    assert f"1 missing ({UNET_KEY})" in message
+    assert "1 mis-shaped (first_stage_model.quant_conv.bias (3,) != (8,))" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("keys, looks_like", [
+    (["conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", UNET_KEY], "SDXL"),
+    (["cond_stage_model.model.ln_final.weight", UNET_KEY], "SD2.x"),
+    (["encoder.conv_in.weight", "decoder.conv_out.weight"], "standalone VAE"),
+])
+def test_other_model_families_are_named(tmp_path, keys, looks_like):
+    path = save_safetensors({key: torch.zeros(2) for key in keys}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match=f"looks like .*{looks_like}.*diffx supports SD1.x"):
+        load_model(path)
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    text_file = tmp_path / "notes.ckpt"
+    text_file.write_text("not weights")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        read_state_dict(text_file)
+    bad_safetensors = tmp_path / "bad.safetensors"
+    bad_safetensors.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="not a valid .safetensors"):
+        read_state_dict(bad_safetensors)
+    with pytest.raises(CheckpointError, match="not a model folder"):
+        load_model(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="no such file or folder"):
+        load_model(tmp_path / "missing.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Discovery, devices, dtypes
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Point data/, the embedded model and every Hugging Face cache location into tmp_path."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setattr(weights, "DATA_DIR", data)
+    monkeypatch.setattr(weights, "EMBEDDED_MODEL_DIR", data / "shapes-world")
+    monkeypatch.setitem(weights.MODEL_ALIASES, "embedded", data / "shapes-world")
+    for name in ("DIFFX_MODEL", "HF_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return data
+
+
+def test_discovery_order(tmp_path, isolated, monkeypatch):
+    with pytest.raises(ModelNotFoundError, match="no model found: diffx looked in .*DIFFX_MODEL"):
+        resolve_model_source()
+
+    embedded = save_model(build(tiny()), isolated / "shapes-world")
+    snapshot = tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5" / "snapshots" / "abc123"
+    (snapshot / "unet").mkdir(parents=True)
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (snapshot / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    not_sd = tmp_path / "hub" / "models--someone--bert" / "snapshots" / "def456"
+    not_sd.mkdir(parents=True)
+    (not_sd / "config.json").write_text("{}")
+    for name in ("other-model.safetensors", "v1-5-pruned-emaonly.ckpt", "README.txt"):
+        (isolated / name).write_bytes(b"")
+    explicit = tmp_path / "mine.ckpt"
+    explicit.write_bytes(b"")
+
+    assert [s.path for s in find_models()] == [
+        isolated / "v1-5-pruned-emaonly.ckpt", isolated / "other-model.safetensors", snapshot, embedded]
+    assert resolve_model_source().path == isolated / "v1-5-pruned-emaonly.ckpt"
+    assert resolve_model_source("embedded").format == "diffx"
+    assert resolve_model_source(str(snapshot)).format == "diffusers"
+
+    monkeypatch.setenv("DIFFX_MODEL", str(explicit))
+    assert find_models()[0].path == explicit
+    assert resolve_model_source().path == explicit
+    assert resolve_model_source(str(embedded)).path == embedded  # --model beats DIFFX_MODEL
+    monkeypatch.setenv("DIFFX_MODEL", str(tmp_path / "gone.ckpt"))
+    with pytest.raises(ModelNotFoundError, match="DIFFX_MODEL .*gone.ckpt: no such file"):
+        resolve_model_source()
+
+
+def test_device_and_dtype_choices():
+    cpu = resolve_device("cpu")
+    assert cpu == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    assert resolve_dtype("fp32", cpu) == torch.float32 and resolve_dtype("bf16", cpu) == torch.bfloat16
+    assert resolve_dtype("auto", cpu) == torch.float32
+    with pytest.raises(InvalidArgumentError, match="fp16 is not supported on the CPU.*bf16"):
+        resolve_dtype("fp16", cpu)
+    with pytest.raises(InvalidArgumentError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(InvalidArgumentError, match="unknown dtype"):
+        resolve_dtype("fp8", cpu)
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidArgumentError, match="'cuda' is not available"):
+            resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Full size
+
+
+@pytest.mark.slow
+def test_sd15_size_ckpt_loads_without_copies(tmp_path):
+    """A 2 GB fp16 Lightning-style .ckpt at SD1.5 size: config inferred, tensors identical, mmap-backed."""
+    with torch.device("meta"):
+        shapes = {key: t.shape for key, t in build(sd15()).original_state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    original = {key: torch.randn(shape, generator=generator, dtype=torch.float16)
+                for key, shape in shapes.items()}
+    path = tmp_path / "v1-5-pruned-emaonly.ckpt"
+    torch.save({"state_dict": original, "global_step": 840000}, path)
+
+    start = time.perf_counter()
+    model = load_model(path, dtype=torch.float16)
+    seconds = time.perf_counter() - start
+    assert model.config == sd15() and model.num_parameters() == 1_066_235_307
+    assert_same_weights(model, original)
+    assert seconds < 30, f"loading took {seconds:.1f} s"
