@@ -231,24 +231,24 @@ def test_diffusers_folder_round_trip(tmp_path, original, weights_format):
 
 
 def test_rename_rules_invert_diffusers_converters_at_sd15_size():
-    """Keys only (meta tensors): every diffusers name maps back to the original key it came from."""
+    """Meta tensors: every diffusers name maps back to the very tensor object it came from."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     from tests.models.ldm_configs import diffusers_unet_config, diffusers_vae_config
 
     config = sd15()
     with torch.device("meta"):
-        model = build(config)
-    # Tag each tensor with its own key, so a wrong mapping cannot go unnoticed.
-    original = {key: (key, t) for key, t in model.original_state_dict().items()}
-    flat = {key: t for key, (_, t) in original.items()}
-    unet_diffusers = convert_ldm_unet_checkpoint(flat, diffusers_unet_config(config, flat))
-    vae_diffusers = convert_ldm_vae_checkpoint(flat, diffusers_vae_config(config, flat))
+        original = build(config).original_state_dict()
+    unet_diffusers = convert_ldm_unet_checkpoint(original, diffusers_unet_config(config, original))
+    vae_diffusers = convert_ldm_vae_checkpoint(original, diffusers_vae_config(config, original))
     back = {**weights.unet_from_diffusers(unet_diffusers, config.unet),
             **weights.vae_from_diffusers(vae_diffusers, config.vae)}
-    expected = {key for key in original if not key.startswith("cond_stage_model.")}
-    assert back.keys() == expected
-    assert all(back[key].shape == original[key][1].shape for key in expected)
+    assert back.keys() == {key for key in original if not key.startswith("cond_stage_model.")}
+    assert all(back[key].shape == original[key].shape for key in back)
+    # Only the VAE's attention 1x1 convs were reshaped on the way (to Linear and back): new tensor objects.
+    reshaped = sorted(key for key in back if back[key] is not original[key])
+    assert reshaped == sorted(f"first_stage_model.{part}.mid.attn_1.{name}.weight"
+                              for part in ("encoder", "decoder") for name in ("q", "k", "v", "proj_out"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -295,6 +295,10 @@ def test_files_that_are_not_checkpoints(tmp_path):
     text_file.write_text("not weights")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         read_state_dict(text_file)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"weight": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="legacy .*re-save it .* or convert it to .safetensors"):
+        read_state_dict(legacy)
     bad_safetensors = tmp_path / "bad.safetensors"
     bad_safetensors.write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="not a valid .safetensors"):
