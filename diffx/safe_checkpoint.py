@@ -69,6 +69,12 @@ def _rebuild_tensor_v2(
     """`torch._utils._rebuild_tensor_v2`: a view of `storage` (offset and strides counted in elements)."""
     if not isinstance(storage, _Storage):
         raise CheckpointError("malformed checkpoint: a tensor does not point at a stored array")
+    # `set_` does not check bounds: a corrupt or hostile file could otherwise read past its storage.
+    if storage_offset < 0 or min(stride, default=0) < 0:
+        raise CheckpointError("malformed checkpoint: negative tensor offset or stride")
+    last = storage_offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
+    if min(size, default=1) > 0 and (last + 1) * storage.dtype.itemsize > storage.untyped.nbytes():
+        raise CheckpointError("malformed checkpoint: a tensor reaches past the end of its stored data")
     return torch.empty((0,), dtype=storage.dtype).set_(storage.untyped, storage_offset, size, stride)
 
 
@@ -222,7 +228,9 @@ def load_torch_zip(path: Path) -> Any:
         if nbytes == 0:
             return _Storage(torch.UntypedStorage(0), dtype)
         if info.compress_type == zipfile.ZIP_STORED:
-            _, name_length, extra_length = _LOCAL_HEADER.unpack_from(file_map, info.header_offset)
+            signature, name_length, extra_length = _LOCAL_HEADER.unpack_from(file_map, info.header_offset)
+            if signature != b"PK\x03\x04":
+                raise CheckpointError(f"{path} is corrupt: bad zip entry header for tensor data {key}")
             offset = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
             data = torch.frombuffer(file_map, dtype=torch.uint8, count=nbytes, offset=offset)
         else:  # compressed entries (rare; not written by torch.save) have to be inflated into memory

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,24 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, original):
         with pytest.raises(CheckpointError, match=rf"refusing to load .*{culprit}.*malicious"):
             load_model(path)
         assert not marker.exists()
+
+
+def test_tensor_reaching_past_its_data_is_refused(tmp_path):
+    """A hand-edited pickle claims 99 elements over 3 stored ones (`set_` alone would read past them)."""
+    path = tmp_path / "small.ckpt"
+    torch.save({"weight": torch.arange(3.0)}, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {info.filename: archive.read(info) for info in archive.infolist()}
+    pickle_name = next(name for name in entries if name.endswith("data.pkl"))
+    assert entries[pickle_name].count(b"K\x03\x85") == 1  # BININT1 3, TUPLE1: the size (3,)
+    entries[pickle_name] = entries[pickle_name].replace(b"K\x03\x85", b"Kc\x85")  # size (99,)
+    edited = tmp_path / "edited.ckpt"
+    with zipfile.ZipFile(edited, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    assert torch.equal(read_state_dict(path)["weight"], torch.arange(3.0))
+    with pytest.raises(CheckpointError, match="reaches past the end of its stored data"):
+        read_state_dict(edited)
 
 
 # ---------------------------------------------------------------------------------------------------
