@@ -56,8 +56,7 @@ COMPONENT_WEIGHT_FILES = (
     "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",
     "diffusion_pytorch_model.bin", "pytorch_model.bin",
 )
-# Keys of an original checkpoint that are not weights of diffx's modules (the schedule tables, EMA
-# bookkeeping, the text encoder's position ids) are skipped; only keys under these prefixes are loaded.
+# EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
 EMA_PREFIX = "model_ema."
 
 
@@ -384,13 +383,13 @@ def _tokenizer_near(*folders: Path) -> ClipTokenizer:
     return ClipTokenizer.default()
 
 
-def _select_ema(state_dict: dict[str, Tensor], unet_keys: list[str], use_ema: bool) -> dict[str, Tensor]:
+def _select_ema(state_dict: dict[str, Tensor], use_ema: bool) -> dict[str, Tensor]:
     """Replace U-Net weights by their EMA copies (`model_ema.<key without dots>`) when asked and present."""
     weights = {key: tensor for key, tensor in state_dict.items() if not key.startswith(EMA_PREFIX)}
     if use_ema:
-        for key in unet_keys:
+        for key in weights:
             flat = EMA_PREFIX + key.removeprefix("model.").replace(".", "")
-            if flat in state_dict:
+            if key.startswith(ORIGINAL_PREFIXES["unet"]) and flat in state_dict:
                 weights[key] = state_dict[flat]
     return weights
 
@@ -398,20 +397,14 @@ def _select_ema(state_dict: dict[str, Tensor], unet_keys: list[str], use_ema: bo
 def _read_single_file(path: Path, config: ModelConfig | None, use_ema: bool) -> tuple[ModelConfig, dict]:
     state_dict = read_state_dict(path)
     config = config or infer_config(state_dict, path)
-    unet_keys = [key for key in _expected_shapes_for(config) if key.startswith(ORIGINAL_PREFIXES["unet"])]
-    state_dict = _select_ema(state_dict, unet_keys, use_ema)
+    state_dict = _select_ema(state_dict, use_ema)
+    # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids) are
+    # not weights of diffx's modules.
     position_ids = ORIGINAL_PREFIXES["text_encoder"] + "text_model.embeddings.position_ids"
     return config, {
         key: tensor for key, tensor in state_dict.items()
         if key.startswith(tuple(ORIGINAL_PREFIXES.values())) and key != position_ids
     }
-
-
-def _expected_shapes_for(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    if config.name in PRESETS and PRESETS[config.name]() == config:
-        return _expected_shapes(config.name)
-    model = _build_without_weights(config, None, config.name)
-    return {key: tuple(tensor.shape) for key, tensor in model.original_state_dict().items()}
 
 
 def _component_state_dict(folder: Path) -> dict[str, Tensor]:
