@@ -25,6 +25,10 @@ class InputImageError(DiffxError):
     """An input image or mask cannot be read or does not fit the requested size."""
 
 
+class TraceFileError(DiffxError):
+    """A trace file is missing or is not a diffx trace."""
+
+
 class OutputPathError(DiffxError):
     """An output file already exists (and --force was not given) or cannot be written."""
 

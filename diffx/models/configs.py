@@ -146,7 +146,7 @@ def shapes_world() -> ModelConfig:
         name="shapes-world",
         text_encoder=TextEncoderConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                                        num_attention_heads=4),
-        unet=UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(1, 2),
+        unet=UNetConfig(model_channels=48, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(0, 1, 2),
                         num_heads=4, context_dim=128, norm_num_groups=16),
         vae=VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, norm_num_groups=16),
         image_size=64,

@@ -1,0 +1,322 @@
+"""Training the embedded shapes-world model with diffx's own modules (DDPM Algorithm 1, made visible).
+
+Two stages, as Stable Diffusion was built (Rombach et al. 2022, section 3):
+1. the VAE learns to compress 64x64 pictures into 16x16x4 latents (reconstruction + a small KL term);
+2. with the VAE frozen, the text encoder and the U-Net learn to predict the noise added to those latents
+   (L_simple, DDPM eq. 14), with the caption dropped 10% of the time so that one network learns both
+   ε(x_t, c) and ε(x_t, ∅) for classifier-free guidance (Ho & Salimans 2022).
+
+Both stages checkpoint to `out_dir` and resume from there; every random draw comes from seeded generators
+whose state is saved with the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, make_scene, render
+from diffx.models.configs import ModelConfig, shapes_world
+from diffx.models.stable_diffusion import StableDiffusion, build
+from diffx.render import make_grid, plot_loss_curve, save_png, tensor_to_image, to_pil
+from diffx.schedules import NoiseSchedule, training_loss
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; saved next to the checkpoints and in the model card."""
+
+    out_dir: str = "runs/shapes-world"
+    seed: int = 0
+    pool_size: int = 30000  # scenes rendered once; captions are re-drawn every time a scene is used
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-3
+    shape_pixel_weight: float = 10.0  # object pixels count this much more than background in the VAE loss
+    unet_steps: int = 5000
+    unet_batch: int = 64
+    unet_lr: float = 5e-4
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    threads: int = 0  # 0: leave torch's default
+    model: dict = field(default_factory=lambda: shapes_world().to_dict())
+
+
+@dataclass
+class TrainState:
+    """What a stage needs to resume: step, losses, and the generator states."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _pool(config: TrainConfig) -> tuple[list[Scene], torch.Tensor]:
+    """The training scenes and their pictures (N, 3, 64, 64) uint8, cached on disk after the first call."""
+    path = Path(config.out_dir) / "pool.pt"
+    rng = np.random.default_rng([TRAIN_STREAM, config.seed, 1_000_003])
+    scenes = [make_scene(rng) for _ in range(config.pool_size)]
+    if path.exists():
+        return scenes, torch.load(path, weights_only=True)
+    size = ModelConfig.from_dict(config.model).image_size
+    images = torch.from_numpy(np.stack([render(scene, size) for scene in scenes])).permute(0, 3, 1, 2)
+    torch.save(images.contiguous(), path)
+    return scenes, images
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def _object_weight(images: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, 1, H, W): `weight` where a pixel differs from the background (read at the corner), else 1."""
+    corner = images[:, :, :1, :1]
+    differs = (images - corner).abs().amax(dim=1, keepdim=True) > 0.1
+    return 1.0 + (weight - 1.0) * differs.float()
+
+
+def _lr(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of `base`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]}"),
+                    TimeRemainingColumn())
+
+
+def _save(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], float],
+          checkpoint_fn: Callable[[], None], every: int) -> None:
+    """Run `step_fn(step)` from `state.step` to `total`, with progress and periodic checkpoints."""
+    with _progress() as progress:
+        task = progress.add_task(name, total=total, completed=state.step, loss=float("nan"), rate="")
+        while state.step < total:
+            start = time.perf_counter()
+            loss = step_fn(state.step)
+            state.seconds += time.perf_counter() - start
+            state.losses.append(loss)
+            state.step += 1
+            recent = state.losses[-50:]
+            progress.update(task, completed=state.step, loss=sum(recent) / len(recent),
+                            rate=f"{state.step / max(state.seconds, 1e-9):.2f} it/s")
+            if state.step % every == 0 or state.step == total:
+                checkpoint_fn()
+                progress.console.log(f"{name} step {state.step}/{total} loss {sum(recent) / len(recent):.4f} "
+                                     f"({state.seconds / state.step:.2f} s/step)")
+
+
+def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor) -> TrainState:
+    """Stage 1: reconstruction (L1, object pixels weighted) + KL(q(z|x) || N(0, I)) (Kingma & Welling)."""
+    out = Path(config.out_dir)
+    vae = model.vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    state = TrainState()
+    ckpt = out / "vae_state.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=True)
+        vae.load_state_dict(saved["vae"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        state = TrainState(**saved["state"])
+
+    def step(index: int) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(index, config.vae_lr, config.warmup_steps, config.vae_steps)
+        picks = torch.randint(0, len(images), (config.vae_batch,), generator=generator)
+        x = _to_unit(images[picks])  # (B, 3, 64, 64)
+        posterior = vae.encode(x)
+        reconstruction = vae.decode(posterior.sample(generator))
+        weight = _object_weight(x, config.shape_pixel_weight)
+        rec_loss = (weight * (reconstruction - x).abs()).mean() / weight.mean()
+        kl_loss = posterior.kl().mean() / x[0].numel()
+        loss = rec_loss + config.vae_kl_weight * kl_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(rec_loss.detach())
+
+    def checkpoint() -> None:
+        _save(ckpt, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                     "generator": generator.get_state(), "state": asdict(state)})
+        save_png(plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
+                                 title="VAE reconstruction loss"), out / "vae_loss.png", force=True)
+        _vae_preview(model, images[:8], out / "vae_samples.png")
+
+    _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every)
+    vae.eval()
+    return state
+
+
+@torch.no_grad()
+def _vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> None:
+    """Originals (top row) over their reconstructions (bottom row)."""
+    x = _to_unit(images)
+    reconstruction = model.vae.decode(model.vae.encode(x).mean)
+    cells = [[to_pil(tensor_to_image(im)) for im in x],
+             [to_pil(tensor_to_image(im.clamp(-1, 1))) for im in reconstruction]]
+    save_png(make_grid(cells, row_labels=["original", "VAE"], col_labels=None, title="VAE reconstructions",
+                       cell_size=(96, 96)), path, force=True)
+
+
+@torch.no_grad()
+def latent_scaling_factor(model: StableDiffusion, images: torch.Tensor, count: int = 2048) -> float:
+    """1 / std of posterior samples, so scaled latents have unit variance (as SD's 0.18215 was chosen)."""
+    generator = torch.Generator().manual_seed(0)
+    latents = [model.vae.encode(_to_unit(images[i:i + 256])).sample(generator) for i in range(0, count, 256)]
+    return float(1.0 / torch.cat(latents).std())
+
+
+@torch.no_grad()
+def encode_pool(model: StableDiffusion, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every pool picture, so stage 2 never runs the encoder again."""
+    means, stds = [], []
+    for i in range(0, len(images), 512):
+        posterior = model.vae.encode(_to_unit(images[i:i + 512]))
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
+               latent_mean: torch.Tensor, latent_std: torch.Tensor,
+               preview: Callable[[StableDiffusion, Path], None] | None = None) -> TrainState:
+    """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept."""
+    out = Path(config.out_dir)
+    model_config = ModelConfig.from_dict(config.model)
+    schedule = NoiseSchedule.from_config(model_config.scheduler)
+    scale = model_config.vae.scaling_factor
+    params = [*model.text_encoder.parameters(), *model.unet.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2])
+    state = TrainState()
+    ckpt = out / "unet_state.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=True)
+        model.text_encoder.load_state_dict(saved["text_encoder"])
+        model.unet.load_state_dict(saved["unet"])
+        optimizer.load_state_dict(saved["optimizer"])
+        ema = saved["ema"]
+        generator.set_state(saved["generator"])
+        rng.bit_generator.state = json.loads(saved["rng"])
+        state = TrainState(**saved["state"])
+    model.text_encoder.train()
+    model.unet.train()
+
+    def eps_model(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return model.unet(x_t, t, context)
+
+    def step(index: int) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(index, config.unet_lr, config.warmup_steps, config.unet_steps)
+        picks = torch.randint(0, len(scenes), (config.unet_batch,), generator=generator)
+        captions = [caption(scenes[i], rng) if rng.random() >= config.caption_dropout else ""
+                    for i in picks.tolist()]
+        noise = torch.randn(latent_mean[picks].shape, generator=generator)
+        x0 = (latent_mean[picks] + latent_std[picks] * noise) * scale  # (B, 4, 16, 16) scaled latents
+        context = model.text_encoder(model.tokenizer(captions))  # (B, 77, width)
+        loss = training_loss(eps_model, schedule, x0, context, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(config.ema_decay, (1 + index) / (10 + index))
+        with torch.no_grad():
+            for shadow, p in zip(ema, params, strict=True):
+                shadow.lerp_(p.detach(), 1 - decay)
+        return float(loss.detach())
+
+    def checkpoint() -> None:
+        _save(ckpt, {"text_encoder": model.text_encoder.state_dict(), "unet": model.unet.state_dict(),
+                     "optimizer": optimizer.state_dict(), "ema": ema, "generator": generator.get_state(),
+                     "rng": json.dumps(rng.bit_generator.state), "state": asdict(state)})
+        curve = plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
+                                title="U-Net noise-prediction loss (L_simple)")
+        save_png(curve, out / "unet_loss.png", force=True)
+        if preview is not None:
+            with swapped_in(params, ema):
+                preview(model, out / f"samples_{state.step:06d}.png")
+
+    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every)
+    with torch.no_grad():
+        for shadow, p in zip(ema, params, strict=True):
+            p.copy_(shadow)
+    model.text_encoder.eval()
+    model.unet.eval()
+    return state
+
+
+class swapped_in:  # noqa: N801 - used like a function: `with swapped_in(params, ema): ...`
+    """Temporarily load the EMA weights into the live parameters (for previews), then restore them."""
+
+    def __init__(self, params: list[torch.nn.Parameter], ema: list[torch.Tensor]):
+        self.params, self.ema = params, ema
+
+    def __enter__(self) -> None:
+        self.backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, shadow in zip(self.params, self.ema, strict=True):
+                p.copy_(shadow)
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.params, self.backup, strict=True):
+                p.copy_(saved)
+
+
+def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] | None = None
+          ) -> tuple[StableDiffusion, dict]:
+    """Both stages end to end (resuming whatever `config.out_dir` already holds). Returns the model and a
+    summary (steps, losses, wall time, hardware) for the model card."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    torch.manual_seed(config.seed)
+    model_config = ModelConfig.from_dict(config.model)
+    model = build(model_config, source=f"trained by diffx train ({config.out_dir})")
+    scenes, images = _pool(config)
+
+    vae_state = train_vae(model, config, images)
+    for p in model.vae.parameters():
+        p.requires_grad_(False)
+    model.config.vae.scaling_factor = latent_scaling_factor(model, images)
+    config.model = model.config.to_dict()
+    latent_mean, latent_std = encode_pool(model, images)
+    unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview)
+    summary = {
+        "vae": {"steps": vae_state.step, "final_loss": float(np.mean(vae_state.losses[-100:])),
+                "seconds": round(vae_state.seconds)},
+        "unet": {"steps": unet_state.step, "final_loss": float(np.mean(unet_state.losses[-100:])),
+                 "seconds": round(unet_state.seconds)},
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                    f"torch {torch.__version__}",
+        "latent_scaling_factor": model.config.vae.scaling_factor,
+    }
+    return model, summary

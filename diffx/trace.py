@@ -1,0 +1,214 @@
+"""Recording what happens inside one generation: `Trace` (the record) and `Tracer` (the hooks).
+
+The tracer listens at two places and never changes a number:
+- the sampler's per-step callback: t, σ, ᾱ, the model input x_t, the guided ε̂ and the predicted x̂0;
+- the denoiser (classifier-free guidance): ε̂ unconditional and conditional, and — through
+  `observe_attention` — the cross-attention probabilities of every U-Net layer while it runs.
+
+Cross-attention maps follow the DAAM recipe (Tang et al. 2023): per layer, the conditional half,
+averaged over heads, upsampled to the largest attention resolution, then averaged over layers. Only
+the aggregate is stored, one (tokens, h, w) map per step, which keeps a 50-step 512 px trace small.
+
+A trace is saved as one safetensors file: the tensors plus a JSON header (`save_trace` / `load_trace`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from diffx.errors import InvalidArgumentError, TraceFileError
+from diffx.models.attention import AttentionLayer
+from diffx.render.io import atomic_output
+from diffx.samplers import StepRecord
+
+RECORDABLE = ("latents", "eps", "x0", "attention", "negative_attention", "self_attention")
+DEFAULT_RECORD = ("latents", "eps", "x0", "attention")
+TRACE_FORMAT = "diffx-trace/1"
+
+
+@dataclass
+class TraceOptions:
+    """What a `Tracer` records.
+
+    `record`: any of RECORDABLE. `attention_resolutions`: only layers whose attention grid has one of
+    these side lengths (e.g. (16, 8)); None = all. `attention_layers`: a regular expression on the layer
+    name (e.g. "output_blocks"); None = all.
+    """
+
+    record: tuple[str, ...] = DEFAULT_RECORD
+    attention_resolutions: tuple[int, ...] | None = None
+    attention_layers: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.record if name not in RECORDABLE]
+        if unknown:
+            raise InvalidArgumentError(
+                f"cannot record {', '.join(unknown)}; choose from: {', '.join(RECORDABLE)}")
+
+
+@dataclass
+class Trace:
+    """Everything recorded for one image: per-step tensors (first axis = step) and metadata.
+
+    Tensors (S = model evaluations, h×w = latent grid, K = prompt tokens incl. start/end):
+      timesteps, sigmas, alphas_cumprod (S,); latents (S, 4, h, w) the model input x_t;
+      eps (S, 4, h, w) guided ε̂; eps_uncond, eps_cond (S, 4, h, w); x0 (S, 4, h, w) predicted x̂0;
+      attention (S, K, a, a') cross-attention per token; negative_attention likewise for the negative
+      prompt; self_attention (S, a, a') entropy of self-attention per query pixel;
+      final_latent (4, h, w); image (H, W, 3) uint8 the decoded result;
+      decoded_x0 (D, H, W, 3) uint8 with decoded_steps (D,): VAE decodes of x̂0 at some steps.
+    All latents are *scaled* latents (the U-Net's space).
+    """
+
+    meta: dict
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.tensors["timesteps"].shape[0])
+
+    @property
+    def words(self) -> list[str]:
+        return list(self.meta["tokens"]["words"])
+
+    def word_maps(self, step: int, negative: bool = False) -> Tensor:
+        """(words, a, a') attention maps per word at one step: the mean over the word's tokens."""
+        key = "negative_attention" if negative else "attention"
+        tokens = self.meta["negative_tokens" if negative else "tokens"]
+        maps = self.tensors[key][step].float()  # (K, a, a')
+        word_ids = tokens["word_ids"][: maps.shape[0]]
+        out = []
+        for word_index in range(len(tokens["words"])):
+            positions = [p for p, w in enumerate(word_ids) if w == word_index]
+            out.append(maps[positions].mean(0) if positions else torch.zeros_like(maps[0]))
+        return torch.stack(out) if out else maps[:0]
+
+
+class Tracer:
+    """Hooks for one generation. Use `denoiser_hook` inside the CFG denoiser and `on_step` as callback."""
+
+    def __init__(self, options: TraceOptions | None = None, num_tokens: int = 77,
+                 num_negative_tokens: int = 77):
+        self.options = options or TraceOptions()
+        self.num_tokens = num_tokens
+        self.num_negative_tokens = num_negative_tokens
+        self.latent_shape: tuple[int, int] = (0, 0)
+        self._layer_filter = re.compile(self.options.attention_layers) if self.options.attention_layers else None
+        self._pending: dict[str, list[Tensor]] = {}
+        self._steps: dict[str, list[Tensor]] = {}
+        self._scalars: dict[str, list[float]] = {"timesteps": [], "sigmas": [], "alphas_cumprod": []}
+
+    # ---- attention observer protocol (see diffx.models.attention) ----
+    def _grid(self, num_queries: int) -> tuple[int, int]:
+        """The (rows, cols) of a layer's attention grid, from its query count and the latent's aspect."""
+        height, width = self.latent_shape
+        factor = math.isqrt(height * width // num_queries)
+        return height // factor, width // factor
+
+    def wants(self, layer: AttentionLayer) -> bool:
+        record = self.options.record
+        wanted_kind = ("cross" if {"attention", "negative_attention"} & set(record) else None,
+                       "self" if "self_attention" in record else None)
+        if layer.kind not in wanted_kind:
+            return False
+        return self._layer_filter is None or bool(self._layer_filter.search(layer.layer_name))
+
+    def observe(self, layer: AttentionLayer, probs: Tensor) -> None:
+        rows, cols = self._grid(probs.shape[2])
+        if self.options.attention_resolutions and rows not in self.options.attention_resolutions:
+            return
+        half = probs.shape[0] // 2  # the denoiser batches [negative; positive]
+        if layer.kind == "cross":
+            # (B, heads, rows*cols, 77): one (K, rows, cols) map per half, mean over heads.
+            cond = probs[half:half + 1].mean(1)[0, :, : self.num_tokens].T.reshape(-1, rows, cols)
+            self._pending.setdefault("attention", []).append(cond)
+            if "negative_attention" in self.options.record and half:
+                uncond = probs[:1].mean(1)[0, :, : self.num_negative_tokens].T.reshape(-1, rows, cols)
+                self._pending.setdefault("negative_attention", []).append(uncond)
+        else:
+            # Entropy of each query pixel's attention row: low = looks at few places, high = diffuse.
+            p = probs[half:half + 1].mean(1)[0]  # (N, N)
+            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).reshape(rows, cols)
+            self._pending.setdefault("self_attention", []).append(entropy[None])
+
+    # ---- denoiser and sampler hooks ----
+    def on_guidance(self, eps_uncond: Tensor | None, eps_cond: Tensor) -> None:
+        """Called by the CFG denoiser with the two noise predictions of the traced image."""
+        if "eps" in self.options.record:
+            self._pending["eps_cond"] = [eps_cond[0]]
+            if eps_uncond is not None:
+                self._pending["eps_uncond"] = [eps_uncond[0]]
+
+    def on_step(self, record: StepRecord) -> None:
+        """Sampler callback: file this step's record together with what the denoiser saw."""
+        self._scalars["timesteps"].append(record.timestep)
+        self._scalars["sigmas"].append(record.sigma)
+        self._scalars["alphas_cumprod"].append(record.alpha_cumprod)
+        record_what = self.options.record
+        if "latents" in record_what:
+            self._add("latents", record.x[0])
+        if "eps" in record_what:
+            self._add("eps", record.eps_pred[0])
+        if "x0" in record_what:
+            self._add("x0", record.x0_pred[0])
+        for key, maps in self._pending.items():
+            if key.endswith("attention"):
+                self._add(key, _aggregate(maps))
+            else:
+                self._add(key, maps[0])
+        self._pending = {}
+
+    def _add(self, key: str, value: Tensor) -> None:
+        self._steps.setdefault(key, []).append(value.detach().to("cpu", torch.float16))
+
+    def finish(self, meta: dict, extra: dict[str, Tensor] | None = None) -> Trace:
+        tensors = {key: torch.tensor(values, dtype=torch.float32) for key, values in self._scalars.items()}
+        tensors.update({key: torch.stack(values) for key, values in self._steps.items()})
+        tensors.update(extra or {})
+        return Trace(meta=meta, tensors=tensors)
+
+
+def _aggregate(maps: list[Tensor]) -> Tensor:
+    """DAAM: upsample every layer's (K, r, c) map to the largest grid (bicubic), then average."""
+    rows = max(m.shape[-2] for m in maps)
+    cols = max(m.shape[-1] for m in maps)
+    resized = [m if m.shape[-2:] == (rows, cols) else
+               F.interpolate(m[None].float(), size=(rows, cols), mode="bicubic", align_corners=False)[0]
+               for m in maps]
+    return torch.stack([m.float() for m in resized]).mean(0).clamp_min(0)
+
+
+def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
+    """Write `trace` as one safetensors file; metadata goes into its JSON header."""
+    tensors = {key: value.contiguous() for key, value in trace.tensors.items()}
+    header = {"format": TRACE_FORMAT, "diffx_trace": json.dumps(trace.meta)}
+    with atomic_output(path, force=force) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return Path(path)
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a trace written by `save_trace`."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceFileError(f"trace file {path} does not exist; write one with `diffx trace --save-trace`")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises several kinds for a corrupt or foreign file
+        raise TraceFileError(f"{path} is not a diffx trace ({error}); pass a file from --save-trace") from error
+    if header.get("format") != TRACE_FORMAT:
+        raise TraceFileError(f"{path} is a safetensors file but not a diffx trace; "
+                             "pass a file from --save-trace")
+    return Trace(meta=json.loads(header["diffx_trace"]), tensors=tensors)
