@@ -58,7 +58,8 @@ class StepRecord:
 
     `x` is always the VP-space x_t (the model input); `state` is the sampler's own variable (x_t for VP
     samplers, x_0 + σ ε for σ-space samplers) and `x_next` is the state after the step, i.e. the next
-    record's `state` (after the last step: the returned latent).
+    record's `state` (after the last step: the returned latent). `x_next` is the very tensor the sampler
+    continues from, so a callback may edit it in place (inpainting blends the known region back in).
     """
 
     index: int  # 0-based model evaluation
@@ -71,6 +72,7 @@ class StepRecord:
     eps_pred: torch.Tensor  # ε_θ(x_t, t)
     x0_pred: torch.Tensor  # the x_0 estimate this step implies
     x_next: torch.Tensor  # the state after the step
+    next_sigma: float  # σ of x_next (0 once the sampler has reached the clean latent)
 
 
 StepCallback = Callable[[StepRecord], None]
@@ -88,12 +90,12 @@ def _predict_eps(eps_model: EpsModel, x_in: torch.Tensor, t: torch.Tensor | floa
 
 def _report(callback: StepCallback | None, index: int, num_steps: int, timestep: torch.Tensor | float,
             sigma: torch.Tensor | float, x: torch.Tensor, state: torch.Tensor, eps_pred: torch.Tensor,
-            x0_pred: torch.Tensor, x_next: torch.Tensor) -> None:
+            x0_pred: torch.Tensor, x_next: torch.Tensor, next_sigma: torch.Tensor | float) -> None:
     if callback is not None:
         sigma = float(sigma)
         callback(StepRecord(index=index, num_steps=num_steps, timestep=float(timestep), sigma=sigma,
                             alpha_cumprod=1.0 / (sigma**2 + 1.0), x=x, state=state, eps_pred=eps_pred,
-                            x0_pred=x0_pred, x_next=x_next))
+                            x0_pred=x0_pred, x_next=x_next, next_sigma=float(next_sigma)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +143,8 @@ def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
             else:
                 step_variance = current_beta_t
             x_next = x_next + step_variance**0.5 * z
-        _report(callback, i, len(run), t, schedule.sigmas[t], x, x, eps_pred, x0_pred, x_next)
+        next_sigma = schedule.sigmas[prev_t] if prev_t >= 0 else 0.0
+        _report(callback, i, len(run), t, schedule.sigmas[t], x, x, eps_pred, x0_pred, x_next, next_sigma)
         x = x_next
     return x
 
@@ -178,7 +181,8 @@ def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
         x_next = alpha_prod_t_prev**0.5 * x0_pred + direction
         if eta > 0:
             x_next = x_next + std_dev_t * _randn(eps_pred, generator)
-        _report(callback, i, len(run), t, schedule.sigmas[t], x, x, eps_pred, x0_pred, x_next)
+        _report(callback, i, len(run), t, schedule.sigmas[t], x, x, eps_pred, x0_pred, x_next,
+                schedule.sigmas[max(prev_t, 0)])
         x = x_next
     return x
 
@@ -250,7 +254,7 @@ def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSch
             x_next = ((sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * D0
                       - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1)
         _report(callback, i - start_index, steps - start_index, timesteps[i], sigmas[i], x, x, eps_pred,
-                x0_pred, x_next)
+                x0_pred, x_next, sigmas[i + 1])
         x, x0_pred_prev = x_next, x0_pred
     return x
 
@@ -312,7 +316,7 @@ def sample_euler(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedu
         x0_pred, derivative = _euler_derivative(x, sigmas[i], eps_pred)
         x_next = x + derivative * (sigmas[i + 1] - sigmas[i])
         _report(callback, i - start_index, steps - start_index, timesteps[i], sigmas[i], x_in, x, eps_pred,
-                x0_pred, x_next)
+                x0_pred, x_next, sigmas[i + 1])
         x = x_next
     return x
 
@@ -338,7 +342,7 @@ def sample_euler_ancestral(eps_model: EpsModel, noise: torch.Tensor, schedule: N
         # diffusers draws z on every step, the last (σ_up = 0) included: the generator stays in step.
         x_next = x + derivative * (sigma_down - sigma_from) + _randn(eps_pred, generator) * sigma_up
         _report(callback, i - start_index, steps - start_index, timesteps[i], sigma_from, x_in, x, eps_pred,
-                x0_pred, x_next)
+                x0_pred, x_next, sigma_to)
         x = x_next
     return x
 
@@ -364,7 +368,7 @@ def sample_heun(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
         eps_pred = _predict_eps(eps_model, x_in, timesteps[i])
         x0_pred, derivative = _euler_derivative(x, sigma, eps_pred)
         x_euler = x + derivative * dt
-        _report(callback, index, num_evals, timesteps[i], sigma, x_in, x, eps_pred, x0_pred, x_euler)
+        _report(callback, index, num_evals, timesteps[i], sigma, x_in, x, eps_pred, x0_pred, x_euler, sigma_next)
         index += 1
         if i == steps - 1:  # σ_next = 0: the slope there is undefined, keep the Euler step
             x = x_euler
@@ -374,7 +378,7 @@ def sample_heun(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
         x0_pred, derivative_next = _euler_derivative(x_euler, sigma_next, eps_pred)
         x_next = x + (derivative + derivative_next) / 2 * dt
         _report(callback, index, num_evals, timesteps[i + 1], sigma_next, x_in, x_euler, eps_pred, x0_pred,
-                x_next)
+                x_next, sigma_next)
         index += 1
         x = x_next
     return x
