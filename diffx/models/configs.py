@@ -57,6 +57,9 @@ class VAEConfig:
     embed_dim: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
+    # Linear latent -> RGB preview (scaled latent channels -> R, G, B), fitted per model; None = SD1.5's.
+    latent_rgb_factors: tuple[tuple[float, float, float], ...] | None = None
+    latent_rgb_bias: tuple[float, float, float] | None = None
 
     @property
     def downsample_factor(self) -> int:
@@ -148,7 +151,7 @@ def shapes_world() -> ModelConfig:
                                        num_attention_heads=4),
         unet=UNetConfig(model_channels=48, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(0, 1, 2),
                         num_heads=4, context_dim=128, norm_num_groups=16),
-        vae=VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, norm_num_groups=16),
+        vae=VAEConfig(ch=24, ch_mult=(1, 2, 4), num_res_blocks=1, norm_num_groups=8),
         image_size=64,
         default_sampler="ddim",
         default_steps=25,
