@@ -1,0 +1,15 @@
+"""Shared fixtures."""
+
+import pytest
+import torch
+
+from diffx.models.configs import tiny
+from diffx.models.stable_diffusion import build
+from diffx.weights import save_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random-weight tiny model saved as a diffx folder, for `--model` in CLI tests."""
+    torch.manual_seed(0)
+    return save_model(build(tiny()), tmp_path_factory.mktemp("tiny-model"))
