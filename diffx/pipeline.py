@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -26,6 +27,7 @@ import diffx
 from diffx.errors import InputImageError, InvalidArgumentError, check_choice
 from diffx.models.attention import observe_attention
 from diffx.models.tokenizer import TokenizedPrompt
+from diffx.render.io import MASK_THRESHOLD
 from diffx.render.latents import tensor_to_image
 from diffx.samplers import SAMPLERS, StepRecord, sample
 from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule
@@ -218,23 +220,25 @@ def _trace_meta(model: StableDiffusion, settings: GenerationSettings, tokens: To
                   "config": model.config.to_dict()},
         "settings": dict(settings.__dict__),
         "latent_scaling_factor": vae.scaling_factor,
-        "latent_rgb_factors": getattr(vae, "latent_rgb_factors", None),
+        "latent_rgb_factors": vae.latent_rgb_factors, "latent_rgb_bias": vae.latent_rgb_bias,
         "versions": {"diffx": diffx.__version__, "torch": torch.__version__},
     }
 
 
 @torch.no_grad()
 def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Sequence[int] | None = None,
-             init_image: Image.Image | np.ndarray | None = None, mask: np.ndarray | Tensor | None = None,
+             init_image: Image.Image | np.ndarray | None = None,
+             mask: Image.Image | np.ndarray | Tensor | None = None,
              trace: TraceOptions | bool | None = None, decode_every: int = 0,
              progress: Callable[[StepRecord], None] | None = None) -> Generation:
     """Generate one image per seed (default: `settings.seed`).
 
     - text → image: only `settings`;
     - image → image (SDEdit, Meng et al. 2022): `init_image` (H, W, 3) and `settings.strength`;
-    - inpainting: `init_image` and `mask` (H, W), 1 = repaint. A 9-channel inpainting U-Net is
-      conditioned on the mask and the masked image; any other SD1.x model blends the known region
-      back in after every step (latent blending).
+    - inpainting: `init_image` and `mask` (H, W), 1 = repaint; grey levels are thresholded at 0.5
+      (>= 0.5 repaints). A 9-channel inpainting U-Net is conditioned on the mask and the masked image;
+      any other SD1.x model blends the known region back in after every step (latent blending).
+      Strength 1 starts from pure noise, as diffusers' inpainting pipeline.
     `trace`: record every step (True for the default `TraceOptions`). `decode_every`: also VAE-decode
     the predicted x̂0 every N steps into the trace. `progress` is called after each model evaluation.
     """
@@ -259,11 +263,20 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
     device = _device(model)
     mode = "text2img" if init_image is None else ("inpaint" if mask is not None else "img2img")
 
+    inpainting_unet = mask is not None and model.config.unet.in_channels == 9
+    # diffusers' inpainting starts from pure noise at strength 1, and its 9-channel U-Net then needs no latent
+    # of the unmasked image (only of the masked one).
+    from_noise = mask is not None and settings.strength == 1.0
+    repaint = _repaint_mask(mask) if mask is not None else None
+
     images, latents, traces, per_seed = [], [], [], []
     for seed in (seeds if seeds is not None else [settings.seed]):
         seed_settings = GenerationSettings(**{**settings.__dict__, "seed": int(seed)})
+        # Random draws in diffusers' order: the image's VAE posterior sample, the initial noise, then
+        # (inpainting) the masked image's posterior sample.
         generator = torch.Generator().manual_seed(int(seed))
-        init_latent = encode_image(model, init_image, generator) if init_image is not None else None
+        needs_init_latent = init_image is not None and not (inpainting_unet and from_noise)
+        init_latent = encode_image(model, init_image, generator) if needs_init_latent else None
         noise = torch.randn(latent_shape, generator=generator).to(device)
         tracer = None
         if trace_options is not None:
@@ -271,22 +284,25 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
                             num_negative_tokens=negative_tokens.num_tokens)
         denoiser = make_denoiser(model, context_cond, context_uncond, settings.guidance, tracer)
         callbacks = [cb for cb in (tracer.on_step if tracer else None, progress) if cb is not None]
-        if mask is not None:
-            denoiser, blend = _inpainting(model, denoiser, init_latent, mask, noise, schedule)
-            callbacks.insert(0, blend)
+        if inpainting_unet:
+            masked_image = image_to_tensor(init_image) * (1 - repaint)  # the hole blanked to grey (0)
+            denoiser = _mask_conditioned(denoiser, repaint, encode_image(model, masked_image, generator))
+        elif mask is not None:
+            # diffusers encodes the masked image here even for a 4-channel U-Net: draw the same amount
+            # of noise so that ancestral samplers stay in step with it.
+            torch.randn(latent_shape, generator=generator)
+            callbacks.insert(0, _latent_blending(repaint, init_latent, noise))
 
         def callback(record: StepRecord, callbacks: list = callbacks) -> None:
             for cb in callbacks:
                 cb(record)
 
+        start_latent = None if from_noise else init_latent
         final = sample(settings.sampler, denoiser, noise, schedule, settings.steps,
                        spacing=settings.spacing, steps_offset=model.config.scheduler.steps_offset,
-                       karras=settings.karras, eta=settings.eta, init_latent=init_latent,
-                       strength=settings.strength if init_latent is not None else None,
+                       karras=settings.karras, eta=settings.eta, init_latent=start_latent,
+                       strength=settings.strength if start_latent is not None else None,
                        generator=generator, callback=callback)
-        if mask is not None and model.config.unet.in_channels == 4:
-            known = _latent_mask(mask, final)
-            final = known * init_latent + (1 - known) * final
         image = decode_latents(model, final)[0]
         images.append(image)
         latents.append(final[0].float().cpu())
@@ -309,36 +325,54 @@ def _decoded_steps(model: StableDiffusion, tracer: Tracer, every: int) -> dict[s
     return {"decoded_x0": torch.stack(decoded), "decoded_steps": torch.tensor(steps)}
 
 
-def _latent_mask(mask: np.ndarray | Tensor, like: Tensor) -> Tensor:
-    """Pixel mask (H, W), 1 = repaint → latent-grid *known*-region mask (1, 1, h, w), 1 = keep."""
-    pixels = torch.as_tensor(np.asarray(mask), dtype=torch.float32)[None, None]
-    repaint = torch.nn.functional.interpolate(pixels, size=like.shape[-2:], mode="nearest")
-    return (1.0 - (repaint > 0.5).float()).to(like.device)
+def _repaint_mask(mask: Image.Image | np.ndarray | Tensor) -> Tensor:
+    """Pixel mask (H, W), 1 = repaint → (1, 1, H, W) of exact 0s and 1s.
+
+    Grey levels are thresholded at MASK_THRESHOLD (>= 0.5 → repaint), like `load_mask` and diffusers'
+    mask processor; a uint8 array or a PIL image counts 255 as 1.
+    """
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    levels = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
+    if isinstance(mask, np.ndarray) and mask.dtype == np.uint8:
+        levels = levels / 255.0
+    return (levels >= MASK_THRESHOLD).float()[None, None]
 
 
-def _inpainting(model: StableDiffusion, denoiser: Callable[[Tensor, Tensor], Tensor], init_latent: Tensor,
-                mask: np.ndarray | Tensor, noise: Tensor, schedule: NoiseSchedule
-                ) -> tuple[Callable[[Tensor, Tensor], Tensor], Callable[[StepRecord], None]]:
-    """Inpainting hooks: the 9-channel conditioning, or latent blending for a plain SD1.x U-Net."""
-    known = _latent_mask(mask, init_latent)
-    if model.config.unet.in_channels == 9:
-        # The inpainting U-Net sees [x_t, mask (1 = repaint), latent of the image with the hole blanked].
-        masked_image_latent = init_latent * known
+def _latent_mask(repaint: Tensor, like: Tensor) -> Tensor:
+    """(1, 1, H, W) pixel mask → the latent grid of `like`, (1, 1, h, w), by nearest neighbour as diffusers."""
+    return F.interpolate(repaint, size=like.shape[-2:], mode="nearest").to(like.device, like.dtype)
 
-        def conditioned(x_in: Tensor, t: Tensor) -> Tensor:
-            return denoiser(torch.cat([x_in, 1 - known, masked_image_latent], dim=1), t)
 
-        return conditioned, lambda record: None
+def _mask_conditioned(denoiser: Callable[[Tensor, Tensor], Tensor], repaint: Tensor,
+                      masked_image_latent: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """The 9-channel inpainting U-Net sees [x_t, mask (1 = repaint), latent of the image with the hole blanked]."""
+    latent_repaint = _latent_mask(repaint, masked_image_latent)
+
+    def conditioned(x_in: Tensor, t: Tensor) -> Tensor:
+        return denoiser(torch.cat([x_in, latent_repaint, masked_image_latent], dim=1), t)
+
+    return conditioned
+
+
+def _latent_blending(repaint: Tensor, init_latent: Tensor, noise: Tensor) -> Callable[[StepRecord], None]:
+    """Inpainting with a plain SD1.x U-Net: after every step, overwrite the known region of the next state.
+
+    It becomes the input image's latent noised to the state's level σ' with the initial noise, in the
+    sampler's own space (VP x_t = √ᾱ x0 + √(1 − ᾱ) ε, or σ-space x0 + σ' ε); after the last step the
+    clean latent itself — as diffusers' StableDiffusionInpaintPipeline does for a 4-channel U-Net.
+    """
+    known = 1 - _latent_mask(repaint, init_latent)
 
     def blend(record: StepRecord) -> None:
-        # Replace the known region of the next state by the input image noised to the same level
-        # (as diffusers' 4-channel inpainting), in the sampler's own space (VP x_t, or x0 + σ ε).
         next_sigma = record.next_sigma
-        if record.state is record.x:  # VP state: √ᾱ x0 + √(1 − ᾱ) ε
+        if record.index == record.num_steps - 1:
+            noised = init_latent
+        elif record.state is record.x:  # VP samplers hand the model their state itself
             alpha = 1.0 / (next_sigma**2 + 1.0)
             noised = math.sqrt(alpha) * init_latent + math.sqrt(1 - alpha) * noise
-        else:  # σ-space state: x0 + σ ε
+        else:
             noised = init_latent + next_sigma * noise
         record.x_next.copy_(known * noised + (1 - known) * record.x_next)
 
-    return denoiser, blend
+    return blend
