@@ -1,0 +1,88 @@
+"""Prompt adherence and the attention pointing game of the embedded shapes-world model.
+
+Evaluation prompts come from the shapes world's evaluation stream (never used for training or tuning);
+each is generated at the model's default sampler and steps, at the default guidance and at guidance 1
+(no guidance), and judged by `diffx.embedded.judge` (see `diffx.embedded.quality`). Targets: colour
+>= 95 %, shape >= 85 %, position >= 85 %, pointing >= 80 %, and "all" at guidance 1 at least
+`GUIDANCE_GAP` below the default guidance.
+
+Run from the repository root:  OMP_NUM_THREADS=2 python -m benchmarks.embedded_quality [--quick]
+`--model` takes a model folder (default: the shipped data/shapes-world) or a training folder such as
+runs/shapes-world (its latest checkpoints). The last line printed is
+`color=<x> shape=<x> position=<x> pointing=<x>` at the default guidance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from diffx.embedded.quality import GUIDANCE_GAP, TARGETS, evaluate, load_for_evaluation, meets_targets
+from diffx.embedded.shapes import make_eval_prompts
+from diffx.paths import EMBEDDED_MODEL_DIR
+
+QUICK_N = 40
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL_DIR, help="model folder or training folder")
+    parser.add_argument("--n", type=int, default=200, help="number of evaluation prompts")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance to test (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="prompt-set seed; prompt i is generated with seed + i")
+    parser.add_argument("--out", type=Path, default=None, help="write both results as JSON here")
+    parser.add_argument("--quick", action="store_true", help=f"only {QUICK_N} prompts")
+    return parser.parse_args()
+
+
+def format_rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    args = parse_args()
+    n = QUICK_N if args.quick else args.n
+    model = load_for_evaluation(args.model)
+    prompts = make_eval_prompts(n, args.seed)
+    console = Console()
+    results = {}
+    with Progress(console=console) as progress:
+        for name, guidance in (("default", args.guidance), ("unguided", 1.0)):
+            label = "default guidance" if guidance is None else f"guidance {guidance:g}"
+            task = progress.add_task(label, total=n)
+            results[name] = evaluate(model, prompts, guidance, args.seed,
+                                     progress=lambda done, task=task: progress.update(task, completed=done))
+    default, unguided = results["default"], results["unguided"]
+    reached = meets_targets(default, unguided)
+
+    table = Table(title=f"{default['model']}: {n} evaluation prompts, {default['sampler']}, {default['steps']} steps")
+    table.add_column("attribute")
+    table.add_column(f"guidance {default['guidance']:g}", justify="right")
+    table.add_column("guidance 1", justify="right")
+    table.add_column("target", justify="right")
+    for key in [*default["rates"], "pointing"]:
+        ours = default["pointing"] if key == "pointing" else default["rates"][key]
+        theirs = unguided["pointing"] if key == "pointing" else unguided["rates"].get(key)
+        target = f"≥ {TARGETS[key]:.2f} {'✓' if reached[key] else '✗'}" if key in TARGETS else ""
+        table.add_row(key, format_rate(ours), format_rate(theirs), target)
+    gap = default["rates"]["all"] - unguided["rates"]["all"]
+    table.add_row("all: default − guidance 1", f"{gap:+.3f}", "",
+                  f"≥ {GUIDANCE_GAP:.2f} {'✓' if reached['guidance gap'] else '✗'}")
+    console.print(table)
+    console.print(f"pointing trials: {default['pointing_trials']} (guidance 1: {unguided['pointing_trials']}); "
+                  f"{default['seconds_per_image']:.2f} s per image at the default guidance")
+    if args.out:
+        args.out.write_text(json.dumps({**results, "targets_reached": reached}, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {args.out}")
+    last = {"color": default["rates"].get("colour"), "shape": default["rates"].get("shape"),
+            "position": default["rates"].get("position"), "pointing": default["pointing"]}
+    print(" ".join(f"{key}={float('nan') if value is None else value:.3f}" for key, value in last.items()))
+
+
+if __name__ == "__main__":
+    main()
