@@ -11,6 +11,7 @@ image-to-image the VAE posterior sample first, then the noise), so a seed gives 
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -143,7 +144,7 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
                   guidance: float, tracer: Tracer | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     """ε̂(x_t, t) with classifier-free guidance: ε_u + w (ε_c − ε_u)  (Ho & Salimans 2022, eq. 6).
 
-    Without an unconditional context (guidance exactly 1 and nothing traced) only ε_c is computed.
+    Without an unconditional context (guidance exactly 1) only ε_c is computed.
     Both halves run as one batch [uncond; cond], as diffusers does.
     """
     dtype = _dtype(model)
@@ -213,7 +214,7 @@ def _trace_meta(model: StableDiffusion, settings: GenerationSettings, tokens: To
                 "truncated_text": t.truncated_text}
 
     vae = model.config.vae
-    return {
+    meta = {
         "mode": mode, "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
         "tokens": token_info(tokens), "negative_tokens": token_info(negative_tokens),
         "model": {"name": model.config.name, "source": model.source,
@@ -223,6 +224,7 @@ def _trace_meta(model: StableDiffusion, settings: GenerationSettings, tokens: To
         "latent_rgb_factors": vae.latent_rgb_factors, "latent_rgb_bias": vae.latent_rgb_bias,
         "versions": {"diffx": diffx.__version__, "torch": torch.__version__},
     }
+    return json.loads(json.dumps(meta))  # JSON-native (tuples → lists), so a saved trace loads back equal
 
 
 @torch.no_grad()
@@ -253,10 +255,8 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
     tokens = tokenize(model, settings.prompt)
     negative_tokens = tokenize(model, settings.negative_prompt)
     context_cond = encode_text(model, [tokens])
-    traced_guidance = trace_options is not None and ("eps" in trace_options.record
-                                                     or "negative_attention" in trace_options.record)
-    context_uncond = (encode_text(model, [negative_tokens])
-                      if settings.guidance != 1.0 or traced_guidance else None)
+    # Guidance 1 is ε_c alone: the unconditional branch is skipped, traced or not (tracing never changes numbers).
+    context_uncond = encode_text(model, [negative_tokens]) if settings.guidance != 1.0 else None
     schedule = schedule_for(model, settings.schedule)
     factor = model.config.vae.downsample_factor
     latent_shape = (1, 4, settings.height // factor, settings.width // factor)
@@ -316,7 +316,7 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
 
 def _decoded_steps(model: StableDiffusion, tracer: Tracer, every: int) -> dict[str, Tensor]:
     """VAE decodes of the recorded x̂0 at steps 0, N, 2N, … and the last, batched."""
-    x0_steps = tracer._steps.get("x0")
+    x0_steps = tracer.recorded("x0")
     if not every or not x0_steps:
         return {}
     steps = sorted(set(range(0, len(x0_steps), every)) | {len(x0_steps) - 1})

@@ -130,8 +130,9 @@ class Tracer:
         half = probs.shape[0] // 2  # the denoiser batches [negative; positive]
         if layer.kind == "cross":
             # (B, heads, rows*cols, 77): one (K, rows, cols) map per half, mean over heads.
-            cond = probs[half:half + 1].mean(1)[0, :, : self.num_tokens].T.reshape(-1, rows, cols)
-            self._pending.setdefault("attention", []).append(cond)
+            if "attention" in self.options.record:
+                cond = probs[half:half + 1].mean(1)[0, :, : self.num_tokens].T.reshape(-1, rows, cols)
+                self._pending.setdefault("attention", []).append(cond)
             if "negative_attention" in self.options.record and half:
                 uncond = probs[:1].mean(1)[0, :, : self.num_negative_tokens].T.reshape(-1, rows, cols)
                 self._pending.setdefault("negative_attention", []).append(uncond)
@@ -162,11 +163,17 @@ class Tracer:
         if "x0" in record_what:
             self._add("x0", record.x0_pred[0])
         for key, maps in self._pending.items():
-            if key.endswith("attention"):
+            if key == "self_attention":  # one entropy map per layer: (1, rows, cols) → (a, a')
+                self._add(key, _aggregate(maps)[0])
+            elif key.endswith("attention"):
                 self._add(key, _aggregate(maps))
             else:
                 self._add(key, maps[0])
         self._pending = {}
+
+    def recorded(self, key: str) -> list[Tensor]:
+        """The per-step tensors recorded so far under `key` (empty if none)."""
+        return self._steps.get(key, [])
 
     def _add(self, key: str, value: Tensor) -> None:
         self._steps.setdefault(key, []).append(value.detach().to("cpu", torch.float16))

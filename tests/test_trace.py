@@ -1,0 +1,230 @@
+"""The tracer: what it records, that watching changes nothing, and the trace file."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from diffx.errors import InvalidArgumentError, OutputPathError, TraceFileError
+from diffx.models.attention import observe_attention
+from diffx.models.configs import sd15, tiny
+from diffx.models.stable_diffusion import build
+from diffx.pipeline import GenerationSettings, decode_latents, encode_text, generate
+from diffx.samplers import SAMPLERS
+from diffx.trace import Trace, TraceOptions, Tracer, load_trace, save_trace
+
+SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
+LATENT = SIZE // 2
+PROMPT = "a cuboid and a red sphere"  # "cuboid" is three BPE tokens: cu, bo, id</w>
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build(tiny()).eval()
+
+
+def settings(**changes) -> GenerationSettings:
+    return GenerationSettings(**{"prompt": PROMPT, "steps": 3, "guidance": 7.5, "height": SIZE, "width": SIZE,
+                                 "seed": 1, **changes})
+
+
+@pytest.fixture(scope="module")
+def default_trace(model) -> Trace:
+    return generate(model, settings(), trace=True).traces[0]
+
+
+@pytest.fixture
+def observed_layers(monkeypatch) -> list[tuple[str, int]]:
+    """(layer name, query count) of every attention layer the tracer is handed probabilities of."""
+    seen = []
+    observe = Tracer.observe
+
+    def spy(self, layer, probs):
+        seen.append((layer.layer_name, probs.shape[2]))
+        observe(self, layer, probs)
+
+    monkeypatch.setattr(Tracer, "observe", spy)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------------
+# Watching changes nothing
+
+
+@pytest.mark.parametrize("sampler, guidance", [("ddim", 7.5), ("euler_a", 7.5), ("heun", 3.0), ("dpmpp_2m", 1.0)])
+def test_tracing_does_not_change_the_image(model, sampler, guidance):
+    everything = TraceOptions(record=("latents", "eps", "x0", "attention", "negative_attention", "self_attention"))
+    plain = generate(model, settings(sampler=sampler, guidance=guidance, negative_prompt="blue"))
+    traced = generate(model, settings(sampler=sampler, guidance=guidance, negative_prompt="blue"), trace=everything,
+                      decode_every=1)
+    assert torch.equal(plain.latents, traced.latents)
+    assert np.array_equal(plain.images[0], traced.images[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# What is recorded
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_recorded_shapes(model, sampler):
+    records = []
+    result = generate(model, settings(sampler=sampler), trace=True, progress=records.append)
+    trace = result.traces[0]
+    evaluations = 2 * 3 - 1 if sampler == "heun" else 3  # Heun evaluates the model twice per step but the last
+    tokens = trace.meta["tokens"]["num_tokens"]
+    assert tokens == 2 + 8  # start, a, cu, bo, id, and, a, red, sphere, end
+    expected = {"timesteps": (evaluations,), "sigmas": (evaluations,), "alphas_cumprod": (evaluations,),
+                "latents": (evaluations, 4, LATENT, LATENT), "eps": (evaluations, 4, LATENT, LATENT),
+                "eps_cond": (evaluations, 4, LATENT, LATENT), "eps_uncond": (evaluations, 4, LATENT, LATENT),
+                "x0": (evaluations, 4, LATENT, LATENT), "attention": (evaluations, tokens, LATENT, LATENT),
+                "final_latent": (4, LATENT, LATENT), "image": (SIZE, SIZE, 3)}
+    assert {key: tuple(value.shape) for key, value in trace.tensors.items()} == expected
+    assert trace.num_steps == evaluations == len(records)
+    assert trace.tensors["image"].dtype == torch.uint8 and np.array_equal(trace.tensors["image"], result.images[0])
+    assert torch.equal(trace.tensors["final_latent"], result.latents[0])
+    # The values are the sampler's own, stored in fp16.
+    assert trace.tensors["timesteps"].tolist() == [r.timestep for r in records]
+    assert torch.equal(trace.tensors["x0"], torch.stack([r.x0_pred[0] for r in records]).half())
+    assert torch.equal(trace.tensors["latents"], torch.stack([r.x[0] for r in records]).half())
+    uncond, cond = trace.tensors["eps_uncond"].float(), trace.tensors["eps_cond"].float()
+    torch.testing.assert_close(trace.tensors["eps"].float(), uncond + 7.5 * (cond - uncond), atol=0.1, rtol=0.01)
+
+
+def test_attention_probabilities_and_their_aggregation(model, observed_layers):
+    """Per layer, the token maps of each pixel sum to 1; DAAM upsamples them to the largest grid and averages."""
+    tracer = Tracer(TraceOptions(record=("attention",)), num_tokens=77)  # all 77 positions: rows sum to 1
+    tracer.latent_shape = (LATENT, LATENT)
+    context = encode_text(model, [model.tokenizer.encode(PROMPT)])
+    with torch.no_grad(), observe_attention(tracer):
+        model.unet(torch.randn(1, 4, LATENT, LATENT), torch.tensor(500.0), context)
+    per_layer = tracer._pending["attention"]
+    grids = sorted({m.shape[-1] for m in per_layer})
+    assert len(per_layer) == len(observed_layers) == 7 and grids == [LATENT // 2, LATENT]
+    assert all(name.endswith("attn2") for name, _ in observed_layers)  # cross-attention layers only
+    for maps in per_layer:  # (77, rows, cols)
+        assert maps.min() >= 0
+        torch.testing.assert_close(maps.sum(0), torch.ones(maps.shape[1:]))
+
+    expected = torch.stack([F.interpolate(m[None], size=(LATENT, LATENT), mode="bicubic")[0] for m in per_layer])
+    aggregated = _aggregate_via_on_step(tracer)
+    assert aggregated.shape == (77, LATENT, LATENT)
+    torch.testing.assert_close(aggregated.float(), expected.mean(0).clamp_min(0).half().float())
+    torch.testing.assert_close(aggregated.float().sum(0), torch.ones(LATENT, LATENT), atol=0.02, rtol=0)
+
+
+def _aggregate_via_on_step(tracer: Tracer) -> torch.Tensor:
+    from diffx.samplers import StepRecord
+
+    x = torch.zeros(1, 4, LATENT, LATENT)
+    tracer.on_step(StepRecord(index=0, num_steps=1, timestep=500.0, sigma=1.0, alpha_cumprod=0.5, x=x, state=x,
+                              eps_pred=x, x0_pred=x, x_next=x, next_sigma=0.0))
+    return tracer.recorded("attention")[0]
+
+
+def test_resolution_and_layer_selection(model, default_trace, observed_layers):
+    low = generate(model, settings(), trace=TraceOptions(attention_resolutions=(LATENT // 2,))).traces[0]
+    assert low.tensors["attention"].shape[-2:] == (LATENT // 2, LATENT // 2)
+    assert not low.tensors["attention"].isnan().any()
+
+    observed_layers.clear()
+    decoder = generate(model, settings(), trace=TraceOptions(attention_layers=r"output_blocks")).traces[0]
+    names = {name for name, _ in observed_layers}
+    assert names and all(name.startswith("output_blocks.") for name in names)
+    assert decoder.tensors["attention"].shape == default_trace.tensors["attention"].shape
+    assert not torch.equal(decoder.tensors["attention"], default_trace.tensors["attention"])
+
+
+def test_negative_attention_is_recorded_when_asked(model, default_trace):
+    assert "negative_attention" not in default_trace.tensors
+    trace = generate(model, settings(negative_prompt="blurry"),
+                     trace=TraceOptions(record=("negative_attention",))).traces[0]
+    assert trace.meta["negative_tokens"]["num_tokens"] == 3  # start, blurry, end
+    assert trace.tensors["negative_attention"].shape == (3, 3, LATENT, LATENT)
+    assert "attention" not in trace.tensors and "eps" not in trace.tensors
+    assert trace.word_maps(0, negative=True).shape == (1, LATENT, LATENT)
+
+
+def test_self_attention_entropy(model):
+    trace = generate(model, settings(), trace=TraceOptions(record=("self_attention",))).traces[0]
+    entropy = trace.tensors["self_attention"]
+    assert entropy.shape == (3, LATENT, LATENT) and "attention" not in trace.tensors
+    # Entropy of a distribution over the N = 16·16 pixels lies in [0, log N].
+    assert entropy.min() >= 0 and entropy.max() <= math.log(LATENT * LATENT) + 1e-2
+
+
+def test_word_maps_average_the_tokens_of_a_word(default_trace):
+    words = default_trace.words
+    assert words == ["a", "cuboid", "and", "a", "red", "sphere"]
+    attention = default_trace.tensors["attention"][2].float()
+    maps = default_trace.word_maps(2)
+    assert maps.shape == (len(words), LATENT, LATENT)
+    torch.testing.assert_close(maps[1], attention[2:5].mean(0))  # cu, bo, id</w> at positions 2..4
+    torch.testing.assert_close(maps[5], attention[8])
+
+
+def test_decode_every(model):
+    trace = generate(model, settings(steps=6), trace=True, decode_every=2).traces[0]
+    assert trace.tensors["decoded_steps"].tolist() == [0, 2, 4, 5]  # every 2nd step and the last
+    assert trace.tensors["decoded_x0"].shape == (4, SIZE, SIZE, 3)
+    expected = decode_latents(model, trace.tensors["x0"][[0, 2, 4, 5]].float())
+    assert np.array_equal(trace.tensors["decoded_x0"].numpy(), np.stack(expected))
+    assert "decoded_x0" not in generate(model, settings(), trace=True).traces[0].tensors
+
+
+def test_unknown_record_names_the_choices():
+    with pytest.raises(InvalidArgumentError, match="cannot record attn; choose from: latents, eps, x0, attention"):
+        TraceOptions(record=("attn",))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trace files
+
+
+def test_save_and_load_round_trip(tmp_path, default_trace):
+    path = save_trace(default_trace, tmp_path / "trace.safetensors")
+    loaded = load_trace(path)
+    assert loaded.meta == default_trace.meta
+    assert loaded.meta["prompt"] == PROMPT and loaded.meta["settings"]["seed"] == 1
+    assert loaded.tensors.keys() == default_trace.tensors.keys()
+    for key, value in default_trace.tensors.items():
+        assert loaded.tensors[key].dtype == value.dtype and torch.equal(loaded.tensors[key], value), key
+    with pytest.raises(OutputPathError):
+        save_trace(default_trace, path)
+    save_trace(default_trace, path, force=True)
+
+
+def test_files_that_are_not_traces(tmp_path):
+    with pytest.raises(TraceFileError, match="does not exist"):
+        load_trace(tmp_path / "missing.safetensors")
+    weights = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))
+    with pytest.raises(TraceFileError, match="safetensors file but not a diffx trace"):
+        load_trace(weights)
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not a trace at all")
+    with pytest.raises(TraceFileError, match="is not a diffx trace"):
+        load_trace(text)
+
+
+def test_sd15_trace_size_bound(model, default_trace):
+    """A 50-step 512 px SD1.5 trace (default record, 10 tokens) stays far below 200 MB.
+
+    Every per-step tensor lives on the latent grid (SD1.5 has cross-attention at full latent resolution,
+    as tiny does), so its bytes scale with the latent area; the final image with the pixel area.
+    """
+    assert default_trace.meta["tokens"]["num_tokens"] == 10
+    config = sd15()
+    scale_latent = (config.image_size // config.vae.downsample_factor) ** 2 / LATENT**2  # 64² / 16²
+    scale_image = config.image_size**2 / SIZE**2
+    per_step = sum(value[0].numel() * value.element_size() for key, value in default_trace.tensors.items()
+                   if value.ndim > 1 and value.shape[0] == default_trace.num_steps)
+    scalars = sum(default_trace.tensors[key][0].element_size() for key in ("timesteps", "sigmas", "alphas_cumprod"))
+    final = (default_trace.tensors["final_latent"].numel() * 4 * scale_latent
+             + default_trace.tensors["image"].numel() * scale_image)
+    size = 50 * (per_step * scale_latent + scalars) + final
+    print(f"50-step 512 px SD1.5 trace: {size / 1e6:.1f} MB ({per_step * scale_latent / 1e3:.0f} kB per step)")
+    assert size < 200e6
