@@ -13,3 +13,14 @@ def tiny_model_dir(tmp_path_factory):
     """A random-weight tiny model saved as a diffx folder, for `--model` in CLI tests."""
     torch.manual_seed(0)
     return save_model(build(tiny()), tmp_path_factory.mktemp("tiny-model"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-goldens", action="store_true",
+                     help="rewrite tests/golden/*.png from the embedded model instead of comparing with them")
+
+
+@pytest.fixture
+def update_goldens(request: pytest.FixtureRequest) -> bool:
+    """True under `pytest --update-goldens`: golden-image tests write their images instead of comparing."""
+    return request.config.getoption("--update-goldens")
