@@ -23,7 +23,7 @@ from diffx.models.stable_diffusion import build
 from diffx.pipeline import GenerationSettings, PromptTruncatedWarning, generate
 from diffx.report import render_report_html, write_report
 from diffx.schedules import NoiseSchedule
-from diffx.trace import Trace
+from diffx.trace import Trace, TraceOptions
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -325,6 +325,21 @@ def test_clicking_words_and_the_colour_scale_change_the_heatmap(single, sweep):
     single.page.locator("#step").fill("3")
     assert single.src(heat) != horse_word_scale
     assert single.errors == []
+
+
+@pytest.mark.parametrize(("record", "missing_panels"), [(("latents",), 3), (("attention",), 4)])
+def test_a_trace_with_few_recordings_still_works(browser, model, tmp_path, record, missing_panels):
+    trace = generate(model, GenerationSettings(prompt="a green circle", steps=2), trace=TraceOptions(record=record),
+                     ).traces[0]
+    opened = OpenPage(browser, write_report(trace, tmp_path / "few.html"))
+    try:
+        assert opened.errors == [] and opened.foreign_requests() == []
+        assert opened.page.locator(".missing").count() == missing_panels
+        assert opened.page.locator("img.heat").count() == ("attention" in record)
+        opened.press_outside_controls("ArrowRight")
+        assert opened.text("#step-label") == "step 2 / 2"
+    finally:
+        opened.context.close()
 
 
 def test_sweep_columns_follow_one_slider(swept):
