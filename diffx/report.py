@@ -162,6 +162,7 @@ def _column(trace: Trace, index: int, label: str, model: StableDiffusion | None)
                            for s in steps]
     return {
         "label": label,
+        "guidance": trace.meta.get("settings", {}).get("guidance"),
         "colour": COLUMN_COLOURS[index % len(COLUMN_COLOURS)],
         "words": trace.words,
         "info": [_step_info(trace, s) for s in steps],
@@ -528,8 +529,10 @@ def _icon(path: str) -> str:
 def _column_html(c: int, column: dict) -> str:
     figures = []
     for key, (title, caption) in PANELS.items():
+        missing = ("guidance w = 1: only ε_c is computed, so there is no ε_c − ε_u"
+                   if key == "guide" and column["guidance"] == 1 else "not recorded in this trace")
         inner = (f'<img data-col="{c}" data-panel="{key}" class="pixelated" alt="{html.escape(title)}">'
-                 if key in column["frames"] else '<div class="missing">not recorded in this trace</div>')
+                 if key in column["frames"] else f'<div class="missing">{html.escape(missing)}</div>')
         figures.append(f'<figure class="panel"><div class="frame">{inner}</div>'
                        f"<figcaption><b>{html.escape(title)}</b> — {html.escape(caption)}</figcaption></figure>")
     figures.append(f'<div class="attention" data-col="{c}"></div>')

@@ -56,7 +56,7 @@ def pages(sweep, tmp_path_factory) -> dict[str, Path]:
             "sweep": write_report(sweep, folder / "sweep.html")}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     try:
         from playwright.sync_api import sync_playwright
@@ -354,6 +354,7 @@ def test_sweep_columns_follow_one_slider(swept):
                  swept.page.locator(f'circle[data-marker-col="{c}"][data-chart="abar"]').get_attribute("cx"))
                 for c in columns]
 
+    assert "only ε_c is computed" in swept.text('.column:first-child .missing')
     before = state()
     assert before[0][0] != before[1][0]  # different guidance, different x̂0
     swept.page.locator("#step").fill("5")
