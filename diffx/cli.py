@@ -285,7 +285,7 @@ def noise(
 
     out = out or Path("noise.png")
     plot_path = views.companion_path(out, "schedules")
-    views.check_outputs([out, plot_path, gif], force)
+    views.check_outputs([out, plot_path], force, gif)
     schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
     loaded = load(model, device, dtype) if latent or model else None
     width, height = parse_size(size)
@@ -343,7 +343,7 @@ def denoise(
     check_view_options(preview)
     out = out or Path("denoise.png")
     grid_path = views.companion_path(out, "steps")
-    views.check_outputs([out, grid_path, gif], force)
+    views.check_outputs([out, grid_path], force, gif)
     loaded = load(model, device, dtype)
     settings = make_settings(prompt, negative_prompt, size, steps, guidance, sampler, schedule, spacing, karras, seed)
     generation = run_generation(loaded, settings, image, mask, t, strength, views.TRACE_RECORD_X0)
@@ -400,7 +400,7 @@ def trace(
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, Path("trace"))
-    views.check_outputs([gif, out, views.companion_path(out, "attention"), save_trace], force)
+    views.check_outputs([out, views.companion_path(out, "attention"), save_trace], force, gif)
     loaded = load(model, device, dtype)
     settings = make_settings(prompt, negative_prompt, size, steps, guidance, sampler, schedule, spacing, karras, seed)
     # With --preview vae the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
@@ -481,7 +481,7 @@ def cfg_sweep(
 
     check_view_options(preview)
     out = out or Path("cfg_sweep.png")
-    views.check_outputs([out, gif], force)
+    views.check_outputs([out], force, gif)
     weights = parse_list(scales, float, "--scales")
     chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps else None
     loaded = load(model, device, dtype)

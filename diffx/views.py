@@ -115,9 +115,8 @@ def _require(trace: Trace, *keys: str) -> None:
             f"the trace has no {', '.join(missing)}; record it (TraceOptions(record=...) or `diffx trace`)")
 
 
-def _indices(trace: Trace, steps: Sequence[int] | None) -> list[int]:
-    """Step numbers (1..N) → 0-based indices; None → GRID_STEPS steps spread from the first to the last."""
-    count = trace.num_steps
+def _indices(count: int, steps: Sequence[int] | None) -> list[int]:
+    """Step numbers (1..count) → 0-based indices; None → GRID_STEPS steps spread from the first to the last."""
     if steps is None:
         if count <= GRID_STEPS:
             return list(range(count))
@@ -258,7 +257,7 @@ def attention_grid(trace: Trace, steps: Sequence[int] | None = None, attn_scale:
                    panel: int | None = None) -> Image.Image:
     """Word × timestep grid: each word's cross-attention heatmap (rows) at the chosen steps (columns,
     default GRID_STEPS spread over the run), over the x̂0 picture of that step; the prompt as title."""
-    indices = _indices(trace, steps)
+    indices = _indices(trace.num_steps, steps)
     maps = attention_maps(trace, indices, attn_scale)  # (S, W, a, a')
     size = _trace_panel(trace, panel)
     x0 = [fit_panel(picture, size) for picture in x0_pictures(trace, indices, preview, model)]
@@ -284,7 +283,7 @@ def denoise_grid(trace: Trace, steps: Sequence[int] | None = None, preview: str 
                  model: StableDiffusion | None = None, panel: int | None = None) -> Image.Image:
     """Two rows over the chosen steps: the model input x_t and the predicted x̂0."""
     _require(trace, "latents")
-    indices = _indices(trace, steps)
+    indices = _indices(trace.num_steps, steps)
     rgb_factors = trace.meta.get("latent_rgb_factors")
     rows = [("x_t", [latent_preview(trace.tensors["latents"][i], rgb_factors) for i in indices]),
             ("x̂0", x0_pictures(trace, indices, preview, model))]
@@ -420,8 +419,13 @@ def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequ
     """
     if not scales:
         raise InvalidArgumentError("no guidance scales given; pass e.g. 1,3,7.5")
-    generations = [generate(model, replace(settings, guidance=float(w)), trace=TRACE_RECORD_X0, progress=progress)
-                   for w in scales]
+    per_scale = [replace(settings, guidance=float(w)) for w in scales]
+    for scale_settings in per_scale:  # check everything before the first (slow) generation
+        resolved = scale_settings.resolved(model)
+    evaluations = sampler_timesteps(resolved.sampler, schedule_for(model, resolved.schedule), resolved.steps,
+                                    resolved.spacing, model.config.scheduler.steps_offset, resolved.karras)
+    row_indices = _indices(len(evaluations), rows_steps) if rows_steps else []
+    generations = [generate(model, s, trace=TRACE_RECORD_X0, progress=progress) for s in per_scale]
     traces = [g.traces[0] for g in generations]
     first = traces[0]
     size = _trace_panel(first, panel)
@@ -431,7 +435,7 @@ def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequ
     x0 = [[fit_panel(p, size) for p in x0_pictures(trace, all_steps, preview, model)] for trace in traces]
 
     rows, row_labels = [results], ["result"]
-    for i in _indices(first, rows_steps) if rows_steps else []:
+    for i in row_indices:
         rows.append([pictures[i] for pictures in x0])
         t = format_timestep(float(first.tensors["timesteps"][i]))
         row_labels.append(f"x̂0, step {i + 1}/{first.num_steps}, t={t}")
@@ -597,8 +601,10 @@ def models_table(sources: Sequence[ModelSource]) -> Table:
     """The models found on disk (`diffx.weights.find_models()`), the default one first."""
     table = Table(title="models", caption=None if sources else
                   "no model found; pass --model PATH, set DIFFX_MODEL or put a checkpoint in data/")
-    for column in ("", "path", "format", "description"):
-        table.add_column(column)
+    table.add_column("")
+    table.add_column("path", overflow="fold")  # a path is only useful whole
+    table.add_column("format")
+    table.add_column("description")
     for number, source in enumerate(sources):
         table.add_row("default" if number == 0 else "", str(source.path), source.format, source.description)
     return table
@@ -614,10 +620,19 @@ def companion_path(path: str | os.PathLike, name: str) -> Path:
     return path.with_name(f"{path.stem}_{name}.png")
 
 
-def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False) -> None:
-    """Fail before any work if an output exists (without `force`), is a folder, or its folder is not
-    writable. `None`s (outputs not asked for) are skipped."""
-    for path in (Path(p) for p in paths if p is not None):
+def animation_format(path: str | os.PathLike) -> str:
+    """The animation format of a file name: ".gif" or ".mp4" (anything else is an error)."""
+    return check_choice("animation format", Path(path).suffix.lower(), ANIMATION_SUFFIXES)
+
+
+def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False,
+                  animation: str | os.PathLike | None = None) -> None:
+    """Fail before any work if an output (`paths` and `animation`) exists (without `force`), is a folder,
+    or its folder is not writable, or if `animation` is not a .gif/.mp4. `None`s (outputs not asked for)
+    are skipped."""
+    if animation is not None:
+        animation_format(animation)
+    for path in (Path(p) for p in [animation, *paths] if p is not None):
         if path.is_dir():
             raise OutputPathError(f"output path {path} is a folder; give a file name")
         if path.exists() and not force:
@@ -632,11 +647,9 @@ def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False
 def save_animation(frames: Sequence[PictureLike], path: str | os.PathLike, frame_ms: int = 100,
                    force: bool = False) -> Path:
     """Write frames as a GIF or an MP4 (by the file suffix), `frame_ms` milliseconds per frame."""
-    path = Path(path)
-    check_choice("animation format", path.suffix.lower(), ANIMATION_SUFFIXES)
     if frame_ms <= 0:
         raise InvalidArgumentError(f"frame duration must be positive, got {frame_ms} ms")
-    if path.suffix.lower() == ".mp4":
+    if animation_format(path) == ".mp4":
         return save_mp4(frames, path, fps=max(1, round(1000 / frame_ms)), force=force)
     return save_gif(frames, path, duration_ms=frame_ms, force=force)
 
@@ -648,7 +661,7 @@ def write_trace_views(trace: Trace, animation: str | os.PathLike, image: str | o
     word × timestep attention grid as `<image>_attention.png`. Returns the paths written."""
     attention = "attention" in trace.tensors and bool(trace.words)
     grid_path = companion_path(image, "attention") if attention else None
-    check_outputs([animation, image, grid_path], force)
+    check_outputs([image, grid_path], force, animation)
     _require(trace, "image")
     frames = trace_frames(trace, preview, attn_scale, model, panel)
     grid = attention_grid(trace, attn_scale=attn_scale, preview=preview, model=model, panel=panel) if attention \

@@ -1,0 +1,203 @@
+"""The `diffx` command line, driven through Typer's CliRunner on a tiny random model: files written,
+exit codes, one-line errors, overwriting rules and the examples in the help."""
+
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffx.cli import app
+from diffx.samplers import SAMPLERS
+
+STEPS = 2
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """Invoke `diffx ARGS…` in a fresh working folder; returns the click Result."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIFFX_MODEL", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+@pytest.fixture
+def fast(tiny_model_dir):
+    """Options that make every generating command quick."""
+    return ["--model", tiny_model_dir, "--steps", STEPS, "--size", 32, "--device", "cpu"]
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output + result.stderr + repr(result.exception)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def refused(result, *fragments: str):
+    """Exit code 2 with exactly one `error: …` line on stderr that contains every fragment."""
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def frames(path) -> tuple[int, tuple[int, int]]:
+    with Image.open(path) as animation:
+        return animation.n_frames, animation.size
+
+
+def picture(path, size=(32, 32), colour=(200, 40, 40)):
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_trace_writes_gif_image_attention_grid_and_trace(run, fast):
+    result = ok(run("trace", "--prompt", "a red circle", "--gif", "out/run.gif", "--save-trace", "out/run.trace",
+                    *fast))
+    count, size = frames("out/run.gif")
+    assert count == STEPS
+    assert Image.open("out/run.png").size == (32, 32)
+    assert Image.open("out/run_attention.png").width > 0
+    for name in ("out/run.gif", "out/run.png", "out/run_attention.png", "out/run.trace"):
+        assert f"wrote {name}" in result.stdout
+    assert f"{STEPS}/{STEPS}" in result.stderr  # the progress bar goes to stderr
+
+    # Re-rendered from the file, without a model: the same frames.
+    ok(run("render", "out/run.trace", "--gif", "again/run.gif", "--attn-scale", "word"))
+    assert frames("again/run.gif") == (count, size)
+    assert np.array_equal(np.asarray(Image.open("again/run.png")), np.asarray(Image.open("out/run.png")))
+
+
+def test_existing_outputs_need_force(run, fast):
+    ok(run("trace", "-p", "a red circle", "--gif", "t.gif", *fast))
+    before = open("t.gif", "rb").read()
+    refused(run("trace", "-p", "a blue square", "--gif", "t.gif", *fast), "t.gif already exists", "--force")
+    assert open("t.gif", "rb").read() == before  # untouched
+    ok(run("trace", "-p", "a blue square", "--gif", "t.gif", "--seed", 1, "--force", *fast))
+    assert open("t.gif", "rb").read() != before
+
+
+def test_render_vae_preview_needs_stored_decodes_or_a_model(run, fast, tiny_model_dir):
+    ok(run("trace", "-p", "a red circle", "--gif", "fast.gif", "--save-trace", "fast.trace", *fast))
+    refused(run("render", "fast.trace", "--gif", "vae.gif", "--preview", "vae", "--model", "nowhere"), "nowhere")
+    ok(run("render", "fast.trace", "--gif", "vae.gif", "--preview", "vae", "--model", tiny_model_dir))
+    # A trace made with --preview vae stores every decode: rendering it needs no model at all.
+    ok(run("trace", "-p", "a red circle", "--gif", "vae2.gif", "--save-trace", "vae.trace", "--preview", "vae", *fast))
+    ok(run("render", "vae.trace", "--gif", "vae3.gif", "--preview", "vae", "--model", "nowhere"))
+    assert frames("vae3.gif") == frames("vae2.gif")
+
+
+def test_denoise_text_image_and_inpainting(run, fast, tmp_path):
+    ok(run("denoise", "--gif", "d.gif", *fast))  # unconditional
+    assert frames("d.gif")[0] == STEPS and Image.open("denoise.png").size == (32, 32)
+    assert Image.open("denoise_steps.png").width > 0
+
+    picture(tmp_path / "in.png", (48, 48))
+    ok(run("denoise", "-p", "a red circle", "--image", "in.png", "--t", 999, "--steps", 4, "--out", "i2i.png",
+           "--gif", "i2i.gif", *fast[:2], "--size", 32))
+    assert frames("i2i.gif")[0] == 4  # --t 999: the whole schedule
+
+    mask = np.zeros((48, 48), dtype=np.uint8)
+    mask[:, 24:] = 255
+    Image.fromarray(mask).save("mask.png")
+    ok(run("denoise", "-p", "a red circle", "--image", "in.png", "--mask", "mask.png", "--out", "inpaint.png", *fast))
+    Image.new("L", (16, 16)).save("small.png")
+    refused(run("denoise", "--image", "in.png", "--mask", "small.png", "--out", "x.png", *fast), "resize the mask")
+    refused(run("denoise", "--image", "in.png", "--t", 500, "--strength", 0.5, "--out", "y.png", *fast),
+            "--t and --strength")
+    refused(run("denoise", "--strength", 0.5, "--out", "z.png", *fast), "--image")
+
+
+def test_noise_pixel_and_latent(run, fast, tmp_path):
+    picture(tmp_path / "photo.png", (40, 24))
+    result = ok(run("noise", "photo.png", "--gif", "n.gif", "--sampler", "ddim", "--steps", 10,
+                    "--timesteps", "0,500,999"))
+    assert "wrote noise_schedules.png" in result.stdout
+    count, _ = frames("n.gif")
+    assert count > 10
+    ok(run("noise", "photo.png", "--latent", "--out", "latent.png", "--schedules", "cosine", *fast))
+    assert Image.open("latent.png").height > Image.open("noise.png").height / 3
+    (tmp_path / "notes.txt").write_text("not a picture")
+    refused(run("noise", "notes.txt", "--out", "bad.png"), "notes.txt", "PNG or JPEG")
+    refused(run("noise", "photo.png", "--out", "bad.png", "--timesteps", "0,1000"), "timestep 1000")
+
+
+def test_cfg_sweep_and_compare(run, fast):
+    ok(run("cfg-sweep", "-p", "a red circle", "--scales", "1,7.5", "--rows-steps", "1,2", "--gif", "cfg.gif", *fast))
+    assert frames("cfg.gif")[0] == STEPS + 1  # every step, then the results
+    assert Image.open("cfg_sweep.png").width > 2 * 32
+    refused(run("cfg-sweep", "-p", "x", "--scales", "1,lots", "--out", "c2.png", *fast), "--scales")
+    refused(run("cfg-sweep", "-p", "x", "--scales", "1,-2", "--out", "c3.png", *fast), "guidance must be >= 0")
+    refused(run("cfg-sweep", "-p", "x", "--rows-steps", "9", "--out", "c4.png", *fast), "step 9 is out of range")
+
+    ok(run("compare", "-p", "a red circle", "--x", "sampler=ddim,euler", "--y", "steps=1,2", *fast))
+    assert Image.open("compare.png").width > 2 * 32
+    refused(run("compare", "--x", "colour=red", "--out", "c.png", *fast), "unknown comparison axis", "sampler")
+
+
+@pytest.mark.parametrize(("options", "fragments"), [
+    (["--steps", "0"], ["steps must be at least 1"]),
+    (["--sampler", "plms"], ["unknown sampler 'plms'", ", ".join(SAMPLERS)]),
+    (["--schedule", "quadratic"], ["unknown schedule", "scaled_linear"]),
+    (["--guidance", "-1"], ["guidance must be >= 0"]),
+    (["--size", "30"], ["not a positive multiple of 4", "try 32"]),
+    (["--size", "big"], ["--size 'big'", "WIDTHxHEIGHT"]),
+    (["--preview", "slow"], ["unknown preview", "fast, vae"]),
+    (["--karras", "--sampler", "ddim"], ["Karras"]),
+])
+def test_bad_options_are_one_line_errors(run, fast, options, fragments):
+    refused(run("trace", "-p", "a red circle", "--gif", "bad.gif", *fast, *options), *fragments)
+
+
+def test_missing_model_bad_paths_and_debug(run, fast, tmp_path):
+    refused(run("denoise", "--model", "no/such/model"), "no/such/model", "--model")
+    (tmp_path / "file").write_text("")
+    refused(run("denoise", "--out", "file/x.png", *fast), "cannot write to folder file")
+    (tmp_path / "folder").mkdir()
+    refused(run("denoise", "--out", "folder", *fast), "is a folder")
+    refused(run("trace", "--gif", "x.webm", *fast), "animation format")
+    result = run("denoise", "--model", "no/such/model", "--debug")
+    assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError)  # the error itself
+
+
+def test_diffx_model_environment_variable(run, fast, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DIFFX_MODEL", str(tiny_model_dir))
+    ok(run("denoise", "--steps", 1, "--size", 32))
+    monkeypatch.setenv("COLUMNS", "300")  # room for the whole path on one line
+    table = ok(run("models")).stdout
+    assert str(tiny_model_dir) in table and "default" in table
+
+
+def test_truncated_prompt_is_one_yellow_warning(run, fast):
+    result = ok(run("denoise", "-p", " ".join(["red"] * 80), *fast))
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "77 tokens" in warnings[0]
+
+
+def test_tokens(run):
+    result = ok(run("tokens", "a red circle"))
+    assert "circle</w>" in result.stdout and "7117" in result.stdout and "5 of 77 tokens" in result.stdout
+
+
+def test_help_ends_with_a_runnable_example(run, fast, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping inside the example line
+    assert ok(run("--help")).stdout.strip().splitlines()[-1].strip().startswith("Example: diffx trace")
+    assert all(name in ok(run("trace", "--help")).stdout for name in SAMPLERS)
+    picture(tmp_path / "photo.png")
+    # Overrides appended after each example keep it quick on the tiny model (click takes the last value).
+    overrides = {"noise": [], "tokens": [], "models": [], "render": [], "compare": [*fast, "--y", "steps=1,2"]}
+    ok(run("trace", "-p", "a red circle", "--gif", "saved.gif", "--save-trace", "out.safetensors", *fast))
+    for name in ("trace", "denoise", "noise", "render", "cfg-sweep", "compare", "tokens", "models"):
+        help_text = ok(run(name, "--help")).stdout.strip().splitlines()
+        example = help_text[-1].strip()
+        assert example.startswith(f"Example: diffx {name}"), help_text[-3:]
+        args = shlex.split(example.removeprefix("Example: diffx "))
+        ok(run(*args, *overrides.get(name, fast)))
