@@ -34,6 +34,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,17 +99,24 @@ def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion |
         "every picture was computed from the trace file; this page needs no network.</footer>",
     ])
     prompt = traces[0].meta.get("prompt", "")
-    return (TEMPLATE_PATH.read_text(encoding="utf-8")
-            .replace("__TITLE__", html.escape(f"diffx · {_shorten(prompt, 60) or 'trace'}"))
-            .replace("__COLORBAR__", _colorbar_css())
-            .replace("__BODY__", body)
-            # "</" inside a <script> element would end it early; JSON allows the escaped form "<\/".
-            .replace("__DATA__", json.dumps(data, ensure_ascii=False).replace("</", "<\\/")))
+    slots = {
+        "TITLE": html.escape(f"diffx · {_shorten(prompt, 60) or 'trace'}"),
+        "COLORBAR": _colorbar_css(),
+        "BODY": body,
+        # "</" inside a <script> element would end it early; JSON allows the escaped form "<\/".
+        "DATA": json.dumps(data, ensure_ascii=False).replace("</", "<\\/"),
+    }
+    # One pass, so a prompt that happens to contain "__DATA__" is not filled in a second time.
+    return re.sub(r"__(TITLE|COLORBAR|BODY|DATA)__", lambda match: slots[match.group(1)],
+                  TEMPLATE_PATH.read_text(encoding="utf-8"))
 
 
 def write_report(traces: Sequence[Trace] | Trace, path: str | Path, force: bool = False,
                  model: StableDiffusion | None = None) -> Path:
     """Write the interactive HTML report of `traces` to `path` and return the path.
+
+    This is what `diffx report TRACE --html out.html` and `--html` on `diffx trace` / `diffx cfg-sweep`
+    call, e.g. `write_report([load_trace(p) for p in paths], "out.html", force=True)`.
 
     `traces`: one trace, or several with the same number of steps (e.g. the traces of a guidance sweep),
     shown as side-by-side columns driven by one timestep slider. `model` (optional): the model that

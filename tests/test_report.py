@@ -200,6 +200,15 @@ def test_page_is_self_contained_and_shows_the_run(sweep):
                                  f"ᾱ = {float(tensors['alphas_cumprod'][2]):.4g}")
 
 
+def test_prompt_text_cannot_break_the_page(sweep):
+    trace = synthetic_trace(sweep[0].meta, steps=2, side=64)
+    trace.meta["prompt"] = 'a </script><b>__DATA__</b> "cat"'
+    page = render_report_html(trace)
+    assert page.count("</script>") == 2  # the data and the code, nothing from the prompt
+    assert "&lt;/script&gt;&lt;b&gt;__DATA__&lt;/b&gt;" in page
+    assert page_data(page)["num_steps"] == 2
+
+
 def test_heatmaps_follow_each_words_attention_and_the_colour_scale(sweep):
     """Word i attends to quadrant i % 4 only, with strength 10^-i: its heatmap must be brightest there;
     on the shared scale the weak words go dark, on the per-word scale every word is bright somewhere."""
