@@ -77,6 +77,11 @@ class Trace:
     def num_steps(self) -> int:
         return int(self.tensors["timesteps"].shape[0])
 
+    def bytes_per_step(self) -> int:
+        """Storage of one step: the first row of every per-step tensor (first axis = step)."""
+        return sum(value[0].numel() * value.element_size() for value in self.tensors.values()
+                   if value.ndim and value.shape[0] == self.num_steps)
+
     @property
     def words(self) -> list[str]:
         return list(self.meta["tokens"]["words"])

@@ -220,11 +220,12 @@ def test_sd15_trace_size_bound(model, default_trace):
     config = sd15()
     scale_latent = (config.image_size // config.vae.downsample_factor) ** 2 / LATENT**2  # 64² / 16²
     scale_image = config.image_size**2 / SIZE**2
-    per_step = sum(value[0].numel() * value.element_size() for key, value in default_trace.tensors.items()
-                   if value.ndim > 1 and value.shape[0] == default_trace.num_steps)
-    scalars = sum(default_trace.tensors[key][0].element_size() for key in ("timesteps", "sigmas", "alphas_cumprod"))
-    final = (default_trace.tensors["final_latent"].numel() * 4 * scale_latent
-             + default_trace.tensors["image"].numel() * scale_image)
-    size = 50 * (per_step * scale_latent + scalars) + final
-    print(f"50-step 512 px SD1.5 trace: {size / 1e6:.1f} MB ({per_step * scale_latent / 1e3:.0f} kB per step)")
+    tensors = default_trace.tensors
+    scalars = sum(tensors[key][0].element_size() for key in ("timesteps", "sigmas", "alphas_cumprod"))
+    per_step = (default_trace.bytes_per_step() - scalars) * scale_latent + scalars
+    # x_t, ε̂, ε_c, ε_u, x̂0: 5 × 4 channels, plus 10 token maps, on the 64² grid in fp16.
+    assert per_step == (5 * 4 + 10) * 64**2 * 2 + scalars
+    final = tensors["final_latent"].numel() * 4 * scale_latent + tensors["image"].numel() * scale_image
+    size = 50 * per_step + final
+    print(f"50-step 512 px SD1.5 trace: {size / 1e6:.1f} MB ({per_step / 1e3:.0f} kB per step)")
     assert size < 200e6

@@ -1,0 +1,82 @@
+"""What tracing costs: one generation with the full default trace vs the same generation untraced.
+
+(a) SD1.5 widths with random weights, 256x256 px (a 32x32 latent), 3 DDIM steps, guidance 7.5;
+(b) the embedded shapes-world model with its defaults (random weights until it ships in data/shapes-world).
+Traced and untraced runs alternate in one process so that machine load hits both alike; after a warmup
+the median of REPEATS runs each is compared. Also printed: the size a 50-step 512 px SD1.5 trace would
+have, from the per-step bytes of case (a)'s trace scaled to the 64x64 latent.
+
+Run from the repository root:  python -m benchmarks.trace_overhead
+The last line printed is `ratio=<traced / untraced median>` of case (a).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from diffx.models.configs import sd15, shapes_world
+from diffx.models.stable_diffusion import StableDiffusion, build
+from diffx.paths import EMBEDDED_MODEL_DIR
+from diffx.pipeline import GenerationSettings, generate
+from diffx.trace import Trace
+from diffx.weights import load_model
+
+WARMUP = 1
+REPEATS = 5
+PROMPT = "a red cube on a blue floor"
+
+
+def embedded_model() -> StableDiffusion:
+    if EMBEDDED_MODEL_DIR.is_dir() and any(EMBEDDED_MODEL_DIR.iterdir()):
+        return load_model(EMBEDDED_MODEL_DIR)
+    print(f"(no model in {EMBEDDED_MODEL_DIR}: shapes-world with random weights)")
+    return build(shapes_world()).eval()
+
+
+def compare(name: str, model: StableDiffusion, settings: GenerationSettings) -> tuple[float, Trace]:
+    """Median traced and untraced seconds, printed; returns their ratio and the last trace."""
+    times: dict[str, list[float]] = {"untraced": [], "traced": []}
+    trace = None
+    for i in range(WARMUP + REPEATS):
+        for kind in times:
+            start = time.perf_counter()
+            result = generate(model, settings, trace=kind == "traced")
+            if i >= WARMUP:
+                times[kind].append(time.perf_counter() - start)
+            trace = result.traces[0] if result.traces else trace
+    medians = {kind: statistics.median(values) for kind, values in times.items()}
+    for kind, values in times.items():
+        runs = ", ".join(f"{t:.2f}" for t in values)
+        print(f"{name} {kind:9s} median {medians[kind]:7.3f} s   (runs: {runs})")
+    ratio = medians["traced"] / medians["untraced"]
+    print(f"{name} traced / untraced: {ratio:.3f}")
+    return ratio, trace
+
+
+def sd15_trace_megabytes(trace: Trace, latent_side: int, steps: int = 50) -> float:
+    """A `steps`-step 512 px SD1.5 trace: per-step tensors scale with the latent area (64² at 512 px)."""
+    config = sd15()
+    scale = (config.image_size // config.vae.downsample_factor / latent_side) ** 2
+    image_bytes = config.image_size**2 * 3  # uint8
+    latent_bytes = trace.tensors["final_latent"].numel() * 4 * scale
+    return (steps * trace.bytes_per_step() * scale + image_bytes + latent_bytes) / 1e6
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    sd = build(sd15()).eval()
+    ratio_sd, trace = compare("(a) SD1.5 256px", sd, GenerationSettings(prompt=PROMPT, steps=3, guidance=7.5,
+                                                                         sampler="ddim", height=256, width=256))
+    megabytes = sd15_trace_megabytes(trace, latent_side=32)
+    del sd
+    compare("(b) shapes-world", embedded_model(), GenerationSettings(prompt="a red circle above a blue square"))
+    print(f"50-step 512 px SD1.5 trace ({trace.meta['tokens']['num_tokens']} tokens, default record): "
+          f"{megabytes:.1f} MB")
+    print(f"ratio={ratio_sd:.3f}")
+
+
+if __name__ == "__main__":
+    main()
