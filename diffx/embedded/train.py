@@ -315,7 +315,12 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         p.requires_grad_(False)
     model.config.vae.scaling_factor = latent_scaling_factor(model, images)
     config.model = model.config.to_dict()
-    latent_mean, latent_std = encode_pool(model, images)
+    latents_file = out / "pool_latents.pt"
+    if latents_file.exists():
+        latent_mean, latent_std = torch.load(latents_file, weights_only=True)
+    else:
+        latent_mean, latent_std = encode_pool(model, images)
+        _save(latents_file, (latent_mean, latent_std))
     unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview)
     summary = {
         "vae": {"steps": vae_state.step, "final_loss": float(np.mean(vae_state.losses[-100:])),
