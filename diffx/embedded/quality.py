@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 TARGETS: dict[str, float] = {"colour": 0.95, "shape": 0.85, "position": 0.85, "pointing": 0.80}
 # Guidance must matter: the "all" rate at guidance 1 (no guidance) is at least this much below the default's.
 GUIDANCE_GAP = 0.10
-# Bounding boxes grow by this fraction of the image side on every edge (2 px at 64 px) before the pointing
-# test: the map is 16x16, so its argmax is only known to a quarter latent pixel after upsampling.
+# Bounding boxes grow by this fraction of the image side on every edge before the pointing test: half a cell
+# of the 16x16 attention grid (2 px at 64 px), as far as a peak at the edge cell's centre can stray.
 BOX_DILATION = 2 / 64
 ATTENTION_ONLY = TraceOptions(record=("attention",))
 
