@@ -84,6 +84,9 @@ PreviewOpt = Annotated[str, typer.Option(help="x̂0 pictures: fast (linear laten
 AttnScaleOpt = Annotated[str, typer.Option(
     help="Attention heatmaps: shared (one range, comparable) or word (each map stretched).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")]
+HtmlOpt = Annotated[Path | None, typer.Option(
+    help="Also write an interactive, self-contained HTML report (slider, panels, clickable words).",
+    show_default=False)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,7 +238,7 @@ def animation_and_image(gif: Path | None, out: Path | None, stem: Path) -> tuple
     return gif, out or gif.with_suffix(".png")
 
 
-def report(paths: list[Path | None]) -> None:
+def print_written(paths: list[Path | None]) -> None:
     for path in paths:
         if path is not None:
             OUT.print(f"wrote {path}", soft_wrap=True)
@@ -300,7 +303,7 @@ def noise(
     save_png(result.schedule_plot, plot_path, force)
     if gif is not None:
         views.save_animation(result.frames, gif, frame_ms, force)
-    report([out, plot_path, gif])
+    print_written([out, plot_path, gif])
 
 
 @command
@@ -354,7 +357,7 @@ def denoise(
     save_png(grid, grid_path, force)
     if frames is not None:
         views.save_animation(frames, gif, frame_ms, force)
-    report([out, grid_path, gif])
+    print_written([out, grid_path, gif])
 
 
 @command
@@ -364,6 +367,7 @@ def trace(
     out: OutOpt = None,
     save_trace: Annotated[Path | None, typer.Option(
         help="Also save the trace (safetensors) for `diffx render`.", show_default=False)] = None,
+    html: HtmlOpt = None,
     image: ImageOpt = None,
     t: TimestepOpt = None,
     strength: StrengthOpt = None,
@@ -400,7 +404,7 @@ def trace(
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, Path("trace"))
-    views.check_outputs([out, views.companion_path(out, "attention"), save_trace], force, gif)
+    views.check_outputs([out, views.companion_path(out, "attention"), save_trace, html], force, gif)
     loaded = load(model, device, dtype)
     settings = make_settings(prompt, negative_prompt, size, steps, guidance, sampler, schedule, spacing, karras, seed)
     # With --preview vae the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
@@ -410,7 +414,11 @@ def trace(
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
     if save_trace is not None:
         written.append(write_trace(recorded, save_trace, force))
-    report(written)
+    if html is not None:
+        from diffx.report import write_report
+
+        written.append(write_report(recorded, html, force, model=loaded))
+    print_written(written)
 
 
 @command
@@ -442,7 +450,7 @@ def render(
     gif, out = animation_and_image(gif, out, trace_file)
     recorded = load_trace(trace_file)
     loaded = load(model, device, dtype) if preview == "vae" and views.missing_decodes(recorded) else None
-    report(views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force))
+    print_written(views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force))
 
 
 @command
@@ -453,6 +461,7 @@ def cfg_sweep(
         help="Add rows of x̂0 at these step numbers, e.g. 5,10,20.", show_default=False)] = None,
     out: OutOpt = None,
     gif: GifOpt = None,
+    html: HtmlOpt = None,
     negative_prompt: NegativeOpt = "",
     sampler: SamplerOpt = None,
     schedule: ScheduleOpt = None,
@@ -478,20 +487,26 @@ def cfg_sweep(
     """
     from diffx import views
     from diffx.render import save_png
+    from diffx.trace import TraceOptions
 
     check_view_options(preview)
     out = out or Path("cfg_sweep.png")
-    views.check_outputs([out], force, gif)
+    views.check_outputs([out, html], force, gif)
     weights = parse_list(scales, float, "--scales")
     chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps else None
     loaded = load(model, device, dtype)
     settings = make_settings(prompt, negative_prompt, size, steps, None, sampler, schedule, spacing, karras, seed)
     with StepProgress(runs=len(weights)) as progress:
-        sweep = views.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress)
+        record = TraceOptions() if html is not None else views.TRACE_RECORD_X0
+        sweep = views.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress, record=record)
     save_png(sweep.grid, out, force)
     if gif is not None:
         views.save_animation(sweep.frames, gif, frame_ms, force)
-    report([out, gif])
+    if html is not None:
+        from diffx.report import write_report
+
+        write_report([g.traces[0] for g in sweep.generations], html, force, model=loaded)
+    print_written([out, gif, html])
 
 
 @command
@@ -536,7 +551,7 @@ def compare(
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:
         comparison = views.compare(loaded, settings, x_axis, y_axis, progress)
     save_png(comparison.grid, out, force)
-    report([out])
+    print_written([out])
 
 
 @command
@@ -571,3 +586,59 @@ def models(debug: DebugOpt = False) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # Training: `diffx train` (the embedded model's training loop, diffx.embedded.train) is registered here.
+
+
+@command
+def train(
+    out_dir: Annotated[Path, typer.Option(help="Training folder: checkpoints, loss curves, sample grids.")] = Path(
+        "runs/shapes-world"),
+    export: Annotated[Path | None, typer.Option(
+        help="When done, write the model here as a diffx model folder (e.g. data/shapes-world).",
+        show_default=False)] = None,
+    vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 1100,
+    unet_steps: Annotated[int, typer.Option(help="Text encoder + U-Net training steps.")] = 5000,
+    batch: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    pool_size: Annotated[int, typer.Option(help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
+    seed: SeedOpt = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).")] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the shapes-world model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
+
+    Resumes from whatever --out-dir holds; writes loss curves and sample grids there at every
+    checkpoint. With --export, the EMA weights become a model folder that --model accepts.
+
+    Example: diffx train --vae-steps 200 --unet-steps 500 --out-dir runs/quick --export runs/quick/model
+    """
+    from diffx.embedded.train import TrainConfig, export_model, preview_grid
+    from diffx.embedded.train import train as run_training
+
+    if min(vae_steps, unet_steps, batch, pool_size) < 1:
+        raise InvalidArgumentError("--vae-steps, --unet-steps, --batch and --pool-size must be at least 1")
+    config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
+                         pool_size=pool_size, seed=seed, threads=threads)
+    _, summary = run_training(config, preview_grid)
+    OUT.print(summary)
+    if export is not None:
+        export_model(out_dir, export)
+        print_written([export])
+
+
+@command
+def report(
+    trace_files: Annotated[list[Path], typer.Argument(help="Trace files (several: columns side by side).",
+                                                      show_default=False)],
+    html: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write an interactive HTML page for saved traces: a step slider, x_t / x̂0 / ε̂ / guidance panels,
+    clickable words with their attention maps, and the schedule with the current step marked.
+
+    Example: diffx report out.safetensors --html out.html
+    """
+    from diffx.report import write_report
+    from diffx.trace import load_trace
+
+    written = write_report([load_trace(path) for path in trace_files], html, force)
+    OUT.print(f"wrote {written}")

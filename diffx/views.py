@@ -410,12 +410,13 @@ def format_guidance(w: float) -> str:
 
 def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequence[float],
               rows_steps: Sequence[int] | None = None, preview: str = "fast", progress: Progress | None = None,
-              panel: int | None = None) -> CfgSweep:
+              panel: int | None = None, record: TraceOptions = TRACE_RECORD_X0) -> CfgSweep:
     """Classifier-free guidance ε̂ = ε_u + w (ε_c − ε_u) (Ho & Salimans 2022, eq. 6) at several w.
 
     Same seed, sampler and steps for every column; the grid's first row is the results, then one row
     of x̂0 per step number in `rows_steps`. The frames show x̂0 of every w side by side at each step,
-    then the results.
+    then the results. `record`: what each column's trace keeps (at least latents and x0; everything
+    for an HTML report).
     """
     if not scales:
         raise InvalidArgumentError("no guidance scales given; pass e.g. 1,3,7.5")
@@ -425,7 +426,7 @@ def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequ
     evaluations = sampler_timesteps(resolved.sampler, schedule_for(model, resolved.schedule), resolved.steps,
                                     resolved.spacing, model.config.scheduler.steps_offset, resolved.karras)
     row_indices = _indices(len(evaluations), rows_steps) if rows_steps else []
-    generations = [generate(model, s, trace=TRACE_RECORD_X0, progress=progress) for s in per_scale]
+    generations = [generate(model, s, trace=record, progress=progress) for s in per_scale]
     traces = [g.traces[0] for g in generations]
     first = traces[0]
     size = _trace_panel(first, panel)

@@ -201,3 +201,32 @@ def test_help_ends_with_a_runnable_example(run, fast, tmp_path, monkeypatch):
         assert example.startswith(f"Example: diffx {name}"), help_text[-3:]
         args = shlex.split(example.removeprefix("Example: diffx "))
         ok(run(*args, *overrides.get(name, fast)))
+
+
+
+def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
+    """`diffx train` runs both stages, checkpoints, resumes where it stopped and exports a model folder."""
+    import torch
+
+    from diffx.weights import load_model
+
+    out_dir, export = tmp_path / "run", tmp_path / "model"
+    common = ["train", "--out-dir", out_dir, "--vae-steps", 2, "--batch", 4, "--pool-size", 8]
+    ok(run(*common, "--unet-steps", 1))
+    assert (out_dir / "unet_state.pt").exists() and (out_dir / "vae_samples.png").exists()
+    ok(run(*common, "--unet-steps", 2, "--export", export))
+    state = torch.load(out_dir / "unet_state.pt", weights_only=True)["state"]
+    assert state["step"] == 2 and len(state["losses"]) == 2  # resumed at step 1, did one more
+    model = load_model(export)
+    assert model.config.name == "shapes-world" and model.config.vae.latent_rgb_factors is not None
+    assert "## Training" in (export / "MODEL_CARD.md").read_text()
+
+
+def test_report_command_writes_html_from_saved_traces(run, fast, tmp_path):
+    trace_file, html = tmp_path / "t.safetensors", tmp_path / "r.html"
+    ok(run("trace", "--prompt", "a red circle", *fast, "--gif", tmp_path / "t.gif", "--save-trace", trace_file))
+    ok(run("report", trace_file, trace_file, "--html", html))
+    page = html.read_text()
+    assert page.lower().startswith("<!doctype html>") and "red" in page
+    again = run("report", trace_file, "--html", html)
+    assert again.exit_code == 2 and "--force" in again.stderr

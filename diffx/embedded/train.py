@@ -192,7 +192,8 @@ def _vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> No
 def latent_scaling_factor(model: StableDiffusion, images: torch.Tensor, count: int = 2048) -> float:
     """1 / std of posterior samples, so scaled latents have unit variance (as SD's 0.18215 was chosen)."""
     generator = torch.Generator().manual_seed(0)
-    latents = [model.vae.encode(_to_unit(images[i:i + 256])).sample(generator) for i in range(0, count, 256)]
+    latents = [model.vae.encode(_to_unit(images[i:i + 256])).sample(generator)
+               for i in range(0, min(count, len(images)), 256)]
     return float(1.0 / torch.cat(latents).std())
 
 
@@ -332,6 +333,27 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         "latent_scaling_factor": model.config.vae.scaling_factor,
     }
     return model, summary
+
+
+PREVIEW_PROMPTS = ("a red circle", "a large blue square in the top left", "a yellow triangle on a black background",
+                   "a green circle left of a purple square", "a small white triangle in the bottom right",
+                   "an orange square above a blue circle")
+
+
+@torch.no_grad()
+def preview_grid(model: StableDiffusion, path: Path, guidances: tuple[float, ...] = (1.0, 5.0)) -> None:
+    """A grid of fixed prompts (columns) at a few guidance weights (rows): progress made visible."""
+    from diffx.pipeline import GenerationSettings, generate
+
+    modes = (model.text_encoder.training, model.unet.training)
+    model.text_encoder.eval()
+    model.unet.eval()
+    rows = [[to_pil(generate(model, GenerationSettings(prompt=prompt, guidance=w, steps=25)).images[0])
+             for prompt in PREVIEW_PROMPTS] for w in guidances]
+    model.text_encoder.train(modes[0])
+    model.unet.train(modes[1])
+    save_png(make_grid(rows, row_labels=[f"w = {w}" for w in guidances], col_labels=list(PREVIEW_PROMPTS),
+                       title=path.stem.replace("_", " "), cell_size=(96, 96)), path, force=True)
 
 
 def model_from_checkpoints(out_dir: str | Path) -> tuple[StableDiffusion, dict]:
