@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from diffx.models.attention import AttentionLayer, name_attention_layers
 from diffx.models.configs import VAEConfig
+from diffx.models.unet import Upsample  # the same nearest-x2 + 3x3 conv as the U-Net's (LDM shares it too)
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -75,17 +76,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 convolution."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class MidBlock(nn.Module):
