@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Regenerates the pictures of the README's guided tour (docs/images/) with the embedded model.
+# Each line is one concept; the README shows what it writes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=docs/images
+mkdir -p "$out"
+diffx trace --prompt "a red circle left of a blue square" --gif "$out/trace.gif" --save-trace "$out/trace.safetensors" --force
+diffx noise "$out/trace.png" --out "$out/noise.png" --gif "$out/noise.gif" --sampler ddim --steps 25 --force
+diffx denoise --prompt "a yellow triangle on a purple background" --out "$out/denoise.png" --gif "$out/denoise.gif" --force
+diffx cfg-sweep --prompt "a large green square in the top left" --scales 1,2,3,5,7.5,10 --rows-steps 5,10,20 --out "$out/cfg_sweep.png" --force
+diffx compare --x sampler=ddim,euler,euler_a,dpmpp_2m,heun --y steps=3,6,12,25 --prompt "an orange triangle above a white circle" --out "$out/compare.png" --force
+diffx compare --x schedule=linear,scaled_linear,cosine --prompt "a blue circle" --out "$out/schedules_compare.png" --force
+diffx report "$out/trace.safetensors" --html "$out/trace_report.html" --force
+rm "$out/trace.safetensors"
