@@ -20,8 +20,7 @@ import contextlib
 import functools
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from diffx.models.configs import (
 from diffx.models.stable_diffusion import ORIGINAL_PREFIXES, StableDiffusion, build
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.paths import DATA_DIR, EMBEDDED_MODEL_DIR
+from diffx.render.io import atomic_output
 from diffx.safe_checkpoint import load_torch_zip
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -457,18 +457,6 @@ def load_model(
     return model.to(device=device).eval()
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file next to `path`, then rename: readers never see a half-written file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write `model` as a diffx folder: model.safetensors (original keys, floats as `dtype`) + config.json."""
     folder = Path(folder)
@@ -478,9 +466,11 @@ def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = 
         for key, t in model.original_state_dict().items()
     }
     metadata = {"format": "pt", "diffx_model": model.config.name}
-    _write_atomically(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with atomic_output(folder / "model.safetensors", force=True) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    _write_atomically(folder / "config.json", lambda tmp: tmp.write_text(config_text, encoding="utf-8"))
+    with atomic_output(folder / "config.json", force=True) as tmp:
+        tmp.write_text(config_text, encoding="utf-8")
     return folder
 
 

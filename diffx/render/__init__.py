@@ -22,7 +22,6 @@ from diffx.render.latents import (
     tensor_to_image,
     visualize_noise,
 )
-from diffx.render.plots import plot_loss_curve, plot_schedules
 
 __all__ = [
     "COLORMAPS",
@@ -51,3 +50,12 @@ __all__ = [
     "visualize_noise",
     "write_atomic",
 ]
+
+
+def __getattr__(name: str):
+    """The plots need matplotlib (slow to import): load them only when asked for."""
+    if name in ("plot_loss_curve", "plot_schedules"):
+        from diffx.render import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
