@@ -182,15 +182,21 @@ def _column(trace: Trace, index: int, label: str, model: StableDiffusion | None)
     }
 
 
+LATENT_CHANNELS = 4  # every SD1.x VAE
+
+
 def _latent_rgb_factors(meta: dict) -> tuple[Tensor | None, Tensor | None]:
-    """The model's latent → RGB preview map, if its trace recorded one (else the SD1.5 default)."""
+    """The model's latent → RGB preview map, if its trace recorded one (else the SD1.5 default).
+
+    Stored as C rows of (R, G, B) weights, optionally followed by a bias row (see `views.latent_preview`).
+    """
     factors = meta.get("latent_rgb_factors")
     if factors is None:
         return None, None
-    if isinstance(factors, dict):  # {"factors": (C, 3), "bias": (3,)} as fitted by fit_latent_rgb_factors
-        bias = factors.get("bias")
-        return torch.tensor(factors["factors"]), None if bias is None else torch.tensor(bias)
-    return torch.tensor(factors), None
+    table = torch.tensor(factors, dtype=torch.float32)
+    if len(table) == LATENT_CHANNELS + 1:
+        return table[:-1], table[-1]
+    return table, None
 
 
 def _decoded_x0(trace: Trace, model: StableDiffusion | None) -> dict[int, np.ndarray]:
