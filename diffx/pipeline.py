@@ -221,7 +221,9 @@ def _trace_meta(model: StableDiffusion, settings: GenerationSettings, tokens: To
                   "config": model.config.to_dict()},
         "settings": dict(settings.__dict__),
         "latent_scaling_factor": vae.scaling_factor,
-        "latent_rgb_factors": vae.latent_rgb_factors, "latent_rgb_bias": vae.latent_rgb_bias,
+        # C rows of (R, G, B) weights then the bias row, as `views.latent_preview` reads them.
+        "latent_rgb_factors": (None if vae.latent_rgb_factors is None
+                               else [*map(list, vae.latent_rgb_factors), list(vae.latent_rgb_bias or (0, 0, 0))]),
         "versions": {"diffx": diffx.__version__, "torch": torch.__version__},
     }
     return json.loads(json.dumps(meta))  # JSON-native (tuples → lists), so a saved trace loads back equal
