@@ -120,30 +120,33 @@ class Tracer:
         factor = math.isqrt(height * width // num_queries)
         return height // factor, width // factor
 
-    def wants(self, layer: AttentionLayer) -> bool:
+    def wants(self, layer: AttentionLayer) -> bool | slice:
+        """Which layers to observe, and which batch rows: the denoiser batches [uncond; cond] (or only cond
+        without guidance), so the conditional row is the last one; the first is needed for negative_attention."""
         record = self.options.record
         wanted_kind = ("cross" if {"attention", "negative_attention"} & set(record) else None,
                        "self" if "self_attention" in record else None)
         if layer.kind not in wanted_kind:
             return False
-        return self._layer_filter is None or bool(self._layer_filter.search(layer.layer_name))
+        if self._layer_filter is not None and not self._layer_filter.search(layer.layer_name):
+            return False
+        return slice(None) if layer.kind == "cross" and "negative_attention" in record else slice(-1, None)
 
     def observe(self, layer: AttentionLayer, probs: Tensor) -> None:
         rows, cols = self._grid(probs.shape[2])
         if self.options.attention_resolutions and rows not in self.options.attention_resolutions:
             return
-        half = probs.shape[0] // 2  # the denoiser batches [negative; positive]
         if layer.kind == "cross":
-            # (B, heads, rows*cols, 77): one (K, rows, cols) map per half, mean over heads.
+            # (B', heads, rows*cols, 77): one (K, rows, cols) map per prompt, mean over heads.
             if "attention" in self.options.record:
-                cond = probs[half:half + 1].mean(1)[0, :, : self.num_tokens].T.reshape(-1, rows, cols)
-                self._pending.setdefault("attention", []).append(cond)
-            if "negative_attention" in self.options.record and half:
-                uncond = probs[:1].mean(1)[0, :, : self.num_negative_tokens].T.reshape(-1, rows, cols)
-                self._pending.setdefault("negative_attention", []).append(uncond)
+                self._pending.setdefault("attention", []).append(
+                    _token_maps(probs[-1], self.num_tokens, rows, cols))
+            if "negative_attention" in self.options.record and probs.shape[0] > 1:
+                self._pending.setdefault("negative_attention", []).append(
+                    _token_maps(probs[0], self.num_negative_tokens, rows, cols))
         else:
             # Entropy of each query pixel's attention row: low = looks at few places, high = diffuse.
-            p = probs[half:half + 1].mean(1)[0]  # (N, N)
+            p = probs[-1].mean(0)  # (N, N)
             entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).reshape(rows, cols)
             self._pending.setdefault("self_attention", []).append(entropy[None])
 
@@ -190,14 +193,26 @@ class Tracer:
         return Trace(meta=meta, tensors=tensors)
 
 
+def _token_maps(probs: Tensor, num_tokens: int, rows: int, cols: int) -> Tensor:
+    """(heads, rows*cols, 77) probabilities → (num_tokens, rows, cols), the mean over heads."""
+    return probs[:, :, :num_tokens].mean(0).T.reshape(num_tokens, rows, cols)
+
+
 def _aggregate(maps: list[Tensor]) -> Tensor:
-    """DAAM: upsample every layer's (K, r, c) map to the largest grid (bicubic), then average."""
+    """DAAM: upsample every layer's (K, r, c) map to the largest grid (bicubic), then average.
+
+    Interpolation is linear, so the maps of one grid size are summed first and upsampled once.
+    """
     rows = max(m.shape[-2] for m in maps)
     cols = max(m.shape[-1] for m in maps)
-    resized = [m if m.shape[-2:] == (rows, cols) else
-               F.interpolate(m[None].float(), size=(rows, cols), mode="bicubic", align_corners=False)[0]
-               for m in maps]
-    return torch.stack([m.float() for m in resized]).mean(0).clamp_min(0)
+    by_grid: dict[tuple[int, ...], Tensor] = {}
+    for m in maps:
+        grid = tuple(m.shape[-2:])
+        by_grid[grid] = by_grid[grid] + m.float() if grid in by_grid else m.float()
+    total = sum(summed if grid == (rows, cols) else
+                F.interpolate(summed[None], size=(rows, cols), mode="bicubic", align_corners=False)[0]
+                for grid, summed in by_grid.items())
+    return (total / len(maps)).clamp_min(0)
 
 
 def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:

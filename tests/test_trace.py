@@ -148,6 +148,27 @@ def test_negative_attention_is_recorded_when_asked(model, default_trace):
     assert trace.word_maps(0, negative=True).shape == (1, LATENT, LATENT)
 
 
+def test_attention_rows_belong_to_their_prompts(model):
+    """In the batch [uncond; cond], negative_attention is the first row's and attention the last row's."""
+    contexts = encode_text(model, [model.tokenizer.encode("blurry"), model.tokenizer.encode(PROMPT)])
+    x = torch.randn(1, 4, LATENT, LATENT)
+
+    def maps(context: torch.Tensor, record: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+        tracer = Tracer(TraceOptions(record=record), num_tokens=77, num_negative_tokens=77)
+        tracer.latent_shape = (LATENT, LATENT)
+        with torch.no_grad(), observe_attention(tracer):
+            model.unet(x.expand(len(context), -1, -1, -1), torch.tensor(500.0), context)
+        return tracer._pending
+
+    both = maps(contexts, ("attention", "negative_attention"))
+    alone_negative, alone_positive = maps(contexts[:1], ("attention",)), maps(contexts[1:], ("attention",))
+    for ours, expected in ((both["negative_attention"], alone_negative["attention"]),
+                           (both["attention"], alone_positive["attention"])):
+        for layer_maps, layer_expected in zip(ours, expected, strict=True):
+            torch.testing.assert_close(layer_maps, layer_expected)
+    assert not torch.allclose(both["attention"][0], both["negative_attention"][0])
+
+
 def test_self_attention_entropy(model):
     trace = generate(model, settings(), trace=TraceOptions(record=("self_attention",))).traces[0]
     entropy = trace.tensors["self_attention"]

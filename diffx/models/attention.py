@@ -21,10 +21,11 @@ from torch import Tensor, nn
 class AttentionObserver(Protocol):
     """Receives attention probabilities from the layers it wants (see `observe_attention`)."""
 
-    def wants(self, layer: AttentionLayer) -> bool: ...
+    def wants(self, layer: AttentionLayer) -> bool | slice:
+        """False to skip `layer`; True for its whole batch, or a slice of the batch rows to compute."""
 
     def observe(self, layer: AttentionLayer, probs: Tensor) -> None:
-        """`probs`: (B, heads, N_query, N_key), rows sum to 1."""
+        """`probs`: (B', heads, N_query, N_key) for the wanted batch rows; each query's row sums to 1."""
 
 
 _observer: contextvars.ContextVar[AttentionObserver | None] = contextvars.ContextVar(
@@ -56,14 +57,16 @@ class AttentionLayer(nn.Module):
         q, k, v = (x.reshape(batch, -1, heads, head_dim).transpose(1, 2) for x in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         observer = _observer.get()
-        if observer is not None and observer.wants(self):
-            observer.observe(self, attention_probs(q, k, causal))
+        wanted = observer.wants(self) if observer is not None else False
+        if wanted:
+            rows = wanted if isinstance(wanted, slice) else slice(None)
+            observer.observe(self, attention_probs(q[rows], k[rows], causal))
         return out.transpose(1, 2).reshape(batch, n_query, channels)
 
 
 def attention_probs(q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
     """softmax(Q K^T / sqrt(d)) for (B, heads, N, d) inputs -> (B, heads, N_query, N_key), in fp32."""
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-1, -2)  # scale the smaller operand
     if causal:
         n_query, n_key = scores.shape[-2:]
         mask = torch.ones(n_query, n_key, dtype=torch.bool, device=q.device).triu(1)
