@@ -100,7 +100,8 @@ class Trace:
 
 
 class Tracer:
-    """Hooks for one generation. Use `denoiser_hook` inside the CFG denoiser and `on_step` as callback."""
+    """Hooks for one generation: an attention observer (`observe_attention`) and `on_guidance` inside the
+    CFG denoiser, `on_step` as the sampler callback; `finish` turns what was recorded into a `Trace`."""
 
     def __init__(self, options: TraceOptions | None = None, num_tokens: int = 77,
                  num_negative_tokens: int = 77):
