@@ -601,6 +601,9 @@ def train(
     pool_size: Annotated[int, typer.Option(help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).")] = 0,
+    init_from: Annotated[str | None, typer.Option(
+        help="Continue from a model folder (e.g. data/shapes-world): its VAE is kept, the U-Net trains on.",
+        show_default=False)] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Train the shapes-world model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
@@ -616,7 +619,7 @@ def train(
     if min(vae_steps, unet_steps, batch, pool_size) < 1:
         raise InvalidArgumentError("--vae-steps, --unet-steps, --batch and --pool-size must be at least 1")
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
-                         pool_size=pool_size, seed=seed, threads=threads)
+                         pool_size=pool_size, seed=seed, threads=threads, init_from=init_from)
     _, summary = run_training(config, preview_grid)
     OUT.print(summary)
     if export is not None:

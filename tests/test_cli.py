@@ -220,6 +220,13 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     model = load_model(export)
     assert model.config.name == "shapes-world" and model.config.vae.latent_rgb_factors is not None
     assert "## Training" in (export / "MODEL_CARD.md").read_text()
+    # A later sitting continues from the exported weights: the VAE is kept, the U-Net goes on.
+    again = tmp_path / "again"
+    ok(run("train", "--out-dir", again, "--init-from", export, "--vae-steps", 2, "--unet-steps", 1,
+           "--batch", 4, "--pool-size", 8))
+    vae_before = load_model(export).vae.state_dict()
+    vae_after = torch.load(again / "vae_state.pt", weights_only=True)["vae"]
+    assert all(torch.equal(vae_before[k].float(), vae_after[k]) for k in vae_before)
 
 
 def test_report_command_writes_html_from_saved_traces(run, fast, tmp_path):

@@ -53,6 +53,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 100
     threads: int = 0  # 0: leave torch's default
+    init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world), VAE kept as is
     model: dict = field(default_factory=lambda: shapes_world().to_dict())
 
 
@@ -310,6 +311,8 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     model_config = ModelConfig.from_dict(config.model)
     model = build(model_config, source=f"trained by diffx train ({config.out_dir})")
     scenes, images = _pool(config)
+    if config.init_from and not (out / "vae_state.pt").exists():
+        _initialise_from(model, config)
 
     vae_state = train_vae(model, config, images)
     for p in model.vae.parameters():
@@ -333,6 +336,24 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         "latent_scaling_factor": model.config.vae.scaling_factor,
     }
     return model, summary
+
+
+def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
+    """Start from a shipped model instead of random weights, with its VAE counted as fully trained.
+
+    The optimiser state is not shipped, so a continued run starts a fresh AdamW (and warm-up); this is
+    how training goes on across sittings from the weights in data/.
+    """
+    from diffx.weights import load_model
+
+    source = load_model(config.init_from)
+    for name, module in model.modules().items():
+        module.load_state_dict(getattr(source, name).state_dict())  # fp16 -> fp32 by the copy
+    vae_optimizer = torch.optim.AdamW(model.vae.parameters(), lr=config.vae_lr)
+    _save(Path(config.out_dir) / "vae_state.pt", {
+        "vae": model.vae.state_dict(), "optimizer": vae_optimizer.state_dict(),
+        "generator": torch.Generator().manual_seed(config.seed).get_state(),
+        "state": asdict(TrainState(step=config.vae_steps))})
 
 
 PREVIEW_PROMPTS = ("a red circle", "a large blue square in the top left", "a yellow triangle on a black background",
@@ -410,6 +431,7 @@ def write_model_card(folder: Path, model: StableDiffusion, states: dict, train_c
     vae, unet = states["vae"], states["unet"]
     parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.modules().items()}
     size_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
+    continued = f" Continued from `{train_config['init_from']}`." if train_config.get("init_from") else ""
     lines = [
         "# shapes-world — diffx's embedded default model",
         "",
@@ -433,7 +455,7 @@ def write_model_card(folder: Path, model: StableDiffusion, states: dict, train_c
         f"{config.image_size}x{config.image_size} px, {config.scheduler.beta_schedule} schedule, T = "
         f"{config.scheduler.num_train_timesteps}.",
         "",
-        "## Training (resumable, seeded: `diffx train`)",
+        f"## Training (resumable, seeded: `diffx train`){continued}",
         f"- Data: {train_config['pool_size']} rendered scenes (seed {train_config['seed']}), captions re-drawn "
         f"each time a scene is used; caption dropout {train_config['caption_dropout']} for classifier-free guidance.",
         f"- VAE: {vae['step']} steps, batch {train_config['vae_batch']}, {train_config['vae_crop']}x"
