@@ -130,7 +130,7 @@ def test_mp4_without_encoder_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_mp4_with_encoder(tmp_path):
-    pytest.importorskip("imageio_ffmpeg")
+    # imageio-ffmpeg is a test dependency (pyproject's [test] extra), so this runs: no skip.
     path = save_mp4(_frames(4, size=(17, 11)), tmp_path / "a.mp4", fps=5)  # odd sides get padded
     import imageio.v2 as imageio
 
