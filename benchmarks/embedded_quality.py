@@ -25,6 +25,7 @@ from rich.table import Table
 from diffx.embedded.quality import GUIDANCE_GAP, TARGETS, evaluate, load_for_evaluation, meets_targets
 from diffx.embedded.shapes import make_eval_prompts
 from diffx.paths import EMBEDDED_MODEL_DIR
+from diffx.weights import resolve_device
 
 QUICK_N = 40
 
@@ -37,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="prompt-set seed; prompt i is generated with seed + i")
     parser.add_argument("--out", type=Path, default=None, help="write both results as JSON here")
     parser.add_argument("--quick", action="store_true", help=f"only {QUICK_N} prompts")
+    parser.add_argument("--device", default="cpu", help="cpu (the reported figures), cuda, … or auto")
     return parser.parse_args()
 
 
@@ -47,7 +49,7 @@ def format_rate(value: float | None) -> str:
 def main() -> None:
     args = parse_args()
     n = QUICK_N if args.quick else args.n
-    model = load_for_evaluation(args.model)
+    model = load_for_evaluation(args.model).to(resolve_device(args.device))
     prompts = make_eval_prompts(n, args.seed)
     console = Console()
     results = {}

@@ -598,9 +598,13 @@ def train(
     vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 1100,
     unet_steps: Annotated[int, typer.Option(help="Text encoder + U-Net training steps.")] = 5000,
     batch: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="U-Net peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
     pool_size: Annotated[int, typer.Option(help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).")] = 0,
+    device: DeviceOpt = "auto",
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints, loss curves and sample grids.")
+                                ] = 100,
     init_from: Annotated[str | None, typer.Option(
         help="Continue from a model folder (e.g. data/shapes-world): its VAE is kept, the U-Net trains on.",
         show_default=False)] = None,
@@ -615,11 +619,17 @@ def train(
     """
     from diffx.embedded.train import TrainConfig, export_model, preview_grid
     from diffx.embedded.train import train as run_training
+    from diffx.weights import resolve_device
 
-    if min(vae_steps, unet_steps, batch, pool_size) < 1:
-        raise InvalidArgumentError("--vae-steps, --unet-steps, --batch and --pool-size must be at least 1")
+    if min(vae_steps, unet_steps, batch, pool_size, checkpoint_every) < 1:
+        raise InvalidArgumentError(
+            "--vae-steps, --unet-steps, --batch, --pool-size and --checkpoint-every must be at least 1")
+    if lr <= 0:
+        raise InvalidArgumentError(f"--lr must be positive, got {lr}")
+    resolve_device(device)  # an unavailable device fails here, before the pool is rendered
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
-                         pool_size=pool_size, seed=seed, threads=threads, init_from=init_from)
+                         unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
+                         checkpoint_every=checkpoint_every, init_from=init_from)
     _, summary = run_training(config, preview_grid)
     OUT.print(summary)
     if export is not None:

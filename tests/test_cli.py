@@ -1,6 +1,7 @@
 """The `diffx` command line, driven through Typer's CliRunner on a tiny random model: files written,
 exit codes, one-line errors, overwriting rules and the examples in the help."""
 
+import json
 import shlex
 
 import numpy as np
@@ -223,10 +224,19 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     # A later sitting continues from the exported weights: the VAE is kept, the U-Net goes on.
     again = tmp_path / "again"
     ok(run("train", "--out-dir", again, "--init-from", export, "--vae-steps", 2, "--unet-steps", 1,
-           "--batch", 4, "--pool-size", 8))
-    vae_before = load_model(export).vae.state_dict()
+           "--batch", 4, "--pool-size", 8, "--lr", 1e-3, "--device", "cpu", "--export", export))
+    vae_before = torch.load(out_dir / "vae_state.pt", weights_only=True)["vae"]
     vae_after = torch.load(again / "vae_state.pt", weights_only=True)["vae"]
-    assert all(torch.equal(vae_before[k].float(), vae_after[k]) for k in vae_before)
+    assert all(torch.equal(vae_before[k].half().float(), vae_after[k]) for k in vae_before)
+    # Re-exported over the folder it continued from: the history keeps both runs, the card names both.
+    runs = json.loads((export / "training.json").read_text())["runs"]
+    assert [r["unet"]["steps"] for r in runs] == [2, 1] and runs[1]["settings"]["unet_lr"] == 1e-3
+    assert runs[1]["vae"]["final_loss"] is None and "CPU" in runs[1]["unet"]["hardware"]
+    card = (export / "MODEL_CARD.md").read_text()
+    assert "- Run 1:" in card and f"- Run 2, continued from `{export}`" in card
+    assert card.count("Text encoder + U-Net: ") == 2
+    missing = run("train", "--out-dir", again, "--device", "cuda:7")
+    assert missing.exit_code == 2 and "cuda" in missing.stderr
 
 
 def test_report_command_writes_html_from_saved_traces(run, fast, tmp_path):

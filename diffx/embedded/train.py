@@ -30,6 +30,7 @@ from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.models.vae import DiagonalGaussian
 from diffx.render import make_grid, plot_loss_curve, save_png, tensor_to_image, to_pil
 from diffx.schedules import NoiseSchedule, training_loss
+from diffx.weights import resolve_device
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 100
     threads: int = 0  # 0: leave torch's default
+    device: str = "auto"  # "auto": CUDA (or MPS) when present, else CPU
     init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world), VAE kept as is
     model: dict = field(default_factory=lambda: shapes_world().to_dict())
 
@@ -64,6 +66,7 @@ class TrainState:
     step: int = 0
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    hardware: str = ""
 
 
 def _pool(config: TrainConfig) -> tuple[list[Scene], torch.Tensor]:
@@ -112,8 +115,10 @@ def _save(path: Path, payload: dict) -> None:
 
 
 def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], float],
-          checkpoint_fn: Callable[[], None], every: int) -> None:
+          checkpoint_fn: Callable[[], None], every: int, hardware: str) -> None:
     """Run `step_fn(step)` from `state.step` to `total`, with progress and periodic checkpoints."""
+    if state.step < total:
+        state.hardware = _joined(state.hardware, hardware)
     with _progress() as progress:
         task = progress.add_task(name, total=total, completed=state.step, loss=float("nan"), rate="")
         while state.step < total:
@@ -135,12 +140,13 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
     """Stage 1: reconstruction (L1, object pixels weighted) + KL(q(z|x) || N(0, I)) (Kingma & Welling)."""
     out = Path(config.out_dir)
     vae = model.vae.train()
+    device = _model_device(model)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     state = TrainState()
     ckpt = out / "vae_state.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
+        saved = torch.load(ckpt, weights_only=True, map_location=device)
         vae.load_state_dict(saved["vae"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
@@ -151,9 +157,10 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
             group["lr"] = _lr(index, config.vae_lr, config.warmup_steps, config.vae_steps)
         picks = torch.randint(0, len(images), (config.vae_batch,), generator=generator)
         top, left = torch.randint(0, images.shape[-1] - config.vae_crop + 1, (2,), generator=generator).tolist()
-        x = _to_unit(images[picks, :, top:top + config.vae_crop, left:left + config.vae_crop])  # (B, 3, crop, crop)
+        crops = images[picks, :, top:top + config.vae_crop, left:left + config.vae_crop]
+        x = _to_unit(crops.to(device))  # (B, 3, crop, crop)
         # bf16 autocast halves the VAE's step time on CPU (its convolutions dominate); the loss stays fp32.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type in ("cpu", "cuda")):
             posterior = vae.encode(x)
             reconstruction = vae.decode(posterior.sample(generator)).float()
         posterior = DiagonalGaussian(posterior.mean.float(), posterior.logvar.float())
@@ -173,7 +180,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
                                  title="VAE reconstruction loss"), out / "vae_loss.png", force=True)
         _vae_preview(model, images[:8], out / "vae_samples.png")
 
-    _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every)
+    _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every, describe_hardware(device))
     vae.eval()
     return state
 
@@ -181,7 +188,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
 @torch.no_grad()
 def _vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> None:
     """Originals (top row) over their reconstructions (bottom row)."""
-    x = _to_unit(images)
+    x = _to_unit(images.to(_model_device(model)))
     reconstruction = model.vae.decode(model.vae.encode(x).mean)
     cells = [[to_pil(tensor_to_image(im)) for im in x],
              [to_pil(tensor_to_image(im.clamp(-1, 1))) for im in reconstruction]]
@@ -193,7 +200,8 @@ def _vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> No
 def latent_scaling_factor(model: StableDiffusion, images: torch.Tensor, count: int = 2048) -> float:
     """1 / std of posterior samples, so scaled latents have unit variance (as SD's 0.18215 was chosen)."""
     generator = torch.Generator().manual_seed(0)
-    latents = [model.vae.encode(_to_unit(images[i:i + 256])).sample(generator)
+    device = _model_device(model)
+    latents = [model.vae.encode(_to_unit(images[i:i + 256].to(device))).sample(generator).cpu()
                for i in range(0, min(count, len(images)), 256)]
     return float(1.0 / torch.cat(latents).std())
 
@@ -202,10 +210,11 @@ def latent_scaling_factor(model: StableDiffusion, images: torch.Tensor, count: i
 def encode_pool(model: StableDiffusion, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every pool picture, so stage 2 never runs the encoder again."""
     means, stds = [], []
+    device = _model_device(model)
     for i in range(0, len(images), 512):
-        posterior = model.vae.encode(_to_unit(images[i:i + 512]))
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        posterior = model.vae.encode(_to_unit(images[i:i + 512].to(device)))
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -217,15 +226,18 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
     model_config = ModelConfig.from_dict(config.model)
     schedule = NoiseSchedule.from_config(model_config.scheduler)
     scale = model_config.vae.scaling_factor
+    device = _model_device(model)
+    latent_mean, latent_std = latent_mean.to(device), latent_std.to(device)
     params = [*model.text_encoder.parameters(), *model.unet.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01)
+    # fused AdamW: one kernel for all parameters instead of several per tensor (the model is launch-bound on GPUs)
+    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01, fused=device.type == "cuda")
     ema = [p.detach().clone() for p in params]
     generator = torch.Generator().manual_seed(config.seed + 1)
     rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2])
     state = TrainState()
     ckpt = out / "unet_state.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
+        saved = torch.load(ckpt, weights_only=True, map_location=device)
         model.text_encoder.load_state_dict(saved["text_encoder"])
         model.unet.load_state_dict(saved["unet"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -245,9 +257,10 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
         picks = torch.randint(0, len(scenes), (config.unet_batch,), generator=generator)
         captions = [caption(scenes[i], rng) if rng.random() >= config.caption_dropout else ""
                     for i in picks.tolist()]
-        noise = torch.randn(latent_mean[picks].shape, generator=generator)
+        noise = torch.randn((config.unet_batch, *latent_mean.shape[1:]), generator=generator).to(device)
+        picks = picks.to(device)
         x0 = (latent_mean[picks] + latent_std[picks] * noise) * scale  # (B, 4, 16, 16) scaled latents
-        context = model.text_encoder(model.tokenizer(captions))  # (B, 77, width)
+        context = model.text_encoder(model.tokenizer(captions).to(device))  # (B, 77, width)
         loss = training_loss(eps_model, schedule, x0, context, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -255,8 +268,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
         optimizer.step()
         decay = min(config.ema_decay, (1 + index) / (10 + index))
         with torch.no_grad():
-            for shadow, p in zip(ema, params, strict=True):
-                shadow.lerp_(p.detach(), 1 - decay)
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         return float(loss.detach())
 
     def checkpoint() -> None:
@@ -271,7 +283,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
             with swapped_in(params, ema):
                 preview(model, out / f"samples_{state.step:06d}.png")
 
-    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every)
+    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every, describe_hardware(device))
     with torch.no_grad():
         for shadow, p in zip(ema, params, strict=True):
             p.copy_(shadow)
@@ -313,6 +325,11 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     scenes, images = _pool(config)
     if config.init_from and not (out / "vae_state.pt").exists():
         _initialise_from(model, config)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 tensor-core matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(device)
 
     vae_state = train_vae(model, config, images)
     for p in model.vae.parameters():
@@ -331,11 +348,29 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
                 "seconds": round(vae_state.seconds)},
         "unet": {"steps": unet_state.step, "final_loss": float(np.mean(unet_state.losses[-100:])),
                  "seconds": round(unet_state.seconds)},
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                    f"torch {torch.__version__}",
+        "hardware": _joined(vae_state.hardware, unet_state.hardware),
         "latent_scaling_factor": model.config.vae.scaling_factor,
     }
     return model, summary
+
+
+def _model_device(model: StableDiffusion) -> torch.device:
+    return next(model.unet.parameters()).device
+
+
+def describe_hardware(device: torch.device) -> str:
+    """Where a stage ran, for the model card: e.g. "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130"."""
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{platform.machine()} {device.type.upper()}, {torch.get_num_threads()} threads"
+    return f"{where}, torch {torch.__version__}"
+
+
+def _joined(earlier: str, now: str) -> str:
+    """Hardware of a stage that resumed elsewhere: "A; then B" (each machine named once)."""
+    parts = [part for part in earlier.split("; then ") if part]
+    return "; then ".join(parts if parts and parts[-1] == now else [*parts, now])
 
 
 def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
@@ -347,6 +382,9 @@ def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
     from diffx.weights import load_model
 
     source = load_model(config.init_from)
+    earlier = Path(config.init_from) / HISTORY_FILE
+    if earlier.is_file():  # kept in the training folder, so re-exporting over init_from cannot lose it
+        (Path(config.out_dir) / HISTORY_FILE).write_text(earlier.read_text(encoding="utf-8"), encoding="utf-8")
     for name, module in model.modules().items():
         module.load_state_dict(getattr(source, name).state_dict())  # fp16 -> fp32 by the copy
     vae_optimizer = torch.optim.AdamW(model.vae.parameters(), lr=config.vae_lr)
@@ -383,8 +421,8 @@ def model_from_checkpoints(out_dir: str | Path) -> tuple[StableDiffusion, dict]:
     Returns the model and the stage states (steps, losses, seconds) for the model card.
     """
     out = Path(out_dir)
-    vae_saved = torch.load(out / "vae_state.pt", weights_only=True)
-    unet_saved = torch.load(out / "unet_state.pt", weights_only=True)
+    vae_saved = torch.load(out / "vae_state.pt", weights_only=True, map_location="cpu")
+    unet_saved = torch.load(out / "unet_state.pt", weights_only=True, map_location="cpu")
     model = build(ModelConfig.from_dict(json.loads(unet_saved["model_config"])),
                   source=f"trained by diffx train ({out})")
     model.vae.load_state_dict(vae_saved["vae"])
@@ -409,29 +447,70 @@ def fit_preview_factors(model: StableDiffusion, images: torch.Tensor, count: int
     model.config.vae.latent_rgb_bias = tuple(float(v) for v in bias.tolist())
 
 
+HISTORY_FILE = "training.json"  # beside a model: every run that trained it, oldest first
+
+
+def run_record(train_config: dict, states: dict) -> dict:
+    """One training run for the history: its settings (without the model config) and, per stage, the steps
+    reached, the seconds spent, the final loss (mean of the last 100 steps) and the hardware."""
+    settings = {key: value for key, value in train_config.items() if key != "model"}
+    stages = {name: {"steps": state["step"], "seconds": round(state["seconds"]),
+                     "final_loss": float(np.mean(state["losses"][-100:])) if state["losses"] else None,
+                     "hardware": state.get("hardware", "")}
+              for name, state in states.items()}
+    return {"settings": settings, **stages}
+
+
 def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = None) -> StableDiffusion:
-    """Ship a training folder as a diffx model folder (fp16 safetensors + config.json + MODEL_CARD.md)."""
+    """Ship a training folder as a diffx model folder (fp16 safetensors + config.json + MODEL_CARD.md +
+    training.json, the history of the runs that trained it)."""
+    from diffx.render.io import atomic_output
     from diffx.weights import save_model
 
-    out = Path(out_dir)
+    out, folder = Path(out_dir), Path(folder)
     model, states = model_from_checkpoints(out)
     train_config = json.loads((out / "train_config.json").read_text())
     _, images = _pool(TrainConfig(**{**train_config, "out_dir": str(out)}))
     fit_preview_factors(model, images)
     model.source = "embedded shapes-world model"
     save_model(model, folder, dtype=torch.float16)
-    write_model_card(Path(folder), model, states, train_config, scores)
+    earlier = out / HISTORY_FILE
+    runs = json.loads(earlier.read_text(encoding="utf-8"))["runs"] if earlier.is_file() else []
+    runs.append(run_record(train_config, states))
+    with atomic_output(folder / HISTORY_FILE, force=True) as tmp:
+        tmp.write_text(json.dumps({"runs": runs}, indent=2), encoding="utf-8")
+    write_model_card(folder, model, runs, scores)
     return model
 
 
-def write_model_card(folder: Path, model: StableDiffusion, states: dict, train_config: dict,
-                     scores: dict | None) -> Path:
-    """MODEL_CARD.md: what the model is, how it was trained, and how well it follows prompts."""
+def _run_lines(runs: list[dict]) -> list[str]:
+    """A line per stage per run that trained something (a continued run keeps the VAE it started from)."""
+    lines = []
+    for number, run in enumerate(runs, start=1):
+        settings = run["settings"]
+        vae, unet = run["vae"], run["unet"]
+        continued = f", continued from `{settings['init_from']}`" if settings.get("init_from") else ""
+        lines.append(f"- Run {number}{continued}: {settings['pool_size']} rendered scenes (seed {settings['seed']}).")
+        if vae["final_loss"] is not None:
+            lines.append(
+                f"  - VAE: {vae['steps']} steps, batch {settings['vae_batch']}, {settings['vae_crop']}x"
+                f"{settings['vae_crop']} crops, L1 with object pixels weighted x{settings['shape_pixel_weight']} "
+                f"+ KL x{settings['vae_kl_weight']}; final loss {vae['final_loss']:.4f}; "
+                f"{vae['seconds'] / 60:.1f} min on {vae['hardware']}.")
+        if unet["final_loss"] is not None:
+            lines.append(
+                f"  - Text encoder + U-Net: {unet['steps']} steps, batch {settings['unet_batch']}, AdamW lr "
+                f"{settings['unet_lr']} (warm-up, cosine), EMA {settings['ema_decay']}, caption dropout "
+                f"{settings['caption_dropout']}; final L_simple {unet['final_loss']:.4f}; "
+                f"{unet['seconds'] / 60:.1f} min on {unet['hardware']}.")
+    return lines
+
+
+def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], scores: dict | None) -> Path:
+    """MODEL_CARD.md: what the model is, how it was trained (every run), and how well it follows prompts."""
     config = model.config
-    vae, unet = states["vae"], states["unet"]
     parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.modules().items()}
     size_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
-    continued = f" Continued from `{train_config['init_from']}`." if train_config.get("init_from") else ""
     lines = [
         "# shapes-world — diffx's embedded default model",
         "",
@@ -455,18 +534,10 @@ def write_model_card(folder: Path, model: StableDiffusion, states: dict, train_c
         f"{config.image_size}x{config.image_size} px, {config.scheduler.beta_schedule} schedule, T = "
         f"{config.scheduler.num_train_timesteps}.",
         "",
-        f"## Training (resumable, seeded: `diffx train`){continued}",
-        f"- Data: {train_config['pool_size']} rendered scenes (seed {train_config['seed']}), captions re-drawn "
-        f"each time a scene is used; caption dropout {train_config['caption_dropout']} for classifier-free guidance.",
-        f"- VAE: {vae['step']} steps, batch {train_config['vae_batch']}, {train_config['vae_crop']}x"
-        f"{train_config['vae_crop']} crops, L1 with object pixels weighted x{train_config['shape_pixel_weight']} "
-        f"+ KL x{train_config['vae_kl_weight']}; final loss {np.mean(vae['losses'][-100:]):.4f}; "
-        f"{vae['seconds'] / 60:.1f} min.",
-        f"- Text encoder + U-Net: {unet['step']} steps, batch {train_config['unet_batch']}, AdamW lr "
-        f"{train_config['unet_lr']} (warm-up, cosine), EMA {train_config['ema_decay']}; final L_simple "
-        f"{np.mean(unet['losses'][-100:]):.4f}; {unet['seconds'] / 60:.1f} min.",
-        f"- Hardware: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        "shared with other work while it trained.",
+        "## Training (resumable, seeded: `diffx train`; history in training.json)",
+        "Captions are re-drawn each time a scene is used; caption dropout trains the unconditional",
+        "prediction for classifier-free guidance.",
+        *_run_lines(runs),
     ]
     if scores:
         lines += ["", "## Prompt adherence (judge: diffx/embedded/judge.py, `benchmarks/embedded_quality.py`)", ""]
