@@ -146,7 +146,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
     state = TrainState()
     ckpt = out / "vae_state.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+        saved = torch.load(ckpt, weights_only=True, map_location="cpu")  # generator states must stay on the CPU
         vae.load_state_dict(saved["vae"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
@@ -237,11 +237,11 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
     state = TrainState()
     ckpt = out / "unet_state.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+        saved = torch.load(ckpt, weights_only=True, map_location="cpu")  # generator states must stay on the CPU
         model.text_encoder.load_state_dict(saved["text_encoder"])
         model.unet.load_state_dict(saved["unet"])
         optimizer.load_state_dict(saved["optimizer"])
-        ema = saved["ema"]
+        ema = [shadow.to(device) for shadow in saved["ema"]]
         generator.set_state(saved["generator"])
         rng.bit_generator.state = json.loads(saved["rng"])
         state = TrainState(**saved["state"])
