@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from diffx.embedded.quality import GUIDANCE_GAP, TARGETS, evaluate, load_for_evaluation, meets_targets
+from diffx.embedded.quality import evaluate, last_line, load_for_evaluation, meets_targets, summary_rows
 from diffx.embedded.shapes import make_eval_prompts
+from diffx.embedded.train import update_model_card
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.weights import resolve_device
 
@@ -38,12 +39,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="prompt-set seed; prompt i is generated with seed + i")
     parser.add_argument("--out", type=Path, default=None, help="write both results as JSON here")
     parser.add_argument("--quick", action="store_true", help=f"only {QUICK_N} prompts")
+    parser.add_argument("--card", action="store_true",
+                        help="record the figures in the model folder's MODEL_CARD.md (rewritten from training.json)")
     parser.add_argument("--device", default="cpu", help="cpu (the reported figures), cuda, … or auto")
     return parser.parse_args()
-
-
-def format_rate(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
@@ -60,30 +59,23 @@ def main() -> None:
             results[name] = evaluate(model, prompts, guidance, args.seed,
                                      progress=lambda done, task=task: progress.update(task, completed=done))
     default, unguided = results["default"], results["unguided"]
-    reached = meets_targets(default, unguided)
 
     table = Table(title=f"{default['model']}: {n} evaluation prompts, {default['sampler']}, {default['steps']} steps")
-    table.add_column("attribute")
-    table.add_column(f"guidance {default['guidance']:g}", justify="right")
-    table.add_column("guidance 1", justify="right")
-    table.add_column("target", justify="right")
-    for key in [*default["rates"], "pointing"]:
-        ours = default["pointing"] if key == "pointing" else default["rates"][key]
-        theirs = unguided["pointing"] if key == "pointing" else unguided["rates"].get(key)
-        target = f"≥ {TARGETS[key]:.2f} {'✓' if reached[key] else '✗'}" if key in TARGETS else ""
-        table.add_row(key, format_rate(ours), format_rate(theirs), target)
-    gap = default["rates"]["all"] - unguided["rates"]["all"]
-    table.add_row("all: default − guidance 1", f"{gap:+.3f}", "",
-                  f"≥ {GUIDANCE_GAP:.2f} {'✓' if reached['guidance gap'] else '✗'}")
+    for column, justify in (("attribute", "left"), (f"guidance {default['guidance']:g}", "right"),
+                            ("guidance 1", "right"), ("target", "right")):
+        table.add_column(column, justify=justify)
+    for row in summary_rows(default, unguided):
+        table.add_row(*row)
     console.print(table)
     console.print(f"pointing trials: {default['pointing_trials']} (guidance 1: {unguided['pointing_trials']}); "
                   f"{default['seconds_per_image']:.2f} s per image at the default guidance")
+    scores = {**results, "targets_reached": meets_targets(default, unguided)}
     if args.out:
-        args.out.write_text(json.dumps({**results, "targets_reached": reached}, indent=2) + "\n", encoding="utf-8")
+        args.out.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {args.out}")
-    last = {"color": default["rates"].get("colour"), "shape": default["rates"].get("shape"),
-            "position": default["rates"].get("position"), "pointing": default["pointing"]}
-    print(" ".join(f"{key}={float('nan') if value is None else value:.3f}" for key, value in last.items()))
+    if args.card:
+        console.print(f"wrote {update_model_card(args.model, scores)}")
+    print(last_line(default))
 
 
 if __name__ == "__main__":

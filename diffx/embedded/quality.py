@@ -132,6 +132,33 @@ def meets_targets(default: dict, unguided: dict) -> dict[str, bool]:
     return reached
 
 
+def format_rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def summary_rows(default: dict, unguided: dict) -> list[tuple[str, str, str, str]]:
+    """(attribute, rate at the default guidance, rate at guidance 1, target ✓/✗) for `evaluate`'s results,
+    with the pointing game and the guidance gap in "all" last: the table of the benchmark and the model card."""
+    reached = meets_targets(default, unguided)
+    rows = []
+    for key in [*default["rates"], "pointing"]:
+        ours = default["pointing"] if key == "pointing" else default["rates"][key]
+        theirs = unguided["pointing"] if key == "pointing" else unguided["rates"].get(key)
+        target = f"≥ {TARGETS[key]:.2f} {'✓' if reached[key] else '✗'}" if key in TARGETS else ""
+        rows.append((key, format_rate(ours), format_rate(theirs), target))
+    gap = default["rates"]["all"] - unguided["rates"]["all"]
+    rows.append(("all: default − guidance 1", f"{gap:+.3f}", "",
+                 f"≥ {GUIDANCE_GAP:.2f} {'✓' if reached['guidance gap'] else '✗'}"))
+    return rows
+
+
+def last_line(default: dict) -> str:
+    """The benchmark's last line: `color=… shape=… position=… pointing=…` at the default guidance."""
+    last = {"color": default["rates"].get("colour"), "shape": default["rates"].get("shape"),
+            "position": default["rates"].get("position"), "pointing": default["pointing"]}
+    return " ".join(f"{key}={float('nan') if value is None else value:.3f}" for key, value in last.items())
+
+
 def load_for_evaluation(path: str | Path) -> StableDiffusion:
     """A model folder (`load_model`), or a training folder as it stands (`train.model_from_checkpoints`)."""
     from diffx.embedded.train import model_from_checkpoints

@@ -28,7 +28,7 @@ from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, make_scene, rend
 from diffx.models.configs import ModelConfig, shapes_world
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.models.vae import DiagonalGaussian
-from diffx.render import make_grid, plot_loss_curve, save_png, tensor_to_image, to_pil
+from diffx.render import atomic_output, make_grid, plot_loss_curve, save_png, tensor_to_image, to_pil
 from diffx.schedules import NoiseSchedule, training_loss
 from diffx.weights import resolve_device
 
@@ -343,14 +343,9 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         latent_mean, latent_std = encode_pool(model, images)
         _save(latents_file, (latent_mean, latent_std))
     unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview)
-    summary = {
-        "vae": {"steps": vae_state.step, "final_loss": float(np.mean(vae_state.losses[-100:])),
-                "seconds": round(vae_state.seconds)},
-        "unet": {"steps": unet_state.step, "final_loss": float(np.mean(unet_state.losses[-100:])),
-                 "seconds": round(unet_state.seconds)},
-        "hardware": _joined(vae_state.hardware, unet_state.hardware),
-        "latent_scaling_factor": model.config.vae.scaling_factor,
-    }
+    summary = {name: record for name, record in run_record(asdict(config), {
+        "vae": asdict(vae_state), "unet": asdict(unet_state)}).items() if name != "settings"}
+    summary["latent_scaling_factor"] = model.config.vae.scaling_factor
     return model, summary
 
 
@@ -464,7 +459,6 @@ def run_record(train_config: dict, states: dict) -> dict:
 def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = None) -> StableDiffusion:
     """Ship a training folder as a diffx model folder (fp16 safetensors + config.json + MODEL_CARD.md +
     training.json, the history of the runs that trained it)."""
-    from diffx.render.io import atomic_output
     from diffx.weights import save_model
 
     out, folder = Path(out_dir), Path(folder)
@@ -540,8 +534,42 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
         *_run_lines(runs),
     ]
     if scores:
-        lines += ["", "## Prompt adherence (judge: diffx/embedded/judge.py, `benchmarks/embedded_quality.py`)", ""]
-        lines += [f"- {key}: {value}" for key, value in scores.items()]
+        lines += ["", *_adherence_lines(scores)]
     path = folder / "MODEL_CARD.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _adherence_lines(scores: dict) -> list[str]:
+    """The card's adherence section from `benchmarks/embedded_quality.py --out` results."""
+    from diffx.embedded.quality import last_line, meets_targets, summary_rows
+
+    default, unguided = scores["default"], scores["unguided"]
+    reached = meets_targets(default, unguided)
+    missed = [name for name, ok in reached.items() if not ok]
+    lines = [
+        "## Prompt adherence (judge: diffx/embedded/judge.py, `python -m benchmarks.embedded_quality`)",
+        f"{default['n']} evaluation prompts (evaluation seed stream, never used for training or tuning), "
+        f"{default['sampler']} {default['steps']} steps, prompt i at seed {default['seed']} + i.",
+        "",
+        f"| attribute | guidance {default['guidance']:g} | guidance 1 | target |",
+        "|---|---|---|---|",
+        *[f"| {' | '.join(row)} |" for row in summary_rows(default, unguided)],
+        "",
+        f"Pointing trials: {default['pointing_trials']} at guidance {default['guidance']:g}, "
+        f"{unguided['pointing_trials']} at guidance 1. Last line: `{last_line(default)}`.",
+        "",
+        "All targets are met." if not missed else f"Targets not met: {', '.join(missed)}.",
+    ]
+    return lines
+
+
+def update_model_card(folder: str | Path, scores: dict) -> Path:
+    """Rewrite a shipped model's MODEL_CARD.md from its weights, training.json and new adherence figures."""
+    from diffx.weights import load_model
+
+    folder = Path(folder)
+    history = folder / HISTORY_FILE
+    runs = json.loads(history.read_text(encoding="utf-8"))["runs"] if history.is_file() else []
+    return write_model_card(folder, load_model(folder), runs, scores)
