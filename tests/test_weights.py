@@ -417,3 +417,18 @@ def test_sd15_size_ckpt_loads_without_copies(tmp_path):
     assert model.config == sd15() and model.num_parameters() == 1_066_235_307
     assert_same_weights(model, original)
     assert seconds < 30, f"loading took {seconds:.1f} s"
+
+
+def test_building_for_a_checkpoint_skips_random_init_and_restores_it_after():
+    """Inside the meta-building block parameters are shape-only and nn.init is not run; after it, both are back."""
+    from torch import nn
+
+    from diffx.weights import _parameters_on_meta
+
+    normal = nn.init.normal_
+    with _parameters_on_meta():
+        layer = nn.Linear(3, 2)
+        assert layer.weight.is_meta and nn.init.normal_ is not normal
+        assert nn.init.normal_(torch.zeros(2)).eq(0).all()  # a no-op while building
+    assert nn.init.normal_ is normal and not nn.Linear(3, 2).weight.is_meta
+    assert nn.init.normal_(torch.zeros(1000)).std() > 0.5
