@@ -603,6 +603,8 @@ def train(
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).")] = 0,
     device: DeviceOpt = "auto",
+    attention_loss: Annotated[float, typer.Option(
+        help="Weight of the attention-grounding loss (object words attend inside their objects); 0 = off.")] = 0.0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints, loss curves and sample grids.")
                                 ] = 100,
     init_from: Annotated[str | None, typer.Option(
@@ -624,12 +626,13 @@ def train(
     if min(vae_steps, unet_steps, batch, pool_size, checkpoint_every) < 1:
         raise InvalidArgumentError(
             "--vae-steps, --unet-steps, --batch, --pool-size and --checkpoint-every must be at least 1")
-    if lr <= 0:
-        raise InvalidArgumentError(f"--lr must be positive, got {lr}")
+    if lr <= 0 or attention_loss < 0:
+        raise InvalidArgumentError(f"--lr must be positive and --attention-loss not negative, got {lr} and "
+                                   f"{attention_loss}")
     resolve_device(device)  # an unavailable device fails here, before the pool is rendered
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
-                         checkpoint_every=checkpoint_every, init_from=init_from)
+                         checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from)
     _, summary = run_training(config, preview_grid)
     OUT.print(summary)
     if export is not None:

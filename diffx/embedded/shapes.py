@@ -156,15 +156,33 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     canvas = Image.new("RGB", (canvas_size, canvas_size), COLOURS[scene.background])
     draw = ImageDraw.Draw(canvas)
     for obj in scene.objects:
-        x, y, r = obj.centre[0] * canvas_size, obj.centre[1] * canvas_size, obj.radius * canvas_size
-        fill = COLOURS[obj.colour]
-        if obj.shape == "circle":
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-        elif obj.shape == "square":
-            draw.rectangle((x - r, y - r, x + r, y + r), fill=fill)
-        else:  # triangle: apex up, base and height both 2r, so it fills half its bounding box
-            draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
+        _draw(draw, obj, canvas_size, COLOURS[obj.colour])
     return np.array(canvas.resize((size, size), Image.Resampling.BOX))  # a writable copy, unlike np.asarray
+
+
+def object_masks(scene: Scene, size: int = 16) -> np.ndarray:
+    """(objects, size, size) float32 in [0, 1]: how much of each pixel every object covers, drawn alone.
+
+    Where two objects overlap each mask keeps its own whole shape. At the latent size (16 for the
+    embedded model) these are the regions the attention-grounding loss pulls object words into.
+    """
+    canvas_size = size * SUPERSAMPLE
+    masks = []
+    for obj in scene.objects:
+        canvas = Image.new("L", (canvas_size, canvas_size), 0)
+        _draw(ImageDraw.Draw(canvas), obj, canvas_size, 255)
+        masks.append(np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255)
+    return np.stack(masks)
+
+
+def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject, canvas_size: int, fill: tuple[int, int, int] | int) -> None:
+    x, y, r = obj.centre[0] * canvas_size, obj.centre[1] * canvas_size, obj.radius * canvas_size
+    if obj.shape == "circle":
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle((x - r, y - r, x + r, y + r), fill=fill)
+    else:  # triangle: apex up, base and height both 2r, so it fills half its bounding box
+        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

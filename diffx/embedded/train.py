@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, make_scene, render
+from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
+from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, make_scene, object_masks, render
+from diffx.models.attention import observe_attention
 from diffx.models.configs import ModelConfig, shapes_world
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.models.vae import DiagonalGaussian
@@ -51,6 +53,7 @@ class TrainConfig:
     unet_lr: float = 5e-4
     warmup_steps: int = 200
     caption_dropout: float = 0.1
+    attention_loss: float = 0.0  # weight of the attention-grounding loss (diffx.embedded.grounding); 0 = plain SD
     ema_decay: float = 0.999
     checkpoint_every: int = 100
     threads: int = 0  # 0: leave torch's default
@@ -67,6 +70,7 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     hardware: str = ""
+    grounding_losses: list[float] = field(default_factory=list)  # U-Net stage with attention_loss > 0
 
 
 def _pool(config: TrainConfig) -> tuple[list[Scene], torch.Tensor]:
@@ -132,8 +136,10 @@ def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], flo
                             rate=f"{state.step / max(state.seconds, 1e-9):.2f} it/s")
             if state.step % every == 0 or state.step == total:
                 checkpoint_fn()
-                progress.console.log(f"{name} step {state.step}/{total} loss {sum(recent) / len(recent):.4f} "
-                                     f"({state.seconds / state.step:.2f} s/step)")
+                grounding = (f" grounding {np.mean(state.grounding_losses[-50:]):.4f}"
+                             if state.grounding_losses else "")
+                progress.console.log(f"{name} step {state.step}/{total} loss {sum(recent) / len(recent):.4f}"
+                                     f"{grounding} ({state.seconds / state.step:.2f} s/step)")
 
 
 def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor) -> TrainState:
@@ -220,8 +226,12 @@ def encode_pool(model: StableDiffusion, images: torch.Tensor) -> tuple[torch.Ten
 
 def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
                latent_mean: torch.Tensor, latent_std: torch.Tensor,
-               preview: Callable[[StableDiffusion, Path], None] | None = None) -> TrainState:
-    """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept."""
+               preview: Callable[[StableDiffusion, Path], None] | None = None,
+               masks: list[np.ndarray] | None = None) -> TrainState:
+    """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept.
+
+    With `masks` (each scene's `shapes.object_masks` at the latent size) and `config.attention_loss` > 0,
+    the attention-grounding loss (diffx.embedded.grounding) is added with that weight."""
     out = Path(config.out_dir)
     model_config = ModelConfig.from_dict(config.model)
     schedule = NoiseSchedule.from_config(model_config.scheduler)
@@ -258,12 +268,22 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
         captions = [caption(scenes[i], rng) if rng.random() >= config.caption_dropout else ""
                     for i in picks.tolist()]
         noise = torch.randn((config.unet_batch, *latent_mean.shape[1:]), generator=generator).to(device)
-        picks = picks.to(device)
-        x0 = (latent_mean[picks] + latent_std[picks] * noise) * scale  # (B, 4, 16, 16) scaled latents
-        context = model.text_encoder(model.tokenizer(captions).to(device))  # (B, 77, width)
-        loss = training_loss(eps_model, schedule, x0, context, generator=generator)
+        x0 = (latent_mean[picks.to(device)] + latent_std[picks.to(device)] * noise) * scale  # (B, 4, 16, 16)
+        encodings = [model.tokenizer.encode(text) for text in captions]
+        context = model.text_encoder(torch.tensor([e.ids for e in encodings], device=device))  # (B, 77, width)
+        if masks is None or config.attention_loss <= 0:
+            loss = total = training_loss(eps_model, schedule, x0, context, generator=generator)
+        else:
+            collector = CrossAttentionCollector()
+            with observe_attention(collector):
+                loss = training_loss(eps_model, schedule, x0, context, generator=generator)
+            token_masks, supervised = token_targets([scenes[i] for i in picks.tolist()],
+                                                    [masks[i] for i in picks.tolist()], encodings, x0.shape[-1])
+            grounding = grounding_loss(collector.probs, token_masks.to(device), supervised.to(device))
+            state.grounding_losses.append(float(grounding.detach()))
+            total = loss + config.attention_loss * grounding
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         decay = min(config.ema_decay, (1 + index) / (10 + index))
@@ -342,7 +362,11 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     else:
         latent_mean, latent_std = encode_pool(model, images)
         _save(latents_file, (latent_mean, latent_std))
-    unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview)
+    masks = None
+    if config.attention_loss > 0:
+        side = model_config.image_size // model_config.vae.downsample_factor
+        masks = [object_masks(scene, side) for scene in scenes]
+    unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview, masks)
     summary = {name: record for name, record in run_record(asdict(config), {
         "vae": asdict(vae_state), "unet": asdict(unet_state)}).items() if name != "settings"}
     summary["latent_scaling_factor"] = model.config.vae.scaling_factor
