@@ -224,7 +224,8 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     # A later sitting continues from the exported weights: the VAE is kept, the U-Net goes on.
     again = tmp_path / "again"
     ok(run("train", "--out-dir", again, "--init-from", export, "--vae-steps", 2, "--unet-steps", 1,
-           "--batch", 4, "--pool-size", 8, "--lr", 1e-3, "--device", "cpu", "--export", export))
+           "--batch", 4, "--pool-size", 8, "--lr", 1e-3, "--device", "cpu", "--attention-loss", 0.01,
+           "--export", export))
     vae_before = torch.load(out_dir / "vae_state.pt", weights_only=True)["vae"]
     vae_after = torch.load(again / "vae_state.pt", weights_only=True)["vae"]
     assert all(torch.equal(vae_before[k].half().float(), vae_after[k]) for k in vae_before)
@@ -232,9 +233,10 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     runs = json.loads((export / "training.json").read_text())["runs"]
     assert [r["unet"]["steps"] for r in runs] == [2, 1] and runs[1]["settings"]["unet_lr"] == 1e-3
     assert runs[1]["vae"]["final_loss"] is None and "CPU" in runs[1]["unet"]["hardware"]
+    assert runs[1]["unet"]["final_grounding_loss"] > 0 and "final_grounding_loss" not in runs[0]["unet"]
     card = (export / "MODEL_CARD.md").read_text()
     assert "- Run 1:" in card and f"- Run 2, continued from `{export}`" in card
-    assert card.count("Text encoder + U-Net: ") == 2
+    assert card.count("Text encoder + U-Net: ") == 2 and card.count("attention-grounding loss x0.01") == 1
     missing = run("train", "--out-dir", again, "--device", "cuda:7")
     assert missing.exit_code == 2 and "cuda" in missing.stderr
 

@@ -477,6 +477,8 @@ def run_record(train_config: dict, states: dict) -> dict:
                      "final_loss": float(np.mean(state["losses"][-100:])) if state["losses"] else None,
                      "hardware": state.get("hardware", "")}
               for name, state in states.items()}
+    if states["unet"].get("grounding_losses"):
+        stages["unet"]["final_grounding_loss"] = float(np.mean(states["unet"]["grounding_losses"][-100:]))
     return {"settings": settings, **stages}
 
 
@@ -519,9 +521,17 @@ def _run_lines(runs: list[dict]) -> list[str]:
             lines.append(
                 f"  - Text encoder + U-Net: {unet['steps']} steps, batch {settings['unet_batch']}, AdamW lr "
                 f"{settings['unet_lr']} (warm-up, cosine), EMA {settings['ema_decay']}, caption dropout "
-                f"{settings['caption_dropout']}; final L_simple {unet['final_loss']:.4f}; "
-                f"{unet['seconds'] / 60:.1f} min on {unet['hardware']}.")
+                f"{settings['caption_dropout']}{_grounding_words(settings, unet)}; final L_simple "
+                f"{unet['final_loss']:.4f}; {unet['seconds'] / 60:.1f} min on {unet['hardware']}.")
     return lines
+
+
+def _grounding_words(settings: dict, unet: dict) -> str:
+    if not settings.get("attention_loss"):
+        return ""
+    final = unet.get("final_grounding_loss")
+    return (f", attention-grounding loss x{settings['attention_loss']} (diffx/embedded/grounding.py"
+            + (f", final {final:.3f}" if final is not None else "") + ")")
 
 
 def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], scores: dict | None) -> Path:

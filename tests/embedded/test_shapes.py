@@ -17,6 +17,7 @@ from diffx.embedded.shapes import (
     caption,
     make_eval_prompts,
     make_scene,
+    object_masks,
     parse_prompt,
     render,
     sample_batch,
@@ -80,6 +81,17 @@ def test_render_colours_and_antialiasing():
     blue, red = COLOURS["blue"][2], COLOURS["red"][2]
     red_coverage = (image[..., 2].astype(float) - blue) / (red - blue)
     assert red_coverage.sum() == pytest.approx(np.pi * (0.2 * 64) ** 2, rel=0.03)
+
+
+def test_object_masks_cover_each_object_alone_at_the_latent_size():
+    square = ShapeObject("square", "red", "large", "left", (0.25, 0.5), 0.125)
+    triangle = ShapeObject("triangle", "blue", "large", "right", (0.3, 0.5), 0.125)  # overlaps the square
+    masks = object_masks(Scene([square, triangle], "white"), 16)
+    assert masks.shape == (2, 16, 16) and masks.dtype == np.float32 and 0 <= masks.min() and masks.max() == 1
+    assert masks[0].sum() == pytest.approx((2 * 0.125 * 16) ** 2, rel=0.15)  # 4x4 px (PIL draws edges inclusive)
+    assert masks[1].sum() == pytest.approx((2 * 0.125 * 16) ** 2 / 2, rel=0.15)  # a triangle fills half its box
+    assert masks[0, 8, 3] == 1 and masks[0, 8, 12] == 0  # inside / far from the square
+    assert masks[1].sum() > 0 and (masks[0] * masks[1]).sum() > 0  # each keeps its whole shape where they overlap
 
 
 def test_render_rejects_tiny_images():

@@ -1,0 +1,79 @@
+"""The attention-grounding loss: which tokens are supervised, with which masks, and the loss itself."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
+from diffx.embedded.shapes import Scene, ShapeObject, object_masks
+from diffx.models.attention import observe_attention
+from diffx.models.configs import tiny
+from diffx.models.stable_diffusion import build
+from diffx.models.tokenizer import ClipTokenizer
+
+RED_CIRCLE = ShapeObject("circle", "red", "small", "left", (0.25, 0.5), 0.1)
+BLUE_SQUARE = ShapeObject("square", "blue", "small", "right", (0.75, 0.5), 0.1)
+
+
+def _targets(scene: Scene, prompt: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    encoding = ClipTokenizer.default().encode(prompt)
+    token_masks, supervised = token_targets([scene], [object_masks(scene, 16)], [encoding], 16)
+    return token_masks[0], supervised[0], encoding.tokens
+
+
+def test_colour_and_shape_tokens_of_each_named_object_get_its_mask():
+    scene = Scene([RED_CIRCLE, BLUE_SQUARE], "white")
+    token_masks, supervised, tokens = _targets(scene, "a blue square right of a red circle on a white background")
+    assert [tokens[i] for i in supervised.nonzero().flatten()] == ["blue</w>", "square</w>", "red</w>", "circle</w>"]
+    masks = object_masks(scene, 16)
+    assert torch.equal(token_masks[tokens.index("square</w>")], torch.from_numpy(masks[1]))
+    assert torch.equal(token_masks[tokens.index("red</w>")], torch.from_numpy(masks[0]))
+    assert token_masks[~supervised].sum() == 0  # "white", "background", padding: nothing to ground
+
+
+@pytest.mark.parametrize("prompt", ["", "a circle"])
+def test_captions_naming_no_coloured_object_supervise_nothing(prompt):
+    assert not _targets(Scene([RED_CIRCLE], "white"), prompt)[1].any()
+
+
+def test_two_objects_of_the_same_colour_and_shape_are_ambiguous_and_skipped():
+    twin = ShapeObject("circle", "red", "small", "right", (0.75, 0.5), 0.1)
+    assert not _targets(Scene([RED_CIRCLE, twin], "white"), "a red circle left of a red circle")[1].any()
+
+
+def test_loss_is_zero_inside_the_mask_and_one_minus_coverage_squared_when_uniform():
+    token_masks = torch.zeros(1, 3, 4, 4)
+    token_masks[0, 1, :2, :2] = 1.0  # token 1: the top-left quarter
+    supervised = torch.tensor([[False, True, False]])
+    inside = torch.zeros(1, 16, 3)
+    inside[0, [0, 1, 4, 5], 1] = 0.25  # all of token 1's attention in its quarter (row-major 4x4 grid)
+    assert grounding_loss([inside], token_masks, supervised) == 0
+    uniform = torch.full((1, 16, 3), 1 / 3)
+    assert grounding_loss([uniform], token_masks, supervised).item() == pytest.approx(0.75 ** 2)
+    # A 2x2 layer sees the mask pooled: the quarter is exactly its top-left cell.
+    coarse = torch.zeros(1, 4, 3)
+    coarse[0, 0, 1] = 1.0
+    assert grounding_loss([coarse], token_masks, supervised) == 0
+    assert grounding_loss([uniform], token_masks, torch.zeros(1, 3, dtype=torch.bool)) == 0
+
+
+def test_collector_keeps_the_unets_cross_attention_with_gradients():
+    torch.manual_seed(0)
+    model = build(tiny())
+    x = torch.randn(1, 4, 8, 8)
+    context = model.text_encoder(model.tokenizer(["a red circle"]))
+    collector = CrossAttentionCollector()
+    with observe_attention(collector):
+        model.unet(x, torch.tensor([500]), context)
+    cross_layers = [m for m in model.unet.modules() if getattr(m, "kind", None) == "cross"]
+    assert len(collector.probs) == len(cross_layers) > 0
+    assert all(p.shape[0] == 1 and p.shape[-1] == 77 and p.requires_grad for p in collector.probs)
+    token_masks = torch.zeros(1, 77, 8, 8)
+    token_masks[0, 2, :4, :4] = 1.0
+    supervised = torch.zeros(1, 77, dtype=torch.bool)
+    supervised[0, 2] = True
+    loss = grounding_loss(collector.probs, token_masks, supervised)
+    loss.backward()
+    grads = [p.grad for name, p in model.unet.named_parameters() if "attn2.to_k" in name or "attn2.to_q" in name]
+    assert 0 < loss.item() < 1 and grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert np.isfinite(loss.item())
