@@ -7,9 +7,11 @@ models are imported inside the commands, so `diffx --help` answers at once.
 """
 
 import functools
+import inspect
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -89,6 +91,60 @@ HtmlOpt = Annotated[Path | None, typer.Option(
     show_default=False)]
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """--model, --device, --dtype: which weights, on which device, in which precision."""
+
+    model: ModelOpt = None
+    device: DeviceOpt = "auto"
+    dtype: DtypeOpt = "auto"
+
+    def load(self) -> "StableDiffusion":
+        """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`."""
+        from diffx.weights import load_model, resolve_device, resolve_dtype, resolve_model_source
+
+        source = resolve_model_source(self.model)
+        target = resolve_device(self.device)
+        precision = resolve_dtype(self.dtype, target)
+        with ERR.status(f"loading {source.path}"):
+            return load_model(source, device=target, dtype=precision)
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """How to sample, everything but the prompt and the guidance weight (cfg-sweep sweeps that one)."""
+
+    negative_prompt: NegativeOpt = ""
+    sampler: SamplerOpt = None
+    schedule: ScheduleOpt = None
+    spacing: SpacingOpt = None
+    karras: KarrasOpt = False
+    steps: StepsOpt = None
+    seed: SeedOpt = 0
+    size: SizeOpt = None
+
+    def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
+        from diffx.pipeline import GenerationSettings
+
+        width, height = parse_size(self.size)
+        return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
+                                  steps=self.steps, guidance=guidance, sampler=self.sampler, schedule=self.schedule,
+                                  spacing=self.spacing, karras=self.karras, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class InitImageChoice:
+    """--image with --t or --strength (SDEdit), and --mask (inpainting)."""
+
+    image: ImageOpt = None
+    t: TimestepOpt = None
+    strength: StrengthOpt = None
+    mask: MaskOpt = None
+
+
+OPTION_GROUPS = (ModelChoice, SamplingChoice, InitImageChoice)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Plumbing: errors, warnings, progress, model loading, option parsing
 
@@ -104,12 +160,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def command(function: Callable) -> Callable:
     """Register `function` as a subcommand; the "Example:" of its docstring goes last in its --help.
 
-    A `DiffxError` becomes `error: <message>` on stderr and exit code 2 (with --debug it propagates
-    with its traceback).
+    A parameter annotated with an option group (`ModelChoice`, `SamplingChoice`, `InitImageChoice`)
+    becomes that group's options on the command line and arrives as one group object. A `DiffxError`
+    becomes `error: <message>` on stderr and exit code 2 (with --debug it propagates with its traceback).
     """
+    signature = inspect.signature(function)
+    groups = {name: param.annotation for name, param in signature.parameters.items()
+              if param.annotation in OPTION_GROUPS}
+    parameters = []
+    for name, param in signature.parameters.items():
+        if name in groups:
+            parameters += [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                             default=field.default, annotation=field.type)
+                           for field in fields(groups[name])]
+        else:
+            parameters.append(param)
 
     @functools.wraps(function)
     def run(**options):
+        for name, group in groups.items():
+            options[name] = group(**{field.name: options.pop(field.name) for field in fields(group)})
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:
@@ -120,6 +190,8 @@ def command(function: Callable) -> Callable:
                 ERR.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
                 raise typer.Exit(2) from None
 
+    run.__signature__ = signature.replace(parameters=parameters)
+    run.__annotations__ = {param.name: param.annotation for param in parameters}
     description, _, example = function.__doc__.partition("Example:")
     return app.command(help=description.strip(), epilog=f"Example: {example.strip()}")(run)
 
@@ -155,17 +227,6 @@ class StepProgress:
         self.bar.update(self.task, completed=record.index + 1, t=f"{record.timestep:g}")
 
 
-def load(model: str | None, device: str, dtype: str) -> "StableDiffusion":
-    """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`."""
-    from diffx.weights import load_model, resolve_device, resolve_dtype, resolve_model_source
-
-    source = resolve_model_source(model)
-    target = resolve_device(device)
-    precision = resolve_dtype(dtype, target)
-    with ERR.status(f"loading {source.path}"):
-        return load_model(source, device=target, dtype=precision)
-
-
 def parse_size(text: str | None) -> tuple[int | None, int | None]:
     """--size "512" or "512x768" (width x height) → (width, height); None → (None, None)."""
     if text is None:
@@ -188,24 +249,13 @@ def parse_list(text: str, kind: type, option: str) -> list:
     return values
 
 
-def make_settings(prompt: str, negative_prompt: str, size: str | None, steps: int | None, guidance: float | None,
-                  sampler: str | None, schedule: str | None, spacing: str | None, karras: bool,
-                  seed: int) -> "GenerationSettings":
-    from diffx.pipeline import GenerationSettings
-
-    width, height = parse_size(size)
-    return GenerationSettings(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-                              steps=steps, guidance=guidance, sampler=sampler, schedule=schedule, spacing=spacing,
-                              karras=karras, seed=seed)
-
-
-def run_generation(model: "StableDiffusion", settings: "GenerationSettings", image: Path | None,
-                   mask: Path | None, timestep: int | None, strength: float | None, record: "TraceOptions",
-                   decode_every: int = 0) -> "Generation":
+def run_generation(model: "StableDiffusion", settings: "GenerationSettings", init: InitImageChoice,
+                   record: "TraceOptions", decode_every: int = 0) -> "Generation":
     """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar."""
     from diffx.pipeline import generate
     from diffx.views import load_init_image, strength_for_timestep
 
+    image, mask, timestep, strength = init.image, init.mask, init.t, init.strength
     if image is None and (timestep is not None or strength is not None or mask is not None):
         raise InvalidArgumentError("--t, --strength and --mask apply to an input picture; pass --image too")
     if timestep is not None and strength is not None:
@@ -268,9 +318,7 @@ def noise(
     size: Annotated[str | None, typer.Option(
         help=f"Resize the picture: 512 or WIDTHxHEIGHT. Default: the model's size with --latent, else the "
              f"picture's own, shrunk to fit {NOISE_MAX_SIDE} px.", show_default=False)] = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
     debug: DebugOpt = False,
@@ -290,7 +338,7 @@ def noise(
     plot_path = views.companion_path(out, "schedules")
     views.check_outputs([out, plot_path], force, gif)
     schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
-    loaded = load(model, device, dtype) if latent or model else None
+    loaded = model.load() if latent or model.model else None
     width, height = parse_size(size)
     if width is None and latent:
         width = height = loaded.config.image_size
@@ -309,24 +357,12 @@ def noise(
 @command
 def denoise(
     prompt: PromptOpt = "",
-    image: ImageOpt = None,
-    t: TimestepOpt = None,
-    strength: StrengthOpt = None,
-    mask: MaskOpt = None,
+    init: InitImageChoice = InitImageChoice(),
     out: OutOpt = None,
     gif: GifOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
+    sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     preview: PreviewOpt = "fast",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
@@ -347,9 +383,8 @@ def denoise(
     out = out or Path("denoise.png")
     grid_path = views.companion_path(out, "steps")
     views.check_outputs([out, grid_path], force, gif)
-    loaded = load(model, device, dtype)
-    settings = make_settings(prompt, negative_prompt, size, steps, guidance, sampler, schedule, spacing, karras, seed)
-    generation = run_generation(loaded, settings, image, mask, t, strength, views.TRACE_RECORD_X0)
+    loaded = model.load()
+    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, views.TRACE_RECORD_X0)
     trace = generation.traces[0]
     grid = views.denoise_grid(trace, preview=preview, model=loaded)
     frames = views.denoise_frames(trace, preview, loaded) if gif is not None else None
@@ -368,22 +403,10 @@ def trace(
     save_trace: Annotated[Path | None, typer.Option(
         help="Also save the trace (safetensors) for `diffx render`.", show_default=False)] = None,
     html: HtmlOpt = None,
-    image: ImageOpt = None,
-    t: TimestepOpt = None,
-    strength: StrengthOpt = None,
-    mask: MaskOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
+    init: InitImageChoice = InitImageChoice(),
+    sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     preview: PreviewOpt = "fast",
     attn_scale: AttnScaleOpt = "shared",
     frame_ms: FrameMsOpt = 100,
@@ -405,10 +428,9 @@ def trace(
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, Path("trace"))
     views.check_outputs([out, views.companion_path(out, "attention"), save_trace, html], force, gif)
-    loaded = load(model, device, dtype)
-    settings = make_settings(prompt, negative_prompt, size, steps, guidance, sampler, schedule, spacing, karras, seed)
+    loaded = model.load()
     # With --preview vae the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
-    generation = run_generation(loaded, settings, image, mask, t, strength, TraceOptions(),
+    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(),
                                 decode_every=1 if preview == "vae" else 0)
     recorded = generation.traces[0]
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
@@ -429,9 +451,7 @@ def render(
     out: OutOpt = None,
     preview: PreviewOpt = "fast",
     attn_scale: AttnScaleOpt = "shared",
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
     debug: DebugOpt = False,
@@ -449,7 +469,7 @@ def render(
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, trace_file)
     recorded = load_trace(trace_file)
-    loaded = load(model, device, dtype) if preview == "vae" and views.missing_decodes(recorded) else None
+    loaded = model.load() if preview == "vae" and views.missing_decodes(recorded) else None
     print_written(views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force))
 
 
@@ -462,17 +482,8 @@ def cfg_sweep(
     out: OutOpt = None,
     gif: GifOpt = None,
     html: HtmlOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    sampling: SamplingChoice = SamplingChoice(),
+    model: ModelChoice = ModelChoice(),
     preview: PreviewOpt = "fast",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
@@ -494,8 +505,8 @@ def cfg_sweep(
     views.check_outputs([out, html], force, gif)
     weights = parse_list(scales, float, "--scales")
     chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps else None
-    loaded = load(model, device, dtype)
-    settings = make_settings(prompt, negative_prompt, size, steps, None, sampler, schedule, spacing, karras, seed)
+    loaded = model.load()
+    settings = sampling.settings(prompt)
     with StepProgress(runs=len(weights)) as progress:
         record = TraceOptions() if html is not None else views.TRACE_RECORD_X0
         sweep = views.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress, record=record)
@@ -517,18 +528,9 @@ def compare(
     y: Annotated[str | None, typer.Option("--y", help="Rows, written like --x.", show_default=False)] = None,
     prompt: PromptOpt = "",
     out: OutOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
+    sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -546,8 +548,8 @@ def compare(
     views.check_outputs([out], force)
     x_axis = views.parse_axis(x)
     y_axis = views.parse_axis(y) if y else None
-    loaded = load(model, device, dtype)
-    settings = make_settings(prompt, negative_prompt, size, steps, guidance, sampler, schedule, spacing, karras, seed)
+    loaded = model.load()
+    settings = sampling.settings(prompt, guidance)
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:
         comparison = views.compare(loaded, settings, x_axis, y_axis, progress)
     save_png(comparison.grid, out, force)

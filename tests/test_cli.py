@@ -237,6 +237,7 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     card = (export / "MODEL_CARD.md").read_text()
     assert "- Run 1:" in card and f"- Run 2, continued from `{export}`" in card
     assert card.count("Text encoder + U-Net: ") == 2 and card.count("attention-grounding loss x0.01") == 1
+    assert "were trained to" in card
     missing = run("train", "--out-dir", again, "--device", "cuda:7")
     assert missing.exit_code == 2 and "cuda" in missing.stderr
 

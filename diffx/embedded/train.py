@@ -567,6 +567,11 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
         "prediction for classifier-free guidance.",
         *_run_lines(runs),
     ]
+    if any(run["settings"].get("attention_loss") for run in runs):
+        lines += ["", "The attention-grounding loss (TokenCompose, Wang et al. 2024) taught the cross-attention",
+                  "of each named object's colour and shape words to fall inside that object: this model's attention",
+                  "maps point at objects because they were trained to, which plain Stable Diffusion training does",
+                  "not do."]
     if scores:
         lines += ["", *_adherence_lines(scores)]
     path = folder / "MODEL_CARD.md"
