@@ -570,8 +570,8 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
     if any(run["settings"].get("attention_loss") for run in runs):
         lines += ["", "The attention-grounding loss (TokenCompose, Wang et al. 2024) taught the cross-attention",
                   "of each named object's colour and shape words to fall inside that object: this model's attention",
-                  "maps point at objects because they were trained to, which plain Stable Diffusion training does",
-                  "not do."]
+                  "maps point at objects because they were trained to; plain Stable Diffusion training has no such",
+                  "objective."]
     if scores:
         lines += ["", *_adherence_lines(scores)]
     path = folder / "MODEL_CARD.md"
