@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffx.embedded.quality import object_word_indices
-from diffx.embedded.shapes import Scene, parse_prompt
+from diffx.embedded.shapes import Scene, object_word_indices, parse_prompt
 from diffx.models.attention import AttentionLayer
 from diffx.models.tokenizer import TokenizedPrompt
 
@@ -47,10 +46,9 @@ def token_targets(scenes: Sequence[Scene], masks: Sequence[np.ndarray], encoding
                         if obj.colour == spec.colour and obj.shape == spec.shape]
             if words is None or len(matching) != 1:
                 continue
-            for position, word in enumerate(encoding.word_ids):
-                if word in words:
-                    token_masks[b, position] = torch.from_numpy(scene_masks[matching[0]])
-                    supervised[b, position] = True
+            positions = [p for word in words for p in encoding.word_positions(word)]
+            token_masks[b, positions] = torch.from_numpy(scene_masks[matching[0]])
+            supervised[b, positions] = True
     return token_masks, supervised
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffx.embedded.judge import DetectedObject, adherence, analyse
-from diffx.embedded.shapes import ObjectSpec, parse_prompt
+from diffx.embedded.shapes import ObjectSpec, object_word_indices, parse_prompt
 from diffx.errors import InvalidArgumentError
 from diffx.pipeline import GenerationSettings, generate
 from diffx.trace import Trace, TraceOptions
@@ -43,26 +43,8 @@ BOX_DILATION = 2 / 64
 ATTENTION_ONLY = TraceOptions(record=("attention",))
 
 
-def object_word_indices(words: Sequence[str], objects: Sequence[ObjectSpec]) -> list[tuple[int, int] | None]:
-    """(colour word, shape word) indices in `words` of each object: the first shape word after the
-    object's colour word. Searching in order keeps "a red circle left of a blue circle" apart. None where
-    the words lack one."""
-    indices: list[tuple[int, int] | None] = []
-    cursor = 0
-    for spec in objects:
-        found = None
-        colour_at = next((i for i in range(cursor, len(words)) if words[i] == spec.colour), None)
-        if colour_at is not None:
-            shape_at = next((i for i in range(colour_at + 1, len(words)) if words[i] in (spec.shape, spec.shape + "s")),
-                            None)
-            found = (colour_at, shape_at) if shape_at is not None else None
-        indices.append(found)
-        cursor = found[1] + 1 if found is not None else cursor
-    return indices
-
-
 def shape_word_indices(words: Sequence[str], objects: Sequence[ObjectSpec]) -> list[int | None]:
-    """Index in `words` of each object's shape word (see `object_word_indices`); None where missing."""
+    """Index in `words` of each object's shape word (see `shapes.object_word_indices`); None where missing."""
     return [pair[1] if pair is not None else None for pair in object_word_indices(words, objects)]
 
 

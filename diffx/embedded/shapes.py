@@ -261,6 +261,24 @@ def parse_prompt(prompt: str) -> PromptSpec:
     return spec
 
 
+def object_word_indices(words: list[str], objects: list[ObjectSpec]) -> list[tuple[int, int] | None]:
+    """(colour word, shape word) indices in `words` of each object: the first shape word after the
+    object's colour word. Searching in order keeps "a red circle left of a blue circle" apart. None where
+    the words lack one."""
+    indices: list[tuple[int, int] | None] = []
+    cursor = 0
+    for spec in objects:
+        found = None
+        colour_at = next((i for i in range(cursor, len(words)) if words[i] == spec.colour), None)
+        if colour_at is not None:
+            shape_at = next((i for i in range(colour_at + 1, len(words)) if words[i] in (spec.shape, spec.shape + "s")),
+                            None)
+            found = (colour_at, shape_at) if shape_at is not None else None
+        indices.append(found)
+        cursor = found[1] + 1 if found is not None else cursor
+    return indices
+
+
 def _scene_rng(stream: int, seed: int, index: int | None = None) -> np.random.Generator:
     """Independent generator per (stream, seed, index): numpy hashes the whole list into the state."""
     entropy = [stream, seed] if index is None else [stream, seed, index]

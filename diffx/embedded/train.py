@@ -265,10 +265,11 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
         for group in optimizer.param_groups:
             group["lr"] = _lr(index, config.unet_lr, config.warmup_steps, config.unet_steps)
         picks = torch.randint(0, len(scenes), (config.unet_batch,), generator=generator)
-        captions = [caption(scenes[i], rng) if rng.random() >= config.caption_dropout else ""
-                    for i in picks.tolist()]
+        chosen = picks.tolist()
+        captions = [caption(scenes[i], rng) if rng.random() >= config.caption_dropout else "" for i in chosen]
         noise = torch.randn((config.unet_batch, *latent_mean.shape[1:]), generator=generator).to(device)
-        x0 = (latent_mean[picks.to(device)] + latent_std[picks.to(device)] * noise) * scale  # (B, 4, 16, 16)
+        picks = picks.to(device)
+        x0 = (latent_mean[picks] + latent_std[picks] * noise) * scale  # (B, 4, 16, 16) scaled latents
         encodings = [model.tokenizer.encode(text) for text in captions]
         context = model.text_encoder(torch.tensor([e.ids for e in encodings], device=device))  # (B, 77, width)
         if masks is None or config.attention_loss <= 0:
@@ -277,8 +278,8 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
             collector = CrossAttentionCollector()
             with observe_attention(collector):
                 loss = training_loss(eps_model, schedule, x0, context, generator=generator)
-            token_masks, supervised = token_targets([scenes[i] for i in picks.tolist()],
-                                                    [masks[i] for i in picks.tolist()], encodings, x0.shape[-1])
+            token_masks, supervised = token_targets([scenes[i] for i in chosen], [masks[i] for i in chosen],
+                                                    encodings, x0.shape[-1])
             grounding = grounding_loss(collector.probs, token_masks.to(device), supervised.to(device))
             state.grounding_losses.append(float(grounding.detach()))
             total = loss + config.attention_loss * grounding
