@@ -250,3 +250,10 @@ def test_report_command_writes_html_from_saved_traces(run, fast, tmp_path):
     assert page.lower().startswith("<!doctype html>") and "red" in page
     again = run("report", trace_file, "--html", html)
     assert again.exit_code == 2 and "--force" in again.stderr
+
+
+@pytest.mark.parametrize("bad", [["--lr", "0"], ["--attention-loss", "-1"], ["--checkpoint-every", "0"]])
+def test_train_rejects_bad_settings_before_any_work(run, tmp_path, bad):
+    result = run("train", "--out-dir", tmp_path / "run", *bad)
+    assert result.exit_code == 2 and result.stderr.startswith("error:") and bad[0] in result.stderr
+    assert not (tmp_path / "run").exists()
