@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from diffx.devices import resolve_device
 from diffx.embedded.quality import evaluate, last_line, load_for_evaluation, meets_targets, summary_rows
 from diffx.embedded.shapes import make_eval_prompts
 from diffx.embedded.train import update_model_card
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.weights import resolve_device
 
 QUICK_N = 40
 

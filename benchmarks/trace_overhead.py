@@ -21,7 +21,7 @@ from diffx.models.configs import sd15, shapes_world
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline import GenerationSettings, generate
-from diffx.trace import Trace
+from diffx.trace import Trace, generate_traced
 from diffx.weights import load_model
 
 WARMUP = 1
@@ -43,10 +43,12 @@ def compare(name: str, model: StableDiffusion, settings: GenerationSettings) -> 
     for i in range(WARMUP + REPEATS):
         for kind in times:
             start = time.perf_counter()
-            result = generate(model, settings, trace=kind == "traced")
+            if kind == "traced":
+                trace = generate_traced(model, settings).traces[0]
+            else:
+                generate(model, settings)
             if i >= WARMUP:
                 times[kind].append(time.perf_counter() - start)
-            trace = result.traces[0] if result.traces else trace
     medians = {kind: statistics.median(values) for kind, values in times.items()}
     for kind, values in times.items():
         runs = ", ".join(f"{t:.2f}" for t in values)

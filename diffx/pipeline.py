@@ -11,11 +11,10 @@ image-to-image the VAE posterior sample first, then the noise), so a seed gives 
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,18 +23,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-import diffx
 from diffx.errors import InputImageError, InvalidArgumentError, check_choice
-from diffx.models.attention import observe_attention
+from diffx.images import image_to_tensor, repaint_mask, tensor_to_image
+from diffx.models.attention import AttentionObserver, observe_attention
 from diffx.models.tokenizer import TokenizedPrompt
-from diffx.render.io import MASK_THRESHOLD
-from diffx.render.latents import tensor_to_image
-from diffx.samplers import SAMPLERS, StepRecord, sample
+from diffx.samplers import SAMPLERS, StepCallback, StepRecord, sample
 from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule
-from diffx.trace import Trace, TraceOptions, Tracer
 
 if TYPE_CHECKING:
+    from diffx.models.configs import SchedulerConfig
     from diffx.models.stable_diffusion import StableDiffusion
+
+
+DECODE_BATCH = 8  # VAE decodes per batch: bounds the decoder's memory
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -95,12 +95,37 @@ class Generation:
     """The result of `generate`: one entry per seed."""
 
     images: list[np.ndarray]  # (H, W, 3) uint8
-    latents: Tensor  # (N, 4, h, w) final scaled latents
+    latents: Tensor  # (N, C, h, w) final scaled latents
     settings: list[GenerationSettings]
-    traces: list[Trace] = field(default_factory=list)
 
     def pil(self) -> list[Image.Image]:
         return [Image.fromarray(image) for image in self.images]
+
+
+@dataclass(frozen=True)
+class ImageRun:
+    """What an observer of one image's generation is told before its first step."""
+
+    index: int  # which of the seeds
+    settings: GenerationSettings  # resolved, with this image's seed
+    mode: str  # "text2img", "img2img" or "inpaint"
+    tokens: TokenizedPrompt
+    negative_tokens: TokenizedPrompt
+    latent_shape: tuple[int, int, int, int]  # (1, C, h, w) of the sampler's state
+
+
+@dataclass
+class Observer:
+    """Listeners to one image's generation; each is optional and none may change a number.
+
+    `on_step`: the sampler's per-step callback; `on_guidance(ε_u, ε_c)`: the two noise predictions of the
+    CFG denoiser (ε_u is None without guidance); `attention`: sees the attention probabilities of the
+    layers it wants while the U-Net runs (`diffx.models.attention.observe_attention`).
+    """
+
+    on_step: StepCallback | None = None
+    on_guidance: Callable[[Tensor | None, Tensor], None] | None = None
+    attention: AttentionObserver | None = None
 
 
 def size_multiple(model: StableDiffusion) -> int:
@@ -120,34 +145,32 @@ def tokenize(model: StableDiffusion, prompt: str) -> TokenizedPrompt:
 @torch.no_grad()
 def encode_text(model: StableDiffusion, prompts: Sequence[TokenizedPrompt]) -> Tensor:
     """Context for cross-attention: CLIP's last hidden state, (B, 77, width)."""
-    ids = torch.tensor([p.ids for p in prompts], device=_device(model))
+    ids = torch.tensor([p.ids for p in prompts], device=model.device)
     return model.text_encoder(ids)
-
-
-def _device(model: StableDiffusion) -> torch.device:
-    return next(model.unet.parameters()).device
-
-
-def _dtype(model: StableDiffusion) -> torch.dtype:
-    return next(model.unet.parameters()).dtype
 
 
 def schedule_for(model: StableDiffusion, name: str) -> NoiseSchedule:
     """The model's training schedule, or another β schedule by name (with that schedule's defaults)."""
-    config = model.config.scheduler
+    return schedule_from_config(model.config.scheduler, name)
+
+
+def schedule_from_config(config: SchedulerConfig, name: str) -> NoiseSchedule:
+    """`schedule_for` from the scheduler config alone (e.g. the one a trace file records)."""
     if name == config.beta_schedule:
         return NoiseSchedule.from_config(config)
     return NoiseSchedule.create(name, config.num_train_timesteps)
 
 
 def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: Tensor | None,
-                  guidance: float, tracer: Tracer | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+                  guidance: float, observer: Observer | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     """ε̂(x_t, t) with classifier-free guidance: ε_u + w (ε_c − ε_u)  (Ho & Salimans 2022, eq. 6).
 
     Without an unconditional context (guidance exactly 1) only ε_c is computed.
-    Both halves run as one batch [uncond; cond], as diffusers does.
+    Both halves run as one batch [uncond; cond], as diffusers does. `observer` hears both predictions
+    and watches the U-Net's attention.
     """
-    dtype = _dtype(model)
+    dtype = model.dtype
+    observer = observer or Observer()
 
     def eps_model(x_in: Tensor, t: Tensor) -> Tensor:
         batch = x_in.shape[0]
@@ -159,43 +182,37 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
                                   torch.cat([context_uncond, context_cond])).float()
             eps_uncond, eps_cond = eps_both[:batch], eps_both[batch:]
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        if tracer is not None:
-            tracer.on_guidance(eps_uncond, eps_cond)
+        if observer.on_guidance is not None:
+            observer.on_guidance(eps_uncond, eps_cond)
         return eps
 
-    if tracer is None:
+    if observer.attention is None:
         return eps_model
 
-    def traced_eps_model(x_in: Tensor, t: Tensor) -> Tensor:
-        tracer.latent_shape = tuple(x_in.shape[-2:])
-        with observe_attention(tracer):
+    def observed_eps_model(x_in: Tensor, t: Tensor) -> Tensor:
+        with observe_attention(observer.attention):
             return eps_model(x_in, t)
 
-    return traced_eps_model
+    return observed_eps_model
 
 
 @torch.no_grad()
 def encode_image(model: StableDiffusion, image: Image.Image | np.ndarray | Tensor,
                  generator: torch.Generator | None) -> Tensor:
     """Picture → scaled latent z = scaling_factor · sample of q(z | x)  (image (H, W, 3) uint8 or PIL)."""
-    x = image_to_tensor(image).to(_device(model), _dtype(model))
+    x = image_to_tensor(image).to(model.device, model.dtype)
     posterior = model.vae.encode(x)
     return posterior.sample(generator).float() * model.config.vae.scaling_factor
 
 
 @torch.no_grad()
-def decode_latents(model: StableDiffusion, latents: Tensor) -> list[np.ndarray]:
-    """Scaled latents (N, 4, h, w) → pictures (H, W, 3) uint8."""
-    images = model.vae.decode((latents / model.config.vae.scaling_factor).to(_dtype(model))).float()
-    return [tensor_to_image(image.clamp(-1, 1)) for image in images]
-
-
-def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
-    """(H, W, 3) uint8 or PIL → (1, 3, H, W) float in [-1, 1]; a (3, H, W) tensor in [-1, 1] passes through."""
-    if isinstance(image, Tensor):
-        return image[None] if image.ndim == 3 else image
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+def decode_latents(model: StableDiffusion, latents: Tensor, batch: int = DECODE_BATCH) -> list[np.ndarray]:
+    """Scaled latents (N, C, h, w) → pictures (H, W, 3) uint8, `batch` decodes at a time (bounded memory)."""
+    pictures = []
+    for chunk in latents.split(batch):
+        z = (chunk.float().to(model.device) / model.config.vae.scaling_factor).to(model.dtype)
+        pictures += [tensor_to_image(image.clamp(-1, 1)) for image in model.vae.decode(z).float()]
+    return pictures
 
 
 def _check_image_size(image: Image.Image | np.ndarray | Tensor, settings: GenerationSettings, what: str) -> None:
@@ -206,35 +223,12 @@ def _check_image_size(image: Image.Image | np.ndarray | Tensor, settings: Genera
             f"resize it or pass --size {width}x{height}")
 
 
-def _trace_meta(model: StableDiffusion, settings: GenerationSettings, tokens: TokenizedPrompt,
-                negative_tokens: TokenizedPrompt, mode: str) -> dict:
-    def token_info(t: TokenizedPrompt) -> dict:
-        return {"words": t.words, "tokens": t.tokens[: t.num_tokens], "ids": t.ids[: t.num_tokens],
-                "word_ids": t.word_ids[: t.num_tokens], "num_tokens": t.num_tokens,
-                "truncated_text": t.truncated_text}
-
-    vae = model.config.vae
-    meta = {
-        "mode": mode, "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
-        "tokens": token_info(tokens), "negative_tokens": token_info(negative_tokens),
-        "model": {"name": model.config.name, "source": model.source,
-                  "config": model.config.to_dict()},
-        "settings": dict(settings.__dict__),
-        "latent_scaling_factor": vae.scaling_factor,
-        # C rows of (R, G, B) weights then the bias row, as `views.latent_preview` reads them.
-        "latent_rgb_factors": (None if vae.latent_rgb_factors is None
-                               else [*map(list, vae.latent_rgb_factors), list(vae.latent_rgb_bias or (0, 0, 0))]),
-        "versions": {"diffx": diffx.__version__, "torch": torch.__version__},
-    }
-    return json.loads(json.dumps(meta))  # JSON-native (tuples → lists), so a saved trace loads back equal
-
-
 @torch.no_grad()
 def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Sequence[int] | None = None,
              init_image: Image.Image | np.ndarray | None = None,
              mask: Image.Image | np.ndarray | Tensor | None = None,
-             trace: TraceOptions | bool | None = None, decode_every: int = 0,
-             progress: Callable[[StepRecord], None] | None = None) -> Generation:
+             observe: Callable[[ImageRun], Observer] | None = None,
+             progress: StepCallback | None = None) -> Generation:
     """Generate one image per seed (default: `settings.seed`).
 
     - text → image: only `settings`;
@@ -243,8 +237,8 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
       (>= 0.5 repaints). A 9-channel inpainting U-Net is conditioned on the mask and the masked image;
       any other SD1.x model blends the known region back in after every step (latent blending).
       Strength 1 starts from pure noise, as diffusers' inpainting pipeline.
-    `trace`: record every step (True for the default `TraceOptions`). `decode_every`: also VAE-decode
-    the predicted x̂0 every N steps into the trace. `progress` is called after each model evaluation.
+    `observe(run)` is called before each image and returns the `Observer` that listens to it (the tracer
+    in `diffx.trace` is one). `progress` is called after each model evaluation.
     """
     settings = settings.resolved(model)
     if mask is not None and init_image is None:
@@ -253,39 +247,35 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
         _check_image_size(init_image, settings, "the input image")
     if mask is not None:
         _check_image_size(mask, settings, "the mask")
-    trace_options = TraceOptions() if trace is True else (trace or None)
     tokens = tokenize(model, settings.prompt)
     negative_tokens = tokenize(model, settings.negative_prompt)
     context_cond = encode_text(model, [tokens])
-    # Guidance 1 is ε_c alone: the unconditional branch is skipped, traced or not (tracing never changes numbers).
+    # Guidance 1 is ε_c alone: the unconditional branch is skipped, observed or not (observing never changes numbers).
     context_uncond = encode_text(model, [negative_tokens]) if settings.guidance != 1.0 else None
     schedule = schedule_for(model, settings.schedule)
-    factor = model.config.vae.downsample_factor
-    latent_shape = (1, 4, settings.height // factor, settings.width // factor)
-    device = _device(model)
+    vae = model.config.vae
+    latent_shape = (1, vae.embed_dim, settings.height // vae.downsample_factor, settings.width // vae.downsample_factor)
     mode = "text2img" if init_image is None else ("inpaint" if mask is not None else "img2img")
 
     inpainting_unet = mask is not None and model.config.unet.in_channels == 9
     # diffusers' inpainting starts from pure noise at strength 1, and its 9-channel U-Net then needs no latent
     # of the unmasked image (only of the masked one).
     from_noise = mask is not None and settings.strength == 1.0
-    repaint = _repaint_mask(mask) if mask is not None else None
+    repaint = repaint_mask(mask) if mask is not None else None
 
-    images, latents, traces, per_seed = [], [], [], []
-    for seed in (seeds if seeds is not None else [settings.seed]):
+    images, latents, per_seed = [], [], []
+    for index, seed in enumerate(seeds if seeds is not None else [settings.seed]):
         seed_settings = GenerationSettings(**{**settings.__dict__, "seed": int(seed)})
+        observer = observe(ImageRun(index, seed_settings, mode, tokens, negative_tokens, latent_shape)) \
+            if observe is not None else Observer()
         # Random draws in diffusers' order: the image's VAE posterior sample, the initial noise, then
         # (inpainting) the masked image's posterior sample.
         generator = torch.Generator().manual_seed(int(seed))
         needs_init_latent = init_image is not None and not (inpainting_unet and from_noise)
         init_latent = encode_image(model, init_image, generator) if needs_init_latent else None
-        noise = torch.randn(latent_shape, generator=generator).to(device)
-        tracer = None
-        if trace_options is not None:
-            tracer = Tracer(trace_options, num_tokens=tokens.num_tokens,
-                            num_negative_tokens=negative_tokens.num_tokens)
-        denoiser = make_denoiser(model, context_cond, context_uncond, settings.guidance, tracer)
-        callbacks = [cb for cb in (tracer.on_step if tracer else None, progress) if cb is not None]
+        noise = torch.randn(latent_shape, generator=generator).to(model.device)
+        denoiser = make_denoiser(model, context_cond, context_uncond, settings.guidance, observer)
+        callbacks = [cb for cb in (observer.on_step, progress) if cb is not None]
         if inpainting_unet:
             masked_image = image_to_tensor(init_image) * (1 - repaint)  # the hole blanked to grey (0)
             denoiser = _mask_conditioned(denoiser, repaint, encode_image(model, masked_image, generator))
@@ -305,40 +295,10 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
                        karras=settings.karras, eta=settings.eta, init_latent=start_latent,
                        strength=settings.strength if start_latent is not None else None,
                        generator=generator, callback=callback)
-        image = decode_latents(model, final)[0]
-        images.append(image)
+        images.append(decode_latents(model, final)[0])
         latents.append(final[0].float().cpu())
         per_seed.append(seed_settings)
-        if tracer is not None:
-            extra = {"final_latent": final[0].float().cpu(), "image": torch.from_numpy(image)}
-            extra.update(_decoded_steps(model, tracer, decode_every))
-            traces.append(tracer.finish(_trace_meta(model, seed_settings, tokens, negative_tokens, mode), extra))
-    return Generation(images=images, latents=torch.stack(latents), settings=per_seed, traces=traces)
-
-
-def _decoded_steps(model: StableDiffusion, tracer: Tracer, every: int) -> dict[str, Tensor]:
-    """VAE decodes of the recorded x̂0 at steps 0, N, 2N, … and the last, batched."""
-    x0_steps = tracer.recorded("x0")
-    if not every or not x0_steps:
-        return {}
-    steps = sorted(set(range(0, len(x0_steps), every)) | {len(x0_steps) - 1})
-    batch = torch.stack([x0_steps[i] for i in steps]).float().to(_device(model))
-    decoded = [torch.from_numpy(im) for chunk in batch.split(8) for im in decode_latents(model, chunk)]
-    return {"decoded_x0": torch.stack(decoded), "decoded_steps": torch.tensor(steps)}
-
-
-def _repaint_mask(mask: Image.Image | np.ndarray | Tensor) -> Tensor:
-    """Pixel mask (H, W), 1 = repaint → (1, 1, H, W) of exact 0s and 1s.
-
-    Grey levels are thresholded at MASK_THRESHOLD (>= 0.5 → repaint), like `load_mask` and diffusers'
-    mask processor; a uint8 array or a PIL image counts 255 as 1.
-    """
-    if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"))
-    levels = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
-    if isinstance(mask, np.ndarray) and mask.dtype == np.uint8:
-        levels = levels / 255.0
-    return (levels >= MASK_THRESHOLD).float()[None, None]
+    return Generation(images=images, latents=torch.stack(latents), settings=per_seed)
 
 
 def _latent_mask(repaint: Tensor, like: Tensor) -> Tensor:

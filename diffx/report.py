@@ -33,7 +33,6 @@ import base64
 import html
 import io
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,17 +40,20 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
 from diffx.errors import InvalidArgumentError
+from diffx.files import atomic_output
 from diffx.models.configs import SchedulerConfig
+from diffx.models.tokenizer import CONTEXT_LENGTH
+from diffx.pipeline import schedule_from_config
+from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
-from diffx.render.io import atomic_output
-from diffx.render.latents import latent_to_rgb_fast, visualize_noise
-from diffx.schedules import NoiseSchedule
+from diffx.render.latents import visualize_noise
+from diffx.tables import word_rows
 from diffx.trace import Trace
+from diffx.views import format_timestep, latent_preview
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -60,7 +62,6 @@ TEMPLATE_PATH = Path(__file__).with_name("report_template.html")
 WEBP_QUALITY = 75
 DECODED_SIZE = 256  # longest side of VAE-decoded pictures in the page, in pixels
 COLORMAP = "viridis"
-CONTEXT_LENGTH = 77  # CLIP's token window
 COLUMN_COLOURS = ("#d1495b", "#1b7f8c", "#e08e0b", "#5a8f3c", "#6a4c93", "#2e4057")
 
 # Panel key -> (title, caption); the key names the frames in the page's data.
@@ -155,14 +156,16 @@ def _column(trace: Trace, index: int, label: str, model: StableDiffusion | None)
     """Every frame and number one column of the page shows, for each step (lists indexed by step)."""
     tensors = trace.tensors
     steps = range(trace.num_steps)
-    factors, bias = _latent_rgb_factors(trace.meta)
     frames: dict[str, list[str]] = {}
     if "latents" in tensors:
-        frames["xt"] = [_data_uri(latent_to_rgb_fast(tensors["latents"][s], factors, bias)) for s in steps]
-    decoded = _decoded_x0(trace, model)
+        frames["xt"] = [_data_uri(latent_preview(trace, "latents", s)) for s in steps]
+    # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
+    decoded = trace.decoded_steps()
+    if model is not None and "x0" in tensors:
+        decoded = dict(enumerate(trace.decoded_x0(steps, model)))
     if "x0" in tensors:
         frames["x0"] = [_data_uri(_fit(decoded[s])) if s in decoded else
-                        _data_uri(latent_to_rgb_fast(tensors["x0"][s], factors, bias)) for s in steps]
+                        _data_uri(latent_preview(trace, "x0", s)) for s in steps]
     if "eps" in tensors:
         frames["eps"] = [_data_uri(visualize_noise(tensors["eps"][s])) for s in steps]
     if "eps_cond" in tensors and "eps_uncond" in tensors:
@@ -180,41 +183,6 @@ def _column(trace: Trace, index: int, label: str, model: StableDiffusion | None)
         "aspect": _aspect(trace),
         "image": _data_uri(_fit(tensors["image"].numpy())) if "image" in tensors else None,
     }
-
-
-LATENT_CHANNELS = 4  # every SD1.x VAE
-
-
-def _latent_rgb_factors(meta: dict) -> tuple[Tensor | None, Tensor | None]:
-    """The model's latent → RGB preview map, if its trace recorded one (else the SD1.5 default).
-
-    Stored as C rows of (R, G, B) weights, optionally followed by a bias row (see `views.latent_preview`).
-    """
-    factors = meta.get("latent_rgb_factors")
-    if factors is None:
-        return None, None
-    table = torch.tensor(factors, dtype=torch.float32)
-    if len(table) == LATENT_CHANNELS + 1:
-        return table[:-1], table[-1]
-    return table, None
-
-
-def _decoded_x0(trace: Trace, model: StableDiffusion | None) -> dict[int, np.ndarray]:
-    """Step -> VAE decode of x̂0 (H, W, 3): the trace's own decodes, plus the rest decoded by `model`."""
-    tensors = trace.tensors
-    decoded = {}
-    if "decoded_x0" in tensors:
-        decoded = {int(s): image.numpy() for s, image in zip(tensors["decoded_steps"], tensors["decoded_x0"],
-                                                             strict=True)}
-    if model is not None and "x0" in tensors:
-        from diffx.pipeline import decode_latents  # the pipeline imports the tracer; import it only when used
-
-        missing = [s for s in range(trace.num_steps) if s not in decoded]
-        device = next(model.vae.parameters()).device
-        for chunk in torch.tensor(missing, dtype=torch.long).split(8):
-            images = decode_latents(model, tensors["x0"][chunk].float().to(device))
-            decoded.update(zip(chunk.tolist(), images, strict=True))
-    return decoded
 
 
 def _attention_frames(trace: Trace) -> dict[str, list[list[str]]]:
@@ -260,9 +228,7 @@ def _aspect(trace: Trace) -> str:
 
 def _step_info(trace: Trace, step: int) -> str:
     tensors = trace.tensors
-    timestep = float(tensors["timesteps"][step])
-    t_text = f"{timestep:.0f}" if timestep.is_integer() else f"{timestep:.1f}"
-    return (f"t = {t_text} · σ = {float(tensors['sigmas'][step]):.4g} · "
+    return (f"t = {format_timestep(float(tensors['timesteps'][step]))} · σ = {float(tensors['sigmas'][step]):.4g} · "
             f"ᾱ = {float(tensors['alphas_cumprod'][step]):.4g}")
 
 
@@ -306,115 +272,25 @@ def _colorbar_css() -> str:
 # The noise schedule as inline SVG, with a marker the page moves to the current step
 
 
-CHART_WIDTH, CHART_HEIGHT = 340, 190
-CHART_MARGIN = {"left": 42, "right": 10, "top": 22, "bottom": 30}
-
-
 def _train_alphas_cumprod(meta: dict) -> Tensor:
     """ᾱ_t for every training timestep of the trace's schedule (as `diffx.pipeline.schedule_for` picks it)."""
     config = SchedulerConfig(**meta.get("model", {}).get("config", {}).get("scheduler", {}))
     name = meta.get("settings", {}).get("schedule") or config.beta_schedule
-    if name == config.beta_schedule:
-        return NoiseSchedule.from_config(config).alphas_cumprod
-    return NoiseSchedule.create(name, config.num_train_timesteps).alphas_cumprod
-
-
-def _log_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """λ = log(ᾱ / (1 − ᾱ)) (Kingma et al. 2021), ᾱ clipped so a zero-terminal-SNR end stays finite."""
-    clipped = np.clip(alphas_cumprod, 1e-12, 1 - 1e-12)
-    return np.log(clipped) - np.log1p(-clipped)
-
-
-class _Chart:
-    """Data → SVG coordinates for one small line chart (x = timestep t, y = a schedule quantity)."""
-
-    def __init__(self, x_max: float, y_min: float, y_max: float):
-        self.x_max, self.y_min, self.y_max = x_max, y_min, y_max
-
-    def x(self, t: float) -> float:
-        inner = CHART_WIDTH - CHART_MARGIN["left"] - CHART_MARGIN["right"]
-        return round(CHART_MARGIN["left"] + inner * t / self.x_max, 1)
-
-    def y(self, value: float) -> float:
-        inner = CHART_HEIGHT - CHART_MARGIN["top"] - CHART_MARGIN["bottom"]
-        return round(CHART_MARGIN["top"] + inner * (self.y_max - value) / (self.y_max - self.y_min), 1)
+    return schedule_from_config(config, name).alphas_cumprod
 
 
 def _schedule_charts(traces: list[Trace], columns: list[dict]) -> str:
-    """Two charts, ᾱ_t and log-SNR against t: the schedule curves, every visited step, and a marker
-    per column at the current step. Stores the marker positions in each column's data."""
+    """The schedule charts of `diffx.render.charts` for these traces; stores each column's markers."""
     curves = {}  # schedule name -> ᾱ over all training timesteps
     for trace in traces:
         curves.setdefault(trace.meta.get("settings", {}).get("schedule", "schedule"),
                           _train_alphas_cumprod(trace.meta).double().numpy())
-    x_max = max(len(abar) - 1 for abar in curves.values())
     visited = [(trace.tensors["timesteps"].double().numpy(), trace.tensors["alphas_cumprod"].double().numpy())
                for trace in traces]
-    snr_values = np.concatenate([_log_snr(a) for a in curves.values()] + [_log_snr(a) for _, a in visited])
-    charts = {
-        "abar": ("ᾱ_t — how much signal is left", _Chart(x_max, 0.0, 1.0), lambda a: a, (0.0, 0.5, 1.0)),
-        "lsnr": ("log-SNR λ_t = log(ᾱ_t / (1 − ᾱ_t))",
-                 _Chart(x_max, math.floor(snr_values.min()), math.ceil(snr_values.max())), _log_snr, None),
-    }
-    svgs = []
-    for chart_id, (title, chart, transform, y_ticks) in charts.items():
-        if y_ticks is None:
-            y_ticks = _nice_ticks(chart.y_min, chart.y_max)
-        parts = [f'<svg viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="{html.escape(title)} '
-                 f'against the timestep t, with the current step marked">',
-                 f'<text class="title" x="{CHART_MARGIN["left"]}" y="14">{html.escape(title)}</text>']
-        parts += _axes_svg(chart, y_ticks)
-        for line_index, abar in enumerate(curves.values()):
-            stride = max(1, len(abar) // 250)
-            points = " ".join(f"{chart.x(t)},{chart.y(v)}" for t, v in
-                              zip(range(0, len(abar), stride), transform(abar[::stride]), strict=True))
-            dash = ' stroke-dasharray="5 3"' if line_index else ""
-            parts.append(f'<polyline points="{points}" fill="none" stroke="#8c94a3" stroke-width="1.6"{dash}/>')
-        for c, (column, (timesteps, abar)) in enumerate(zip(columns, visited, strict=True)):
-            values = transform(abar)
-            coords = [[chart.x(t), chart.y(v)] for t, v in zip(timesteps, values, strict=True)]
-            column.setdefault("markers", {})[chart_id] = coords
-            colour = column["colour"]
-            parts += [f'<circle cx="{x}" cy="{y}" r="2.2" fill="{colour}" fill-opacity="0.45"/>' for x, y in coords]
-            parts.append(f'<line data-marker-col="{c}" data-chart="{chart_id}" x1="{coords[0][0]}" '
-                         f'x2="{coords[0][0]}" y1="{CHART_MARGIN["top"]}" '
-                         f'y2="{CHART_HEIGHT - CHART_MARGIN["bottom"]}" stroke="{colour}" stroke-opacity="0.35" '
-                         'stroke-dasharray="3 3"/>')
-            parts.append(f'<circle data-marker-col="{c}" data-chart="{chart_id}" cx="{coords[0][0]}" '
-                         f'cy="{coords[0][1]}" r="5.5" fill="#fff" stroke="{colour}" stroke-width="2.5"/>')
-        parts.append("</svg>")
-        svgs.append("".join(parts))
-    legend = ""
-    if len(curves) > 1:
-        legend = ('<p class="legend">Curves: ' + ", ".join(
-            f"{html.escape(name)} ({'dashed' if i else 'solid'})" for i, name in enumerate(curves)) + "</p>")
-    return "\n".join(svgs) + legend
-
-
-def _axes_svg(chart: _Chart, y_ticks: Sequence[float]) -> list[str]:
-    left, bottom = CHART_MARGIN["left"], CHART_HEIGHT - CHART_MARGIN["bottom"]
-    right = CHART_WIDTH - CHART_MARGIN["right"]
-    parts = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#c3c9d4"/>',
-             f'<line x1="{left}" y1="{CHART_MARGIN["top"]}" x2="{left}" y2="{bottom}" stroke="#c3c9d4"/>']
-    for tick in _nice_ticks(0, chart.x_max, count=4):
-        x = chart.x(tick)
-        parts.append(f'<line x1="{x}" y1="{bottom}" x2="{x}" y2="{bottom + 4}" stroke="#c3c9d4"/>'
-                     f'<text x="{x}" y="{bottom + 15}" text-anchor="middle">{tick:g}</text>')
-    parts.append(f'<text x="{right}" y="{CHART_HEIGHT - 2}" text-anchor="end">timestep t</text>')
-    for tick in y_ticks:
-        y = chart.y(tick)
-        parts.append(f'<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#eceff4"/>'
-                     f'<text x="{left - 5}" y="{y + 4}" text-anchor="end">{tick:g}</text>')
-    return parts
-
-
-def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
-    """About `count` round tick values (steps of 1, 2, 2.5 or 5 × 10^k) between `low` and `high`."""
-    raw = (high - low) / max(count, 1)
-    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step) * step
-    return [round(first + i * step, 10) for i in range(int((high - first) / step + 1e-9) + 1)]
+    svg, markers = schedule_charts(curves, visited, [column["colour"] for column in columns])
+    for column, column_markers in zip(columns, markers, strict=True):
+        column["markers"] = column_markers
+    return svg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,17 +457,15 @@ def _tokens_section(trace: Trace) -> str:
         cells.append(f'<span class="{kind}" title="{html.escape(tip)}"></span>')
     rows.append(f'<tr class="special"><td>start</td><td class="mono">{html.escape(token_strings[0])}</td>'
                 f"<td>{ids[0]}</td><td>0</td></tr>")
-    cut_words = _cut_words(trace)
-    for index, word in enumerate(trace.words):
-        positions = [p for p, w in enumerate(word_ids) if w == index]
-        if index in cut_words:
-            rows.append(f'<tr><td>{html.escape(word)}</td><td class="cut-text" colspan="3">cut by the '
+    for row in word_rows(trace.words, token_strings, ids, word_ids):
+        if not row.positions:
+            rows.append(f'<tr><td>{html.escape(row.word)}</td><td class="cut-text" colspan="3">cut by the '
                         f"{CONTEXT_LENGTH}-token window</td></tr>")
             continue
-        rows.append(f"<tr><td>{html.escape(word)}</td>"
-                    f'<td class="mono">{html.escape(" ".join(token_strings[p] for p in positions))}</td>'
-                    f'<td>{" ".join(str(ids[p]) for p in positions)}</td>'
-                    f'<td>{", ".join(map(str, positions))}</td></tr>')
+        rows.append(f"<tr><td>{html.escape(row.word)}</td>"
+                    f'<td class="mono">{html.escape(" ".join(row.tokens))}</td>'
+                    f'<td>{" ".join(map(str, row.ids))}</td>'
+                    f'<td>{", ".join(map(str, row.positions))}</td></tr>')
     rows.append(f'<tr class="special"><td>end</td><td class="mono">{html.escape(token_strings[count - 1])}</td>'
                 f"<td>{ids[count - 1]}</td><td>{count - 1}</td></tr>")
     if count < CONTEXT_LENGTH:

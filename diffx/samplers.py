@@ -187,7 +187,7 @@ def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
     return x
 
 
-def _dpm_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
+def dpm_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
               karras: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps (N,) int64 and σ (N + 1,) float32 ending in 0, as diffusers' DPMSolverMultistepScheduler.
 
@@ -227,7 +227,7 @@ def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSch
     x_{t'} = (σ_{t'}/σ_t) x_t - α_{t'} (e^{-h} - 1) D.
     Matches diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2).
     """
-    timesteps, sigmas = _dpm_grid(schedule, steps, spacing, steps_offset, karras)
+    timesteps, sigmas = dpm_grid(schedule, steps, spacing, steps_offset, karras)
     sigmas = sigmas.to(noise.device)
     if init_latent is None:
         x = noise
@@ -263,7 +263,7 @@ def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSch
 # σ-space samplers: the state is x = x_0 + σ ε (Karras et al. 2022)
 
 
-def _sigma_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
+def sigma_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
                 karras: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps (N,) float32 and σ (N + 1,) float32 ending in 0, as diffusers' Euler/Heun schedulers.
 
@@ -307,7 +307,7 @@ def sample_euler(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedu
                  callback: StepCallback | None = None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE in σ (Karras et al. 2022, Algorithm 1 without the
     Heun correction): x_{i+1} = x_i + (σ_{i+1} - σ_i) dx/dσ. diffusers' EulerDiscreteScheduler."""
-    timesteps, sigmas = _sigma_grid(schedule, steps, spacing, steps_offset, karras)
+    timesteps, sigmas = sigma_grid(schedule, steps, spacing, steps_offset, karras)
     sigmas = sigmas.to(noise.device)
     x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
     for i in range(start_index, steps):
@@ -328,7 +328,7 @@ def sample_euler_ancestral(eps_model: EpsModel, noise: torch.Tensor, schedule: N
                            callback: StepCallback | None = None) -> torch.Tensor:
     """Euler ancestral (k-diffusion `sample_euler_ancestral`, diffusers' EulerAncestralDiscreteScheduler):
     split σ_{i+1}² = σ_down² + σ_up², take an Euler step to σ_down, then add fresh noise σ_up z."""
-    timesteps, sigmas = _sigma_grid(schedule, steps, spacing, steps_offset, karras)
+    timesteps, sigmas = sigma_grid(schedule, steps, spacing, steps_offset, karras)
     sigmas = sigmas.to(noise.device)
     x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
     for i in range(start_index, steps):
@@ -357,7 +357,7 @@ def sample_heun(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
     slopes; the last step (to σ = 0) is plain Euler. So the model sees t_0, t_1, t_1, t_2, t_2, …, t_{N-1}:
     2 (N - start) - 1 evaluations, each reported as one record.
     """
-    timesteps, sigmas = _sigma_grid(schedule, steps, spacing, steps_offset, karras)
+    timesteps, sigmas = sigma_grid(schedule, steps, spacing, steps_offset, karras)
     sigmas = sigmas.to(noise.device)
     x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
     num_evals, index = 2 * (steps - start_index) - 1, 0
@@ -423,3 +423,27 @@ def sample(sampler: str, eps_model: EpsModel, noise: torch.Tensor, schedule: Noi
                                       **grid)
     deterministic = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}[sampler]
     return deterministic(eps_model, noise, schedule, steps, karras=karras, **grid)
+
+
+def model_timesteps(sampler: str, schedule: NoiseSchedule, steps: int, *, spacing: str = "leading",
+                    steps_offset: int = 1, karras: bool = False) -> list[float]:
+    """The timesteps at which `sampler` calls the model, in order, read off its grid without running it.
+
+    One per step; Heun evaluates t_0, t_1, t_1, t_2, t_2, …, t_{N-1} (2N - 1 calls). These are the
+    `StepRecord.timestep`s a text-to-image run reports.
+    """
+    check_choice("sampler", sampler, SAMPLERS)
+    check_steps(steps, schedule.num_train_timesteps)
+    if sampler in ("ddpm", "ddim"):
+        return [float(t) for t in spaced_timesteps(schedule.num_train_timesteps, steps, spacing, steps_offset)]
+    if sampler == "dpmpp_2m":
+        return [float(t) for t in dpm_grid(schedule, steps, spacing, steps_offset, karras)[0]]
+    timesteps = [float(t) for t in sigma_grid(schedule, steps, spacing, steps_offset, karras)[0]]
+    if sampler != "heun":
+        return timesteps
+    calls = []
+    for i, t in enumerate(timesteps):
+        calls.append(t)
+        if i + 1 < len(timesteps):  # the Heun correction evaluates again at the next timestep
+            calls.append(timesteps[i + 1])
+    return calls

@@ -1,6 +1,8 @@
-"""Recording what happens inside one generation: `Trace` (the record) and `Tracer` (the hooks).
+"""Recording what happens inside one generation: `Trace` (the record), `Tracer` (the listener) and
+`generate_traced` (the pipeline with a tracer listening to every image).
 
-The tracer listens at two places and never changes a number:
+The pipeline knows nothing of traces: it hands each image's `Observer` hooks to whoever asks
+(`diffx.pipeline.generate(observe=...)`). The tracer listens at two places and never changes a number:
 - the sampler's per-step callback: t, σ, ᾱ, the model input x_t, the guided ε̂ and the predicted x̂0;
 - the denoiser (classifier-free guidance): ε̂ unconditional and conditional, and — through
   `observe_attention` — the cross-attention probabilities of every U-Net layer while it runs.
@@ -17,23 +19,34 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+import diffx
 from diffx.errors import InvalidArgumentError, TraceFileError
+from diffx.files import atomic_output
 from diffx.models.attention import AttentionLayer
-from diffx.render.io import atomic_output
-from diffx.samplers import StepRecord
+from diffx.models.tokenizer import TokenizedPrompt
+from diffx.pipeline import Generation, GenerationSettings, ImageRun, Observer, decode_latents, generate
+from diffx.samplers import StepCallback, StepRecord
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from diffx.models.stable_diffusion import StableDiffusion
 
 RECORDABLE = ("latents", "eps", "x0", "attention", "negative_attention", "self_attention")
 DEFAULT_RECORD = ("latents", "eps", "x0", "attention")
-TRACE_FORMAT = "diffx-trace/1"
+TRACE_FORMAT = "diffx-trace/2"  # /2: the latent preview is stored as {"factors", "bias"}
 
 
 @dataclass
@@ -98,21 +111,50 @@ class Trace:
             out.append(maps[positions].mean(0) if positions else torch.zeros_like(maps[0]))
         return torch.stack(out) if out else maps[:0]
 
+    def preview_factors(self) -> tuple[list | None, list | None]:
+        """The model's linear latent → RGB preview, (C rows of RGB factors, RGB bias); (None, None) = SD1.5's."""
+        preview = self.meta.get("latent_preview") or {}
+        return preview.get("factors"), preview.get("bias")
+
+    def decoded_steps(self) -> dict[int, np.ndarray]:
+        """The VAE decodes of x̂0 stored in the trace, by 0-based step."""
+        if "decoded_x0" not in self.tensors:
+            return {}
+        return {int(step): image.numpy() for step, image in
+                zip(self.tensors["decoded_steps"], self.tensors["decoded_x0"], strict=True)}
+
+    def decoded_x0(self, indices: Sequence[int], model: StableDiffusion | None = None) -> list[np.ndarray]:
+        """VAE decodes (H, W, 3) of x̂0 at 0-based step `indices`: stored ones from the trace, the rest
+        decoded with `model` (an error names the missing steps when there is no model)."""
+        stored = self.decoded_steps()
+        missing = sorted({i for i in indices if i not in stored})
+        if missing and model is None:
+            numbers = ", ".join(str(i + 1) for i in missing[:5]) + (", …" if len(missing) > 5 else "")
+            raise InvalidArgumentError(f"the trace holds no VAE decode of x̂0 at step {numbers}; "
+                                       "pass --model to decode them, or use --preview fast")
+        if missing:
+            stored.update(zip(missing, decode_latents(model, self.tensors["x0"][missing]), strict=True))
+        return [stored[i] for i in indices]
+
 
 class Tracer:
     """Hooks for one generation: an attention observer (`observe_attention`) and `on_guidance` inside the
     CFG denoiser, `on_step` as the sampler callback; `finish` turns what was recorded into a `Trace`."""
 
-    def __init__(self, options: TraceOptions | None = None, num_tokens: int = 77,
+    def __init__(self, latent_shape: tuple[int, int], options: TraceOptions | None = None, num_tokens: int = 77,
                  num_negative_tokens: int = 77):
         self.options = options or TraceOptions()
         self.num_tokens = num_tokens
         self.num_negative_tokens = num_negative_tokens
-        self.latent_shape: tuple[int, int] = (0, 0)
+        self.latent_shape = latent_shape  # (h, w) of the latent: attention grids are fractions of it
         self._layer_filter = re.compile(self.options.attention_layers) if self.options.attention_layers else None
         self._pending: dict[str, list[Tensor]] = {}
         self._steps: dict[str, list[Tensor]] = {}
         self._scalars: dict[str, list[float]] = {"timesteps": [], "sigmas": [], "alphas_cumprod": []}
+
+    def observer(self) -> Observer:
+        """The pipeline hooks this tracer listens through."""
+        return Observer(on_step=self.on_step, on_guidance=self.on_guidance, attention=self)
 
     # ---- attention observer protocol (see diffx.models.attention) ----
     def _grid(self, num_queries: int) -> tuple[int, int]:
@@ -192,6 +234,75 @@ class Tracer:
         tensors.update({key: torch.stack(values) for key, values in self._steps.items()})
         tensors.update(extra or {})
         return Trace(meta=meta, tensors=tensors)
+
+
+@dataclass
+class TracedGeneration(Generation):
+    """A `Generation` with one `Trace` per image."""
+
+    traces: list[Trace] = field(default_factory=list)
+
+
+def generate_traced(model: StableDiffusion, settings: GenerationSettings, *, seeds: Sequence[int] | None = None,
+                    init_image: Image.Image | np.ndarray | None = None,
+                    mask: Image.Image | np.ndarray | torch.Tensor | None = None,
+                    options: TraceOptions | None = None, decode_every: int = 0,
+                    progress: StepCallback | None = None) -> TracedGeneration:
+    """`diffx.pipeline.generate` with a `Tracer` listening to every image (the same images, bit for bit).
+
+    `options`: what to record (default `TraceOptions()`). `decode_every`: also VAE-decode the predicted
+    x̂0 at steps 0, N, 2N, … and the last into the trace (for pictures that need no model later).
+    """
+    runs: list[tuple[ImageRun, Tracer]] = []
+
+    def observe(run: ImageRun) -> Observer:
+        tracer = Tracer(run.latent_shape[-2:], options, num_tokens=run.tokens.num_tokens,
+                        num_negative_tokens=run.negative_tokens.num_tokens)
+        runs.append((run, tracer))
+        return tracer.observer()
+
+    generation = generate(model, settings, seeds=seeds, init_image=init_image, mask=mask, observe=observe,
+                          progress=progress)
+    traces = []
+    for (run, tracer), image, final in zip(runs, generation.images, generation.latents, strict=True):
+        extra = {"final_latent": final, "image": torch.from_numpy(image)}
+        extra.update(_decoded_steps(model, tracer, decode_every))
+        traces.append(tracer.finish(trace_meta(model, run), extra))
+    return TracedGeneration(images=generation.images, latents=generation.latents, settings=generation.settings,
+                            traces=traces)
+
+
+def _decoded_steps(model: StableDiffusion, tracer: Tracer, every: int) -> dict[str, torch.Tensor]:
+    """VAE decodes of the recorded x̂0 at steps 0, N, 2N, … and the last."""
+    x0_steps = tracer.recorded("x0")
+    if not every or not x0_steps:
+        return {}
+    steps = sorted(set(range(0, len(x0_steps), every)) | {len(x0_steps) - 1})
+    decoded = decode_latents(model, torch.stack([x0_steps[i] for i in steps]))
+    return {"decoded_x0": torch.stack([torch.from_numpy(image) for image in decoded]),
+            "decoded_steps": torch.tensor(steps)}
+
+
+def trace_meta(model: StableDiffusion, run: ImageRun) -> dict:
+    """The JSON metadata of one image's trace: prompt, tokens, model, settings, latent preview, versions."""
+    def token_info(t: TokenizedPrompt) -> dict:
+        return {"words": list(t.words), "tokens": list(t.tokens[: t.num_tokens]), "ids": list(t.ids[: t.num_tokens]),
+                "word_ids": list(t.word_ids[: t.num_tokens]), "num_tokens": t.num_tokens,
+                "truncated_text": t.truncated_text}
+
+    vae = model.config.vae
+    settings = run.settings
+    return {
+        "mode": run.mode, "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
+        "tokens": token_info(run.tokens), "negative_tokens": token_info(run.negative_tokens),
+        "model": {"name": model.config.name, "source": model.source, "config": model.config.to_dict()},
+        "settings": dict(settings.__dict__),
+        "latent_scaling_factor": vae.scaling_factor,
+        "latent_preview": None if vae.latent_rgb_factors is None else {
+            "factors": [list(row) for row in vae.latent_rgb_factors],
+            "bias": list(vae.latent_rgb_bias or (0.0, 0.0, 0.0))},
+        "versions": {"diffx": diffx.__version__, "torch": torch.__version__},
+    }
 
 
 def _token_maps(probs: Tensor, num_tokens: int, rows: int, cols: int) -> Tensor:

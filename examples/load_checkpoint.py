@@ -8,9 +8,10 @@ Pickled .ckpt files are read by a restricted unpickler: no code in the file is e
 import sys
 from pathlib import Path
 
+from diffx.devices import resolve_device
 from diffx.pipeline import GenerationSettings, generate
 from diffx.render import save_png
-from diffx.weights import load_model, resolve_device
+from diffx.weights import load_model
 
 
 def main(checkpoint: str, out_dir: Path, steps: int = 25) -> Path:

@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 
 from diffx import views
-from diffx.pipeline import GenerationSettings, generate
+from diffx.pipeline import GenerationSettings
 from diffx.render import save_gif, save_png
-from diffx.trace import save_trace
+from diffx.trace import generate_traced, save_trace
 from diffx.weights import load_model
 
 
 def main(prompt: str, out_dir: Path) -> dict[str, tuple[int, int]]:
     model = load_model()
-    trace = generate(model, GenerationSettings(prompt=prompt), trace=True).traces[0]
+    trace = generate_traced(model, GenerationSettings(prompt=prompt)).traces[0]
     save_gif(views.trace_frames(trace), out_dir / "trace.gif", force=True)
     save_png(views.attention_grid(trace), out_dir / "attention.png", force=True)
     save_trace(trace, out_dir / "trace.safetensors", force=True)

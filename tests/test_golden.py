@@ -58,11 +58,13 @@ from PIL import Image
 
 from diffx.embedded.quality import load_for_evaluation
 from diffx.embedded.shapes import Scene, ShapeObject, render
+from diffx.experiments import cfg_sweep
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline import GenerationSettings, generate
 from diffx.samplers import SAMPLERS
-from diffx.views import cfg_sweep, trace_frames
+from diffx.trace import generate_traced
+from diffx.views import trace_frames
 from diffx.weights import load_model
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -112,7 +114,7 @@ def guidance_grid(model: StableDiffusion, settings: GenerationSettings) -> np.nd
 
 def trace_strip(model: StableDiffusion, settings: GenerationSettings) -> np.ndarray:
     """The first, middle and last frames of the trace animation, stacked top to bottom."""
-    frames = trace_frames(generate(model, settings, trace=True).traces[0])
+    frames = trace_frames(generate_traced(model, settings).traces[0])
     shown = (frames[0], frames[len(frames) // 2], frames[-1])
     return np.concatenate([np.asarray(frame.convert("RGB")) for frame in shown], axis=0)
 

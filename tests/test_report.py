@@ -20,10 +20,10 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline import GenerationSettings, PromptTruncatedWarning, generate
+from diffx.pipeline import GenerationSettings, PromptTruncatedWarning
 from diffx.report import render_report_html, write_report
 from diffx.schedules import NoiseSchedule
-from diffx.trace import Trace, TraceOptions
+from diffx.trace import Trace, TraceOptions, generate_traced
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,7 +45,7 @@ def model():
 @pytest.fixture(scope="session")
 def sweep(model) -> list[Trace]:
     """Traces of the same prompt and seed at guidance 1 and 7.5, x̂0 decoded at every step."""
-    return [generate(model, GenerationSettings(prompt=PROMPT, steps=STEPS, guidance=guidance), trace=True,
+    return [generate_traced(model, GenerationSettings(prompt=PROMPT, steps=STEPS, guidance=guidance),
                      decode_every=1).traces[0] for guidance in (1.0, 7.5)]
 
 
@@ -232,7 +232,7 @@ def test_heatmaps_follow_each_words_attention_and_the_colour_scale(sweep):
 
 
 def test_model_decodes_the_steps_the_trace_did_not(model):
-    trace = generate(model, GenerationSettings(prompt="a blue square", steps=5), trace=True,
+    trace = generate_traced(model, GenerationSettings(prompt="a blue square", steps=5),
                      decode_every=3).traces[0]
     assert page_data(render_report_html(trace))["columns"][0]["x0_decoded"] == [True, False, False, True, True]
     assert page_data(render_report_html(trace, model=model))["columns"][0]["x0_decoded"] == [True] * 5
@@ -241,7 +241,7 @@ def test_model_decodes_the_steps_the_trace_did_not(model):
 def test_truncated_prompt_shows_what_was_cut(model):
     prompt = " ".join(["a tiny red house"] * 25) + " with a purple dragon"
     with pytest.warns(PromptTruncatedWarning):
-        trace = generate(model, GenerationSettings(prompt=prompt, steps=1), trace=True).traces[0]
+        trace = generate_traced(model, GenerationSettings(prompt=prompt, steps=1)).traces[0]
     page = render_report_html(trace)
     assert "77 of 77 tokens" in page and "purple dragon" in page and "Cut off by the 77-token window" in page
     dragon = trace.words.index("dragon")
@@ -338,8 +338,8 @@ def test_clicking_words_and_the_colour_scale_change_the_heatmap(single, sweep):
 
 @pytest.mark.parametrize(("record", "missing_panels"), [(("latents",), 3), (("attention",), 4)])
 def test_a_trace_with_few_recordings_still_works(browser, model, tmp_path, record, missing_panels):
-    trace = generate(model, GenerationSettings(prompt="a green circle", steps=2), trace=TraceOptions(record=record),
-                     ).traces[0]
+    trace = generate_traced(model, GenerationSettings(prompt="a green circle", steps=2),
+                            options=TraceOptions(record=record)).traces[0]
     opened = OpenPage(browser, write_report(trace, tmp_path / "few.html"))
     try:
         assert opened.errors == [] and opened.foreign_requests() == []

@@ -17,7 +17,7 @@ from diffusers import (
 )
 
 from diffx.errors import InvalidArgumentError
-from diffx.samplers import SAMPLERS, StepRecord, sample
+from diffx.samplers import KARRAS_SAMPLERS, SAMPLERS, StepRecord, model_timesteps, sample
 from diffx.schedules import NoiseSchedule, img2img_start
 
 SD15 = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -201,3 +201,14 @@ def test_errors(kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
         sample(arguments.pop("sampler"), fake_eps, torch.randn(SHAPE), NoiseSchedule.create("scaled_linear"),
                arguments.pop("steps"), **arguments)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize(("spacing", "karras"), [("leading", False), ("trailing", False), ("linspace", True)])
+def test_model_timesteps_are_the_timesteps_the_sampler_calls(sampler, spacing, karras):
+    schedule = NoiseSchedule.create("scaled_linear")
+    karras = karras and sampler in KARRAS_SAMPLERS
+    called: list[float] = []
+    sample(sampler, lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1), schedule, 7, spacing=spacing,
+           karras=karras, generator=torch.Generator().manual_seed(0), callback=lambda r: called.append(r.timestep))
+    assert model_timesteps(sampler, schedule, 7, spacing=spacing, karras=karras) == called

@@ -14,7 +14,7 @@ from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
 from diffx.pipeline import GenerationSettings, decode_latents, encode_text, generate
 from diffx.samplers import SAMPLERS
-from diffx.trace import Trace, TraceOptions, Tracer, load_trace, save_trace
+from diffx.trace import Trace, TraceOptions, Tracer, generate_traced, load_trace, save_trace
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
 LATENT = SIZE // 2
@@ -34,7 +34,7 @@ def settings(**changes) -> GenerationSettings:
 
 @pytest.fixture(scope="module")
 def default_trace(model) -> Trace:
-    return generate(model, settings(), trace=True).traces[0]
+    return generate_traced(model, settings()).traces[0]
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def observed_layers(monkeypatch) -> list[tuple[str, int]]:
 def test_tracing_does_not_change_the_image(model, sampler, guidance):
     everything = TraceOptions(record=("latents", "eps", "x0", "attention", "negative_attention", "self_attention"))
     plain = generate(model, settings(sampler=sampler, guidance=guidance, negative_prompt="blue"))
-    traced = generate(model, settings(sampler=sampler, guidance=guidance, negative_prompt="blue"), trace=everything,
-                      decode_every=1)
+    traced = generate_traced(model, settings(sampler=sampler, guidance=guidance, negative_prompt="blue"),
+                             options=everything, decode_every=1)
     assert torch.equal(plain.latents, traced.latents)
     assert np.array_equal(plain.images[0], traced.images[0])
 
@@ -72,7 +72,7 @@ def test_tracing_does_not_change_the_image(model, sampler, guidance):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_recorded_shapes(model, sampler):
     records = []
-    result = generate(model, settings(sampler=sampler), trace=True, progress=records.append)
+    result = generate_traced(model, settings(sampler=sampler), progress=records.append)
     trace = result.traces[0]
     evaluations = 2 * 3 - 1 if sampler == "heun" else 3  # Heun evaluates the model twice per step but the last
     tokens = trace.meta["tokens"]["num_tokens"]
@@ -96,8 +96,7 @@ def test_recorded_shapes(model, sampler):
 
 def test_attention_probabilities_and_their_aggregation(model, observed_layers):
     """Per layer, the token maps of each pixel sum to 1; DAAM upsamples them to the largest grid and averages."""
-    tracer = Tracer(TraceOptions(record=("attention",)), num_tokens=77)  # all 77 positions: rows sum to 1
-    tracer.latent_shape = (LATENT, LATENT)
+    tracer = Tracer((LATENT, LATENT), TraceOptions(record=("attention",)), num_tokens=77)  # rows sum to 1
     context = encode_text(model, [model.tokenizer.encode(PROMPT)])
     with torch.no_grad(), observe_attention(tracer):
         model.unet(torch.randn(1, 4, LATENT, LATENT), torch.tensor(500.0), context)
@@ -126,12 +125,12 @@ def _aggregate_via_on_step(tracer: Tracer) -> torch.Tensor:
 
 
 def test_resolution_and_layer_selection(model, default_trace, observed_layers):
-    low = generate(model, settings(), trace=TraceOptions(attention_resolutions=(LATENT // 2,))).traces[0]
+    low = generate_traced(model, settings(), options=TraceOptions(attention_resolutions=(LATENT // 2,))).traces[0]
     assert low.tensors["attention"].shape[-2:] == (LATENT // 2, LATENT // 2)
     assert not low.tensors["attention"].isnan().any()
 
     observed_layers.clear()
-    decoder = generate(model, settings(), trace=TraceOptions(attention_layers=r"output_blocks")).traces[0]
+    decoder = generate_traced(model, settings(), options=TraceOptions(attention_layers=r"output_blocks")).traces[0]
     names = {name for name, _ in observed_layers}
     assert names and all(name.startswith("output_blocks.") for name in names)
     assert decoder.tensors["attention"].shape == default_trace.tensors["attention"].shape
@@ -140,8 +139,8 @@ def test_resolution_and_layer_selection(model, default_trace, observed_layers):
 
 def test_negative_attention_is_recorded_when_asked(model, default_trace):
     assert "negative_attention" not in default_trace.tensors
-    trace = generate(model, settings(negative_prompt="blurry"),
-                     trace=TraceOptions(record=("negative_attention",))).traces[0]
+    trace = generate_traced(model, settings(negative_prompt="blurry"),
+                            options=TraceOptions(record=("negative_attention",))).traces[0]
     assert trace.meta["negative_tokens"]["num_tokens"] == 3  # start, blurry, end
     assert trace.tensors["negative_attention"].shape == (3, 3, LATENT, LATENT)
     assert "attention" not in trace.tensors and "eps" not in trace.tensors
@@ -154,8 +153,7 @@ def test_attention_rows_belong_to_their_prompts(model):
     x = torch.randn(1, 4, LATENT, LATENT)
 
     def maps(context: torch.Tensor, record: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
-        tracer = Tracer(TraceOptions(record=record), num_tokens=77, num_negative_tokens=77)
-        tracer.latent_shape = (LATENT, LATENT)
+        tracer = Tracer((LATENT, LATENT), TraceOptions(record=record), num_tokens=77, num_negative_tokens=77)
         with torch.no_grad(), observe_attention(tracer):
             model.unet(x.expand(len(context), -1, -1, -1), torch.tensor(500.0), context)
         return tracer._pending
@@ -170,7 +168,7 @@ def test_attention_rows_belong_to_their_prompts(model):
 
 
 def test_self_attention_entropy(model):
-    trace = generate(model, settings(), trace=TraceOptions(record=("self_attention",))).traces[0]
+    trace = generate_traced(model, settings(), options=TraceOptions(record=("self_attention",))).traces[0]
     entropy = trace.tensors["self_attention"]
     assert entropy.shape == (3, LATENT, LATENT) and "attention" not in trace.tensors
     # Entropy of a distribution over the N = 16·16 pixels lies in [0, log N].
@@ -188,12 +186,12 @@ def test_word_maps_average_the_tokens_of_a_word(default_trace):
 
 
 def test_decode_every(model):
-    trace = generate(model, settings(steps=6), trace=True, decode_every=2).traces[0]
+    trace = generate_traced(model, settings(steps=6), decode_every=2).traces[0]
     assert trace.tensors["decoded_steps"].tolist() == [0, 2, 4, 5]  # every 2nd step and the last
     assert trace.tensors["decoded_x0"].shape == (4, SIZE, SIZE, 3)
     expected = decode_latents(model, trace.tensors["x0"][[0, 2, 4, 5]].float())
     assert np.array_equal(trace.tensors["decoded_x0"].numpy(), np.stack(expected))
-    assert "decoded_x0" not in generate(model, settings(), trace=True).traces[0].tensors
+    assert "decoded_x0" not in generate_traced(model, settings()).traces[0].tensors
 
 
 def test_unknown_record_names_the_choices():

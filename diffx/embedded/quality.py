@@ -28,7 +28,7 @@ from diffx.embedded.judge import DetectedObject, adherence, analyse
 from diffx.embedded.shapes import ObjectSpec, object_word_indices, parse_prompt
 from diffx.errors import InvalidArgumentError
 from diffx.pipeline import GenerationSettings, generate
-from diffx.trace import Trace, TraceOptions
+from diffx.trace import Trace, TraceOptions, generate_traced
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -92,11 +92,13 @@ def evaluate(model: StableDiffusion, prompts: Sequence[str], guidance: float | N
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
         two_objects = len(parse_prompt(prompt).objects) == 2
-        result = generate(model, GenerationSettings(prompt=prompt, guidance=guidance, seed=seed + i),
-                          trace=ATTENTION_ONLY if two_objects else None)
-        images.append(result.images[0])
+        settings = GenerationSettings(prompt=prompt, guidance=guidance, seed=seed + i)
         if two_objects:
+            result = generate_traced(model, settings, options=ATTENTION_ONLY)
             hits += pointing_trials(prompt, result.images[0], result.traces[0])
+        else:
+            result = generate(model, settings)
+        images.append(result.images[0])
         if progress is not None:
             progress(i + 1)
     seconds = time.perf_counter() - start

@@ -94,7 +94,8 @@ class ModelConfig:
     default_guidance: float = 7.5
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-native (tuples become lists): what `from_dict` reads back."""
+        return _lists(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -162,3 +163,12 @@ def shapes_world() -> ModelConfig:
 
 
 PRESETS = {"sd15": sd15, "sd15-inpainting": sd15_inpainting, "tiny": tiny, "shapes-world": shapes_world}
+
+
+def _lists(value: object) -> object:
+    """Tuples → lists, all the way down, so a config dict compares equal after a JSON round trip."""
+    if isinstance(value, dict):
+        return {key: _lists(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(item) for item in value]
+    return value

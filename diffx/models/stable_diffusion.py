@@ -38,6 +38,16 @@ class StableDiffusion:
     vae: AutoencoderKL
     source: str
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live (every component is moved together by `to`)."""
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' floating-point type."""
+        return next(self.unet.parameters()).dtype
+
     def modules(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in ORIGINAL_PREFIXES}
 

@@ -1,73 +1,16 @@
-"""Reading input pictures and writing output files safely.
-
-Every output goes through `atomic_output`: the bytes are written to a temporary file in the target's
-folder and renamed over the target only when writing succeeded, so a crash or an error never leaves a
-half-written PNG/GIF behind, and an existing file is only replaced when the user passed --force.
-"""
+"""Writing pictures and animations: PNG, GIF and MP4, each through `diffx.files.write_atomic`."""
 
 import importlib.util
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from diffx.errors import DiffxError, InputImageError, InvalidArgumentError, OutputPathError
+from diffx.errors import DiffxError, InvalidArgumentError
+from diffx.files import animation_format, write_atomic
 from diffx.render.image import PictureLike, to_pil
-
-MASK_THRESHOLD = 0.5
-
-
-def _file_mode() -> int:
-    """The permission bits a plain `open(path, "w")` would give (mkstemp makes private 0600 files)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
-
-    The temporary file keeps the target's suffix so writers that pick a format from the extension
-    (PIL, imageio) behave the same. Raises `OutputPathError` if `path` exists and `force` is false,
-    if its folder cannot be created or written, or if writing fails with an OSError.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"output path {path} is a folder; give a file name")
-    if path.exists() and not force:
-        raise OutputPathError(f"output file {path} already exists; pass --force to overwrite it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    except OSError as err:
-        raise OutputPathError(
-            f"cannot write to folder {path.parent} ({err.strerror}); choose a writable output path"
-        ) from None
-    os.close(fd)
-    tmp_path = Path(tmp_name)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, _file_mode())
-        os.replace(tmp_path, path)
-    except BaseException as err:
-        tmp_path.unlink(missing_ok=True)
-        if isinstance(err, OSError):  # disk full, file system gone read-only, ...
-            reason = err.strerror or err
-            raise OutputPathError(f"cannot write {path} ({reason}); check the output folder") from err
-        raise
-
-
-def write_atomic(path: str | os.PathLike, write_fn: Callable[[Path], None], force: bool = False) -> Path:
-    """Call `write_fn(tmp_path)` and move the result to `path` atomically (see `atomic_output`)."""
-    with atomic_output(path, force) as tmp_path:
-        write_fn(tmp_path)
-    return Path(path)
 
 
 def save_png(image: PictureLike, path: str | os.PathLike, force: bool = False) -> Path:
@@ -145,37 +88,11 @@ def save_mp4(
     return write_atomic(path, write, force)
 
 
-def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Image.Image:
-    """Read an image file as RGB, optionally resized to `size` = (width, height) with Lanczos filtering.
-
-    EXIF orientation is applied, so photos from phones come out upright.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputImageError(f"no image file at {path}; check the path")
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        reason = "not an image format Pillow can read" if isinstance(err, UnidentifiedImageError) else err
-        raise InputImageError(f"cannot read image {path} ({reason}); pass a PNG or JPEG file") from None
-    if size is not None and image.size != tuple(size):
-        image = image.resize(tuple(size), Image.Resampling.LANCZOS)
-    return image
-
-
-def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
-    """Read an inpainting mask as a (height, width) float tensor of 0s and 1s; 1 (white) = repaint.
-
-    The file is converted to grey levels in [0, 1] and thresholded: a pixel is 1 when its level is
-    >= MASK_THRESHOLD (0.5), else 0. The mask must already be `size` = (width, height), the size of
-    the image it belongs to: resizing a mask silently would move the region the user drew.
-    """
-    image = load_image(path)
-    if image.size != tuple(size):
-        raise InputImageError(
-            f"mask {path} is {image.size[0]}x{image.size[1]} but the image is {size[0]}x{size[1]}; "
-            "resize the mask to the image size"
-        )
-    grey = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)  # (H, W) in [0, 1]
-    return (grey >= MASK_THRESHOLD).float()
+def save_animation(frames: Sequence[PictureLike], path: str | os.PathLike, frame_ms: int = 100,
+                   force: bool = False) -> Path:
+    """Write frames as a GIF or an MP4 (by the file suffix), `frame_ms` milliseconds per frame."""
+    if frame_ms <= 0:
+        raise InvalidArgumentError(f"frame duration must be positive, got {frame_ms} ms")
+    if animation_format(path) == ".mp4":
+        return save_mp4(frames, path, fps=max(1, round(1000 / frame_ms)), force=force)
+    return save_gif(frames, path, duration_ms=frame_ms, force=force)

@@ -5,9 +5,13 @@ pixel covers an 8x8 patch whose average RGB is roughly a fixed linear map of its
 gives a "free" preview of x_t and x0_pred at every step without running the decoder.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from diffx.images import unit_range_to_uint8
 
 # Linear latent -> RGB factors for SD1.x latents, rows = latent channels, columns = (R, G, B). Applied
 # to the *scaled* latents the U-Net works on (VAE latent * 0.18215); the result is roughly in [-1, 1].
@@ -27,34 +31,23 @@ SD15_LATENT_RGB_FACTORS = torch.tensor(
 NOISE_DISPLAY_SIGMAS = 2.5
 
 
-def _unit_range_to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(H, W, 3) floats in [-1, 1] -> uint8 (H, W, 3) in [0, 255], clipping what falls outside."""
-    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
-
-
-def tensor_to_image(x: torch.Tensor) -> np.ndarray:
-    """A decoded image (3, H, W) in [-1, 1] (the VAE's output range) -> uint8 (H, W, 3)."""
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(x.shape)}")
-    return _unit_range_to_uint8(x.detach().float().permute(1, 2, 0))
-
-
 def latent_to_rgb_fast(
-    latent: torch.Tensor, factors: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    latent: torch.Tensor, factors: torch.Tensor | Sequence | None = None, bias: torch.Tensor | Sequence | None = None
 ) -> np.ndarray:
     """Preview a scaled latent (C, h, w) as uint8 (h, w, 3): rgb = latent^T @ factors + bias.
 
     `factors` (C, 3) defaults to SD15_LATENT_RGB_FACTORS; a model with its own VAE passes the
-    factors and bias fitted by `fit_latent_rgb_factors`.
+    factors and bias fitted by `fit_latent_rgb_factors` (tensors, or nested lists as configs and trace
+    files hold them) — the one reader of that representation.
     """
-    factors = SD15_LATENT_RGB_FACTORS if factors is None else factors
+    factors = SD15_LATENT_RGB_FACTORS if factors is None else torch.as_tensor(factors, dtype=torch.float32)
     if latent.ndim != 3 or latent.shape[0] != factors.shape[0]:
         raise ValueError(f"expected a ({factors.shape[0]}, h, w) latent, got shape {tuple(latent.shape)}")
     latent = latent.detach().float().cpu()
     rgb = torch.einsum("chw,cr->hwr", latent, factors.float().cpu())  # (C, h, w) -> (h, w, 3)
     if bias is not None:
-        rgb = rgb + bias.float().cpu()
-    return _unit_range_to_uint8(rgb)
+        rgb = rgb + torch.as_tensor(bias, dtype=torch.float32).cpu()
+    return unit_range_to_uint8(rgb)
 
 
 def fit_latent_rgb_factors(latents: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,4 +79,4 @@ def visualize_noise(eps: torch.Tensor) -> np.ndarray:
     mean = channels.mean(dim=(1, 2), keepdim=True)
     std = channels.std(dim=(1, 2), keepdim=True).clamp_min(1e-8)
     standardized = (channels - mean) / std  # (3, h, w), unit variance per channel
-    return _unit_range_to_uint8((standardized / NOISE_DISPLAY_SIGMAS).permute(1, 2, 0))
+    return unit_range_to_uint8((standardized / NOISE_DISPLAY_SIGMAS).permute(1, 2, 0))

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from diffx.errors import InvalidArgumentError
+from diffx.schedules import log_snr
 
 
 def figure_to_image(figure: Figure) -> Image.Image:
@@ -30,12 +31,11 @@ def schedule_curves(alphas_cumprod: torch.Tensor) -> dict[str, np.ndarray]:
     log-SNR of a zero-terminal-SNR schedule stays finite on the plot.
     """
     abar = alphas_cumprod.detach().double().cpu().numpy()
-    clipped = np.clip(abar, 1e-12, 1 - 1e-12)
     return {
         "ᾱ_t": abar,
         "√ᾱ_t  (signal scale)": np.sqrt(abar),
         "√(1−ᾱ_t)  (noise scale)": np.sqrt(1 - abar),
-        "log-SNR = log(ᾱ_t / (1−ᾱ_t))": np.log(clipped) - np.log1p(-clipped),
+        "log-SNR = log(ᾱ_t / (1−ᾱ_t))": log_snr(abar),
     }
 
 

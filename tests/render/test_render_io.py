@@ -1,6 +1,5 @@
 """Atomic output files, GIF/PNG/MP4 writers, and reading input images and masks."""
 
-import errno
 import importlib.util
 import os
 
@@ -8,63 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffx.errors import DiffxError, InputImageError, OutputPathError
+from diffx.errors import DiffxError, InvalidArgumentError, OutputPathError
 from diffx.render import io as render_io
-from diffx.render.io import load_image, load_mask, save_gif, save_mp4, save_png, write_atomic
-
-
-def _leftovers(folder):
-    return sorted(name for name in os.listdir(folder) if ".tmp" in name)
+from diffx.render.io import save_animation, save_gif, save_mp4, save_png
 
 
 def _frames(n, size=(16, 12)):
     # Distinct solid colours: PIL merges identical consecutive GIF frames.
     width, height = size
     return [np.full((height, width, 3), (40 * k % 256, 200 - 30 * k, 90), np.uint8) for k in range(n)]
-
-
-def test_refuses_overwrite_without_force_and_keeps_bytes(tmp_path):
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"original")
-    with pytest.raises(OutputPathError, match="--force"):
-        write_atomic(target, lambda tmp: tmp.write_bytes(b"new"), force=False)
-    assert target.read_bytes() == b"original"
-    assert _leftovers(tmp_path) == []
-
-
-def test_force_overwrites(tmp_path):
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"original")
-    write_atomic(target, lambda tmp: tmp.write_bytes(b"new"), force=True)
-    assert target.read_bytes() == b"new"
-
-
-def test_failing_write_leaves_no_file_and_no_temp(tmp_path):
-    def failing_writer(tmp):
-        tmp.write_bytes(b"half")
-        raise RuntimeError("disk on fire")
-
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        write_atomic(tmp_path / "out.png", failing_writer)
-    assert os.listdir(tmp_path) == []
-
-
-def test_failing_overwrite_keeps_original(tmp_path):
-    target = tmp_path / "out.png"
-    target.write_bytes(b"original")
-    with pytest.raises(ValueError):
-        write_atomic(target, lambda tmp: (_ for _ in ()).throw(ValueError("bad")), force=True)
-    assert target.read_bytes() == b"original"
-    assert _leftovers(tmp_path) == []
-
-
-def test_os_error_while_writing_becomes_output_path_error(tmp_path):
-    def disk_full(tmp):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OutputPathError, match="out.gif.*No space left"):
-        write_atomic(tmp_path / "out.gif", disk_full)
-    assert os.listdir(tmp_path) == []
 
 
 def test_creates_parent_folders_and_normal_permissions(tmp_path):
@@ -114,7 +65,7 @@ def test_gif_rejects_empty_and_mixed_sizes(tmp_path):
         save_gif([], tmp_path / "empty.gif")
     with pytest.raises(ValueError, match="same size"):
         save_gif([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8)], tmp_path / "mixed.gif")
-    assert _leftovers(tmp_path) == []
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
 
 
 def test_mp4_without_encoder_says_how_to_install(tmp_path, monkeypatch):
@@ -140,31 +91,12 @@ def test_mp4_with_encoder(tmp_path):
     assert decoded[0].shape == (12, 18, 3)
 
 
-def test_load_image_converts_to_rgb_and_resizes(tmp_path):
-    Image.new("L", (10, 6), 200).save(tmp_path / "grey.png")
-    image = load_image(tmp_path / "grey.png")
-    assert image.mode == "RGB" and image.size == (10, 6)
-    assert load_image(tmp_path / "grey.png", size=(20, 12)).size == (20, 12)
-
-
-def test_load_image_rejects_non_image_and_missing(tmp_path):
-    not_image = tmp_path / "notes.png"
-    not_image.write_text("this is not a picture")
-    with pytest.raises(InputImageError, match="notes.png") as err:
-        load_image(not_image)
-    assert "\n" not in str(err.value)
-    with pytest.raises(InputImageError, match="no image file"):
-        load_image(tmp_path / "missing.png")
-
-
-def test_mask_threshold_at_half(tmp_path):
-    levels = np.array([[0, 127, 128, 255]], np.uint8)  # 127/255 < 0.5 <= 128/255
-    Image.fromarray(levels).save(tmp_path / "mask.png")
-    mask = load_mask(tmp_path / "mask.png", size=(4, 1))
-    assert mask.tolist() == [[0.0, 0.0, 1.0, 1.0]]
-
-
-def test_mask_size_mismatch(tmp_path):
-    Image.new("L", (8, 8), 255).save(tmp_path / "mask.png")
-    with pytest.raises(InputImageError, match="8x8 but the image is 16x16"):
-        load_mask(tmp_path / "mask.png", size=(16, 16))
+def test_save_animation(tmp_path):
+    frames = _frames(3)
+    path = save_animation(frames, tmp_path / "a.gif", frame_ms=50)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3 and gif.info["duration"] == 50
+    with pytest.raises(InvalidArgumentError, match="unknown animation format"):
+        save_animation(frames, tmp_path / "a.png")
+    with pytest.raises(InvalidArgumentError, match="positive"):
+        save_animation(frames, tmp_path / "b.gif", frame_ms=0)

@@ -10,7 +10,6 @@ from diffx.render.latents import (
     SD15_LATENT_RGB_FACTORS,
     fit_latent_rgb_factors,
     latent_to_rgb_fast,
-    tensor_to_image,
     visualize_noise,
 )
 
@@ -67,19 +66,6 @@ def test_fit_averages_over_patches_with_noise():
     images = F.interpolate(colours, scale_factor=8, mode="nearest") + 0.2 * torch.randn(4, 3, 64, 64)
     fitted_factors, _ = fit_latent_rgb_factors(latents, images)
     torch.testing.assert_close(fitted_factors, SD15_LATENT_RGB_FACTORS, atol=0.02, rtol=0)
-
-
-def test_tensor_to_image_range_and_layout():
-    x = torch.zeros(3, 2, 4)
-    x[0, 0, 0] = -1.0
-    x[1, 0, 0] = 1.0
-    x[2, 1, 3] = 5.0  # out of range: clipped
-    image = tensor_to_image(x)
-    assert image.shape == (2, 4, 3) and image.dtype == np.uint8
-    assert tuple(image[0, 0]) == (0, 255, 128)
-    assert tuple(image[1, 3]) == (128, 128, 255)
-    with pytest.raises(ValueError):
-        tensor_to_image(torch.zeros(1, 3, 4, 4))
 
 
 def test_visualize_noise_standardizes_each_channel_and_drops_the_fourth():

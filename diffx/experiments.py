@@ -1,0 +1,273 @@
+"""Experiments that run the pipeline and draw what they find: the forward process on a picture, a
+classifier-free guidance sweep, and a comparison grid over any two settings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffx.errors import InvalidArgumentError, check_choice
+from diffx.images import image_to_tensor, tensor_to_image
+from diffx.pipeline import Generation, GenerationSettings, decode_latents, encode_image, generate, schedule_for
+from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
+from diffx.render.image import PictureLike
+from diffx.samplers import StepCallback, StepRecord, model_timesteps
+from diffx.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
+from diffx.trace import TraceOptions, generate_traced
+from diffx.views import (
+    fit_panel,
+    format_timestep,
+    panel_size,
+    prompt_title,
+    step_caption,
+    step_indices,
+    trace_panel_size,
+    x0_pictures,
+)
+
+if TYPE_CHECKING:
+    from diffx.models.stable_diffusion import StableDiffusion
+
+
+NOISE_FRAMES = 40  # frames of the x_0 → x_T animation
+
+
+TRACE_RECORD_X0 = TraceOptions(record=("latents", "x0"))  # what the x_t / x̂0 views need
+
+
+@dataclass
+class NoiseViews:
+    """What `noise_views` draws."""
+
+    grid: Image.Image  # rows: schedules (latent space: preview and decode rows), columns: timesteps
+    frames: list[Image.Image]  # x_0 → x_T, one column per schedule
+    schedule_plot: Image.Image  # ᾱ_t, √ᾱ_t, √(1 − ᾱ_t), log-SNR; the sampler's timesteps marked
+
+
+def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
+                timesteps: Sequence[int] = (0, 100, 250, 500, 750, 999), latent_space: bool = False,
+                model: StableDiffusion | None = None, seed: int = 0, sampler: str | None = None,
+                steps: int | None = None, spacing: str | None = None, karras: bool = False,
+                num_frames: int = NOISE_FRAMES, panel: int | None = None) -> NoiseViews:
+    """The forward process x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4) applied to `image`.
+
+    One ε (drawn from `seed`) serves every schedule and timestep, so the pictures differ only by the
+    schedule. In latent space (needs `model`) the image is VAE-encoded, noised as a latent, and shown both
+    with the fast preview and VAE-decoded. With a model, its own training schedule is used for the
+    schedule of the same name. `sampler` (+ `steps`, `spacing`, `karras`, default: the model's or SD1.5's)
+    marks the timesteps that sampler visits on the schedule plot.
+    """
+    if not schedules:
+        raise InvalidArgumentError("no schedules given; choose from: " + ", ".join(BETA_SCHEDULES))
+    for name in schedules:
+        check_choice("schedule", name, BETA_SCHEDULES)
+    num_train_timesteps = model.config.scheduler.num_train_timesteps if model else 1000
+    for t in timesteps:
+        if not 0 <= t < num_train_timesteps:
+            raise InvalidArgumentError(f"timestep {t} is out of range; pick 0 to {num_train_timesteps - 1}")
+    if latent_space and model is None:
+        raise InvalidArgumentError("noising in latent space needs a model's VAE; pass a model (--model)")
+    tables = {name: schedule_for(model, name) if model else NoiseSchedule.create(name, num_train_timesteps)
+              for name in schedules}
+    generator = torch.Generator().manual_seed(seed)
+    if latent_space:
+        factor = model.config.vae.downsample_factor
+        width, height = to_pil(image).size
+        if width % factor or height % factor:
+            raise InvalidArgumentError(f"the image is {width}x{height}; latent space needs sides that are "
+                                       f"multiples of {factor}, e.g. --size {width // factor * factor or factor}")
+        x0 = encode_image(model, image, generator)  # (1, 4, h, w) scaled latent
+    else:
+        x0 = image_to_tensor(image)  # (1, 3, H, W) in [-1, 1]
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+
+    def pictures(schedule: NoiseSchedule, ts: Sequence[int]) -> list[list[np.ndarray]]:
+        """x_t for each t, as rows: [pixels] or [latent preview, VAE decode]."""
+        t = torch.tensor(list(ts), dtype=torch.long)
+        x_t = q_sample(schedule, x0.expand(len(ts), -1, -1, -1), t, noise.expand(len(ts), -1, -1, -1))
+        if not latent_space:
+            return [[tensor_to_image(x.clamp(-1, 1)) for x in x_t]]
+        vae = model.config.vae
+        return [[latent_to_rgb_fast(z, vae.latent_rgb_factors, vae.latent_rgb_bias) for z in x_t],
+                decode_latents(model, x_t)]
+
+    kinds = ["latent preview", "VAE decode"] if latent_space else [""]
+    size = panel_size(*to_pil(image).size, panel)
+    cells, row_labels = [], []
+    for name, schedule in tables.items():
+        for kind, row in zip(kinds, pictures(schedule, timesteps), strict=True):
+            cells.append([fit_panel(p, size) for p in row])
+            row_labels.append(f"{name} · {kind}" if kind else name)
+    space = " in latent space" if latent_space else ""
+    grid = make_grid(cells, row_labels=row_labels, col_labels=[f"t={t}" for t in timesteps], cell_size=size,
+                     title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space}")
+
+    frame_ts = sorted({round(float(t)) for t in np.linspace(0, num_train_timesteps - 1, max(2, num_frames))})
+    columns = [pictures(schedule, frame_ts) for schedule in tables.values()]  # [schedule][kind][frame]
+    frames = []
+    for f, t in enumerate(frame_ts):
+        frame = make_grid([[fit_panel(columns[s][k][f], size) for s in range(len(columns))] for k in range(len(kinds))],
+                          row_labels=kinds if latent_space else None, col_labels=list(tables), cell_size=size)
+        frames.append(caption_bar(frame, f"t={t}"))
+
+    marked, plot_title = None, None
+    if sampler is not None:
+        config = model.config if model else None
+        steps = steps or (config.default_steps if config else 50)
+        spacing = spacing or (config.scheduler.timestep_spacing if config else "leading")
+        offset = config.scheduler.steps_offset if config else 1
+        marked = [round(t) for t in model_timesteps(sampler, tables[schedules[0]], steps, spacing=spacing,
+                                                         steps_offset=offset, karras=karras)]
+        plot_title = f"timesteps {sampler} visits in {steps} steps ({spacing} spacing{', Karras σ' if karras else ''})"
+    plot = plot_schedules({name: s.alphas_cumprod for name, s in tables.items()}, marked, plot_title)
+    return NoiseViews(grid=grid, frames=frames, schedule_plot=plot)
+
+
+@dataclass
+class CfgSweep:
+    """What `cfg_sweep` makes: the grid, one traced generation per guidance weight, side-by-side frames."""
+
+    grid: Image.Image
+    generations: list[Generation]
+    frames: list[Image.Image]
+
+
+def format_guidance(w: float) -> str:
+    return f"w = {w:g}"
+
+
+def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequence[float],
+              rows_steps: Sequence[int] | None = None, preview: str = "fast", progress: StepCallback | None = None,
+              panel: int | None = None, record: TraceOptions = TRACE_RECORD_X0) -> CfgSweep:
+    """Classifier-free guidance ε̂ = ε_u + w (ε_c − ε_u) (Ho & Salimans 2022, eq. 6) at several w.
+
+    Same seed, sampler and steps for every column; the grid's first row is the results, then one row
+    of x̂0 per step number in `rows_steps`. The frames show x̂0 of every w side by side at each step,
+    then the results. `record`: what each column's trace keeps (at least latents and x0; everything
+    for an HTML report).
+    """
+    if not scales:
+        raise InvalidArgumentError("no guidance scales given; pass e.g. 1,3,7.5")
+    per_scale = [replace(settings, guidance=float(w)) for w in scales]
+    for scale_settings in per_scale:  # check everything before the first (slow) generation
+        resolved = scale_settings.resolved(model)
+    evaluations = model_timesteps(resolved.sampler, schedule_for(model, resolved.schedule), resolved.steps,
+                                  spacing=resolved.spacing, steps_offset=model.config.scheduler.steps_offset,
+                                  karras=resolved.karras)
+    row_indices = step_indices(len(evaluations), rows_steps) if rows_steps else []
+    generations = [generate_traced(model, s, options=record, progress=progress) for s in per_scale]
+    traces = [g.traces[0] for g in generations]
+    first = traces[0]
+    size = trace_panel_size(first, panel)
+    col_labels = [format_guidance(w) for w in scales]
+    results = [fit_panel(g.images[0], size) for g in generations]
+    all_steps = list(range(first.num_steps))
+    x0 = [[fit_panel(p, size) for p in x0_pictures(trace, all_steps, preview, model)] for trace in traces]
+
+    rows, row_labels = [results], ["result"]
+    for i in row_indices:
+        rows.append([pictures[i] for pictures in x0])
+        t = format_timestep(float(first.tensors["timesteps"][i]))
+        row_labels.append(f"x̂0, step {i + 1}/{first.num_steps}, t={t}")
+    resolved = generations[0].settings[0]
+    title = f"{prompt_title(first)} · {resolved.sampler}, {resolved.steps} steps, seed {resolved.seed}"
+    grid = make_grid(rows, row_labels=row_labels, col_labels=col_labels, title=title, cell_size=size)
+
+    frames = [caption_bar(make_grid([[pictures[i] for pictures in x0]], col_labels=col_labels, cell_size=size),
+                          f"x̂0, {step_caption(first, i)}") for i in all_steps]
+    frames.append(caption_bar(make_grid([results], col_labels=col_labels, cell_size=size), "result"))
+    return CfgSweep(grid=grid, generations=generations, frames=frames)
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise InvalidArgumentError(f"karras takes true/false values, got {text!r}")
+    return value in ("true", "1", "yes", "on")
+
+
+# Settings a comparison can vary, and how to read their values from text.
+COMPARE_AXES: dict[str, Callable[[str], object]] = {
+    "sampler": str, "steps": int, "schedule": str, "guidance": float, "seed": int, "karras": _parse_bool,
+    "spacing": str,
+}
+
+
+def parse_axis(text: str) -> tuple[str, list]:
+    """"sampler=ddim,euler" → ("sampler", ["ddim", "euler"]), each value converted to the setting's type."""
+    name, _, values = text.partition("=")
+    name = name.strip()
+    check_choice("comparison axis", name, tuple(COMPARE_AXES))
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not items:
+        raise InvalidArgumentError(f"axis {name!r} has no values; write it as {name}=A,B,C")
+    try:
+        return name, [COMPARE_AXES[name](item) for item in items]
+    except ValueError:
+        raise InvalidArgumentError(f"axis {name!r} has a value that is not a {COMPARE_AXES[name].__name__}: "
+                                   f"{values!r}") from None
+
+
+@dataclass
+class Comparison:
+    """What `compare` makes: the grid and the generations, rows × columns (y values × x values)."""
+
+    grid: Image.Image
+    generations: list[list[Generation]]
+
+
+def compare(model: StableDiffusion, settings: GenerationSettings,
+            x: tuple[str, Sequence] = ("sampler", ["ddim", "euler", "dpmpp_2m"]),
+            y: tuple[str, Sequence] | None = ("steps", [5, 10, 25]), progress: StepCallback | None = None,
+            panel: int | None = None) -> Comparison:
+    """One image per combination of two settings (any of COMPARE_AXES), everything else fixed.
+
+    Columns follow `x` = (setting, values), rows `y` (None = one row). Each cell is labelled with the
+    number of model evaluations and the time it took.
+    """
+    x_name, x_values = x
+    y_name, y_values = y if y is not None else (None, [None])
+    check_choice("comparison axis", x_name, tuple(COMPARE_AXES))
+    if y_name is not None:
+        check_choice("comparison axis", y_name, tuple(COMPARE_AXES))
+        if y_name == x_name:
+            raise InvalidArgumentError(f"both axes vary {x_name}; choose two different settings")
+    if not x_values or not y_values:
+        raise InvalidArgumentError("each comparison axis needs at least one value")
+    # Check every combination before the first (slow) generation.
+    combos = [[replace(settings, **{x_name: xv, **({y_name: yv} if y_name else {})}) for xv in x_values]
+              for yv in y_values]
+    for row in combos:
+        for cell in row:
+            cell.resolved(model)
+
+    evaluations = [0]
+
+    def count(record: StepRecord) -> None:
+        evaluations[0] += 1
+        if progress is not None:
+            progress(record)
+
+    generations, cell_labels = [], []
+    for row in combos:
+        generations.append([])
+        cell_labels.append([])
+        for cell in row:
+            evaluations[0] = 0
+            start = time.perf_counter()
+            generations[-1].append(generate(model, cell, progress=count))
+            cell_labels[-1].append(f"{evaluations[0]} evals · {time.perf_counter() - start:.1f} s")
+    height, width = generations[0][0].images[0].shape[:2]
+    size = panel_size(width, height, panel)
+    grid = make_grid([[fit_panel(g.images[0], size) for g in row] for row in generations],
+                     row_labels=[str(v) for v in y_values] if y_name else None,
+                     col_labels=[str(v) for v in x_values], cell_labels=cell_labels,
+                     title=f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)",
+                     x_axis_title=x_name, y_axis_title=y_name, cell_size=size)
+    return Comparison(grid=grid, generations=generations)

@@ -1,0 +1,95 @@
+"""Writing output files safely: the bottom layer every writer (pictures, traces, weights, training) uses.
+
+Every output goes through `atomic_output`: the bytes are written to a temporary file in the target's
+folder and renamed over the target only when writing succeeded, so a crash or an error never leaves a
+half-written file behind, and an existing file is only replaced when the user passed --force.
+`check_outputs` runs the same checks up front, before any work, for every file a command will write.
+"""
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from diffx.errors import OutputPathError, check_choice
+
+ANIMATION_SUFFIXES = (".gif", ".mp4")
+
+
+def _file_mode() -> int:
+    """The permission bits a plain `open(path, "w")` would give (mkstemp makes private 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
+
+    The temporary file keeps the target's suffix so writers that pick a format from the extension
+    (PIL, imageio) behave the same. Raises `OutputPathError` if `path` exists and `force` is false,
+    if its folder cannot be created or written, or if writing fails with an OSError.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"output path {path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise OutputPathError(f"output file {path} already exists; pass --force to overwrite it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as err:
+        raise OutputPathError(
+            f"cannot write to folder {path.parent} ({err.strerror}); choose a writable output path"
+        ) from None
+    os.close(fd)
+    tmp_path = Path(tmp_name)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, _file_mode())
+        os.replace(tmp_path, path)
+    except BaseException as err:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(err, OSError):  # disk full, file system gone read-only, ...
+            reason = err.strerror or err
+            raise OutputPathError(f"cannot write {path} ({reason}); check the output folder") from err
+        raise
+
+
+def write_atomic(path: str | os.PathLike, write_fn: Callable[[Path], None], force: bool = False) -> Path:
+    """Call `write_fn(tmp_path)` and move the result to `path` atomically (see `atomic_output`)."""
+    with atomic_output(path, force) as tmp_path:
+        write_fn(tmp_path)
+    return Path(path)
+
+
+def companion_path(path: str | os.PathLike, name: str) -> Path:
+    """A file next to `path` named after it: companion_path("out.gif", "attention") = out_attention.png."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_{name}.png")
+
+
+def animation_format(path: str | os.PathLike) -> str:
+    """The animation format of a file name: ".gif" or ".mp4" (anything else is an error)."""
+    return check_choice("animation format", Path(path).suffix.lower(), ANIMATION_SUFFIXES)
+
+
+def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False,
+                  animation: str | os.PathLike | None = None) -> None:
+    """Fail before any work if an output (`paths` and `animation`) exists (without `force`), is a folder,
+    or its folder is not writable, or if `animation` is not a .gif/.mp4. `None`s (outputs not asked for)
+    are skipped."""
+    if animation is not None:
+        animation_format(animation)
+    for path in (Path(p) for p in [animation, *paths] if p is not None):
+        if path.is_dir():
+            raise OutputPathError(f"output path {path} is a folder; give a file name")
+        if path.exists() and not force:
+            raise OutputPathError(f"output file {path} already exists; pass --force to overwrite it")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the nearest folder that exists: missing ones are created on write
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputPathError(f"cannot write to folder {folder}; choose a writable output path")

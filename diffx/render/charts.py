@@ -1,0 +1,108 @@
+"""Small inline-SVG line charts of a noise schedule (for the HTML report): ᾱ_t and log-SNR against t,
+every visited step as a dot and a marker the page moves to the current step. Pure: arrays → SVG text."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from diffx.schedules import log_snr
+
+CHART_WIDTH = 340
+
+
+CHART_HEIGHT = 190
+
+
+CHART_MARGIN = {"left": 42, "right": 10, "top": 22, "bottom": 30}
+
+
+class Chart:
+    """Data → SVG coordinates for one small line chart (x = timestep t, y = a schedule quantity)."""
+
+    def __init__(self, x_max: float, y_min: float, y_max: float):
+        self.x_max, self.y_min, self.y_max = x_max, y_min, y_max
+
+    def x(self, t: float) -> float:
+        inner = CHART_WIDTH - CHART_MARGIN["left"] - CHART_MARGIN["right"]
+        return round(CHART_MARGIN["left"] + inner * t / self.x_max, 1)
+
+    def y(self, value: float) -> float:
+        inner = CHART_HEIGHT - CHART_MARGIN["top"] - CHART_MARGIN["bottom"]
+        return round(CHART_MARGIN["top"] + inner * (self.y_max - value) / (self.y_max - self.y_min), 1)
+
+
+def schedule_charts(curves: dict[str, np.ndarray], visited: Sequence[tuple[np.ndarray, np.ndarray]],
+                    colours: Sequence[str]) -> tuple[str, list[dict[str, list[list[float]]]]]:
+    """Two charts, ᾱ_t and log-SNR against t: the schedule curves (name → ᾱ over all training timesteps),
+    every visited (timesteps, ᾱ) step of each column as dots in its colour, and a marker per column at its
+    first step. Returns the SVG and, per column, the marker positions of every step by chart id."""
+    x_max = max(len(abar) - 1 for abar in curves.values())
+    markers: list[dict[str, list[list[float]]]] = [{} for _ in visited]
+    snr_values = np.concatenate([log_snr(a) for a in curves.values()] + [log_snr(a) for _, a in visited])
+    charts = {
+        "abar": ("ᾱ_t — how much signal is left", Chart(x_max, 0.0, 1.0), lambda a: a, (0.0, 0.5, 1.0)),
+        "lsnr": ("log-SNR λ_t = log(ᾱ_t / (1 − ᾱ_t))",
+                 Chart(x_max, math.floor(snr_values.min()), math.ceil(snr_values.max())), log_snr, None),
+    }
+    svgs = []
+    for chart_id, (title, chart, transform, y_ticks) in charts.items():
+        if y_ticks is None:
+            y_ticks = nice_ticks(chart.y_min, chart.y_max)
+        parts = [f'<svg viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="{html.escape(title)} '
+                 f'against the timestep t, with the current step marked">',
+                 f'<text class="title" x="{CHART_MARGIN["left"]}" y="14">{html.escape(title)}</text>']
+        parts += axes_svg(chart, y_ticks)
+        for line_index, abar in enumerate(curves.values()):
+            stride = max(1, len(abar) // 250)
+            points = " ".join(f"{chart.x(t)},{chart.y(v)}" for t, v in
+                              zip(range(0, len(abar), stride), transform(abar[::stride]), strict=True))
+            dash = ' stroke-dasharray="5 3"' if line_index else ""
+            parts.append(f'<polyline points="{points}" fill="none" stroke="#8c94a3" stroke-width="1.6"{dash}/>')
+        for c, ((timesteps, abar), colour) in enumerate(zip(visited, colours, strict=True)):
+            values = transform(abar)
+            coords = [[chart.x(t), chart.y(v)] for t, v in zip(timesteps, values, strict=True)]
+            markers[c][chart_id] = coords
+            parts += [f'<circle cx="{x}" cy="{y}" r="2.2" fill="{colour}" fill-opacity="0.45"/>' for x, y in coords]
+            parts.append(f'<line data-marker-col="{c}" data-chart="{chart_id}" x1="{coords[0][0]}" '
+                         f'x2="{coords[0][0]}" y1="{CHART_MARGIN["top"]}" '
+                         f'y2="{CHART_HEIGHT - CHART_MARGIN["bottom"]}" stroke="{colour}" stroke-opacity="0.35" '
+                         'stroke-dasharray="3 3"/>')
+            parts.append(f'<circle data-marker-col="{c}" data-chart="{chart_id}" cx="{coords[0][0]}" '
+                         f'cy="{coords[0][1]}" r="5.5" fill="#fff" stroke="{colour}" stroke-width="2.5"/>')
+        parts.append("</svg>")
+        svgs.append("".join(parts))
+    legend = ""
+    if len(curves) > 1:
+        legend = ('<p class="legend">Curves: ' + ", ".join(
+            f"{html.escape(name)} ({'dashed' if i else 'solid'})" for i, name in enumerate(curves)) + "</p>")
+    return "\n".join(svgs) + legend, markers
+
+
+def axes_svg(chart: Chart, y_ticks: Sequence[float]) -> list[str]:
+    left, bottom = CHART_MARGIN["left"], CHART_HEIGHT - CHART_MARGIN["bottom"]
+    right = CHART_WIDTH - CHART_MARGIN["right"]
+    parts = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#c3c9d4"/>',
+             f'<line x1="{left}" y1="{CHART_MARGIN["top"]}" x2="{left}" y2="{bottom}" stroke="#c3c9d4"/>']
+    for tick in nice_ticks(0, chart.x_max, count=4):
+        x = chart.x(tick)
+        parts.append(f'<line x1="{x}" y1="{bottom}" x2="{x}" y2="{bottom + 4}" stroke="#c3c9d4"/>'
+                     f'<text x="{x}" y="{bottom + 15}" text-anchor="middle">{tick:g}</text>')
+    parts.append(f'<text x="{right}" y="{CHART_HEIGHT - 2}" text-anchor="end">timestep t</text>')
+    for tick in y_ticks:
+        y = chart.y(tick)
+        parts.append(f'<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#eceff4"/>'
+                     f'<text x="{left - 5}" y="{y + 4}" text-anchor="end">{tick:g}</text>')
+    return parts
+
+
+def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
+    """About `count` round tick values (steps of 1, 2, 2.5 or 5 × 10^k) between `low` and `high`."""
+    raw = (high - low) / max(count, 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step) * step
+    return [round(first + i * step, 10) for i in range(int((high - first) / step + 1e-9) + 1)]

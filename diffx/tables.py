@@ -1,0 +1,72 @@
+"""Tables: how CLIP reads a prompt (for the terminal and the HTML report), and which models diffx finds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from diffx.models.tokenizer import CONTEXT_LENGTH, END_TOKEN, START_TOKEN, TokenizedPrompt
+
+if TYPE_CHECKING:
+    from diffx.discovery import ModelSource
+
+
+@dataclass(frozen=True)
+class WordRow:
+    """One prompt word as the text encoder reads it; no positions = cut by the 77-token window."""
+
+    word: str
+    positions: list[int]
+    tokens: list[str]
+    ids: list[int]
+
+
+def word_rows(words: Sequence[str], tokens: Sequence[str], ids: Sequence[int],
+              word_ids: Sequence[int | None]) -> Iterator[WordRow]:
+    """Each word → its BPE tokens, their ids and positions in the window (`TokenizedPrompt` fields, or
+    their copies in a trace's metadata)."""
+    for index, word in enumerate(words):
+        positions = [p for p, w in enumerate(word_ids) if w == index]
+        yield WordRow(word, positions, [tokens[p] for p in positions], [ids[p] for p in positions])
+
+
+def _span(positions: list[int]) -> str:
+    return str(positions[0]) if len(positions) == 1 else f"{positions[0]}–{positions[-1]}"
+
+
+def tokens_table(tokenized: TokenizedPrompt) -> Table:
+    """How CLIP reads a prompt: each word → its BPE tokens → their ids → their positions in the 77-token
+    window, with the start, end and padding tokens, and what the 77-token cap cut off."""
+    table = Table(title=f"{tokenized.num_tokens} of {CONTEXT_LENGTH} tokens used",
+                  caption=f"cut by the {CONTEXT_LENGTH}-token limit: {tokenized.truncated_text!r}"
+                  if tokenized.truncated_tokens else None, caption_style="yellow")
+    for column in ("word", "BPE tokens", "ids", "positions"):
+        table.add_column(column)
+    last = tokenized.num_tokens - 1
+    table.add_row("(start)", START_TOKEN, str(tokenized.ids[0]), "0", style="dim")
+    for row in word_rows(tokenized.words, tokenized.tokens, tokenized.ids, tokenized.word_ids):
+        if row.positions:
+            table.add_row(row.word, " ".join(row.tokens), " ".join(map(str, row.ids)), _span(row.positions))
+    table.add_row("(end)", END_TOKEN, str(tokenized.ids[last]), str(last), style="dim")
+    if last < CONTEXT_LENGTH - 1:
+        table.add_row("(padding)", f"{END_TOKEN} × {CONTEXT_LENGTH - 1 - last}", str(tokenized.ids[-1]),
+                      _span([last + 1, CONTEXT_LENGTH - 1]), style="dim")
+    if tokenized.truncated_tokens:
+        table.add_row("(cut)", " ".join(tokenized.truncated_tokens), "", "", style="yellow")
+    return table
+
+
+def models_table(sources: Sequence[ModelSource]) -> Table:
+    """The models found on disk (`diffx.discovery.find_models()`), the default one first."""
+    table = Table(title="models", caption=None if sources else
+                  "no model found; pass --model PATH, set DIFFX_MODEL or put a checkpoint in data/")
+    table.add_column("")
+    table.add_column("path", overflow="fold")  # a path is only useful whole
+    table.add_column("format")
+    table.add_column("description")
+    for number, source in enumerate(sources):
+        table.add_row("default" if number == 0 else "", str(source.path), source.format, source.description)
+    return table

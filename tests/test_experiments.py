@@ -1,0 +1,88 @@
+"""Experiments: the forward process on a picture, CFG sweeps and comparisons (tiny model)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffx import experiments
+from diffx.errors import InvalidArgumentError
+from diffx.models.configs import tiny
+from diffx.models.stable_diffusion import build
+from diffx.pipeline import GenerationSettings, generate
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build(tiny()).eval()
+
+
+def _settings(**changes) -> GenerationSettings:
+    return GenerationSettings(**{"prompt": "a red circle", "steps": STEPS, "height": 32, "width": 32, **changes})
+
+
+def test_noise_views_pixel_space():
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    result = experiments.noise_views(picture, schedules=("linear",), timesteps=(0, 999), panel=32, num_frames=5)
+    assert len(result.frames) == 5 and len({f.size for f in result.frames}) == 1
+    grid = np.asarray(result.grid).astype(int)
+    # x_0 at t = 0 is almost the picture (noise scale √β_0 = 0.01): find it in the grid.
+    rows, cols = np.nonzero(np.abs(grid[:, :, 0] - np.asarray(picture)[0, 0, 0]) <= 6)
+    errors = [np.abs(grid[r:r + 32, c:c + 32] - np.asarray(picture)).mean()
+              for r, c in zip(rows, cols, strict=True) if r + 32 <= grid.shape[0] and c + 32 <= grid.shape[1]]
+    assert min(errors) < 2  # about 1.3 grey levels of noise
+    assert isinstance(result.schedule_plot, Image.Image)
+    with pytest.raises(InvalidArgumentError, match="needs a model"):
+        experiments.noise_views(picture, latent_space=True)
+    with pytest.raises(InvalidArgumentError, match="unknown schedule"):
+        experiments.noise_views(picture, schedules=("quadratic",))
+
+
+def test_noise_views_latent_space_has_preview_and_decode_rows(model):
+    picture = Image.new("RGB", (32, 32), (200, 30, 30))
+    pixel = experiments.noise_views(picture, schedules=("cosine",), timesteps=(0, 500), num_frames=2)
+    latent = experiments.noise_views(picture, schedules=("cosine",), timesteps=(0, 500), latent_space=True, model=model,
+                               num_frames=2)
+    assert latent.grid.width >= pixel.grid.width  # longer row labels
+    assert latent.grid.height > pixel.grid.height  # two rows per schedule
+    with pytest.raises(InvalidArgumentError, match="multiples of 2"):
+        experiments.noise_views(Image.new("RGB", (31, 31)), latent_space=True, model=model)
+
+
+def test_cfg_sweep_columns_are_plain_generations(model):
+    sweep = experiments.cfg_sweep(model, _settings(), [1, 7.5], rows_steps=[1, 3], panel=32)
+    alone = generate(model, _settings(guidance=7.5))
+    assert np.array_equal(sweep.generations[1].images[0], alone.images[0])
+    assert not np.array_equal(sweep.generations[0].images[0], sweep.generations[1].images[0])
+    assert len(sweep.frames) == STEPS + 1 and len({f.size for f in sweep.frames}) == 1
+    no_rows = experiments.cfg_sweep(model, _settings(steps=1), [1, 7.5], panel=32).grid
+    assert sweep.grid.height > no_rows.height + 2 * 32  # two rows of x̂0
+    with pytest.raises(InvalidArgumentError, match="guidance must be >= 0"):
+        experiments.cfg_sweep(model, _settings(), [-1])
+
+
+def test_parse_axis_types_and_errors():
+    assert experiments.parse_axis("steps=5, 10") == ("steps", [5, 10])
+    assert experiments.parse_axis("guidance=1,7.5") == ("guidance", [1.0, 7.5])
+    assert experiments.parse_axis("karras=true,off") == ("karras", [True, False])
+    with pytest.raises(InvalidArgumentError, match="unknown comparison axis"):
+        experiments.parse_axis("colour=red")
+    with pytest.raises(InvalidArgumentError, match="not a int"):
+        experiments.parse_axis("steps=five")
+    with pytest.raises(InvalidArgumentError, match="no values"):
+        experiments.parse_axis("steps=")
+
+
+def test_compare_grid_and_cells(model):
+    result = experiments.compare(model, _settings(), x=("sampler", ["ddim", "heun"]), y=("steps", [1, 2]), panel=32)
+    assert [[g.settings[0].sampler for g in row] for row in result.generations] == [["ddim", "heun"]] * 2
+    assert [[g.settings[0].steps for g in row] for row in result.generations] == [[1, 1], [2, 2]]
+    assert result.grid.width > 2 * 32 and result.grid.height > 2 * 32
+    with pytest.raises(InvalidArgumentError, match="both axes"):
+        experiments.compare(model, _settings(), x=("steps", [1]), y=("steps", [2]))
+    with pytest.raises(InvalidArgumentError, match="unknown sampler"):  # checked before any generation
+        experiments.compare(model, _settings(), x=("sampler", ["ddim", "plms"]), y=None)

@@ -1,0 +1,41 @@
+"""Tables: how CLIP reads a prompt, and the models diffx finds."""
+
+from diffx.discovery import ModelSource
+from rich.console import Console
+
+from diffx import tables
+from diffx.models.tokenizer import ClipTokenizer
+
+
+def _render(table) -> str:
+    console = Console(record=True, width=200)
+    console.print(table)
+    return console.export_text()
+
+
+def test_word_rows_map_words_to_tokens_and_cut_words_have_none():
+    tokenized = ClipTokenizer.default().encode("a red circle")
+    rows = list(tables.word_rows(tokenized.words, tokenized.tokens, tokenized.ids, tokenized.word_ids))
+    assert [row.word for row in rows] == ["a", "red", "circle"]
+    assert rows[1].positions == [2] and rows[1].tokens == ["red</w>"] and rows[1].ids == [tokenized.ids[2]]
+    cut = list(tables.word_rows(["a", "b"], ["<|startoftext|>", "a</w>"], [1, 2], [None, 0]))
+    assert cut[1].positions == [] and cut[1].tokens == []
+
+
+def test_tokens_table_shows_words_tokens_ids_positions():
+    tokenizer = ClipTokenizer.default()
+    text = _render(tables.tokens_table(tokenizer.encode("a red circle")))
+    assert "5 of 77 tokens" in text
+    assert "circle</w>" in text and "7117" in text
+    assert "49406" in text and "5–76" in text  # start id, padding positions
+    long = tokenizer.encode(" ".join(["red"] * 80))
+    text = _render(tables.tokens_table(long))
+    assert "77 of 77 tokens" in text and "cut by the 77-token limit" in text
+
+
+def test_models_table_marks_the_default(tmp_path):
+    sources = [ModelSource(tmp_path / "a", "diffx", "diffx folder (tiny)"),
+               ModelSource(tmp_path / "b", "diffusers", "diffusers folder")]
+    text = _render(tables.models_table(sources))
+    assert text.index("default") < text.index(str(tmp_path / "b"))
+    assert "no model found" in _render(tables.models_table([]))
