@@ -1,0 +1,195 @@
+"""The data behind the report page (`diffx.report`): one "column" of precomputed frames per trace —
+x_t, x̂0, ε̂, ε_c − ε_u and attention heatmaps as WebP data URIs — and the schedule charts' markers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import matplotlib
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from diffx.errors import InvalidArgumentError
+from diffx.models.configs import SchedulerConfig
+from diffx.pipeline import schedule_from_config
+from diffx.render.charts import schedule_charts
+from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
+from diffx.render.latents import visualize_noise
+from diffx.trace import Trace
+from diffx.views import format_timestep, latent_preview
+
+if TYPE_CHECKING:
+    from diffx.models.stable_diffusion import StableDiffusion
+
+
+WEBP_QUALITY = 75
+
+
+DECODED_SIZE = 256  # longest side of VAE-decoded pictures in the page, in pixels
+
+
+COLORMAP = "viridis"
+
+
+COLUMN_COLOURS = ("#d1495b", "#1b7f8c", "#e08e0b", "#5a8f3c", "#6a4c93", "#2e4057")
+
+
+# Settings that may differ between the traces of one page, in the order they label the columns.
+COLUMN_KEYS = ("guidance", "seed", "sampler", "schedule", "spacing", "karras", "eta", "strength", "steps",
+               "prompt", "negative_prompt")
+
+
+def check_traces(traces: Sequence[Trace] | Trace) -> list[Trace]:
+    traces = [traces] if isinstance(traces, Trace) else list(traces)
+    if not traces:
+        raise InvalidArgumentError("no traces to report; pass at least one trace file")
+    lengths = sorted({trace.num_steps for trace in traces})
+    if len(lengths) > 1:
+        raise InvalidArgumentError(
+            f"the traces have different numbers of steps ({', '.join(map(str, lengths))}); a report compares "
+            "traces step by step, so give traces made with the same --steps")
+    if lengths[0] == 0:
+        raise InvalidArgumentError("the trace has no steps; record one with `diffx trace`")
+    return traces
+
+
+def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None) -> dict:
+    """Every frame and number one column of the page shows, for each step (lists indexed by step)."""
+    tensors = trace.tensors
+    steps = range(trace.num_steps)
+    frames: dict[str, list[str]] = {}
+    if "latents" in tensors:
+        frames["xt"] = [data_uri(latent_preview(trace, "latents", s)) for s in steps]
+    # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
+    decoded = trace.decoded_steps()
+    if model is not None and "x0" in tensors:
+        decoded = dict(enumerate(trace.decoded_x0(steps, model)))
+    if "x0" in tensors:
+        frames["x0"] = [data_uri(fit_picture(decoded[s])) if s in decoded else
+                        data_uri(latent_preview(trace, "x0", s)) for s in steps]
+    if "eps" in tensors:
+        frames["eps"] = [data_uri(visualize_noise(tensors["eps"][s])) for s in steps]
+    if "eps_cond" in tensors and "eps_uncond" in tensors:
+        frames["guide"] = [data_uri(visualize_noise(tensors["eps_cond"][s].float() - tensors["eps_uncond"][s].float()))
+                           for s in steps]
+    return {
+        "label": label,
+        "guidance": trace.meta.get("settings", {}).get("guidance"),
+        "colour": COLUMN_COLOURS[index % len(COLUMN_COLOURS)],
+        "words": trace.words,
+        "info": [_step_info(trace, s) for s in steps],
+        "frames": frames,
+        "x0_decoded": [s in decoded for s in steps],
+        "heat": _attention_frames(trace) if "attention" in tensors else None,
+        "aspect": _aspect(trace),
+        "image": data_uri(fit_picture(tensors["image"].numpy())) if "image" in tensors else None,
+    }
+
+
+def _attention_frames(trace: Trace) -> dict[str, list[list[str]]]:
+    """Heatmaps scale -> word -> step, for both colour scales of `normalize_maps`.
+
+    "word": each word's map stretched to its own range (its shape is always visible); "shared": one
+    range over all words of the step (a word that gets little attention stays dark).
+    """
+    words = trace.words
+    frames: dict[str, list[list[str]]] = {scale: [[] for _ in words] for scale in NORMALIZE_SCALES}
+    for step in range(trace.num_steps):
+        maps = trace.word_maps(step)  # (words, a, a')
+        for scale in NORMALIZE_SCALES:
+            for word, values in enumerate(normalize_maps(maps, scale)):
+                frames[scale][word].append(data_uri(heatmap(values, 0.0, 1.0, cmap=COLORMAP)))
+    return frames
+
+
+def data_uri(picture: np.ndarray) -> str:
+    """A uint8 (H, W, 3) picture as a lossy-WebP data: URI."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="WEBP", quality=WEBP_QUALITY, method=4)
+    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def fit_picture(picture: np.ndarray, size: int = DECODED_SIZE) -> np.ndarray:
+    """Downscale a decoded picture so its longest side is at most `size` (Lanczos, no upscaling)."""
+    height, width = picture.shape[:2]
+    scale = size / max(height, width)
+    if scale >= 1:
+        return picture
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(picture).resize(new_size, Image.Resampling.LANCZOS))
+
+
+def _aspect(trace: Trace) -> str:
+    settings = trace.meta.get("settings", {})
+    if settings.get("width") and settings.get("height"):
+        return f"{settings['width']} / {settings['height']}"
+    height, width = trace.tensors["latents"].shape[-2:] if "latents" in trace.tensors else (1, 1)
+    return f"{width} / {height}"
+
+
+def _step_info(trace: Trace, step: int) -> str:
+    tensors = trace.tensors
+    return (f"t = {format_timestep(float(tensors['timesteps'][step]))} · σ = {float(tensors['sigmas'][step]):.4g} · "
+            f"ᾱ = {float(tensors['alphas_cumprod'][step]):.4g}")
+
+
+def column_label(traces: list[Trace], trace: Trace, index: int) -> str:
+    """Name a column by the settings that differ between the traces ("guidance 7.5"), else by number;
+    a lone trace by its guidance and seed."""
+    settings = [t.meta.get("settings", {}) for t in traces]
+    differing = [key for key in COLUMN_KEYS if len({json.dumps(s.get(key)) for s in settings}) > 1]
+    if len(traces) == 1:
+        differing = ["guidance", "seed"]
+    elif not differing:
+        return f"trace {index + 1}"
+    own = trace.meta.get("settings", {})
+    return " · ".join(f"{key.replace('_', ' ')} {format_value(own.get(key))}" for key in differing)
+
+
+def default_word(words: list[str]) -> int:
+    """The word selected when the page opens: the longest one, usually a noun the image is about."""
+    return max(range(len(words)), key=lambda i: (len(words[i]), -i))
+
+
+def colorbar_css() -> str:
+    """The colormap as a CSS gradient, for the legend next to the attention controls."""
+    stops = ", ".join(matplotlib.colors.to_hex(matplotlib.colormaps[COLORMAP](v)) for v in np.linspace(0, 1, 9))
+    return f"linear-gradient(to right, {stops})"
+
+
+def _train_alphas_cumprod(meta: dict) -> Tensor:
+    """ᾱ_t for every training timestep of the trace's schedule (as `diffx.pipeline.schedule_for` picks it)."""
+    config = SchedulerConfig(**meta.get("model", {}).get("config", {}).get("scheduler", {}))
+    name = meta.get("settings", {}).get("schedule") or config.beta_schedule
+    return schedule_from_config(config, name).alphas_cumprod
+
+
+def schedule_charts_html(traces: list[Trace], columns: list[dict]) -> str:
+    """The schedule charts of `diffx.render.charts` for these traces; stores each column's markers."""
+    curves = {}  # schedule name -> ᾱ over all training timesteps
+    for trace in traces:
+        curves.setdefault(trace.meta.get("settings", {}).get("schedule", "schedule"),
+                          _train_alphas_cumprod(trace.meta).double().numpy())
+    visited = [(trace.tensors["timesteps"].double().numpy(), trace.tensors["alphas_cumprod"].double().numpy())
+               for trace in traces]
+    svg, markers = schedule_charts(curves, visited, [column["colour"] for column in columns])
+    for column, column_markers in zip(columns, markers, strict=True):
+        column["markers"] = column_markers
+    return svg
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return shorten(value, 40)
+    return str(value)
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
