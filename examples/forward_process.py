@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffx import views
+from diffx import experiments
 from diffx.embedded.shapes import make_scene, render
 from diffx.render import save_png
 from diffx.schedules import BETA_SCHEDULES, NoiseSchedule
@@ -19,7 +19,7 @@ from diffx.schedules import BETA_SCHEDULES, NoiseSchedule
 
 def main(out_dir: Path) -> dict[str, float]:
     picture = render(make_scene(np.random.default_rng(7)), size=64)
-    noise = views.noise_views(picture, timesteps=(0, 100, 250, 500, 750, 999))
+    noise = experiments.noise_views(picture, timesteps=(0, 100, 250, 500, 750, 999))
     save_png(noise.grid, out_dir / "forward_process.png", force=True)
     save_png(noise.schedule_plot, out_dir / "schedules.png", force=True)
     return {name: float(NoiseSchedule.create(name).sqrt_alphas_cumprod[500]) for name in BETA_SCHEDULES}

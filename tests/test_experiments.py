@@ -1,5 +1,7 @@
 """Experiments: the forward process on a picture, CFG sweeps and comparisons (tiny model)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from PIL import Image
 from diffx import experiments
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import tiny
-from diffx.models.stable_diffusion import build
+from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.pipeline import GenerationSettings, generate
 
 STEPS = 3
@@ -86,3 +88,14 @@ def test_compare_grid_and_cells(model):
         experiments.compare(model, _settings(), x=("steps", [1]), y=("steps", [2]))
     with pytest.raises(InvalidArgumentError, match="unknown sampler"):  # checked before any generation
         experiments.compare(model, _settings(), x=("sampler", ["ddim", "plms"]), y=None)
+
+
+def test_noise_views_latent_preview_uses_the_models_bias(model):
+    """The fast preview row of `noise --latent` uses the model's fitted factors *and* bias (one reader)."""
+    picture = Image.new("RGB", (32, 32), (200, 40, 40))
+    biased = replace(model.config.vae, latent_rgb_factors=((0.0, 0.0, 0.0),) * 4, latent_rgb_bias=(0.5, -0.5, 0.0))
+    shifted = StableDiffusion(**{**model.__dict__, "config": replace(model.config, vae=biased)})
+    grid = np.asarray(experiments.noise_views(picture, schedules=("linear",), timesteps=(0,), latent_space=True,
+                                              model=shifted, panel=32, num_frames=2).grid)
+    preview_colours = {tuple(c) for c in grid.reshape(-1, 3)}
+    assert (191, 64, 128) in preview_colours  # rgb = 0·latent + bias, in [-1, 1] → uint8
