@@ -165,7 +165,7 @@ def test_missing_model_bad_paths_and_debug(run, fast, tmp_path):
     (tmp_path / "folder").mkdir()
     refused(run("denoise", "--out", "folder", *fast), "is a folder")
     refused(run("trace", "--gif", "x.webm", *fast), "animation format")
-    result = run("denoise", "--model", "no/such/model", "--debug")
+    result = run("--debug", "denoise", "--model", "no/such/model")
     assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError)  # the error itself
 
 

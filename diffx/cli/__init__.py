@@ -1,0 +1,23 @@
+"""The `diffx` command line (`diffx = "diffx.cli:app"`). Each command parses its options, calls the
+documented Python API (`diffx.views`, `diffx.pipeline`, `diffx.weights`, …) and prints with rich.
+
+Results go to stdout; progress, warnings and errors to stderr. A user error (`DiffxError`) prints one
+line `error: …` and exits with code 2; `diffx --debug <command> …` shows the traceback instead. torch,
+matplotlib and the models are imported inside the commands, so `diffx --help` answers at once.
+
+- core.py: the app, its `--debug` option, errors and warnings, `command` (registration)
+- options.py: the shared options and the option groups (model, sampling, input picture)
+- progress.py: the per-step progress bar
+- generate.py: denoise, trace, render · experiments.py: noise, cfg-sweep, compare
+- info.py: tokens, models, report · train.py: train
+"""
+
+from diffx.cli import experiments, generate, info, train
+from diffx.cli.core import app, command
+
+__all__ = ["app"]
+
+# The commands, in the order `diffx --help` lists them.
+for function in (experiments.noise, generate.denoise, generate.trace, generate.render, experiments.cfg_sweep,
+                 experiments.compare, info.tokens, info.models, train.train, info.report):
+    command(function)

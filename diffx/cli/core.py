@@ -1,0 +1,81 @@
+"""The `diffx` app itself: its consoles, the app-level `--debug` option, how errors and warnings are
+shown, and `command`, which registers a function as a subcommand.
+
+Results go to stdout (`OUT`); progress, warnings and errors to stderr (`ERR`). A user error
+(`DiffxError`) raised by any command prints one line `error: …` and exits with code 2; with
+`diffx --debug …` it propagates with its traceback instead.
+"""
+
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from diffx.errors import DiffxError
+
+OUT = Console(highlight=False)  # results
+ERR = Console(stderr=True, highlight=False)  # progress, warnings, errors
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """diffx's own warnings (e.g. a truncated prompt) as one yellow line; others as Python prints them."""
+    if category.__module__.startswith("diffx"):
+        ERR.print(f"[yellow]warning: {escape(str(message))}[/]", soft_wrap=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+class DiffxGroup(TyperGroup):
+    """The `diffx` command group: runs a subcommand with diffx's warnings shown as one line each and a
+    `DiffxError` turned into `error: <message>` on stderr and exit code 2 (unless `--debug` was given)."""
+
+    def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except DiffxError as error:
+                if ctx.params.get("debug"):
+                    raise
+                ERR.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+                raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    name="diffx",
+    cls=DiffxGroup,
+    help="Stable Diffusion from scratch, traced step by step: noise, denoising, guidance and attention as "
+         "GIFs and grids.",
+    epilog='Example: diffx trace --prompt "a red circle" --gif out.gif',
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")] = False,
+) -> None:
+    """Options for every command, given before its name: `diffx --debug trace …`. (DiffxGroup reads them.)"""
+
+
+def command(function: Callable) -> Callable:
+    """Register `function` as a subcommand named after it (`cfg_sweep` → `cfg-sweep`). Its docstring is
+    the help; the part from "Example:" on goes last in its --help, as a runnable example."""
+    description, _, example = function.__doc__.partition("Example:")
+    return app.command(help=description.strip(), epilog=f"Example: {example.strip()}")(function)
+
+
+def print_written(paths: list[Path | None]) -> None:
+    """`wrote <path>` on stdout for each file written (None: not asked for)."""
+    for path in paths:
+        if path is not None:
+            OUT.print(f"wrote {path}", soft_wrap=True)

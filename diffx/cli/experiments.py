@@ -1,0 +1,200 @@
+"""The commands that run an experiment over many settings: `noise` (the forward process under several
+β schedules), `cfg-sweep` (one image per guidance weight) and `compare` (a grid over two settings).
+
+Each parses its options, calls `diffx.views` and prints what it wrote; the heavy modules are imported
+inside the commands, so `diffx --help` answers at once.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffx.cli.core import print_written
+from diffx.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    ForceOpt,
+    FrameMsOpt,
+    GifOpt,
+    GuidanceOpt,
+    HtmlOpt,
+    KarrasOpt,
+    ModelChoice,
+    ModelOpt,
+    NegativeOpt,
+    OutOpt,
+    PreviewOpt,
+    PromptOpt,
+    SamplerOpt,
+    SamplingChoice,
+    ScheduleOpt,
+    SeedOpt,
+    SizeOpt,
+    SpacingOpt,
+    StepsOpt,
+    check_view_options,
+    parse_list,
+    parse_size,
+)
+from diffx.cli.progress import StepProgress
+from diffx.files import check_outputs, companion_path
+
+NOISE_MAX_SIDE = 256  # `diffx noise` shrinks larger pictures to this (pixel space, no --size)
+
+
+def noise(
+    image: Annotated[Path, typer.Argument(help="The picture to noise (PNG, JPEG, …).", show_default=False)],
+    out: OutOpt = None,
+    gif: GifOpt = None,
+    schedules: Annotated[str, typer.Option(help="β schedules, comma-separated (grid rows).")] = (
+        "linear,scaled_linear,cosine"),
+    timesteps: Annotated[str, typer.Option(help="Timesteps, comma-separated (grid columns).")] = (
+        "0,100,250,500,750,999"),
+    latent: Annotated[bool, typer.Option("--latent", help="Noise the VAE latent (needs a model), not the pixels.")
+                      ] = False,
+    sampler: Annotated[str | None, typer.Option(
+        help="Mark the timesteps this sampler visits on the schedule plot.", show_default=False)] = None,
+    steps: StepsOpt = None,
+    spacing: SpacingOpt = None,
+    karras: KarrasOpt = False,
+    seed: SeedOpt = 0,
+    size: Annotated[str | None, typer.Option(
+        help=f"Resize the picture: 512 or WIDTHxHEIGHT. Default: the model's size with --latent, else the "
+             f"picture's own, shrunk to fit {NOISE_MAX_SIDE} px.", show_default=False)] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    frame_ms: FrameMsOpt = 100,
+    force: ForceOpt = False,
+) -> None:
+    """Noise a picture with the forward process q(x_t | x_0), for several β schedules.
+
+    Writes x_t at the chosen timesteps, one row per schedule (--out, default noise.png), the schedule
+    curves with the timesteps a --sampler visits marked (<out>_schedules.png), and with --gif an
+    animation from x_0 to x_T.
+
+    Example: diffx noise photo.png --out noise.png --gif noise.gif --sampler ddim --steps 25
+    """
+    from diffx import experiments
+    from diffx.images import load_image
+    from diffx.render import save_animation, save_png
+
+    out = out or Path("noise.png")
+    plot_path = companion_path(out, "schedules")
+    check_outputs([out, plot_path], force, gif)
+    schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
+    loaded = ModelChoice(model, device, dtype).load() if latent or model else None
+    width, height = parse_size(size)
+    if width is None and latent:
+        width = height = loaded.config.image_size
+    picture = load_image(image, None if width is None else (width, height))
+    if width is None:
+        picture.thumbnail((NOISE_MAX_SIDE, NOISE_MAX_SIDE))
+    timestep_list = parse_list(timesteps, int, "--timesteps")
+    result = experiments.noise_views(picture, schedule_names, timestep_list, latent_space=latent, model=loaded,
+                                     seed=seed, sampler=sampler, steps=steps, spacing=spacing, karras=karras)
+    save_png(result.grid, out, force)
+    save_png(result.schedule_plot, plot_path, force)
+    if gif is not None:
+        save_animation(result.frames, gif, frame_ms, force)
+    print_written([out, plot_path, gif])
+
+
+def cfg_sweep(
+    prompt: PromptOpt = "",
+    scales: Annotated[str, typer.Option(help="Guidance weights w, comma-separated.")] = "1,3,5,7.5,10,15",
+    rows_steps: Annotated[str | None, typer.Option(
+        help="Add rows of x̂0 at these step numbers, e.g. 5,10,20.", show_default=False)] = None,
+    out: OutOpt = None,
+    gif: GifOpt = None,
+    html: HtmlOpt = None,
+    negative_prompt: NegativeOpt = "",
+    sampler: SamplerOpt = None,
+    schedule: ScheduleOpt = None,
+    spacing: SpacingOpt = None,
+    karras: KarrasOpt = False,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    preview: PreviewOpt = "fast",
+    frame_ms: FrameMsOpt = 100,
+    force: ForceOpt = False,
+) -> None:
+    """Sweep the classifier-free guidance weight w in ε̂ = ε_u + w (ε_c − ε_u).
+
+    Same seed and sampler for every w: one column per w (--out, default cfg_sweep.png), optional rows
+    of x̂0 at --rows-steps, and with --gif the columns side by side at every step.
+
+    Example: diffx cfg-sweep --prompt "a red circle" --scales 1,3,5,7.5,10,15 --gif cfg.gif
+    """
+    from diffx import experiments
+    from diffx.render import save_animation, save_png
+    from diffx.trace import TraceOptions
+
+    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
+    check_view_options(preview)
+    out = out or Path("cfg_sweep.png")
+    check_outputs([out, html], force, gif)
+    weights = parse_list(scales, float, "--scales")
+    chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps else None
+    loaded = ModelChoice(model, device, dtype).load()
+    settings = sampling.settings(prompt)
+    with StepProgress(runs=len(weights)) as progress:
+        record = TraceOptions() if html is not None else experiments.TRACE_RECORD_X0
+        sweep = experiments.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress, record=record)
+    save_png(sweep.grid, out, force)
+    if gif is not None:
+        save_animation(sweep.frames, gif, frame_ms, force)
+    if html is not None:
+        from diffx.report import write_report
+
+        write_report([g.traces[0] for g in sweep.generations], html, force, model=loaded)
+    print_written([out, gif, html])
+
+
+def compare(
+    x: Annotated[str, typer.Option(
+        "--x", help="Columns: SETTING=V1,V2,… with SETTING one of sampler, steps, schedule, guidance, seed, "
+                    "karras, spacing.")] = "sampler=ddim,euler,dpmpp_2m",
+    y: Annotated[str | None, typer.Option("--y", help="Rows, written like --x.", show_default=False)] = None,
+    prompt: PromptOpt = "",
+    out: OutOpt = None,
+    negative_prompt: NegativeOpt = "",
+    sampler: SamplerOpt = None,
+    schedule: ScheduleOpt = None,
+    spacing: SpacingOpt = None,
+    karras: KarrasOpt = False,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    guidance: GuidanceOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    force: ForceOpt = False,
+) -> None:
+    """Compare settings: one image per combination of two of them, everything else fixed.
+
+    Writes a labelled grid (--out, default compare.png) with the model evaluations and the time of
+    each cell.
+
+    Example: diffx compare --prompt "a red circle" --x sampler=ddim,euler,dpmpp_2m --y steps=5,10,25
+    """
+    from diffx import experiments
+    from diffx.render import save_png
+
+    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
+    out = out or Path("compare.png")
+    check_outputs([out], force)
+    x_axis = experiments.parse_axis(x)
+    y_axis = experiments.parse_axis(y) if y else None
+    loaded = ModelChoice(model, device, dtype).load()
+    settings = sampling.settings(prompt, guidance)
+    with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:
+        comparison = experiments.compare(loaded, settings, x_axis, y_axis, progress)
+    save_png(comparison.grid, out, force)
+    print_written([out])

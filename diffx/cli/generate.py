@@ -1,0 +1,227 @@
+"""The commands that run (or re-render) one generation: `denoise`, `trace`, `render`.
+
+Each parses its options, calls the library (`diffx.pipeline`, `diffx.trace`, `diffx.views`) and prints
+what it wrote. The heavy modules are imported inside the commands, so `diffx --help` answers at once.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from diffx.cli.core import print_written
+from diffx.cli.options import (
+    AttnScaleOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ForceOpt,
+    FrameMsOpt,
+    GifOpt,
+    GuidanceOpt,
+    HtmlOpt,
+    ImageOpt,
+    InitImageChoice,
+    KarrasOpt,
+    MaskOpt,
+    ModelChoice,
+    ModelOpt,
+    NegativeOpt,
+    OutOpt,
+    PreviewOpt,
+    PromptOpt,
+    SamplerOpt,
+    SamplingChoice,
+    ScheduleOpt,
+    SeedOpt,
+    SizeOpt,
+    SpacingOpt,
+    StepsOpt,
+    StrengthOpt,
+    TimestepOpt,
+    check_view_options,
+)
+from diffx.cli.progress import StepProgress
+from diffx.errors import InvalidArgumentError
+from diffx.files import check_outputs, companion_path
+
+if TYPE_CHECKING:
+    from diffx.models.stable_diffusion import StableDiffusion
+    from diffx.pipeline import GenerationSettings
+    from diffx.trace import TracedGeneration, TraceOptions
+
+
+def run_generation(model: "StableDiffusion", settings: "GenerationSettings", init: InitImageChoice,
+                   record: "TraceOptions", decode_every: int = 0) -> "TracedGeneration":
+    """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar."""
+    from diffx.images import load_init_image
+    from diffx.schedules import strength_for_timestep
+    from diffx.trace import generate_traced
+
+    image, mask, timestep, strength = init.image, init.mask, init.t, init.strength
+    if image is None and (timestep is not None or strength is not None or mask is not None):
+        raise InvalidArgumentError("--t, --strength and --mask apply to an input picture; pass --image too")
+    if timestep is not None and strength is not None:
+        raise InvalidArgumentError("--t and --strength both set how far to noise the image; give one of them")
+    init_image = init_mask = None
+    if image is not None:
+        if timestep is not None:
+            settings.strength = strength_for_timestep(timestep, model.config.scheduler.num_train_timesteps)
+        elif strength is not None:
+            settings.strength = strength
+        resolved = settings.resolved(model)
+        init_image, init_mask = load_init_image(image, (resolved.width, resolved.height), mask)
+    with StepProgress() as progress:
+        return generate_traced(model, settings, init_image=init_image, mask=init_mask, options=record,
+                               decode_every=decode_every, progress=progress)
+
+
+def animation_and_image(gif: Path | None, out: Path | None, stem: Path) -> tuple[Path, Path]:
+    """The animation and picture paths of `trace`/`render`: each defaults to the other's name
+    (out.gif ↔ out.png), both to `stem` with .gif/.png."""
+    gif = gif or (out.with_suffix(".gif") if out else stem.with_suffix(".gif"))
+    return gif, out or gif.with_suffix(".png")
+
+
+def denoise(
+    prompt: PromptOpt = "",
+    image: ImageOpt = None,
+    t: TimestepOpt = None,
+    strength: StrengthOpt = None,
+    mask: MaskOpt = None,
+    out: OutOpt = None,
+    gif: GifOpt = None,
+    negative_prompt: NegativeOpt = "",
+    sampler: SamplerOpt = None,
+    schedule: ScheduleOpt = None,
+    spacing: SpacingOpt = None,
+    karras: KarrasOpt = False,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    guidance: GuidanceOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    preview: PreviewOpt = "fast",
+    frame_ms: FrameMsOpt = 100,
+    force: ForceOpt = False,
+) -> None:
+    """Generate an image and show x_t and x̂0 at every step.
+
+    Starts from pure noise (with or without --prompt), or from --image noised to --t or --strength
+    (SDEdit; with --mask: inpainting). Writes the result (--out, default denoise.png), x_t and x̂0 over
+    the steps (<out>_steps.png) and with --gif an animation of both.
+
+    Example: diffx denoise --prompt "a red circle" --steps 25 --out denoise.png --gif denoise.gif
+    """
+    from diffx import views
+    from diffx.experiments import TRACE_RECORD_X0
+    from diffx.render import save_animation, save_png
+
+    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
+    init = InitImageChoice(image, t, strength, mask)
+    check_view_options(preview)
+    out = out or Path("denoise.png")
+    grid_path = companion_path(out, "steps")
+    check_outputs([out, grid_path], force, gif)
+    loaded = ModelChoice(model, device, dtype).load()
+    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TRACE_RECORD_X0)
+    trace = generation.traces[0]
+    grid = views.denoise_grid(trace, preview=preview, model=loaded)
+    frames = views.denoise_frames(trace, preview, loaded) if gif is not None else None
+    save_png(generation.images[0], out, force)
+    save_png(grid, grid_path, force)
+    if frames is not None:
+        save_animation(frames, gif, frame_ms, force)
+    print_written([out, grid_path, gif])
+
+
+def trace(
+    prompt: PromptOpt = "",
+    gif: GifOpt = None,
+    out: OutOpt = None,
+    save_trace: Annotated[Path | None, typer.Option(
+        help="Also save the trace (safetensors) for `diffx render`.", show_default=False)] = None,
+    html: HtmlOpt = None,
+    image: ImageOpt = None,
+    t: TimestepOpt = None,
+    strength: StrengthOpt = None,
+    mask: MaskOpt = None,
+    negative_prompt: NegativeOpt = "",
+    sampler: SamplerOpt = None,
+    schedule: ScheduleOpt = None,
+    spacing: SpacingOpt = None,
+    karras: KarrasOpt = False,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    guidance: GuidanceOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    preview: PreviewOpt = "fast",
+    attn_scale: AttnScaleOpt = "shared",
+    frame_ms: FrameMsOpt = 100,
+    force: ForceOpt = False,
+) -> None:
+    """Generate with the tracer on: every step's latents, noise and attention per word.
+
+    Writes an animation of x_t, x̂0, ε̂, ε_c − ε_u and one cross-attention map per prompt word at every
+    step (--gif, default trace.gif), the result (--out, default: the GIF's name as .png) and the word ×
+    timestep attention grid (<out>_attention.png). Takes --image/--t/--strength/--mask like `denoise`.
+
+    Example: diffx trace --prompt "a red circle" --gif out.gif
+    """
+    from diffx import views
+    from diffx.trace import TraceOptions
+    from diffx.trace import save_trace as write_trace
+
+    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
+    init = InitImageChoice(image, t, strength, mask)
+    check_view_options(preview, attn_scale)
+    gif, out = animation_and_image(gif, out, Path("trace"))
+    check_outputs([out, companion_path(out, "attention"), save_trace, html], force, gif)
+    loaded = ModelChoice(model, device, dtype).load()
+    # With --preview vae the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
+    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(),
+                                decode_every=1 if preview == "vae" else 0)
+    recorded = generation.traces[0]
+    written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
+    if save_trace is not None:
+        written.append(write_trace(recorded, save_trace, force))
+    if html is not None:
+        from diffx.report import write_report
+
+        written.append(write_report(recorded, html, force, model=loaded))
+    print_written(written)
+
+
+def render(
+    trace_file: Annotated[Path, typer.Argument(help="A trace file from `diffx trace --save-trace`.",
+                                               show_default=False)],
+    gif: GifOpt = None,
+    out: OutOpt = None,
+    preview: PreviewOpt = "fast",
+    attn_scale: AttnScaleOpt = "shared",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    frame_ms: FrameMsOpt = 100,
+    force: ForceOpt = False,
+) -> None:
+    """Re-render the views of a saved trace, without running the model.
+
+    Writes the same files as `diffx trace` (default: named after the trace file). A model is loaded
+    only for --preview vae when the trace holds no VAE decodes of x̂0.
+
+    Example: diffx render out.safetensors --gif again.gif --attn-scale word
+    """
+    from diffx import views
+    from diffx.trace import load_trace
+
+    check_view_options(preview, attn_scale)
+    gif, out = animation_and_image(gif, out, trace_file)
+    recorded = load_trace(trace_file)
+    needs_model = preview == "vae" and views.missing_decodes(recorded)
+    loaded = ModelChoice(model, device, dtype).load() if needs_model else None
+    print_written(views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force))

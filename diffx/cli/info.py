@@ -1,0 +1,54 @@
+"""The commands that look things up or write a page without generating: `tokens`, `models`, `report`."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffx.cli.core import OUT
+from diffx.cli.options import ForceOpt
+
+
+def tokens(
+    prompt: Annotated[str, typer.Argument(help="The prompt to tokenize.", show_default=False)],
+) -> None:
+    """Show how CLIP's tokenizer reads a prompt.
+
+    Each word → its BPE tokens → their ids → their positions in the 77-token window, with the start,
+    end and padding tokens and what the limit cuts off.
+
+    Example: diffx tokens "a red circle left of a blue square"
+    """
+    from diffx.models.tokenizer import ClipTokenizer
+    from diffx.tables import tokens_table
+
+    OUT.print(tokens_table(ClipTokenizer.default().encode(prompt)))
+
+
+def models() -> None:
+    """List the models diffx can use without the network; the first is the default.
+
+    Example: diffx models
+    """
+    from diffx.tables import models_table
+    from diffx.weights import find_models
+
+    OUT.print(models_table(find_models()))
+
+
+def report(
+    trace_files: Annotated[list[Path], typer.Argument(help="Trace files (several: columns side by side).",
+                                                      show_default=False)],
+    html: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    force: ForceOpt = False,
+) -> None:
+    """Write an interactive HTML page for saved traces: a step slider, x_t / x̂0 / ε̂ / guidance panels,
+    clickable words with their attention maps, and the schedule with the current step marked.
+
+    Example: diffx report out.safetensors --html out.html
+    """
+    from diffx.report import write_report
+    from diffx.trace import load_trace
+
+    written = write_report([load_trace(path) for path in trace_files], html, force)
+    OUT.print(f"wrote {written}")

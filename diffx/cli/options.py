@@ -1,0 +1,151 @@
+"""The options the commands share, and the groups they arrive in.
+
+Each `…Opt` alias is one option's definition (flag, help, default display), the same meaning in every
+command that takes it. A command that needs a whole group declares the group's options in its own
+signature with these aliases, in the group's field order, and builds the group with one call:
+
+    def denoise(..., model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto"):
+        loaded = ModelChoice(model, device, dtype).load()
+
+The groups: `ModelChoice` (--model/--device/--dtype), `SamplingChoice` (--negative-prompt … --size)
+and `InitImageChoice` (--image/--t/--strength/--mask).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from diffx.cli.core import ERR
+from diffx.errors import InvalidArgumentError, check_choice
+
+if TYPE_CHECKING:
+    from diffx.models.stable_diffusion import StableDiffusion
+    from diffx.pipeline import GenerationSettings
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", show_default=False,
+    help="A .ckpt/.safetensors file, a diffusers or diffx folder, or 'embedded'. "
+         "Default: $DIFFX_MODEL, else the embedded model.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (fp16 on a GPU, fp32 on the CPU), fp32, fp16 or bf16.")]
+PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
+NegativeOpt = Annotated[str, typer.Option(help="What to steer away from (the unconditional half of CFG).")]
+SamplerOpt = Annotated[str | None, typer.Option(
+    help="ddpm, ddim, euler, euler_a, heun or dpmpp_2m. Default: the model's.", show_default=False)]
+ScheduleOpt = Annotated[str | None, typer.Option(
+    help="β schedule: linear, scaled_linear or cosine. Default: the model's training schedule.",
+    show_default=False)]
+SpacingOpt = Annotated[str | None, typer.Option(
+    help="Timestep spacing: leading, trailing or linspace. Default: the model's.", show_default=False)]
+KarrasOpt = Annotated[bool, typer.Option("--karras", help="Karras σ steps (euler, euler_a, heun, dpmpp_2m).")]
+StepsOpt = Annotated[int | None, typer.Option(help="Sampling steps. Default: the model's.", show_default=False)]
+GuidanceOpt = Annotated[float | None, typer.Option(
+    help="Classifier-free guidance weight w (1 = none). Default: the model's.", show_default=False)]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+SizeOpt = Annotated[str | None, typer.Option(
+    help="Image size: 512 or WIDTHxHEIGHT. Default: the model's.", show_default=False)]
+ImageOpt = Annotated[Path | None, typer.Option(
+    help="Start from this picture, resized to --size (image-to-image, SDEdit).", show_default=False)]
+TimestepOpt = Annotated[int | None, typer.Option(
+    "--t", help="With --image: the timestep to noise it to, 0-999 (instead of --strength).", show_default=False)]
+StrengthOpt = Annotated[float | None, typer.Option(
+    help="With --image: how much of the schedule to run, 0-1. Default: 0.8.", show_default=False)]
+MaskOpt = Annotated[Path | None, typer.Option(
+    help="With --image: inpainting mask, white = repaint, the size of the image file.", show_default=False)]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Main output picture (PNG); companion files are named after it.", show_default=False)]
+GifOpt = Annotated[Path | None, typer.Option(help="Animation file (.gif, or .mp4 with imageio-ffmpeg).",
+                                                show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")]
+FrameMsOpt = Annotated[int, typer.Option(help="Milliseconds per animation frame.")]
+PreviewOpt = Annotated[str, typer.Option(help="x̂0 pictures: fast (linear latent preview) or vae (VAE decode).")]
+AttnScaleOpt = Annotated[str, typer.Option(
+    help="Attention heatmaps: shared (one range, comparable) or word (each map stretched).")]
+HtmlOpt = Annotated[Path | None, typer.Option(
+    help="Also write an interactive, self-contained HTML report (slider, panels, clickable words).",
+    show_default=False)]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """--model, --device, --dtype: which weights, on which device, in which precision."""
+
+    model: str | None
+    device: str
+    dtype: str
+
+    def load(self) -> "StableDiffusion":
+        """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`."""
+        from diffx.devices import resolve_device, resolve_dtype
+        from diffx.weights import load_model, resolve_model_source
+
+        source = resolve_model_source(self.model)
+        target = resolve_device(self.device)
+        precision = resolve_dtype(self.dtype, target)
+        with ERR.status(f"loading {source.path}"):
+            return load_model(source, device=target, dtype=precision)
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """--negative-prompt, --sampler, --schedule, --spacing, --karras, --steps, --seed, --size: how to
+    sample, everything but the prompt and the guidance weight (cfg-sweep sweeps that one)."""
+
+    negative_prompt: str
+    sampler: str | None
+    schedule: str | None
+    spacing: str | None
+    karras: bool
+    steps: int | None
+    seed: int
+    size: str | None
+
+    def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
+        from diffx.pipeline import GenerationSettings
+
+        width, height = parse_size(self.size)
+        return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
+                                  steps=self.steps, guidance=guidance, sampler=self.sampler, schedule=self.schedule,
+                                  spacing=self.spacing, karras=self.karras, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class InitImageChoice:
+    """--image with --t or --strength (SDEdit), and --mask (inpainting)."""
+
+    image: Path | None
+    t: int | None
+    strength: float | None
+    mask: Path | None
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    """--size "512" or "512x768" (width x height) → (width, height); None → (None, None)."""
+    if text is None:
+        return None, None
+    width, _, height = text.lower().partition("x")
+    try:
+        return int(width), int(height or width)
+    except ValueError:
+        raise InvalidArgumentError(f"--size {text!r} is not a size; write 512 or WIDTHxHEIGHT like 512x768") from None
+
+
+def parse_list(text: str, kind: type, option: str) -> list:
+    """"1,3,7.5" → [1.0, 3.0, 7.5] (each value converted with `kind`)."""
+    try:
+        values = [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{option} {text!r}: expected {kind.__name__}s separated by commas") from None
+    if not values:
+        raise InvalidArgumentError(f"{option} is empty; give values separated by commas")
+    return values
+
+
+def check_view_options(preview: str, attn_scale: str = "shared") -> None:
+    """Check --preview and --attn-scale before any slow work."""
+    from diffx.views import ATTENTION_SCALES, PREVIEWS
+
+    check_choice("preview", preview, PREVIEWS)
+    check_choice("attention scale", attn_scale, ATTENTION_SCALES)
