@@ -23,9 +23,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from diffx.devices import resolve_device
+from diffx.embedded.card import update_model_card
 from diffx.embedded.quality import evaluate, last_line, load_for_evaluation, meets_targets, summary_rows
 from diffx.embedded.shapes import make_eval_prompts
-from diffx.embedded.train import update_model_card
 from diffx.paths import EMBEDDED_MODEL_DIR
 
 QUICK_N = 40

@@ -40,7 +40,9 @@ def train(
     Example: diffx train --vae-steps 200 --unet-steps 500 --out-dir runs/quick --export runs/quick/model
     """
     from diffx.devices import resolve_device
-    from diffx.embedded.train import TrainConfig, export_model, preview_grid
+    from diffx.embedded.config import TrainConfig
+    from diffx.embedded.export import export_model
+    from diffx.embedded.train import preview_grid
     from diffx.embedded.train import train as run_training
 
     if min(vae_steps, unet_steps, batch, pool_size, checkpoint_every) < 1:

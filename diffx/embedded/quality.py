@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffx.embedded.checkpoints import UNET_CHECKPOINT, model_from_checkpoints
 from diffx.embedded.judge import DetectedObject, adherence, analyse
 from diffx.embedded.shapes import ObjectSpec, object_word_indices, parse_prompt
 from diffx.errors import InvalidArgumentError
 from diffx.pipeline import GenerationSettings, generate
 from diffx.trace import Trace, TraceOptions, generate_traced
+from diffx.weights import load_model
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -149,11 +151,8 @@ def last_line(default: dict) -> str:
 
 
 def load_for_evaluation(path: str | Path) -> StableDiffusion:
-    """A model folder (`load_model`), or a training folder as it stands (`train.model_from_checkpoints`)."""
-    from diffx.embedded.train import model_from_checkpoints
-    from diffx.weights import load_model
-
+    """A model folder (`load_model`), or a training folder as it stands (`checkpoints.model_from_checkpoints`)."""
     path = Path(path)
-    if (path / "unet_state.pt").is_file():
+    if (path / UNET_CHECKPOINT).is_file():
         return model_from_checkpoints(path)[0]
     return load_model(path)

@@ -7,7 +7,8 @@ Two stages, as Stable Diffusion was built (Rombach et al. 2022, section 3):
    ε(x_t, c) and ε(x_t, ∅) for classifier-free guidance (Ho & Salimans 2022).
 
 Both stages checkpoint to `out_dir` and resume from there; every random draw comes from seeded generators
-whose state is saved with the weights.
+whose state is saved with the weights. The settings are `config.TrainConfig`, the training folder's files
+`checkpoints.py`, the pictures `pool.py`; shipping the result is `export.py`.
 """
 
 from __future__ import annotations
@@ -17,78 +18,36 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from diffx.devices import resolve_device
+from diffx.embedded.checkpoints import (
+    LATENTS_FILE,
+    UNET_CHECKPOINT,
+    VAE_CHECKPOINT,
+    load_checkpoint,
+    save_checkpoint,
+    save_train_config,
+)
+from diffx.embedded.config import TrainConfig, TrainState
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
-from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, make_scene, object_masks, render
+from diffx.embedded.history import copy_history, run_record
+from diffx.embedded.pool import scene_pool, to_unit
+from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, object_masks
+from diffx.images import tensor_to_image
 from diffx.models.attention import observe_attention
-from diffx.models.configs import ModelConfig, shapes_world
+from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.models.vae import DiagonalGaussian
-from diffx.render import atomic_output, make_grid, plot_loss_curve, save_png, tensor_to_image, to_pil
+from diffx.pipeline import GenerationSettings, generate
+from diffx.render import make_grid, plot_loss_curve, save_png, to_pil
 from diffx.schedules import NoiseSchedule, training_loss
-from diffx.weights import resolve_device
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run; saved next to the checkpoints and in the model card."""
-
-    out_dir: str = "runs/shapes-world"
-    seed: int = 0
-    pool_size: int = 30000  # scenes rendered once; captions are re-drawn every time a scene is used
-    vae_steps: int = 3000
-    vae_batch: int = 32
-    vae_crop: int = 32  # the VAE is convolutional: training on crops is 4x cheaper and sees the same edges
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-3
-    shape_pixel_weight: float = 10.0  # object pixels count this much more than background in the VAE loss
-    unet_steps: int = 5000
-    unet_batch: int = 64
-    unet_lr: float = 5e-4
-    warmup_steps: int = 200
-    caption_dropout: float = 0.1
-    attention_loss: float = 0.0  # weight of the attention-grounding loss (diffx.embedded.grounding); 0 = plain SD
-    ema_decay: float = 0.999
-    checkpoint_every: int = 100
-    threads: int = 0  # 0: leave torch's default
-    device: str = "auto"  # "auto": CUDA (or MPS) when present, else CPU
-    init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world), VAE kept as is
-    model: dict = field(default_factory=lambda: shapes_world().to_dict())
-
-
-@dataclass
-class TrainState:
-    """What a stage needs to resume: step, losses, and the generator states."""
-
-    step: int = 0
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    hardware: str = ""
-    grounding_losses: list[float] = field(default_factory=list)  # U-Net stage with attention_loss > 0
-
-
-def _pool(config: TrainConfig) -> tuple[list[Scene], torch.Tensor]:
-    """The training scenes and their pictures (N, 3, 64, 64) uint8, cached on disk after the first call."""
-    path = Path(config.out_dir) / "pool.pt"
-    rng = np.random.default_rng([TRAIN_STREAM, config.seed, 1_000_003])
-    scenes = [make_scene(rng) for _ in range(config.pool_size)]
-    if path.exists():
-        return scenes, torch.load(path, weights_only=True)
-    size = ModelConfig.from_dict(config.model).image_size
-    images = torch.from_numpy(np.stack([render(scene, size) for scene in scenes])).permute(0, 3, 1, 2)
-    torch.save(images.contiguous(), path)
-    return scenes, images
-
-
-def _to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
+from diffx.weights import load_model
 
 
 def _object_weight(images: torch.Tensor, weight: float) -> torch.Tensor:
@@ -99,23 +58,36 @@ def _object_weight(images: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def _lr(step: int, base: float, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of `base`."""
+    """The learning rate at (0-based) `step`: linear warm-up, then one cosine decay to 10% of `base`.
+
+    Warm-up: base * (step + 1) / warmup for the first `warmup` steps, the gradual warm-up of Goyal et al.
+    2017 ("Accurate, Large Minibatch SGD", section 2.2). Then, with p = (step - warmup) / (total - warmup)
+    and lr_min = 0.1 * base, lr = lr_min + (base - lr_min) * (1 + cos(pi * p)) / 2: the cosine annealing of
+    SGDR (Loshchilov & Hutter 2017, eq. 5) as a single cycle with no restarts. Past `total` it stays at
+    lr_min.
+    """
     if step < warmup:
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _ema_decay(step: int, decay: float) -> float:
+    """The EMA decay at (0-based) update `step`: min(decay, (1 + step) / (10 + step)).
+
+    The cap (0.1, 0.18, 0.25, ... -> 1) lets the average forget the random initialisation within a few
+    dozen steps instead of ~1 / (1 - decay). The formula is TensorFlow's `tf.train.ExponentialMovingAverage`
+    with `num_updates` = step, and the same sequence as diffusers' `EMAModel.get_decay` with
+    `use_ema_warmup=False` (except that diffusers' first update copies the weights, decay 0). Keeping an EMA
+    of the weights for sampling follows DDPM (Ho et al. 2020, appendix B: decay 0.9999).
+    """
+    return min(decay, (1 + step) / (10 + step))
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]}"),
                     TimeRemainingColumn())
-
-
-def _save(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
 
 
 def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], float],
@@ -146,13 +118,13 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
     """Stage 1: reconstruction (L1, object pixels weighted) + KL(q(z|x) || N(0, I)) (Kingma & Welling)."""
     out = Path(config.out_dir)
     vae = model.vae.train()
-    device = _model_device(model)
+    device = model.device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     state = TrainState()
-    ckpt = out / "vae_state.pt"
+    ckpt = out / VAE_CHECKPOINT
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True, map_location="cpu")  # generator states must stay on the CPU
+        saved = load_checkpoint(ckpt)
         vae.load_state_dict(saved["vae"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
@@ -164,7 +136,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
         picks = torch.randint(0, len(images), (config.vae_batch,), generator=generator)
         top, left = torch.randint(0, images.shape[-1] - config.vae_crop + 1, (2,), generator=generator).tolist()
         crops = images[picks, :, top:top + config.vae_crop, left:left + config.vae_crop]
-        x = _to_unit(crops.to(device))  # (B, 3, crop, crop)
+        x = to_unit(crops.to(device))  # (B, 3, crop, crop)
         # bf16 autocast halves the VAE's step time on CPU (its convolutions dominate); the loss stays fp32.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type in ("cpu", "cuda")):
             posterior = vae.encode(x)
@@ -180,7 +152,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
         return float(rec_loss.detach())
 
     def checkpoint() -> None:
-        _save(ckpt, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint(ckpt, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
                      "generator": generator.get_state(), "state": asdict(state)})
         save_png(plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
                                  title="VAE reconstruction loss"), out / "vae_loss.png", force=True)
@@ -194,7 +166,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
 @torch.no_grad()
 def _vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> None:
     """Originals (top row) over their reconstructions (bottom row)."""
-    x = _to_unit(images.to(_model_device(model)))
+    x = to_unit(images.to(model.device))
     reconstruction = model.vae.decode(model.vae.encode(x).mean)
     cells = [[to_pil(tensor_to_image(im)) for im in x],
              [to_pil(tensor_to_image(im.clamp(-1, 1))) for im in reconstruction]]
@@ -206,8 +178,8 @@ def _vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> No
 def latent_scaling_factor(model: StableDiffusion, images: torch.Tensor, count: int = 2048) -> float:
     """1 / std of posterior samples, so scaled latents have unit variance (as SD's 0.18215 was chosen)."""
     generator = torch.Generator().manual_seed(0)
-    device = _model_device(model)
-    latents = [model.vae.encode(_to_unit(images[i:i + 256].to(device))).sample(generator).cpu()
+    device = model.device
+    latents = [model.vae.encode(to_unit(images[i:i + 256].to(device))).sample(generator).cpu()
                for i in range(0, min(count, len(images)), 256)]
     return float(1.0 / torch.cat(latents).std())
 
@@ -216,9 +188,9 @@ def latent_scaling_factor(model: StableDiffusion, images: torch.Tensor, count: i
 def encode_pool(model: StableDiffusion, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every pool picture, so stage 2 never runs the encoder again."""
     means, stds = [], []
-    device = _model_device(model)
+    device = model.device
     for i in range(0, len(images), 512):
-        posterior = model.vae.encode(_to_unit(images[i:i + 512].to(device)))
+        posterior = model.vae.encode(to_unit(images[i:i + 512].to(device)))
         means.append(posterior.mean.cpu())
         stds.append(posterior.std.cpu())
     return torch.cat(means), torch.cat(stds)
@@ -236,7 +208,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
     model_config = ModelConfig.from_dict(config.model)
     schedule = NoiseSchedule.from_config(model_config.scheduler)
     scale = model_config.vae.scaling_factor
-    device = _model_device(model)
+    device = model.device
     latent_mean, latent_std = latent_mean.to(device), latent_std.to(device)
     params = [*model.text_encoder.parameters(), *model.unet.parameters()]
     # fused AdamW: one kernel for all parameters instead of several per tensor (the model is launch-bound on GPUs)
@@ -245,9 +217,9 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
     generator = torch.Generator().manual_seed(config.seed + 1)
     rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2])
     state = TrainState()
-    ckpt = out / "unet_state.pt"
+    ckpt = out / UNET_CHECKPOINT
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True, map_location="cpu")  # generator states must stay on the CPU
+        saved = load_checkpoint(ckpt)
         model.text_encoder.load_state_dict(saved["text_encoder"])
         model.unet.load_state_dict(saved["unet"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -287,13 +259,13 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        decay = min(config.ema_decay, (1 + index) / (10 + index))
+        decay = _ema_decay(index, config.ema_decay)
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         return float(loss.detach())
 
     def checkpoint() -> None:
-        _save(ckpt, {"text_encoder": model.text_encoder.state_dict(), "unet": model.unet.state_dict(),
+        save_checkpoint(ckpt, {"text_encoder": model.text_encoder.state_dict(), "unet": model.unet.state_dict(),
                      "optimizer": optimizer.state_dict(), "ema": ema, "generator": generator.get_state(),
                      "model_config": json.dumps(model.config.to_dict()),
                      "rng": json.dumps(rng.bit_generator.state), "state": asdict(state)})
@@ -335,16 +307,17 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
           ) -> tuple[StableDiffusion, dict]:
     """Both stages end to end (resuming whatever `config.out_dir` already holds). Returns the model and a
     summary (steps, losses, wall time, hardware) for the model card."""
+    config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    save_train_config(config)
     torch.manual_seed(config.seed)
     model_config = ModelConfig.from_dict(config.model)
     model = build(model_config, source=f"trained by diffx train ({config.out_dir})")
-    scenes, images = _pool(config)
-    if config.init_from and not (out / "vae_state.pt").exists():
+    scenes, images = scene_pool(config)
+    if config.init_from and not (out / VAE_CHECKPOINT).exists():
         _initialise_from(model, config)
     device = resolve_device(config.device)
     if device.type == "cuda":
@@ -357,12 +330,12 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         p.requires_grad_(False)
     model.config.vae.scaling_factor = latent_scaling_factor(model, images)
     config.model = model.config.to_dict()
-    latents_file = out / "pool_latents.pt"
+    latents_file = out / LATENTS_FILE
     if latents_file.exists():
         latent_mean, latent_std = torch.load(latents_file, weights_only=True)
     else:
         latent_mean, latent_std = encode_pool(model, images)
-        _save(latents_file, (latent_mean, latent_std))
+        save_checkpoint(latents_file, (latent_mean, latent_std))
     masks = None
     if config.attention_loss > 0:
         side = model_config.image_size // model_config.vae.downsample_factor
@@ -372,10 +345,6 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         "vae": asdict(vae_state), "unet": asdict(unet_state)}).items() if name != "settings"}
     summary["latent_scaling_factor"] = model.config.vae.scaling_factor
     return model, summary
-
-
-def _model_device(model: StableDiffusion) -> torch.device:
-    return next(model.unet.parameters()).device
 
 
 def describe_hardware(device: torch.device) -> str:
@@ -399,16 +368,13 @@ def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
     The optimiser state is not shipped, so a continued run starts a fresh AdamW (and warm-up); this is
     how training goes on across sittings from the weights in data/.
     """
-    from diffx.weights import load_model
-
     source = load_model(config.init_from)
-    earlier = Path(config.init_from) / HISTORY_FILE
-    if earlier.is_file():  # kept in the training folder, so re-exporting over init_from cannot lose it
-        (Path(config.out_dir) / HISTORY_FILE).write_text(earlier.read_text(encoding="utf-8"), encoding="utf-8")
+    # The history goes into the training folder, so re-exporting over init_from cannot lose it.
+    copy_history(config.init_from, config.out_dir)
     for name, module in model.modules().items():
         module.load_state_dict(getattr(source, name).state_dict())  # fp16 -> fp32 by the copy
     vae_optimizer = torch.optim.AdamW(model.vae.parameters(), lr=config.vae_lr)
-    _save(Path(config.out_dir) / "vae_state.pt", {
+    save_checkpoint(Path(config.out_dir) / VAE_CHECKPOINT, {
         "vae": model.vae.state_dict(), "optimizer": vae_optimizer.state_dict(),
         "generator": torch.Generator().manual_seed(config.seed).get_state(),
         "state": asdict(TrainState(step=config.vae_steps))})
@@ -422,8 +388,6 @@ PREVIEW_PROMPTS = ("a red circle", "a large blue square in the top left", "a yel
 @torch.no_grad()
 def preview_grid(model: StableDiffusion, path: Path, guidances: tuple[float, ...] = (1.0, 5.0)) -> None:
     """A grid of fixed prompts (columns) at a few guidance weights (rows): progress made visible."""
-    from diffx.pipeline import GenerationSettings, generate
-
     modes = (model.text_encoder.training, model.unet.training)
     model.text_encoder.eval()
     model.unet.eval()
@@ -433,183 +397,3 @@ def preview_grid(model: StableDiffusion, path: Path, guidances: tuple[float, ...
     model.unet.train(modes[1])
     save_png(make_grid(rows, row_labels=[f"w = {w}" for w in guidances], col_labels=list(PREVIEW_PROMPTS),
                        title=path.stem.replace("_", " "), cell_size=(96, 96)), path, force=True)
-
-
-def model_from_checkpoints(out_dir: str | Path) -> tuple[StableDiffusion, dict]:
-    """The model as it stands in a (possibly still running) training folder: VAE + EMA text encoder/U-Net.
-
-    Returns the model and the stage states (steps, losses, seconds) for the model card.
-    """
-    out = Path(out_dir)
-    vae_saved = torch.load(out / "vae_state.pt", weights_only=True, map_location="cpu")
-    unet_saved = torch.load(out / "unet_state.pt", weights_only=True, map_location="cpu")
-    model = build(ModelConfig.from_dict(json.loads(unet_saved["model_config"])),
-                  source=f"trained by diffx train ({out})")
-    model.vae.load_state_dict(vae_saved["vae"])
-    model.text_encoder.load_state_dict(unet_saved["text_encoder"])
-    model.unet.load_state_dict(unet_saved["unet"])
-    params = [*model.text_encoder.parameters(), *model.unet.parameters()]
-    with torch.no_grad():
-        for p, shadow in zip(params, unet_saved["ema"], strict=True):
-            p.copy_(shadow)
-    return model.eval(), {"vae": vae_saved["state"], "unet": unet_saved["state"]}
-
-
-@torch.no_grad()
-def fit_preview_factors(model: StableDiffusion, images: torch.Tensor, count: int = 512) -> None:
-    """Fit the model's linear latent → RGB preview on `count` pool pictures and store it in its config."""
-    from diffx.render import fit_latent_rgb_factors
-
-    x = _to_unit(images[:count])
-    latents = model.vae.encode(x).mean * model.config.vae.scaling_factor
-    factors, bias = fit_latent_rgb_factors(latents, x)
-    model.config.vae.latent_rgb_factors = tuple(tuple(float(v) for v in row) for row in factors.tolist())
-    model.config.vae.latent_rgb_bias = tuple(float(v) for v in bias.tolist())
-
-
-HISTORY_FILE = "training.json"  # beside a model: every run that trained it, oldest first
-
-
-def run_record(train_config: dict, states: dict) -> dict:
-    """One training run for the history: its settings (without the model config) and, per stage, the steps
-    reached, the seconds spent, the final loss (mean of the last 100 steps) and the hardware."""
-    settings = {key: value for key, value in train_config.items() if key != "model"}
-    stages = {name: {"steps": state["step"], "seconds": round(state["seconds"]),
-                     "final_loss": float(np.mean(state["losses"][-100:])) if state["losses"] else None,
-                     "hardware": state.get("hardware", "")}
-              for name, state in states.items()}
-    if states["unet"].get("grounding_losses"):
-        stages["unet"]["final_grounding_loss"] = float(np.mean(states["unet"]["grounding_losses"][-100:]))
-    return {"settings": settings, **stages}
-
-
-def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = None) -> StableDiffusion:
-    """Ship a training folder as a diffx model folder (fp16 safetensors + config.json + MODEL_CARD.md +
-    training.json, the history of the runs that trained it)."""
-    from diffx.weights import save_model
-
-    out, folder = Path(out_dir), Path(folder)
-    model, states = model_from_checkpoints(out)
-    train_config = json.loads((out / "train_config.json").read_text())
-    _, images = _pool(TrainConfig(**{**train_config, "out_dir": str(out)}))
-    fit_preview_factors(model, images)
-    model.source = "embedded shapes-world model"
-    save_model(model, folder, dtype=torch.float16)
-    earlier = out / HISTORY_FILE
-    runs = json.loads(earlier.read_text(encoding="utf-8"))["runs"] if earlier.is_file() else []
-    runs.append(run_record(train_config, states))
-    with atomic_output(folder / HISTORY_FILE, force=True) as tmp:
-        tmp.write_text(json.dumps({"runs": runs}, indent=2), encoding="utf-8")
-    write_model_card(folder, model, runs, scores)
-    return model
-
-
-def _run_lines(runs: list[dict]) -> list[str]:
-    """A line per stage per run that trained something (a continued run keeps the VAE it started from)."""
-    lines = []
-    for number, run in enumerate(runs, start=1):
-        settings = run["settings"]
-        vae, unet = run["vae"], run["unet"]
-        continued = f", continued from `{settings['init_from']}`" if settings.get("init_from") else ""
-        lines.append(f"- Run {number}{continued}: {settings['pool_size']} rendered scenes (seed {settings['seed']}).")
-        if vae["final_loss"] is not None:
-            lines.append(
-                f"  - VAE: {vae['steps']} steps, batch {settings['vae_batch']}, {settings['vae_crop']}x"
-                f"{settings['vae_crop']} crops, L1 with object pixels weighted x{settings['shape_pixel_weight']} "
-                f"+ KL x{settings['vae_kl_weight']}; final loss {vae['final_loss']:.4f}; "
-                f"{vae['seconds'] / 60:.1f} min on {vae['hardware']}.")
-        if unet["final_loss"] is not None:
-            lines.append(
-                f"  - Text encoder + U-Net: {unet['steps']} steps, batch {settings['unet_batch']}, AdamW lr "
-                f"{settings['unet_lr']} (warm-up, cosine), EMA {settings['ema_decay']}, caption dropout "
-                f"{settings['caption_dropout']}{_grounding_words(settings, unet)}; final L_simple "
-                f"{unet['final_loss']:.4f}; {unet['seconds'] / 60:.1f} min on {unet['hardware']}.")
-    return lines
-
-
-def _grounding_words(settings: dict, unet: dict) -> str:
-    if not settings.get("attention_loss"):
-        return ""
-    final = unet.get("final_grounding_loss")
-    return (f", attention-grounding loss x{settings['attention_loss']} (diffx/embedded/grounding.py"
-            + (f", final {final:.3f}" if final is not None else "") + ")")
-
-
-def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], scores: dict | None) -> Path:
-    """MODEL_CARD.md: what the model is, how it was trained (every run), and how well it follows prompts."""
-    config = model.config
-    parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.modules().items()}
-    size_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
-    lines = [
-        "# shapes-world — diffx's embedded default model",
-        "",
-        "A Stable-Diffusion-v1-architecture model at toy size, trained by `diffx train` on the procedural",
-        "shapes world (diffx/embedded/shapes.py): flat circles, squares and triangles in 8 named colours on",
-        "a plain background, one or two objects, with captions such as",
-        "\"a small red circle in the top left on a blue background\".",
-        "",
-        "## Architecture",
-        f"- Text encoder: CLIP-style, {config.text_encoder.num_hidden_layers} layers, width "
-        f"{config.text_encoder.hidden_size}, real CLIP BPE vocabulary ({parts['text_encoder'] / 1e6:.2f} M parameters)",
-        f"- U-Net: channels {[config.unet.model_channels * m for m in config.unet.channel_mult]}, "
-        f"{config.unet.num_res_blocks} res-block per level, self- and cross-attention at levels "
-        f"{list(config.unet.attention_levels)} and the middle ({parts['unet'] / 1e6:.2f} M parameters)",
-        f"- VAE: AutoencoderKL f{config.vae.downsample_factor}, channels "
-        f"{[config.vae.ch * m for m in config.vae.ch_mult]}, 4 latent channels, latent scaling factor "
-        f"{config.vae.scaling_factor:.4f} ({parts['vae'] / 1e6:.2f} M parameters). f4 rather than SD's f8: at "
-        "64 px an f8 latent (8x8) blurs the corners that tell a square from a circle.",
-        f"- Weights: {size_mb:.1f} MB (fp16 safetensors, original SD1.x key layout).",
-        f"- Defaults: {config.default_sampler}, {config.default_steps} steps, guidance {config.default_guidance}, "
-        f"{config.image_size}x{config.image_size} px, {config.scheduler.beta_schedule} schedule, T = "
-        f"{config.scheduler.num_train_timesteps}.",
-        "",
-        "## Training (resumable, seeded: `diffx train`; history in training.json)",
-        "Captions are re-drawn each time a scene is used; caption dropout trains the unconditional",
-        "prediction for classifier-free guidance.",
-        *_run_lines(runs),
-    ]
-    if any(run["settings"].get("attention_loss") for run in runs):
-        lines += ["", "The attention-grounding loss (TokenCompose, Wang et al. 2024) taught the cross-attention",
-                  "of each named object's colour and shape words to fall inside that object: this model's attention",
-                  "maps point at objects because they were trained to; plain Stable Diffusion training has no such",
-                  "objective."]
-    if scores:
-        lines += ["", *_adherence_lines(scores)]
-    path = folder / "MODEL_CARD.md"
-    with atomic_output(path, force=True) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _adherence_lines(scores: dict) -> list[str]:
-    """The card's adherence section from `benchmarks/embedded_quality.py --out` results."""
-    from diffx.embedded.quality import last_line, meets_targets, summary_rows
-
-    default, unguided = scores["default"], scores["unguided"]
-    reached = meets_targets(default, unguided)
-    missed = [name for name, ok in reached.items() if not ok]
-    lines = [
-        "## Prompt adherence (judge: diffx/embedded/judge.py, `python -m benchmarks.embedded_quality`)",
-        f"{default['n']} evaluation prompts (evaluation seed stream, never used for training or tuning), "
-        f"{default['sampler']} {default['steps']} steps, prompt i at seed {default['seed']} + i.",
-        "",
-        f"| attribute | guidance {default['guidance']:g} | guidance 1 | target |",
-        "|---|---|---|---|",
-        *[f"| {' | '.join(row)} |" for row in summary_rows(default, unguided)],
-        "",
-        f"Pointing trials: {default['pointing_trials']} at guidance {default['guidance']:g}, "
-        f"{unguided['pointing_trials']} at guidance 1. Last line: `{last_line(default)}`.",
-        "",
-        "All targets are met." if not missed else f"Targets not met: {', '.join(missed)}.",
-    ]
-    return lines
-
-
-def update_model_card(folder: str | Path, scores: dict) -> Path:
-    """Rewrite a shipped model's MODEL_CARD.md from its weights, training.json and new adherence figures."""
-    from diffx.weights import load_model
-
-    folder = Path(folder)
-    history = folder / HISTORY_FILE
-    runs = json.loads(history.read_text(encoding="utf-8"))["runs"] if history.is_file() else []
-    return write_model_card(folder, load_model(folder), runs, scores)

@@ -1,23 +1,19 @@
-"""The training helpers: learning-rate schedule, VAE loss weights, run history and the model card.
-(The end-to-end run, resume and export are tested through `diffx train` in tests/test_cli.py.)"""
+"""The training helpers and settings: learning-rate schedule, EMA warm-up, VAE loss weights, the checks of
+`TrainConfig`, and the training folder's files. (The end-to-end run, resume and export are tested through
+`diffx train` in tests/test_cli.py.)"""
 
-import json
+import math
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from diffx.embedded.train import (
-    _joined,
-    _lr,
-    _object_weight,
-    describe_hardware,
-    run_record,
-    update_model_card,
-    write_model_card,
-)
-from diffx.models.configs import tiny
-from diffx.models.stable_diffusion import build
-from diffx.weights import save_model
+from diffx.cli import app
+from diffx.embedded.checkpoints import CONFIG_FILE, load_train_config, save_checkpoint, save_train_config
+from diffx.embedded.config import TrainConfig
+from diffx.embedded.history import HISTORY_FILE, copy_history, read_runs, write_runs
+from diffx.embedded.train import _ema_decay, _joined, _lr, _object_weight, describe_hardware, train
+from diffx.errors import InvalidArgumentError
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_a_tenth():
@@ -26,6 +22,13 @@ def test_learning_rate_warms_up_linearly_then_decays_to_a_tenth():
     assert _lr(60, 1.0, 10, 110) == pytest.approx(0.55)  # half-way through the cosine: (1 + 0.1) / 2
     assert _lr(110, 1.0, 10, 110) == pytest.approx(0.1)
     assert _lr(500, 1.0, 10, 110) == pytest.approx(0.1)  # resumed past the end: stays at the floor
+
+
+def test_ema_decay_warms_up_then_stays_at_the_configured_decay():
+    assert _ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert _ema_decay(10, 0.999) == pytest.approx(11 / 20)
+    assert _ema_decay(8990, 0.999) == 0.999  # (1 + n) / (10 + n) reaches 0.999 at n = 8990
+    assert _ema_decay(8989, 0.999) < 0.999
 
 
 def test_object_pixels_weigh_more_than_the_background():
@@ -45,47 +48,74 @@ def test_hardware_history_names_each_machine_once_in_order():
     assert _joined("A; then B", "B") == "A; then B"
 
 
-def _states(vae_losses: list[float], unet_losses: list[float]) -> dict:
-    return {"vae": {"step": len(vae_losses), "losses": vae_losses, "seconds": 61.0, "hardware": "cpu"},
-            "unet": {"step": len(unet_losses), "losses": unet_losses, "seconds": 120.4, "hardware": "gpu"}}
+NOT_FINITE = [math.nan, math.inf, -math.inf]
+FLOAT_FIELDS = {  # field: values training cannot use, besides NaN and ±inf
+    "vae_lr": [0.0, -1e-3], "unet_lr": [0.0, -1.0], "vae_kl_weight": [-0.1], "shape_pixel_weight": [0.0, -2.0],
+    "caption_dropout": [-0.1, 1.5], "attention_loss": [-1.0], "ema_decay": [-0.5, 1.0, 2.0],
+}
+INT_FIELDS = {  # field: values training cannot use
+    "seed": [-1], "pool_size": [0, -5], "vae_steps": [0, -1], "vae_batch": [0], "vae_crop": [0, 33, 128],
+    "unet_steps": [0], "unet_batch": [0, -64], "warmup_steps": [-1], "checkpoint_every": [0, -100],
+    "threads": [-1],
+}
+BAD = ([(name, value) for name, values in FLOAT_FIELDS.items() for value in [*values, *NOT_FINITE]]
+       + [(name, value) for name, values in INT_FIELDS.items() for value in [*values, 1.5, math.nan]]
+       + [("out_dir", ""), ("device", ""), ("device", None), ("init_from", "")])
 
 
-def test_run_record_keeps_settings_and_stage_summaries_without_the_model_config():
-    record = run_record({"pool_size": 8, "model": {"big": "dict"}}, _states([], [2.0] * 150 + [1.0] * 100))
-    assert record["settings"] == {"pool_size": 8}
-    assert record["vae"]["final_loss"] is None  # a continued run trained no VAE
-    assert record["unet"] == {"steps": 250, "seconds": 120, "final_loss": 1.0, "hardware": "gpu"}
+@pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{name}={value!r}" for name, value in BAD])
+def test_train_config_rejects_values_training_cannot_use(name, value):
+    with pytest.raises(InvalidArgumentError, match=rf"^{name} must be ") as caught:
+        TrainConfig(**{name: value})
+    assert "\n" not in str(caught.value)
 
 
-SETTINGS = {"pool_size": 8, "seed": 0, "vae_batch": 4, "vae_crop": 32, "shape_pixel_weight": 10.0,
-            "vae_kl_weight": 1e-3, "unet_batch": 4, "unet_lr": 5e-4, "ema_decay": 0.999, "caption_dropout": 0.1,
-            "init_from": None}
+def test_train_checks_a_config_changed_after_it_was_made(tmp_path):
+    config = TrainConfig(out_dir=str(tmp_path / "run"))
+    config.unet_lr = math.nan
+    with pytest.raises(InvalidArgumentError, match="^unet_lr must be a finite number above 0"):
+        train(config)
+    assert not (tmp_path / "run").exists()
 
 
-def _scores(colour: float, unguided_all: float) -> dict:
-    default = {"n": 200, "seed": 0, "sampler": "ddim", "steps": 25, "guidance": 5.0, "pointing": 0.9,
-               "pointing_trials": 70, "rates": {"colour": colour, "shape": 0.9, "position": 0.9, "all": 0.5}}
-    unguided = {**default, "guidance": 1.0, "pointing": 0.5, "pointing_trials": 40,
-                "rates": {"colour": 0.5, "shape": 0.5, "position": 0.5, "all": unguided_all}}
-    return {"default": default, "unguided": unguided}
+@pytest.mark.parametrize("good", [{}, {"attention_loss": 0.0}, {"caption_dropout": 1.0}, {"ema_decay": 0.0},
+                                  {"warmup_steps": 0}, {"threads": 4}, {"vae_crop": 64}, {"unet_lr": 1},
+                                  {"init_from": "data/shapes-world"}, {"device": "cpu"}])
+def test_train_config_accepts_the_edges_of_each_range(good):
+    assert TrainConfig(**good)
 
 
-def test_model_card_lists_every_run_and_the_adherence_table(tmp_path):
-    model = build(tiny())
-    save_model(model, tmp_path)
-    runs = [run_record(SETTINGS, _states([0.5] * 3, [0.1] * 3)),
-            run_record({**SETTINGS, "init_from": "data/x"}, _states([], [0.05] * 2))]
-    card = write_model_card(tmp_path, model, runs, _scores(0.97, 0.2)).read_text()
-    assert "- Run 1:" in card and "- Run 2, continued from `data/x`" in card
-    assert card.count("  - VAE:") == 1 and card.count("Text encoder + U-Net:") == 2
-    assert "| colour | 0.970 | 0.500 | ≥ 0.95 ✓ |" in card and "| all: default − guidance 1 | +0.300 |" in card
-    assert "All targets are met." in card and "color=0.970 shape=0.900 position=0.900 pointing=0.900" in card
+@pytest.mark.parametrize(("option", "field"), [("--threads", "threads"), ("--seed", "seed")])
+def test_the_cli_reports_a_bad_setting_as_one_line(tmp_path, monkeypatch, option, field):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--out-dir", str(tmp_path / "run"), "--device", "cpu", option, "-1"])
+    assert result.exit_code == 2 and result.stderr.startswith("error:") and field in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
-def test_update_model_card_reads_the_history_and_names_missed_targets(tmp_path):
-    save_model(build(tiny()), tmp_path)
-    run = run_record(SETTINGS, _states([0.5], [0.1]))
-    (tmp_path / "training.json").write_text(json.dumps({"runs": [run]}))
-    card = update_model_card(tmp_path, _scores(0.90, 0.45)).read_text()
-    assert "- Run 1:" in card and "| colour | 0.900 | 0.500 | ≥ 0.95 ✗ |" in card
-    assert "Targets not met: colour, guidance gap." in card
+class _Unsaveable:
+    def __reduce__(self):
+        raise ValueError("cannot be saved")
+
+
+def test_training_files_are_written_atomically(tmp_path):
+    config = TrainConfig(out_dir=str(tmp_path), pool_size=3)
+    save_train_config(config)
+    assert load_train_config(tmp_path)["pool_size"] == 3 and (tmp_path / CONFIG_FILE).is_file()
+    path = tmp_path / "state.pt"
+    save_checkpoint(path, {"x": torch.ones(2)})
+    with pytest.raises(ValueError, match="cannot be saved"):
+        save_checkpoint(path, {"x": _Unsaveable()})  # fails while writing: the earlier checkpoint survives
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+    assert {p.name for p in tmp_path.iterdir()} == {CONFIG_FILE, "state.pt"}  # no temporary left
+
+
+def test_history_is_copied_and_read_back(tmp_path):
+    source, dest = tmp_path / "model", tmp_path / "run"
+    assert read_runs(source) == []
+    copy_history(source, dest)  # nothing to copy
+    assert not (dest / HISTORY_FILE).exists()
+    write_runs(source, [{"settings": {}, "vae": {}, "unet": {}}])
+    copy_history(source, dest)
+    assert (dest / HISTORY_FILE).read_bytes() == (source / HISTORY_FILE).read_bytes()
+    assert read_runs(dest) == [{"settings": {}, "vae": {}, "unet": {}}]

@@ -1,0 +1,47 @@
+"""The training history kept beside a model (training.json): every run that trained it, oldest first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from diffx.files import atomic_output, write_atomic
+
+HISTORY_FILE = "training.json"
+
+
+def run_record(train_config: dict, states: dict) -> dict:
+    """One training run for the history: its settings (without the model config) and, per stage, the steps
+    reached, the seconds spent, the final loss (mean of the last 100 steps) and the hardware."""
+    settings = {key: value for key, value in train_config.items() if key != "model"}
+    stages = {name: {"steps": state["step"], "seconds": round(state["seconds"]),
+                     "final_loss": float(np.mean(state["losses"][-100:])) if state["losses"] else None,
+                     "hardware": state.get("hardware", "")}
+              for name, state in states.items()}
+    if states["unet"].get("grounding_losses"):
+        stages["unet"]["final_grounding_loss"] = float(np.mean(states["unet"]["grounding_losses"][-100:]))
+    return {"settings": settings, **stages}
+
+
+def read_runs(folder: str | Path) -> list[dict]:
+    """The runs recorded in `folder`'s history; none when it has no history file."""
+    path = Path(folder) / HISTORY_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["runs"] if path.is_file() else []
+
+
+def write_runs(folder: str | Path, runs: list[dict]) -> Path:
+    """Write `runs` as `folder`'s history (atomically)."""
+    path = Path(folder) / HISTORY_FILE
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text(json.dumps({"runs": runs}, indent=2), encoding="utf-8")
+    return path
+
+
+def copy_history(source: str | Path, dest: str | Path) -> None:
+    """Copy `source`'s history, if it has one, into the folder `dest` (atomically, byte for byte)."""
+    path = Path(source) / HISTORY_FILE
+    if path.is_file():
+        write_atomic(Path(dest) / HISTORY_FILE, lambda tmp: shutil.copyfile(path, tmp), force=True)
