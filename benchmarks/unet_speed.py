@@ -16,13 +16,27 @@ import time
 from collections.abc import Callable
 
 import torch
+from diffusers import UNet2DConditionModel
 
 from diffx.models.configs import sd15
 from diffx.models.unet import UNet
-from tests.models.ldm_configs import reference_unet
+from diffx.weights import rename_key, unet_rename_rules
 
 WARMUP = 2
 REPEATS = 7
+
+
+def diffusers_unet(ours: UNet) -> UNet2DConditionModel:
+    """diffusers' SD1.5 U-Net holding the very tensors of `ours` (no second copy), names mapped by diffx's rules.
+
+    diffusers' default `UNet2DConditionModel` is SD1.5's but for the text context width (1280 there, 768 here).
+    """
+    with torch.device("meta"):
+        theirs = UNet2DConditionModel(sample_size=64, cross_attention_dim=ours.config.context_dim)
+    rules, weights = unet_rename_rules(ours.config), ours.state_dict()
+    theirs.load_state_dict({key: weights[rename_key(key, rules)] for key in theirs.state_dict()}, strict=True,
+                           assign=True)
+    return theirs.eval()
 
 
 def seconds(forward: Callable[[], torch.Tensor]) -> float:
@@ -36,7 +50,7 @@ def main() -> None:
     torch.manual_seed(0)
     model_config = sd15()
     ours = UNet(model_config.unet).eval()
-    theirs = reference_unet(model_config, ours.state_dict())  # shares our tensors: no second copy
+    theirs = diffusers_unet(ours)
 
     x = torch.randn(2, 4, 32, 32)
     timesteps = torch.tensor([999, 999])

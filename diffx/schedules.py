@@ -12,16 +12,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from diffx.errors import InvalidArgumentError, check_choice
-from diffx.models.configs import SchedulerConfig
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 SPACINGS = ("leading", "trailing", "linspace")
+
+
+class ScheduleSettings(Protocol):
+    """What `NoiseSchedule.from_config` reads: a model's `SchedulerConfig` (diffx.models.configs) has these."""
+
+    num_train_timesteps: int
+    beta_schedule: str
+    beta_start: float
+    beta_end: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,11 +87,7 @@ class NoiseSchedule:
     alphas_cumprod                ᾱ_t = ∏_{s≤t} α_s                          (DDPM eq. 4)
     sqrt_alphas_cumprod           √ᾱ_t           — the signal scale of x_t
     sqrt_one_minus_alphas_cumprod √(1 - ᾱ_t)     — the noise scale of x_t
-    posterior_variance            β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) · β_t       (DDPM eq. 7)
-    posterior_mean_coef_x0        √ᾱ_{t-1} β_t / (1 - ᾱ_t)                    (DDPM eq. 7, μ̃ on x_0)
-    posterior_mean_coef_xt        √α_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)              (DDPM eq. 7, μ̃ on x_t)
     sigmas                        σ_t = √((1 - ᾱ_t) / ᾱ_t): x_t / √ᾱ_t = x_0 + σ_t ε (Karras et al. 2022)
-    log_snr                       λ_t = log(ᾱ_t / (1 - ᾱ_t)) = -2 log σ_t
     """
 
     betas: torch.Tensor
@@ -90,11 +95,7 @@ class NoiseSchedule:
     alphas_cumprod: torch.Tensor
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
-    posterior_variance: torch.Tensor
-    posterior_mean_coef_x0: torch.Tensor
-    posterior_mean_coef_xt: torch.Tensor
     sigmas: torch.Tensor
-    log_snr: torch.Tensor
     beta_schedule: str = "custom"
 
     @property
@@ -110,15 +111,9 @@ class NoiseSchedule:
         alphas_cumprod = torch.cumprod(alphas, dim=0)
 
         a_bar = alphas_cumprod.double()
-        a_bar_prev = torch.cat([a_bar.new_ones(1), a_bar[:-1]])  # ᾱ_{t-1}, with ᾱ_{-1} = 1
-        beta = betas.double()
         tables = {
             "sqrt_alphas_cumprod": a_bar.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1 - a_bar).sqrt(),
-            "posterior_variance": (1 - a_bar_prev) / (1 - a_bar) * beta,
-            "posterior_mean_coef_x0": a_bar_prev.sqrt() * beta / (1 - a_bar),
-            "posterior_mean_coef_xt": alphas.double().sqrt() * (1 - a_bar_prev) / (1 - a_bar),
-            "log_snr": (a_bar / (1 - a_bar)).log(),
         }
         # σ in float32 arithmetic, exactly as diffusers' σ-space schedulers build their tables.
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
@@ -135,7 +130,7 @@ class NoiseSchedule:
         return cls.from_betas(betas, beta_schedule)
 
     @classmethod
-    def from_config(cls, config: SchedulerConfig) -> NoiseSchedule:
+    def from_config(cls, config: ScheduleSettings) -> NoiseSchedule:
         """The training schedule a model config names (SD1.5: scaled_linear, 0.00085 → 0.012, T = 1000)."""
         return cls.create(config.beta_schedule, config.num_train_timesteps, config.beta_start,
                           config.beta_end)
@@ -267,3 +262,20 @@ def img2img_start(steps: int, strength: float) -> int:
         raise InvalidArgumentError(f"strength must be between 0 and 1, got {strength}")
     init_timestep = min(int(steps * strength), steps)
     return max(steps - init_timestep, 0)
+
+
+def strength_for_timestep(t: int, num_train_timesteps: int = 1000) -> float:
+    """The image-to-image strength that starts denoising near timestep `t` (SDEdit, Meng et al. 2022):
+    strength s runs the last ⌊s·N⌋ of N steps, whose first timestep is about s·T."""
+    if not 0 <= t < num_train_timesteps:
+        raise InvalidArgumentError(f"timestep {t} is out of range; pick 0 to {num_train_timesteps - 1}")
+    return (t + 1) / num_train_timesteps
+
+
+def log_snr(alphas_cumprod: torch.Tensor | np.ndarray) -> np.ndarray:
+    """λ_t = log(ᾱ_t / (1 − ᾱ_t)), the log signal-to-noise ratio (Kingma et al. 2021, "Variational Diffusion
+    Models"), in float64. ᾱ is clipped to [1e-12, 1 − 1e-12] so a zero-terminal-SNR schedule stays finite."""
+    abar = alphas_cumprod.detach().double().cpu().numpy() if isinstance(alphas_cumprod, torch.Tensor) \
+        else np.asarray(alphas_cumprod, dtype=np.float64)
+    clipped = np.clip(abar, 1e-12, 1 - 1e-12)
+    return np.log(clipped) - np.log1p(-clipped)

@@ -1,4 +1,5 @@
-"""Find a model on disk, read its weights and load them into a `StableDiffusion`, without the network.
+"""Read a model's weights and load them into a `StableDiffusion`, without the network (finding one on disk is
+`diffx.discovery`'s job).
 
 Three layouts are understood, all converted to the original single-file keys that diffx's modules
 mirror (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`):
@@ -16,20 +17,18 @@ copied, so loading needs about one model's worth of memory.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
-from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, check_choice
+from diffx.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
+from diffx.errors import CheckpointError, ModelNotFoundError
+from diffx.files import atomic_output
 from diffx.models.configs import (
     PRESETS,
     ModelConfig,
@@ -40,33 +39,12 @@ from diffx.models.configs import (
     sd15,
     sd15_inpainting,
 )
-from diffx.models.stable_diffusion import ORIGINAL_PREFIXES, StableDiffusion, build
+from diffx.models.stable_diffusion import ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
-from diffx.paths import DATA_DIR, EMBEDDED_MODEL_DIR
-from diffx.render.io import atomic_output
 from diffx.safe_checkpoint import load_torch_zip
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-MODEL_ALIASES = {"embedded": EMBEDDED_MODEL_DIR, "shapes-world": EMBEDDED_MODEL_DIR}
-SD15_FILE_NAMES = ("v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly.ckpt")
-SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-# diffusers/transformers weight file names, preferred first.
-COMPONENT_WEIGHT_FILES = (
-    "diffusion_pytorch_model.safetensors", "model.safetensors",
-    "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",
-    "diffusion_pytorch_model.bin", "pytorch_model.bin",
-)
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
 EMA_PREFIX = "model_ema."
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model found on disk: where, in which layout ("single-file", "diffusers", "diffx"), and a summary."""
-
-    path: Path
-    format: str
-    description: str
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,26 +211,17 @@ def text_encoder_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, T
 # Configs
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; the model folder is incomplete") from None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error})") from error
-
-
 def _not_sd1(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{path} looks like {what}; diffx supports SD1.x models only")
 
 
 def config_from_diffusers(folder: Path) -> ModelConfig:
     """Our `ModelConfig` from the config.json files of a diffusers Stable Diffusion folder."""
-    unet = _read_json(folder / "unet" / "config.json")
-    vae = _read_json(folder / "vae" / "config.json")
-    text = _read_json(folder / "text_encoder" / "config.json")
+    unet = read_json(folder / "unet" / "config.json")
+    vae = read_json(folder / "vae" / "config.json")
+    text = read_json(folder / "text_encoder" / "config.json")
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler = _read_json(scheduler_file) if scheduler_file.is_file() else {}
+    scheduler = read_json(scheduler_file) if scheduler_file.is_file() else {}
 
     if unet.get("addition_embed_type") == "text_time":
         raise _not_sd1(folder, "an SDXL model")
@@ -300,7 +269,7 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
 
 @functools.cache
 def _expected_shapes(preset: str) -> dict[str, tuple[int, ...]]:
-    model = _build_without_weights(PRESETS[preset](), None, preset)
+    model = build_without_weights(PRESETS[preset](), None, preset)
     return {key: tuple(tensor.shape) for key, tensor in model.original_state_dict().items()}
 
 
@@ -345,45 +314,6 @@ def infer_config(state_dict: dict[str, Tensor], path: Path) -> ModelConfig:
 
 # ---------------------------------------------------------------------------------------------------
 # Loading and saving
-
-
-@contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """Within this block, new modules get shape-only (`meta`) parameters, to be assigned from a checkpoint.
-
-    Buffers stay real, so values computed at construction survive. (What `accelerate.init_empty_weights`
-    does.) The `torch.nn.init` functions do nothing meanwhile (as in transformers' `no_init_weights`):
-    random initialisation is wasted on weights about to be replaced, and on meta tensors `normal_` would
-    import torch._dynamo, about a second and a half of the first load.
-    """
-    register_parameter = nn.Module.register_parameter
-    initialisers = {name: getattr(nn.init, name) for name in dir(nn.init)
-                    if name.endswith("_") and not name.startswith("_") and callable(getattr(nn.init, name))}
-
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register_parameter(module, name, param)
-        if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    def skip_init(tensor: Tensor, *args: object, **kwargs: object) -> Tensor:
-        return tensor
-
-    nn.Module.register_parameter = register_on_meta
-    for name in initialisers:
-        setattr(nn.init, name, skip_init)
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register_parameter
-        for name, function in initialisers.items():
-            setattr(nn.init, name, function)
-
-
-def _build_without_weights(
-    config: ModelConfig, tokenizer: ClipTokenizer | None, source: str
-) -> StableDiffusion:
-    with _parameters_on_meta():
-        return build(config, tokenizer, source=source)
 
 
 def _tokenizer_near(*folders: Path) -> ClipTokenizer:
@@ -456,13 +386,16 @@ def load_model(
         config, state_dict = _read_diffusers(path)
         tokenizer = _tokenizer_near(path / "tokenizer")
     else:
-        config = ModelConfig.from_dict(_read_json(path / "config.json"))
+        config = ModelConfig.from_dict(read_json(path / "config.json"))
         state_dict = read_state_dict(path / "model.safetensors")
         tokenizer = _tokenizer_near(path)
 
+    if config.scheduler.prediction_type != "epsilon":  # until v-prediction exists, it would sample wrong
+        raise CheckpointError(f"{path}: model {config.name!r} is a {config.scheduler.prediction_type!r} model; "
+                              "diffx supports only epsilon prediction for now")
     # Cast first (a no-op when the file already has `dtype`), then hand the tensors to the modules.
     state_dict = {key: t.to(dtype) if t.is_floating_point() else t for key, t in state_dict.items()}
-    model = _build_without_weights(config, tokenizer, str(path))
+    model = build_without_weights(config, tokenizer, str(path))
     model.load_original_state_dict(state_dict)
     del state_dict
     return model.to(device=device).eval()
@@ -483,147 +416,3 @@ def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = 
     with atomic_output(folder / "config.json", force=True) as tmp:
         tmp.write_text(config_text, encoding="utf-8")
     return folder
-
-
-# ---------------------------------------------------------------------------------------------------
-# Finding a model
-
-
-def detect_format(path: Path) -> str:
-    """"single-file", "diffusers" or "diffx" for a path that exists; CheckpointError for anything else."""
-    if path.is_file():
-        if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-            return "single-file"
-        raise CheckpointError(
-            f"{path} is not a checkpoint file; expected one of: {', '.join(SINGLE_FILE_SUFFIXES)}"
-        )
-    if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
-        return "diffusers"
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return "diffx"
-    raise CheckpointError(
-        f"{path} is not a model folder: expected a diffusers folder (model_index.json, unet/, vae/, "
-        "text_encoder/) or a diffx folder (config.json + model.safetensors)"
-    )
-
-
-def _model_source(path: Path) -> ModelSource:
-    kind = detect_format(path)
-    if kind == "single-file":
-        description = f"checkpoint file, {path.stat().st_size / 2**20:.0f} MB"
-    elif kind == "diffusers":
-        description = "diffusers folder"
-    else:
-        description = f"diffx folder ({_read_json(path / 'config.json').get('name', '?')})"
-    return ModelSource(path=path, format=kind, description=description)
-
-
-def _is_model(path: Path) -> bool:
-    try:
-        detect_format(path)
-    except CheckpointError:
-        return False
-    return True
-
-
-def hub_cache_dirs() -> list[Path]:
-    """Hugging Face hub caches (only read): $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub."""
-    candidates = [os.environ.get("HF_HUB_CACHE")]
-    if os.environ.get("HF_HOME"):
-        candidates.append(str(Path(os.environ["HF_HOME"]) / "hub"))
-    candidates.append(str(Path.home() / ".cache" / "huggingface" / "hub"))
-    return list(dict.fromkeys(Path(c).expanduser() for c in candidates if c))
-
-
-def _data_dir_models() -> list[Path]:
-    """SD1.5 checkpoints in data/ (the usual file names first), then other checkpoints and model folders."""
-    if not DATA_DIR.is_dir():
-        return []
-    entries = sorted(DATA_DIR.iterdir(), key=lambda p: (p.name not in SD15_FILE_NAMES, p.name))
-    return [
-        p for p in entries
-        if p.resolve() != EMBEDDED_MODEL_DIR.resolve()
-        and (p.suffix.lower() in (".ckpt", ".safetensors") if p.is_file() else _is_model(p))
-    ]
-
-
-def _hub_cache_models() -> list[Path]:
-    """Snapshots of Stable Diffusion pipelines in the hub caches that hold U-Net weights."""
-    found = []
-    for cache in hub_cache_dirs():
-        for index in sorted(cache.glob("models--*/snapshots/*/model_index.json")):
-            try:
-                pipeline = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-            except (OSError, json.JSONDecodeError):
-                continue
-            snapshot = index.parent
-            has_weights = any((snapshot / "unet" / name).is_file() for name in COMPONENT_WEIGHT_FILES)
-            if pipeline in SD_PIPELINES and has_weights:
-                found.append(snapshot)
-    return found
-
-
-def find_models() -> list[ModelSource]:
-    """Every model diffx can use without the network, in the order it prefers them.
-
-    $DIFFX_MODEL, then checkpoints and model folders in data/, then Stable Diffusion snapshots in the
-    Hugging Face hub cache, then the embedded model.
-    """
-    paths = []
-    if os.environ.get("DIFFX_MODEL"):
-        paths.append(Path(os.environ["DIFFX_MODEL"]).expanduser())
-    paths += _data_dir_models() + _hub_cache_models() + [EMBEDDED_MODEL_DIR]
-    unique = dict.fromkeys(p for p in paths if p.exists() and _is_model(p))
-    return [_model_source(p) for p in unique]
-
-
-def resolve_model_source(model: str | Path | None = None) -> ModelSource:
-    """The model to use: `model` (a path or "embedded"), else $DIFFX_MODEL, else `find_models()[0]`."""
-    where = "--model"
-    if model is None and os.environ.get("DIFFX_MODEL"):
-        model, where = os.environ["DIFFX_MODEL"], "DIFFX_MODEL"
-    if model is not None:
-        path = MODEL_ALIASES.get(str(model), Path(model).expanduser())
-        if not path.exists():
-            raise ModelNotFoundError(
-                f"{where} {model}: no such file or folder; point it at an SD1.x .ckpt/.safetensors file, "
-                "a diffusers folder or a diffx folder, or use 'embedded'"
-            )
-        return _model_source(path)
-    found = find_models()
-    if not found:
-        caches = ", ".join(str(p) for p in hub_cache_dirs())
-        raise ModelNotFoundError(
-            f"no model found: diffx looked in {DATA_DIR} (e.g. {SD15_FILE_NAMES[1]}), the Hugging Face cache "
-            f"({caches}) and the embedded model folder {EMBEDDED_MODEL_DIR}; "
-            "pass --model PATH or set DIFFX_MODEL"
-        )
-    return found[0]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Device and precision
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" (CUDA, else MPS, else CPU), "cpu", "cuda" (or "cuda:N") or "mps"; unavailable -> error."""
-    kind = check_choice("device", name.split(":")[0], DEVICES)
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if kind == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if (kind == "cuda" and not cuda) or (kind == "mps" and not mps):
-        raise InvalidArgumentError(f"device {name!r} is not available on this machine; use --device cpu/auto")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"fp32", "fp16" (GPU only), "bf16", or "auto" (fp16 on a GPU, fp32 on the CPU)."""
-    check_choice("dtype", name, ("auto", *DTYPES))
-    if name == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
-    if name == "fp16" and device.type == "cpu":
-        raise InvalidArgumentError("fp16 is not supported on the CPU (missing kernels); use bf16 or fp32")
-    return DTYPES[name]

@@ -27,11 +27,11 @@ from PIL import Image
 from diffx.errors import InputImageError, InvalidArgumentError
 from diffx.models.configs import ModelConfig, sd15, tiny
 from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.models.tokenizer import write_vocab_folder
 from diffx.pipeline import GenerationSettings, PromptTruncatedWarning, encode_image, generate
 from diffx.samplers import SAMPLERS, StepRecord, sample
 from diffx.schedules import NoiseSchedule
 from tests.models.ldm_configs import reference_unet, reference_vae
+from tests.models.tokenizer_files import write_vocab_folder
 
 # SD1.5's scheduler_config.json. It names no timestep spacing: diffusers then takes each scheduler class's
 # own default ("linspace" for Euler and DPM-Solver), so the spacing is always given explicitly below.

@@ -1,4 +1,4 @@
-"""Loading weights: original checkpoints (.ckpt / .safetensors), diffusers folders, diffx folders, discovery.
+"""Loading weights: original checkpoints (.ckpt / .safetensors), diffusers folders, diffx folders.
 
 The witnesses are independent: diffusers' own LDM->diffusers converters and `save_pretrained` produce the
 diffusers folders, `torch.save` produces the .ckpt files, and a subprocess without Lightning loads them.
@@ -20,20 +20,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffx import weights
-from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError
+from diffx.discovery import resolve_model_source
+from diffx.errors import CheckpointError, ModelNotFoundError
 from diffx.models.configs import ModelConfig, sd15, tiny
 from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.models.tokenizer import write_vocab_folder
 from diffx.safe_checkpoint import load_torch_zip
-from diffx.weights import (
-    find_models,
-    load_model,
-    read_state_dict,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_source,
-    save_model,
-)
+from diffx.weights import load_model, read_state_dict, save_model
+from tests.models.tokenizer_files import write_vocab_folder
 
 REPO = Path(__file__).resolve().parents[1]
 UNET_KEY = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
@@ -249,6 +242,30 @@ def test_diffusers_folder_round_trip(tmp_path, original, weights_format):
     assert model.tokenizer("a cat").tolist() == build(tiny()).tokenizer("a cat").tolist()
 
 
+def test_v_prediction_is_refused_at_load_time(tmp_path, original):
+    """Until diffx samples v-prediction models, such a model is one CheckpointError line, whatever its layout."""
+    diffusers_folder = tmp_path / "sd-tiny-v"
+    write_diffusers_folder(diffusers_folder, tiny(), original, "safetensors")
+    scheduler_file = diffusers_folder / "scheduler" / "scheduler_config.json"
+    scheduler_file.write_text(json.dumps({**json.loads(scheduler_file.read_text()),
+                                          "prediction_type": "v_prediction"}))
+    model = build(tiny())
+    model.load_original_state_dict(dict(original))
+    diffx_folder = save_model(model, tmp_path / "diffx-v")
+    config = json.loads((diffx_folder / "config.json").read_text())
+    config["scheduler"]["prediction_type"] = "v_prediction"
+    (diffx_folder / "config.json").write_text(json.dumps(config))
+    single_file = save_safetensors(original, tmp_path / "tiny.safetensors")
+    v_config = tiny()
+    v_config.scheduler.prediction_type = "v_prediction"
+
+    for source, options in ((diffusers_folder, {}), (diffx_folder, {}), (single_file, {"config": v_config})):
+        with pytest.raises(CheckpointError, match="'v_prediction' model; diffx supports only epsilon prediction"
+                           ) as error:
+            load_model(source, **options)
+        assert "\n" not in str(error.value)
+
+
 def test_rename_rules_invert_diffusers_converters_at_sd15_size():
     """Meta tensors: every diffusers name maps back to the very tensor object it came from."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -329,74 +346,6 @@ def test_files_that_are_not_checkpoints(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Discovery, devices, dtypes
-
-
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """Point data/, the embedded model and every Hugging Face cache location into tmp_path."""
-    data = tmp_path / "data"
-    data.mkdir()
-    monkeypatch.setattr(weights, "DATA_DIR", data)
-    monkeypatch.setattr(weights, "EMBEDDED_MODEL_DIR", data / "shapes-world")
-    monkeypatch.setitem(weights.MODEL_ALIASES, "embedded", data / "shapes-world")
-    for name in ("DIFFX_MODEL", "HF_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    return data
-
-
-def test_discovery_order(tmp_path, isolated, monkeypatch):
-    with pytest.raises(ModelNotFoundError, match="no model found: diffx looked in .*DIFFX_MODEL"):
-        resolve_model_source()
-
-    embedded = save_model(build(tiny()), isolated / "shapes-world")
-    snapshot = tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5" / "snapshots" / "abc123"
-    (snapshot / "unet").mkdir(parents=True)
-    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
-    (snapshot / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    not_sd = tmp_path / "hub" / "models--someone--bert" / "snapshots" / "def456"
-    not_sd.mkdir(parents=True)
-    (not_sd / "config.json").write_text("{}")
-    for name in ("other-model.safetensors", "v1-5-pruned-emaonly.ckpt", "README.txt"):
-        (isolated / name).write_bytes(b"")
-    explicit = tmp_path / "mine.ckpt"
-    explicit.write_bytes(b"")
-
-    assert [s.path for s in find_models()] == [
-        isolated / "v1-5-pruned-emaonly.ckpt", isolated / "other-model.safetensors", snapshot, embedded]
-    assert resolve_model_source().path == isolated / "v1-5-pruned-emaonly.ckpt"
-    assert resolve_model_source("embedded").format == "diffx"
-    assert resolve_model_source(str(snapshot)).format == "diffusers"
-
-    monkeypatch.setenv("DIFFX_MODEL", str(explicit))
-    assert find_models()[0].path == explicit
-    assert resolve_model_source().path == explicit
-    assert resolve_model_source(str(embedded)).path == embedded  # --model beats DIFFX_MODEL
-    monkeypatch.setenv("DIFFX_MODEL", str(tmp_path / "gone.ckpt"))
-    with pytest.raises(ModelNotFoundError, match="DIFFX_MODEL .*gone.ckpt: no such file"):
-        resolve_model_source()
-
-
-def test_device_and_dtype_choices():
-    cpu = resolve_device("cpu")
-    assert cpu == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    assert resolve_dtype("fp32", cpu) == torch.float32 and resolve_dtype("bf16", cpu) == torch.bfloat16
-    assert resolve_dtype("auto", cpu) == torch.float32
-    with pytest.raises(InvalidArgumentError, match="fp16 is not supported on the CPU.*bf16"):
-        resolve_dtype("fp16", cpu)
-    with pytest.raises(InvalidArgumentError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
-    with pytest.raises(InvalidArgumentError, match="unknown dtype"):
-        resolve_dtype("fp8", cpu)
-    if not torch.cuda.is_available():
-        with pytest.raises(InvalidArgumentError, match="'cuda' is not available"):
-            resolve_device("cuda")
-
-
-# ---------------------------------------------------------------------------------------------------
 # Full size
 
 
@@ -423,10 +372,10 @@ def test_building_for_a_checkpoint_skips_random_init_and_restores_it_after():
     """Inside the meta-building block parameters are shape-only and nn.init is not run; after it, both are back."""
     from torch import nn
 
-    from diffx.weights import _parameters_on_meta
+    from diffx.models.stable_diffusion import parameters_on_meta
 
     normal = nn.init.normal_
-    with _parameters_on_meta():
+    with parameters_on_meta():
         layer = nn.Linear(3, 2)
         assert layer.weight.is_meta and nn.init.normal_ is not normal
         assert nn.init.normal_(torch.zeros(2)).eq(0).all()  # a no-op while building

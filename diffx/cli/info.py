@@ -30,8 +30,8 @@ def models() -> None:
 
     Example: diffx models
     """
+    from diffx.discovery import find_models
     from diffx.tables import models_table
-    from diffx.weights import find_models
 
     OUT.print(models_table(find_models()))
 

@@ -79,7 +79,8 @@ class ModelChoice:
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`."""
         from diffx.devices import resolve_device, resolve_dtype
-        from diffx.weights import load_model, resolve_model_source
+        from diffx.discovery import resolve_model_source
+        from diffx.weights import load_model
 
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)

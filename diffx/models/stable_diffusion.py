@@ -7,6 +7,8 @@ keys exactly, so converting is only adding or removing the prefix.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -116,3 +118,43 @@ def build(
         vae=AutoencoderKL(config.vae),
         source=source,
     )
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Within this block, new modules get shape-only (`meta`) parameters, to be assigned from a checkpoint.
+
+    Buffers stay real, so values computed at construction survive. (What `accelerate.init_empty_weights`
+    does.) The `torch.nn.init` functions do nothing meanwhile (as in transformers' `no_init_weights`):
+    random initialisation is wasted on weights about to be replaced, and on meta tensors `normal_` would
+    import torch._dynamo, about a second and a half of the first load.
+    """
+    register_parameter = nn.Module.register_parameter
+    initialisers = {name: getattr(nn.init, name) for name in dir(nn.init)
+                    if name.endswith("_") and not name.startswith("_") and callable(getattr(nn.init, name))}
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register_parameter(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    def skip_init(tensor: Tensor, *args: object, **kwargs: object) -> Tensor:
+        return tensor
+
+    nn.Module.register_parameter = register_on_meta
+    for name in initialisers:
+        setattr(nn.init, name, skip_init)
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter
+        for name, function in initialisers.items():
+            setattr(nn.init, name, function)
+
+
+def build_without_weights(
+    config: ModelConfig, tokenizer: ClipTokenizer | None = None, source: str = "no weights yet"
+) -> StableDiffusion:
+    """A model whose parameters are shape-only placeholders (`meta`), for a checkpoint's tensors to be assigned to."""
+    with parameters_on_meta():
+        return build(config, tokenizer, source=source)

@@ -250,17 +250,29 @@ class UNet(nn.Module):
                 f"latent size {tuple(x.shape[-2:])} is not divisible by {factor}; "
                 f"use an image size that is a multiple of {factor} times the VAE factor"
             )
-        timesteps = timesteps.expand(x.shape[0]) if timesteps.ndim == 0 else timesteps
+        # Shapes below are SD1.5's (model_channels 320, channel_mult 1, 2, 4, 4; a 64x64 latent has h = w = 64).
+        timesteps = timesteps.expand(x.shape[0]) if timesteps.ndim == 0 else timesteps  # () -> (B,)
         dtype = self.time_embed[0].weight.dtype
         # The sinusoid is computed in fp32 (t up to 1000 needs the precision), then cast to the model's dtype.
+        # (B,) -> sinusoid (B, 320) -> MLP (B, 1280)
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
 
+        # x (B, 4, h, w); context (B, 77, 768), read by every cross-attention
         h, context = x.to(dtype), context.to(dtype)
         skips = []
+        # Encoder: conv_in (B, 4, h, w) -> (B, 320, h, w), then per level ResBlocks (+ transformers) widen to
+        # 320, 640, 1280, 1280 channels and a Downsample halves the size: (B, 320, h, w) -> (B, 320, h/2, w/2)
+        # ... -> (B, 1280, h/8, w/8). Every block's output is kept for a skip connection (12 for SD1.5).
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)
+        # (B, 1280, h/8, w/8) -> (B, 1280, h/8, w/8): ResBlock, transformer, ResBlock
         h = self.middle_block(h, emb, context)
+        # Decoder, deepest level first: each block concatenates the latest skip,
+        # (B, C, s, s) + (B, C_skip, s, s) -> (B, C + C_skip, s, s), and its ResBlock narrows that to the
+        # level's width (1280, 1280, 640, 320); a level's last block upsamples, (B, C, s, s) -> (B, C, 2s, 2s),
+        # so (B, 1280, h/8, w/8) ... -> (B, 320, h, w).
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+        # (B, 320, h, w) -> GroupNorm, SiLU, conv -> (B, 4, h, w): the predicted noise
         return self.out(h)

@@ -122,13 +122,15 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * config.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv_in(x)
+        # Shapes below are SD1.5's (ch 128, ch_mult 1, 2, 4, 4, z_channels 4: f = 8).
+        h = self.conv_in(x)  # (B, 3, H, W) -> (B, 128, H, W)
         for level in self.down:
-            for block in level.block:
+            for block in level.block:  # ResnetBlocks: (B, C_in, s, s) -> (B, 128·mult, s, s), mult 1, 2, 4, 4
                 h = block(h)
             if hasattr(level, "downsample"):
-                h = level.downsample(h)
-        h = self.mid(h)
+                h = level.downsample(h)  # (B, C, s, s) -> (B, C, s/2, s/2), at all levels but the last
+        h = self.mid(h)  # (B, 512, H/8, W/8) -> (B, 512, H/8, W/8): ResnetBlock, self-attention, ResnetBlock
+        # (B, 512, H/8, W/8) -> GroupNorm, SiLU, conv -> (B, 8, H/8, W/8): 4 means and 4 log-variances
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -155,12 +157,15 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, config.out_ch, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
+        # Shapes below are SD1.5's (ch 128, ch_mult 1, 2, 4, 4, z_channels 4: f = 8).
+        # (B, 4, h, w) -> conv_in (B, 512, h, w) -> mid (B, 512, h, w): ResnetBlock, self-attention, ResnetBlock
         h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
-            for block in level.block:
+        for level in reversed(self.up):  # deepest level first
+            for block in level.block:  # ResnetBlocks: (B, C_in, s, s) -> (B, 128·mult, s, s), mult 4, 4, 2, 1
                 h = block(h)
             if hasattr(level, "upsample"):
-                h = level.upsample(h)
+                h = level.upsample(h)  # (B, C, s, s) -> (B, C, 2s, 2s), at all levels but the first
+        # (B, 128, 8h, 8w) -> GroupNorm, SiLU, conv -> (B, 3, 8h, 8w)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

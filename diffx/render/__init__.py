@@ -4,7 +4,7 @@ Pure functions with no model code: they take tensors or arrays and return pictur
 """
 
 from diffx.render.colormap import COLORMAPS, heatmap, normalize_maps, overlay
-from diffx.render.grid import caption_bar, fit_text, hstack_panels, load_font, make_grid
+from diffx.render.grid import caption_bar, fit_text, load_font, make_grid
 from diffx.render.image import to_pil, upscale
 from diffx.render.io import (
     atomic_output,
@@ -31,7 +31,6 @@ __all__ = [
     "fit_latent_rgb_factors",
     "fit_text",
     "heatmap",
-    "hstack_panels",
     "latent_to_rgb_fast",
     "load_font",
     "load_image",

@@ -220,21 +220,3 @@ def caption_bar(image: PictureLike, text: str, font_size: int | None = None) -> 
     canvas.paste(picture, (0, 0))
     block.draw(ImageDraw.Draw(canvas), (pad, height, width - pad, height + bar_h))
     return canvas
-
-
-def hstack_panels(
-    images: Sequence[PictureLike],
-    labels: Sequence[str],
-    panel_size: tuple[int, int] | None = None,
-    pad: int | None = None,
-    font_size: int | None = None,
-) -> Image.Image:
-    """Side-by-side panels with a label under each (one GIF frame: x_t, x̂0, ε̂, attention per word).
-
-    All panels are resized to `panel_size` (default: the largest panel).
-    """
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} panels but {len(labels)} labels")
-    return make_grid(
-        [list(images)], cell_labels=[list(labels)], cell_size=panel_size, pad=pad, font_size=font_size
-    )

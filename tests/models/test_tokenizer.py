@@ -13,8 +13,8 @@ from diffx.models.tokenizer import (
     WHITESPACE,
     ClipTokenizer,
     clean_text,
-    write_vocab_folder,
 )
+from tests.models.tokenizer_files import write_vocab_folder
 
 WORDS = ["a", "photo", "of", "the", "cat", "astronaut", "riding", "horse", "photorealistic", "highly",
          "detailed", "octane", "render", "trending", "on", "artstation", "portrait", "greg", "rutkowski",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from diffx.render.grid import BACKGROUND, caption_bar, fit_text, hstack_panels, load_font, make_grid
+from diffx.render.grid import BACKGROUND, caption_bar, fit_text, load_font, make_grid
 
 
 def _cells(rows, cols, size=64):
@@ -97,13 +97,3 @@ def test_caption_bar_height_is_independent_of_text():
     assert short.size == long.size and short.size[0] == 128 and short.size[1] > 128
     assert np.array_equal(np.asarray(short)[:128], frame)
     assert _has_ink(short, (0, 128, 128, short.size[1]))
-
-
-def test_hstack_panels_labels_each_panel():
-    panels = [np.full((32, 32, 3), 255, np.uint8), np.full((64, 64, 3), 255, np.uint8)]
-    strip = hstack_panels(panels, ["x_t", "x̂0"], pad=4)
-    assert strip.size[0] == 2 * 64 + 3 * 4 and strip.size[1] > 64 + 2 * 4
-    under_first = (4, 4 + 64, 4 + 64, strip.size[1])
-    assert _has_ink(strip, under_first)
-    with pytest.raises(ValueError, match="labels"):
-        hstack_panels(panels, ["one"])
