@@ -147,7 +147,7 @@ CASES = [
 def embedded_model() -> StableDiffusion:
     if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
         pytest.fail(f"the embedded model is missing from {EMBEDDED_MODEL_DIR}: golden images need it; train and "
-                    "export it (diffx.embedded.train, then diffx.weights.save_model) or restore data/shapes-world/ "
+                    "export it (`diffx train --export`, diffx.embedded.export) or restore data/shapes-world/ "
                     "from git", pytrace=False)
     return load_model(EMBEDDED_MODEL_DIR)
 

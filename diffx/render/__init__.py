@@ -3,51 +3,40 @@
 Pure functions with no model code: they take tensors or arrays and return pictures or write files.
 """
 
-from diffx.render.colormap import COLORMAPS, heatmap, normalize_maps, overlay
-from diffx.render.grid import caption_bar, fit_text, load_font, make_grid
+from diffx.render.colormap import COLORMAPS, colorbar, heatmap, normalize_maps, overlay
+from diffx.render.grid import caption_bar, fit_text, legend_bar, load_font, make_grid
 from diffx.render.image import to_pil, upscale
-from diffx.render.io import (
-    atomic_output,
-    load_image,
-    load_mask,
-    save_gif,
-    save_mp4,
-    save_png,
-    write_atomic,
-)
+from diffx.render.io import save_animation, save_gif, save_mp4, save_png
 from diffx.render.latents import (
     SD15_LATENT_RGB_FACTORS,
     fit_latent_rgb_factors,
     latent_to_rgb_fast,
-    tensor_to_image,
     visualize_noise,
 )
 
 __all__ = [
     "COLORMAPS",
     "SD15_LATENT_RGB_FACTORS",
-    "atomic_output",
     "caption_bar",
+    "colorbar",
     "fit_latent_rgb_factors",
     "fit_text",
     "heatmap",
     "latent_to_rgb_fast",
+    "legend_bar",
     "load_font",
-    "load_image",
-    "load_mask",
     "make_grid",
     "normalize_maps",
     "overlay",
     "plot_loss_curve",
     "plot_schedules",
+    "save_animation",
     "save_gif",
     "save_mp4",
     "save_png",
-    "tensor_to_image",
     "to_pil",
     "upscale",
     "visualize_noise",
-    "write_atomic",
 ]
 
 

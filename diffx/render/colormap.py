@@ -46,15 +46,19 @@ def heatmap(
     return np.round(rgba[..., :3] * 255).astype(np.uint8)
 
 
-def overlay(image: PictureLike, heat: MapLike, alpha: float = 0.5, cmap: str = "viridis") -> np.ndarray:
+def overlay(image: PictureLike, heat: MapLike, alpha: float = 0.5, cmap: str = "viridis",
+            grey: bool = False) -> np.ndarray:
     """Blend a heatmap over an RGB image (H, W, 3): (1 - alpha) * image + alpha * colour(heat), as uint8.
 
     `heat` is a (h, w) map already in [0, 1] (see `normalize_maps`); it is upsampled bilinearly to
     the image size first, so a 16x16 attention map lines up with the 512x512 picture it attends over.
+    `grey`: draw the picture in greyscale under the colours, so the colour map alone carries the values
+    (a red object under viridis would otherwise read as heat).
     """
     if not 0.0 <= alpha <= 1.0:
         raise InvalidArgumentError(f"overlay alpha must be in [0, 1], got {alpha}")
-    image = np.asarray(to_pil(image))
+    picture = to_pil(image)
+    image = np.asarray(picture.convert("L").convert("RGB") if grey else picture)
     height, width = image.shape[:2]
     heat = _as_float_array(heat)
     heat = np.asarray(Image.fromarray(heat).resize((width, height), Image.Resampling.BILINEAR))
@@ -75,3 +79,9 @@ def normalize_maps(maps: MapLike, scale: str = "shared") -> np.ndarray:
     if scale == "shared":
         return _rescale(maps, float(maps.min()), float(maps.max()))
     return np.stack([_rescale(m, float(m.min()), float(m.max())) for m in maps])
+
+
+def colorbar(width: int, height: int, cmap: str = "viridis") -> np.ndarray:
+    """A horizontal colour bar (height, width, 3), low values on the left, for a legend under heatmaps."""
+    ramp = np.tile(np.linspace(0.0, 1.0, max(width, 2), dtype=np.float32), (max(height, 1), 1))
+    return heatmap(ramp, 0.0, 1.0, cmap)

@@ -220,3 +220,28 @@ def caption_bar(image: PictureLike, text: str, font_size: int | None = None) -> 
     canvas.paste(picture, (0, 0))
     block.draw(ImageDraw.Draw(canvas), (pad, height, width - pad, height + bar_h))
     return canvas
+
+
+def legend_bar(image: PictureLike, ramp: PictureLike, low: str, high: str, note: str,
+               font_size: int | None = None) -> Image.Image:
+    """Add a colour legend under a frame: `low` [ramp] `high` on one line, `note` (what the scale means)
+    on the next. `ramp` is a colour bar picture (see `colormap.colorbar`), stretched to a third of the width."""
+    picture = to_pil(image)
+    width, height = picture.size
+    font_size = font_size or max(11, min(24, round((width * height) ** 0.5 / 34)))
+    font = load_font(font_size)
+    pad = max(2, font_size // 3)
+    line = _line_height(font)
+    bar_w = max(16, width // 3)
+    canvas = Image.new("RGB", (width, height + 2 * line + 3 * pad), BACKGROUND)
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = height + pad
+    low_w = draw.textlength(low, font=font)
+    draw.text((pad, y), low, font=font, fill=TEXT_COLOR)
+    bar_x = int(2 * pad + low_w)
+    canvas.paste(to_pil(ramp).resize((bar_w, max(4, line - 2))), (bar_x, y + 1))
+    draw.text((bar_x + bar_w + pad, y), high, font=font, fill=TEXT_COLOR)
+    fit_text(note, width - 2 * pad, font_size, max_lines=1).draw(draw, (pad, y + line + pad, width - pad,
+                                                                         y + 2 * line + pad))
+    return canvas
