@@ -3,7 +3,6 @@ classifier-free guidance sweep, and a comparison grid over any two settings."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -21,10 +20,12 @@ from diffx.samplers import StepCallback, StepRecord, model_timesteps
 from diffx.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
 from diffx.trace import TraceOptions, generate_traced
 from diffx.views import (
+    X0_LABELS,
     fit_panel,
     format_timestep,
     panel_size,
     prompt_title,
+    resolve_preview,
     step_caption,
     step_indices,
     trace_panel_size,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
 
-NOISE_FRAMES = 40  # frames of the x_0 → x_T animation
+NOISE_FRAMES = 20  # frames of the x_0 → x_T animation
 
 
 TRACE_RECORD_X0 = TraceOptions(record=("latents", "x0"))  # what the x_t / x̂0 views need
@@ -98,21 +99,25 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
                 decode_latents(model, x_t)]
 
     kinds = ["latent preview", "VAE decode"] if latent_space else [""]
+    smooth = [False, True] if latent_space else [True]  # latent grids keep their squares, pictures do not
     size = panel_size(*to_pil(image).size, panel)
+    clean = [fit_panel(image, size, smooth=True)] * len(kinds)  # x_0 itself, before any noise
     cells, row_labels = [], []
     for name, schedule in tables.items():
-        for kind, row in zip(kinds, pictures(schedule, timesteps), strict=True):
-            cells.append([fit_panel(p, size) for p in row])
+        for kind, row, is_picture, x_0 in zip(kinds, pictures(schedule, timesteps), smooth, clean, strict=True):
+            cells.append([x_0] + [fit_panel(p, size, smooth=is_picture) for p in row])
             row_labels.append(f"{name} · {kind}" if kind else name)
     space = " in latent space" if latent_space else ""
-    grid = make_grid(cells, row_labels=row_labels, col_labels=[f"t={t}" for t in timesteps], cell_size=size,
-                     title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space}")
+    # t counts noising steps from 0: x_t at t = 0 is already one step of noise (ᾱ_0 < 1), so x_0 comes first.
+    grid = make_grid(cells, row_labels=row_labels, col_labels=["x_0 (the picture)"] + [f"t={t}" for t in timesteps],
+                     cell_size=size, title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space}")
 
     frame_ts = sorted({round(float(t)) for t in np.linspace(0, num_train_timesteps - 1, max(2, num_frames))})
     columns = [pictures(schedule, frame_ts) for schedule in tables.values()]  # [schedule][kind][frame]
     frames = []
     for f, t in enumerate(frame_ts):
-        frame = make_grid([[fit_panel(columns[s][k][f], size) for s in range(len(columns))] for k in range(len(kinds))],
+        frame = make_grid([[fit_panel(columns[s][k][f], size, smooth=smooth[k]) for s in range(len(columns))]
+                           for k in range(len(kinds))],
                           row_labels=kinds if latent_space else None, col_labels=list(tables), cell_size=size)
         frames.append(caption_bar(frame, f"t={t}"))
 
@@ -143,7 +148,7 @@ def format_guidance(w: float) -> str:
 
 
 def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequence[float],
-              rows_steps: Sequence[int] | None = None, preview: str = "fast", progress: StepCallback | None = None,
+              rows_steps: Sequence[int] | None = None, preview: str = "auto", progress: StepCallback | None = None,
               panel: int | None = None, record: TraceOptions = TRACE_RECORD_X0) -> CfgSweep:
     """Classifier-free guidance ε̂ = ε_u + w (ε_c − ε_u) (Ho & Salimans 2022, eq. 6) at several w.
 
@@ -166,21 +171,23 @@ def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequ
     first = traces[0]
     size = trace_panel_size(first, panel)
     col_labels = [format_guidance(w) for w in scales]
-    results = [fit_panel(g.images[0], size) for g in generations]
+    results = [fit_panel(g.images[0], size, smooth=True) for g in generations]
     all_steps = list(range(first.num_steps))
-    x0 = [[fit_panel(p, size) for p in x0_pictures(trace, all_steps, preview, model)] for trace in traces]
+    preview = resolve_preview(preview, first, model)
+    x0 = [[fit_panel(p, size, smooth=preview == "vae") for p in x0_pictures(trace, all_steps, preview, model)]
+          for trace in traces]
 
     rows, row_labels = [results], ["result"]
     for i in row_indices:
         rows.append([pictures[i] for pictures in x0])
         t = format_timestep(float(first.tensors["timesteps"][i]))
-        row_labels.append(f"x̂0, step {i + 1}/{first.num_steps}, t={t}")
+        row_labels.append(f"{X0_LABELS[preview]}, step {i + 1}/{first.num_steps}, t={t}")
     resolved = generations[0].settings[0]
     title = f"{prompt_title(first)} · {resolved.sampler}, {resolved.steps} steps, seed {resolved.seed}"
     grid = make_grid(rows, row_labels=row_labels, col_labels=col_labels, title=title, cell_size=size)
 
     frames = [caption_bar(make_grid([[pictures[i] for pictures in x0]], col_labels=col_labels, cell_size=size),
-                          f"x̂0, {step_caption(first, i)}") for i in all_steps]
+                          f"{X0_LABELS[preview]}, {step_caption(first, i)}") for i in all_steps]
     frames.append(caption_bar(make_grid([results], col_labels=col_labels, cell_size=size), "result"))
     return CfgSweep(grid=grid, generations=generations, frames=frames)
 
@@ -228,8 +235,8 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
             panel: int | None = None) -> Comparison:
     """One image per combination of two settings (any of COMPARE_AXES), everything else fixed.
 
-    Columns follow `x` = (setting, values), rows `y` (None = one row). Each cell is labelled with the
-    number of model evaluations and the time it took.
+    Columns follow `x` = (setting, values), rows `y` (None = one row). Each cell is labelled with its
+    number of model evaluations (NFE), the cost that compares across machines; wall times mostly measure load.
     """
     x_name, x_values = x
     y_name, y_values = y if y is not None else (None, [None])
@@ -260,12 +267,11 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
         cell_labels.append([])
         for cell in row:
             evaluations[0] = 0
-            start = time.perf_counter()
             generations[-1].append(generate(model, cell, progress=count))
-            cell_labels[-1].append(f"{evaluations[0]} evals · {time.perf_counter() - start:.1f} s")
+            cell_labels[-1].append(f"{evaluations[0]} model evaluations")
     height, width = generations[0][0].images[0].shape[:2]
     size = panel_size(width, height, panel)
-    grid = make_grid([[fit_panel(g.images[0], size) for g in row] for row in generations],
+    grid = make_grid([[fit_panel(g.images[0], size, smooth=True) for g in row] for row in generations],
                      row_labels=[str(v) for v in y_values] if y_name else None,
                      col_labels=[str(v) for v in x_values], cell_labels=cell_labels,
                      title=f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)",

@@ -11,6 +11,7 @@ image-to-image the VAE posterior sample first, then the noise), so a seed gives 
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -100,6 +101,19 @@ class Generation:
 
     def pil(self) -> list[Image.Image]:
         return [Image.fromarray(image) for image in self.images]
+
+    def _repr_png_(self) -> bytes:
+        """In Jupyter a generation shows as its images in a row (4 px apart), small ones enlarged (nearest
+        neighbour, by a whole factor) to at least 192 px high."""
+        factor = max(1, 192 // max(image.shape[0] for image in self.images))
+        pictures = [p.resize((p.width * factor, p.height * factor), Image.NEAREST) for p in self.pil()]
+        row = Image.new("RGB", (sum(p.width for p in pictures) + 4 * (len(pictures) - 1),
+                                max(p.height for p in pictures)), "white")
+        for picture, x in zip(pictures, np.cumsum([0] + [p.width + 4 for p in pictures[:-1]]), strict=True):
+            row.paste(picture, (int(x), 0))
+        buffer = io.BytesIO()
+        row.save(buffer, format="PNG")
+        return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -203,6 +217,36 @@ def encode_image(model: StableDiffusion, image: Image.Image | np.ndarray | Tenso
     x = image_to_tensor(image).to(model.device, model.dtype)
     posterior = model.vae.encode(x)
     return posterior.sample(generator).float() * model.config.vae.scaling_factor
+
+
+@torch.no_grad()
+def decoder_gflops(model: StableDiffusion, height: int | None = None, width: int | None = None) -> float:
+    """The VAE decoder's cost for one image of `height` × `width` pixels (default: the model's size), in GFLOPs.
+
+    Counted, not guessed: the decoder runs once on a 4×4 latent with hooks on its convolutions and linear
+    layers (2 · outputs · inputs-per-output FLOPs each), and the count is scaled to the image's latent
+    area — convolutions cost in proportion to it; the mid-block attention, quadratic in it, is a few
+    percent of SD's decoder and is left out. SD1.5 at 512 px: ~2,480 GFLOPs; the shapes-world model at
+    64 px: ~1.2.
+    """
+    factor = model.config.vae.downsample_factor
+    height, width = height or model.config.image_size, width or model.config.image_size
+    flops = []
+
+    def count(module: torch.nn.Module, inputs: tuple, output: Tensor) -> None:
+        per_output = module.in_features if isinstance(module, torch.nn.Linear) else \
+            module.in_channels // module.groups * math.prod(module.kernel_size)
+        flops.append(2 * output.numel() * per_output)
+
+    layers = [m for m in model.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    layers += [model.vae.post_quant_conv]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    try:
+        model.vae.decode(torch.zeros(1, model.config.vae.embed_dim, 4, 4, device=model.device, dtype=model.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(flops) / 1e9 * (height // factor) * (width // factor) / 16
 
 
 @torch.no_grad()

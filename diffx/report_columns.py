@@ -21,7 +21,7 @@ from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
 from diffx.trace import Trace
-from diffx.views import format_timestep, latent_preview
+from diffx.views import X0_LABELS, format_timestep, latent_preview, xt_pictures
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -63,15 +63,17 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
     tensors = trace.tensors
     steps = range(trace.num_steps)
     frames: dict[str, list[str]] = {}
-    if "latents" in tensors:
-        frames["xt"] = [data_uri(latent_preview(trace, "latents", s)) for s in steps]
     # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
     decoded = trace.decoded_steps()
     if model is not None and "x0" in tensors:
         decoded = dict(enumerate(trace.decoded_x0(steps, model)))
     if "x0" in tensors:
-        frames["x0"] = [data_uri(fit_picture(decoded[s])) if s in decoded else
-                        data_uri(latent_preview(trace, "x0", s)) for s in steps]
+        x0 = [fit_picture(decoded[s]) if s in decoded else latent_preview(trace, "x0", s) for s in steps]
+        frames["x0"] = [data_uri(picture) for picture in x0]
+        if "latents" in tensors:
+            frames["xt"] = [data_uri(picture) for picture in xt_pictures(trace, list(steps), x0)]
+    elif "latents" in tensors:
+        frames["xt"] = [data_uri(latent_preview(trace, "latents", s)) for s in steps]
     if "eps" in tensors:
         frames["eps"] = [data_uri(visualize_noise(tensors["eps"][s])) for s in steps]
     if "eps_cond" in tensors and "eps_uncond" in tensors:
@@ -85,6 +87,8 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "info": [_step_info(trace, s) for s in steps],
         "frames": frames,
         "x0_decoded": [s in decoded for s in steps],
+        "x0_label": X0_LABELS["vae"] if len(decoded) == trace.num_steps else
+        X0_LABELS["fast"] if not decoded else "x̂0 (VAE decode where stored, else latent preview)",
         "heat": _attention_frames(trace) if "attention" in tensors else None,
         "aspect": _aspect(trace),
         "image": data_uri(fit_picture(tensors["image"].numpy())) if "image" in tensors else None,

@@ -12,7 +12,7 @@ from diffx.trace import Trace
 
 # Panel key -> (title, caption); the key names the frames in the page's data.
 PANELS = {
-    "xt": ("x_t", "the U-Net's input at this step (latent preview)"),
+    "xt": ("x_t", "the U-Net's input at this step, drawn as √ᾱ x̂0 + √(1−ᾱ) ε̂ so the picture shows through"),
     "x0": ("x̂0", "the model's guess of the final image: (x_t − √(1−ᾱ) ε̂) / √ᾱ"),
     "eps": ("ε̂", "guided noise prediction ε_u + w (ε_c − ε_u), channels 1–3 as RGB"),
     "guide": ("ε_c − ε_u", "what the prompt changes in the noise prediction (scaled by w)"),
@@ -141,6 +141,8 @@ def _icon(path: str) -> str:
 def _column_html(c: int, column: dict) -> str:
     figures = []
     for key, (title, caption) in PANELS.items():
+        if key == "x0":
+            title = column["x0_label"]
         missing = ("guidance w = 1: only ε_c is computed, so there is no ε_c − ε_u"
                    if key == "guide" and column["guidance"] == 1 else "not recorded in this trace")
         inner = (f'<img data-col="{c}" data-panel="{key}" class="pixelated" alt="{html.escape(title)}">'

@@ -5,8 +5,12 @@ of equal-size frames for a GIF; `save_animation` and `write_trace_views` write t
 writers of `diffx.render.io`. The `diffx` command line is a thin layer over these functions.
 
 Step numbers here are the ones shown in captions: 1 = the first step, N = the last ("step 3/25").
-Panels show latents with the fast linear preview (`latent_to_rgb_fast`, Rombach et al. 2022's VAE is
-close to linear in colour) or, with `preview="vae"`, real VAE decodes of the predicted x̂0.
+Every panel says what it shows. x̂0 is either a real VAE decode ("x̂0 (VAE decode)") or the fast
+linear latent preview ("x̂0 (latent preview)", `latent_to_rgb_fast`); `preview="auto"` decodes whenever
+the model's decoder is cheap (`AUTO_DECODE_GFLOPS`, counted by `pipeline.decoder_gflops`). x_t is drawn
+as the mixture it is, √ᾱ x̂0 + √(1 − ᾱ) ε̂, scaled so the picture emerges from the noise
+(`render.latents.noisy_picture`). Pictures are scaled smoothly, latent grids (ε̂) with visible squares.
+Attention is a perceptual colour map over the picture in grey, with a colour bar saying what the scale is.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from PIL import Image
 
 from diffx.errors import InvalidArgumentError, check_choice
 from diffx.files import check_outputs, companion_path
+from diffx.images import image_to_tensor
+from diffx.pipeline import decoder_gflops
 from diffx.render import (
     caption_bar,
+    colorbar,
     latent_to_rgb_fast,
+    legend_bar,
     make_grid,
     normalize_maps,
     overlay,
@@ -36,15 +44,23 @@ from diffx.render import (
 )
 from diffx.render.colormap import NORMALIZE_SCALES
 from diffx.render.image import PictureLike
+from diffx.render.latents import noisy_picture
 from diffx.trace import Trace
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
-PREVIEWS = ("fast", "vae")
+PREVIEWS = ("auto", "fast", "vae")
+# --preview auto decodes x̂0 with the VAE when one image costs at most this: the shapes-world decoder
+# (1.2 GFLOPs at 64 px) is decoded, SD1.5's (2,480 GFLOPs at 512 px) gets the latent preview.
+AUTO_DECODE_GFLOPS = 10.0
+X0_LABELS = {"vae": "x̂0 (VAE decode)", "fast": "x̂0 (latent preview)"}
+XT_LABEL = "x_t = √ᾱ x̂0 + √(1−ᾱ) ε̂"
 ATTENTION_SCALES = NORMALIZE_SCALES
-PANEL_RANGE = (128, 256)  # default panel width: the image width, clamped to this range
-ATTENTION_ALPHA = 0.6  # heatmap opacity over the x̂0 preview
+ATTENTION_NOTES = {"word": "each word's map scaled to its own maximum (shapes compare, brightness does not)",
+                   "shared": "one scale for every word and step (brightness compares across words)"}
+PANEL_RANGE = (192, 256)  # default panel width: the image width, clamped to this range
+ATTENTION_ALPHA = 0.6  # heatmap opacity over the picture
 GRID_STEPS = 8  # grids over steps show this many steps by default
 WORDS_PER_ROW = 6  # attention tiles per frame row (more words wrap to further rows)
 
@@ -60,9 +76,11 @@ def panel_size(width: int, height: int, panel: int | None = None) -> tuple[int, 
     return side, max(1, round(side * height / width))
 
 
-def fit_panel(picture: PictureLike, size: tuple[int, int]) -> np.ndarray:
-    """Resize for display: nearest when enlarging (a latent pixel stays a visible square), else bilinear."""
-    return upscale(picture, size, "nearest" if size[0] >= to_pil(picture).width else "bilinear")
+def fit_panel(picture: PictureLike, size: tuple[int, int], smooth: bool = False) -> np.ndarray:
+    """Resize for display. A latent grid (`smooth=False`) is enlarged with nearest neighbours, so a latent
+    pixel stays a visible square; a picture (`smooth=True`) is scaled bilinearly, as a picture should be."""
+    enlarge = size[0] >= to_pil(picture).width
+    return upscale(picture, size, "nearest" if enlarge and not smooth else "bilinear")
 
 
 def latent_preview(trace: Trace, key: str, index: int) -> np.ndarray:
@@ -108,18 +126,53 @@ def missing_decodes(trace: Trace) -> list[int]:
     return [index + 1 for index in range(trace.num_steps) if index not in stored]
 
 
-def x0_pictures(trace: Trace, indices: Sequence[int], preview: str = "fast",
+def resolve_preview(preview: str, trace: Trace | None = None, model: StableDiffusion | None = None) -> str:
+    """"fast" or "vae" for `preview`; "auto" is "vae" when the trace holds every decode or `model`'s decoder
+    costs at most AUTO_DECODE_GFLOPS per image, else "fast"."""
+    check_choice("preview", preview, PREVIEWS)
+    if preview != "auto":
+        return preview
+    if trace is not None and "x0" in trace.tensors and not missing_decodes(trace):
+        return "vae"
+    if model is not None:
+        height, width = trace.tensors["image"].shape[:2] if trace is not None and "image" in trace.tensors \
+            else (None, None)
+        if decoder_gflops(model, height, width) <= AUTO_DECODE_GFLOPS:
+            return "vae"
+    return "fast"
+
+
+def x0_pictures(trace: Trace, indices: Sequence[int], preview: str = "auto",
                 model: StableDiffusion | None = None) -> list[np.ndarray]:
     """The predicted clean image x̂0 at 0-based step `indices`: the fast latent preview (h, w, 3), or VAE
     decodes (H, W, 3), taken from the trace where it stores them and decoded with `model` otherwise."""
-    check_choice("preview", preview, PREVIEWS)
+    preview = resolve_preview(preview, trace, model)
     _require(trace, "x0")
     if preview == "fast":
         return [latent_preview(trace, "x0", i) for i in indices]
     return trace.decoded_x0(indices, model)
 
 
-def attention_maps(trace: Trace, indices: Sequence[int], scale: str = "shared") -> np.ndarray:
+def xt_pictures(trace: Trace, indices: Sequence[int], x0: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """x_t at 0-based step `indices`, drawn as √ᾱ x̂0 + √(1 − ᾱ) ε̂ from the x̂0 pictures `x0` of those steps
+    and the recorded ε̂ (`render.latents.noisy_picture`); without ε̂, the latent preview of x_t."""
+    if "eps" not in trace.tensors:
+        return [latent_preview(trace, "latents", i) for i in indices]
+    alphas = trace.tensors["alphas_cumprod"]
+    return [noisy_picture(image_to_tensor(picture)[0], trace.tensors["eps"][i], float(alphas[i]))
+            for i, picture in zip(indices, x0, strict=True)]
+
+
+def xt_label(trace: Trace) -> str:
+    return XT_LABEL if "eps" in trace.tensors else "x_t (latent preview)"
+
+
+def attention_legend(frame: PictureLike, scale: str) -> Image.Image:
+    """The colour bar under attention tiles, with what the scale means."""
+    return legend_bar(frame, colorbar(64, 8), "attention 0", "max", ATTENTION_NOTES[scale])
+
+
+def attention_maps(trace: Trace, indices: Sequence[int], scale: str = "word") -> np.ndarray:
     """Per-word cross-attention maps (steps, words, a, a') in [0, 1] for display.
 
     "shared": one range over every map returned (all words, all steps), so brightness compares across
@@ -134,7 +187,8 @@ def attention_maps(trace: Trace, indices: Sequence[int], scale: str = "shared") 
 
 
 def _labelled_panels(rows: list[list[tuple[np.ndarray, str]]], size: tuple[int, int]) -> Image.Image:
-    """Rows of (picture, label) panels, each resized to `size`, the label under each panel."""
+    """Rows of (picture, label) panels, each resized to `size` (already sized pictures pass through, latent
+    grids keep their squares), the label under each panel."""
     cells = [[fit_panel(picture, size) for picture, _ in row] for row in rows]
     labels = [[label for _, label in row] for row in rows]
     return make_grid(cells, cell_labels=labels, cell_size=size)
@@ -149,31 +203,43 @@ def trace_panel_size(trace: Trace, panel: int | None) -> tuple[int, int]:
     return panel_size(width, height, panel)
 
 
-def trace_frames(trace: Trace, preview: str = "fast", attn_scale: str = "shared",
+def _step_pictures(trace: Trace, indices: list[int], preview: str, model: StableDiffusion | None,
+                   size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """x_t and x̂0 pictures at `indices`, both at panel `size`, and the x̂0 label."""
+    preview = resolve_preview(preview, trace, model)
+    x0 = x0_pictures(trace, indices, preview, model)
+    xt = [fit_panel(p, size, smooth=preview == "vae") for p in xt_pictures(trace, indices, x0)]
+    return xt, [fit_panel(p, size, smooth=preview == "vae") for p in x0], X0_LABELS[preview]
+
+
+def trace_frames(trace: Trace, preview: str = "auto", attn_scale: str = "word",
                  model: StableDiffusion | None = None, panel: int | None = None) -> list[Image.Image]:
     """One frame per recorded step: x_t, x̂0, ε̂, ε_c − ε_u (when recorded) and one attention heatmap
-    per prompt word over the x̂0 picture, with a caption "step i/N · t=… · σ=…". Frames share one size."""
+    per prompt word over the x̂0 picture in grey, with a caption "step i/N · t=… · σ=…" and a colour bar.
+    Frames share one size."""
     _require(trace, "latents", "x0")
     indices = list(range(trace.num_steps))
     size = trace_panel_size(trace, panel)
-    x0 = [fit_panel(picture, size) for picture in x0_pictures(trace, indices, preview, model)]
+    xt, x0, x0_label = _step_pictures(trace, indices, preview, model, size)
     tensors = trace.tensors
     has_guidance = "eps_cond" in tensors and "eps_uncond" in tensors
     maps = attention_maps(trace, indices, attn_scale) if "attention" in tensors and trace.words else None
     frames = []
     for i in indices:
-        main = [(latent_preview(trace, "latents", i), "x_t"), (x0[i], "x̂0")]
+        main = [(xt[i], xt_label(trace)), (x0[i], x0_label)]
         if "eps" in tensors:
-            main.append((visualize_noise(tensors["eps"][i]), "ε̂"))
+            main.append((visualize_noise(tensors["eps"][i]), "ε̂ (latent, RGB = channels 1–3)"))
         if has_guidance:
             main.append((visualize_noise(tensors["eps_cond"][i].float() - tensors["eps_uncond"][i].float()),
-                         "ε_c − ε_u"))
+                         "ε_c − ε_u (latent)"))
         rows = [main]
         if maps is not None:
-            tiles = [(overlay(x0[i], maps[i, w], ATTENTION_ALPHA), word) for w, word in enumerate(trace.words)]
+            tiles = [(overlay(x0[i], maps[i, w], ATTENTION_ALPHA, grey=True), f"“{word}”")
+                     for w, word in enumerate(trace.words)]
             per_row = max(len(main), min(len(tiles), WORDS_PER_ROW))
             rows += [tiles[start:start + per_row] for start in range(0, len(tiles), per_row)]
-        frames.append(caption_bar(_labelled_panels(rows, size), step_caption(trace, i)))
+        frame = caption_bar(_labelled_panels(rows, size), step_caption(trace, i))
+        frames.append(attention_legend(frame, attn_scale) if maps is not None else frame)
     return frames
 
 
@@ -192,44 +258,47 @@ def _step_grid(trace: Trace, indices: list[int], rows: list[tuple[str, list[np.n
                      title=title, cell_size=size)
 
 
-def attention_grid(trace: Trace, steps: Sequence[int] | None = None, attn_scale: str = "shared",
-                   preview: str = "fast", model: StableDiffusion | None = None,
+def attention_grid(trace: Trace, steps: Sequence[int] | None = None, attn_scale: str = "word",
+                   preview: str = "auto", model: StableDiffusion | None = None,
                    panel: int | None = None) -> Image.Image:
     """Word × timestep grid: each word's cross-attention heatmap (rows) at the chosen steps (columns,
-    default GRID_STEPS spread over the run), over the x̂0 picture of that step; the prompt as title."""
+    default GRID_STEPS spread over the run), over the x̂0 picture of that step in grey; the prompt and
+    what the picture under the heat is as title, the colour bar and its scale under the grid."""
     indices = step_indices(trace.num_steps, steps)
     maps = attention_maps(trace, indices, attn_scale)  # (S, W, a, a')
     size = trace_panel_size(trace, panel)
-    x0 = [fit_panel(picture, size) for picture in x0_pictures(trace, indices, preview, model)]
-    rows = [(word, [overlay(x0[s], maps[s, w], ATTENTION_ALPHA) for s in range(len(indices))])
+    preview = resolve_preview(preview, trace, model)
+    x0 = [fit_panel(p, size, smooth=preview == "vae") for p in x0_pictures(trace, indices, preview, model)]
+    rows = [(f"“{word}”", [overlay(x0[s], maps[s, w], ATTENTION_ALPHA, grey=True) for s in range(len(indices))])
             for w, word in enumerate(trace.words)]
-    return _step_grid(trace, indices, rows, f"{prompt_title(trace)}: cross-attention per word", size)
+    title = f"{prompt_title(trace)}: cross-attention per word over {X0_LABELS[preview]}"
+    return attention_legend(_step_grid(trace, indices, rows, title, size), attn_scale)
 
 
-def denoise_frames(trace: Trace, preview: str = "fast", model: StableDiffusion | None = None,
+def denoise_frames(trace: Trace, preview: str = "auto", model: StableDiffusion | None = None,
                    panel: int | None = None) -> list[Image.Image]:
     """One frame per step with x_t and x̂0 side by side and the step caption."""
     _require(trace, "latents")
     indices = list(range(trace.num_steps))
     size = trace_panel_size(trace, panel)
-    x0 = x0_pictures(trace, indices, preview, model)
-    return [caption_bar(_labelled_panels([[(latent_preview(trace, "latents", i), "x_t"),
-                                           (x0[i], "x̂0")]], size), step_caption(trace, i))
-            for i in indices]
+    xt, x0, x0_label = _step_pictures(trace, indices, preview, model, size)
+    return [caption_bar(_labelled_panels([[(xt[i], xt_label(trace)), (x0[i], x0_label)]], size),
+                        step_caption(trace, i)) for i in indices]
 
 
-def denoise_grid(trace: Trace, steps: Sequence[int] | None = None, preview: str = "fast",
+def denoise_grid(trace: Trace, steps: Sequence[int] | None = None, preview: str = "auto",
                  model: StableDiffusion | None = None, panel: int | None = None) -> Image.Image:
     """Two rows over the chosen steps: the model input x_t and the predicted x̂0."""
     _require(trace, "latents")
     indices = step_indices(trace.num_steps, steps)
-    rows = [("x_t", [latent_preview(trace, "latents", i) for i in indices]),
-            ("x̂0", x0_pictures(trace, indices, preview, model))]
-    return _step_grid(trace, indices, rows, f"{prompt_title(trace)}: denoising", trace_panel_size(trace, panel))
+    size = trace_panel_size(trace, panel)
+    xt, x0, x0_label = _step_pictures(trace, indices, preview, model, size)
+    return _step_grid(trace, indices, [(xt_label(trace), xt), (x0_label, x0)], f"{prompt_title(trace)}: denoising",
+                      size)
 
 
 def write_trace_views(trace: Trace, animation: str | os.PathLike, image: str | os.PathLike,
-                      preview: str = "fast", attn_scale: str = "shared", model: StableDiffusion | None = None,
+                      preview: str = "auto", attn_scale: str = "word", model: StableDiffusion | None = None,
                       frame_ms: int = 100, force: bool = False, panel: int | None = None) -> list[Path]:
     """Write the trace's frames as an animation, the final image, and (when the prompt has words) the
     word × timestep attention grid as `<image>_attention.png`. Returns the paths written."""

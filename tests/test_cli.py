@@ -87,7 +87,8 @@ def test_existing_outputs_need_force(run, fast):
 
 
 def test_render_vae_preview_needs_stored_decodes_or_a_model(run, fast, tiny_model_dir):
-    ok(run("trace", "-p", "a red circle", "--gif", "fast.gif", "--save-trace", "fast.trace", *fast))
+    ok(run("trace", "-p", "a red circle", "--gif", "fast.gif", "--save-trace", "fast.trace", "--preview", "fast",
+           *fast))
     refused(run("render", "fast.trace", "--gif", "vae.gif", "--preview", "vae", "--model", "nowhere"), "nowhere")
     ok(run("render", "fast.trace", "--gif", "vae.gif", "--preview", "vae", "--model", tiny_model_dir))
     # A trace made with --preview vae stores every decode: rendering it needs no model at all.

@@ -113,8 +113,8 @@ def guidance_grid(model: StableDiffusion, settings: GenerationSettings) -> np.nd
 
 
 def trace_strip(model: StableDiffusion, settings: GenerationSettings) -> np.ndarray:
-    """The first, middle and last frames of the trace animation, stacked top to bottom."""
-    frames = trace_frames(generate_traced(model, settings).traces[0])
+    """The first, middle and last frames of the trace animation (the default view: x̂0 VAE-decoded), stacked."""
+    frames = trace_frames(generate_traced(model, settings).traces[0], model=model)
     shown = (frames[0], frames[len(frames) // 2], frames[-1])
     return np.concatenate([np.asarray(frame.convert("RGB")) for frame in shown], axis=0)
 

@@ -122,3 +122,68 @@ def test_decodes_match_the_pipeline(model, traced):
     # The vae preview of the last step is the decode of the last x̂0, which is what the pipeline decodes.
     last = views.x0_pictures(traced, [STEPS - 1], "vae", model)[0]
     assert np.array_equal(last, decode_latents(model, traced.tensors["x0"][-1:].float())[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Truthful pictures on the embedded model (what a learner sees first)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from diffx.weights import load_model
+
+    model = load_model()
+    return model, generate_traced(model, GenerationSettings(prompt="a red circle left of a blue square"),
+                                  decode_every=1).traces[0]
+
+
+def test_auto_preview_decodes_a_cheap_decoder_and_x0_agrees_with_the_result(embedded):
+    model, trace = embedded
+    assert views.resolve_preview("auto", model=model) == "vae"  # ~1.2 GFLOPs per 64 px image
+    assert views.resolve_preview("auto", trace) == "vae"  # every decode is stored
+    last = views.x0_pictures(trace, [trace.num_steps - 1], "auto", model)[0].astype(float)
+    final = trace.tensors["image"].numpy().astype(float)
+    # The last x̂0 is the result up to one DDIM step (ᾱ_0 ≈ 0.999): measured 0.26/255 on average per RGB value.
+    assert np.abs(last - final).mean() <= 1.0
+    # The latent preview (the old default) is far off: false colours on this model's VAE (measured 68/255).
+    preview = views.x0_pictures(trace, [trace.num_steps - 1], "fast")[0]
+    pooled = final.reshape(16, 4, 16, 4, 3).mean((1, 3))
+    assert np.abs(preview.astype(float) - pooled).mean() > 20
+
+
+def test_sd15_gets_the_latent_preview_under_auto():
+    from diffx.models.configs import sd15
+
+    assert views.resolve_preview("auto", model=build(sd15())) == "fast"  # ~2,480 GFLOPs per 512 px image
+
+
+def test_xt_at_the_middle_step_is_not_saturated(embedded):
+    model, trace = embedded
+    middle = trace.num_steps // 2
+    x0 = views.x0_pictures(trace, [middle], "auto", model)
+    xt = views.xt_pictures(trace, [middle], x0)[0]
+    assert ((xt == 0) | (xt == 255)).mean() <= 0.05
+    # The plain latent preview of the same x_t clips most of its pixels: the picture the issue was about.
+    plain = views.latent_preview(trace, "latents", middle)
+    assert ((plain == 0) | (plain == 255)).mean() > 0.5
+
+
+def test_every_panel_has_a_label_that_says_what_it_shows(embedded, monkeypatch):
+    model, trace = embedded
+    seen = []
+    real_make_grid = views.make_grid
+
+    def spy(cells, *args, cell_labels=None, **kwargs):
+        seen.append((cells, cell_labels))
+        return real_make_grid(cells, *args, cell_labels=cell_labels, **kwargs)
+
+    monkeypatch.setattr(views, "make_grid", spy)
+    views.trace_frames(trace, model=model)
+    for cells, labels in seen:
+        assert labels is not None and [len(row) for row in labels] == [len(row) for row in cells]
+        assert all(label for row in labels for label in row)
+    first_row = seen[0][1][0]
+    assert first_row[:2] == [views.XT_LABEL, "x̂0 (VAE decode)"]
+    seen.clear()
+    views.trace_frames(trace, preview="fast")
+    assert seen[0][1][0][1] == "x̂0 (latent preview)"

@@ -120,7 +120,7 @@ def cfg_sweep(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    preview: PreviewOpt = "fast",
+    preview: PreviewOpt = "auto",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
 ) -> None:
@@ -179,8 +179,8 @@ def compare(
 ) -> None:
     """Compare settings: one image per combination of two of them, everything else fixed.
 
-    Writes a labelled grid (--out, default compare.png) with the model evaluations and the time of
-    each cell.
+    Writes a labelled grid (--out, default compare.png) with the number of model evaluations of each
+    cell (the cost that compares across machines).
 
     Example: diffx compare --prompt "a red circle" --x sampler=ddim,euler,dpmpp_2m --y steps=5,10,25
     """

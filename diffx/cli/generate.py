@@ -102,7 +102,7 @@ def denoise(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    preview: PreviewOpt = "fast",
+    preview: PreviewOpt = "auto",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
 ) -> None:
@@ -159,8 +159,8 @@ def trace(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    preview: PreviewOpt = "fast",
-    attn_scale: AttnScaleOpt = "shared",
+    preview: PreviewOpt = "auto",
+    attn_scale: AttnScaleOpt = "word",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
 ) -> None:
@@ -182,9 +182,10 @@ def trace(
     gif, out = animation_and_image(gif, out, Path("trace"))
     check_outputs([out, companion_path(out, "attention"), save_trace, html], force, gif)
     loaded = ModelChoice(model, device, dtype).load()
-    # With --preview vae the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
+    # When x̂0 is shown decoded, the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
+    decoded = views.resolve_preview(preview, model=loaded) == "vae"
     generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(),
-                                decode_every=1 if preview == "vae" else 0)
+                                decode_every=1 if decoded else 0)
     recorded = generation.traces[0]
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
     if save_trace is not None:
@@ -201,8 +202,8 @@ def render(
                                                show_default=False)],
     gif: GifOpt = None,
     out: OutOpt = None,
-    preview: PreviewOpt = "fast",
-    attn_scale: AttnScaleOpt = "shared",
+    preview: PreviewOpt = "auto",
+    attn_scale: AttnScaleOpt = "word",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -212,7 +213,8 @@ def render(
     """Re-render the views of a saved trace, without running the model.
 
     Writes the same files as `diffx trace` (default: named after the trace file). A model is loaded
-    only for --preview vae when the trace holds no VAE decodes of x̂0.
+    only for --preview vae when the trace holds no VAE decodes of x̂0 (--preview auto then shows the
+    latent preview, and says so on every panel).
 
     Example: diffx render out.safetensors --gif again.gif --attn-scale word
     """

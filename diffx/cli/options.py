@@ -60,9 +60,12 @@ GifOpt = Annotated[Path | None, typer.Option(help="Animation file (.gif, or .mp4
                                                 show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")]
 FrameMsOpt = Annotated[int, typer.Option(help="Milliseconds per animation frame.")]
-PreviewOpt = Annotated[str, typer.Option(help="x̂0 pictures: fast (linear latent preview) or vae (VAE decode).")]
+PreviewOpt = Annotated[str, typer.Option(
+    help="x̂0 pictures: auto (VAE decode when the decoder is cheap, as the embedded model's; else the "
+         "latent preview), fast (linear latent preview) or vae (VAE decode).")]
 AttnScaleOpt = Annotated[str, typer.Option(
-    help="Attention heatmaps: shared (one range, comparable) or word (each map stretched).")]
+    help="Attention heatmaps: word (each map scaled to its own maximum) or shared (one range for all words "
+         "and steps, brightness comparable).")]
 HtmlOpt = Annotated[Path | None, typer.Option(
     help="Also write an interactive, self-contained HTML report (slider, panels, clickable words).",
     show_default=False)]
@@ -144,7 +147,7 @@ def parse_list(text: str, kind: type, option: str) -> list:
     return values
 
 
-def check_view_options(preview: str, attn_scale: str = "shared") -> None:
+def check_view_options(preview: str, attn_scale: str = "word") -> None:
     """Check --preview and --attn-scale before any slow work."""
     from diffx.views import ATTENTION_SCALES, PREVIEWS
 

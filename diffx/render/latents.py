@@ -80,3 +80,23 @@ def visualize_noise(eps: torch.Tensor) -> np.ndarray:
     std = channels.std(dim=(1, 2), keepdim=True).clamp_min(1e-8)
     standardized = (channels - mean) / std  # (3, h, w), unit variance per channel
     return unit_range_to_uint8((standardized / NOISE_DISPLAY_SIGMAS).permute(1, 2, 0))
+
+
+def noisy_picture(x0_rgb: torch.Tensor, eps: torch.Tensor, alpha_cumprod: float) -> np.ndarray:
+    """Draw a state x_t = √ᾱ x̂0 + √(1 − ᾱ) ε̂ (DDPM eq. 4) as a picture the eye can read, uint8 (H, W, 3).
+
+    `x0_rgb`: the predicted clean image (3, H, W) in [-1, 1] (a VAE decode or the latent preview);
+    `eps`: the predicted noise (C >= 3, h, w), its first three channels drawn as R, G, B (as
+    `visualize_noise` does) at the image size. The mixture is divided by √ᾱ + NOISE_DISPLAY_SIGMAS · √(1 − ᾱ),
+    so pure noise (ᾱ = 0) shows at ±NOISE_DISPLAY_SIGMAS σ, the clean image (ᾱ = 1) as itself, and in
+    between the picture emerges from noise without clipping more than the noise's own far tail. The
+    latent x_t itself cannot be shown this way: a linear preview multiplies its unit noise by the
+    preview's steep factors and clips.
+    """
+    if x0_rgb.ndim != 3 or x0_rgb.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) picture tensor, got shape {tuple(x0_rgb.shape)}")
+    signal = x0_rgb.detach().float().cpu()
+    noise = F.interpolate(eps.detach().float().cpu()[None, :3], size=signal.shape[-2:], mode="nearest")[0]
+    signal_scale, noise_scale = alpha_cumprod**0.5, (1.0 - alpha_cumprod) ** 0.5
+    mixture = (signal_scale * signal + noise_scale * noise) / (signal_scale + NOISE_DISPLAY_SIGMAS * noise_scale)
+    return unit_range_to_uint8(mixture.permute(1, 2, 0))
