@@ -21,6 +21,7 @@ from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
 from diffx.trace import Trace
+from diffx.trace_checks import describe_identity, model_mismatch
 from diffx.views import X0_LABELS, format_timestep, latent_preview, xt_pictures
 
 if TYPE_CHECKING:
@@ -64,8 +65,10 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
     steps = range(trace.num_steps)
     frames: dict[str, list[str]] = {}
     # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
+    # Another model's traces are never decoded with `model`: the column says so instead.
     decoded = trace.decoded_steps()
-    if model is not None and "x0" in tensors:
+    mismatch = model_mismatch(trace.meta, model) if model is not None and "x0" in tensors else None
+    if model is not None and "x0" in tensors and not mismatch:
         decoded = dict(enumerate(trace.decoded_x0(steps, model)))
     if "x0" in tensors:
         x0 = [fit_picture(decoded[s]) if s in decoded else latent_preview(trace, "x0", s) for s in steps]
@@ -81,6 +84,8 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
                            for s in steps]
     return {
         "label": label,
+        "model": model_description(trace),
+        "decode_note": (f"not decoded with the given model: {mismatch.split(';')[0]}" if mismatch else None),
         "guidance": trace.meta.get("settings", {}).get("guidance"),
         "colour": COLUMN_COLOURS[index % len(COLUMN_COLOURS)],
         "words": trace.words,
@@ -142,17 +147,45 @@ def _step_info(trace: Trace, step: int) -> str:
             f"ᾱ = {float(tensors['alphas_cumprod'][step]):.4g}")
 
 
+def model_key(trace: Trace) -> str:
+    """What tells the traces' models apart: the config and weights hashes, else the name and source."""
+    model = trace.meta.get("model") or {}
+    identity = model.get("identity") or {}
+    if identity.get("config_hash") or identity.get("weights_hash"):
+        return f"{identity.get('config_hash')}/{identity.get('weights_hash')}"
+    return f"{model.get('name', '?')}/{model.get('source', '?')}"
+
+
+def model_description(trace: Trace) -> str:
+    """The model that made a trace: its name and source, and its hashes where the trace records them."""
+    model = trace.meta.get("model") or {}
+    identity = model.get("identity")
+    name = describe_identity(identity) if identity else model.get("name", "?")
+    return f"{name} from {model.get('source', '?')}"
+
+
+def models_differ(traces: list[Trace]) -> bool:
+    return len({model_key(trace) for trace in traces}) > 1
+
+
 def column_label(traces: list[Trace], trace: Trace, index: int) -> str:
     """Name a column by the settings that differ between the traces ("guidance 7.5"), else by number;
-    a lone trace by its guidance and seed."""
+    a lone trace by its guidance and seed. Traces of different models are named by their model first."""
     settings = [t.meta.get("settings", {}) for t in traces]
     differing = [key for key in COLUMN_KEYS if len({json.dumps(s.get(key)) for s in settings}) > 1]
+    model = ""
+    if models_differ(traces):
+        own_model = trace.meta.get("model") or {}
+        names = {(t.meta.get("model") or {}).get("name") for t in traces}
+        hashes = (own_model.get("identity") or {}).get("weights_hash")
+        model = f"model {own_model.get('name', '?')}" + (f" ({hashes[:8]})" if len(names) == 1 and hashes else "")
     if len(traces) == 1:
         differing = ["guidance", "seed"]
     elif not differing:
-        return f"trace {index + 1}"
+        return model or f"trace {index + 1}"
     own = trace.meta.get("settings", {})
-    return " · ".join(f"{key.replace('_', ' ')} {format_value(own.get(key))}" for key in differing)
+    parts = [model] if model else []
+    return " · ".join(parts + [f"{key.replace('_', ' ')} {format_value(own.get(key))}" for key in differing])
 
 
 def default_word(words: list[str]) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 from diffx.models.tokenizer import CONTEXT_LENGTH
-from diffx.report_columns import data_uri, fit_picture, format_value, shorten
+from diffx.report_columns import data_uri, fit_picture, format_value, model_description, models_differ, shorten
 from diffx.tables import word_rows
 from diffx.trace import Trace
 
@@ -67,8 +67,8 @@ def pipeline_section(traces: list[Trace]) -> str:
     ]
     boxes = '<span class="arrow" aria-hidden="true">→</span>'.join(
         f'<div class="stage {kind}"><b>{title}</b><span>{text}</span></div>' for kind, title, text in stages)
-    model = meta.get("model", {})
-    settings = [("model", f"{model.get('name', '?')} ({model.get('source', '?')})"), ("mode", mode),
+    models = list(dict.fromkeys(model_description(trace) for trace in traces))
+    settings = [("models" if len(models) > 1 else "model", " / ".join(models)), ("mode", mode),
                 ("sampler", _settings_value(traces, "sampler")), ("schedule", _settings_value(traces, "schedule")),
                 ("spacing", _settings_value(traces, "spacing")), ("steps", _settings_value(traces, "steps")),
                 ("guidance w", _settings_value(traces, "guidance")), ("seed", _settings_value(traces, "seed")),
@@ -120,7 +120,8 @@ def loop_section(traces: list[Trace], columns: list[dict], charts_svg: str) -> s
         '<option value="2">2 steps/s</option><option value="5" selected>5 steps/s</option>'
         '<option value="10">10 steps/s</option></select></label>'
         f"{attention_controls}</div>")
-    column_html = "\n".join(_column_html(c, column) for c, column in enumerate(columns))
+    show_model = models_differ(traces)
+    column_html = "\n".join(_column_html(c, column, show_model) for c, column in enumerate(columns))
     return (
         '<section class="card" aria-labelledby="loop-title"><h2 id="loop-title">Inside the denoising loop</h2>'
         '<p class="note">Drag the slider, press ← / → (Home / End), or play. At every step the sampler feeds x_t '
@@ -138,7 +139,7 @@ def _icon(path: str) -> str:
     return f'<svg viewBox="0 0 16 16" aria-hidden="true"><path d="{path}"/></svg>'
 
 
-def _column_html(c: int, column: dict) -> str:
+def _column_html(c: int, column: dict, show_model: bool = False) -> str:
     figures = []
     for key, (title, caption) in PANELS.items():
         if key == "x0":
@@ -155,8 +156,15 @@ def _column_html(c: int, column: dict) -> str:
              "latent</figcaption></figure>") if column["image"] else ""
     return (f'<div class="column" style="--aspect: {column["aspect"]}"><h3><span class="swatch" '
             f'style="background: {column["colour"]}"></span>{html.escape(column["label"])}</h3>'
-            f'<p class="step-info" data-col="{c}">{html.escape(column["info"][0])}</p>'
+            f'{_model_line(column, show_model)}<p class="step-info" data-col="{c}">{html.escape(column["info"][0])}</p>'
             f'<div class="panels">{"".join(figures)}{image}</div></div>')
+
+
+def _model_line(column: dict, show_model: bool) -> str:
+    """The column's model, when the page's columns come from different models; a note on skipped decodes."""
+    line = f'<p class="note column-model">model: {html.escape(column["model"])}</p>' if show_model else ""
+    note = column.get("decode_note")
+    return line + (f'<p class="note decode-note">{html.escape(note)}</p>' if note else "")
 
 
 def _cut_words(trace: Trace) -> set[int]:

@@ -11,7 +11,9 @@ Cross-attention maps follow the DAAM recipe (Tang et al. 2023): per layer, the c
 averaged over heads, upsampled to the largest attention resolution, then averaged over layers. Only
 the aggregate is stored, one (tokens, h, w) map per step, which keeps a 50-step 512 px trace small.
 
-A trace is saved as one safetensors file: the tensors plus a JSON header (`save_trace` / `load_trace`).
+A trace is saved as one safetensors file: the tensors plus a JSON header (`save_trace` / `load_trace`);
+the metadata records the model that made it (`trace_checks.model_identity`), and `load_trace` checks the
+header, the metadata schema and every tensor's shape before anything reads them (`trace_checks`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from diffx.models.attention import AttentionLayer
 from diffx.models.tokenizer import TokenizedPrompt
 from diffx.pipeline import Generation, GenerationSettings, ImageRun, Observer, decode_latents, generate
 from diffx.samplers import StepCallback, StepRecord
+from diffx.trace_checks import TRACE_FORMAT, TRACE_VERSION, check_trace_file, model_identity, model_mismatch
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -46,7 +49,6 @@ if TYPE_CHECKING:
 
 RECORDABLE = ("latents", "eps", "x0", "attention", "negative_attention", "self_attention")
 DEFAULT_RECORD = ("latents", "eps", "x0", "attention")
-TRACE_FORMAT = "diffx-trace/2"  # /2: the latent preview is stored as {"factors", "bias"}
 
 
 @dataclass
@@ -125,13 +127,17 @@ class Trace:
 
     def decoded_x0(self, indices: Sequence[int], model: StableDiffusion | None = None) -> list[np.ndarray]:
         """VAE decodes (H, W, 3) of x̂0 at 0-based step `indices`: stored ones from the trace, the rest
-        decoded with `model` (an error names the missing steps when there is no model)."""
+        decoded with `model` (an error names the missing steps when there is no model, or says so when
+        `model` is not the model that made the trace)."""
         stored = self.decoded_steps()
         missing = sorted({i for i in indices if i not in stored})
         if missing and model is None:
             numbers = ", ".join(str(i + 1) for i in missing[:5]) + (", …" if len(missing) > 5 else "")
             raise InvalidArgumentError(f"the trace holds no VAE decode of x̂0 at step {numbers}; "
                                        "pass --model to decode them, or use --preview fast")
+        mismatch = model_mismatch(self.meta, model) if missing and model is not None else None
+        if mismatch:
+            raise InvalidArgumentError(mismatch)
         if missing:
             stored.update(zip(missing, decode_latents(model, self.tensors["x0"][missing]), strict=True))
         return [stored[i] for i in indices]
@@ -263,11 +269,11 @@ def generate_traced(model: StableDiffusion, settings: GenerationSettings, *, see
 
     generation = generate(model, settings, seeds=seeds, init_image=init_image, mask=mask, observe=observe,
                           progress=progress)
-    traces = []
+    traces, identity = [], model_identity(model)
     for (run, tracer), image, final in zip(runs, generation.images, generation.latents, strict=True):
         extra = {"final_latent": final, "image": torch.from_numpy(image)}
         extra.update(_decoded_steps(model, tracer, decode_every))
-        traces.append(tracer.finish(trace_meta(model, run), extra))
+        traces.append(tracer.finish(trace_meta(model, run, identity), extra))
     return TracedGeneration(images=generation.images, latents=generation.latents, settings=generation.settings,
                             traces=traces)
 
@@ -283,8 +289,9 @@ def _decoded_steps(model: StableDiffusion, tracer: Tracer, every: int) -> dict[s
             "decoded_steps": torch.tensor(steps)}
 
 
-def trace_meta(model: StableDiffusion, run: ImageRun) -> dict:
-    """The JSON metadata of one image's trace: prompt, tokens, model, settings, latent preview, versions."""
+def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = None) -> dict:
+    """The JSON metadata of one image's trace: format version, prompt, tokens, model (with its identity,
+    `model_identity(model)` unless given), settings, latent preview, versions."""
     def token_info(t: TokenizedPrompt) -> dict:
         return {"words": list(t.words), "tokens": list(t.tokens[: t.num_tokens]), "ids": list(t.ids[: t.num_tokens]),
                 "word_ids": list(t.word_ids[: t.num_tokens]), "num_tokens": t.num_tokens,
@@ -293,9 +300,11 @@ def trace_meta(model: StableDiffusion, run: ImageRun) -> dict:
     vae = model.config.vae
     settings = run.settings
     return {
-        "mode": run.mode, "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
+        "version": TRACE_VERSION, "mode": run.mode, "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt,
         "tokens": token_info(run.tokens), "negative_tokens": token_info(run.negative_tokens),
-        "model": {"name": model.config.name, "source": model.source, "config": model.config.to_dict()},
+        "model": {"name": model.config.name, "source": model.source, "config": model.config.to_dict(),
+                  "identity": identity or model_identity(model)},
         "settings": dict(settings.__dict__),
         "latent_scaling_factor": vae.scaling_factor,
         "latent_preview": None if vae.latent_rgb_factors is None else {
@@ -330,14 +339,15 @@ def _aggregate(maps: list[Tensor]) -> Tensor:
 def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
     """Write `trace` as one safetensors file; metadata goes into its JSON header."""
     tensors = {key: value.contiguous() for key, value in trace.tensors.items()}
-    header = {"format": TRACE_FORMAT, "diffx_trace": json.dumps(trace.meta)}
+    header = {"format": TRACE_FORMAT, "diffx_trace": json.dumps({"version": TRACE_VERSION, **trace.meta})}
     with atomic_output(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return Path(path)
 
 
 def load_trace(path: str | Path) -> Trace:
-    """Read a trace written by `save_trace`."""
+    """Read a trace written by `save_trace`, checking its header, metadata and tensors first (one-line
+    `TraceFileError`s, see `diffx.trace_checks`)."""
     path = Path(path)
     if not path.is_file():
         raise TraceFileError(f"trace file {path} does not exist; write one with `diffx trace --save-trace`")
@@ -347,7 +357,4 @@ def load_trace(path: str | Path) -> Trace:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors raises several kinds for a corrupt or foreign file
         raise TraceFileError(f"{path} is not a diffx trace ({error}); pass a file from --save-trace") from error
-    if header.get("format") != TRACE_FORMAT:
-        raise TraceFileError(f"{path} is a safetensors file but not a diffx trace; "
-                             "pass a file from --save-trace")
-    return Trace(meta=json.loads(header["diffx_trace"]), tensors=tensors)
+    return Trace(meta=check_trace_file(path, header, tensors), tensors=tensors)

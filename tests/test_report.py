@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import io
 import json
 import re
@@ -258,6 +259,31 @@ def test_write_report_errors(sweep, tmp_path):
     short = synthetic_trace(sweep[0].meta, steps=3, side=64)
     with pytest.raises(InvalidArgumentError, match="different numbers of steps"):
         render_report_html([sweep[0], short])
+
+
+def test_traces_of_two_models_show_each_columns_model(model):
+    """Each column names its model; the given model decodes only its own traces, the other column says so."""
+    torch.manual_seed(1)
+    other = build(tiny())
+    run = GenerationSettings(prompt="a blue square", steps=3)
+    mine, theirs = (generate_traced(m, run).traces[0] for m in (model, other))
+    page = render_report_html([mine, theirs], model=model)
+    columns = page_data(page)["columns"]
+    hashes = [t.meta["model"]["identity"]["weights_hash"] for t in (mine, theirs)]
+    assert hashes[0] != hashes[1]
+    assert [column["label"] for column in columns] == [f"model tiny ({h[:8]})" for h in hashes]
+    for column, weights in zip(columns, hashes, strict=True):
+        assert weights in column["model"]
+        assert f"model: {html.escape(column['model'])}" in page
+    assert "models" in page and " / ".join(column["model"] for column in columns) in html.unescape(page)
+    assert columns[0]["x0_decoded"] == [True] * 3 and columns[0]["decode_note"] is None
+    assert columns[1]["x0_decoded"] == [False] * 3
+    assert "not decoded with the given model: the trace was made by model tiny" in columns[1]["decode_note"]
+    assert html.escape(columns[1]["decode_note"]) in page
+    # One model: no model line per column, labels as before.
+    single = render_report_html([mine, generate_traced(model, GenerationSettings(prompt="a blue square", steps=3,
+                                                                                  guidance=2.0)).traces[0]])
+    assert "column-model" not in single and page_data(single)["columns"][0]["label"].startswith("guidance")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """The tracer: what it records, that watching changes nothing, and the trace file."""
 
+import copy
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from diffx.errors import InvalidArgumentError, OutputPathError, TraceFileError
@@ -14,7 +17,8 @@ from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
 from diffx.pipeline import GenerationSettings, decode_latents, encode_text, generate
 from diffx.samplers import SAMPLERS
-from diffx.trace import Trace, TraceOptions, Tracer, generate_traced, load_trace, save_trace
+from diffx.trace import RECORDABLE, Trace, TraceOptions, Tracer, generate_traced, load_trace, save_trace
+from diffx.trace_checks import model_identity
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
 LATENT = SIZE // 2
@@ -227,6 +231,143 @@ def test_files_that_are_not_traces(tmp_path):
     text.write_text("not a trace at all")
     with pytest.raises(TraceFileError, match="is not a diffx trace"):
         load_trace(text)
+
+
+def rewrite(path, tmp_path, name, meta=None, header=None, tensors=None, drop=()):
+    """A copy of the trace file at `path` with its metadata, header fields or tensors changed."""
+    with safe_open(str(path), framework="pt") as handle:
+        old_header = handle.metadata()
+        old_tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    old_header = {**old_header, "diffx_trace": json.dumps(meta)} if meta is not None else old_header
+    new_tensors = {key: value.contiguous() for key, value in {**old_tensors, **(tensors or {})}.items()
+                   if key not in drop}
+    new_header = {key: value for key, value in {**old_header, **(header or {})}.items() if value is not None}
+    out = tmp_path / f"{name}.safetensors"
+    save_file(new_tensors, str(out), metadata=new_header)
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoded_trace_file(model, tmp_path_factory):
+    trace = generate_traced(model, settings(), decode_every=2,
+                            options=TraceOptions(record=RECORDABLE)).traces[0]
+    return save_trace(trace, tmp_path_factory.mktemp("traces") / "full.safetensors")
+
+
+def without(meta: dict, *keys: str) -> dict:
+    """`meta` with the nested field at path `keys` removed."""
+    meta = copy.deepcopy(meta)
+    inner = meta
+    for key in keys[:-1]:
+        inner = inner[key]
+    del inner[keys[-1]]
+    return meta
+
+
+def changed(meta: dict, value, *keys: str) -> dict:
+    meta = copy.deepcopy(meta)
+    inner = meta
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] = value
+    return meta
+
+
+def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
+    """Name -> (changes for `rewrite`, what the one-line error says)."""
+    steps = tensors["timesteps"].shape[0]
+    return {
+        "empty metadata {}": ({"meta": {}}, "version None, expected 3"),
+        "metadata not JSON": ({"header": {"diffx_trace": "{not json"}}, "metadata is not JSON"),
+        "metadata a JSON list": ({"header": {"diffx_trace": "[1, 2]"}}, "not a JSON object"),
+        "metadata missing": ({"header": {"diffx_trace": None}}, "metadata is not JSON"),
+        "format missing": ({"header": {"format": None}}, "safetensors file but not a diffx trace"),
+        "older format": ({"header": {"format": "diffx-trace/2"}}, "written by an older diffx .*diffx-trace/2"),
+        "newer format": ({"header": {"format": "diffx-trace/9"}}, "written by another diffx"),
+        "old version field": ({"meta": changed(meta, 2, "version")}, "version 2, expected 3"),
+        "tokens missing": ({"meta": without(meta, "tokens")}, "field 'tokens' should be a dict, is missing"),
+        "settings not a dict": ({"meta": changed(meta, [], "settings")}, "'settings' should be a dict, is a list"),
+        "num_tokens disagrees": ({"meta": changed(meta, 3, "tokens", "num_tokens")}, "num_tokens is 3"),
+        "word id out of range": ({"meta": changed(meta, [None, 99] + meta["tokens"]["word_ids"][2:], "tokens",
+                                                  "word_ids")}, "word id is not one of the"),
+        "model identity missing": ({"meta": without(meta, "model", "identity")}, "'identity' should be a dict"),
+        "weights hash missing": ({"meta": without(meta, "model", "identity", "weights_hash")}, "'weights_hash'"),
+        "timesteps missing": ({"drop": ["timesteps"]}, "timesteps should be a 1-D tensor"),
+        "no steps": ({"tensors": {k: v[:0] for k, v in tensors.items() if v.ndim and v.shape[0] == steps
+                                  and k != "decoded_steps"}, "drop": ["decoded_x0", "decoded_steps"]}, "no steps"),
+        "sigmas shorter than steps": ({"tensors": {"sigmas": tensors["sigmas"][:-1]}}, "tensor sigmas has shape"),
+        "latents shorter than steps": ({"tensors": {"latents": tensors["latents"][:-1]}},
+                                       rf"tensor latents has shape \({steps - 1}, "),
+        "x0 shorter than steps": ({"tensors": {"x0": tensors["x0"][:-1]}}, "tensor x0 has shape"),
+        "eps of another latent size": ({"tensors": {"eps": tensors["eps"][..., :-1]}}, "tensor eps has shape"),
+        "attention shorter than steps": ({"tensors": {"attention": tensors["attention"][:-1]}}, "tensor attention"),
+        "attention token count wrong": ({"tensors": {"attention": tensors["attention"][:, :-1]}},
+                                        "tokens maps"),
+        "negative attention token count": ({"tensors": {"negative_attention": tensors["negative_attention"][:, 1:]}},
+                                           "negative tokens maps"),
+        "self attention 4-D": ({"tensors": {"self_attention": tensors["self_attention"][:, None]}},
+                               "tensor self_attention has shape"),
+        "final latent wrong shape": ({"tensors": {"final_latent": tensors["final_latent"][:2]}}, "final_latent"),
+        "image not uint8": ({"tensors": {"image": tensors["image"].float()}}, "image is torch.float32"),
+        "image grey": ({"tensors": {"image": tensors["image"][..., 0]}}, "tensor image has shape"),
+        "decoded_steps out of range": ({"tensors": {"decoded_steps": tensors["decoded_steps"] + steps}},
+                                       "decoded_steps holds a step outside"),
+        "decoded_steps negative": ({"tensors": {"decoded_steps": tensors["decoded_steps"] - 1}}, "outside"),
+        "decoded_steps fractional": ({"tensors": {"decoded_steps": tensors["decoded_steps"].float()}},
+                                     "expected integer step numbers"),
+        "decoded_steps count wrong": ({"tensors": {"decoded_steps": tensors["decoded_steps"][:-1]}},
+                                      "one step number per decoded picture"),
+        "decoded_x0 without steps": ({"drop": ["decoded_steps"]}, "one is missing"),
+        "latents not floating": ({"tensors": {"latents": tensors["latents"].long()}}, "expected floating point"),
+        "unexpected tensor": ({"tensors": {"weights": torch.zeros(2)}}, "unexpected tensors weights"),
+    }
+
+
+def test_malformed_trace_files_are_refused_in_one_line(tmp_path, decoded_trace_file):
+    """Every malformed case: one TraceFileError line naming the file and the problem, never a traceback."""
+    good = load_trace(decoded_trace_file)
+    assert good.meta["version"] == 3 and set(good.tensors) >= {"decoded_x0", "negative_attention"}
+    assert len(malformed_cases(good.meta, good.tensors)) >= 30
+    for number, (name, (changes, message)) in enumerate(malformed_cases(good.meta, good.tensors).items()):
+        path = rewrite(decoded_trace_file, tmp_path, f"case{number}", **changes)
+        with pytest.raises(TraceFileError, match=message) as caught:
+            load_trace(path)
+        text = str(caught.value)
+        assert "\n" not in text and str(path) in text, name
+        if "not a diffx trace" not in text:
+            assert "re-record it with `diffx trace --save-trace`" in text, name
+
+
+def test_every_load_of_a_good_file_passes_the_checks(tmp_path, default_trace, decoded_trace_file):
+    assert load_trace(decoded_trace_file).decoded_steps()
+    # Hand-built metadata gets the version field on save; it still needs everything else.
+    assert load_trace(save_trace(default_trace, tmp_path / "plain.safetensors")).meta == default_trace.meta
+
+
+def test_model_identity(model):
+    identity = model_identity(model)
+    assert identity["name"] == "tiny" and len(identity["config_hash"]) == len(identity["weights_hash"]) == 16
+    assert model_identity(copy.deepcopy(model).to(dtype=torch.float16)) == identity  # the dtype is left out
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.unet.parameters()).zero_()
+    assert model_identity(other)["weights_hash"] != identity["weights_hash"]
+    assert model_identity(other)["config_hash"] == identity["config_hash"]
+
+
+def test_decoding_with_another_model_is_refused(model, tmp_path):
+    trace = generate_traced(model, settings()).traces[0]
+    assert trace.meta["model"]["identity"] == model_identity(model)
+    torch.manual_seed(5)
+    other = build(tiny()).eval()
+    loaded = load_trace(save_trace(trace, tmp_path / "trace.safetensors"))
+    for recorded in (trace, loaded):
+        with pytest.raises(InvalidArgumentError, match=r"the trace was made by model tiny \(config [0-9a-f]+, "
+                                                       r"weights [0-9a-f]+\), this is model tiny .*--preview fast"):
+            recorded.decoded_x0([0, 1], other)
+        assert len(recorded.decoded_x0([0, 1], model)) == 2
+    stored = generate_traced(model, settings(), decode_every=1).traces[0]
+    assert len(stored.decoded_x0([0, 1, 2], other)) == 3  # nothing to decode: the stored pictures serve
 
 
 def test_sd15_trace_size_bound(model, default_trace):
