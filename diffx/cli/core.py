@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from diffx import __version__
 from diffx.errors import DiffxError
 
 OUT = Console(highlight=False)  # results
@@ -36,7 +36,7 @@ class DiffxGroup(TyperGroup):
     """The `diffx` command group: runs a subcommand with diffx's warnings shown as one line each and a
     `DiffxError` turned into `error: <message>` on stderr and exit code 2 (unless `--debug` was given)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:
@@ -60,9 +60,17 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        OUT.print(f"diffx {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print diffx's version and exit.")] = False,
 ) -> None:
     """Options for every command, given before its name: `diffx --debug trace …`. (DiffxGroup reads them.)"""
 
