@@ -226,7 +226,7 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     again = tmp_path / "again"
     ok(run("train", "--out-dir", again, "--init-from", export, "--vae-steps", 2, "--unet-steps", 1,
            "--batch", 4, "--pool-size", 8, "--lr", 1e-3, "--device", "cpu", "--attention-loss", 0.01,
-           "--export", export))
+           "--export", export, "--force"))
     vae_before = torch.load(out_dir / "vae_state.pt", weights_only=True)["vae"]
     vae_after = torch.load(again / "vae_state.pt", weights_only=True)["vae"]
     assert all(torch.equal(vae_before[k].half().float(), vae_after[k]) for k in vae_before)
@@ -258,3 +258,21 @@ def test_train_rejects_bad_settings_before_any_work(run, tmp_path, bad):
     result = run("train", "--out-dir", tmp_path / "run", *bad)
     assert result.exit_code == 2 and result.stderr.startswith("error:") and bad[0] in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_cfg_sweep_with_html_and_no_out_writes_only_the_html(run, fast, tmp_path):
+    ok(run("cfg-sweep", "-p", "a red circle", "--scales", "1,3", "--html", "sweep.html", *fast))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.html"]
+
+
+def test_out_jpg_writes_a_jpeg(run, fast, tmp_path):
+    ok(run("denoise", "-p", "a red circle", "--out", "o.jpg", *fast))
+    with Image.open(tmp_path / "o.jpg") as written:
+        assert written.format == "JPEG"
+
+
+def test_help_has_no_bool_metavar_and_paragraphs_wrap_at_the_terminal(run, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    text = ok(run("trace", "--help")).output
+    assert "<bool>" not in text and "<list[" not in ok(run("report", "--help")).output
+    assert "prompt word at every step" in text  # the docstring's own line breaks are gone

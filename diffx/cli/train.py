@@ -1,60 +1,117 @@
-"""`diffx train`: the embedded shapes-world model's training loop (`diffx.embedded.train`)."""
+"""`diffx train`: the embedded shapes-world model's training loop (`diffx.embedded.train`).
 
+Every option is parsed by a `_number`/`_folder` parser that raises a `DiffxError` (one `error:` line,
+exit 2) instead of click's usage box, and `check_train_inputs` checks paths, the model to continue from
+and the device before the scene pool is rendered.
+"""
+
+import contextlib
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from diffx.cli.core import OUT, print_written
-from diffx.cli.options import DeviceOpt, SeedOpt
-from diffx.errors import InvalidArgumentError
+from diffx.errors import DiffxError, InvalidArgumentError
+
+MAX_STEPS = 10_000_000
+
+
+class _BadOption(DiffxError):
+    """An option value that does not parse (not a `ValueError`, so click's parser wrapper lets it through to
+    the one-line `error:` printer instead of drawing its usage box)."""
+
+
+def _number(option: str, kind: type, low: float, high: float, example: str, above: bool = False
+            ) -> Callable[[object], float]:
+    """Parser for `option`: a whole (`kind` int) or finite number in [low, high] (`above`: > low)."""
+    word = "a whole number" if kind is int else "a finite number"
+    bound = f"above {low}" if above else f"at least {low}"
+    most = f"{high:g}" if kind is float else str(high)
+
+    def parse(value: object) -> float:
+        number = None
+        if isinstance(value, kind) and not isinstance(value, bool):
+            number = value
+        else:
+            with contextlib.suppress(ValueError):
+                number = kind(str(value).strip())
+        if number is None or (kind is float and not math.isfinite(number)) or number < low \
+                or (above and number == low) or number > high:
+            raise _BadOption(f"{option} must be {word} {bound} and at most {most}, got {str(value)[:40]!r}; "
+                             f"e.g. {option} {example}")
+        return number
+
+    return parse
+
+
+def _folder(option: str, kind: type = Path) -> Callable[[object], object]:
+    """Parser for `option`: a non-empty path (`check_train_inputs` checks it as a folder)."""
+
+    def parse(value: object) -> object:
+        if not str(value).strip():
+            raise _BadOption(f"{option} is empty; give a folder path, e.g. {option} runs/shapes-world")
+        return kind(value)
+
+    return parse
 
 
 def train(
-    out_dir: Annotated[Path, typer.Option(help="Training folder: checkpoints, loss curves, sample grids.")] = Path(
+    out_dir: Annotated[Path, typer.Option(parser=_folder("--out-dir"),
+                                          help="Training folder: checkpoints, loss curves, sample grids.")] = Path(
         "runs/shapes-world"),
     export: Annotated[Path | None, typer.Option(
+        parser=_folder("--export"),
         help="When done, write the model here as a diffx model folder (e.g. data/shapes-world).",
         show_default=False)] = None,
-    vae_steps: Annotated[int, typer.Option(help="VAE training steps.")] = 1100,
-    unet_steps: Annotated[int, typer.Option(help="Text encoder + U-Net training steps.")] = 5000,
-    batch: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="U-Net peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
-    pool_size: Annotated[int, typer.Option(help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
-    seed: SeedOpt = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).")] = 0,
-    device: DeviceOpt = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Let --export replace a model folder that exists.")
+                     ] = False,
+    vae_steps: Annotated[int, typer.Option(parser=_number("--vae-steps", int, 1, MAX_STEPS, "1100"),
+                                           help="VAE training steps.")] = 1100,
+    unet_steps: Annotated[int, typer.Option(parser=_number("--unet-steps", int, 1, MAX_STEPS, "5000"),
+                                            help="Text encoder + U-Net training steps.")] = 5000,
+    batch: Annotated[int, typer.Option(parser=_number("--batch", int, 1, 65536, "64"), help="U-Net batch size.")] = 64,
+    lr: Annotated[float, typer.Option(parser=_number("--lr", float, 0, 1, "5e-4", above=True),
+                                      help="U-Net peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
+    pool_size: Annotated[int, typer.Option(parser=_number("--pool-size", int, 1, 1_000_000, "30000"),
+                                           help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
+    seed: Annotated[int, typer.Option(parser=_number("--seed", int, 0, 2**63 - 2, "0"), help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option(parser=_number("--threads", int, 0, 4096, "0"),
+                                         help="CPU threads (0 = torch's default).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     attention_loss: Annotated[float, typer.Option(
+        parser=_number("--attention-loss", float, 0, 1000, "0.01"),
         help="Weight of the attention-grounding loss (object words attend inside their objects); 0 = off.")] = 0.0,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints, loss curves and sample grids.")
+    checkpoint_every: Annotated[int, typer.Option(parser=_number("--checkpoint-every", int, 1, MAX_STEPS, "100"),
+                                                  help="Steps between checkpoints, loss curves and sample grids.")
                                 ] = 100,
     init_from: Annotated[str | None, typer.Option(
+        parser=_folder("--init-from", str),
         help="Continue from a model folder (e.g. data/shapes-world): its VAE is kept, the U-Net trains on.",
         show_default=False)] = None,
 ) -> None:
     """Train the shapes-world model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
 
     Resumes from whatever --out-dir holds; writes loss curves and sample grids there at every
-    checkpoint. With --export, the EMA weights become a model folder that --model accepts.
+    checkpoint. With --export, the EMA weights become a model folder that --model accepts (--force to
+    replace one). Every option and path is checked before any work.
 
     Example: diffx train --vae-steps 200 --unet-steps 500 --out-dir runs/quick --export runs/quick/model
     """
-    from diffx.devices import resolve_device
     from diffx.embedded.config import TrainConfig
     from diffx.embedded.export import export_model
+    from diffx.embedded.preflight import check_train_inputs
     from diffx.embedded.train import preview_grid
     from diffx.embedded.train import train as run_training
 
-    if min(vae_steps, unet_steps, batch, pool_size, checkpoint_every) < 1:
-        raise InvalidArgumentError(
-            "--vae-steps, --unet-steps, --batch, --pool-size and --checkpoint-every must be at least 1")
-    if lr <= 0 or attention_loss < 0:
-        raise InvalidArgumentError(f"--lr must be positive and --attention-loss not negative, got {lr} and "
-                                   f"{attention_loss}")
-    resolve_device(device)  # an unavailable device fails here, before the pool is rendered
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
                          checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from)
+    check_train_inputs(config, export, force)  # before the pool is rendered or anything is written
+    if export is not None and export.resolve() == Path(out_dir).resolve():
+        raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")
     _, summary = run_training(config, preview_grid)
     OUT.print(summary)
     if export is not None:

@@ -38,6 +38,7 @@ from diffx.embedded.config import TrainConfig, TrainState
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
 from diffx.embedded.history import copy_history, run_record
 from diffx.embedded.pool import scene_pool, to_unit
+from diffx.embedded.preflight import check_train_inputs
 from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, object_masks
 from diffx.images import tensor_to_image
 from diffx.models.attention import observe_attention
@@ -307,7 +308,7 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
           ) -> tuple[StableDiffusion, dict]:
     """Both stages end to end (resuming whatever `config.out_dir` already holds). Returns the model and a
     summary (steps, losses, wall time, hardware) for the model card."""
-    config.validate()
+    check_train_inputs(config)  # every argument and output path, before the pool is rendered
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out_dir)
