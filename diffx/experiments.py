@@ -13,7 +13,15 @@ from PIL import Image
 
 from diffx.errors import InvalidArgumentError, check_choice
 from diffx.images import image_to_tensor, tensor_to_image
-from diffx.pipeline import Generation, GenerationSettings, decode_latents, encode_image, generate, schedule_for
+from diffx.pipeline import (
+    Generation,
+    GenerationSettings,
+    check_finite,
+    decode_latents,
+    encode_image,
+    generate,
+    schedule_for,
+)
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.samplers import StepCallback, StepRecord, model_timesteps
@@ -204,6 +212,11 @@ COMPARE_AXES: dict[str, Callable[[str], object]] = {
     "sampler": str, "steps": int, "schedule": str, "guidance": float, "seed": int, "karras": _parse_bool,
     "spacing": str,
 }
+AXIS_TYPES = {str: "name", int: "whole number", float: "number", _parse_bool: "true/false value"}
+
+
+_AXIS_EXAMPLES = {"sampler": "ddim,euler", "steps": "5,10,25", "schedule": "linear,cosine", "guidance": "1,7.5",
+                  "seed": "0,1,2", "karras": "false,true", "spacing": "leading,trailing"}
 
 
 def parse_axis(text: str) -> tuple[str, list]:
@@ -214,11 +227,18 @@ def parse_axis(text: str) -> tuple[str, list]:
     items = [v.strip() for v in values.split(",") if v.strip()]
     if not items:
         raise InvalidArgumentError(f"axis {name!r} has no values; write it as {name}=A,B,C")
-    try:
-        return name, [COMPARE_AXES[name](item) for item in items]
-    except ValueError:
-        raise InvalidArgumentError(f"axis {name!r} has a value that is not a {COMPARE_AXES[name].__name__}: "
-                                   f"{values!r}") from None
+    kind = COMPARE_AXES[name]
+    parsed = []
+    for item in items:
+        try:
+            value = kind(item)
+        except ValueError:
+            raise InvalidArgumentError(f"{name} takes a {AXIS_TYPES[kind]} per value, got {item!r}; "
+                                       f"write it as {name}={_AXIS_EXAMPLES[name]}") from None
+        if kind is float:
+            check_finite(name, value)
+        parsed.append(value)
+    return name, parsed
 
 
 @dataclass

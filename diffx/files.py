@@ -6,15 +6,17 @@ half-written file behind, and an existing file is only replaced when the user pa
 `check_outputs` runs the same checks up front, before any work, for every file a command will write.
 """
 
+import importlib.util
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from diffx.errors import OutputPathError, check_choice
+from diffx.errors import InvalidArgumentError, OutputPathError, check_choice
 
 ANIMATION_SUFFIXES = (".gif", ".mp4")
+PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # suffix → Pillow format
 
 
 def _file_mode() -> int:
@@ -68,6 +70,8 @@ def write_atomic(path: str | os.PathLike, write_fn: Callable[[Path], None], forc
 def companion_path(path: str | os.PathLike, name: str) -> Path:
     """A file next to `path` named after it: companion_path("out.gif", "attention") = out_attention.png."""
     path = Path(path)
+    if not path.name or path.name == ".":
+        raise OutputPathError(f"output path {str(path)!r} has no file name; give one like out.png")
     return path.with_name(f"{path.stem}_{name}.png")
 
 
@@ -76,13 +80,28 @@ def animation_format(path: str | os.PathLike) -> str:
     return check_choice("animation format", Path(path).suffix.lower(), ANIMATION_SUFFIXES)
 
 
+def picture_format(path: str | os.PathLike) -> str:
+    """The Pillow format a picture file name asks for: PNG, JPEG or WEBP (any other suffix is an error)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in PICTURE_FORMATS:
+        raise InvalidArgumentError(f"cannot write a picture as {Path(path).name!r}; name it .png, .jpg or .webp")
+    return PICTURE_FORMATS[suffix]
+
+
+def mp4_available() -> bool:
+    """Whether the optional `imageio-ffmpeg` package (MP4 writing) is installed."""
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
 def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False,
-                  animation: str | os.PathLike | None = None) -> None:
-    """Fail before any work if an output (`paths` and `animation`) exists (without `force`), is a folder,
-    or its folder is not writable, or if `animation` is not a .gif/.mp4. `None`s (outputs not asked for)
+                  animation: str | os.PathLike | None = None, picture: str | os.PathLike | None = None) -> None:
+    """Fail before any work if an output (`paths`, `animation` and `picture`) exists (without `force`), is
+    a folder, or its folder is not writable, if `animation` is not a .gif/.mp4 (or an .mp4 without the
+    imageio-ffmpeg package), or if `picture` is not a .png/.jpg/.webp. `None`s (outputs not asked for)
     are skipped."""
-    if animation is not None:
-        animation_format(animation)
+    if animation is not None and animation_format(animation) == ".mp4" and not mp4_available():
+        raise OutputPathError("writing MP4 needs ffmpeg: run `pip install imageio-ffmpeg`, or write a GIF instead")
+    paths = [picture, *paths]
     for path in (Path(p) for p in [animation, *paths] if p is not None):
         if path.is_dir():
             raise OutputPathError(f"output path {path} is a folder; give a file name")
@@ -93,3 +112,5 @@ def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False
             folder = folder.parent  # the nearest folder that exists: missing ones are created on write
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise OutputPathError(f"cannot write to folder {folder}; choose a writable output path")
+    if picture is not None:
+        picture_format(picture)

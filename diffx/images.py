@@ -6,6 +6,7 @@ VAE's range; pictures are uint8 (H, W, 3) arrays or PIL images.
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,10 @@ from torch import Tensor
 from diffx.errors import InputImageError
 
 MASK_THRESHOLD = 0.5  # a mask pixel whose grey level is >= this repaints
+
+
+class MaskWarning(UserWarning):
+    """An inpainting mask selects no pixel or every pixel (e.g. a coloured or mid-grey mask)."""
 
 
 def unit_range_to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -75,9 +80,11 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
 def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
     """Read an inpainting mask as a (height, width) float tensor of 0s and 1s; 1 (white) = repaint.
 
-    The file is converted to grey levels in [0, 1] and thresholded: a pixel is 1 when its level is
+    The file is converted to grey levels in [0, 1] (luminance: pure red is 0.3) and thresholded: a
+    pixel is 1 when its level is
     >= MASK_THRESHOLD (0.5), else 0. The mask must already be `size` = (width, height), the size of
-    the image it belongs to: resizing a mask silently would move the region the user drew.
+    the image it belongs to: resizing a mask silently would move the region the user drew. A mask that
+    selects no pixel or every pixel is returned with a `MaskWarning`.
     """
     image = load_image(path)
     if image.size != tuple(size):
@@ -85,7 +92,15 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
             f"mask {path} is {image.size[0]}x{image.size[1]} but the image is {size[0]}x{size[1]}; "
             "resize the mask to the image size"
         )
-    return repaint_mask(np.asarray(image.convert("L")))[0, 0]  # (H, W)
+    mask = repaint_mask(np.array(image.convert("L")))[0, 0]  # (H, W)
+    if not mask.any():
+        warnings.warn(MaskWarning(
+            f"mask {path} repaints nothing: no pixel is at least 50% bright (pure red counts 30%); "
+            "paint the area to repaint white"), stacklevel=2)
+    elif mask.all():
+        warnings.warn(MaskWarning(f"mask {path} repaints every pixel (all at least 50% bright); "
+                                  "paint the area to keep black"), stacklevel=2)
+    return mask
 
 
 def load_init_image(image_path: str | os.PathLike, size: tuple[int, int],

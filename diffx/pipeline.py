@@ -28,7 +28,7 @@ from diffx.errors import InputImageError, InvalidArgumentError, check_choice
 from diffx.images import image_to_tensor, repaint_mask, tensor_to_image
 from diffx.models.attention import AttentionObserver, observe_attention
 from diffx.models.tokenizer import TokenizedPrompt
-from diffx.samplers import SAMPLERS, StepCallback, StepRecord, sample
+from diffx.samplers import KARRAS_SAMPLERS, SAMPLERS, StepCallback, StepRecord, sample
 from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule
 
 if TYPE_CHECKING:
@@ -36,11 +36,29 @@ if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
 
+MAX_SIDE = 8192  # larger pictures would not fit in any memory
 DECODE_BATCH = 8  # VAE decodes per batch: bounds the decoder's memory
 
 
 class PromptTruncatedWarning(UserWarning):
     """The prompt had more than 77 tokens; the message says which words were cut."""
+
+
+ELIDE_CHARS = 60  # a long cut-off text is shown as its first and last this many characters
+
+
+def elide(text: str, keep: int = ELIDE_CHARS) -> str:
+    """`text` quoted, or for a long one its first and last `keep` characters and how many are left out."""
+    if len(text) <= 2 * keep + 20:
+        return repr(text)
+    return f"{text[:keep]!r} … {text[-keep:]!r} ({len(text)} characters)"
+
+
+def check_finite(name: str, value: float) -> float:
+    """`value` if it is a finite number, else an error naming the option (NaN and ±inf draw garbage)."""
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value}; give e.g. 7.5")
+    return value
 
 
 @dataclass
@@ -76,14 +94,26 @@ class GenerationSettings:
         check_choice("sampler", settings.sampler, SAMPLERS)
         check_choice("schedule", settings.schedule, BETA_SCHEDULES)
         check_choice("spacing", settings.spacing, SPACINGS)
+        for name in ("guidance", "strength", "eta"):
+            check_finite(name, getattr(settings, name))
+        if settings.karras and settings.sampler not in KARRAS_SAMPLERS:
+            raise InvalidArgumentError(f"Karras sigmas (--karras) apply to {', '.join(KARRAS_SAMPLERS)}, "
+                                       f"not {settings.sampler}; drop --karras or pick one of those samplers")
         if settings.steps < 1:
             raise InvalidArgumentError(f"steps must be at least 1, got {settings.steps}")
+        if settings.steps > config.scheduler.num_train_timesteps:
+            raise InvalidArgumentError(f"steps {settings.steps} is more than the "
+                                       f"{config.scheduler.num_train_timesteps} training timesteps; pick fewer")
+        if not 0 <= settings.seed < 2**63:
+            raise InvalidArgumentError(f"seed must be between 0 and 2**63 - 1, got {settings.seed}")
         if settings.guidance < 0:
             raise InvalidArgumentError(f"guidance must be >= 0 (1 = no guidance), got {settings.guidance}")
         if not 0.0 <= settings.strength <= 1.0:
             raise InvalidArgumentError(f"strength must be between 0 and 1, got {settings.strength}")
         multiple = size_multiple(model)
         for name, value in (("height", settings.height), ("width", settings.width)):
+            if value > MAX_SIDE:
+                raise InvalidArgumentError(f"{name} {value} is more than {MAX_SIDE} pixels; pick a smaller --size")
             if value <= 0 or value % multiple:
                 raise InvalidArgumentError(
                     f"{name} {value} is not a positive multiple of {multiple}; "
@@ -152,7 +182,7 @@ def tokenize(model: StableDiffusion, prompt: str) -> TokenizedPrompt:
     tokens = model.tokenizer.encode(prompt)
     if tokens.truncated_text:
         warnings.warn(PromptTruncatedWarning(
-            f"prompt is longer than 77 tokens; cut off: {tokens.truncated_text!r}"), stacklevel=3)
+            f"prompt is longer than 77 tokens; cut off: {elide(tokens.truncated_text)}"), stacklevel=3)
     return tokens
 
 

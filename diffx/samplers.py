@@ -405,7 +405,8 @@ def sample(sampler: str, eps_model: EpsModel, noise: torch.Tensor, schedule: Noi
     check_steps(steps, schedule.num_train_timesteps)
     if karras and sampler not in KARRAS_SAMPLERS:
         raise InvalidArgumentError(
-            f"Karras sigmas apply to {', '.join(KARRAS_SAMPLERS)}, not {sampler}; drop karras or switch")
+            f"Karras sigmas apply to {', '.join(KARRAS_SAMPLERS)}, not {sampler}; "
+            "drop karras or pick one of those samplers")
     if (init_latent is None) != (strength is None):
         raise InvalidArgumentError("image-to-image needs both init_latent and strength (or neither)")
     start_index = 0 if strength is None else img2img_start(steps, strength)

@@ -37,11 +37,26 @@ def _span(positions: list[int]) -> str:
     return str(positions[0]) if len(positions) == 1 else f"{positions[0]}–{positions[-1]}"
 
 
+CUT_TOKENS_SHOWN = 8  # the (cut) row shows this many tokens at each end of a long cut
+
+
+def _cut_summary(tokens: Sequence[str]) -> str:
+    """The tokens the window cut off, or for many of them the first and last few and how many in all."""
+    if len(tokens) <= 3 * CUT_TOKENS_SHOWN:
+        return " ".join(tokens)
+    return (f"{' '.join(tokens[:CUT_TOKENS_SHOWN])} … {' '.join(tokens[-CUT_TOKENS_SHOWN:])} "
+            f"({len(tokens)} tokens)")
+
+
+def _elide(text: str, keep: int = 60) -> str:
+    return repr(text) if len(text) <= 2 * keep + 20 else f"{text[:keep]!r} … {text[-keep:]!r} ({len(text)} characters)"
+
+
 def tokens_table(tokenized: TokenizedPrompt) -> Table:
     """How CLIP reads a prompt: each word → its BPE tokens → their ids → their positions in the 77-token
     window, with the start, end and padding tokens, and what the 77-token cap cut off."""
     table = Table(title=f"{tokenized.num_tokens} of {CONTEXT_LENGTH} tokens used",
-                  caption=f"cut by the {CONTEXT_LENGTH}-token limit: {tokenized.truncated_text!r}"
+                  caption=f"cut by the {CONTEXT_LENGTH}-token limit: {_elide(tokenized.truncated_text)}"
                   if tokenized.truncated_tokens else None, caption_style="yellow")
     for column in ("word", "BPE tokens", "ids", "positions"):
         table.add_column(column)
@@ -55,7 +70,7 @@ def tokens_table(tokenized: TokenizedPrompt) -> Table:
         table.add_row("(padding)", f"{END_TOKEN} × {CONTEXT_LENGTH - 1 - last}", str(tokenized.ids[-1]),
                       _span([last + 1, CONTEXT_LENGTH - 1]), style="dim")
     if tokenized.truncated_tokens:
-        table.add_row("(cut)", " ".join(tokenized.truncated_tokens), "", "", style="yellow")
+        table.add_row("(cut)", _cut_summary(tokenized.truncated_tokens), "", "", style="yellow")
     return table
 
 

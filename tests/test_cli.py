@@ -258,3 +258,21 @@ def test_train_rejects_bad_settings_before_any_work(run, tmp_path, bad):
     result = run("train", "--out-dir", tmp_path / "run", *bad)
     assert result.exit_code == 2 and result.stderr.startswith("error:") and bad[0] in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_cfg_sweep_with_html_and_no_out_writes_only_the_html(run, fast, tmp_path):
+    ok(run("cfg-sweep", "-p", "a red circle", "--scales", "1,3", "--html", "sweep.html", *fast))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.html"]
+
+
+def test_out_jpg_writes_a_jpeg(run, fast, tmp_path):
+    ok(run("denoise", "-p", "a red circle", "--out", "o.jpg", *fast))
+    with Image.open(tmp_path / "o.jpg") as written:
+        assert written.format == "JPEG"
+
+
+def test_help_has_no_bool_metavar_and_paragraphs_wrap_at_the_terminal(run, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    text = ok(run("trace", "--help")).output
+    assert "<bool>" not in text and "<list[" not in ok(run("report", "--help")).output
+    assert "prompt word at every step" in text  # the docstring's own line breaks are gone

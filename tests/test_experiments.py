@@ -73,7 +73,7 @@ def test_parse_axis_types_and_errors():
     assert experiments.parse_axis("karras=true,off") == ("karras", [True, False])
     with pytest.raises(InvalidArgumentError, match="unknown comparison axis"):
         experiments.parse_axis("colour=red")
-    with pytest.raises(InvalidArgumentError, match="not a int"):
+    with pytest.raises(InvalidArgumentError, match="takes a whole number"):
         experiments.parse_axis("steps=five")
     with pytest.raises(InvalidArgumentError, match="no values"):
         experiments.parse_axis("steps=")
@@ -99,3 +99,14 @@ def test_noise_views_latent_preview_uses_the_models_bias(model):
                                               model=shifted, panel=32, num_frames=2).grid)
     preview_colours = {tuple(c) for c in grid.reshape(-1, 3)}
     assert (191, 64, 128) in preview_colours  # rgb = 0·latent + bias, in [-1, 1] → uint8
+
+
+@pytest.mark.parametrize(("text", "says"), [("karras=maybe", "true/false value"), ("steps=a,b", "whole number"),
+                                            ("guidance=nan,1", "finite"), ("guidance=1e400", "finite"),
+                                            ("guidance=x", "takes a number")])
+def test_parse_axis_names_the_expected_type_in_words(text, says):
+    from diffx.errors import InvalidArgumentError
+    from diffx.experiments import parse_axis
+
+    with pytest.raises(InvalidArgumentError, match=says):
+        parse_axis(text)

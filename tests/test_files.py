@@ -75,3 +75,30 @@ def test_companion_and_animation_names():
     assert animation_format("a.GIF") == ".gif" and animation_format("b.mp4") == ".mp4"
     with pytest.raises(InvalidArgumentError, match="unknown animation format"):
         animation_format("c.png")
+
+
+def test_picture_format_by_suffix_and_unknown_refused(tmp_path):
+    from diffx.files import picture_format
+
+    assert [picture_format(f"a{s}") for s in (".png", ".JPG", ".jpeg", ".webp")] == ["PNG", "JPEG", "JPEG", "WEBP"]
+    with pytest.raises(InvalidArgumentError, match=r"\.png, \.jpg or \.webp"):
+        check_outputs([], picture=tmp_path / "a.bmp")
+    assert not list(tmp_path.iterdir())
+
+
+def test_mp4_without_ffmpeg_is_refused_up_front(tmp_path, monkeypatch):
+    monkeypatch.setattr("diffx.files.mp4_available", lambda: False)
+    with pytest.raises(OutputPathError, match="imageio-ffmpeg"):
+        check_outputs([], animation=tmp_path / "a.mp4")
+
+
+def test_save_png_writes_the_format_the_suffix_names(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from diffx.render import save_png
+
+    picture = np.zeros((8, 8, 3), np.uint8)
+    for suffix, name in ((".png", "PNG"), (".jpg", "JPEG"), (".webp", "WEBP")):
+        with Image.open(save_png(picture, tmp_path / f"a{suffix}")) as written:
+            assert written.format == name

@@ -73,3 +73,12 @@ def test_picture_tensor_round_trip_and_repaint_mask():
     levels = np.array([[0, 127, 128, 255]], np.uint8)
     assert repaint_mask(levels).tolist() == [[[[0.0, 0.0, 1.0, 1.0]]]]
     assert repaint_mask(torch.tensor([[0.2, 0.5]])).tolist() == [[[[0.0, 1.0]]]]
+
+
+@pytest.mark.parametrize(("colour", "says"), [((255, 0, 0), "repaints nothing"), ((255, 255, 255), "every pixel")])
+def test_mask_that_selects_nothing_or_everything_warns(tmp_path, colour, says):
+    from diffx.images import MaskWarning
+
+    Image.new("RGB", (8, 8), colour).save(tmp_path / "m.png")
+    with pytest.warns(MaskWarning, match=says):
+        load_mask(tmp_path / "m.png", (8, 8))

@@ -5,6 +5,7 @@ diffusers' own LDM converters (U-Net, VAE, CLIP), with a CLIPTokenizer on our vo
 scheduler config. Everything runs on the CPU in fp32; images are compared as floats in [0, 1].
 """
 
+import math
 from dataclasses import asdict
 
 import numpy as np
@@ -297,3 +298,21 @@ def test_defaults_come_from_the_model(tiny_pair):
     settings = GenerationSettings().resolved(model)
     assert (settings.height, settings.width, settings.steps, settings.sampler) == (64, 64, 10, "ddim")
     assert (settings.schedule, settings.spacing, settings.guidance) == ("scaled_linear", "leading", 7.5)
+
+
+@pytest.mark.parametrize("field", ["guidance", "strength", "eta"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_settings_refuse_non_finite_numbers(tiny_pair, field, value):
+    model, _ = tiny_pair
+    with pytest.raises(InvalidArgumentError, match=f"{field} must be a finite number"):
+        GenerationSettings(steps=1, **{field: value}).resolved(model)
+
+
+def test_truncation_warning_of_a_huge_prompt_is_short(tiny_pair):
+    from diffx.pipeline import tokenize
+
+    model, _ = tiny_pair
+    with pytest.warns(PromptTruncatedWarning) as caught:
+        tokenize(model, "red circle " * 1000)
+    message = str(caught[0].message)
+    assert len(message) < 250 and "characters)" in message

@@ -1,9 +1,9 @@
 """Tables: how CLIP reads a prompt, and the models diffx finds."""
 
-from diffx.discovery import ModelSource
 from rich.console import Console
 
 from diffx import tables
+from diffx.discovery import ModelSource
 from diffx.models.tokenizer import ClipTokenizer
 
 
@@ -39,3 +39,10 @@ def test_models_table_marks_the_default(tmp_path):
     text = _render(tables.models_table(sources))
     assert text.index("default") < text.index(str(tmp_path / "b"))
     assert "no model found" in _render(tables.models_table([]))
+
+
+def test_tokens_table_summarises_a_long_cut_in_one_short_row():
+    text = _render(tables.tokens_table(ClipTokenizer.default().encode("red " * 10_000)))
+    cut = [line for line in text.splitlines() if "(cut)" in line]
+    assert len(cut) == 1 and "tokens)" in cut[0]
+    assert len(text) < 20_000 and "characters)" in text

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer._click import exceptions as typer_click
+from typer.core import TyperCommand, TyperGroup
 
 from diffx import __version__
 from diffx.errors import DiffxError
@@ -46,6 +48,11 @@ class DiffxGroup(TyperGroup):
                     raise
                 ERR.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
                 raise typer.Exit(2) from None
+            except (click.UsageError, typer_click.UsageError) as error:  # a value click cannot parse
+                command = f"diffx {error.ctx.info_name}" if error.ctx else "diffx"
+                message = " ".join(error.format_message().split()).rstrip(".")
+                ERR.print(f"[bold red]error:[/] {escape(message)}; see {command} --help", soft_wrap=True)
+                raise typer.Exit(2) from None
 
 
 app = typer.Typer(
@@ -75,11 +82,33 @@ def options(
     """Options for every command, given before its name: `diffx --debug trace …`. (DiffxGroup reads them.)"""
 
 
+class DiffxCommand(TyperCommand):
+    """A subcommand whose --help shows no value placeholder for flags (`--force`, not `--force <bool>`) and
+    a list argument as its items (`<path>`, not `<list[Path]>`)."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.display_type_rich = lambda ctx: None
+            elif param.nargs == -1 and hasattr(param, "display_type"):
+                label = param.display_type(ctx)
+                item = label.removeprefix("<list[").removesuffix("]>").lower()
+                param.display_type_rich = lambda ctx, item=item: f"<{item}>"
+        return params
+
+
+def _unwrap(text: str) -> str:
+    """Docstring paragraphs as one line each, so the terminal wraps them at its own width."""
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in text.strip().split("\n\n"))
+
+
 def command(function: Callable) -> Callable:
     """Register `function` as a subcommand named after it (`cfg_sweep` → `cfg-sweep`). Its docstring is
     the help; the part from "Example:" on goes last in its --help, as a runnable example."""
     description, _, example = function.__doc__.partition("Example:")
-    return app.command(help=description.strip(), epilog=f"Example: {example.strip()}")(function)
+    return app.command(cls=DiffxCommand, help=_unwrap(description),
+                       epilog=f"Example: {example.strip()}")(function)
 
 
 def print_written(paths: list[Path | None]) -> None:

@@ -33,6 +33,7 @@ from diffx.cli.options import (
     SizeOpt,
     SpacingOpt,
     StepsOpt,
+    check_frame_ms,
     check_view_options,
     parse_list,
     parse_size,
@@ -82,7 +83,8 @@ def noise(
 
     out = out or Path("noise.png")
     plot_path = companion_path(out, "schedules")
-    check_outputs([out, plot_path], force, gif)
+    check_frame_ms(frame_ms)
+    check_outputs([plot_path], force, gif, picture=out)
     schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
     loaded = ModelChoice(model, device, dtype).load() if latent or model else None
     width, height = parse_size(size)
@@ -127,7 +129,8 @@ def cfg_sweep(
     """Sweep the classifier-free guidance weight w in ε̂ = ε_u + w (ε_c − ε_u).
 
     Same seed and sampler for every w: one column per w (--out, default cfg_sweep.png), optional rows
-    of x̂0 at --rows-steps, and with --gif the columns side by side at every step.
+    of x̂0 at --rows-steps, and with --gif the columns side by side at every step. With --html and no
+    --out only the HTML report is written (and the --gif, if given).
 
     Example: diffx cfg-sweep --prompt "a red circle" --scales 1,3,5,7.5,10,15 --gif cfg.gif
     """
@@ -137,16 +140,19 @@ def cfg_sweep(
 
     sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
     check_view_options(preview)
-    out = out or Path("cfg_sweep.png")
-    check_outputs([out, html], force, gif)
+    if out is None and html is None:
+        out = Path("cfg_sweep.png")
+    check_frame_ms(frame_ms)
+    check_outputs([html], force, gif, picture=out)
     weights = parse_list(scales, float, "--scales")
-    chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps else None
+    chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps is not None else None
     loaded = ModelChoice(model, device, dtype).load()
     settings = sampling.settings(prompt)
     with StepProgress(runs=len(weights)) as progress:
         record = TraceOptions() if html is not None else experiments.TRACE_RECORD_X0
         sweep = experiments.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress, record=record)
-    save_png(sweep.grid, out, force)
+    if out is not None:
+        save_png(sweep.grid, out, force)
     if gif is not None:
         save_animation(sweep.frames, gif, frame_ms, force)
     if html is not None:
@@ -189,7 +195,7 @@ def compare(
 
     sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
     out = out or Path("compare.png")
-    check_outputs([out], force)
+    check_outputs([], force, picture=out)
     x_axis = experiments.parse_axis(x)
     y_axis = experiments.parse_axis(y) if y else None
     loaded = ModelChoice(model, device, dtype).load()

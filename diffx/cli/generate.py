@@ -38,10 +38,11 @@ from diffx.cli.options import (
     StepsOpt,
     StrengthOpt,
     TimestepOpt,
+    check_frame_ms,
     check_view_options,
 )
 from diffx.cli.progress import StepProgress
-from diffx.errors import InvalidArgumentError
+from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.files import check_outputs, companion_path
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def run_generation(model: "StableDiffusion", settings: "GenerationSettings", ini
                    record: "TraceOptions", decode_every: int = 0) -> "TracedGeneration":
     """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar."""
     from diffx.images import load_init_image
-    from diffx.schedules import strength_for_timestep
+    from diffx.schedules import img2img_start, strength_for_timestep
     from diffx.trace import generate_traced
 
     image, mask, timestep, strength = init.image, init.mask, init.t, init.strength
@@ -69,6 +70,10 @@ def run_generation(model: "StableDiffusion", settings: "GenerationSettings", ini
         elif strength is not None:
             settings.strength = strength
         resolved = settings.resolved(model)
+        if img2img_start(resolved.steps, resolved.strength) == resolved.steps:
+            raise InvalidArgumentError(
+                f"strength {resolved.strength:g} runs none of the {resolved.steps} steps, so nothing would change; "
+                f"pick a strength above {1 / resolved.steps:g} (or a larger --t)")
         init_image, init_mask = load_init_image(image, (resolved.width, resolved.height), mask)
     with StepProgress() as progress:
         return generate_traced(model, settings, init_image=init_image, mask=init_mask, options=record,
@@ -78,6 +83,9 @@ def run_generation(model: "StableDiffusion", settings: "GenerationSettings", ini
 def animation_and_image(gif: Path | None, out: Path | None, stem: Path) -> tuple[Path, Path]:
     """The animation and picture paths of `trace`/`render`: each defaults to the other's name
     (out.gif ↔ out.png), both to `stem` with .gif/.png."""
+    for path in (gif, out):
+        if path is not None and path.name in ("", "."):
+            raise OutputPathError(f"output path {str(path)!r} has no file name; give one like out.png")
     gif = gif or (out.with_suffix(".gif") if out else stem.with_suffix(".gif"))
     return gif, out or gif.with_suffix(".png")
 
@@ -123,7 +131,8 @@ def denoise(
     check_view_options(preview)
     out = out or Path("denoise.png")
     grid_path = companion_path(out, "steps")
-    check_outputs([out, grid_path], force, gif)
+    check_frame_ms(frame_ms)
+    check_outputs([grid_path], force, gif, picture=out)
     loaded = ModelChoice(model, device, dtype).load()
     generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TRACE_RECORD_X0)
     trace = generation.traces[0]
@@ -180,7 +189,8 @@ def trace(
     init = InitImageChoice(image, t, strength, mask)
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, Path("trace"))
-    check_outputs([out, companion_path(out, "attention"), save_trace, html], force, gif)
+    check_frame_ms(frame_ms)
+    check_outputs([companion_path(out, "attention"), save_trace, html], force, gif, picture=out)
     loaded = ModelChoice(model, device, dtype).load()
     # When x̂0 is shown decoded, the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
     decoded = views.resolve_preview(preview, model=loaded) == "vae"
@@ -223,6 +233,8 @@ def render(
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, trace_file)
+    check_frame_ms(frame_ms)
+    check_outputs([companion_path(out, "attention")], force, gif, picture=out)
     recorded = load_trace(trace_file)
     needs_model = preview == "vae" and views.missing_decodes(recorded)
     loaded = ModelChoice(model, device, dtype).load() if needs_model else None

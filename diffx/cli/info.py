@@ -47,8 +47,10 @@ def report(
 
     Example: diffx report out.safetensors --html out.html
     """
+    from diffx.files import check_outputs
     from diffx.report import write_report
     from diffx.trace import load_trace
 
+    check_outputs([html], force)
     written = write_report([load_trace(path) for path in trace_files], html, force)
     OUT.print(f"wrote {written}")

@@ -53,9 +53,12 @@ TimestepOpt = Annotated[int | None, typer.Option(
 StrengthOpt = Annotated[float | None, typer.Option(
     help="With --image: how much of the schedule to run, 0-1. Default: 0.8.", show_default=False)]
 MaskOpt = Annotated[Path | None, typer.Option(
-    help="With --image: inpainting mask, white = repaint, the size of the image file.", show_default=False)]
+    help="With --image: inpainting mask the size of the image file, read as grey levels: pixels at least 50% "
+         "bright (white) are repainted, darker ones (black) kept; a colour counts by its brightness (pure red "
+         "= 30%: kept). A warning says when a mask selects nothing or everything.", show_default=False)]
 OutOpt = Annotated[Path | None, typer.Option(
-    "--out", "-o", help="Main output picture (PNG); companion files are named after it.", show_default=False)]
+    "--out", "-o", help="Main output picture (.png, .jpg or .webp); companion files are named after it.",
+    show_default=False)]
 GifOpt = Annotated[Path | None, typer.Option(help="Animation file (.gif, or .mp4 with imageio-ffmpeg).",
                                                 show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")]
@@ -131,9 +134,12 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
         return None, None
     width, _, height = text.lower().partition("x")
     try:
-        return int(width), int(height or width)
+        sides = int(width), int(height or width)
     except ValueError:
         raise InvalidArgumentError(f"--size {text!r} is not a size; write 512 or WIDTHxHEIGHT like 512x768") from None
+    if not all(0 < side <= 8192 for side in sides):
+        raise InvalidArgumentError(f"--size {text!r}: each side must be 1 to 8192 pixels, e.g. 512 or 512x768")
+    return sides
 
 
 def parse_list(text: str, kind: type, option: str) -> list:
@@ -144,7 +150,18 @@ def parse_list(text: str, kind: type, option: str) -> list:
         raise InvalidArgumentError(f"{option} {text!r}: expected {kind.__name__}s separated by commas") from None
     if not values:
         raise InvalidArgumentError(f"{option} is empty; give values separated by commas")
+    if kind is float:
+        from diffx.pipeline import check_finite
+
+        for value in values:
+            check_finite(option, value)
     return values
+
+
+def check_frame_ms(frame_ms: int) -> None:
+    """--frame-ms before any work: a frame must last at least 1 ms."""
+    if frame_ms <= 0:
+        raise InvalidArgumentError(f"--frame-ms must be a positive number of milliseconds, got {frame_ms}")
 
 
 def check_view_options(preview: str, attn_scale: str = "word") -> None:

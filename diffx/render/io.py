@@ -9,14 +9,19 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from diffx.errors import DiffxError, InvalidArgumentError
-from diffx.files import animation_format, write_atomic
+from diffx.files import animation_format, picture_format, write_atomic
 from diffx.render.image import PictureLike, to_pil
 
 
 def save_png(image: PictureLike, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write one picture (PIL image or uint8 (H, W, 3) array) as a PNG file."""
+    """Write one picture (PIL image or uint8 (H, W, 3) array) in the format its suffix names: .png,
+    .jpg/.jpeg (quality 95) or .webp (lossless); another suffix is an error."""
     pil_image = to_pil(image)
-    return write_atomic(path, lambda tmp: pil_image.save(tmp, format="PNG"), force)
+    file_format = "PNG" if Path(path).is_dir() else picture_format(path)  # a folder: write_atomic says so
+    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(file_format, {})
+    if file_format == "JPEG":
+        pil_image = pil_image.convert("RGB")
+    return write_atomic(path, lambda tmp: pil_image.save(tmp, format=file_format, **options), force)
 
 
 def _same_size_frames(frames: Sequence[PictureLike]) -> list[Image.Image]:
