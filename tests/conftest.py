@@ -15,6 +15,13 @@ def tiny_model_dir(tmp_path_factory):
     return save_model(build(tiny()), tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A random-weight tiny model (seed 0), built once per test module, in eval mode."""
+    torch.manual_seed(0)
+    return build(tiny()).eval()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-goldens", action="store_true",
                      help="rewrite tests/golden/*.png from the embedded model instead of comparing with them")

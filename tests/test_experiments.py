@@ -4,26 +4,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from diffx import experiments
 from diffx.errors import InvalidArgumentError
-from diffx.models.configs import tiny
-from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.pipeline import GenerationSettings, generate
-
-STEPS = 3
+from diffx.models.stable_diffusion import StableDiffusion
+from diffx.pipeline import generate
+from tests.tiny import STEPS
+from tests.tiny import tiny_settings as _settings
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build(tiny()).eval()
-
-
-def _settings(**changes) -> GenerationSettings:
-    return GenerationSettings(**{"prompt": "a red circle", "steps": STEPS, "height": 32, "width": 32, **changes})
+def model(tiny_model):
+    return tiny_model
 
 
 def test_noise_views_pixel_space():

@@ -8,23 +8,18 @@ from rich.console import Console
 
 from diffx import views
 from diffx.errors import InvalidArgumentError
-from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
 from diffx.pipeline import GenerationSettings, decode_latents
 from diffx.render import latent_to_rgb_fast
 from diffx.trace import Trace, generate_traced
+from tests.tiny import STEPS
+from tests.tiny import tiny_settings as _settings
 
-STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build(tiny()).eval()
-
-
-def _settings(**changes) -> GenerationSettings:
-    return GenerationSettings(**{"prompt": "a red circle", "steps": STEPS, "height": 32, "width": 32, **changes})
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ import typer
 
 from diffx.cli.core import print_written
 from diffx.cli.options import (
-    DeviceOpt,
-    DtypeOpt,
     ForceOpt,
     FrameMsOpt,
     GifOpt,
@@ -21,20 +19,16 @@ from diffx.cli.options import (
     HtmlOpt,
     KarrasOpt,
     ModelChoice,
-    ModelOpt,
-    NegativeOpt,
     OutOpt,
     PreviewOpt,
     PromptOpt,
-    SamplerOpt,
     SamplingChoice,
-    ScheduleOpt,
     SeedOpt,
-    SizeOpt,
     SpacingOpt,
     StepsOpt,
     check_frame_ms,
     check_view_options,
+    option_groups,
     parse_list,
     parse_size,
 )
@@ -44,6 +38,7 @@ from diffx.files import check_outputs, companion_path
 NOISE_MAX_SIDE = 256  # `diffx noise` shrinks larger pictures to this (pixel space, no --size)
 
 
+@option_groups
 def noise(
     image: Annotated[Path, typer.Argument(help="The picture to noise (PNG, JPEG, …).", show_default=False)],
     out: OutOpt = None,
@@ -63,9 +58,7 @@ def noise(
     size: Annotated[str | None, typer.Option(
         help=f"Resize the picture: 512 or WIDTHxHEIGHT. Default: the model's size with --latent, else the "
              f"picture's own, shrunk to fit {NOISE_MAX_SIDE} px.", show_default=False)] = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
 ) -> None:
@@ -86,7 +79,7 @@ def noise(
     check_frame_ms(frame_ms)
     check_outputs([plot_path], force, gif, picture=out)
     schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
-    loaded = ModelChoice(model, device, dtype).load() if latent or model else None
+    loaded = model.load() if latent or model.model else None
     width, height = parse_size(size)
     if width is None and latent:
         width = height = loaded.config.image_size
@@ -103,6 +96,7 @@ def noise(
     print_written([out, plot_path, gif])
 
 
+@option_groups
 def cfg_sweep(
     prompt: PromptOpt = "",
     scales: Annotated[str, typer.Option(help="Guidance weights w, comma-separated.")] = "1,3,5,7.5,10,15",
@@ -111,17 +105,8 @@ def cfg_sweep(
     out: OutOpt = None,
     gif: GifOpt = None,
     html: HtmlOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    sampling: SamplingChoice = SamplingChoice(),
+    model: ModelChoice = ModelChoice(),
     preview: PreviewOpt = "auto",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
@@ -138,7 +123,6 @@ def cfg_sweep(
     from diffx.render import save_animation, save_png
     from diffx.trace import TraceOptions
 
-    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
     check_view_options(preview)
     if out is None and html is None:
         out = Path("cfg_sweep.png")
@@ -146,7 +130,7 @@ def cfg_sweep(
     check_outputs([html], force, gif, picture=out)
     weights = parse_list(scales, float, "--scales")
     chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps is not None else None
-    loaded = ModelChoice(model, device, dtype).load()
+    loaded = model.load()
     settings = sampling.settings(prompt)
     with StepProgress(runs=len(weights)) as progress:
         record = TraceOptions() if html is not None else experiments.TRACE_RECORD_X0
@@ -162,6 +146,7 @@ def cfg_sweep(
     print_written([out, gif, html])
 
 
+@option_groups
 def compare(
     x: Annotated[str, typer.Option(
         "--x", help="Columns: SETTING=V1,V2,… with SETTING one of sampler, steps, schedule, guidance, seed, "
@@ -169,18 +154,9 @@ def compare(
     y: Annotated[str | None, typer.Option("--y", help="Rows, written like --x.", show_default=False)] = None,
     prompt: PromptOpt = "",
     out: OutOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
+    sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     force: ForceOpt = False,
 ) -> None:
     """Compare settings: one image per combination of two of them, everything else fixed.
@@ -193,12 +169,11 @@ def compare(
     from diffx import experiments
     from diffx.render import save_png
 
-    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
     out = out or Path("compare.png")
     check_outputs([], force, picture=out)
     x_axis = experiments.parse_axis(x)
     y_axis = experiments.parse_axis(y) if y else None
-    loaded = ModelChoice(model, device, dtype).load()
+    loaded = model.load()
     settings = sampling.settings(prompt, guidance)
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:
         comparison = experiments.compare(loaded, settings, x_axis, y_axis, progress)

@@ -12,34 +12,20 @@ import typer
 from diffx.cli.core import print_written
 from diffx.cli.options import (
     AttnScaleOpt,
-    DeviceOpt,
-    DtypeOpt,
     ForceOpt,
     FrameMsOpt,
     GifOpt,
     GuidanceOpt,
     HtmlOpt,
-    ImageOpt,
     InitImageChoice,
-    KarrasOpt,
-    MaskOpt,
     ModelChoice,
-    ModelOpt,
-    NegativeOpt,
     OutOpt,
     PreviewOpt,
     PromptOpt,
-    SamplerOpt,
     SamplingChoice,
-    ScheduleOpt,
-    SeedOpt,
-    SizeOpt,
-    SpacingOpt,
-    StepsOpt,
-    StrengthOpt,
-    TimestepOpt,
     check_frame_ms,
     check_view_options,
+    option_groups,
 )
 from diffx.cli.progress import StepProgress
 from diffx.errors import InvalidArgumentError, OutputPathError
@@ -90,26 +76,15 @@ def animation_and_image(gif: Path | None, out: Path | None, stem: Path) -> tuple
     return gif, out or gif.with_suffix(".png")
 
 
+@option_groups
 def denoise(
     prompt: PromptOpt = "",
-    image: ImageOpt = None,
-    t: TimestepOpt = None,
-    strength: StrengthOpt = None,
-    mask: MaskOpt = None,
+    init: InitImageChoice = InitImageChoice(),
     out: OutOpt = None,
     gif: GifOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
+    sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     preview: PreviewOpt = "auto",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
@@ -126,14 +101,12 @@ def denoise(
     from diffx.experiments import TRACE_RECORD_X0
     from diffx.render import save_animation, save_png
 
-    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
-    init = InitImageChoice(image, t, strength, mask)
     check_view_options(preview)
     out = out or Path("denoise.png")
     grid_path = companion_path(out, "steps")
     check_frame_ms(frame_ms)
     check_outputs([grid_path], force, gif, picture=out)
-    loaded = ModelChoice(model, device, dtype).load()
+    loaded = model.load()
     generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TRACE_RECORD_X0)
     trace = generation.traces[0]
     grid = views.denoise_grid(trace, preview=preview, model=loaded)
@@ -145,6 +118,7 @@ def denoise(
     print_written([out, grid_path, gif])
 
 
+@option_groups
 def trace(
     prompt: PromptOpt = "",
     gif: GifOpt = None,
@@ -152,22 +126,10 @@ def trace(
     save_trace: Annotated[Path | None, typer.Option(
         help="Also save the trace (safetensors) for `diffx render`.", show_default=False)] = None,
     html: HtmlOpt = None,
-    image: ImageOpt = None,
-    t: TimestepOpt = None,
-    strength: StrengthOpt = None,
-    mask: MaskOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
+    init: InitImageChoice = InitImageChoice(),
+    sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     preview: PreviewOpt = "auto",
     attn_scale: AttnScaleOpt = "word",
     frame_ms: FrameMsOpt = 100,
@@ -185,13 +147,11 @@ def trace(
     from diffx.trace import TraceOptions
     from diffx.trace import save_trace as write_trace
 
-    sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
-    init = InitImageChoice(image, t, strength, mask)
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, Path("trace"))
     check_frame_ms(frame_ms)
     check_outputs([companion_path(out, "attention"), save_trace, html], force, gif, picture=out)
-    loaded = ModelChoice(model, device, dtype).load()
+    loaded = model.load()
     # When x̂0 is shown decoded, the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
     decoded = views.resolve_preview(preview, model=loaded) == "vae"
     generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(),
@@ -207,6 +167,7 @@ def trace(
     print_written(written)
 
 
+@option_groups
 def render(
     trace_file: Annotated[Path, typer.Argument(help="A trace file from `diffx trace --save-trace`.",
                                                show_default=False)],
@@ -214,9 +175,7 @@ def render(
     out: OutOpt = None,
     preview: PreviewOpt = "auto",
     attn_scale: AttnScaleOpt = "word",
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
 ) -> None:
@@ -237,5 +196,5 @@ def render(
     check_outputs([companion_path(out, "attention")], force, gif, picture=out)
     recorded = load_trace(trace_file)
     needs_model = preview == "vae" and views.missing_decodes(recorded)
-    loaded = ModelChoice(model, device, dtype).load() if needs_model else None
+    loaded = model.load() if needs_model else None
     print_written(views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force))

@@ -1,17 +1,20 @@
 """The options the commands share, and the groups they arrive in.
 
 Each `…Opt` alias is one option's definition (flag, help, default display), the same meaning in every
-command that takes it. A command that needs a whole group declares the group's options in its own
-signature with these aliases, in the group's field order, and builds the group with one call:
+command that takes it. Options that travel together are declared once, as the fields of a group
+dataclass: `ModelChoice` (--model/--device/--dtype), `SamplingChoice` (--negative-prompt … --size) and
+`InitImageChoice` (--image/--t/--strength/--mask). A command takes a whole group as one parameter, and
+`option_groups` lists the group's fields in the signature Typer reads:
 
-    def denoise(..., model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto"):
-        loaded = ModelChoice(model, device, dtype).load()
-
-The groups: `ModelChoice` (--model/--device/--dtype), `SamplingChoice` (--negative-prompt … --size)
-and `InitImageChoice` (--image/--t/--strength/--mask).
+    @option_groups
+    def denoise(prompt: PromptOpt = "", model: ModelChoice = ModelChoice()):
+        loaded = model.load()
 """
 
-from dataclasses import dataclass
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -78,9 +81,9 @@ HtmlOpt = Annotated[Path | None, typer.Option(
 class ModelChoice:
     """--model, --device, --dtype: which weights, on which device, in which precision."""
 
-    model: str | None
-    device: str
-    dtype: str
+    model: ModelOpt = None
+    device: DeviceOpt = "auto"
+    dtype: DtypeOpt = "auto"
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`."""
@@ -100,14 +103,14 @@ class SamplingChoice:
     """--negative-prompt, --sampler, --schedule, --spacing, --karras, --steps, --seed, --size: how to
     sample, everything but the prompt and the guidance weight (cfg-sweep sweeps that one)."""
 
-    negative_prompt: str
-    sampler: str | None
-    schedule: str | None
-    spacing: str | None
-    karras: bool
-    steps: int | None
-    seed: int
-    size: str | None
+    negative_prompt: NegativeOpt = ""
+    sampler: SamplerOpt = None
+    schedule: ScheduleOpt = None
+    spacing: SpacingOpt = None
+    karras: KarrasOpt = False
+    steps: StepsOpt = None
+    seed: SeedOpt = 0
+    size: SizeOpt = None
 
     def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
         from diffx.pipeline import GenerationSettings
@@ -122,10 +125,39 @@ class SamplingChoice:
 class InitImageChoice:
     """--image with --t or --strength (SDEdit), and --mask (inpainting)."""
 
-    image: Path | None
-    t: int | None
-    strength: float | None
-    mask: Path | None
+    image: ImageOpt = None
+    t: TimestepOpt = None
+    strength: StrengthOpt = None
+    mask: MaskOpt = None
+
+
+OPTION_GROUPS = (ModelChoice, SamplingChoice, InitImageChoice)
+
+
+def option_groups(command: Callable) -> Callable:
+    """Let `command` take option groups: a parameter whose annotation is one of `OPTION_GROUPS` stands,
+    in the signature Typer reads, for the group's fields (each its own option, in field order); the
+    command is then called with one group object built from those options."""
+    signature = inspect.signature(command)
+    groups = {name: param.annotation for name, param in signature.parameters.items()
+              if param.annotation in OPTION_GROUPS}
+    options = []
+    for name, param in signature.parameters.items():
+        if name not in groups:
+            options.append(param)
+            continue
+        options += [inspect.Parameter(field.name, param.kind, default=field.default,
+                                      annotation=field.type) for field in fields(groups[name])]
+
+    @functools.wraps(command)
+    def run(**values):
+        for name, group in groups.items():
+            values[name] = group(**{field.name: values.pop(field.name) for field in fields(group)})
+        return command(**values)
+
+    run.__signature__ = signature.replace(parameters=options)
+    run.__annotations__ = {param.name: param.annotation for param in options}
+    return run
 
 
 def parse_size(text: str | None) -> tuple[int | None, int | None]:
