@@ -51,9 +51,7 @@ def save_gif(
     durations = [duration_ms] * (len(pil_frames) - 1) + [hold_last_ms]
     loop_option = {} if loop is None else {"loop": loop}
 
-    # GIF frames hold 256 colours: fast octree quantization picks them ~8x faster than Pillow's default
-    # median cut for RGB frames (a 25-frame trace: 0.3 s instead of 2.5 s) and looks the same.
-    paletted = [frame.quantize(method=Image.Quantize.FASTOCTREE) for frame in pil_frames]
+    paletted = _shared_palette_frames(pil_frames)
 
     def write(tmp: Path) -> None:
         paletted[0].save(
@@ -67,6 +65,28 @@ def save_gif(
         )
 
     return write_atomic(path, write, force)
+
+
+PALETTE_SAMPLE_FRAMES = 8  # frames the GIF's one palette is chosen from, evenly spread over the animation
+
+
+def _shared_palette_frames(frames: list[Image.Image]) -> list[Image.Image]:
+    """The frames in one 256-colour palette, chosen from a montage of up to PALETTE_SAMPLE_FRAMES of them.
+
+    One palette for all frames keeps the parts that do not change (labels, the colour bar, a finished
+    panel) the same indices in every frame, so the GIF encoder stores only the changed region: a 25-frame
+    trace is ~30% smaller than with a palette per frame. No dithering, for the same reason (dither noise
+    differs between frames). Fast octree quantization picks the colours ~8x faster than Pillow's default
+    median cut (a 25-frame trace: 0.3 s instead of 2.5 s) and looks the same.
+    """
+    count = min(PALETTE_SAMPLE_FRAMES, len(frames))
+    picks = sorted({round(i * (len(frames) - 1) / max(count - 1, 1)) for i in range(count)})
+    width, height = frames[0].size
+    montage = Image.new("RGB", (width, height * len(picks)))
+    for row, index in enumerate(picks):
+        montage.paste(frames[index].convert("RGB"), (0, row * height))
+    palette = montage.quantize(method=Image.Quantize.FASTOCTREE)
+    return [frame.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
 
 
 def save_mp4(

@@ -100,3 +100,25 @@ def test_save_animation(tmp_path):
         save_animation(frames, tmp_path / "a.png")
     with pytest.raises(InvalidArgumentError, match="positive"):
         save_animation(frames, tmp_path / "b.gif", frame_ms=0)
+
+
+def test_gif_frames_share_one_palette(tmp_path):
+    # A smooth background (more colours than a GIF palette holds) under a moving square: with one palette
+    # for all frames the background decodes to the same colours in every frame, so only the square changes.
+    ramp = np.linspace(0, 255, 64, dtype=np.float32)
+    background = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), -1)
+    frames = []
+    for k in range(6):
+        frame = background.astype(np.uint8).copy()
+        frame[4:12, 8 * k:8 * k + 8] = (255, 0, 0)
+        frames.append(frame)
+    gif = Image.open(save_gif(frames, tmp_path / "moving.gif"))
+    decoded = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        decoded.append(np.asarray(gif.convert("RGB")).astype(int))
+    assert len(decoded) == 6
+    still = np.ones((64, 64), bool)
+    still[4:12] = False
+    assert all(np.array_equal(d[still], decoded[0][still]) for d in decoded)
+    assert np.abs(decoded[0][still] - background[still]).mean() < 8  # 4096 colours in 256: close
