@@ -1,9 +1,13 @@
 """The one attention implementation used by the text encoder, the U-Net and the VAE.
 
 Scaled dot-product attention (Vaswani et al. 2017, eq. 1):  Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V,
-computed per head. The numbers always come from `torch.nn.functional.scaled_dot_product_attention`.
+computed per head. Unless an editor acts, the numbers come from `torch.nn.functional.scaled_dot_product_attention`.
 An *observer* (the tracer) can ask to see the attention probabilities of chosen layers; they are then
 computed a second time, explicitly, and handed over — so watching never changes the output.
+
+An *editor* (prompt-to-prompt, `diffx.editing`) may change them: for the layers it edits, the
+probabilities are computed explicitly, handed to the editor, and what it returns is multiplied by V
+(Hertz et al. 2022, sec. 3.1: the edit replaces M in M V). Without an editor nothing else runs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,31 @@ _observer: contextvars.ContextVar[AttentionObserver | None] = contextvars.Contex
 )
 
 
+class AttentionEditor(Protocol):
+    """Replaces the attention probabilities of the layers it edits (see `edit_attention`)."""
+
+    def edits(self, layer: AttentionLayer, num_queries: int) -> bool:
+        """Whether to edit `layer` now; `num_queries` (its N_query) tells its resolution."""
+
+    def edit(self, layer: AttentionLayer, probs: Tensor) -> Tensor:
+        """`probs`: (B, heads, N_query, N_key) fp32, rows summing to 1 -> the probabilities to use instead."""
+
+
+_editor: contextvars.ContextVar[AttentionEditor | None] = contextvars.ContextVar(
+    "diffx_attention_editor", default=None
+)
+
+
+@contextlib.contextmanager
+def edit_attention(editor: AttentionEditor) -> Iterator[AttentionEditor]:
+    """Within this block, every `AttentionLayer` that `editor.edits` multiplies V by `editor.edit`'s output."""
+    token = _editor.set(editor)
+    try:
+        yield editor
+    finally:
+        _editor.reset(token)
+
+
 @contextlib.contextmanager
 def observe_attention(observer: AttentionObserver) -> Iterator[AttentionObserver]:
     """Within this block, every `AttentionLayer` that `observer.wants` reports its probabilities."""
@@ -55,12 +84,20 @@ class AttentionLayer(nn.Module):
         head_dim = channels // heads
         # (B, N, C) -> (B, heads, N, head_dim)
         q, k, v = (x.reshape(batch, -1, heads, head_dim).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        editor = _editor.get()
+        probs = None
+        if editor is not None and editor.edits(self, n_query):
+            # (B, heads, N_query, N_key) @ (B, heads, N_key, head_dim) -> (B, heads, N_query, head_dim)
+            probs = editor.edit(self, attention_probs(q, k, causal))
+            out = probs.to(v.dtype) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         observer = _observer.get()
         wanted = observer.wants(self) if observer is not None else False
         if wanted:
             rows = wanted if isinstance(wanted, slice) else slice(None)
-            observer.observe(self, attention_probs(q[rows], k[rows], causal))
+            # An observer sees the probabilities that were used: the edited ones where an editor acted.
+            observer.observe(self, probs[rows] if probs is not None else attention_probs(q[rows], k[rows], causal))
         return out.transpose(1, 2).reshape(batch, n_query, channels)
 
 
