@@ -28,6 +28,7 @@ from diffx.errors import InputImageError, InvalidArgumentError, check_choice
 from diffx.images import image_to_tensor, repaint_mask, tensor_to_image
 from diffx.models.attention import AttentionObserver, observe_attention
 from diffx.models.tokenizer import TokenizedPrompt
+from diffx.prompt_weights import WeightedPrompt, apply_weights, positions_weights, weighted_tokens
 from diffx.samplers import KARRAS_SAMPLERS, SAMPLERS, StepCallback, StepRecord, sample
 from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule
 
@@ -177,9 +178,10 @@ def size_multiple(model: StableDiffusion) -> int:
     return model.config.vae.downsample_factor * 2 ** (len(model.config.unet.channel_mult) - 1)
 
 
-def tokenize(model: StableDiffusion, prompt: str) -> TokenizedPrompt:
-    """Tokenize, warning (not failing) when the 77-token window cuts words off."""
-    tokens = model.tokenizer.encode(prompt)
+def tokenize(model: StableDiffusion, prompt: str, what: str = "prompt") -> WeightedPrompt:
+    """Tokenize the prompt without its word weights (`diffx.prompt_weights`: "(red:1.3)", "[blue]"), each
+    position keeping its weight; warn (not fail) when the 77-token window cuts words off."""
+    tokens = weighted_tokens(model.tokenizer, prompt, what)
     if tokens.truncated_text:
         warnings.warn(PromptTruncatedWarning(
             f"prompt is longer than 77 tokens; cut off: {elide(tokens.truncated_text)}"), stacklevel=3)
@@ -188,9 +190,12 @@ def tokenize(model: StableDiffusion, prompt: str) -> TokenizedPrompt:
 
 @torch.no_grad()
 def encode_text(model: StableDiffusion, prompts: Sequence[TokenizedPrompt]) -> Tensor:
-    """Context for cross-attention: CLIP's last hidden state, (B, 77, width)."""
+    """Context for cross-attention: CLIP's last hidden state, (B, 77, width), with the word weights of
+    `WeightedPrompt`s applied (each token's vector scaled, then the mean restored: `apply_weights`)."""
     ids = torch.tensor([p.ids for p in prompts], device=model.device)
-    return model.text_encoder(ids)
+    context = model.text_encoder(ids)
+    weights = positions_weights(list(prompts))
+    return context if weights is None else apply_weights(context, weights)
 
 
 def schedule_for(model: StableDiffusion, name: str) -> NoiseSchedule:
@@ -322,7 +327,7 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
     if mask is not None:
         _check_image_size(mask, settings, "the mask")
     tokens = tokenize(model, settings.prompt)
-    negative_tokens = tokenize(model, settings.negative_prompt)
+    negative_tokens = tokenize(model, settings.negative_prompt, "negative prompt")
     context_cond = encode_text(model, [tokens])
     # Guidance 1 is ε_c alone: the unconditional branch is skipped, observed or not (observing never changes numbers).
     context_uncond = encode_text(model, [negative_tokens]) if settings.guidance != 1.0 else None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from diffx.models.tokenizer import CONTEXT_LENGTH, END_TOKEN, START_TOKEN, TokenizedPrompt
+from diffx.prompt_weights import WeightedPrompt
 
 if TYPE_CHECKING:
     from diffx.discovery import ModelSource
@@ -54,21 +55,28 @@ def _elide(text: str, keep: int = 60) -> str:
 
 def tokens_table(tokenized: TokenizedPrompt) -> Table:
     """How CLIP reads a prompt: each word → its BPE tokens → their ids → their positions in the 77-token
-    window, with the start, end and padding tokens, and what the 77-token cap cut off."""
-    table = Table(title=f"{tokenized.num_tokens} of {CONTEXT_LENGTH} tokens used",
+    window, with the start, end and padding tokens, and what the 77-token cap cut off; for a prompt with word
+    weights (`prompt_weights.weighted_tokens`) the clean prompt in the title and a weight column."""
+    weighted = isinstance(tokenized, WeightedPrompt) and tokenized.weighted
+    title = f"{tokenized.num_tokens} of {CONTEXT_LENGTH} tokens used"
+    table = Table(title=f"{title} · the prompt read without its brackets: {_elide(tokenized.prompt)}"
+                  if weighted else title,
                   caption=f"cut by the {CONTEXT_LENGTH}-token limit: {_elide(tokenized.truncated_text)}"
                   if tokenized.truncated_tokens else None, caption_style="yellow")
-    for column in ("word", "BPE tokens", "ids", "positions"):
+    for column in ("word", "BPE tokens", "ids", "positions", *(("weight",) if weighted else ())):
         table.add_column(column)
     last = tokenized.num_tokens - 1
-    table.add_row("(start)", START_TOKEN, str(tokenized.ids[0]), "0", style="dim")
+    one = ("1",) if weighted else ()  # start, end and padding always weigh 1
+    table.add_row("(start)", START_TOKEN, str(tokenized.ids[0]), "0", *one, style="dim")
     for row in word_rows(tokenized.words, tokenized.tokens, tokenized.ids, tokenized.word_ids):
         if row.positions:
-            table.add_row(row.word, " ".join(row.tokens), " ".join(map(str, row.ids)), _span(row.positions))
-    table.add_row("(end)", END_TOKEN, str(tokenized.ids[last]), str(last), style="dim")
+            weight = (f"{tokenized.weights[row.positions[0]]:.4g}",) if weighted else ()
+            table.add_row(row.word, " ".join(row.tokens), " ".join(map(str, row.ids)), _span(row.positions),
+                          *weight)
+    table.add_row("(end)", END_TOKEN, str(tokenized.ids[last]), str(last), *one, style="dim")
     if last < CONTEXT_LENGTH - 1:
         table.add_row("(padding)", f"{END_TOKEN} × {CONTEXT_LENGTH - 1 - last}", str(tokenized.ids[-1]),
-                      _span([last + 1, CONTEXT_LENGTH - 1]), style="dim")
+                      _span([last + 1, CONTEXT_LENGTH - 1]), *one, style="dim")
     if tokenized.truncated_tokens:
         table.add_row("(cut)", _cut_summary(tokenized.truncated_tokens), "", "", style="yellow")
     return table

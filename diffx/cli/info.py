@@ -15,14 +15,16 @@ def tokens(
     """Show how CLIP's tokenizer reads a prompt.
 
     Each word → its BPE tokens → their ids → their positions in the 77-token window, with the start,
-    end and padding tokens and what the limit cuts off.
+    end and padding tokens and what the limit cuts off. Word weights ("a (red:1.3) circle", "[blue]")
+    are read as the web UIs write them: the table shows the prompt without brackets and each word's weight.
 
-    Example: diffx tokens "a red circle left of a blue square"
+    Example: diffx tokens "a (red:1.3) circle left of a blue square"
     """
     from diffx.models.tokenizer import ClipTokenizer
+    from diffx.prompt_weights import weighted_tokens
     from diffx.tables import tokens_table
 
-    OUT.print(tokens_table(ClipTokenizer.default().encode(prompt)))
+    OUT.print(tokens_table(weighted_tokens(ClipTokenizer.default(), prompt)))
 
 
 def models() -> None:
