@@ -1,11 +1,12 @@
-"""Small inline-SVG line charts of a noise schedule (for the HTML report): ᾱ_t and log-SNR against t,
-every visited step as a dot and a marker the page moves to the current step. Pure: arrays → SVG text."""
+"""Small inline-SVG line charts for the HTML report: the noise schedule (ᾱ_t and log-SNR against t, every
+visited step as a dot and a marker the page moves to the current step) and a run's convergence (distances
+against model evaluations, log y). Pure: arrays → SVG text."""
 
 from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -82,7 +83,9 @@ def schedule_charts(curves: dict[str, np.ndarray], visited: Sequence[tuple[np.nd
     return "\n".join(svgs) + legend, markers
 
 
-def axes_svg(chart: Chart, y_ticks: Sequence[float]) -> list[str]:
+def axes_svg(chart: Chart, y_ticks: Sequence[float], x_label: str = "timestep t",
+             y_text: Callable[[float], str] = "{:g}".format) -> list[str]:
+    """Axis lines, x ticks from 0 to `chart.x_max` and grid lines at `y_ticks`, labelled by `y_text`."""
     left, bottom = CHART_MARGIN["left"], CHART_HEIGHT - CHART_MARGIN["bottom"]
     right = CHART_WIDTH - CHART_MARGIN["right"]
     parts = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#c3c9d4"/>',
@@ -91,12 +94,37 @@ def axes_svg(chart: Chart, y_ticks: Sequence[float]) -> list[str]:
         x = chart.x(tick)
         parts.append(f'<line x1="{x}" y1="{bottom}" x2="{x}" y2="{bottom + 4}" stroke="#c3c9d4"/>'
                      f'<text x="{x}" y="{bottom + 15}" text-anchor="middle">{tick:g}</text>')
-    parts.append(f'<text x="{right}" y="{CHART_HEIGHT - 2}" text-anchor="end">timestep t</text>')
+    parts.append(f'<text x="{right}" y="{CHART_HEIGHT - 2}" text-anchor="end">{html.escape(x_label)}</text>')
     for tick in y_ticks:
         y = chart.y(tick)
         parts.append(f'<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#eceff4"/>'
-                     f'<text x="{left - 5}" y="{y + 4}" text-anchor="end">{tick:g}</text>')
+                     f'<text x="{left - 5}" y="{y + 4}" text-anchor="end">{y_text(tick)}</text>')
     return parts
+
+
+def convergence_svg(curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                    colours: Sequence[str] = ("#1f77b4", "#d62728")) -> str:
+    """A small log-y chart of distances against model evaluations (NFE), one polyline per curve (name →
+    (NFE, distance) arrays), named at the top right. Values at or below 0 cannot sit on a log axis: left out."""
+    logs = {name: (np.asarray(x, dtype=float), np.log10(np.where(np.asarray(y, dtype=float) > 0, y, np.nan)))
+            for name, (x, y) in curves.items()}
+    finite = np.concatenate([y[np.isfinite(y)] for _, y in logs.values()] + [np.zeros(0)])
+    low, high = (math.floor(finite.min()), math.ceil(finite.max())) if finite.size else (-1, 0)
+    high = max(high, low + 1)
+    chart = Chart(max(max(x.max(initial=1) for x, _ in logs.values()), 1), low, high)
+    decades = list(range(high, low - 1, -max(1, (high - low + 3) // 4)))  # at most ~4 decades, the top one always
+    title = "distances by model evaluation (RMS, log scale)"
+    parts = [f'<svg viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="{title}">',
+             f'<text class="title" x="{CHART_MARGIN["left"]}" y="14">{title}</text>']
+    parts += axes_svg(chart, decades, "model evaluations (NFE)", lambda d: f"1e{d:g}")
+    for index, ((name, (nfe, values)), colour) in enumerate(zip(logs.items(), colours, strict=False)):
+        points = " ".join(f"{chart.x(x)},{chart.y(v)}" for x, v in zip(nfe, values, strict=True) if np.isfinite(v))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
+        x = CHART_WIDTH - CHART_MARGIN["right"] - 4
+        parts.append(f'<text x="{x}" y="{CHART_MARGIN["top"] + 12 + 13 * index}" text-anchor="end" '
+                     f'fill="{colour}">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
