@@ -9,15 +9,16 @@ matplotlib and the models are imported inside the commands, so `diffx --help` an
 - options.py: the shared options and the option groups (model, sampling, input picture)
 - progress.py: the per-step progress bar
 - generate.py: denoise, trace, render · experiments.py: noise, cfg-sweep, compare
-- info.py: tokens, models, report · train.py: train · trajectories.py: paths
+- info.py: tokens, models, report · train.py: train · trajectories.py: paths · lab.py: lab (the 2-D lab)
 """
 
-from diffx.cli import experiments, generate, info, train, trajectories
+from diffx.cli import experiments, generate, info, lab, train, trajectories
 from diffx.cli.core import app, command
 
 __all__ = ["app"]
 
 # The commands, in the order `diffx --help` lists them.
 for function in (experiments.noise, generate.denoise, generate.trace, generate.render, experiments.cfg_sweep,
-                 experiments.compare, trajectories.paths, info.tokens, info.models, train.train, info.report):
+                 experiments.compare, trajectories.paths, lab.lab, info.tokens, info.models, train.train,
+                 info.report):
     command(function)

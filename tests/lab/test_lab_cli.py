@@ -1,0 +1,64 @@
+"""`diffx lab`: a quick run writes its GIF and prints the sliced Wasserstein distances; bad input is one
+`error:` line, exit 2, nothing written."""
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffx.cli import app
+
+QUICK = ["--train-steps", "40", "--steps", "3", "--particles", "100", "--samplers", "ddim,euler_a"]
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: CliRunner().invoke(app, ["lab", *map(str, args)])
+
+
+def test_lab_writes_the_gif_and_reports_the_distances(run, tmp_path):
+    result = run(*QUICK)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "wrote lab.gif" in result.stdout
+    assert "sliced Wasserstein SW₁ to the data at 3 steps: ddim=" in result.stdout
+    with Image.open(tmp_path / "lab.gif") as gif:
+        assert gif.n_frames == 4
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--data", "circles"], "unknown data 'circles'"),
+    (["--data", "missing.png"], "no image file at missing.png"),
+    (["--samplers", "ddim,plms"], "unknown sampler 'plms'"),
+    (["--steps", "0"], "steps must be 1 to 200"),
+    (["--steps", "many"], "Invalid value for '--steps'"),
+    (["--schedule", "quadratic"], "unknown beta schedule"),
+    (["--guidance", "1,2"], "--guidance draws <out>_guidance.png; add --out"),
+    (["--guidance", "1,nan", "--out", "lab.png"], "--guidance must be a finite number"),
+    (["--guidance", "1,x", "--out", "lab.png"], "--guidance '1,x': expected floats"),
+    (["--gif", "lab.mp4"], "name it .gif"),
+    (["--out", "lab.bmp"], "name it .png, .jpg or .webp"),
+    (["--train-steps", "0"], "lab training steps must be 1 to"),
+    (["--particles", "1"], "particles must be 2 to"),
+    (["--frame-ms", "0"], "--frame-ms must be a positive number"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(run, tmp_path, args, message):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(run, tmp_path):
+    (tmp_path / "lab.gif").write_bytes(b"keep")
+    result = run(*QUICK)
+    assert result.exit_code == 2 and "already exists; pass --force" in result.stderr
+    assert (tmp_path / "lab.gif").read_bytes() == b"keep"
+    assert run(*QUICK, "--force").exit_code == 0
+
+
+def test_black_mask_is_refused(run, tmp_path):
+    Image.new("L", (8, 8), 0).save(tmp_path / "black.png")
+    result = run("--data", "black.png")
+    assert result.exit_code == 2 and "black everywhere" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["black.png"]

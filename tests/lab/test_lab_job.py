@@ -1,0 +1,67 @@
+"""lab/job.py: `run_lab` writes the GIF (one frame per step, one size, under 2 MB) and the --out figures, and
+refuses every bad argument and output path before any work, writing nothing."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diffx.errors import InputImageError, InvalidArgumentError, OutputPathError
+from diffx.lab.job import LabJob, run_lab
+from diffx.lab.train import LabTrainConfig
+
+QUICK = LabTrainConfig(steps=60, batch=128, width=32, depth=1)
+
+
+def test_run_lab_writes_the_gif_and_the_figures(tmp_path):
+    job = LabJob(samplers=("ddim", "euler_a"), steps=4, particles=200, guidance=(0.0, 2.0),
+                 gif=tmp_path / "lab.gif", out=tmp_path / "lab.png", train=QUICK)
+    stages = []
+    result = run_lab(job, lambda stage, done, total, loss: stages.append(stage))
+    assert result.written == [tmp_path / name for name in
+                              ("lab.gif", "lab.png", "lab_schedules.png", "lab_guidance.png")]
+    assert set(result.sliced_wasserstein) == {"ddim", "euler_a"} and set(result.spread) == {0.0, 2.0}
+    assert len(result.losses) == QUICK.steps
+    assert {"training on two moons, linear β", "training on two moons, cosine β"} <= set(stages)
+    with Image.open(tmp_path / "lab.gif") as gif:
+        assert gif.n_frames == job.steps + 1
+    assert (tmp_path / "lab.gif").stat().st_size < 2_000_000
+    for name in ("lab.png", "lab_schedules.png", "lab_guidance.png"):
+        with Image.open(tmp_path / name) as picture:
+            assert picture.width >= 2 * 200  # at least two 200-px panels side by side
+
+
+def _bad(tmp_path: Path, **changes) -> LabJob:
+    fields = {"gif": tmp_path / "lab.gif", "train": QUICK, **changes}
+    return LabJob(**fields)
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), [
+    ({"data": "circles"}, InvalidArgumentError, "unknown data 'circles'"),
+    ({"data": "nowhere.png"}, InputImageError, "no image file at nowhere.png"),
+    ({"samplers": ()}, InvalidArgumentError, "no samplers given"),
+    ({"samplers": ("ddim", "lms")}, InvalidArgumentError, "unknown sampler 'lms'"),
+    ({"samplers": ("ddim", "ddim")}, InvalidArgumentError, "name one twice"),
+    ({"steps": 0}, InvalidArgumentError, "steps must be 1 to 200"),
+    ({"steps": 201}, InvalidArgumentError, "steps must be 1 to 200"),
+    ({"schedule": "quadratic"}, InvalidArgumentError, "unknown beta schedule 'quadratic'"),
+    ({"guidance": ()}, InvalidArgumentError, "guidance list is empty"),
+    ({"guidance": (float("nan"),)}, InvalidArgumentError, "guidance must be a finite number"),
+    ({"guidance": (-1.0,)}, InvalidArgumentError, "guidance weight -1 is out of range"),
+    ({"seed": -1}, InvalidArgumentError, "seed must be 0 to"),
+    ({"particles": 1}, InvalidArgumentError, "particles must be 2 to"),
+    ({"gif": None}, InvalidArgumentError, "nothing to write"),
+    ({"gif": Path("lab.mp4")}, InvalidArgumentError, "name it .gif"),
+    ({"out": Path("lab.tiff")}, InvalidArgumentError, "name it .png, .jpg or .webp"),
+])
+def test_bad_arguments_are_refused_before_any_work(tmp_path, changes, error, message):
+    with pytest.raises(error, match=message):
+        run_lab(_bad(tmp_path, **changes))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_are_never_overwritten_without_force(tmp_path):
+    (tmp_path / "lab_guidance.png").write_bytes(b"keep")
+    with pytest.raises(OutputPathError, match="already exists; pass --force"):
+        run_lab(_bad(tmp_path, out=tmp_path / "lab.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab_guidance.png"]
