@@ -102,7 +102,8 @@ def reverse_frames(trained: TrainedLab, runs: Sequence[LabRun], x0: Tensor, labe
         starts, arrows, full = score_field(trained.model, schedule, max(t_ref, 0))
         cells = [points_panel(VIEW, truth, class_colors(labels), radius=1.0),
                  points_panel(VIEW, ghost=truth, arrows=(starts, arrows))]
-        cell_labels = [f"forward q(x_t | x_0)\n{t_label}", f"score −ε̂/√(1−ᾱ), arrow = {full:.3g}\n{t_label}"]
+        field_t = f"t={max(t_ref, 0):.0f}"
+        cell_labels = [f"forward q(x_t | x_0)\n{t_label}", f"score −ε̂/√(1−ᾱ), arrow = {full:.3g}\n{field_t}"]
         for run in runs:
             t = run.timesteps[i]
             ghost = forward_marginal(schedule, x0, -1 if final else t)
@@ -130,12 +131,12 @@ def forward_and_field(trained: TrainedLab, x0: Tensor, labels: Tensor,
         starts, arrows, full = score_field(trained.model, schedule, t)
         forward.append(points_panel(VIEW, truth, class_colors(labels), radius=1.0))
         field.append(points_panel(VIEW, ghost=truth, arrows=(starts, arrows)))
-        field_labels.append(f"full arrow: |s| ≥ {full:.3g}")
+        field_labels.append(f"full arrow: |s| ≥ {full:.3g} (clipped)")
     col_labels = [f"t={t} · ᾱ={float(schedule.alphas_cumprod[t]):.3f}" for t in timesteps]
     grid = make_grid([forward, field], row_labels=["q(x_t | x_0)", "score −ε̂/√(1−ᾱ)"], col_labels=col_labels,
                      cell_labels=[[""] * len(timesteps), field_labels], font_size=13,
                      title=f"{trained.data.name} · {schedule.beta_schedule} β: the forward process and the learned "
-                           "score field (a full arrow = the panel's 90th-percentile |s|; longer ones clipped)")
+                           "score field over t")
     return _with_key(grid, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)))
 
 
@@ -158,8 +159,9 @@ def guidance_sweep(trained: TrainedLab, runs: Sequence[tuple[float, LabRun]], x0
     """Classifier-free guidance over w: each class's samples in its colour over the data (grey); the
     RMS spread around each class mean shrinks as w grows (fidelity up, diversity down)."""
     cells = [points_panel(VIEW, run.samples, class_colors(run.labels), ghost=x0, radius=1.0) for _, run in runs]
-    labels = [f"spread {class_spread(run.samples, run.labels):.3f}" for _, run in runs]
+    labels = [f"class spread {class_spread(run.samples, run.labels):.3f}" for _, run in runs]
     grid = make_grid([cells], col_labels=[f"w = {w:g}" for w, _ in runs], cell_labels=[labels], font_size=13,
                      title=f"{trained.data.name}: classifier-free guidance ε̂ = ε_∅ + w (ε_c − ε_∅), "
                            f"{runs[0][1].sampler}, coloured by the class asked for")
-    return _with_key(grid, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)))
+    return _with_key(grid, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
+                     "class spread: RMS distance of a class's samples to their mean (w = 0 ignores the class)")
