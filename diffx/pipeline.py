@@ -30,7 +30,7 @@ from diffx.models.attention import AttentionObserver, observe_attention
 from diffx.models.tokenizer import TokenizedPrompt
 from diffx.prompt_weights import WeightedPrompt, apply_weights, positions_weights, weighted_tokens
 from diffx.samplers import KARRAS_SAMPLERS, SAMPLERS, StepCallback, StepRecord, sample
-from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule
+from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule, eps_from_prediction, vp_scales
 
 if TYPE_CHECKING:
     from diffx.models.configs import SchedulerConfig
@@ -79,6 +79,7 @@ class GenerationSettings:
     eta: float = 0.0
     seed: int = 0
     strength: float = 0.8  # image-to-image and inpainting: how much of the schedule to run
+    guidance_rescale: float = 0.0  # φ of `rescale_guidance`, 0 to 1
 
     def resolved(self, model: StableDiffusion) -> GenerationSettings:
         """A copy with every default filled in from the model and every value checked."""
@@ -95,7 +96,7 @@ class GenerationSettings:
         check_choice("sampler", settings.sampler, SAMPLERS)
         check_choice("schedule", settings.schedule, BETA_SCHEDULES)
         check_choice("spacing", settings.spacing, SPACINGS)
-        for name in ("guidance", "strength", "eta"):
+        for name in ("guidance", "strength", "eta", "guidance_rescale"):
             check_finite(name, getattr(settings, name))
         if settings.karras and settings.sampler not in KARRAS_SAMPLERS:
             raise InvalidArgumentError(f"Karras sigmas (--karras) apply to {', '.join(KARRAS_SAMPLERS)}, "
@@ -109,8 +110,9 @@ class GenerationSettings:
             raise InvalidArgumentError(f"seed must be between 0 and 2**63 - 1, got {settings.seed}")
         if settings.guidance < 0:
             raise InvalidArgumentError(f"guidance must be >= 0 (1 = no guidance), got {settings.guidance}")
-        if not 0.0 <= settings.strength <= 1.0:
-            raise InvalidArgumentError(f"strength must be between 0 and 1, got {settings.strength}")
+        for name in ("strength", "guidance_rescale"):
+            if not 0.0 <= getattr(settings, name) <= 1.0:
+                raise InvalidArgumentError(f"{name} must be between 0 and 1, got {getattr(settings, name)}")
         multiple = size_multiple(model)
         for name, value in (("height", settings.height), ("width", settings.width)):
             if value > MAX_SIDE:
@@ -207,33 +209,56 @@ def schedule_from_config(config: SchedulerConfig, name: str) -> NoiseSchedule:
     """`schedule_for` from the scheduler config alone (e.g. the one a trace file records)."""
     if name == config.beta_schedule:
         return NoiseSchedule.from_config(config)
-    return NoiseSchedule.create(name, config.num_train_timesteps)
+    return NoiseSchedule.create(name, config.num_train_timesteps, zero_terminal_snr=config.rescale_betas_zero_snr)
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
+    """Guidance rescale φ (Lin et al. 2023, eq. 15-16): the guided prediction scaled to the conditional one's
+    standard deviation (per image), mixed with it by φ (paper: 0.7); large w over-exposes pictures without it."""
+    if rescale == 0.0:
+        return guided
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1 - rescale) * guided
 
 
 def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: Tensor | None,
-                  guidance: float, observer: Observer | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+                  guidance: float, observer: Observer | None = None, *, schedule: NoiseSchedule | None = None,
+                  guidance_rescale: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
     """ε̂(x_t, t) with classifier-free guidance: ε_u + w (ε_c − ε_u)  (Ho & Salimans 2022, eq. 6).
 
     Without an unconditional context (guidance exactly 1) only ε_c is computed.
-    Both halves run as one batch [uncond; cond], as diffusers does. `observer` hears both predictions
-    and watches the U-Net's attention.
+    Both halves run as one batch [uncond; cond], as diffusers does. Guidance (and its rescale φ,
+    `rescale_guidance`) works on what the U-Net predicts; a v-prediction model's v̂ then becomes
+    ε̂ = σ x_t + α v̂ at t's α, σ in `schedule` (default: the model's own), so every sampler, the
+    tracer and the views see ε̂ whatever the model predicts. `observer` hears both (as ε̂) and watches
+    the U-Net's attention.
     """
     dtype = model.dtype
     observer = observer or Observer()
+    prediction_type = model.config.scheduler.prediction_type
+    schedule = schedule or schedule_for(model, model.config.scheduler.beta_schedule)
+    latent_channels = model.config.unet.out_channels  # an inpainting U-Net's input is [x_t, mask, image]
 
     def eps_model(x_in: Tensor, t: Tensor) -> Tensor:
         batch = x_in.shape[0]
         if context_uncond is None:
-            eps_uncond, eps_cond = None, model.unet(x_in.to(dtype), t, context_cond).float()
-            eps = eps_cond
+            out_uncond, out_cond = None, model.unet(x_in.to(dtype), t, context_cond).float()
+            out = out_cond
         else:
-            eps_both = model.unet(torch.cat([x_in, x_in]).to(dtype), t,
+            out_both = model.unet(torch.cat([x_in, x_in]).to(dtype), t,
                                   torch.cat([context_uncond, context_cond])).float()
-            eps_uncond, eps_cond = eps_both[:batch], eps_both[batch:]
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+            out_uncond, out_cond = out_both[:batch], out_both[batch:]
+            out = rescale_guidance(out_uncond + guidance * (out_cond - out_uncond), out_cond, guidance_rescale)
+        alpha, sigma = (float(s) for s in vp_scales(schedule, t))
+        x_t = x_in[:, :latent_channels].float()
+
+        def to_eps(output: Tensor | None) -> Tensor | None:
+            return None if output is None else eps_from_prediction(output, x_t, alpha, sigma, prediction_type)
+
         if observer.on_guidance is not None:
-            observer.on_guidance(eps_uncond, eps_cond)
-        return eps
+            observer.on_guidance(to_eps(out_uncond), to_eps(out_cond))
+        return to_eps(out)
 
     if observer.attention is None:
         return eps_model
@@ -353,7 +378,8 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
         needs_init_latent = init_image is not None and not (inpainting_unet and from_noise)
         init_latent = encode_image(model, init_image, generator) if needs_init_latent else None
         noise = torch.randn(latent_shape, generator=generator).to(model.device)
-        denoiser = make_denoiser(model, context_cond, context_uncond, settings.guidance, observer)
+        denoiser = make_denoiser(model, context_cond, context_uncond, settings.guidance, observer,
+                                 schedule=schedule, guidance_rescale=settings.guidance_rescale)
         callbacks = [cb for cb in (observer.on_step, progress) if cb is not None]
         if inpainting_unet:
             masked_image = image_to_tensor(init_image) * (1 - repaint)  # the hole blanked to grey (0)

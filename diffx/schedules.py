@@ -1,4 +1,5 @@
-"""Noise schedules: β_t, ᾱ_t, σ_t, the forward process q, the training loss and timestep spacing.
+"""Noise schedules: β_t, ᾱ_t, σ_t, the forward process q, what the model predicts (ε or v), the training
+loss and timestep spacing.
 
 Indexing follows diffusers and the LDM code: timesteps are 0-based, t = 0 … T-1, and
 ᾱ_t = ∏_{s≤t} (1 - β_s), so the clean sample x_0 sits *before* index 0 ("ᾱ_{-1} = 1").
@@ -31,6 +32,7 @@ class ScheduleSettings(Protocol):
     beta_schedule: str
     beta_start: float
     beta_end: float
+    rescale_betas_zero_snr: bool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +74,28 @@ def make_betas(beta_schedule: str, num_train_timesteps: int = 1000, beta_start: 
     make: Callable[..., torch.Tensor] = linear_betas if beta_schedule == "linear" else scaled_linear_betas
     ends = {k: v for k, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
     return make(num_train_timesteps, **ends)
+
+
+# ᾱ_T of a zero-terminal-SNR schedule as the samplers see it: 2⁻²⁴ rather than 0 (diffusers' Euler does the same),
+# so σ_T = √((1 − ᾱ_T)/ᾱ_T) ≈ 4096 stays finite and x̂0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ never divides by zero.
+ZERO_SNR_ALPHA_CUMPROD = 2.0**-24
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """β rescaled so the last timestep has zero signal-to-noise ratio (Lin et al. 2023, "Common Diffusion
+    Noise Schedules and Sample Steps are Flawed", Algorithm 1).
+
+    SD's schedules end at ᾱ_T ≈ 0.0047: the noisiest x_T still holds a little of the image (its mean
+    brightness above all), which training learns to expect and sampling from pure noise never gives —
+    hence SD's mid-grey pictures. Shifting √ᾱ so √ᾱ_T = 0, then scaling it so √ᾱ_1 is unchanged, fixes
+    that: √ᾱ'_t = (√ᾱ_t − √ᾱ_T) · √ᾱ_1 / (√ᾱ_1 − √ᾱ_T); then β'_t = 1 − ᾱ'_t / ᾱ'_{t−1}, β'_T = 1.
+    """
+    alphas_bar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return 1.0 - alphas
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,18 +146,24 @@ class NoiseSchedule:
 
     @classmethod
     def create(cls, beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000,
-               beta_start: float | None = None, beta_end: float | None = None) -> NoiseSchedule:
-        """A schedule from its name (one of `BETA_SCHEDULES`) and, for the linear ones, its end points."""
+               beta_start: float | None = None, beta_end: float | None = None,
+               zero_terminal_snr: bool = False) -> NoiseSchedule:
+        """A schedule from its name (one of `BETA_SCHEDULES`) and, for the linear ones, its end points;
+        `zero_terminal_snr`: rescaled by `rescale_zero_terminal_snr`, with ᾱ_T = ZERO_SNR_ALPHA_CUMPROD."""
         if num_train_timesteps < 2:
             raise InvalidArgumentError(f"num_train_timesteps must be at least 2, got {num_train_timesteps}")
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+            # β_T = 1 would make ᾱ_T exactly 0: choose β_T so that ᾱ_T = ᾱ_{T-1} (1 − β_T) = 2⁻²⁴.
+            betas[-1] = 1.0 - ZERO_SNR_ALPHA_CUMPROD / torch.cumprod(1.0 - betas[:-1], dim=0)[-1]
         return cls.from_betas(betas, beta_schedule)
 
     @classmethod
     def from_config(cls, config: ScheduleSettings) -> NoiseSchedule:
         """The training schedule a model config names (SD1.5: scaled_linear, 0.00085 → 0.012, T = 1000)."""
         return cls.create(config.beta_schedule, config.num_train_timesteps, config.beta_start,
-                          config.beta_end)
+                          config.beta_end, config.rescale_betas_zero_snr)
 
 
 def sigma_to_t(schedule: NoiseSchedule, sigma: torch.Tensor) -> torch.Tensor:
@@ -192,14 +222,68 @@ def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor,
     return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 
 
+# ---------------------------------------------------------------------------------------------
+# What the model predicts: ε or v (Salimans & Ho 2022, "Progressive Distillation", sec. 4 and appendix D)
+#
+# With α = √ᾱ_t and σ = √(1 − ᾱ_t) (α² + σ² = 1), x_t = α x_0 + σ ε and the velocity is v = α ε − σ x_0.
+# The three are one rotation apart: x_0 = α x_t − σ v, ε = σ x_t + α v. An ε-model's x̂0 = (x_t − σ ε̂)/α
+# blows up as α → 0; a v-model's does not, which is why zero-terminal-SNR schedules need v.
+
+
+def vp_scales(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """α = √ᾱ_t and σ = √(1 − ᾱ_t) at timestep(s) t, float64 of t's shape.
+
+    At a whole t, ᾱ_t from the table; between (Karras sigmas give fractional t) ᾱ = 1/(σ_t² + 1) with
+    log σ_t interpolated linearly — the inverse of `sigma_to_t`, so a σ-space sampler's σ comes back.
+    """
+    t = t.detach().double().cpu()
+    log_sigmas = schedule.sigmas.double().log()
+    low = t.floor().long().clamp(0, schedule.num_train_timesteps - 1)
+    high = (low + 1).clamp(max=schedule.num_train_timesteps - 1)
+    log_sigma = torch.lerp(log_sigmas[low], log_sigmas[high], t - low)
+    alpha_cumprod = torch.where(t == low, schedule.alphas_cumprod.double()[low], 1 / (log_sigma.exp() ** 2 + 1))
+    return alpha_cumprod.sqrt(), (1 - alpha_cumprod).sqrt()
+
+
+def _unknown_prediction(prediction_type: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"unknown prediction type {prediction_type!r}; choose epsilon or v_prediction")
+
+
+def velocity(x0: torch.Tensor, eps: torch.Tensor, alpha: float | torch.Tensor, sigma: float | torch.Tensor
+             ) -> torch.Tensor:
+    """v = α ε − σ x_0: the velocity of x_t along the circle x_t = α x_0 + σ ε (Salimans & Ho 2022, eq. 11)."""
+    return alpha * eps - sigma * x0
+
+
+def eps_from_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float,
+                        prediction_type: str) -> torch.Tensor:
+    """The noise estimate ε̂ a model's output stands for: itself for "epsilon", σ x_t + α v̂ for "v_prediction"."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return sigma * x_t + alpha * output
+    raise _unknown_prediction(prediction_type)
+
+
+def x0_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """x̂0 = (x_t − σ ε̂) / α (DDPM eq. 15)."""
+    return (x_t - sigma * eps) / alpha
+
+
+def v_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """v̂ = α ε̂ − σ x̂0 with x̂0 = (x_t − σ ε̂)/α, i.e. (ε̂ − σ x_t)/α."""
+    return velocity(x0_from_eps(eps, x_t, alpha, sigma), eps, alpha, sigma)
+
+
 def training_loss(eps_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                   schedule: NoiseSchedule, x0: torch.Tensor, context: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """L_simple = E_{t, ε} ‖ε - ε_θ(x_t, t, c)‖² (DDPM Algorithm 1 and eq. 14).
+                  generator: torch.Generator | None = None, prediction_type: str = "epsilon") -> torch.Tensor:
+    """L_simple = E_{t, ε} ‖ε - ε_θ(x_t, t, c)‖² (DDPM Algorithm 1 and eq. 14), or for a v-model
+    E ‖v − v_θ(x_t, t, c)‖² with v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022, eq. 11's target).
 
-    t ~ U{0, …, T-1} per sample, ε ~ N(0, I), x_t from `q_sample`; `eps_model(x_t, t, context)`.
-    Random numbers are drawn on the generator's device (CPU by default) and moved, so a seed means
-    the same thing on every device. Returns the scalar mean squared error.
+    t ~ U{0, …, T-1} per sample, ε ~ N(0, I), x_t from `q_sample`; `eps_model(x_t, t, context)` returns
+    what the model predicts. Random numbers are drawn on the generator's device (CPU by default) and
+    moved, so a seed means the same thing on every device. Returns the scalar mean squared error.
     """
     draw_device = generator.device if generator is not None else x0.device
     batch = x0.shape[0]
@@ -207,8 +291,15 @@ def training_loss(eps_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
     t, noise = t.to(x0.device), noise.to(x0.device)
     x_t = q_sample(schedule, x0, t, noise)
-    eps_pred = eps_model(x_t, t, context)
-    return F.mse_loss(eps_pred.float(), noise.float())
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":  # diffusers' get_velocity
+        alphas_cumprod = schedule.alphas_cumprod.to(x0.device, x0.dtype)
+        target = velocity(x0, noise, _per_sample(alphas_cumprod**0.5, t, x0),
+                          _per_sample((1 - alphas_cumprod) ** 0.5, t, x0))
+    else:
+        raise _unknown_prediction(prediction_type)
+    return F.mse_loss(eps_model(x_t, t, context).float(), target.float())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ copied, so loading needs about one model's worth of memory.
 
 from __future__ import annotations
 
-import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,18 +26,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from diffx.architecture import recognise, unsupported_family
 from diffx.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
-from diffx.errors import CheckpointError, ModelNotFoundError
+from diffx.errors import CheckpointError, ModelNotFoundError, check_choice
 from diffx.files import atomic_output
 from diffx.models.configs import (
-    PRESETS,
+    PREDICTION_TYPES,
     ModelConfig,
     SchedulerConfig,
     TextEncoderConfig,
     UNetConfig,
     VAEConfig,
-    sd15,
-    sd15_inpainting,
 )
 from diffx.models.stable_diffusion import ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
@@ -211,8 +210,8 @@ def text_encoder_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, T
 # Configs
 
 
-def _not_sd1(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(f"{path} looks like {what}; diffx supports SD1.x models only")
+def _not_sd1(path: Path, family: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {unsupported_family(family)}")
 
 
 def config_from_diffusers(folder: Path) -> ModelConfig:
@@ -224,14 +223,15 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
     scheduler = read_json(scheduler_file) if scheduler_file.is_file() else {}
 
     if unet.get("addition_embed_type") == "text_time":
-        raise _not_sd1(folder, "an SDXL model")
+        raise _not_sd1(folder, "SDXL")
     if unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
-        raise _not_sd1(folder, "an SD2.x model")
+        raise _not_sd1(folder, "SD2.x")
     # A diffusers quirk: for SD1.x, `attention_head_dim` holds the number of heads (8), not their width.
     heads = unet.get("num_attention_heads") or unet.get("attention_head_dim", 8)
     if isinstance(heads, list):
         if len(set(heads)) != 1:
-            raise _not_sd1(folder, f"a U-Net with per-level head counts {heads}")
+            raise CheckpointError(f"{folder}: a U-Net with per-level head counts {heads}; diffx's SD1.x U-Net "
+                                  "has the same number of heads at every level")
         heads = heads[0]
     unet_channels = unet["block_out_channels"]
     vae_channels = vae["block_out_channels"]
@@ -267,51 +267,6 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
     )
 
 
-@functools.cache
-def _expected_shapes(preset: str) -> dict[str, tuple[int, ...]]:
-    model = build_without_weights(PRESETS[preset](), None, preset)
-    return {key: tuple(tensor.shape) for key, tensor in model.original_state_dict().items()}
-
-
-def _signature_fits(config: ModelConfig, state_dict: dict[str, Tensor]) -> bool:
-    """Do the first layers of the three components have this config's shapes?"""
-    unet, vae, text = config.unet, config.vae, config.text_encoder
-    signature = {
-        "model.diffusion_model.input_blocks.0.0.weight": (unet.model_channels, unet.in_channels, 3, 3),
-        "first_stage_model.encoder.conv_in.weight": (vae.ch, vae.in_channels, 3, 3),
-        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight":
-            (text.vocab_size, text.hidden_size),
-    }
-    return all(key in state_dict and state_dict[key].shape == shape for key, shape in signature.items())
-
-
-def infer_config(state_dict: dict[str, Tensor], path: Path) -> ModelConfig:
-    """The preset whose shapes an state dict fits, else SD1.5 (loading then says what differs)."""
-    keys = state_dict.keys()
-    if any(key.startswith("conditioner.") for key in keys):
-        raise _not_sd1(path, "an SDXL checkpoint")
-    if any(key.startswith("cond_stage_model.model.") for key in keys):
-        raise _not_sd1(path, "an SD2.x checkpoint (OpenCLIP text encoder)")
-    if not any(key.startswith(ORIGINAL_PREFIXES["unet"]) for key in keys):
-        if any(key.startswith(("encoder.", "decoder.")) for key in keys):
-            raise _not_sd1(path, "a standalone VAE file, not a whole model")
-        if any("lora" in key for key in keys):
-            raise _not_sd1(path, "a LoRA adapter, not a whole model")
-        raise CheckpointError(f"{path} is not an SD checkpoint (it has no model.diffusion_model.* keys)")
-    context_widths = {t.shape[-1] for key, t in state_dict.items() if key.endswith("attn2.to_k.weight")}
-    if 1024 in context_widths:
-        raise _not_sd1(path, "an SD2.x checkpoint (1024-d text context)")
-
-    for preset, make_config in PRESETS.items():
-        if not _signature_fits(make_config(), state_dict):  # cheap test before building the preset's shapes
-            continue
-        expected = _expected_shapes(preset)
-        if all(key in state_dict and state_dict[key].shape == shape for key, shape in expected.items()):
-            return PRESETS[preset]()
-    first_conv = state_dict.get(ORIGINAL_PREFIXES["unet"] + "input_blocks.0.0.weight")
-    return sd15_inpainting() if first_conv is not None and first_conv.shape[1] == 9 else sd15()
-
-
 # ---------------------------------------------------------------------------------------------------
 # Loading and saving
 
@@ -324,28 +279,55 @@ def _tokenizer_near(*folders: Path) -> ClipTokenizer:
     return ClipTokenizer.default()
 
 
-def _select_ema(state_dict: dict[str, Tensor], use_ema: bool) -> dict[str, Tensor]:
-    """Replace U-Net weights by their EMA copies (`model_ema.<key without dots>`) when asked and present."""
+WEIGHT_CHOICES = ("ema", "main")
+
+
+def _select_weights(state_dict: dict[str, Tensor], choice: str) -> tuple[dict[str, Tensor], str]:
+    """The U-Net weights asked for, and a phrase saying which were taken.
+
+    A training checkpoint (CompVis' `sd-v1-4-full-ema.ckpt`) holds the trained weights and their
+    exponential moving average, the EMA copy under `model_ema.<key without its dots>`; the EMA weights
+    sample better and are what CompVis' scripts load (`use_ema`), so "ema" takes them when every U-Net
+    tensor has a copy (diffusers' `from_single_file` takes the main ones). "main" takes the others.
+    """
+    check_choice("weights", choice, WEIGHT_CHOICES)
     weights = {key: tensor for key, tensor in state_dict.items() if not key.startswith(EMA_PREFIX)}
-    if use_ema:
-        for key in weights:
-            flat = EMA_PREFIX + key.removeprefix("model.").replace(".", "")
-            if key.startswith(ORIGINAL_PREFIXES["unet"]) and flat in state_dict:
-                weights[key] = state_dict[flat]
-    return weights
+    unet_keys = [key for key in weights if key.startswith(ORIGINAL_PREFIXES["unet"])]
+    copies = {key: EMA_PREFIX + key.removeprefix("model.").replace(".", "") for key in unet_keys}
+    if not all(flat in state_dict for flat in copies.values()):
+        return weights, "the U-Net's one set of weights (the file has no EMA copy)"
+    if choice == "main":
+        return weights, "the main U-Net weights (--weights main; the file also has EMA ones)"
+    return {**weights, **{key: state_dict[flat] for key, flat in copies.items()}}, \
+        "the U-Net's EMA weights (the file also has the main ones: --weights main takes those)"
 
 
-def _read_single_file(path: Path, config: ModelConfig | None, use_ema: bool) -> tuple[ModelConfig, dict]:
-    state_dict = read_state_dict(path)
-    config = config or infer_config(state_dict, path)
-    state_dict = _select_ema(state_dict, use_ema)
+def _modern_text_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Older SD1.x files store CLIP as `cond_stage_model.transformer.embeddings…` (transformers < 4.20, without
+    `text_model.`): the same tensors, named as transformers' CLIPTextModel names them now."""
+    prefix = ORIGINAL_PREFIXES["text_encoder"]
+    old = [key for key in state_dict if key.startswith(prefix) and not key.startswith(prefix + "text_model.")]
+    return {**{key: t for key, t in state_dict.items() if key not in old},
+            **{prefix + "text_model." + key.removeprefix(prefix): state_dict[key] for key in old}}
+
+
+def _read_single_file(path: Path, config: ModelConfig | None, choice: str) -> tuple[ModelConfig, dict, str]:
+    """The config (given, or recognised from the tensors), the weights, and a note on what was recognised."""
+    state_dict, taken = _select_weights(_modern_text_keys(read_state_dict(path)), choice)
     # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids) are
     # not weights of diffx's modules.
     position_ids = ORIGINAL_PREFIXES["text_encoder"] + "text_model.embeddings.position_ids"
-    return config, {
-        key: tensor for key, tensor in state_dict.items()
-        if key.startswith(tuple(ORIGINAL_PREFIXES.values())) and key != position_ids
-    }
+    state_dict = {key: tensor for key, tensor in state_dict.items() if key != position_ids}
+    if config is not None:
+        note = f"the {config.name} config as given"
+    else:
+        try:
+            recognised = recognise({key: tuple(t.shape) for key, t in state_dict.items()})
+        except CheckpointError as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        config, note = recognised.config, f"recognised {recognised.summary()}"
+    modules = tuple(ORIGINAL_PREFIXES.values())
+    return config, {key: t for key, t in state_dict.items() if key.startswith(modules)}, f"{note}; {taken}"
 
 
 def _component_state_dict(folder: Path) -> dict[str, Tensor]:
@@ -369,35 +351,41 @@ def load_model(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    use_ema: bool = True,
+    weights: str = "ema",
     config: ModelConfig | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> StableDiffusion:
     """Load a model from a checkpoint file, a diffusers folder or a diffx folder (see `resolve_model_source`).
 
-    `use_ema`: take the U-Net's EMA weights when a single-file checkpoint holds both (as diffusers'
-    `extract_ema`). `config`: the architecture of a single-file checkpoint, if it is none of the presets.
+    A single file's architecture is recognised from its tensors (`diffx.architecture.recognise`) unless
+    `config` gives it. `weights`: "ema" takes the U-Net's EMA weights when a single file holds both (as
+    CompVis' scripts do), "main" the others. `note(line)` hears one line saying what was loaded.
     """
     found = source if isinstance(source, ModelSource) else resolve_model_source(source)
     path = found.path
+    check_choice("weights", weights, WEIGHT_CHOICES)
     if found.format == "single-file":
-        config, state_dict = _read_single_file(path, config, use_ema)
+        config, state_dict, what = _read_single_file(path, config, weights)
         tokenizer = _tokenizer_near(path.parent, path.parent / "tokenizer")
     elif found.format == "diffusers":
         config, state_dict = _read_diffusers(path)
         tokenizer = _tokenizer_near(path / "tokenizer")
+        what = "a diffusers folder, architecture from its config.json files"
     else:
         config = ModelConfig.from_dict(read_json(path / "config.json"))
         state_dict = read_state_dict(path / "model.safetensors")
         tokenizer = _tokenizer_near(path)
-
-    if config.scheduler.prediction_type != "epsilon":  # until v-prediction exists, it would sample wrong
-        raise CheckpointError(f"{path}: model {config.name!r} is a {config.scheduler.prediction_type!r} model; "
-                              "diffx supports only epsilon prediction for now")
+        what = f"a diffx folder ({config.name})"
+    if config.scheduler.prediction_type not in PREDICTION_TYPES:
+        raise CheckpointError(f"{path}: model {config.name!r} predicts {config.scheduler.prediction_type!r}; "
+                              f"diffx runs {' and '.join(PREDICTION_TYPES)} models")
     # Cast first (a no-op when the file already has `dtype`), then hand the tensors to the modules.
     state_dict = {key: t.to(dtype) if t.is_floating_point() else t for key, t in state_dict.items()}
     model = build_without_weights(config, tokenizer, str(path))
     model.load_original_state_dict(state_dict)
     del state_dict
+    if note is not None:
+        note(f"{path.name}: {what}; predicts {config.scheduler.prediction_type}")
     return model.to(device=device).eval()
 
 

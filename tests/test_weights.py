@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from diffx import weights
 from diffx.discovery import resolve_model_source
-from diffx.errors import CheckpointError, ModelNotFoundError
+from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError
 from diffx.models.configs import ModelConfig, sd15, tiny
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.safe_checkpoint import load_torch_zip
@@ -124,7 +124,7 @@ def test_fp16_checkpoint_is_cast_to_the_requested_dtype(tmp_path, original):
     assert_same_weights(load_model(path, dtype=torch.float16), half)
 
 
-def test_ema_weights_are_used_when_present_unless_disabled(tmp_path, original, monkeypatch):
+def test_ema_weights_are_used_when_present_unless_main_is_asked(tmp_path, original, monkeypatch):
     ema = {key: tensor + 1 for key, tensor in original.items() if key.startswith("model.diffusion_model.")}
     checkpoint = {
         **original,
@@ -136,8 +136,25 @@ def test_ema_weights_are_used_when_present_unless_disabled(tmp_path, original, m
     }
     assert "model_ema.diffusion_modelinput_blocks10in_layers2weight" in checkpoint
     path = save_lightning_checkpoint(checkpoint, tmp_path / "ema.ckpt", monkeypatch)
-    assert_same_weights(load_model(path), {**original, **ema})
-    assert_same_weights(load_model(path, use_ema=False), original)
+    notes = []
+    assert_same_weights(load_model(path, note=notes.append), {**original, **ema})
+    assert_same_weights(load_model(path, weights="main", note=notes.append), original)
+    assert "the U-Net's EMA weights (the file also has the main ones" in notes[0]
+    assert "the main U-Net weights (--weights main; the file also has EMA ones)" in notes[1]
+    plain = save_safetensors(original, tmp_path / "plain.safetensors")
+    assert_same_weights(load_model(plain, weights="ema", note=notes.append), original)
+    assert "(the file has no EMA copy)" in notes[2]
+    with pytest.raises(InvalidArgumentError, match="unknown weights 'both'; choose one of: ema, main"):
+        load_model(plain, weights="both")
+
+
+def test_older_clip_key_layout_without_text_model_loads(tmp_path, original):
+    """Files from before transformers 4.20 name CLIP's tensors `cond_stage_model.transformer.encoder…`."""
+    prefix = "cond_stage_model.transformer."
+    older = {prefix + key.removeprefix(prefix + "text_model.") if key.startswith(prefix) else key: tensor
+             for key, tensor in original.items()}
+    assert prefix + "embeddings.token_embedding.weight" in older
+    assert_same_weights(load_model(save_safetensors(older, tmp_path / "older.safetensors")), original)
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, original):
@@ -242,28 +259,26 @@ def test_diffusers_folder_round_trip(tmp_path, original, weights_format):
     assert model.tokenizer("a cat").tolist() == build(tiny()).tokenizer("a cat").tolist()
 
 
-def test_v_prediction_is_refused_at_load_time(tmp_path, original):
-    """Until diffx samples v-prediction models, such a model is one CheckpointError line, whatever its layout."""
+def test_prediction_type_is_read_from_every_layout(tmp_path, original):
+    """A v-prediction model loads as one (its diffusers scheduler config or diffx config says so); a type
+    diffx does not run is one CheckpointError line."""
     diffusers_folder = tmp_path / "sd-tiny-v"
     write_diffusers_folder(diffusers_folder, tiny(), original, "safetensors")
     scheduler_file = diffusers_folder / "scheduler" / "scheduler_config.json"
     scheduler_file.write_text(json.dumps({**json.loads(scheduler_file.read_text()),
-                                          "prediction_type": "v_prediction"}))
+                                          "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}))
+    loaded = load_model(diffusers_folder).config.scheduler
+    assert (loaded.prediction_type, loaded.rescale_betas_zero_snr) == ("v_prediction", True)
     model = build(tiny())
     model.load_original_state_dict(dict(original))
     diffx_folder = save_model(model, tmp_path / "diffx-v")
     config = json.loads((diffx_folder / "config.json").read_text())
-    config["scheduler"]["prediction_type"] = "v_prediction"
+    config["scheduler"]["prediction_type"] = "sample"
     (diffx_folder / "config.json").write_text(json.dumps(config))
-    single_file = save_safetensors(original, tmp_path / "tiny.safetensors")
-    v_config = tiny()
-    v_config.scheduler.prediction_type = "v_prediction"
-
-    for source, options in ((diffusers_folder, {}), (diffx_folder, {}), (single_file, {"config": v_config})):
-        with pytest.raises(CheckpointError, match="'v_prediction' model; diffx supports only epsilon prediction"
-                           ) as error:
-            load_model(source, **options)
-        assert "\n" not in str(error.value)
+    with pytest.raises(CheckpointError, match="predicts 'sample'; diffx runs epsilon and v_prediction models"
+                       ) as error:
+        load_model(diffx_folder)
+    assert "\n" not in str(error.value)
 
 
 def test_rename_rules_invert_diffusers_converters_at_sd15_size():
@@ -315,14 +330,14 @@ def test_missing_and_misshaped_keys_are_listed(tmp_path, original):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("keys, looks_like", [
-    (["conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", UNET_KEY], "SDXL"),
-    (["cond_stage_model.model.ln_final.weight", UNET_KEY], "SD2.x"),
-    (["encoder.conv_in.weight", "decoder.conv_out.weight"], "standalone VAE"),
+@pytest.mark.parametrize("keys, message", [
+    (["encoder.conv_in.weight", "decoder.conv_out.weight"], "is a standalone VAE, not a whole model"),
+    (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], "is a LoRA adapter, not a whole model"),
+    (["bert.embeddings.weight"], "is not a Stable Diffusion checkpoint"),
 ])
-def test_other_model_families_are_named(tmp_path, keys, looks_like):
+def test_files_that_are_not_whole_models_are_named(tmp_path, keys, message):
     path = save_safetensors({key: torch.zeros(2) for key in keys}, tmp_path / "other.safetensors")
-    with pytest.raises(CheckpointError, match=f"looks like .*{looks_like}.*diffx supports SD1.x"):
+    with pytest.raises(CheckpointError, match=f"other.safetensors: this file {message}"):
         load_model(path)
 
 

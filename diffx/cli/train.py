@@ -91,6 +91,11 @@ def train(
         parser=_folder("--init-from", str),
         help="Continue from a model folder (e.g. data/shapes-world): its VAE is kept, the U-Net trains on.",
         show_default=False)] = None,
+    prediction_type: Annotated[str, typer.Option(
+        help="What the U-Net learns to predict: epsilon (the noise) or v_prediction (v = √ᾱ ε − √(1−ᾱ) x0).")
+                               ] = "epsilon",
+    zero_snr: Annotated[bool, typer.Option(
+        "--zero-snr", help="Rescale β to zero terminal SNR (Lin et al. 2023; pair it with v_prediction).")] = False,
 ) -> None:
     """Train the shapes-world model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
 
@@ -105,10 +110,14 @@ def train(
     from diffx.embedded.preflight import check_train_inputs
     from diffx.embedded.train import preview_grid
     from diffx.embedded.train import train as run_training
+    from diffx.models.configs import shapes_world
 
+    model = shapes_world()
+    model.scheduler.prediction_type, model.scheduler.rescale_betas_zero_snr = prediction_type, zero_snr
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
-                         checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from)
+                         checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from,
+                         model=model.to_dict())
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written
     if export is not None and export.resolve() == Path(out_dir).resolve():
         raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")

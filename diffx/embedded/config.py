@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 from diffx.errors import InvalidArgumentError
-from diffx.models.configs import ModelConfig, shapes_world
+from diffx.models.configs import PREDICTION_TYPES, ModelConfig, shapes_world
 
 POSITIVE, NOT_NEGATIVE = (lambda v: v > 0, "above 0"), (lambda v: v >= 0, "at least 0")
 # Every number field: (the values training can use, those values in words).
@@ -81,6 +81,9 @@ class TrainConfig:
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise InvalidArgumentError(f"init_from must be a model folder or None, got {self.init_from!r}")
         model = ModelConfig.from_dict(self.model)
+        if model.scheduler.prediction_type not in PREDICTION_TYPES:
+            raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "
+                                       f"{', '.join(PREDICTION_TYPES)}")
         factor = model.vae.downsample_factor
         if self.vae_crop > model.image_size or self.vae_crop % factor:
             raise InvalidArgumentError(f"vae_crop must be a multiple of the VAE's factor {factor} and at most the "

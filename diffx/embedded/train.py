@@ -208,6 +208,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
     out = Path(config.out_dir)
     model_config = ModelConfig.from_dict(config.model)
     schedule = NoiseSchedule.from_config(model_config.scheduler)
+    prediction_type = model_config.scheduler.prediction_type  # the loss's target: ε or v
     scale = model_config.vae.scaling_factor
     device = model.device
     latent_mean, latent_std = latent_mean.to(device), latent_std.to(device)
@@ -246,11 +247,11 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
         encodings = [model.tokenizer.encode(text) for text in captions]
         context = model.text_encoder(torch.tensor([e.ids for e in encodings], device=device))  # (B, 77, width)
         if masks is None or config.attention_loss <= 0:
-            loss = total = training_loss(eps_model, schedule, x0, context, generator=generator)
+            loss = total = training_loss(eps_model, schedule, x0, context, generator, prediction_type)
         else:
             collector = CrossAttentionCollector()
             with observe_attention(collector):
-                loss = training_loss(eps_model, schedule, x0, context, generator=generator)
+                loss = training_loss(eps_model, schedule, x0, context, generator, prediction_type)
             token_masks, supervised = token_targets([scenes[i] for i in chosen], [masks[i] for i in chosen],
                                                     encodings, x0.shape[-1])
             grounding = grounding_loss(collector.probs, token_masks.to(device), supervised.to(device))

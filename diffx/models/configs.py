@@ -66,9 +66,17 @@ class VAEConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
+# What the U-Net's output is: the noise ε (DDPM), or v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022, SD2-768).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
 @dataclass
 class SchedulerConfig:
-    """The training noise schedule and the default sampling settings that go with a model."""
+    """The training noise schedule and the default sampling settings that go with a model.
+
+    `rescale_betas_zero_snr`: β rescaled so that the last timestep is pure noise (Lin et al. 2023,
+    Algorithm 1; diffusers' name), for models trained that way (with v-prediction).
+    """
 
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"
@@ -77,6 +85,7 @@ class SchedulerConfig:
     timestep_spacing: str = "leading"
     steps_offset: int = 1
     prediction_type: str = "epsilon"
+    rescale_betas_zero_snr: bool = False
 
 
 @dataclass
