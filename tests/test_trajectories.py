@@ -179,3 +179,17 @@ def test_paths_command_writes_both_pictures_and_refuses_bad_input(tiny_model_dir
     refused(invoke("--reference", "euler_a:10"), "adds noise")
     refused(invoke("--samplers", "ddim", "--steps", "2", "--out", "p.png"), "already exists", "--force")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["p.png", "p_convergence.png"]
+
+
+def test_render_writes_the_convergence_chart_of_a_saved_trace(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    ok(runner.invoke(app, ["trace", "--model", str(tiny_model_dir), "--steps", "3", "--size", "16", "--device", "cpu",
+                           "--sampler", "heun", "--gif", "t.gif", "--save-trace", "t.safetensors"]))
+    ok(runner.invoke(app, ["render", "t.safetensors", "--gif", "r.gif", "--convergence", "c.png"]))
+    with Image.open("c.png") as chart:
+        assert chart.width > chart.height > 300
+    refused(runner.invoke(app, ["render", "t.safetensors", "--gif", "s.gif", "--convergence", "c.png"]),
+            "c.png already exists")
+    refused(runner.invoke(app, ["render", "t.safetensors", "--gif", "s.gif", "--convergence", "c.txt"]), ".png")
+    assert not (tmp_path / "s.gif").exists()

@@ -29,7 +29,7 @@ from diffx.cli.options import (
 )
 from diffx.cli.progress import StepProgress
 from diffx.errors import InvalidArgumentError, OutputPathError
-from diffx.files import check_outputs, companion_path
+from diffx.files import check_outputs, companion_path, picture_format
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -175,26 +175,37 @@ def render(
     out: OutOpt = None,
     preview: PreviewOpt = "auto",
     attn_scale: AttnScaleOpt = "word",
+    convergence: Annotated[Path | None, typer.Option(
+        help="Also write the trace's convergence chart (PNG): how far x̂0 still moves from the last x̂0, and "
+             "the step length, against model evaluations (log scale).", show_default=False)] = None,
     model: ModelChoice = ModelChoice(),
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
 ) -> None:
     """Re-render the views of a saved trace, without running the model.
 
-    Writes the same files as `diffx trace` (default: named after the trace file). A model is loaded
-    only for --preview vae when the trace holds no VAE decodes of x̂0 (--preview auto then shows the
-    latent preview, and says so on every panel).
+    Writes the same files as `diffx trace` (default: named after the trace file), and with --convergence
+    its convergence chart. A model is loaded only for --preview vae when the trace holds no VAE decodes of
+    x̂0 (--preview auto then shows the latent preview, and says so on every panel).
 
     Example: diffx render out.safetensors --gif again.gif --attn-scale word
     """
     from diffx import views
+    from diffx.render import save_png
     from diffx.trace import load_trace
+    from diffx.trajectories import trace_convergence_chart
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, trace_file)
     check_frame_ms(frame_ms)
-    check_outputs([companion_path(out, "attention")], force, gif, picture=out)
+    check_outputs([companion_path(out, "attention"), convergence], force, gif, picture=out)
+    if convergence is not None:
+        picture_format(convergence)
     recorded = load_trace(trace_file)
+    chart = trace_convergence_chart(recorded) if convergence is not None else None
     needs_model = preview == "vae" and views.missing_decodes(recorded)
     loaded = model.load() if needs_model else None
-    print_written(views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force))
+    written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
+    if chart is not None:
+        written.append(save_png(chart, convergence, force))
+    print_written(written)
