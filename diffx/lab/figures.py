@@ -9,7 +9,7 @@ reference cloud a panel should be compared with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,8 @@ def forward_marginal(schedule: NoiseSchedule, x0: Tensor, t: float, seed: int = 
 
 @torch.no_grad()
 def score_field(model: LabModel, schedule: NoiseSchedule, t: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """The learned score s(x_t) = −ε̂/√(1 − ᾱ_t) ≈ ∇ log q(x_t) (Song et al. 2021, eq. 18 in VP form) on an
+    """The learned score s(x_t) = −ε̂/√(1 − ᾱ_t) ≈ ∇ log q(x_t) (denoising score matching, Vincent 2011:
+    ∇ log q(x_t | x_0) = −ε/√(1 − ᾱ_t), so the ε-model's regression target is a scaled score) on an
     ARROW_GRID² grid: (starts (G², 2), arrows (G², 2), |s| of a full-length arrow).
 
     Near the data at small t the score is huge where it points back onto the data and small elsewhere,
@@ -55,10 +56,11 @@ def score_field(model: LabModel, schedule: NoiseSchedule, t: float) -> tuple[np.
     starts = torch.from_numpy(np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)).float()  # (G², 2)
     index = int(round(t))
     with one_thread():
-            score = -model(starts, torch.tensor(float(index))) / schedule.sqrt_one_minus_alphas_cumprod[index]
+        score = -model(starts, torch.tensor(float(index))) / schedule.sqrt_one_minus_alphas_cumprod[index]
     norms = score.norm(dim=1, keepdim=True)  # (G², 1)
     full = max(float(norms.quantile(0.9)), 1e-12)
-    arrows = score / full * norms.clamp(max=full) / norms.clamp(min=1e-12) * 0.9 * (side[1] - side[0])
+    direction = score / norms.clamp(min=1e-12)  # (G², 2) unit vectors
+    arrows = direction * (norms.clamp(max=full) / full) * 0.9 * (side[1] - side[0])
     return starts.numpy(), arrows.numpy(), full
 
 
@@ -87,10 +89,11 @@ def _rows(cells: list, labels: list[str], columns: int) -> tuple[list[list], lis
             [labels[i:i + columns] for i in range(0, len(labels), columns)])
 
 
-def reverse_frames(trained: TrainedLab, runs: Sequence[LabRun], x0: Tensor, labels: Tensor,
-                   columns: int = 4) -> list[Image.Image]:
+def reverse_frames(trained: TrainedLab, runs: Sequence[LabRun], x0: Tensor, labels: Tensor, columns: int = 4,
+                   on_frame: Callable[[int, int], None] | None = None) -> list[Image.Image]:
     """One frame per step: q(x_t) of the data coloured by class, the learned score field at t, and each
-    sampler's particles (from the same x_T) over the grey cloud of q(x_t) at its own t, with trails."""
+    sampler's particles (from the same x_T) over the grey cloud of q(x_t) at its own t, with trails.
+    `on_frame(done, total)` is called after each frame is drawn."""
     schedule, steps = trained.schedule, len(runs[0].path) - 1
     trail_colors = class_colors(np.arange(TRAILS))
     frames = []
@@ -117,6 +120,8 @@ def reverse_frames(trained: TrainedLab, runs: Sequence[LabRun], x0: Tensor, labe
         frames.append(_with_key(frame, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
                                 f"samplers: {len(x0)} particles from one x_T (blue) over q(x_t) at their t (grey); "
                                 f"lines: the paths of {TRAILS} of them"))
+        if on_frame is not None:
+            on_frame(i + 1, steps + 1)
     return _uniform_size(frames)
 
 

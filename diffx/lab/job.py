@@ -11,6 +11,7 @@ process and the learned score field over t), `<out>_schedules.png` (linear vs co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +134,9 @@ def run_lab(job: LabJob, progress: LabProgress | None = None) -> LabResult:
     result = LabResult(written=[], sliced_wasserstein=distances, losses=trained.losses,
                        untrained_sliced_wasserstein=_untrained_sw(job, trained, noise, x0))
     if job.gif is not None:
-        frames = reverse_frames(trained, runs, x0, labels)
-        if progress is not None:
-            progress("writing the GIF", len(frames), len(frames), float("nan"))
+        on_frame = None if progress is None else (
+            lambda done, total: progress("drawing the GIF frames", done, total, math.nan))
+        frames = reverse_frames(trained, runs, x0, labels, on_frame=on_frame)
         result.written.append(save_gif(frames, job.gif, duration_ms=job.frame_ms, hold_last_ms=2500, force=job.force))
     if job.out is not None:
         result.written += _write_figures(job, trained, noise, (x0, labels), result, progress)

@@ -22,7 +22,8 @@ def test_run_lab_writes_the_gif_and_the_figures(tmp_path):
                               ("lab.gif", "lab.png", "lab_schedules.png", "lab_guidance.png")]
     assert set(result.sliced_wasserstein) == {"ddim", "euler_a"} and set(result.spread) == {0.0, 2.0}
     assert len(result.losses) == QUICK.steps
-    assert {"training on two moons, linear β", "training on two moons, cosine β"} <= set(stages)
+    assert {"training on two moons, linear β", "training on two moons, cosine β", "drawing the GIF frames"
+            } <= set(stages)
     with Image.open(tmp_path / "lab.gif") as gif:
         assert gif.n_frames == job.steps + 1
     assert (tmp_path / "lab.gif").stat().st_size < 2_000_000
