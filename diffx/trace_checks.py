@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,13 +19,16 @@ from diffx.errors import TraceFileError
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
-TRACE_VERSION = 3
-TRACE_FORMAT = f"diffx-trace/{TRACE_VERSION}"  # /2: preview as {"factors", "bias"}; /3: version, model identity
+TRACE_VERSION = 4
+# /2: preview as {"factors", "bias"}; /3: version, model identity; /4: per-layer and per-head attention
+# (layer_attention.i, head_attention.i with meta attention_layers), self_attention_maps (meta self_attention_grid)
+TRACE_FORMAT = f"diffx-trace/{TRACE_VERSION}"
 SAMPLES_PER_TENSOR = 8
 RERECORD = "re-record it with `diffx trace --save-trace`"
 LATENT_KEYS = ("latents", "eps", "eps_uncond", "eps_cond", "x0")
 KNOWN_TENSORS = {"timesteps", "sigmas", "alphas_cumprod", *LATENT_KEYS, "attention", "negative_attention",
-                 "self_attention", "final_latent", "image", "decoded_x0", "decoded_steps"}
+                 "self_attention", "self_attention_maps", "final_latent", "image", "decoded_x0", "decoded_steps"}
+LAYER_TENSOR = re.compile(r"(layer|head)_attention\.(0|[1-9][0-9]*)")  # one per recorded layer
 
 
 def model_identity(model: StableDiffusion) -> dict:
@@ -120,7 +125,7 @@ def _check_tokens(path: Path, tokens: dict, key: str) -> None:
 
 def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
     """Every tensor's presence, dtype and shape against the others and the metadata (see `Trace`)."""
-    unknown = sorted(set(tensors) - KNOWN_TENSORS)
+    unknown = sorted(key for key in set(tensors) - KNOWN_TENSORS if not LAYER_TENSOR.fullmatch(key))
     if unknown:
         raise _fail(path, f"unexpected tensors {', '.join(unknown)}")
     for key in ("timesteps", "sigmas", "alphas_cumprod"):
@@ -150,6 +155,7 @@ def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
                    f"{steps} steps × {meta[tokens]['num_tokens']} {tokens.replace('_', ' ')} maps")
     if "self_attention" in tensors:
         expect("self_attention", (steps, None, None), f"{steps} steps of entropy maps")
+    _check_layers(path, meta, tensors, expect)
     for key in (k for k in ("image", "decoded_x0") if k in tensors):
         if tensors[key].dtype != torch.uint8:
             raise _fail(path, f"tensor {key} is {tensors[key].dtype}, expected torch.uint8 pixels")
@@ -165,10 +171,52 @@ def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
             raise _fail(path, f"decoded_steps is {decoded.dtype}, expected integer step numbers")
         if decoded.numel() and not (0 <= int(decoded.min()) and int(decoded.max()) < steps):
             raise _fail(path, f"decoded_steps holds a step outside 0…{steps - 1}")
-    for key in ("timesteps", "sigmas", "alphas_cumprod", *LATENT_KEYS, "attention", "negative_attention",
-                "self_attention", "final_latent"):
-        if key in tensors and not tensors[key].is_floating_point():
+    floating = ("timesteps", "sigmas", "alphas_cumprod", *LATENT_KEYS, "attention", "negative_attention",
+                "self_attention", "self_attention_maps", "final_latent")
+    for key in sorted(tensors):
+        if (key in floating or LAYER_TENSOR.fullmatch(key)) and not tensors[key].is_floating_point():
             raise _fail(path, f"tensor {key} is {tensors[key].dtype}, expected floating point")
+
+
+def _check_layers(path: Path, meta: dict, tensors: dict[str, Tensor], expect: Callable) -> None:
+    """The per-layer and per-head maps against meta["attention_layers"], the self-attention maps against
+    meta["self_attention_grid"]; `expect(key, shape, what)` checks one tensor's shape."""
+    layers = meta.get("attention_layers", [])
+    if not isinstance(layers, list):
+        raise _fail(path, "metadata field 'attention_layers' should be a list")
+    steps, count = tensors["timesteps"].shape[0], meta["tokens"]["num_tokens"]
+    for index, layer in enumerate(layers):
+        where = f"metadata attention_layers[{index}]"
+        if not isinstance(layer, dict):
+            raise _fail(path, f"{where} should be a dict")
+        _require(path, layer, {"name": str, "label": str, "grid": list, "heads": int}, where)
+        if len(layer["grid"]) != 2 or not all(isinstance(n, int) and n > 0 for n in layer["grid"]):
+            raise _fail(path, f"{where} grid should be [rows, cols], is {layer['grid']}")
+    names = {LAYER_TENSOR.fullmatch(key) for key in tensors} - {None}
+    heads = sum(match.group(1) == "head" for match in names)
+    wanted = {f"layer_attention.{i}" for i in range(len(layers))} | \
+        ({f"head_attention.{i}" for i in range(len(layers))} if heads else set())
+    found = {match.group(0) for match in names}
+    if found != wanted:
+        odd = sorted(found ^ wanted)
+        raise _fail(path, f"the per-layer attention tensors do not match its {len(layers)} attention_layers "
+                          f"(missing or extra: {', '.join(odd[:4])}{', …' if len(odd) > 4 else ''})")
+    for index, layer in enumerate(layers):
+        rows, cols = layer["grid"]
+        expect(f"layer_attention.{index}", (steps, count, rows, cols),
+               f"{steps} steps × {count} token maps of layer {layer['label']} ({rows}×{cols})")
+        if heads:
+            expect(f"head_attention.{index}", (steps, layer["heads"], count, rows, cols),
+                   f"{steps} steps × {layer['heads']} heads × {count} token maps of layer {layer['label']}")
+    grid = meta.get("self_attention_grid")
+    if ("self_attention_maps" in tensors) != (grid is not None):
+        raise _fail(path, "self_attention_maps and metadata self_attention_grid come together, one is missing")
+    if grid is not None:
+        if not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(n, int) and n > 0 for n in grid)):
+            raise _fail(path, f"metadata self_attention_grid should be [rows, cols], is {grid}")
+        pixels = grid[0] * grid[1]
+        expect("self_attention_maps", (steps, pixels, pixels),
+               f"{steps} steps of {pixels}×{pixels} self-attention rows on the {grid[0]}×{grid[1]} grid")
 
 
 def check_trace_file(path: Path, header: dict, tensors: dict[str, Tensor]) -> dict:

@@ -17,7 +17,17 @@ from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
 from diffx.pipeline import GenerationSettings, decode_latents, encode_text, generate
 from diffx.samplers import SAMPLERS
-from diffx.trace import RECORDABLE, Trace, TraceOptions, Tracer, generate_traced, load_trace, save_trace
+from diffx.trace import (
+    DEFAULT_RECORD,
+    RECORDABLE,
+    Trace,
+    TraceOptions,
+    Tracer,
+    generate_traced,
+    load_trace,
+    save_trace,
+)
+from diffx.trace_attention import daam_aggregate, layer_labels
 from diffx.trace_checks import model_identity
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
@@ -179,6 +189,84 @@ def test_self_attention_entropy(model):
     assert entropy.min() >= 0 and entropy.max() <= math.log(LATENT * LATENT) + 1e-2
 
 
+@pytest.fixture(scope="module")
+def detailed_trace(model) -> Trace:
+    """Every layer's and every head's cross-attention, and the 16×16 self-attention maps."""
+    options = TraceOptions(record=(*DEFAULT_RECORD, "self_attention_maps"), attention_detail="heads")
+    return generate_traced(model, settings(), options=options).traces[0]
+
+
+def test_detail_changes_neither_the_image_nor_the_aggregate(model, default_trace, detailed_trace):
+    """Per-layer and per-head recording leaves the image and the default DAAM map bit for bit as they were."""
+    assert torch.equal(detailed_trace.tensors["attention"], default_trace.tensors["attention"])
+    assert np.array_equal(detailed_trace.tensors["image"], default_trace.tensors["image"])
+    assert "attention_layers" not in default_trace.meta and not any("layer_" in k for k in default_trace.tensors)
+
+
+def test_layer_and_head_maps(model, detailed_trace, observed_layers):
+    """Each layer at its own grid, in U-Net order; heads average to the layer's map; the layers' DAAM
+    aggregate is the recorded one; with the padding share, each pixel's columns sum to 1."""
+    layers = detailed_trace.attention_layers
+    assert [info["label"] for info in layers] == ["down.0", "down.1", "mid", "up.0", "up.1", "up.2", "up.3"]
+    assert [info["grid"] for info in layers] == [[16, 16], [8, 8], [8, 8], [8, 8], [8, 8], [16, 16], [16, 16]]
+    assert all(info["name"].endswith("attn2") and info["heads"] == model.config.unet.num_heads for info in layers)
+    tokens = detailed_trace.meta["tokens"]["num_tokens"]
+    for index, info in enumerate(layers):
+        maps = detailed_trace.tensors[f"layer_attention.{index}"].float()
+        heads = detailed_trace.tensors[f"head_attention.{index}"].float()
+        assert maps.shape == (3, tokens, *info["grid"]) and heads.shape == (3, info["heads"], tokens, *info["grid"])
+        torch.testing.assert_close(heads.mean(1), maps, atol=2e-3, rtol=0)
+        assert (maps.sum(1) <= 1 + 2e-3).all()  # the K kept positions hold part of each pixel's unit of attention
+    for step in range(3):
+        aggregate = daam_aggregate([detailed_trace.token_maps(step, i) for i in range(len(layers))])
+        torch.testing.assert_close(aggregate, detailed_trace.token_maps(step), atol=2e-3, rtol=0)
+    labels, columns = detailed_trace.token_columns(detailed_trace.token_maps(1, 0))
+    assert labels == ["⟨start⟩", "“a”", "“cuboid”", "“and”", "“a”", "“red”", "“sphere”", "⟨end⟩", "⟨padding ×67⟩"]
+    kept = detailed_trace.token_maps(1, 0)
+    torch.testing.assert_close(kept.sum(0) + columns[-1], torch.ones(16, 16))  # padding = 1 − Σ kept
+    torch.testing.assert_close(columns[[0, -2]], kept[[0, tokens - 1]])  # start and end
+    torch.testing.assert_close(columns[2], detailed_trace.token_maps(1, 0)[2:5].mean(0))  # cu, bo, id: the mean
+    assert detailed_trace.token_maps(None, 3, 1).shape == (tokens, 8, 8)
+    assert detailed_trace.layer_index("up.2") == detailed_trace.layer_index(5) == 5
+    with pytest.raises(InvalidArgumentError, match="unknown layer 'up.9'; choose one of: down.0, down.1, mid"):
+        detailed_trace.layer_index("up.9")
+
+
+def test_self_attention_maps_are_the_rows_of_the_16x16_layers(model):
+    """(S, 256, 256): the mean over heads and over the 16×16 self-attention layers of softmax(QKᵀ/√d)."""
+    tracer = Tracer((LATENT, LATENT), TraceOptions(record=("self_attention_maps",)))
+    seen = []
+    observe = tracer.observe
+    tracer.observe = lambda layer, probs: (seen.append((layer.layer_name, probs.clone())), observe(layer, probs))
+    context = encode_text(model, [model.tokenizer.encode(PROMPT)])
+    with torch.no_grad(), observe_attention(tracer):
+        model.unet(torch.randn(1, 4, LATENT, LATENT), torch.tensor(500.0), context)
+    finest = [probs[-1].mean(0) for _, probs in seen if probs.shape[2] == LATENT * LATENT]
+    assert len(finest) == 3  # the attn1 of the 16×16 blocks: down.0, up.2, up.3
+    torch.testing.assert_close(torch.stack(tracer._pending["self_attention_maps"]).mean(0), torch.stack(finest).mean(0))
+    coarse = {name for name, probs in seen if probs.shape[2] != LATENT * LATENT}
+    assert coarse and coarse <= tracer._unwanted  # the 8×8 layers are not computed again at the next step
+    trace = generate_traced(model, settings(), options=TraceOptions(record=("self_attention_maps",))).traces[0]
+    maps = trace.tensors["self_attention_maps"].float()
+    assert maps.shape == (3, 256, 256) and trace.meta["self_attention_grid"] == [16, 16]
+    torch.testing.assert_close(maps.sum(-1), torch.ones(3, 256), atol=2e-3, rtol=0)
+
+
+def test_layer_labels():
+    names = ["input_blocks.1.1.transformer_blocks.0.attn2", "input_blocks.2.1.transformer_blocks.0.attn2",
+             "middle_block.1.transformer_blocks.0.attn2", "output_blocks.3.1.transformer_blocks.0.attn2"]
+    assert layer_labels(names) == ["down.0", "down.1", "mid", "up.0"]
+    assert layer_labels(names + ["middle_block.1.transformer_blocks.1.attn2"]) == [
+        "down.0", "down.1", "mid.0", "up.0", "mid.1"]
+
+
+def test_bad_detail_options():
+    with pytest.raises(InvalidArgumentError, match="unknown attention detail 'all'; choose one of: aggregate"):
+        TraceOptions(attention_detail="all")
+    with pytest.raises(InvalidArgumentError, match="self_attention_resolution must be a positive"):
+        TraceOptions(self_attention_resolution=0)
+
+
 def test_word_maps_average_the_tokens_of_a_word(default_trace):
     words = default_trace.words
     assert words == ["a", "cuboid", "and", "a", "red", "sphere"]
@@ -250,7 +338,7 @@ def rewrite(path, tmp_path, name, meta=None, header=None, tensors=None, drop=())
 @pytest.fixture(scope="module")
 def decoded_trace_file(model, tmp_path_factory):
     trace = generate_traced(model, settings(), decode_every=2,
-                            options=TraceOptions(record=RECORDABLE)).traces[0]
+                            options=TraceOptions(record=RECORDABLE, attention_detail="heads")).traces[0]
     return save_trace(trace, tmp_path_factory.mktemp("traces") / "full.safetensors")
 
 
@@ -277,14 +365,14 @@ def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
     """Name -> (changes for `rewrite`, what the one-line error says)."""
     steps = tensors["timesteps"].shape[0]
     return {
-        "empty metadata {}": ({"meta": {}}, "version None, expected 3"),
+        "empty metadata {}": ({"meta": {}}, "version None, expected 4"),
         "metadata not JSON": ({"header": {"diffx_trace": "{not json"}}, "metadata is not JSON"),
         "metadata a JSON list": ({"header": {"diffx_trace": "[1, 2]"}}, "not a JSON object"),
         "metadata missing": ({"header": {"diffx_trace": None}}, "metadata is not JSON"),
         "format missing": ({"header": {"format": None}}, "safetensors file but not a diffx trace"),
         "older format": ({"header": {"format": "diffx-trace/2"}}, "written by an older diffx .*diffx-trace/2"),
         "newer format": ({"header": {"format": "diffx-trace/9"}}, "written by another diffx"),
-        "old version field": ({"meta": changed(meta, 2, "version")}, "version 2, expected 3"),
+        "old version field": ({"meta": changed(meta, 2, "version")}, "version 2, expected 4"),
         "tokens missing": ({"meta": without(meta, "tokens")}, "field 'tokens' should be a dict, is missing"),
         "settings not a dict": ({"meta": changed(meta, [], "settings")}, "'settings' should be a dict, is a list"),
         "num_tokens disagrees": ({"meta": changed(meta, 3, "tokens", "num_tokens")}, "num_tokens is 3"),
@@ -320,13 +408,30 @@ def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
         "decoded_x0 without steps": ({"drop": ["decoded_steps"]}, "one is missing"),
         "latents not floating": ({"tensors": {"latents": tensors["latents"].long()}}, "expected floating point"),
         "unexpected tensor": ({"tensors": {"weights": torch.zeros(2)}}, "unexpected tensors weights"),
+        "older format 3": ({"header": {"format": "diffx-trace/3"}}, "written by an older diffx .*diffx-trace/3"),
+        "layer map of another grid": ({"tensors": {"layer_attention.0": tensors["layer_attention.0"][..., :-1]}},
+                                      r"tensor layer_attention.0 has shape .* of layer down.0"),
+        "layer map missing": ({"drop": ["layer_attention.1"]}, "missing or extra: layer_attention.1"),
+        "extra layer map": ({"tensors": {"layer_attention.99": tensors["layer_attention.0"]}},
+                            "missing or extra: layer_attention.99"),
+        "head maps of one layer missing": ({"drop": ["head_attention.2"]}, "missing or extra: head_attention.2"),
+        "head count wrong": ({"tensors": {"head_attention.0": tensors["head_attention.0"][:, 1:]}},
+                             "tensor head_attention.0 has shape"),
+        "layer map not floating": ({"tensors": {"layer_attention.0": tensors["layer_attention.0"].long()}},
+                                   "expected floating point"),
+        "layer grid wrong": ({"meta": changed(meta, [16], "attention_layers", 0, "grid")}, r"grid should be \[rows"),
+        "layer label missing": ({"meta": without(meta, "attention_layers", 0, "label")}, "'label' should be a str"),
+        "layers not a list": ({"meta": changed(meta, {}, "attention_layers")}, "'attention_layers' should be a list"),
+        "self maps without grid": ({"meta": without(meta, "self_attention_grid")}, "come together, one is missing"),
+        "self maps of another grid": ({"meta": changed(meta, [8, 8], "self_attention_grid")},
+                                      "tensor self_attention_maps has shape"),
     }
 
 
 def test_malformed_trace_files_are_refused_in_one_line(tmp_path, decoded_trace_file):
     """Every malformed case: one TraceFileError line naming the file and the problem, never a traceback."""
     good = load_trace(decoded_trace_file)
-    assert good.meta["version"] == 3 and set(good.tensors) >= {"decoded_x0", "negative_attention"}
+    assert good.meta["version"] == 4 and set(good.tensors) >= {"decoded_x0", "negative_attention"}
     assert len(malformed_cases(good.meta, good.tensors)) >= 30
     for number, (name, (changes, message)) in enumerate(malformed_cases(good.meta, good.tensors).items()):
         path = rewrite(decoded_trace_file, tmp_path, f"case{number}", **changes)

@@ -1,0 +1,210 @@
+"""The attention explorer: cross-attention per layer, per head and per step beside the DAAM aggregate,
+and self-attention (where one pixel looks; the principal components), from a trace recorded with
+`explorer_options()` (`diffx attention` writes these pictures).
+
+Layers are named by their place in the U-Net and their grid: "down.0 64×64" is the first cross-attention
+of the encoder, "mid 8×8" the bottleneck's, "up.8 64×64" the decoder's last. Each layer's map is the mean
+over its heads, drawn at its own resolution with one square per grid cell; the aggregate is DAAM's
+(Tang et al. 2023): every layer upsampled (bicubic) to the largest grid and averaged.
+
+Columns: the start token, each prompt word, the end token and the padding. A word of several BPE tokens
+is the mean of its tokens' maps (DAAM's rule). Under each panel: the token's share of the attention mass
+(the mean of its map over the query pixels; each pixel's 77 weights sum to 1). Most of the mass goes
+to the start token and the padding — positions that carry no word; a word's map is bright where it
+wins the pixel, even when its share is a few percent. The padding column is 1 − Σ over the K kept
+positions: the 77 − K padding positions are not stored (`Trace.token_columns`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from diffx.errors import InvalidArgumentError
+from diffx.files import check_outputs, companion_path
+from diffx.render import caption_bar, make_grid, normalize_maps, overlay, save_png, upscale
+from diffx.render.attention import (
+    component_grey,
+    components_rgb,
+    grid_heat,
+    mark_pixel,
+    self_attention_components,
+)
+from diffx.trace import DEFAULT_RECORD, Trace, TraceOptions
+from diffx.views import ATTENTION_ALPHA, attention_legend, format_timestep, prompt_title, step_indices
+
+EXPLORER_PANEL = 128  # pixels per panel: grids of 10+ layers × 10+ tokens stay readable on a screen
+PADDING_NOTE = ("% = the token's share of the attention mass; ⟨padding⟩ = 1 − Σ of the kept tokens: "
+                "what the unused positions draw; a word = the mean of its BPE tokens")
+
+
+def explorer_options(heads: bool = False) -> TraceOptions:
+    """What the explorer records: the default trace, every layer's cross-attention (every head's too
+    when `heads`) and the self-attention maps of the 16×16 layers."""
+    return TraceOptions(record=(*DEFAULT_RECORD, "self_attention_maps"),
+                        attention_detail="heads" if heads else "layers")
+
+
+def layer_title(trace: Trace, layer: int | None) -> str:
+    """"down.0 16×16" for a recorded layer, "aggregate (DAAM) 16×16" for None."""
+    if layer is None:
+        rows, cols = trace.tensors["attention"].shape[-2:]
+        return f"aggregate (DAAM) {rows}×{cols}"
+    info = trace.attention_layers[layer]
+    return f"{info['label']} {info['grid'][0]}×{info['grid'][1]}"
+
+
+def step_title(trace: Trace, step: int | None) -> str:
+    """"step 3/25 · t=921" for a 0-based step, "mean over all 25 steps" for None."""
+    if step is None:
+        return f"mean over all {trace.num_steps} steps"
+    return f"step {step + 1}/{trace.num_steps} · t={format_timestep(float(trace.tensors['timesteps'][step]))}"
+
+
+def check_step(trace: Trace, step: int | None) -> int | None:
+    """A 1-based step number (or None = all steps) → the 0-based index, refused when out of range."""
+    return None if step is None else step_indices(trace.num_steps, [step])[0]
+
+
+def token_rows(trace: Trace, rows: Sequence[tuple[str, Tensor]], title: str, panel: int = EXPLORER_PANEL
+               ) -> Image.Image:
+    """A grid of token-column panels: one row per (label, (K, r, c) maps), columns from
+    `Trace.token_columns`; each map stretched to its own maximum over the final image in grey."""
+    if "image" not in trace.tensors:
+        raise InvalidArgumentError("the trace has no final image to draw attention over; record a full trace")
+    picture = np.asarray(Image.fromarray(trace.tensors["image"].numpy()).resize((panel, panel),
+                                                                               Image.Resampling.BILINEAR))
+    cells, cell_labels, labels = [], [], []
+    for _, maps in rows:
+        labels, columns = trace.token_columns(maps)
+        shown = normalize_maps(columns, "word")  # (columns, r, c) in [0, 1]
+        cells.append([overlay(picture, grid_heat(m, (panel, panel)), ATTENTION_ALPHA, grey=True) for m in shown])
+        cell_labels.append([f"{100 * float(m.mean()):.1f}%" for m in columns])
+    grid = make_grid(cells, row_labels=[label for label, _ in rows], col_labels=labels, cell_labels=cell_labels,
+                     title=title, cell_size=(panel, panel))
+    return attention_legend(caption_bar(grid, PADDING_NOTE), "word")
+
+
+def layer_grid(trace: Trace, step: int | None = None, panel: int = EXPLORER_PANEL) -> Image.Image:
+    """Rows: the DAAM aggregate, then every recorded layer in U-Net order ("down.0 16×16" …); columns:
+    start, words, end, padding. `step`: 1-based, or None = the mean over all steps."""
+    index = check_step(trace, step)
+    rows = [(layer_title(trace, None), trace.token_maps(index))]
+    rows += [(layer_title(trace, i), trace.token_maps(index, i)) for i in range(len(trace.attention_layers))]
+    if len(rows) == 1:
+        trace.layer_index(0)  # says how to record per-layer maps
+    title = f"{prompt_title(trace)}: cross-attention per layer (mean over heads), {step_title(trace, index)}"
+    return token_rows(trace, rows, title, panel)
+
+
+def head_grid(trace: Trace, layer: str | int, step: int | None = None, panel: int = EXPLORER_PANEL) -> Image.Image:
+    """One layer's heads (rows: their mean, then head 1 … H) × token columns, at `step` (1-based) or the
+    mean over all steps."""
+    index, which = check_step(trace, step), trace.layer_index(layer)
+    heads = trace.attention_layers[which]["heads"]
+    rows = [(f"{layer_title(trace, which)} mean of {heads} heads", trace.token_maps(index, which))]
+    rows += [(f"head {h + 1}", trace.token_maps(index, which, h)) for h in range(heads)]
+    title = f"{prompt_title(trace)}: layer {layer_title(trace, which)} per head, {step_title(trace, index)}"
+    return token_rows(trace, rows, title, panel)
+
+
+def steps_grid(trace: Trace, layer: str | int | None = None, steps: Sequence[int] | None = None,
+               panel: int = EXPLORER_PANEL) -> Image.Image:
+    """One layer (None = the aggregate) over the steps (rows; default 8 spread over the run) × token columns."""
+    which = None if layer is None else trace.layer_index(layer)
+    rows = [(step_title(trace, i), trace.token_maps(i, which)) for i in step_indices(trace.num_steps, steps)]
+    title = f"{prompt_title(trace)}: {layer_title(trace, which)} over the denoising steps"
+    return token_rows(trace, rows, title, panel)
+
+
+def check_pixel(trace: Trace, pixel: tuple[int, int] | None) -> tuple[int, int]:
+    """(x, y) in the final image's pixels, default its centre; refused outside the picture."""
+    height, width = trace.tensors["image"].shape[:2]
+    if pixel is None:
+        return width // 2, height // 2
+    x, y = pixel
+    if not (0 <= x < width and 0 <= y < height):
+        raise InvalidArgumentError(f"pixel ({x}, {y}) is outside the {width}×{height} picture; "
+                                   f"pick x in 0…{width - 1} and y in 0…{height - 1}")
+    return x, y
+
+
+def self_attention_view(trace: Trace, pixel: tuple[int, int] | None = None, step: int | None = None,
+                        panel: int = 192) -> Image.Image:
+    """Where one pixel looks and what self-attention groups: the final image with the query pixel marked,
+    its self-attention row as a heatmap over the picture in grey, the first three principal components
+    as one RGB picture and each one in grey (prompt-to-prompt notebook style). `pixel`: (x, y) in the
+    final image (default: the centre); `step`: 1-based, or None = the mean over all steps."""
+    if "self_attention_maps" not in trace.tensors:
+        raise InvalidArgumentError("the trace has no self_attention_maps; record them with "
+                                   "TraceOptions(record=(..., 'self_attention_maps')) or `diffx attention`")
+    index = check_step(trace, step)
+    x, y = check_pixel(trace, pixel)
+    rows, cols = trace.meta["self_attention_grid"]
+    maps = trace.tensors["self_attention_maps"].float()
+    matrix = maps.mean(0) if index is None else maps[index]  # (N, N)
+    height, width = trace.tensors["image"].shape[:2]
+    query = (y * rows // height) * cols + x * cols // width  # the grid cell holding the pixel
+    size = (panel, round(panel * height / width))
+    picture = np.asarray(Image.fromarray(trace.tensors["image"].numpy()).resize(size, Image.Resampling.BILINEAR))
+    where = (x + 0.5) / width, (y + 0.5) / height
+    row = normalize_maps(matrix[query].reshape(1, rows, cols), "word")[0]
+    components, shares = self_attention_components(matrix, rows, cols)
+    panels = [(mark_pixel(picture, *where), f"final image, query pixel ({x}, {y})"),
+              (mark_pixel(overlay(picture, grid_heat(row, size), ATTENTION_ALPHA, grey=True), *where),
+               f"where ({x}, {y}) looks: its {rows}×{cols} row, own max")]
+    if len(components) == 3:
+        panels.append((upscale(components_rgb(components), size), "RGB = PC1, PC2, PC3 (each own range)"))
+    panels += [(upscale(component_grey(c), size), f"PC{i + 1}: {100 * share:.0f}% of variance, black→white")
+               for i, (c, share) in enumerate(zip(components, shares, strict=True))]
+    title = (f"{prompt_title(trace)}: self-attention at the {rows}×{cols} layers (mean over heads and layers), "
+             f"{step_title(trace, index)}")
+    return make_grid([[picture for picture, _ in panels]], cell_labels=[[label for _, label in panels]], title=title,
+                     cell_size=size)
+
+
+def write_attention_views(trace: Trace, out: str | os.PathLike, layer: str | int | None = None,
+                          step: int | None = None, pixel: tuple[int, int] | None = None,
+                          force: bool = False) -> list[Path]:
+    """Write the explorer's pictures of `trace` and return their paths:
+    `out` the layer grid (`layer_grid`), `<out>_steps.png` the chosen `layer` (default: the aggregate)
+    over the steps, `<out>_heads.png` that layer's heads when the trace holds them (default layer: the
+    first of the largest grid), `<out>_self.png` the self-attention view when recorded. `step` (1-based)
+    and `pixel` as in `layer_grid` and `self_attention_view`. Every argument is checked before any work."""
+    check_step(trace, step)
+    which = None if layer is None else trace.layer_index(layer)
+    has_heads = any(key.startswith("head_attention.") for key in trace.tensors)
+    has_self = "self_attention_maps" in trace.tensors
+    if has_self:
+        check_pixel(trace, pixel)
+    heads_layer = which if which is not None else _largest_layer(trace)
+    paths = {"grid": Path(out), "steps": companion_path(out, "steps"),
+             "heads": companion_path(out, "heads") if has_heads else None,
+             "self": companion_path(out, "self") if has_self else None}
+    check_outputs([paths["steps"], paths["heads"], paths["self"]], force, picture=paths["grid"])
+    pictures = {"grid": layer_grid(trace, step), "steps": steps_grid(trace, which)}
+    if has_heads:
+        pictures["heads"] = head_grid(trace, heads_layer, step)
+    if has_self:
+        pictures["self"] = self_attention_view(trace, pixel, step)
+    return [save_png(picture, paths[key], force) for key, picture in pictures.items()]
+
+
+def _largest_layer(trace: Trace) -> int:
+    """The first recorded layer with the finest grid (the encoder's first at full latent resolution)."""
+    sides = [info["grid"][0] for info in trace.attention_layers]
+    return sides.index(max(sides))
+
+
+def mass_shares(trace: Trace, layer: int | None = None) -> dict[str, float]:
+    """Where one layer's (None: the aggregate's) attention mass goes, over all steps: the shares of the
+    start token, the words together, the end token and the padding (they sum to 1)."""
+    kept = trace.token_maps(None, layer).mean((1, 2))  # (K,): each position's share
+    padding = float((1 - trace.token_maps(None, layer).sum(0)).clamp_min(0).mean())
+    return {"start": float(kept[0]), "words": float(kept[1:-1].sum()), "end": float(kept[-1]), "padding": padding}
+
