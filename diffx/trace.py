@@ -8,8 +8,18 @@ The pipeline knows nothing of traces: it hands each image's `Observer` hooks to 
   `observe_attention` — the cross-attention probabilities of every U-Net layer while it runs.
 
 Cross-attention maps follow the DAAM recipe (Tang et al. 2023): per layer, the conditional half,
-averaged over heads, upsampled to the largest attention resolution, then averaged over layers. Only
-the aggregate is stored, one (tokens, h, w) map per step, which keeps a 50-step 512 px trace small.
+averaged over heads, upsampled to the largest attention resolution, then averaged over layers. By
+default only that aggregate is stored, one (tokens, h, w) map per step. `TraceOptions(attention_detail=
+"layers")` also keeps every layer's map at its own resolution (mean over heads), "heads" every head's
+too; "self_attention_maps" keeps the self-attention matrix itself at one grid (16×16, as in the
+prompt-to-prompt notebook). Budget, measured by benchmarks/trace_memory.py: a 50-step 512 px SD1.5
+trace with per-layer maps stays under 300 MB on disk; per-head maps are 8× the per-layer ones and are
+kept only when asked.
+
+Tokens: the maps keep the K = `num_tokens` positions the prompt uses (start, the prompt's tokens, end);
+the 77 − K padding positions are not stored, their share is 1 − Σ over the K maps, since every query's
+attention row sums to 1 (`Trace.token_columns`). A word of several BPE tokens gets the mean of its
+tokens' maps (DAAM's rule).
 
 A trace is saved as one safetensors file: the tensors plus a JSON header (`save_trace` / `load_trace`);
 the metadata records the model that made it (`trace_checks.model_identity`), and `load_trace` checks the
@@ -28,18 +38,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 import diffx
-from diffx.errors import InvalidArgumentError, TraceFileError
+from diffx.errors import InvalidArgumentError, TraceFileError, check_choice
 from diffx.files import atomic_output
 from diffx.models.attention import AttentionLayer
-from diffx.models.tokenizer import TokenizedPrompt
+from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.pipeline import Generation, GenerationSettings, ImageRun, Observer, decode_latents, generate
 from diffx.samplers import StepCallback, StepRecord
+from diffx.trace_attention import daam_aggregate, layer_labels, layer_token_maps, merge_words
 from diffx.trace_checks import TRACE_FORMAT, TRACE_VERSION, check_trace_file, model_identity, model_mismatch
 
 if TYPE_CHECKING:
@@ -47,8 +57,9 @@ if TYPE_CHECKING:
 
     from diffx.models.stable_diffusion import StableDiffusion
 
-RECORDABLE = ("latents", "eps", "x0", "attention", "negative_attention", "self_attention")
+RECORDABLE = ("latents", "eps", "x0", "attention", "negative_attention", "self_attention", "self_attention_maps")
 DEFAULT_RECORD = ("latents", "eps", "x0", "attention")
+ATTENTION_DETAILS = ("aggregate", "layers", "heads")
 
 
 @dataclass
@@ -57,18 +68,27 @@ class TraceOptions:
 
     `record`: any of RECORDABLE. `attention_resolutions`: only layers whose attention grid has one of
     these side lengths (e.g. (16, 8)); None = all. `attention_layers`: a regular expression on the layer
-    name (e.g. "output_blocks"); None = all.
+    name (e.g. "output_blocks"); None = all. `attention_detail` (with "attention" recorded): "aggregate"
+    keeps the DAAM map only, "layers" also each layer's map (mean over heads), "heads" also each head's.
+    `self_attention_resolution`: the grid side (rows) whose self-attention layers "self_attention_maps"
+    averages (capped at the latent's rows).
     """
 
     record: tuple[str, ...] = DEFAULT_RECORD
     attention_resolutions: tuple[int, ...] | None = None
     attention_layers: str | None = None
+    attention_detail: str = "aggregate"
+    self_attention_resolution: int = 16
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.record if name not in RECORDABLE]
         if unknown:
             raise InvalidArgumentError(
                 f"cannot record {', '.join(unknown)}; choose from: {', '.join(RECORDABLE)}")
+        check_choice("attention detail", self.attention_detail, ATTENTION_DETAILS)
+        if self.self_attention_resolution < 1:
+            raise InvalidArgumentError(f"self_attention_resolution must be a positive grid side, got "
+                                       f"{self.self_attention_resolution}")
 
 
 @dataclass
@@ -80,6 +100,10 @@ class Trace:
       eps (S, 4, h, w) guided ε̂; eps_uncond, eps_cond (S, 4, h, w); x0 (S, 4, h, w) predicted x̂0;
       attention (S, K, a, a') cross-attention per token; negative_attention likewise for the negative
       prompt; self_attention (S, a, a') entropy of self-attention per query pixel;
+      layer_attention.i (S, K, r_i, c_i) layer i's map (mean over heads) at its own grid, and
+      head_attention.i (S, H_i, K, r_i, c_i) per head, layer i = meta["attention_layers"][i];
+      self_attention_maps (S, N, N) self-attention rows (mean over heads and the layers of the grid
+      meta["self_attention_grid"], N = rows·cols);
       final_latent (4, h, w); image (H, W, 3) uint8 the decoded result;
       decoded_x0 (D, H, W, 3) uint8 with decoded_steps (D,): VAE decodes of x̂0 at some steps.
     All latents are *scaled* latents (the U-Net's space).
@@ -104,14 +128,49 @@ class Trace:
     def word_maps(self, step: int, negative: bool = False) -> Tensor:
         """(words, a, a') attention maps per word at one step: the mean over the word's tokens."""
         key = "negative_attention" if negative else "attention"
-        tokens = self.meta["negative_tokens" if negative else "tokens"]
-        maps = self.tensors[key][step].float()  # (K, a, a')
-        word_ids = tokens["word_ids"][: maps.shape[0]]
-        out = []
-        for word_index in range(len(tokens["words"])):
-            positions = [p for p, w in enumerate(word_ids) if w == word_index]
-            out.append(maps[positions].mean(0) if positions else torch.zeros_like(maps[0]))
-        return torch.stack(out) if out else maps[:0]
+        return merge_words(self.tensors[key][step].float(), self.meta["negative_tokens" if negative else "tokens"])
+
+    @property
+    def attention_layers(self) -> list[dict]:
+        """The layers with maps of their own ("layers"/"heads" detail): {"name", "label", "grid", "heads"}."""
+        return list(self.meta.get("attention_layers", []))
+
+    def layer_index(self, layer: str | int) -> int:
+        """The index of a recorded layer given by label ("up.3"), full name or index."""
+        layers = self.attention_layers
+        if not layers:
+            raise InvalidArgumentError("the trace holds no per-layer attention; record it with "
+                                       "TraceOptions(attention_detail='layers') or `diffx attention`")
+        for index, info in enumerate(layers):
+            if layer in (index, str(index), info["label"], info["name"]):
+                return index
+        raise InvalidArgumentError(f"unknown layer {layer!r}; choose one of: "
+                                   f"{', '.join(info['label'] for info in layers)}")
+
+    def token_maps(self, step: int | None = None, layer: int | None = None, head: int | None = None) -> Tensor:
+        """(K, r, c) cross-attention maps of the K prompt positions: the DAAM aggregate (`layer` None), one
+        layer's mean over heads, or one head of it; at 0-based `step`, or the mean over all steps (None)."""
+        key = "attention" if layer is None else f"{'layer' if head is None else 'head'}_attention.{layer}"
+        if key not in self.tensors:
+            detail = "heads" if head is not None else "layers"
+            raise InvalidArgumentError(f"the trace has no {key}; record it with TraceOptions(attention_detail="
+                                       f"{detail!r}) or `diffx attention{' --heads' * (head is not None)}`")
+        values = self.tensors[key].float()
+        maps = values.mean(0) if step is None else values[step]  # (K, r, c) or (H, K, r, c)
+        return maps if head is None else maps[head]
+
+    def token_columns(self, maps: Tensor) -> tuple[list[str], Tensor]:
+        """Labels and maps (2 + words + 1, r, c) of the start token, each word, the end token and the padding.
+
+        Words: the mean of the word's BPE tokens' maps (DAAM's rule). Padding: 1 − Σ over the K kept
+        positions, the mass the 77 − K padding positions of the end token draw (every query row sums to 1).
+        """
+        tokens = self.meta["tokens"]
+        count = tokens["num_tokens"]
+        padding = (1 - maps.sum(0)).clamp_min(0)  # (r, c)
+        labels = ["⟨start⟩", *(f"“{word}”" for word in tokens["words"]), "⟨end⟩",
+                  f"⟨padding ×{CONTEXT_LENGTH - count}⟩"]
+        return labels, torch.cat([maps[:1], merge_words(maps, tokens), maps[count - 1:count], padding[None]])
 
     def preview_factors(self) -> tuple[list | None, list | None]:
         """The model's linear latent → RGB preview, (C rows of RGB factors, RGB bias); (None, None) = SD1.5's."""
@@ -156,6 +215,9 @@ class Tracer:
         self._layer_filter = re.compile(self.options.attention_layers) if self.options.attention_layers else None
         self._pending: dict[str, list[Tensor]] = {}
         self._steps: dict[str, list[Tensor]] = {}
+        self._layers: dict[str, dict] = {}  # per-layer detail: layer name -> {"name", "grid", "heads"}
+        self._self_grid: tuple[int, int] | None = None  # the grid of the recorded self-attention maps
+        self._unwanted: set[str] = set()  # self-attention layers of another grid, once seen: not computed again
         self._scalars: dict[str, list[float]] = {"timesteps": [], "sigmas": [], "alphas_cumprod": []}
 
     def observer(self) -> Observer:
@@ -174,8 +236,8 @@ class Tracer:
         without guidance), so the conditional row is the last one; the first is needed for negative_attention."""
         record = self.options.record
         wanted_kind = ("cross" if {"attention", "negative_attention"} & set(record) else None,
-                       "self" if "self_attention" in record else None)
-        if layer.kind not in wanted_kind:
+                       "self" if {"self_attention", "self_attention_maps"} & set(record) else None)
+        if layer.kind not in wanted_kind or layer.layer_name in self._unwanted:
             return False
         if self._layer_filter is not None and not self._layer_filter.search(layer.layer_name):
             return False
@@ -185,19 +247,36 @@ class Tracer:
         rows, cols = self._grid(probs.shape[2])
         if self.options.attention_resolutions and rows not in self.options.attention_resolutions:
             return
+        record = self.options.record
         if layer.kind == "cross":
             # (B', heads, rows*cols, 77): one (K, rows, cols) map per prompt, mean over heads.
-            if "attention" in self.options.record:
-                self._pending.setdefault("attention", []).append(
-                    _token_maps(probs[-1], self.num_tokens, rows, cols))
-            if "negative_attention" in self.options.record and probs.shape[0] > 1:
+            if "attention" in record:
+                maps = layer_token_maps(probs[-1], self.num_tokens, rows, cols)
+                self._pending.setdefault("attention", []).append(maps)
+                if self.options.attention_detail != "aggregate":
+                    self._layers.setdefault(layer.layer_name, {"name": layer.layer_name, "grid": [rows, cols],
+                                                               "heads": probs.shape[1]})
+                    self._pending.setdefault("layer_attention", []).append(maps)
+                if self.options.attention_detail == "heads":
+                    # (heads, rows*cols, K) -> (heads, K, rows, cols)
+                    heads = probs[-1, :, :, : self.num_tokens].transpose(1, 2)
+                    self._pending.setdefault("head_attention", []).append(heads.reshape(-1, self.num_tokens,
+                                                                                        rows, cols))
+            if "negative_attention" in record and probs.shape[0] > 1:
                 self._pending.setdefault("negative_attention", []).append(
-                    _token_maps(probs[0], self.num_negative_tokens, rows, cols))
-        else:
+                    layer_token_maps(probs[0], self.num_negative_tokens, rows, cols))
+            return
+        p = probs[-1].mean(0)  # (N, N): each query pixel's attention row over the key pixels, mean over heads
+        if "self_attention" in record:
             # Entropy of each query pixel's attention row: low = looks at few places, high = diffuse.
-            p = probs[-1].mean(0)  # (N, N)
             entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).reshape(rows, cols)
             self._pending.setdefault("self_attention", []).append(entropy[None])
+        if "self_attention_maps" in record and rows == min(self.options.self_attention_resolution,
+                                                           self.latent_shape[0]):
+            self._self_grid = (rows, cols)
+            self._pending.setdefault("self_attention_maps", []).append(p)
+        elif "self_attention" not in record:  # a 64×64 SD1.5 layer's probabilities are 4096² per head
+            self._unwanted.add(layer.layer_name)
 
     # ---- denoiser and sampler hooks ----
     def on_guidance(self, eps_uncond: Tensor | None, eps_cond: Tensor) -> None:
@@ -221,9 +300,14 @@ class Tracer:
             self._add("x0", record.x0_pred[0])
         for key, maps in self._pending.items():
             if key == "self_attention":  # one entropy map per layer: (1, rows, cols) → (a, a')
-                self._add(key, _aggregate(maps)[0])
+                self._add(key, daam_aggregate(maps)[0])
+            elif key == "self_attention_maps":  # (N, N) per layer of one grid → their mean
+                self._add(key, torch.stack(maps).mean(0))
+            elif key in ("layer_attention", "head_attention"):  # the layers in the order the U-Net runs them
+                for index, layer_maps in enumerate(maps):
+                    self._add(f"{key}.{index}", layer_maps)
             elif key.endswith("attention"):
-                self._add(key, _aggregate(maps))
+                self._add(key, daam_aggregate(maps))
             else:
                 self._add(key, maps[0])
         self._pending = {}
@@ -236,9 +320,17 @@ class Tracer:
         self._steps.setdefault(key, []).append(value.detach().to("cpu", torch.float16))
 
     def finish(self, meta: dict, extra: dict[str, Tensor] | None = None) -> Trace:
+        """The `Trace`: `meta` plus, when recorded, the per-layer list and the self-attention grid."""
         tensors = {key: torch.tensor(values, dtype=torch.float32) for key, values in self._scalars.items()}
         tensors.update({key: torch.stack(values) for key, values in self._steps.items()})
         tensors.update(extra or {})
+        if self._layers:
+            layers = list(self._layers.values())
+            meta = {**meta, "attention_layers": [{**info, "label": label} for info, label in
+                                                 zip(layers, layer_labels([info["name"] for info in layers]),
+                                                     strict=True)]}
+        if self._self_grid is not None:
+            meta = {**meta, "self_attention_grid": list(self._self_grid)}
         return Trace(meta=meta, tensors=tensors)
 
 
@@ -312,28 +404,6 @@ def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = No
             "bias": list(vae.latent_rgb_bias or (0.0, 0.0, 0.0))},
         "versions": {"diffx": diffx.__version__, "torch": torch.__version__},
     }
-
-
-def _token_maps(probs: Tensor, num_tokens: int, rows: int, cols: int) -> Tensor:
-    """(heads, rows*cols, 77) probabilities → (num_tokens, rows, cols), the mean over heads."""
-    return probs[:, :, :num_tokens].mean(0).T.reshape(num_tokens, rows, cols)
-
-
-def _aggregate(maps: list[Tensor]) -> Tensor:
-    """DAAM: upsample every layer's (K, r, c) map to the largest grid (bicubic), then average.
-
-    Interpolation is linear, so the maps of one grid size are summed first and upsampled once.
-    """
-    rows = max(m.shape[-2] for m in maps)
-    cols = max(m.shape[-1] for m in maps)
-    by_grid: dict[tuple[int, ...], Tensor] = {}
-    for m in maps:
-        grid = tuple(m.shape[-2:])
-        by_grid[grid] = by_grid[grid] + m.float() if grid in by_grid else m.float()
-    total = sum(summed if grid == (rows, cols) else
-                F.interpolate(summed[None], size=(rows, cols), mode="bicubic", align_corners=False)[0]
-                for grid, summed in by_grid.items())
-    return (total / len(maps)).clamp_min(0)
 
 
 def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
