@@ -153,6 +153,11 @@ def weighted_tokens(tokenizer: ClipTokenizer, prompt: str, what: str = "prompt")
     return WeightedPrompt(**tokens.__dict__, written=prompt, weights=weights)
 
 
+def escape_weights(text: str) -> str:
+    """`text` with its brackets and backslashes escaped, so that `parse_weights` reads it as written."""
+    return re.sub(r"([()\[\]\\])", r"\\\1", text)
+
+
 def apply_weights(context: Tensor, weights: Tensor) -> Tensor:
     """e'_i = w_i e_i · mean(e) / mean(w e), each prompt's mean over its (77, width) context.
 

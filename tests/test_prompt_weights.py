@@ -9,7 +9,7 @@ import torch
 from diffx.errors import InvalidArgumentError
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.pipeline import GenerationSettings, Observer, encode_text, generate, tokenize
-from diffx.prompt_weights import WeightedText, parse_weights, weighted_tokens
+from diffx.prompt_weights import WeightedText, escape_weights, parse_weights, weighted_tokens
 from diffx.tables import tokens_table
 
 UP, DOWN = 1.1, 1 / 1.1
@@ -59,6 +59,8 @@ def test_parse_weights(prompt, expected):
     assert [span.text for span in parsed] == [text for text, _ in expected]
     assert [span.weight for span in parsed] == pytest.approx([weight for _, weight in expected], rel=1e-12)
     assert all(isinstance(span, WeightedText) for span in parsed)
+    clean = "".join(span.text for span in parsed)
+    assert parse_weights(escape_weights(clean)) == ([WeightedText(clean, 1.0)] if clean else [])  # read as written
 
 
 @pytest.mark.parametrize(("prompt", "problem"), BAD)

@@ -10,16 +10,16 @@ matplotlib and the models are imported inside the commands, so `diffx --help` an
 - progress.py: the per-step progress bar
 - generate.py: denoise, trace, render · experiments.py: noise, cfg-sweep, compare
 - info.py: tokens, models, report · train.py: train · trajectories.py: paths · lab.py: lab (the 2-D lab)
-- attention.py: attention (the explorer)
+- attention.py: attention (the explorer) · edit.py: edit, weights (editing attention)
 """
 
-from diffx.cli import attention, experiments, generate, info, lab, train, trajectories
+from diffx.cli import attention, edit, experiments, generate, info, lab, train, trajectories
 from diffx.cli.core import app, command
 
 __all__ = ["app"]
 
 # The commands, in the order `diffx --help` lists them.
 for function in (experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
-                 experiments.cfg_sweep, experiments.compare, trajectories.paths, lab.lab, info.tokens, info.models,
-                 train.train, info.report):
+                 edit.edit, edit.weights, experiments.cfg_sweep, experiments.compare, trajectories.paths, lab.lab,
+                 info.tokens, info.models, train.train, info.report):
     command(function)

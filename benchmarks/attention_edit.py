@@ -1,0 +1,143 @@
+"""Editing attention on the embedded shapes-world model, judged by `diffx.embedded.judge`.
+
+1. Prompt-to-prompt word swap (Hertz et al. 2022). For N one-object evaluation prompts, swap the shape
+   word (even prompts: circle → square → triangle → circle) or the colour word (odd prompts: the next
+   colour that is neither the object's nor the background's) and run the edit with the prompt's seed,
+   without and with the source's cross-attention injected for the first τ of the steps. "changed": the
+   judge reads the swapped attribute of the edit's largest object as asked. "others stay": the edit's
+   largest object has the source picture's other attributes (shape or colour, size, position) and the
+   background is the same. Target: both >= 90 % with injection, "others stay" clearly lower without.
+2. Re-weighting a colour word. For M prompts, the colour word at several weights, as word weights
+   ("a (red:w) circle", A1111's semantics) and as prompt-to-prompt attention re-weighting (c on the
+   injected maps, τ = 1): the judge's reading is the share of the picture covered by objects it reads
+   as that colour, averaged over the prompts; printed with whether it rises monotonically with the weight.
+
+Run from the repository root:  OMP_NUM_THREADS=2 python -m benchmarks.attention_edit [--n 100 --m 10]
+Last line: swap_changed=<x> swap_others=<x> plain_others=<x> weights_monotonic=<bool> reweight_monotonic=<bool>
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from diffx.editing import align_tokens, inject, prompt_to_prompt, record_source, word_scales
+from diffx.embedded.judge import Analysis, analyse
+from diffx.embedded.shapes import COLOURS, SHAPES, make_eval_prompts, parse_prompt
+from diffx.pipeline import GenerationSettings, generate, tokenize
+from diffx.weights import load_model
+
+WORD_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+ATTENTION_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def swap_target(prompt: str, index: int) -> tuple[str, str, str] | None:
+    """(edited prompt, swapped attribute, wanted value) for a one-object prompt; None for two objects."""
+    spec = parse_prompt(prompt)
+    if len(spec.objects) != 1:
+        return None
+    obj = spec.objects[0]
+    if index % 2 == 0:
+        new = SHAPES[(SHAPES.index(obj.shape) + 1) % len(SHAPES)]
+        return prompt.replace(f"{obj.colour} {obj.shape}", f"{obj.colour} {new}", 1), "shape", new
+    colours = list(COLOURS)
+    new = next(c for c in colours[colours.index(obj.colour) + 1:] + colours if c not in (obj.colour, spec.background))
+    return prompt.replace(f"{obj.colour} {obj.shape}", f"{new} {obj.shape}", 1), "colour", new
+
+
+def judge_swap(source: Analysis, edit: Analysis, attribute: str, wanted: str) -> tuple[bool, bool]:
+    """(the swapped attribute is as asked, every other attribute is the source picture's)."""
+    if not source.objects or not edit.objects:
+        return False, False
+    before, after = source.objects[0], edit.objects[0]
+    changed = getattr(after, attribute) == wanted
+    kept = [name for name in ("colour", "shape", "size", "position") if name != attribute]
+    others = all(getattr(after, name) == getattr(before, name) for name in kept) and \
+        edit.background == source.background
+    return changed, others
+
+
+def colour_share(analysis: Analysis, colour: str) -> float:
+    """The judge's reading of a colour: the share of the picture covered by objects it reads as that colour."""
+    return sum(obj.area for obj in analysis.objects if obj.colour == colour)
+
+
+def word_swaps(model, prompts: list[str], tau: float, progress: Progress) -> dict[str, float]:
+    task = progress.add_task("word swaps", total=len(prompts))
+    counts = {"changed": 0, "others": 0, "plain_changed": 0, "plain_others": 0, "n": 0}
+    for index, prompt in enumerate(prompts):
+        edit_prompt, attribute, wanted = swap_target(prompt, index)
+        edit = prompt_to_prompt(model, GenerationSettings(prompt=prompt, seed=index), edit_prompt, tau=tau)
+        source = analyse(edit.source.images[0])
+        for prefix, run in (("", edit.injected), ("plain_", edit.plain)):
+            changed, others = judge_swap(source, analyse(run.images[0]), attribute, wanted)
+            counts[prefix + "changed"] += changed
+            counts[prefix + "others"] += changed and others
+        counts["n"] += 1
+        progress.update(task, advance=1)
+    return {key: value / counts["n"] for key, value in counts.items() if key != "n"} | {"n": counts["n"]}
+
+
+def reweighting(model, prompts: list[str], progress: Progress) -> dict[str, list[float]]:
+    task = progress.add_task("re-weighting", total=len(prompts))
+    shares: dict[str, list[list[float]]] = {"weights": [], "attention": []}
+    for index, prompt in enumerate(prompts):
+        colour = parse_prompt(prompt).objects[0].colour
+        settings = GenerationSettings(prompt=prompt, seed=index)
+        weighted = [generate(model, GenerationSettings(prompt=prompt.replace(colour, f"({colour}:{w:g})", 1),
+                                                       seed=index)).images[0] for w in WORD_WEIGHTS]
+        shares["weights"].append([colour_share(analyse(image), colour) for image in weighted])
+        _, recorder = record_source(model, settings, tau=1.0)  # one source run, injected at every factor
+        tokens = tokenize(model, prompt)
+        token_map = align_tokens(tokens, tokens)
+        edits = [inject(model, settings, recorder, token_map, word_scales(tokens, {colour: c})).images[0]
+                 for c in ATTENTION_SCALES]
+        shares["attention"].append([colour_share(analyse(image), colour) for image in edits])
+        progress.update(task, advance=1)
+    return {key: np.mean(values, axis=0).tolist() for key, values in shares.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="word-swap prompts (one-object evaluation prompts)")
+    parser.add_argument("--m", type=int, default=10, help="re-weighting prompts")
+    parser.add_argument("--tau", type=float, default=0.6, help="fraction of the steps with injected attention")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the shared 2-core machine: one thread per run is the fastest
+    model = load_model()
+    pool = make_eval_prompts(6 * (args.n + args.m))
+    single = [p for i, p in enumerate(pool) if swap_target(p, i) is not None]
+    swaps, weights = single[: args.n], single[args.n: args.n + args.m]
+    console = Console()
+    start = time.perf_counter()
+    with Progress(console=console) as progress:
+        rates = word_swaps(model, swaps, args.tau, progress)
+        shares = reweighting(model, weights, progress)
+    table = Table(title=f"word swap, {rates['n']} prompts, τ = {args.tau:g} (judge: largest object and background)")
+    for column in ("", "swapped attribute as asked", "others stay (and swapped as asked)"):
+        table.add_column(column)
+    table.add_row("with injection", f"{rates['changed']:.1%}", f"{rates['others']:.1%}")
+    table.add_row("without injection", f"{rates['plain_changed']:.1%}", f"{rates['plain_others']:.1%}")
+    console.print(table)
+    monotonic = {}
+    for key, factors, label in (("weights", WORD_WEIGHTS, "word weight (colour:w)"),
+                                ("attention", ATTENTION_SCALES, "attention re-weighting c (τ = 1)")):
+        values = shares[key]
+        monotonic[key] = all(b >= a for a, b in zip(values, values[1:], strict=False))
+        console.print(f"{label}: " + ", ".join(f"{f:g} → {v:.3f}" for f, v in zip(factors, values, strict=True))
+                      + f"  (share of the picture in the colour, {len(weights)} prompts; "
+                      f"{'monotonic' if monotonic[key] else 'NOT monotonic'})")
+    console.print(f"{time.perf_counter() - start:.0f} s")
+    print(f"swap_changed={rates['changed']:.3f} swap_others={rates['others']:.3f} "
+          f"plain_others={rates['plain_others']:.3f} weights_monotonic={monotonic['weights']} "
+          f"reweight_monotonic={monotonic['attention']}")
+
+
+if __name__ == "__main__":
+    main()
