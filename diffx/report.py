@@ -25,6 +25,14 @@ Measured on random tensors (the worst case for compression), base64 included, pe
 four latent pictures, 36 kB for a decoded x̂0, and 7 kB per prompt word for its two heatmaps; a 50-step
 512 px trace with a 12-word prompt and x̂0 decoded at every step gives 6.8 MB. Real attention maps are
 smooth and compress to a fraction of that.
+
+Traces from `diffx attention` add a layer menu (and a head menu): every layer's heatmap per word and
+step at the layer's own grid, on the per-word scale only (one scale halves the frames). Measured on the
+embedded model (25 steps, 7 words, 10 layers of 4 heads): 0.14 MB without them, 0.41 MB with the layers
+(~155 B a heatmap), 1.53 MB with the heads too. Per-head heatmaps are left out of pages that would
+carry more than `report_columns.HEAD_FRAMES_MAX` (20,000) of them, as SD1.5's 50 steps × 12 words ×
+128 heads would; its 9,600 per-layer heatmaps (five of its sixteen layers at 64×64) add an estimated
+10 MB (not measured).
 """
 
 from __future__ import annotations
@@ -46,7 +54,14 @@ from diffx.report_columns import (
     schedule_charts_html,
     shorten,
 )
-from diffx.report_sections import PANELS, header_html, loop_section, pipeline_section, tokens_section
+from diffx.report_sections import (
+    PANELS,
+    attention_mass_section,
+    header_html,
+    loop_section,
+    pipeline_section,
+    tokens_section,
+)
 from diffx.trace import Trace
 
 if TYPE_CHECKING:
@@ -73,6 +88,7 @@ def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion |
         "<main>",
         pipeline_section(traces),
         loop_section(traces, columns, charts_svg),
+        attention_mass_section(traces[0]),
         tokens_section(traces[0]),
         "</main>",
         f"<footer>Made by diffx {html.escape(str(traces[0].meta.get('versions', {}).get('diffx', '')))}: "

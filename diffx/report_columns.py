@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from diffx.attention_views import layer_title
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import SchedulerConfig
 from diffx.pipeline import schedule_from_config
@@ -21,6 +22,7 @@ from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
 from diffx.trace import Trace
+from diffx.trace_attention import merge_words
 from diffx.trace_checks import describe_identity, model_mismatch
 from diffx.views import X0_LABELS, format_timestep, latent_preview, xt_pictures
 
@@ -35,6 +37,11 @@ DECODED_SIZE = 256  # longest side of VAE-decoded pictures in the page, in pixel
 
 
 COLORMAP = "viridis"
+
+
+# Per-head heatmaps in one page at most (~160 B each at 16×16, up to ~2 kB at 64×64): the embedded
+# model's 25 steps × 7 words × 40 heads (7,000) fit; SD1.5's 50 × 12 × 128 (76,800) are left out.
+HEAD_FRAMES_MAX = 20_000
 
 
 COLUMN_COLOURS = ("#d1495b", "#1b7f8c", "#e08e0b", "#5a8f3c", "#6a4c93", "#2e4057")
@@ -95,25 +102,51 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "x0_label": X0_LABELS["vae"] if len(decoded) == trace.num_steps else
         X0_LABELS["fast"] if not decoded else "x̂0 (VAE decode where stored, else latent preview)",
         "heat": _attention_frames(trace) if "attention" in tensors else None,
+        "layers": _layer_frames(trace) if "attention" in tensors else [],
         "aspect": _aspect(trace),
         "image": data_uri(fit_picture(tensors["image"].numpy())) if "image" in tensors else None,
     }
 
 
 def _attention_frames(trace: Trace) -> dict[str, list[list[str]]]:
-    """Heatmaps scale -> word -> step, for both colour scales of `normalize_maps`.
+    """The DAAM heatmaps, scale -> word -> step, for both colour scales of `normalize_maps`.
 
     "word": each word's map stretched to its own range (its shape is always visible); "shared": one
     range over all words of the step (a word that gets little attention stays dark).
     """
-    words = trace.words
-    frames: dict[str, list[list[str]]] = {scale: [[] for _ in words] for scale in NORMALIZE_SCALES}
-    for step in range(trace.num_steps):
-        maps = trace.word_maps(step)  # (words, a, a')
-        for scale in NORMALIZE_SCALES:
+    return _heat_frames([trace.word_maps(step) for step in range(trace.num_steps)], NORMALIZE_SCALES)
+
+
+def _heat_frames(per_step: Sequence[Tensor], scales: Sequence[str]) -> dict[str, list[list[str]]]:
+    """Heatmap data URIs scale -> word -> step from per-step (words, r, c) maps."""
+    frames: dict[str, list[list[str]]] = {scale: [[] for _ in range(len(per_step[0]))] for scale in scales}
+    for maps in per_step:
+        for scale in scales:
             for word, values in enumerate(normalize_maps(maps, scale)):
                 frames[scale][word].append(data_uri(heatmap(values, 0.0, 1.0, cmap=COLORMAP)))
     return frames
+
+
+def _layer_frames(trace: Trace) -> list[dict]:
+    """Per recorded layer: its label ("up.4 16×16"), its heatmaps word -> step (mean over heads), and its
+    heads' (head -> word -> step) when the trace holds them; each map on its own scale ("word")."""
+    def frames(layer: int, head: int | None) -> list[list[str]]:
+        per_step = [merge_words(trace.token_maps(step, layer, head), trace.meta["tokens"])
+                    for step in range(trace.num_steps)]  # (words, r, c) each
+        return _heat_frames(per_step, ("word",))["word"]
+
+    return [{"label": layer_title(trace, index), "heat": frames(index, None),
+             "heads": [frames(index, head) for head in range(info["heads"])] if head_frames(trace) else None}
+            for index, info in enumerate(trace.attention_layers)]
+
+
+def head_frames(trace: Trace) -> int:
+    """How many per-head heatmaps the page carries for `trace`: steps × words × all layers' heads, or 0
+    when the trace has no head maps or they exceed HEAD_FRAMES_MAX (the page then says so)."""
+    if not any(key.startswith("head_attention.") for key in trace.tensors):
+        return 0
+    count = trace.num_steps * len(trace.words) * sum(info["heads"] for info in trace.attention_layers)
+    return count if count <= HEAD_FRAMES_MAX else 0
 
 
 def data_uri(picture: np.ndarray) -> str:

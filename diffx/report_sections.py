@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import html
 
+from diffx.attention_views import layer_title, mass_shares
 from diffx.models.tokenizer import CONTEXT_LENGTH
-from diffx.report_columns import data_uri, fit_picture, format_value, model_description, models_differ, shorten
+from diffx.report_columns import (
+    HEAD_FRAMES_MAX,
+    data_uri,
+    fit_picture,
+    format_value,
+    head_frames,
+    model_description,
+    models_differ,
+    shorten,
+)
 from diffx.tables import word_rows
 from diffx.trace import Trace
 
@@ -103,7 +113,8 @@ def loop_section(traces: list[Trace], columns: list[dict], charts_svg: str) -> s
         '<label for="scale-shared" title="one range over all words at this step">shared scale</label></span>'
         '<label class="small" for="opacity">overlay <input type="range" id="opacity" min="0" max="100" value="60" '
         'aria-label="heatmap opacity over x̂0"></label>'
-        '<span class="small" aria-hidden="true">low <span class="colorbar"></span> high</span></div>'
+        '<span class="small" aria-hidden="true">low <span class="colorbar"></span> high</span>'
+        f'{_layer_picker(traces, columns)}</div>'
         if has_attention and words else "")
     controls = (
         '<div class="controls" role="toolbar" aria-label="timestep controls">'
@@ -132,6 +143,53 @@ def loop_section(traces: list[Trace], columns: list[dict], charts_svg: str) -> s
         f'<aside class="side" aria-label="noise schedule"><h2>Where this step sits on the schedule</h2>'
         f'{charts_svg}<p class="note">Dots: the steps the sampler visits, from high t (pure noise) down to '
         "t ≈ 0. Ring: the current step.</p></aside></div></section>")
+
+
+def _layer_picker(traces: list[Trace], columns: list[dict]) -> str:
+    """The layer menu (the DAAM aggregate, then every recorded layer) and, when heads were recorded, the
+    head menu (or a note when there are too many for the page); empty without per-layer maps. Layers and
+    heads show each map on its own scale."""
+    layers = columns[0]["layers"]
+    if not layers:
+        return ""
+    left_out = (any(key.startswith("head_attention.") for key in traces[0].tensors) and not head_frames(traces[0]))
+    options = '<option value="-1" selected>aggregate (DAAM: all layers, upsampled, mean)</option>' + "".join(
+        f'<option value="{i}">{html.escape(layer["label"])}</option>' for i, layer in enumerate(layers))
+    picker = (f'<label class="small" for="layer">layer <select id="layer" aria-label="attention layer">{options}'
+              "</select></label>")
+    heads = max((len(layer["heads"] or []) for layer in layers), default=0)
+    if heads:
+        head_options = '<option value="-1" selected>mean of heads</option>' + "".join(
+            f'<option value="{h}">head {h + 1}</option>' for h in range(heads))
+        picker += (f'<label class="small" for="head">head <select id="head" aria-label="attention head">'
+                   f"{head_options}</select></label>")
+    if left_out:
+        picker += (f'<span class="hint">per-head maps left out of this page (over {HEAD_FRAMES_MAX:,} heatmaps): '
+                   "see <code>diffx attention --trace … --layer …</code></span>")
+    return picker + '<span class="hint" id="layer-note"></span>'
+
+
+def attention_mass_section(trace: Trace) -> str:
+    """Where the attention goes, per layer: the shares of the start token, the words, the end token and the
+    padding (mean over steps and pixels); empty without per-layer maps."""
+    if not trace.attention_layers:
+        return ""
+    rows = []
+    for layer in (None, *range(len(trace.attention_layers))):
+        shares = mass_shares(trace, layer)
+        cells = "".join(f"<td>{100 * shares[key]:.1f}%</td>" for key in ("start", "words", "end", "padding"))
+        rows.append(f"<tr><td>{html.escape(layer_title(trace, layer))}</td>{cells}</tr>")
+    count = trace.meta["tokens"]["num_tokens"]
+    return (
+        '<section class="card" aria-labelledby="mass-title"><h2 id="mass-title">Where the attention goes</h2>'
+        f'<p class="note">Each pixel spreads one unit of cross-attention over all {CONTEXT_LENGTH} positions. The '
+        f"prompt's words get a share; the rest goes to the start token and to the {CONTEXT_LENGTH - count} "
+        "padding positions (copies of the end token, which carry a summary of the prompt rather than a word). "
+        "That is why a word's map is stretched to its own range: it wins some pixels while holding little of "
+        "the total. Shares are the mean over all steps and pixels; a word of several BPE tokens is the mean "
+        "of its tokens' maps.</p><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">layer</th>"
+        '<th scope="col">start</th><th scope="col">words</th><th scope="col">end</th>'
+        f'<th scope="col">padding</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>')
 
 
 def _icon(path: str) -> str:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diffx import report_columns, report_sections
 from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
@@ -360,6 +361,48 @@ def test_clicking_words_and_the_colour_scale_change_the_heatmap(single, sweep):
     single.page.locator("#step").fill("3")
     assert single.src(heat) != horse_word_scale
     assert single.errors == []
+
+
+def test_the_layer_and_head_menus_switch_the_heatmaps(browser, model, tmp_path, monkeypatch):
+    """A trace with per-head maps: the layer menu lists the aggregate and every layer, the head menu the
+    heads; picking one shows exactly that layer's (head's) frame for the word and step; the mass table is there."""
+    trace = generate_traced(model, GenerationSettings(prompt="a green circle", steps=2, height=32, width=32),
+                            options=TraceOptions(record=("latents", "x0", "attention"),
+                                                 attention_detail="heads")).traces[0]
+    path = write_report(trace, tmp_path / "layers.html")
+    data = page_data(path.read_text())["columns"][0]
+    assert [layer["label"] for layer in data["layers"]] == ["down.0 16×16", "down.1 8×8", "mid 8×8", "up.0 8×8",
+                                                           "up.1 8×8", "up.2 16×16", "up.3 16×16"]
+    heads = len(data["layers"][0]["heads"])
+    assert heads == model.config.unet.num_heads and len(data["layers"][3]["heads"][1][2]) == 2  # head, word, step
+    print(f"page with per-head maps (tiny model, 2 steps, 3 words): {path.stat().st_size / 1e3:.0f} kB")
+    opened = OpenPage(browser, path)
+    try:
+        heat = 'img.heat[data-col="0"]'
+        word = int(opened.page.locator("button.word[aria-pressed='true']").get_attribute("data-word"))
+        assert opened.src(heat) == data["heat"]["word"][word][0]
+        assert opened.page.locator("#layer option").count() == 1 + 7
+        assert opened.page.locator("#head option").count() == 1 + heads
+        opened.page.select_option("#layer", "3")
+        assert opened.src(heat) == data["layers"][3]["heat"][word][0]
+        assert "layer up.0 8×8, mean of heads" in opened.text(".attention figcaption")
+        opened.page.select_option("#head", "1")
+        assert opened.src(heat) == data["layers"][3]["heads"][1][word][0]
+        opened.press_outside_controls("ArrowRight")
+        assert opened.src(heat) == data["layers"][3]["heads"][1][word][1]
+        assert "head 2" in opened.page.locator(heat).get_attribute("alt")
+        opened.page.select_option("#layer", "-1")
+        assert opened.src(heat) == data["heat"]["word"][word][1]
+        assert opened.page.locator("#mass-title").count() == 1
+        assert opened.page.locator("section[aria-labelledby='mass-title'] tbody tr").count() == 1 + 7
+        assert opened.errors == []
+    finally:
+        opened.context.close()
+    monkeypatch.setattr(report_columns, "HEAD_FRAMES_MAX", 10)  # a big trace: the heads stay out of the page
+    monkeypatch.setattr(report_sections, "HEAD_FRAMES_MAX", 10)
+    page = render_report_html(trace)
+    assert 'id="layer"' in page and 'id="head"' not in page and "per-head maps left out of this page" in page
+    assert page_data(page)["columns"][0]["layers"][0]["heads"] is None
 
 
 @pytest.mark.parametrize(("record", "missing_panels"), [(("latents",), 3), (("attention",), 4)])
