@@ -68,12 +68,13 @@ def colour_share(analysis: Analysis, colour: str) -> float:
     return sum(obj.area for obj in analysis.objects if obj.colour == colour)
 
 
-def word_swaps(model, prompts: list[str], tau: float, progress: Progress) -> dict[str, float]:
+def word_swaps(model, prompts: list[str], tau: float, self_tau: float, progress: Progress) -> dict[str, float]:
     task = progress.add_task("word swaps", total=len(prompts))
     counts = {"changed": 0, "others": 0, "plain_changed": 0, "plain_others": 0, "n": 0}
     for index, prompt in enumerate(prompts):
         edit_prompt, attribute, wanted = swap_target(prompt, index)
-        edit = prompt_to_prompt(model, GenerationSettings(prompt=prompt, seed=index), edit_prompt, tau=tau)
+        edit = prompt_to_prompt(model, GenerationSettings(prompt=prompt, seed=index), edit_prompt, tau=tau,
+                                self_tau=self_tau)
         source = analyse(edit.source.images[0])
         for prefix, run in (("", edit.injected), ("plain_", edit.plain)):
             changed, others = judge_swap(source, analyse(run.images[0]), attribute, wanted)
@@ -81,6 +82,7 @@ def word_swaps(model, prompts: list[str], tau: float, progress: Progress) -> dic
             counts[prefix + "others"] += changed and others
         counts["n"] += 1
         progress.update(task, advance=1)
+        progress.console.log(f"swap {index + 1}/{len(prompts)}: {counts}")
     return {key: value / counts["n"] for key, value in counts.items() if key != "n"} | {"n": counts["n"]}
 
 
@@ -100,6 +102,7 @@ def reweighting(model, prompts: list[str], progress: Progress) -> dict[str, list
                  for c in ATTENTION_SCALES]
         shares["attention"].append([colour_share(analyse(image), colour) for image in edits])
         progress.update(task, advance=1)
+        progress.console.log(f"re-weighting {index + 1}/{len(prompts)}")
     return {key: np.mean(values, axis=0).tolist() for key, values in shares.items()}
 
 
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="word-swap prompts (one-object evaluation prompts)")
     parser.add_argument("--m", type=int, default=10, help="re-weighting prompts")
     parser.add_argument("--tau", type=float, default=0.6, help="fraction of the steps with injected attention")
+    parser.add_argument("--self-tau", type=float, default=0.0, help="fraction with injected self-attention")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the shared 2-core machine: one thread per run is the fastest
     model = load_model()
@@ -117,17 +121,20 @@ def main() -> None:
     console = Console()
     start = time.perf_counter()
     with Progress(console=console) as progress:
-        rates = word_swaps(model, swaps, args.tau, progress)
-        shares = reweighting(model, weights, progress)
-    table = Table(title=f"word swap, {rates['n']} prompts, τ = {args.tau:g} (judge: largest object and background)")
+        rates = word_swaps(model, swaps, args.tau, args.self_tau, progress)
+        shares = reweighting(model, weights, progress) if weights else {}
+    table = Table(title=f"word swap, {rates['n']} prompts, τ = {args.tau:g}, self-attention τ = {args.self_tau:g} "
+                        "(judge: largest object and background)")
     for column in ("", "swapped attribute as asked", "others stay (and swapped as asked)"):
         table.add_column(column)
     table.add_row("with injection", f"{rates['changed']:.1%}", f"{rates['others']:.1%}")
     table.add_row("without injection", f"{rates['plain_changed']:.1%}", f"{rates['plain_others']:.1%}")
     console.print(table)
-    monotonic = {}
+    monotonic = {"weights": None, "attention": None}
     for key, factors, label in (("weights", WORD_WEIGHTS, "word weight (colour:w)"),
                                 ("attention", ATTENTION_SCALES, "attention re-weighting c (τ = 1)")):
+        if key not in shares:
+            continue
         values = shares[key]
         monotonic[key] = all(b >= a for a, b in zip(values, values[1:], strict=False))
         console.print(f"{label}: " + ", ".join(f"{f:g} → {v:.3f}" for f, v in zip(factors, values, strict=True))

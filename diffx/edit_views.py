@@ -98,18 +98,21 @@ class WeightsView:
 
     tokens: WeightedPrompt
     change: torch.Tensor  # (77,) L2 norm of the change of each position's context vector
+    mean_factor: float  # mean(e) / mean(w e): what every vector is multiplied by to restore the mean
     picture: Image.Image
 
 
-def embedding_change(model: StableDiffusion, prompt: str) -> tuple[WeightedPrompt, torch.Tensor]:
-    """The prompt's tokens and ‖e'_i − e_i‖ (77,): its weighted context against the same prompt unweighted."""
+def embedding_change(model: StableDiffusion, prompt: str) -> tuple[WeightedPrompt, torch.Tensor, float]:
+    """The prompt's tokens, ‖e'_i − e_i‖ (77,) of its weighted context against the same prompt unweighted,
+    and the mean-restoring factor mean(e) / mean(w e)."""
     tokens = tokenize(model, prompt)
     unweighted = replace(tokens, weights=[1.0] * CONTEXT_LENGTH)
     contexts = encode_text(model, [tokens, unweighted]).float()  # (2, 77, width)
-    return tokens, (contexts[0] - contexts[1]).norm(dim=-1).cpu()
+    scaled = contexts[1] * torch.tensor(tokens.weights, device=contexts.device)[:, None]  # before the rescale
+    return tokens, (contexts[0] - contexts[1]).norm(dim=-1).cpu(), float(contexts[1].mean() / scaled.mean())
 
 
-def _chart(tokens: WeightedPrompt, change: torch.Tensor, width_px: int) -> Image.Image:
+def _chart(tokens: WeightedPrompt, change: torch.Tensor, mean_factor: float, width_px: int) -> Image.Image:
     """Bars of ‖Δe‖ for the start token, each prompt token, the end token and the mean over the padding."""
     count = tokens.num_tokens
     labels = ["⟨start⟩", *(t.replace("</w>", "") for t in tokens.tokens[1:count - 1]), "⟨end⟩"]
@@ -119,7 +122,7 @@ def _chart(tokens: WeightedPrompt, change: torch.Tensor, width_px: int) -> Image
         labels.append(f"⟨padding ×{CONTEXT_LENGTH - count}⟩\n(mean)")
         values.append(float(change[count:].mean()))
         weights.append(1.0)
-    colours = ["#c0392b" if w > 1 else "#2e86c1" if w < 1 else "#7f8c8d" for w in weights]
+    colours = ["#7f8c8d" if w == 1 else "#34495e" for w in weights]  # weighted tokens dark; weights written on top
     figure = Figure(figsize=(width_px / 100, 3.4), dpi=100, layout="constrained")
     ax = figure.subplots()
     bars = ax.bar(range(len(values)), values, color=colours)
@@ -129,7 +132,8 @@ def _chart(tokens: WeightedPrompt, change: torch.Tensor, width_px: int) -> Image
     ax.set_xticks(range(len(values)), labels, fontsize=8, rotation=30 if len(values) > 8 else 0)
     ax.set_ylabel("‖e′ − e‖  (L2 over channels)")
     ax.set_title(f"text-encoder output change per token: “{tokens.written}”\n"
-                 "each token × its weight (red > 1, blue < 1), then the whole context rescaled to its old mean",
+                 f"each token's vector × its weight (on the bar), then every vector × {mean_factor:.4f} to "
+                 "restore the context's mean",
                  fontsize=9)
     ax.margins(y=0.15)
     return figure_to_image(figure)
@@ -138,15 +142,15 @@ def _chart(tokens: WeightedPrompt, change: torch.Tensor, width_px: int) -> Image
 def weights_view(model: StableDiffusion, settings: GenerationSettings, panel: int | None = None) -> WeightsView:
     """`settings.prompt`'s word weights: the chart of ‖e'_i − e_i‖ per token above the picture generated
     without and with the weights (same seed)."""
-    tokens, change = embedding_change(model, settings.prompt)
+    tokens, change, mean_factor = embedding_change(model, settings.prompt)
     plain = generate(model, replace(settings, prompt=escape_weights(tokens.prompt))).images[0]
     weighted = generate(model, settings).images[0]
     size = panel_size(weighted.shape[1], weighted.shape[0], panel)
     pictures = make_grid([[fit_panel(plain, size, smooth=True), fit_panel(weighted, size, smooth=True)]],
                          col_labels=[f"without weights: “{tokens.prompt}”", f"with weights: “{tokens.written}”"],
                          cell_size=size)
-    chart = _chart(tokens, change, max(pictures.width, 640))
+    chart = _chart(tokens, change, mean_factor, max(pictures.width, 640))
     canvas = Image.new("RGB", (max(chart.width, pictures.width), chart.height + pictures.height), "white")
     canvas.paste(chart, (0, 0))
     canvas.paste(pictures, ((canvas.width - pictures.width) // 2, chart.height))
-    return WeightsView(tokens=tokens, change=change, picture=canvas)
+    return WeightsView(tokens=tokens, change=change, mean_factor=mean_factor, picture=canvas)
