@@ -132,8 +132,7 @@ def _chart(tokens: WeightedPrompt, change: torch.Tensor, mean_factor: float, wid
     ax.set_xticks(range(len(values)), labels, fontsize=8, rotation=30 if len(values) > 8 else 0)
     ax.set_ylabel("‖e′ − e‖  (L2 over channels)")
     ax.set_title(f"text-encoder output change per token: “{tokens.written}”\n"
-                 f"each token's vector × its weight (on the bar), then every vector × {mean_factor:.4f} to "
-                 "restore the context's mean",
+                 f"each token's vector × its weight (on the bar), then all × {mean_factor:.4f} (mean restored)",
                  fontsize=9)
     ax.margins(y=0.15)
     return figure_to_image(figure)
