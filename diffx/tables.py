@@ -82,14 +82,18 @@ def tokens_table(tokenized: TokenizedPrompt) -> Table:
     return table
 
 
-def models_table(sources: Sequence[ModelSource]) -> Table:
-    """The models found on disk (`diffx.discovery.find_models()`), the default one first."""
+def models_table(sources: Sequence[ModelSource], architectures: Sequence[str] | None = None) -> Table:
+    """The models found on disk (`diffx.discovery.find_models()`), the default one first, with what each is
+    (`weights.describe_architecture`) when `architectures` are given."""
     table = Table(title="models", caption=None if sources else
                   "no model found; pass --model PATH, set DIFFX_MODEL or put a checkpoint in data/")
     table.add_column("")
     table.add_column("path", overflow="fold")  # a path is only useful whole
     table.add_column("format")
     table.add_column("description")
+    if architectures is not None:
+        table.add_column("architecture", overflow="fold")
     for number, source in enumerate(sources):
-        table.add_row("default" if number == 0 else "", str(source.path), source.format, source.description)
+        table.add_row("default" if number == 0 else "", str(source.path), source.format, source.description,
+                      *([architectures[number]] if architectures is not None else []))
     return table

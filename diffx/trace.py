@@ -398,6 +398,7 @@ def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = No
         "model": {"name": model.config.name, "source": model.source, "config": model.config.to_dict(),
                   "identity": identity or model_identity(model)},
         "settings": dict(settings.__dict__),
+        "prediction_type": model.config.scheduler.prediction_type,  # what the U-Net output; traces hold ε̂ always
         "latent_scaling_factor": vae.scaling_factor,
         "latent_preview": None if vae.latent_rgb_factors is None else {
             "factors": [list(row) for row in vae.latent_rgb_factors],

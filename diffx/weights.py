@@ -76,6 +76,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return tensors
 
 
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, without reading the data: a .safetensors header, or a .ckpt's memory-mapped tensors."""
+    if path.suffix.lower() == ".safetensors":
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        except SafetensorError as error:
+            raise CheckpointError(f"{path} is not a valid .safetensors file ({error})") from error
+    return {key: tuple(tensor.shape) for key, tensor in read_state_dict(path).items()}
+
+
 # ---------------------------------------------------------------------------------------------------
 # diffusers names -> original (LDM) names
 #
@@ -359,7 +370,8 @@ def load_model(
 
     A single file's architecture is recognised from its tensors (`diffx.architecture.recognise`) unless
     `config` gives it. `weights`: "ema" takes the U-Net's EMA weights when a single file holds both (as
-    CompVis' scripts do), "main" the others. `note(line)` hears one line saying what was loaded.
+    CompVis' scripts do), "main" the others. `note(line)` hears, for a single file, one line saying what
+    was recognised and which weights were taken (a folder's config says it already).
     """
     found = source if isinstance(source, ModelSource) else resolve_model_source(source)
     path = found.path
@@ -370,12 +382,10 @@ def load_model(
     elif found.format == "diffusers":
         config, state_dict = _read_diffusers(path)
         tokenizer = _tokenizer_near(path / "tokenizer")
-        what = "a diffusers folder, architecture from its config.json files"
     else:
         config = ModelConfig.from_dict(read_json(path / "config.json"))
         state_dict = read_state_dict(path / "model.safetensors")
         tokenizer = _tokenizer_near(path)
-        what = f"a diffx folder ({config.name})"
     if config.scheduler.prediction_type not in PREDICTION_TYPES:
         raise CheckpointError(f"{path}: model {config.name!r} predicts {config.scheduler.prediction_type!r}; "
                               f"diffx runs {' and '.join(PREDICTION_TYPES)} models")
@@ -384,9 +394,22 @@ def load_model(
     model = build_without_weights(config, tokenizer, str(path))
     model.load_original_state_dict(state_dict)
     del state_dict
-    if note is not None:
+    if note is not None and found.format == "single-file":
         note(f"{path.name}: {what}; predicts {config.scheduler.prediction_type}")
     return model.to(device=device).eval()
+
+
+def describe_architecture(source: ModelSource) -> str:
+    """What a model found on disk is, in a few words (the `diffx models` column): the family recognised from
+    a single file's tensors, or from a folder's config; for a file diffx cannot load, why."""
+    try:
+        if source.format == "single-file":
+            return recognise(_modern_text_keys(read_shapes(source.path))).summary()
+        config = config_from_diffusers(source.path) if source.format == "diffusers" else \
+            ModelConfig.from_dict(read_json(source.path / "config.json"))
+    except CheckpointError as error:
+        return str(error).removeprefix(f"{source.path}: ")
+    return f"SD1.x ({config.name}), predicts {config.scheduler.prediction_type}"
 
 
 def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:

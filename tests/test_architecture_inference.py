@@ -139,3 +139,25 @@ def test_an_sd1_file_that_fits_no_configuration_names_the_closest_and_what_did_n
     no_vae = {key: shape for key, shape in shapes.items() if not key.startswith("first_stage_model.")}
     with pytest.raises(CheckpointError, match=r"did not fit: the VAE encoder's conv_in .* is missing"):
         recognise(no_vae)
+
+
+def test_models_column_says_what_each_file_is(tmp_path):
+    """`describe_architecture` reads only shapes (a .safetensors header, a .ckpt's memory map)."""
+    from diffx.discovery import ModelSource
+    from diffx.tables import models_table
+    from diffx.weights import describe_architecture, read_shapes
+    from tests.test_tables import _render
+
+    tensors = write_single_file(tiny(), tmp_path / "tiny.safetensors")
+    assert read_shapes(tmp_path / "tiny.safetensors") == {key: tuple(t.shape) for key, t in tensors.items()}
+    torch.save({"state_dict": {key: torch.zeros(shape, dtype=torch.float16) for key, shape in
+                               shapes_of(odd_size()).items()}}, tmp_path / "odd.ckpt")
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, tmp_path / "xl.safetensors")
+    sources = [ModelSource(tmp_path / name, "single-file", "checkpoint file")
+               for name in ("tiny.safetensors", "odd.ckpt", "xl.safetensors")]
+    described = [describe_architecture(source) for source in sources]
+    assert described[0] == "SD1.x (the tiny preset)"
+    assert described[1].startswith("SD1.x, non-standard size: U-Net 64 ch × (1, 2, 3)")
+    assert described[2].startswith("recognised SDXL base; diffx cannot run this family yet")
+    text = _render(models_table(sources, described))
+    assert "architecture" in text and "the tiny preset" in text

@@ -155,10 +155,9 @@ def test_v_training_loss_targets_the_velocity():
     x0 = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(1))
 
     def true_v(x_t, t, context):  # knows x0, so it can return the exact velocity
-        noise = (x_t - q_sample(schedule, x0, t, torch.zeros_like(x0))) / schedule.sqrt_one_minus_alphas_cumprod[t
-                                                                                                                 ].reshape(-1, 1, 1, 1)
-        return velocity(x0, noise, schedule.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1),
-                        schedule.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1))
+        alpha = schedule.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        sigma = schedule.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        return velocity(x0, (x_t - alpha * x0) / sigma, alpha, sigma)
 
     generator = torch.Generator().manual_seed(2)
     assert training_loss(true_v, schedule, x0, None, generator, prediction_type="v_prediction") < 1e-9
@@ -206,3 +205,27 @@ def test_guidance_rescale_out_of_range_is_refused(v_pair, bad):
     model, _ = v_pair
     with pytest.raises(InvalidArgumentError, match="guidance_rescale"):
         GenerationSettings(prompt=PROMPT, guidance_rescale=bad).resolved(model)
+
+
+# ---------------------------------------------------------------------------------------------------
+# diffx train --prediction-type / --zero-snr
+
+
+def test_train_passes_the_prediction_type_and_zero_snr_to_training(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from diffx.cli import app
+
+    seen = []
+    monkeypatch.setattr("diffx.embedded.train.train",
+                        lambda config, preview: (seen.append(config), (None, "trained"))[1])
+    result = CliRunner().invoke(app, ["train", "--out-dir", str(tmp_path / "run"), "--prediction-type", "v_prediction",
+                                      "--zero-snr"])
+    assert result.exit_code == 0, result.stderr
+    scheduler = seen[0].model["scheduler"]
+    assert (scheduler["prediction_type"], scheduler["rescale_betas_zero_snr"]) == ("v_prediction", True)
+    refused = CliRunner().invoke(app, ["train", "--out-dir", str(tmp_path / "run2"), "--prediction-type", "sample"])
+    lines = refused.stderr.strip().splitlines()
+    assert refused.exit_code == 2 and len(lines) == 1
+    assert lines[0] == "error: prediction type 'sample' is not one of: epsilon, v_prediction"
+    assert not (tmp_path / "run2").exists()

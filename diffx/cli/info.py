@@ -30,12 +30,18 @@ def tokens(
 def models() -> None:
     """List the models diffx can use without the network; the first is the default.
 
+    The architecture column says what each is: a single file's family and size read from its tensors'
+    names and shapes (SD1.x presets by name, other SD1.x sizes spelled out; SD2.x and SDXL are recognised
+    but cannot run yet), a folder's from its config.
+
     Example: diffx models
     """
     from diffx.discovery import find_models
     from diffx.tables import models_table
+    from diffx.weights import describe_architecture
 
-    OUT.print(models_table(find_models()))
+    sources = find_models()
+    OUT.print(models_table(sources, [describe_architecture(source) for source in sources]))
 
 
 def report(

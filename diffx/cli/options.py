@@ -33,6 +33,8 @@ ModelOpt = Annotated[str | None, typer.Option(
          "Default: $DIFFX_MODEL, else the embedded model.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (fp16 on a GPU, fp32 on the CPU), fp32, fp16 or bf16.")]
+WeightsOpt = Annotated[str, typer.Option(
+    help="A checkpoint with both: ema (the U-Net's EMA weights, as CompVis' scripts load) or main.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
 NegativeOpt = Annotated[str, typer.Option(help="What to steer away from (the unconditional half of CFG).")]
 SamplerOpt = Annotated[str | None, typer.Option(
@@ -46,6 +48,9 @@ KarrasOpt = Annotated[bool, typer.Option("--karras", help="Karras σ steps (eule
 StepsOpt = Annotated[int | None, typer.Option(help="Sampling steps. Default: the model's.", show_default=False)]
 GuidanceOpt = Annotated[float | None, typer.Option(
     help="Classifier-free guidance weight w (1 = none). Default: the model's.", show_default=False)]
+GuidanceRescaleOpt = Annotated[float, typer.Option(
+    help="Guidance rescale φ, 0-1 (Lin et al. 2023): pull the guided prediction's spread back to the "
+         "conditional one's; 0.7 against over-exposure at high guidance.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 SizeOpt = Annotated[str | None, typer.Option(
     help="Image size: 512 or WIDTHxHEIGHT. Default: the model's.", show_default=False)]
@@ -79,14 +84,16 @@ HtmlOpt = Annotated[Path | None, typer.Option(
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """--model, --device, --dtype: which weights, on which device, in which precision."""
+    """--model, --device, --dtype, --weights: which weights, on which device, in which precision."""
 
     model: ModelOpt = None
     device: DeviceOpt = "auto"
     dtype: DtypeOpt = "auto"
+    weights: WeightsOpt = "ema"
 
     def load(self) -> "StableDiffusion":
-        """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`."""
+        """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
+        `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.devices import resolve_device, resolve_dtype
         from diffx.discovery import resolve_model_source
         from diffx.weights import load_model
@@ -95,13 +102,15 @@ class ModelChoice:
         target = resolve_device(self.device)
         precision = resolve_dtype(self.dtype, target)
         with ERR.status(f"loading {source.path}"):
-            return load_model(source, device=target, dtype=precision)
+            return load_model(source, device=target, dtype=precision, weights=self.weights,
+                              note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
 
 
 @dataclass(frozen=True)
 class SamplingChoice:
-    """--negative-prompt, --sampler, --schedule, --spacing, --karras, --steps, --seed, --size: how to
-    sample, everything but the prompt and the guidance weight (cfg-sweep sweeps that one)."""
+    """--negative-prompt, --sampler, --schedule, --spacing, --karras, --steps, --seed, --size,
+    --guidance-rescale: how to sample, everything but the prompt and the guidance weight (cfg-sweep sweeps
+    that one)."""
 
     negative_prompt: NegativeOpt = ""
     sampler: SamplerOpt = None
@@ -111,6 +120,7 @@ class SamplingChoice:
     steps: StepsOpt = None
     seed: SeedOpt = 0
     size: SizeOpt = None
+    guidance_rescale: GuidanceRescaleOpt = 0.0
 
     def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
         from diffx.pipeline import GenerationSettings
@@ -118,7 +128,8 @@ class SamplingChoice:
         width, height = parse_size(self.size)
         return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
                                   steps=self.steps, guidance=guidance, sampler=self.sampler, schedule=self.schedule,
-                                  spacing=self.spacing, karras=self.karras, seed=self.seed)
+                                  spacing=self.spacing, karras=self.karras, seed=self.seed,
+                                  guidance_rescale=self.guidance_rescale)
 
 
 @dataclass(frozen=True)
