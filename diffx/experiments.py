@@ -102,8 +102,8 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
         x_t = q_sample(schedule, x0.expand(len(ts), -1, -1, -1), t, noise.expand(len(ts), -1, -1, -1))
         if not latent_space:
             return [[tensor_to_image(x.clamp(-1, 1)) for x in x_t]]
-        vae = model.config.vae
-        return [[latent_to_rgb_fast(z, vae.latent_rgb_factors, vae.latent_rgb_bias) for z in x_t],
+        preview = model.config.vae.latent_preview()
+        return [[latent_to_rgb_fast(z, **preview) for z in x_t],
                 decode_latents(model, x_t)]
 
     kinds = ["latent preview", "VAE decode"] if latent_space else [""]

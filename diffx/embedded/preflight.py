@@ -16,7 +16,8 @@ from diffx.models.configs import ModelConfig
 
 MODEL_FILES = ("config.json", "model.safetensors", "training.json", "MODEL_CARD.md")  # what an export writes
 # Fitted when training ends, not part of the architecture: a model may differ there and still continue.
-_FITTED = {"scaling_factor", "latent_rgb_factors", "latent_rgb_bias"}
+_FITTED = {"scaling_factor", "latent_rgb_factors", "latent_rgb_bias", "latent_rgb_hidden_weight",
+           "latent_rgb_hidden_bias"}
 
 
 def _check_writable_folder(option: str, folder: Path) -> None:

@@ -57,9 +57,17 @@ class VAEConfig:
     embed_dim: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
-    # Linear latent -> RGB preview (scaled latent channels -> R, G, B), fitted per model; None = SD1.5's.
+    # Latent -> RGB preview, fitted per model (None = SD1.5's linear factors): rgb = zᵀ factors + bias, or
+    # with a hidden layer rgb = SiLU(zᵀ W + b_h)ᵀ factors + bias (see diffx.render.latents.latent_to_rgb_fast).
     latent_rgb_factors: tuple[tuple[float, float, float], ...] | None = None
     latent_rgb_bias: tuple[float, float, float] | None = None
+    latent_rgb_hidden_weight: tuple[tuple[float, ...], ...] | None = None
+    latent_rgb_hidden_bias: tuple[float, ...] | None = None
+
+    def latent_preview(self) -> dict:
+        """The preview's parameters as the keyword arguments of `latent_to_rgb_fast` (nested lists)."""
+        return {"factors": self.latent_rgb_factors, "bias": self.latent_rgb_bias,
+                "hidden_weight": self.latent_rgb_hidden_weight, "hidden_bias": self.latent_rgb_hidden_bias}
 
     @property
     def downsample_factor(self) -> int:

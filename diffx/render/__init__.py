@@ -10,6 +10,7 @@ from diffx.render.io import save_animation, save_gif, save_mp4, save_png
 from diffx.render.latents import (
     SD15_LATENT_RGB_FACTORS,
     fit_latent_rgb_factors,
+    fit_latent_rgb_mlp,
     latent_to_rgb_fast,
     visualize_noise,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "caption_bar",
     "colorbar",
     "fit_latent_rgb_factors",
+    "fit_latent_rgb_mlp",
     "fit_text",
     "heatmap",
     "latent_to_rgb_fast",

@@ -32,21 +32,28 @@ NOISE_DISPLAY_SIGMAS = 2.5
 
 
 def latent_to_rgb_fast(
-    latent: torch.Tensor, factors: torch.Tensor | Sequence | None = None, bias: torch.Tensor | Sequence | None = None
+    latent: torch.Tensor, factors: torch.Tensor | Sequence | None = None, bias: torch.Tensor | Sequence | None = None,
+    hidden_weight: torch.Tensor | Sequence | None = None, hidden_bias: torch.Tensor | Sequence | None = None,
 ) -> np.ndarray:
-    """Preview a scaled latent (C, h, w) as uint8 (h, w, 3): rgb = latent^T @ factors + bias.
+    """Preview a scaled latent (C, h, w) as uint8 (h, w, 3), one latent pixel at a time.
 
-    `factors` (C, 3) defaults to SD15_LATENT_RGB_FACTORS; a model with its own VAE passes the
-    factors and bias fitted by `fit_latent_rgb_factors` (tensors, or nested lists as configs and trace
-    files hold them) — the one reader of that representation.
+    Linear (SD1.5's community factors, or a fitted map): rgb = latentᵀ factors + bias, factors (C, 3).
+    With a hidden layer (a per-pixel MLP, i.e. two 1×1 convolutions, fitted by `fit_latent_rgb_mlp` for a
+    VAE whose colours are not linear in its latent): rgb = SiLU(latentᵀ W + b_h)ᵀ factors + bias, with
+    W = `hidden_weight` (C, H), b_h = `hidden_bias` (H,) and factors (H, 3). Tensors, or nested lists as
+    configs and trace files hold them — this is the one reader of that representation.
     """
     factors = SD15_LATENT_RGB_FACTORS if factors is None else torch.as_tensor(factors, dtype=torch.float32)
-    if latent.ndim != 3 or latent.shape[0] != factors.shape[0]:
-        raise ValueError(f"expected a ({factors.shape[0]}, h, w) latent, got shape {tuple(latent.shape)}")
-    latent = latent.detach().float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", latent, factors.float().cpu())  # (C, h, w) -> (h, w, 3)
+    first = factors if hidden_weight is None else torch.as_tensor(hidden_weight, dtype=torch.float32)
+    if latent.ndim != 3 or latent.shape[0] != first.shape[0]:
+        raise ValueError(f"expected a ({first.shape[0]}, h, w) latent, got shape {tuple(latent.shape)}")
+    features = latent.detach().float().cpu().permute(1, 2, 0)  # (C, h, w) -> (h, w, C)
+    if hidden_weight is not None:
+        hidden = features @ first + torch.as_tensor(hidden_bias, dtype=torch.float32)  # (h, w, C) -> (h, w, H)
+        features = F.silu(hidden)
+    rgb = features @ factors.float()  # (h, w, C or H) -> (h, w, 3)
     if bias is not None:
-        rgb = rgb + torch.as_tensor(bias, dtype=torch.float32).cpu()
+        rgb = rgb + torch.as_tensor(bias, dtype=torch.float32)
     return unit_range_to_uint8(rgb)
 
 
@@ -64,6 +71,40 @@ def fit_latent_rgb_factors(latents: torch.Tensor, images: torch.Tensor) -> tuple
     design = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], dim=1)  # (N*h*w, C+1)
     solution = torch.linalg.lstsq(design, targets).solution  # (C+1, 3)
     return solution[:channels].float(), solution[channels].float()
+
+
+PREVIEW_HIDDEN = 32  # hidden width of the fitted per-pixel preview MLP: 259 numbers for a 4-channel latent
+
+
+def fit_latent_rgb_mlp(latents: torch.Tensor, images: torch.Tensor, hidden: int = PREVIEW_HIDDEN,
+                       iterations: int = 2000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fit the per-pixel MLP preview rgb = SiLU(latentᵀ W + b_h)ᵀ factors + bias to avgpool(image).
+
+    The same targets as `fit_latent_rgb_factors` (each latent pixel matched to the mean colour of the
+    patch it decodes to), minimised in mean squared error with Adam (full batch, seeded: the same fit
+    every time). `benchmarks/preview_fit.py` scores it against the linear fit on held-out samples.
+    Returns the keyword arguments of `latent_to_rgb_fast`: factors (H, 3), bias (3,), hidden_weight (C, H),
+    hidden_bias (H,).
+    """
+    _, channels, h, w = latents.shape
+    inputs = latents.float().permute(0, 2, 3, 1).reshape(-1, channels)  # (N*h*w, C)
+    targets = F.adaptive_avg_pool2d(images.float(), (h, w)).permute(0, 2, 3, 1).reshape(-1, 3)  # (N*h*w, 3)
+    generator = torch.Generator().manual_seed(seed)
+    hidden_weight = (torch.randn(channels, hidden, generator=generator) * channels**-0.5).requires_grad_()
+    hidden_bias = torch.zeros(hidden, requires_grad=True)
+    factors = (torch.randn(hidden, 3, generator=generator) * 0.01).requires_grad_()
+    bias = targets.mean(0).requires_grad_()
+    parameters = [hidden_weight, hidden_bias, factors, bias]
+    optimizer = torch.optim.Adam(parameters, lr=1e-2)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            prediction = F.silu(inputs @ hidden_weight + hidden_bias) @ factors + bias
+            loss = F.mse_loss(prediction, targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return {"factors": factors.detach(), "bias": bias.detach(), "hidden_weight": hidden_weight.detach(),
+            "hidden_bias": hidden_bias.detach()}
 
 
 def visualize_noise(eps: torch.Tensor) -> np.ndarray:
