@@ -9,18 +9,18 @@ matplotlib and the models are imported inside the commands, so `diffx --help` an
 - options.py: the shared options and the option groups (model, sampling, input picture)
 - progress.py: the per-step progress bar
 - generate.py: denoise, trace, render · experiments.py: noise, cfg-sweep, compare
-- info.py: tokens, models, report · train.py: train · trajectories.py: paths · lab.py: lab (the 2-D lab)
-- attention.py: attention (the explorer) · edit.py: edit, weights (editing attention)
-- predict.py: predict (ε̂, v̂ and x̂0 of one step)
+- info.py: tokens, models, report · train.py: train · attention.py: attention (the explorer)
+- trajectories.py: paths · lab.py: lab (the 2-D diffusion lab) · edit.py: edit, weights (editing attention)
+- invert.py: invert (DDIM inversion) · predict.py: predict (ε̂, v̂ and x̂0 of one step)
 """
 
-from diffx.cli import attention, edit, experiments, generate, info, lab, predict, train, trajectories
+from diffx.cli import attention, edit, experiments, generate, info, invert, lab, predict, train, trajectories
 from diffx.cli.core import app, command
 
 __all__ = ["app"]
 
 # The commands, in the order `diffx --help` lists them.
 for function in (experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
-                 edit.edit, edit.weights, experiments.cfg_sweep, experiments.compare, predict.predict,
+                 edit.edit, edit.weights, invert.invert, experiments.cfg_sweep, experiments.compare, predict.predict,
                  trajectories.paths, lab.lab, info.tokens, info.models, train.train, info.report):
     command(function)

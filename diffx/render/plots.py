@@ -1,4 +1,4 @@
-"""Matplotlib charts (noise schedules, training loss) rendered off-screen to PIL images.
+"""Matplotlib charts (noise schedules, training loss, inversion round trips) rendered off-screen to PIL images.
 
 Figures are drawn on the Agg canvas directly (no pyplot), so nothing needs a display and no global
 matplotlib state is touched.
@@ -6,6 +6,7 @@ matplotlib state is touched.
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -118,4 +119,26 @@ def plot_loss_curve(
     ax.set(xlabel="step", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    return figure_to_image(figure)
+
+
+def plot_round_trip_psnr(steps: Sequence[int], psnr_by_guidance: Mapping[float, Sequence[float]],
+                         target: float | None = None, title: str = "DDIM inversion round trip") -> Image.Image:
+    """PSNR (dB) of a round trip (invert, then sample back) against the number of steps, one line per
+    guidance weight w; `target` (e.g. 30 dB) as a dashed line. Higher is better."""
+    if not steps or not psnr_by_guidance:
+        raise InvalidArgumentError("nothing to plot; give at least one step count and one guidance weight")
+    figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    ax = figure.subplots()
+    colours = matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, len(psnr_by_guidance)))
+    for colour, (w, values) in zip(colours, psnr_by_guidance.items(), strict=True):
+        ax.plot(steps, values, "o-", color=colour, linewidth=1.8, label=f"w = {w:g}")
+    if target is not None:
+        ax.axhline(target, color="0.4", linestyle="--", linewidth=1)
+        ax.annotate(f"{target:g} dB", (1.0, target), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="0.3")
+    ax.set_xticks(list(steps))
+    ax.set(xlabel="DDIM steps (inversion and sampling)", ylabel="PSNR (dB), higher = closer", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(title="guidance", fontsize=8)
     return figure_to_image(figure)
