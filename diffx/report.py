@@ -63,6 +63,7 @@ from diffx.report_sections import (
     tokens_section,
 )
 from diffx.trace import Trace
+from diffx.trajectories import convergence_section
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -88,6 +89,7 @@ def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion |
         "<main>",
         pipeline_section(traces),
         loop_section(traces, columns, charts_svg),
+        convergence_section(traces),
         attention_mass_section(traces[0]),
         tokens_section(traces[0]),
         "</main>",

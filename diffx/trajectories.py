@@ -21,6 +21,7 @@ they can be drawn in one picture. The same per-step measures come from a saved t
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -298,10 +299,13 @@ def path_picture(paths: SamplerPaths) -> Image.Image:
     return plot_paths(lines, share, title=f"latent paths from the same x_T — {_subtitle(paths)}")
 
 
+TRACE_KEYS = ("latents", "x0", "final_latent")  # what the measures of a saved trace need
+
+
 def trace_convergence(trace: Trace) -> Convergence:
     """`Convergence` of a saved trace (no reference): its per-step "latents" (model inputs), "x0" and
     "final_latent". A trace records one row per model evaluation, so NFE is the row number."""
-    missing = [key for key in ("latents", "x0", "final_latent") if key not in trace.tensors]
+    missing = [key for key in TRACE_KEYS if key not in trace.tensors]
     if missing:
         raise InvalidArgumentError(f"the trace has no {', '.join(missing)}, which the convergence chart needs; "
                                    "record a new one with `diffx trace --save-trace`")
@@ -332,3 +336,20 @@ def trace_convergence_svg(trace: Trace) -> str:
     _, measured = _trace_lines(trace)
     return convergence_svg({"‖x̂0 − x̂0 final‖": (measured.nfe, measured.x0_change),
                             "step ‖x_{i+1} − x_i‖": (measured.step_nfe, measured.step_size)})
+
+
+def convergence_section(traces: Sequence[Trace]) -> str:
+    """The HTML report's card under the loop: the small chart of each trace (`trace_convergence_svg`), captioned
+    with its sampler; "" when no trace holds what the measures need."""
+    charts = "".join(
+        f'<figure style="margin: 0; flex: 1 1 300px; max-width: 420px"><figcaption class="note">'
+        f'{html.escape(str(trace.meta.get("settings", {}).get("sampler", "")))}, {trace.num_steps} model '
+        f'evaluations</figcaption><div style="width: 100%">{trace_convergence_svg(trace)}</div></figure>'
+        for trace in traces if all(key in trace.tensors for key in TRACE_KEYS))
+    if not charts:
+        return ""
+    return ('<section class="card" aria-labelledby="convergence-title"><h2 id="convergence-title">How fast the run '
+            'settles</h2><p class="note">RMS distances in latent units, log scale, against model evaluations: how '
+            "far x̂0 still is from the last x̂0 (blue), and the length of each step between the states on the "
+            "sampler's grid (red). A curve that falls steadily is a run that converges; `diffx paths` compares "
+            f'samplers.</p><div style="display: flex; flex-wrap: wrap; gap: 16px">{charts}</div></section>')

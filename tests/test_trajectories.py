@@ -128,9 +128,12 @@ def test_trace_measures_match_the_live_run(tiny_model):
     assert isinstance(chart, Image.Image) and chart.width > chart.height
     svg = trajectories.trace_convergence_svg(trace)
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "model evaluations (NFE)" in svg
+    card = trajectories.convergence_section([trace, trace])
+    assert card.count("<svg") == 2 and "heun, 7 model evaluations" in card
     del trace.tensors["x0"]
     with pytest.raises(InvalidArgumentError, match="has no x0"):
         trajectories.trace_convergence(trace)
+    assert trajectories.convergence_section([trace]) == ""
 
 
 def test_pictures_of_the_runs(measured):

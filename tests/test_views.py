@@ -16,7 +16,6 @@ from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
 
 
-
 @pytest.fixture(scope="module")
 def model(tiny_model):
     return tiny_model

@@ -114,7 +114,8 @@ def convergence_svg(curves: dict[str, tuple[np.ndarray, np.ndarray]],
     chart = Chart(max(max(x.max(initial=1) for x, _ in logs.values()), 1), low, high)
     decades = list(range(high, low - 1, -max(1, (high - low + 3) // 4)))  # at most ~4 decades, the top one always
     title = "distances by model evaluation (RMS, log scale)"
-    parts = [f'<svg viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="{title}">',
+    parts = [f'<svg viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" style="width: 100%; height: auto; display: block" '
+             f'role="img" aria-label="{title}">',
              f'<text class="title" x="{CHART_MARGIN["left"]}" y="14">{title}</text>']
     parts += axes_svg(chart, decades, "model evaluations (NFE)", lambda d: f"1e{d:g}")
     for index, ((name, (nfe, values)), colour) in enumerate(zip(logs.items(), colours, strict=False)):
@@ -122,7 +123,7 @@ def convergence_svg(curves: dict[str, tuple[np.ndarray, np.ndarray]],
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
         x = CHART_WIDTH - CHART_MARGIN["right"] - 4
         parts.append(f'<text x="{x}" y="{CHART_MARGIN["top"] + 12 + 13 * index}" text-anchor="end" '
-                     f'fill="{colour}">{html.escape(name)}</text>')
+                     f'style="fill: {colour}">{html.escape(name)}</text>')  # a page's `svg text` CSS beats fill=
     parts.append("</svg>")
     return "".join(parts)
 

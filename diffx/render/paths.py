@@ -5,6 +5,7 @@ Karras et al. 2022 (fig. 2) and Lu et al. 2022 (DPM-Solver++, fig. 3); the path 
 coordinates (e.g. a PCA projection) with the shared start and every end labelled.
 """
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,7 +68,7 @@ def plot_convergence(reference_error: Sequence[PathLine] | None, x0_change: Sequ
     figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(6, len(x0_change)),
                   title="dashed: adds fresh noise at every step" if any(line.dashed for line in x0_change) else None)
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle("\n".join(textwrap.wrap(title, 16 * figure.get_figwidth())), fontsize=10)
     return figure_to_image(figure)
 
 
@@ -76,7 +77,7 @@ def _end_label_offsets(ends: np.ndarray, span: float) -> list[int]:
     offsets: list[int] = []
     for i, end in enumerate(ends):
         near = [offsets[j] for j in range(i) if np.linalg.norm(ends[j] - end) < 0.04 * span]
-        offsets.append(min(set(range(0, -14 * (len(near) + 1), -14)) - set(near)))
+        offsets.append(min(set(range(0, -13 * (len(near) + 1), -13)) - set(near)))
     return offsets
 
 
@@ -122,5 +123,5 @@ def plot_paths(lines: Sequence[PathLine], variance_share: Sequence[float], title
     if with_images:
         thumb.text(1.05, 0.5, "results\n(VAE decode)", transform=thumb.transAxes, fontsize=8, va="center")
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle("\n".join(textwrap.wrap(title, 16 * figure.get_figwidth())), fontsize=10)
     return figure_to_image(figure)

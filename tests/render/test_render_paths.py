@@ -52,7 +52,7 @@ def test_paths_picture_shows_every_path_and_the_results_under_it():
 
 def test_labels_of_ends_that_meet_are_stacked():
     ends = np.array([[1.0, 1.0], [1.0, 1.001], [0.0, 0.0], [1.0, 0.999]])
-    assert _end_label_offsets(ends, span=1.0) == [0, -14, 0, -28]
+    assert _end_label_offsets(ends, span=1.0) == [0, -13, 0, -26]
 
 
 def test_convergence_svg_is_a_log_chart_by_model_evaluations():
