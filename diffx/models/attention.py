@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -53,23 +53,23 @@ _editor: contextvars.ContextVar[AttentionEditor | None] = contextvars.ContextVar
 
 
 @contextlib.contextmanager
-def edit_attention(editor: AttentionEditor) -> Iterator[AttentionEditor]:
+def _bound(variable: contextvars.ContextVar, value: Any) -> Iterator[Any]:
+    """Set a context variable for the length of a `with` block (restored even when the block raises)."""
+    token = variable.set(value)
+    try:
+        yield value
+    finally:
+        variable.reset(token)
+
+
+def edit_attention(editor: AttentionEditor) -> contextlib.AbstractContextManager[AttentionEditor]:
     """Within this block, every `AttentionLayer` that `editor.edits` multiplies V by `editor.edit`'s output."""
-    token = _editor.set(editor)
-    try:
-        yield editor
-    finally:
-        _editor.reset(token)
+    return _bound(_editor, editor)
 
 
-@contextlib.contextmanager
-def observe_attention(observer: AttentionObserver) -> Iterator[AttentionObserver]:
+def observe_attention(observer: AttentionObserver) -> contextlib.AbstractContextManager[AttentionObserver]:
     """Within this block, every `AttentionLayer` that `observer.wants` reports its probabilities."""
-    token = _observer.set(observer)
-    try:
-        yield observer
-    finally:
-        _observer.reset(token)
+    return _bound(_observer, observer)
 
 
 class AttentionLayer(nn.Module):
