@@ -79,6 +79,9 @@ def round_trip_figure(trip: RoundTrip, sweep: RoundTripSweep | None = None, pane
         cells.append([fit_panel(t.reconstruction, size, smooth=True) for t in trips])
         labels.append([f"w = {w:g}: {t.psnr:.1f} dB" for w, t in zip(sweep.guidances, trips, strict=True)])
         row_labels.append(f"reconstruction at each w, {steps} steps")
+        cells.append([fit_panel(error_map(t.reconstruction, t.encoded), size, smooth=True) for t in trips])
+        labels.append([f"error at w = {w:g}" for w in sweep.guidances])
+        row_labels.append("its error map (same scale)")
     prompt = f"“{settings.prompt}”" if settings.prompt else "empty prompt"
     grid = make_grid(cells, row_labels=row_labels, cell_labels=labels, cell_size=size,
                      title=f"DDIM inversion round trip ({prompt}): invert to x_T, then sample back with the same "
@@ -89,7 +92,7 @@ def round_trip_figure(trip: RoundTrip, sweep: RoundTripSweep | None = None, pane
         return figure
     chart = plot_round_trip_psnr(sweep.steps, dict(zip(sweep.guidances, sweep.psnr().tolist(), strict=True)),
                                  target=TARGET_PSNR,
-                                 title="round-trip PSNR against steps and guidance w (vs the VAE decode of z_0)")
+                                 title="round-trip PSNR against steps and guidance w\n(against the VAE decode of z_0)")
     return _stack([figure, chart])
 
 

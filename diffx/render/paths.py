@@ -68,7 +68,7 @@ def plot_convergence(reference_error: Sequence[PathLine] | None, x0_change: Sequ
     figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(6, len(x0_change)),
                   title="dashed: adds fresh noise at every step" if any(line.dashed for line in x0_change) else None)
     if title:
-        figure.suptitle("\n".join(textwrap.wrap(title, 16 * figure.get_figwidth())), fontsize=10)
+        figure.suptitle("\n".join(textwrap.wrap(title, int(12 * figure.get_figwidth()))), fontsize=10)
     return figure_to_image(figure)
 
 
@@ -123,5 +123,5 @@ def plot_paths(lines: Sequence[PathLine], variance_share: Sequence[float], title
     if with_images:
         thumb.text(1.05, 0.5, "results\n(VAE decode)", transform=thumb.transAxes, fontsize=8, va="center")
     if title:
-        figure.suptitle("\n".join(textwrap.wrap(title, 16 * figure.get_figwidth())), fontsize=10)
+        figure.suptitle("\n".join(textwrap.wrap(title, int(12 * figure.get_figwidth()))), fontsize=10)
     return figure_to_image(figure)
