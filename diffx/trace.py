@@ -172,10 +172,10 @@ class Trace:
                   f"⟨padding ×{CONTEXT_LENGTH - count}⟩"]
         return labels, torch.cat([maps[:1], merge_words(maps, tokens), maps[count - 1:count], padding[None]])
 
-    def preview_factors(self) -> tuple[list | None, list | None]:
-        """The model's linear latent → RGB preview, (C rows of RGB factors, RGB bias); (None, None) = SD1.5's."""
-        preview = self.meta.get("latent_preview") or {}
-        return preview.get("factors"), preview.get("bias")
+    def latent_preview(self) -> dict:
+        """The model's latent → RGB preview as the keyword arguments of `render.latent_to_rgb_fast` (factors
+        and bias, with a hidden layer's weight and bias when fitted as a per-pixel MLP); {} = SD1.5's."""
+        return dict(self.meta.get("latent_preview") or {})
 
     def decoded_steps(self) -> dict[int, np.ndarray]:
         """The VAE decodes of x̂0 stored in the trace, by 0-based step."""
@@ -401,8 +401,7 @@ def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = No
         "prediction_type": model.config.scheduler.prediction_type,  # what the U-Net output; traces hold ε̂ always
         "latent_scaling_factor": vae.scaling_factor,
         "latent_preview": None if vae.latent_rgb_factors is None else {
-            "factors": [list(row) for row in vae.latent_rgb_factors],
-            "bias": list(vae.latent_rgb_bias or (0.0, 0.0, 0.0))},
+            key: value for key, value in vae.latent_preview().items() if value is not None},
         "versions": {"diffx": diffx.__version__, "torch": torch.__version__},
     }
 

@@ -5,12 +5,13 @@ of equal-size frames for a GIF; `save_animation` and `write_trace_views` write t
 writers of `diffx.render.io`. The `diffx` command line is a thin layer over these functions.
 
 Step numbers here are the ones shown in captions: 1 = the first step, N = the last ("step 3/25").
-Every panel says what it shows. x̂0 is either a real VAE decode ("x̂0 (VAE decode)") or the fast
-linear latent preview ("x̂0 (latent preview)", `latent_to_rgb_fast`); `preview="auto"` decodes whenever
-the model's decoder is cheap (`AUTO_DECODE_GFLOPS`, counted by `pipeline.decoder_gflops`). x_t is drawn
-as the mixture it is, √ᾱ x̂0 + √(1 − ᾱ) ε̂, scaled so the picture emerges from the noise
-(`render.latents.noisy_picture`). Pictures are scaled smoothly, latent grids (ε̂) with visible squares.
-Attention is a perceptual colour map over the picture in grey, with a colour bar saying what the scale is.
+Every panel says what it shows. x̂0 is either a real VAE decode ("x̂0 (VAE decode)") or the fast latent
+preview ("x̂0 (latent preview)", `latent_to_rgb_fast`: a per-latent-pixel map fitted to the VAE);
+`preview="auto"` decodes whenever the model's decoder is cheap (`AUTO_DECODE_GFLOPS`, counted by
+`pipeline.decoder_gflops`). x_t is drawn as the mixture it is, √ᾱ x̂0 + √(1 − ᾱ) ε̂, scaled so the picture
+emerges from the noise (`render.latents.noisy_picture`). Pictures are scaled smoothly, latent grids (ε̂) with
+visible squares. Attention is a perceptual colour map over the picture in grey, with a colour bar saying what
+the scale is.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def fit_panel(picture: PictureLike, size: tuple[int, int], smooth: bool = False)
 def latent_preview(trace: Trace, key: str, index: int) -> np.ndarray:
     """Fast RGB preview (h, w, 3) of the recorded latent `key` ("latents" or "x0") at 0-based step `index`,
     with the trace's model's preview factors."""
-    return latent_to_rgb_fast(trace.tensors[key][index], *trace.preview_factors())
+    return latent_to_rgb_fast(trace.tensors[key][index], **trace.latent_preview())
 
 
 def _require(trace: Trace, *keys: str) -> None:

@@ -139,10 +139,11 @@ def test_auto_preview_decodes_a_cheap_decoder_and_x0_agrees_with_the_result(embe
     final = trace.tensors["image"].numpy().astype(float)
     # The last x̂0 is the result up to one DDIM step (ᾱ_0 ≈ 0.999): measured 0.26/255 on average per RGB value.
     assert np.abs(last - final).mean() <= 1.0
-    # The latent preview (the old default) is far off: false colours on this model's VAE (measured 68/255).
+    # The latent preview is the picture at the latent grid's resolution: the shipped per-pixel MLP preview is
+    # 11/255 from the pooled result on average (the linear factors it replaced: 68/255, false colours).
     preview = views.x0_pictures(trace, [trace.num_steps - 1], "fast")[0]
     pooled = final.reshape(16, 4, 16, 4, 3).mean((1, 3))
-    assert np.abs(preview.astype(float) - pooled).mean() > 20
+    assert np.abs(preview.astype(float) - pooled).mean() < 20
 
 
 def test_sd15_gets_the_latent_preview_under_auto():
@@ -157,9 +158,10 @@ def test_xt_at_the_middle_step_is_not_saturated(embedded):
     x0 = views.x0_pictures(trace, [middle], "auto", model)
     xt = views.xt_pictures(trace, [middle], x0)[0]
     assert ((xt == 0) | (xt == 255)).mean() <= 0.05
-    # The plain latent preview of the same x_t clips most of its pixels: the picture the issue was about.
+    # The plain latent preview of the same x_t clips many of its pixels (measured 29% with the fitted MLP
+    # preview, 68% with the linear factors before it): the picture the issue was about.
     plain = views.latent_preview(trace, "latents", middle)
-    assert ((plain == 0) | (plain == 255)).mean() > 0.5
+    assert ((plain == 0) | (plain == 255)).mean() > 0.2
 
 
 def test_every_panel_has_a_label_that_says_what_it_shows(embedded, monkeypatch):

@@ -73,7 +73,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existin
 FrameMsOpt = Annotated[int, typer.Option(help="Milliseconds per animation frame.")]
 PreviewOpt = Annotated[str, typer.Option(
     help="x̂0 pictures: auto (VAE decode when the decoder is cheap, as the embedded model's; else the "
-         "latent preview), fast (linear latent preview) or vae (VAE decode).")]
+         "latent preview), fast (the latent preview: each latent pixel mapped to a colour) or vae (VAE decode).")]
 AttnScaleOpt = Annotated[str, typer.Option(
     help="Attention heatmaps: word (each map scaled to its own maximum) or shared (one range for all words "
          "and steps, brightness comparable).")]
