@@ -8,17 +8,24 @@ config file: the architecture is in the weights. Like diffusers' single-file loa
   transformers' layout); SD2.x `cond_stage_model.model.*` (OpenCLIP ViT-H); SDXL `conditioner.embedders.*`
   with two text encoders (base) or OpenCLIP bigG alone (refiner), and a `label_emb` for its size and crop
   conditioning;
-- the *configuration* of an SD1.x-family model from the shapes: U-Net width `model_channels` and input
+- the *configuration* of an SD1.x- or SD2.x-family model from the shapes: U-Net width `model_channels` and input
   channels (4, or 9 for inpainting) from `conv_in`, the levels and their widths from where the
   `Downsample`s sit, residual blocks per level, which levels carry transformers and how deep, the context
   width from `attn2.to_k`; CLIP's vocabulary, width, layers and MLP width; the VAE's widths, blocks and
-  latent channels. The result is checked against the full shape list of the model it implies.
+  latent channels (SD2.x: OpenCLIP's, and Linear proj_in/out in the U-Net's transformers). The result is
+  checked against the full shape list of the model it implies.
 
 Two numbers are not in any weight: the attention head counts (a layer's width splits into heads only
 inside the computation) and GroupNorm's group count (its affine parameters are per channel). A file
-whose every shape is a diffx preset's takes the preset's; any other gets the SD1.x conventions, named
-in the summary so a learner knows what was assumed: 8 U-Net heads (`v1-inference.yaml`), CLIP's
-64-wide heads, 32 groups.
+whose every shape is a diffx preset's takes the preset's; any other gets its family's conventions, named
+in the summary so a learner knows what was assumed: 8 U-Net heads for SD1.x (`v1-inference.yaml`), 64-wide
+ones for SD2.x (`num_head_channels: 64`), CLIP's 64-wide heads, 32 groups.
+
+Nor do the weights say what the model predicts: SD2's 512-base (ε) and 768-v (v) have the very same
+tensors. diffx takes the hint of an LDM .yaml beside the file (`parameterization: "v"` or not), as
+A1111 does; without one it assumes 768-v — diffusers' `from_single_file` makes the same default (it
+takes ε only for a .ckpt whose `global_step` is 2.0-base's 875000) — and says so in the summary; passing
+a config (`sd21-base`) decides instead.
 """
 
 from __future__ import annotations
@@ -31,14 +38,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from diffx.errors import CheckpointError
-from diffx.models.configs import PRESETS, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig
-from diffx.models.stable_diffusion import ORIGINAL_PREFIXES, build_without_weights
+from diffx.models.configs import PRESETS, ModelConfig, SchedulerConfig, TextEncoderConfig, UNetConfig, VAEConfig
+from diffx.models.open_clip import OPEN_CLIP_PREFIX
+from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, build_without_weights
 
 Shapes = Mapping[str, tuple[int, ...]]
 
 UNET, VAE, TEXT = ORIGINAL_PREFIXES["unet"], ORIGINAL_PREFIXES["vae"], ORIGINAL_PREFIXES["text_encoder"]
 CLIP = TEXT + "text_model."
-SD1_HEADS, CLIP_HEAD_WIDTH, GROUPS = 8, 64, 32  # the conventions for what the weights do not store
+SD1_HEADS, SD2_HEAD_WIDTH, CLIP_HEAD_WIDTH, GROUPS = 8, 64, 64, 32  # conventions for what the weights do not store
 # SD2.x variants by the U-Net's input channels: x_t (4), + depth (5), + low-res image (7), + mask and image (9).
 SD2_VARIANTS = {4: "SD2.x (512-base or 768-v; the file does not say which)", 5: "SD2.x depth-to-image",
                 7: "SD2.x x4 upscaler", 9: "SD2.x inpainting"}
@@ -61,16 +69,17 @@ class Recognised:
         """One line: "SD1.x (the sd15 preset)" or the inferred sizes and what was assumed."""
         if self.config is None:
             return self.family
+        assumed = f"; assumed (not stored in the weights): {', '.join(self.assumed)}" if self.assumed else ""
         if self.preset is not None:
-            return f"{self.family} (the {self.preset} preset)"
+            return f"{self.family} (the {self.preset} preset{assumed})"
         unet, vae, text = self.config.unet, self.config.vae, self.config.text_encoder
         levels = ", ".join(str(m) for m in unet.channel_mult)
         parts = [f"U-Net {unet.model_channels} ch × ({levels}), {unet.num_res_blocks} blocks/level, "
                  f"{unet.in_channels} in, attention at levels {list(unet.attention_levels)}, depth "
                  f"{unet.transformer_depth}, context {unet.context_dim}",
-                 f"CLIP {text.hidden_size} wide × {text.num_hidden_layers} layers",
+                 f"{'OpenCLIP' if text.layout == 'open_clip' else 'CLIP'} {text.hidden_size} wide × "
+                 f"{text.num_hidden_layers} layers",
                  f"VAE f{vae.downsample_factor}, {vae.ch} ch, {vae.z_channels} latent channels"]
-        assumed = f"; assumed (not stored in the weights): {', '.join(self.assumed)}" if self.assumed else ""
         return f"{self.family}, non-standard size: {'; '.join(parts)}{assumed}"
 
 
@@ -108,20 +117,31 @@ def family_of(shapes: Shapes) -> str:
     return "SD1.x-like U-Net without a CLIP text encoder"
 
 
-def recognise(shapes: Shapes) -> Recognised:
-    """The family and, for the SD1.x family, the `ModelConfig` of a checkpoint in the original layout.
+# The SD2.x families diffx runs, by their `family_of` name -> the name diffx gives them.
+SD2_RUNS = {SD2_VARIANTS[4]: "SD2.x", SD2_VARIANTS[9]: "SD2.x inpainting"}
+V_GUESS = ('768-v (v-prediction, 768 px): 512-base has the same tensors; an LDM .yaml beside the file without '
+           'parameterization: "v" makes it 512-base')
 
+
+def recognise(shapes: Shapes, v_prediction: bool | None = None) -> Recognised:
+    """The family and, for SD1.x and SD2.x, the `ModelConfig` of a checkpoint in the original layout.
+
+    `v_prediction`: what is known beside the tensors (an LDM .yaml's `parameterization`); None assumes
+    SD2's 768-v for a 4-channel SD2 U-Net (see the module's docstring).
     Raises CheckpointError: "recognised SDXL base; diffx cannot run this family yet" for families diffx
-    does not run, or for an SD1.x-like file that fits no configuration, naming what did not fit.
+    does not run, or for an SD1.x/SD2.x-like file that fits no configuration, naming what did not fit.
     """
     family = family_of(shapes)
-    if family != "SD1.x":
+    if family != "SD1.x" and family not in SD2_RUNS:
         raise CheckpointError(unsupported_family(family))
-    config, assumed = _infer_sd1(shapes)
-    _check_fits(config, shapes)
-    for name, make in PRESETS.items():
-        if _shape_fields(make()) == _shape_fields(config):
-            return Recognised(family, make(), preset=name)
+    family = SD2_RUNS.get(family, family)
+    config, assumed = _infer_sd2(shapes, v_prediction) if family in SD2_RUNS.values() else _infer_sd1(shapes)
+    _check_fits(config, shapes, family)
+    matches = [name for name, make in PRESETS.items() if _shape_fields(make()) == _shape_fields(config)]
+    if matches:  # sd21-v and sd21-base have the same shapes: the one predicting what was inferred
+        prediction = config.scheduler.prediction_type
+        name = min(matches, key=lambda name: PRESETS[name]().scheduler.prediction_type != prediction)
+        return Recognised(family, PRESETS[name](), preset=name, assumed=tuple(a for a in assumed if a == V_GUESS))
     return Recognised(family, config, assumed=assumed)
 
 
@@ -130,8 +150,8 @@ def recognise(shapes: Shapes) -> Recognised:
 
 
 def _prefixed(shapes: Shapes) -> dict[str, tuple[int, ...]]:
-    """The entries under the three component prefixes: the ones a diffx model has."""
-    return {key: tuple(shape) for key, shape in shapes.items() if key.startswith((UNET, VAE, TEXT))}
+    """The entries under the component prefixes: the ones a diffx model has."""
+    return {key: tuple(shape) for key, shape in shapes.items() if key.startswith(ALL_PREFIXES)}
 
 
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -159,7 +179,8 @@ def _count(shapes: Shapes, pattern: str) -> int:
 
 def _shape(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:
     if key not in shapes:
-        raise CheckpointError(f"looks like SD1.x but did not fit: {what} ({key}) is missing")
+        family = "SD2.x" if key.startswith(OPEN_CLIP_PREFIX) else "SD1.x"
+        raise CheckpointError(f"looks like {family} but did not fit: {what} ({key}) is missing")
     return tuple(shapes[key])
 
 
@@ -169,8 +190,10 @@ def _divisor(widths: list[int], preferred: int) -> int:
     return max(d for d in range(1, preferred + 1) if common % d == 0)
 
 
-def _infer_unet(shapes: Shapes) -> tuple[UNetConfig, list[str]]:
-    """The U-Net from its input blocks: ResBlocks (`in_layers`) and Downsamples (`op`) in order."""
+def _infer_unet(shapes: Shapes, head_width: int | None = None) -> tuple[UNetConfig, list[str]]:
+    """The U-Net from its input blocks: ResBlocks (`in_layers`) and Downsamples (`op`) in order.
+
+    `head_width`: SD2's convention, heads of that width (where the widths allow) instead of 8 heads."""
     model_channels, in_channels = _shape(shapes, UNET + "input_blocks.0.0.weight", "the U-Net's conv_in")[:2]
     out_channels = _shape(shapes, UNET + "out.2.weight", "the U-Net's output conv")[0]
     levels: list[list[int]] = [[]]  # per level, the blocks' output widths
@@ -205,14 +228,21 @@ def _infer_unet(shapes: Shapes) -> tuple[UNetConfig, list[str]]:
     if not context:
         raise CheckpointError("looks like SD1.x but did not fit: the U-Net has no cross-attention (attn2)")
     all_widths = [model_channels, *widths]
-    heads = _divisor(widths, SD1_HEADS)
+    proj_in = [shape for key, shape in shapes.items() if key.startswith(UNET) and key.endswith("proj_in.weight")]
+    if head_width is None:
+        heads, head_channels = _divisor(widths, SD1_HEADS), -1
+        said = f"{heads} U-Net heads"
+    else:
+        heads, head_channels = SD1_HEADS, _divisor(widths, head_width)
+        said = f"{head_channels}-wide U-Net heads"
     config = UNetConfig(
         in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
         channel_mult=tuple(w // model_channels for w in widths), num_res_blocks=blocks_per_level.pop(),
         attention_levels=tuple(lv for lv, blocks in enumerate(attention) if blocks), num_heads=heads,
         transformer_depth=depths.pop() if depths else 1, context_dim=context[0],
-        norm_num_groups=_divisor(all_widths, GROUPS))
-    return config, [f"{heads} U-Net heads", f"{config.norm_num_groups} U-Net groups"]
+        norm_num_groups=_divisor(all_widths, GROUPS), num_head_channels=head_channels,
+        use_linear_in_transformer=bool(proj_in) and len(proj_in[0]) == 2)
+    return config, [said, f"{config.norm_num_groups} U-Net groups"]
 
 
 def _infer_text(shapes: Shapes) -> tuple[TextEncoderConfig, list[str]]:
@@ -224,6 +254,20 @@ def _infer_text(shapes: Shapes) -> tuple[TextEncoderConfig, list[str]]:
     config = TextEncoderConfig(vocab_size=vocab, max_position_embeddings=positions, hidden_size=width,
                                intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads)
     return config, [f"{heads} CLIP heads"]
+
+
+def _infer_open_clip(shapes: Shapes) -> tuple[TextEncoderConfig, list[str]]:
+    """OpenCLIP's text tower (`cond_stage_model.model.*`), with SD2's penultimate-layer output and "!" padding."""
+    vocab, width = _shape(shapes, OPEN_CLIP_PREFIX + "token_embedding.weight", "OpenCLIP's token embedding")
+    positions = _shape(shapes, OPEN_CLIP_PREFIX + "positional_embedding", "OpenCLIP's position embedding")[0]
+    layers = _count(shapes, rf"{re.escape(OPEN_CLIP_PREFIX)}transformer\.resblocks\.(\d+)\.attn\.in_proj_weight")
+    block = OPEN_CLIP_PREFIX + "transformer.resblocks.0.mlp.c_fc.weight"
+    intermediate = _shape(shapes, block, "OpenCLIP's first MLP")[0]
+    heads = max(1, width // CLIP_HEAD_WIDTH) if width % CLIP_HEAD_WIDTH == 0 else _divisor([width], 8)
+    config = TextEncoderConfig(vocab_size=vocab, max_position_embeddings=positions, hidden_size=width,
+                               intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
+                               hidden_act="gelu", layout="open_clip", skipped_layers=1, pad_token="!")
+    return config, [f"{heads} OpenCLIP heads"]
 
 
 def _infer_vae(shapes: Shapes) -> tuple[VAEConfig, list[str]]:
@@ -255,7 +299,23 @@ def _infer_sd1(shapes: Shapes) -> tuple[ModelConfig, tuple[str, ...]]:
     return config, tuple(unet_assumed + text_assumed + vae_assumed)
 
 
-def _check_fits(config: ModelConfig, shapes: Shapes) -> None:
+def _infer_sd2(shapes: Shapes, v_prediction: bool | None) -> tuple[ModelConfig, tuple[str, ...]]:
+    """SD2.x: 64-wide U-Net heads, OpenCLIP; 768-v (v, 96 x 96 latents, fp32 attention) unless known to be ε.
+    The inpainting model (9 input channels) is ε at 512 px."""
+    unet, unet_assumed = _infer_unet(shapes, head_width=SD2_HEAD_WIDTH)
+    text, text_assumed = _infer_open_clip(shapes)
+    vae, vae_assumed = _infer_vae(shapes)
+    is_v = unet.in_channels == 4 and v_prediction is not False
+    config = ModelConfig(name="sd2-inferred", text_encoder=text, unet=replace(unet, upcast_attention=is_v), vae=vae,
+                         scheduler=SchedulerConfig(prediction_type="v_prediction" if is_v else "epsilon"),
+                         image_size=(96 if is_v else 64) * vae.downsample_factor)
+    if unet.in_channels == 9:
+        config = replace(config, name="sd2-inpainting-inferred")
+    guess = [V_GUESS] if v_prediction is None and unet.in_channels == 4 else []
+    return config, tuple(unet_assumed + text_assumed + vae_assumed + guess)
+
+
+def _check_fits(config: ModelConfig, shapes: Shapes, family: str = "SD1.x") -> None:
     """Every tensor the inferred model has, with its shape, and nothing else: else what did not fit."""
     expected, found = _expected_shapes(config), _prefixed(shapes)
     missing = [key for key in expected if key not in found]
@@ -265,5 +325,5 @@ def _check_fits(config: ModelConfig, shapes: Shapes) -> None:
     problems = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
                 for kind, keys in (("missing", missing), ("unexpected", extra), ("mis-shaped", misshaped)) if keys]
     if problems:
-        raise CheckpointError(f"looks like SD1.x (closest: {Recognised('SD1.x', config).summary()}) but did not "
+        raise CheckpointError(f"looks like {family} (closest: {Recognised(family, config).summary()}) but did not "
                               f"fit: {'; '.join(problems)}")

@@ -2,12 +2,14 @@
 `diffx.discovery`'s job).
 
 Three layouts are understood, all converted to the original single-file keys that diffx's modules
-mirror (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`):
+mirror (`model.diffusion_model.*`, `first_stage_model.*`, and `cond_stage_model.transformer.*` for SD1.x's
+CLIP or `cond_stage_model.model.*` for SD2.x's OpenCLIP):
 
-- *single file*: an original SD1.x checkpoint (`v1-5-pruned-emaonly.ckpt` / `.safetensors`), read with
-  `safetensors` or with diffx's code-free unpickler (`diffx.safe_checkpoint`);
+- *single file*: an original SD1.x or SD2.x checkpoint (`v1-5-pruned-emaonly.ckpt`,
+  `v2-1_768-ema-pruned.safetensors`), read with `safetensors` or with diffx's code-free unpickler
+  (`diffx.safe_checkpoint`);
 - *diffusers folder*: `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/` with config.json
-  files; U-Net and VAE names are mapped back by prefix rules generated from the config;
+  files; names are mapped back by `diffx.diffusers_layout`;
 - *diffx folder*: `model.safetensors` (original keys) + `config.json` (`ModelConfig.to_dict()`), the
   format of the embedded model.
 
@@ -18,6 +20,7 @@ copied, so loading needs about one model's worth of memory.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,19 +29,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diffx.architecture import recognise, unsupported_family
+from diffx.architecture import recognise
+from diffx.diffusers_layout import (
+    config_from_diffusers,
+    open_clip_from_transformers,
+    text_encoder_from_transformers,
+    unet_from_diffusers,
+    vae_from_diffusers,
+)
 from diffx.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
 from diffx.errors import CheckpointError, ModelNotFoundError, check_choice
 from diffx.files import atomic_output
-from diffx.models.configs import (
-    PREDICTION_TYPES,
-    ModelConfig,
-    SchedulerConfig,
-    TextEncoderConfig,
-    UNetConfig,
-    VAEConfig,
-)
-from diffx.models.stable_diffusion import ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
+from diffx.models.configs import PREDICTION_TYPES, ModelConfig
+from diffx.models.open_clip import OPEN_CLIP_PREFIX
+from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.safe_checkpoint import load_torch_zip
 
@@ -88,197 +92,6 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# diffusers names -> original (LDM) names
-#
-# A rule maps a diffusers module path to the LDM module path; a key is renamed by its longest module
-# prefix that has a rule (the transformer blocks inside attentions keep their names, so one rule per
-# attention suffices). The rules follow the block layout of `UNet`/`AutoencoderKL` for a config.
-
-UNET_RESNET_LEAVES = {
-    "norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection",
-}
-VAE_RESNET_LEAVES = {"conv_shortcut": "nin_shortcut"}
-# Newer diffusers names first, then the names of diffusers < 0.14 (query/key/value/proj_attn).
-VAE_ATTENTION_LEAVES = {
-    "group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
-    "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out",
-}
-
-
-def _add_rule(rules: dict[str, str], diffusers: str, original: str, leaves: dict[str, str] | None = None
-              ) -> None:
-    rules[diffusers] = original
-    for diffusers_leaf, original_leaf in (leaves or {}).items():
-        rules[f"{diffusers}.{diffusers_leaf}"] = f"{original}.{original_leaf}"
-
-
-def unet_rename_rules(config: UNetConfig) -> dict[str, str]:
-    """diffusers `UNet2DConditionModel` module paths -> LDM `UNetModel` module paths."""
-    rules = {
-        "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-        "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-    }
-    num_levels, per_level = len(config.channel_mult), config.num_res_blocks
-    block = 1  # input_blocks.0 is conv_in
-    for level in range(num_levels):
-        for i in range(per_level):
-            _add_rule(rules, f"down_blocks.{level}.resnets.{i}", f"input_blocks.{block}.0",
-                      UNET_RESNET_LEAVES)
-            if level in config.attention_levels:
-                _add_rule(rules, f"down_blocks.{level}.attentions.{i}", f"input_blocks.{block}.1")
-            block += 1
-        if level != num_levels - 1:
-            _add_rule(rules, f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{block}.0.op")
-            block += 1
-    _add_rule(rules, "mid_block.resnets.0", "middle_block.0", UNET_RESNET_LEAVES)
-    _add_rule(rules, "mid_block.attentions.0", "middle_block.1")
-    _add_rule(rules, "mid_block.resnets.1", "middle_block.2", UNET_RESNET_LEAVES)
-    block = 0
-    for up, level in enumerate(reversed(range(num_levels))):  # up_blocks.0 is the deepest level
-        has_attention = level in config.attention_levels
-        for i in range(per_level + 1):
-            _add_rule(rules, f"up_blocks.{up}.resnets.{i}", f"output_blocks.{block}.0", UNET_RESNET_LEAVES)
-            if has_attention:
-                _add_rule(rules, f"up_blocks.{up}.attentions.{i}", f"output_blocks.{block}.1")
-            if level != 0 and i == per_level:  # the upsampler follows the last resnet (and attention)
-                _add_rule(rules, f"up_blocks.{up}.upsamplers.0.conv",
-                          f"output_blocks.{block}.{2 if has_attention else 1}.conv")
-            block += 1
-    return rules
-
-
-def vae_rename_rules(config: VAEConfig) -> dict[str, str]:
-    """diffusers `AutoencoderKL` module paths -> LDM `AutoencoderKL` module paths."""
-    rules = {"encoder.conv_norm_out": "encoder.norm_out", "decoder.conv_norm_out": "decoder.norm_out"}
-    num_levels, per_level = len(config.ch_mult), config.num_res_blocks
-    for level in range(num_levels):
-        for i in range(per_level):
-            _add_rule(rules, f"encoder.down_blocks.{level}.resnets.{i}", f"encoder.down.{level}.block.{i}",
-                      VAE_RESNET_LEAVES)
-        if level != num_levels - 1:
-            _add_rule(rules, f"encoder.down_blocks.{level}.downsamplers.0.conv",
-                      f"encoder.down.{level}.downsample.conv")
-    for up, level in enumerate(reversed(range(num_levels))):  # decoder.up_blocks.0 is LDM's up.{last}
-        for i in range(per_level + 1):
-            _add_rule(rules, f"decoder.up_blocks.{up}.resnets.{i}", f"decoder.up.{level}.block.{i}",
-                      VAE_RESNET_LEAVES)
-        if level != 0:
-            _add_rule(rules, f"decoder.up_blocks.{up}.upsamplers.0.conv", f"decoder.up.{level}.upsample.conv")
-    for part in ("encoder", "decoder"):
-        for i in range(2):
-            _add_rule(rules, f"{part}.mid_block.resnets.{i}", f"{part}.mid.block_{i + 1}", VAE_RESNET_LEAVES)
-        _add_rule(rules, f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1", VAE_ATTENTION_LEAVES)
-    return rules
-
-
-def rename_key(key: str, rules: dict[str, str]) -> str:
-    """Rename `key` by the rule of its longest module prefix; keys without a rule keep their name."""
-    parts = key.split(".")
-    for end in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:end])
-        if prefix in rules:
-            return ".".join([rules[prefix], *parts[end:]])
-    return key
-
-
-def unet_from_diffusers(state_dict: dict[str, Tensor], config: UNetConfig) -> dict[str, Tensor]:
-    """A diffusers U-Net state dict -> original keys (`model.diffusion_model.*`)."""
-    rules = unet_rename_rules(config)
-    return {ORIGINAL_PREFIXES["unet"] + rename_key(key, rules): tensor for key, tensor in state_dict.items()}
-
-
-def vae_from_diffusers(state_dict: dict[str, Tensor], config: VAEConfig) -> dict[str, Tensor]:
-    """A diffusers VAE state dict -> original keys (`first_stage_model.*`).
-
-    The mid-block attention of the LDM VAE uses 1x1 convolutions where diffusers uses Linear layers:
-    same numbers, weight (C, C) -> (C, C, 1, 1).
-    """
-    rules = vae_rename_rules(config)
-    converted = {}
-    for key, tensor in state_dict.items():
-        original = rename_key(key, rules)
-        if ".mid.attn_1." in original and original.endswith(".weight") and tensor.ndim == 2:
-            tensor = tensor[:, :, None, None]
-        converted[ORIGINAL_PREFIXES["vae"] + original] = tensor
-    return converted
-
-
-def text_encoder_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A transformers `CLIPTextModel` state dict -> original keys (`cond_stage_model.transformer.*`).
-
-    transformers < 5 saved the keys under `text_model.` (as all SD folders on the hub have them);
-    transformers 5 saves them without it.
-    """
-    prefix = ORIGINAL_PREFIXES["text_encoder"]
-    return {
-        prefix + ("" if key.startswith("text_model.") else "text_model.") + key: tensor
-        for key, tensor in state_dict.items() if not key.endswith("embeddings.position_ids")
-    }
-
-
-# ---------------------------------------------------------------------------------------------------
-# Configs
-
-
-def _not_sd1(path: Path, family: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {unsupported_family(family)}")
-
-
-def config_from_diffusers(folder: Path) -> ModelConfig:
-    """Our `ModelConfig` from the config.json files of a diffusers Stable Diffusion folder."""
-    unet = read_json(folder / "unet" / "config.json")
-    vae = read_json(folder / "vae" / "config.json")
-    text = read_json(folder / "text_encoder" / "config.json")
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler = read_json(scheduler_file) if scheduler_file.is_file() else {}
-
-    if unet.get("addition_embed_type") == "text_time":
-        raise _not_sd1(folder, "SDXL")
-    if unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
-        raise _not_sd1(folder, "SD2.x")
-    # A diffusers quirk: for SD1.x, `attention_head_dim` holds the number of heads (8), not their width.
-    heads = unet.get("num_attention_heads") or unet.get("attention_head_dim", 8)
-    if isinstance(heads, list):
-        if len(set(heads)) != 1:
-            raise CheckpointError(f"{folder}: a U-Net with per-level head counts {heads}; diffx's SD1.x U-Net "
-                                  "has the same number of heads at every level")
-        heads = heads[0]
-    unet_channels = unet["block_out_channels"]
-    vae_channels = vae["block_out_channels"]
-    vae_config = VAEConfig(
-        in_channels=vae.get("in_channels", 3), out_ch=vae.get("out_channels", 3), ch=vae_channels[0],
-        ch_mult=tuple(c // vae_channels[0] for c in vae_channels),
-        num_res_blocks=vae.get("layers_per_block", 2),
-        z_channels=vae.get("latent_channels", 4), embed_dim=vae.get("latent_channels", 4),
-        norm_num_groups=vae.get("norm_num_groups", 32), scaling_factor=vae.get("scaling_factor", 0.18215),
-    )
-    defaults = SchedulerConfig()
-    return ModelConfig(
-        name=folder.name,
-        text_encoder=TextEncoderConfig(**{
-            name: text[name] for name in TextEncoderConfig.__dataclass_fields__ if name in text
-        }),
-        unet=UNetConfig(
-            in_channels=unet.get("in_channels", 4), out_channels=unet.get("out_channels", 4),
-            model_channels=unet_channels[0], channel_mult=tuple(c // unet_channels[0] for c in unet_channels),
-            num_res_blocks=unet.get("layers_per_block", 2),
-            attention_levels=tuple(
-                level for level, kind in enumerate(unet["down_block_types"]) if kind.startswith("CrossAttn")
-            ),
-            num_heads=heads, transformer_depth=unet.get("transformer_layers_per_block", 1),
-            context_dim=unet.get("cross_attention_dim", 768), norm_num_groups=unet.get("norm_num_groups", 32),
-        ),
-        vae=vae_config,
-        scheduler=SchedulerConfig(**{
-            name: scheduler.get(name, getattr(defaults, name))
-            for name in SchedulerConfig.__dataclass_fields__
-        }),
-        image_size=unet.get("sample_size", 64) * vae_config.downsample_factor,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 # Loading and saving
 
 
@@ -325,20 +138,31 @@ def _modern_text_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def _read_single_file(path: Path, config: ModelConfig | None, choice: str) -> tuple[ModelConfig, dict, str]:
     """The config (given, or recognised from the tensors), the weights, and a note on what was recognised."""
     state_dict, taken = _select_weights(_modern_text_keys(read_state_dict(path)), choice)
-    # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids) are
-    # not weights of diffx's modules.
-    position_ids = ORIGINAL_PREFIXES["text_encoder"] + "text_model.embeddings.position_ids"
-    state_dict = {key: tensor for key, tensor in state_dict.items() if key != position_ids}
+    # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids, OpenCLIP's
+    # contrastive head, which SD2 does not use) are not weights of diffx's modules.
+    unused = {ORIGINAL_PREFIXES["text_encoder"] + "text_model.embeddings.position_ids",
+              OPEN_CLIP_PREFIX + "text_projection", OPEN_CLIP_PREFIX + "logit_scale"}
+    state_dict = {key: tensor for key, tensor in state_dict.items() if key not in unused}
     if config is not None:
         note = f"the {config.name} config as given"
     else:
         try:
-            recognised = recognise({key: tuple(t.shape) for key, t in state_dict.items()})
+            recognised = recognise({key: tuple(t.shape) for key, t in state_dict.items()}, v_prediction_hint(path))
         except CheckpointError as error:
             raise CheckpointError(f"{path}: {error}") from None
         config, note = recognised.config, f"recognised {recognised.summary()}"
-    modules = tuple(ORIGINAL_PREFIXES.values())
-    return config, {key: t for key, t in state_dict.items() if key.startswith(modules)}, f"{note}; {taken}"
+    return config, {key: t for key, t in state_dict.items() if key.startswith(ALL_PREFIXES)}, f"{note}; {taken}"
+
+
+def v_prediction_hint(path: Path) -> bool | None:
+    """What an LDM config beside a single file says: `v2-1_768-ema-pruned.yaml` next to the .safetensors (as
+    the Stability repositories ship them, and A1111 reads them) has `parameterization: "v"` for a v-model.
+    None when there is no such file: SD2's 512-base and 768-v have the same tensors, so nothing else tells."""
+    yaml = path.with_suffix(".yaml")
+    if not yaml.is_file():
+        return None
+    return re.search(r"^\s*parameterization:\s*[\"']?v[\"']?\s*(#.*)?$", yaml.read_text(errors="replace"),
+                     re.M) is not None
 
 
 def _component_state_dict(folder: Path) -> dict[str, Tensor]:
@@ -350,8 +174,10 @@ def _component_state_dict(folder: Path) -> dict[str, Tensor]:
 
 def _read_diffusers(folder: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     config = config_from_diffusers(folder)
+    text = open_clip_from_transformers if config.text_encoder.layout == "open_clip" else \
+        text_encoder_from_transformers
     return config, {
-        **text_encoder_from_transformers(_component_state_dict(folder / "text_encoder")),
+        **text(_component_state_dict(folder / "text_encoder")),
         **unet_from_diffusers(_component_state_dict(folder / "unet"), config.unet),
         **vae_from_diffusers(_component_state_dict(folder / "vae"), config.vae),
     }
@@ -404,12 +230,13 @@ def describe_architecture(source: ModelSource) -> str:
     a single file's tensors, or from a folder's config; for a file diffx cannot load, why."""
     try:
         if source.format == "single-file":
-            return recognise(_modern_text_keys(read_shapes(source.path))).summary()
+            return recognise(_modern_text_keys(read_shapes(source.path)), v_prediction_hint(source.path)).summary()
         config = config_from_diffusers(source.path) if source.format == "diffusers" else \
             ModelConfig.from_dict(read_json(source.path / "config.json"))
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
-    return f"SD1.x ({config.name}), predicts {config.scheduler.prediction_type}"
+    family = "SD2.x" if config.text_encoder.layout == "open_clip" else "SD1.x"
+    return f"{family} ({config.name}), predicts {config.scheduler.prediction_type}"
 
 
 def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:

@@ -50,12 +50,19 @@ def odd_size() -> ModelConfig:
         image_size=128)
 
 
+PRESET_FAMILIES = {"sd21-v": "SD2.x", "sd21-base": "SD2.x", "sd2-inpainting": "SD2.x inpainting"}
+
+
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_is_recognised_from_its_shapes(preset):
-    """SD1.5-size presets on the meta device (shapes only, no memory)."""
-    recognised = recognise(shapes_of(PRESETS[preset]()))
-    assert (recognised.family, recognised.preset, recognised.config) == ("SD1.x", preset, PRESETS[preset]())
-    assert recognised.summary() == f"SD1.x (the {preset} preset)"
+    """Full-size presets on the meta device (shapes only, no memory). SD2's 512-base and 768-v have the same
+    tensors: what an LDM .yaml beside the file says (v or not) tells them apart."""
+    config = PRESETS[preset]()
+    hint = config.scheduler.prediction_type == "v_prediction" if preset.startswith("sd21") else None
+    recognised = recognise(shapes_of(config), hint)
+    family = PRESET_FAMILIES.get(preset, "SD1.x")
+    assert (recognised.family, recognised.preset, recognised.config) == (family, preset, config)
+    assert recognised.summary() == f"{family} (the {preset} preset)"
 
 
 def test_sd15_is_what_diffusers_calls_v1_and_inpainting():
@@ -104,12 +111,8 @@ def test_diffusers_converter_accepts_the_inferred_unet():
      "SDXL base", "xl_base"),
     ({"conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias": (1280,),
       UNET + "input_blocks.0.0.weight": (384, 4, 3, 3)}, "SDXL refiner", "xl_refiner"),
-    ({"cond_stage_model.model.ln_final.weight": (1024,), UNET + "input_blocks.0.0.weight": (320, 4, 3, 3),
-      UNET + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)},
-     "SD2.x (512-base or 768-v; the file does not say which)", "v2"),
-    ({"cond_stage_model.model.ln_final.weight": (1024,), UNET + "input_blocks.0.0.weight": (320, 9, 3, 3),
-      UNET + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)},
-     "SD2.x inpainting", "inpainting_v2"),
+    ({"cond_stage_model.model.ln_final.weight": (1024,), UNET + "input_blocks.0.0.weight": (320, 7, 3, 3),
+      UNET + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)}, "SD2.x x4 upscaler", "v2"),
 ])
 def test_other_families_are_recognised_and_refused_in_one_line(tmp_path, keys, family, diffusers_type):
     tensors = {key: torch.zeros(shape) for key, shape in keys.items()}

@@ -77,10 +77,15 @@ class AttentionLayer(nn.Module):
 
     kind: str = "self"
     layer_name: str = ""
+    # Compute in fp32 whatever the weights' dtype (SD2-768: in fp16 its attention scores overflow).
+    upcast: bool = False
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, heads: int, causal: bool = False) -> Tensor:
-        """Multi-head attention over (B, N, C) tensors -> (B, N_query, C)."""
+        """Multi-head attention over (B, N, C) tensors -> (B, N_query, C), in the inputs' dtype."""
         batch, n_query, channels = q.shape
+        dtype = q.dtype
+        if self.upcast:
+            q, k, v = q.float(), k.float(), v.float()
         head_dim = channels // heads
         # (B, N, C) -> (B, heads, N, head_dim)
         q, k, v = (x.reshape(batch, -1, heads, head_dim).transpose(1, 2) for x in (q, k, v))
@@ -98,7 +103,7 @@ class AttentionLayer(nn.Module):
             rows = wanted if isinstance(wanted, slice) else slice(None)
             # An observer sees the probabilities that were used: the edited ones where an editor acted.
             observer.observe(self, probs[rows] if probs is not None else attention_probs(q[rows], k[rows], causal))
-        return out.transpose(1, 2).reshape(batch, n_query, channels)
+        return out.transpose(1, 2).reshape(batch, n_query, channels).to(dtype)
 
 
 def attention_probs(q: Tensor, k: Tensor, causal: bool = False) -> Tensor:

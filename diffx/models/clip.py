@@ -130,6 +130,8 @@ class ClipTextTransformer(nn.Module):
 class TextEncoder(nn.Module):
     """CLIP text encoder: token ids (B, 77) -> last hidden state (B, 77, hidden), SD1.x's context."""
 
+    checkpoint_prefix = "cond_stage_model.transformer."  # where an SD1.x single file keeps it
+
     def __init__(self, config: TextEncoderConfig | None = None):
         super().__init__()
         self.config = config or TextEncoderConfig()

@@ -1,17 +1,27 @@
-"""Model configurations as dataclasses, with the SD1.5 preset and small sizes.
+"""Model configurations as dataclasses, with the SD1.5 and SD2.x presets and small sizes.
 
 Field names follow the original (CompVis/LDM) configs so a reader can compare them with
-`v1-inference.yaml`; `sd15()` reproduces that file's numbers.
+`v1-inference.yaml` and `v2-inference(-v).yaml`; `sd15()` and `sd21_v()` reproduce those files' numbers.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# Text-encoder checkpoint layouts: OpenAI CLIP as transformers names it (SD1.x, `cond_stage_model.transformer.*`)
+# and OpenCLIP's (SD2.x, `cond_stage_model.model.*`: fused in_proj, `resblocks`, `ln_final`).
+TEXT_LAYOUTS = ("clip", "open_clip")
+
 
 @dataclass
 class TextEncoderConfig:
-    """CLIP text transformer (Radford et al. 2021), ViT-L/14 text tower for SD1.x."""
+    """CLIP text transformer (Radford et al. 2021): ViT-L/14's text tower for SD1.x, OpenCLIP ViT-H/14's for SD2.x.
+
+    `skipped_layers`: the last blocks whose output is not used; SD2 reads the penultimate block's output
+    (LDM's `FrozenOpenCLIPEmbedder(layer="penultimate")`) and then applies `ln_final`, so it skips 1 of 24.
+    `pad_token`: what fills the 77 positions after the end token: `<|endoftext|>` for SD1.x, `!` (id 0,
+    as `open_clip.tokenize` pads with zeros) for SD2.x.
+    """
 
     vocab_size: int = 49408
     max_position_embeddings: int = 77
@@ -21,6 +31,9 @@ class TextEncoderConfig:
     num_attention_heads: int = 12
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"
+    layout: str = "clip"
+    skipped_layers: int = 0
+    pad_token: str = "<|endoftext|>"
 
 
 @dataclass
@@ -38,6 +51,15 @@ class UNetConfig:
     transformer_depth: int = 1
     context_dim: int = 768
     norm_num_groups: int = 32
+    # SD2.x: heads of a fixed width (64) instead of a fixed count (num_head_channels = -1 keeps num_heads),
+    # Linear instead of 1x1-conv proj_in/proj_out, and attention computed in fp32 (SD2-768, `ATTN_PRECISION`).
+    num_head_channels: int = -1
+    use_linear_in_transformer: bool = False
+    upcast_attention: bool = False
+
+    def heads_at(self, channels: int) -> int:
+        """The attention heads of a transformer `channels` wide: num_heads, or channels / num_head_channels."""
+        return self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
 
     @property
     def time_embed_dim(self) -> int:
@@ -143,6 +165,39 @@ def sd15_inpainting() -> ModelConfig:
     return config
 
 
+def sd21_v() -> ModelConfig:
+    """Stable Diffusion 2.1-v (`v2-inference-v.yaml`): OpenCLIP ViT-H/14 text tower (1024 wide, 24 blocks, the
+    penultimate one's output used), 64-wide U-Net heads (5, 10, 20, 20), Linear proj_in/out, context 1024,
+    v-prediction at 768 px; attention in fp32 (diffusers' `upcast_attention`: in fp16 it overflows)."""
+    return ModelConfig(
+        name="sd21-v",
+        text_encoder=TextEncoderConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                       num_attention_heads=16, hidden_act="gelu", layout="open_clip",
+                                       skipped_layers=1, pad_token="!"),
+        unet=UNetConfig(num_head_channels=64, use_linear_in_transformer=True, context_dim=1024,
+                        upcast_attention=True),
+        scheduler=SchedulerConfig(prediction_type="v_prediction"),
+        image_size=768,
+    )
+
+
+def sd21_base() -> ModelConfig:
+    """Stable Diffusion 2.x-base (`v2-inference.yaml`): the same shapes as 2.1-v, ε-prediction at 512 px."""
+    config = sd21_v()
+    config.name, config.image_size = "sd21-base", 512
+    config.unet.upcast_attention = False
+    config.scheduler.prediction_type = "epsilon"
+    return config
+
+
+def sd2_inpainting() -> ModelConfig:
+    """SD2 inpainting (`v2-inpainting-inference.yaml`, from 2.0-base): 9 input channels, ε, 512 px."""
+    config = sd21_base()
+    config.name = "sd2-inpainting"
+    config.unet.in_channels = 9
+    return config
+
+
 def tiny() -> ModelConfig:
     """A few-kB model with every architectural feature of SD1.5, for fast tests."""
     return ModelConfig(
@@ -179,7 +234,8 @@ def shapes_world() -> ModelConfig:
     )
 
 
-PRESETS = {"sd15": sd15, "sd15-inpainting": sd15_inpainting, "tiny": tiny, "shapes-world": shapes_world}
+PRESETS = {"sd15": sd15, "sd15-inpainting": sd15_inpainting, "sd21-v": sd21_v, "sd21-base": sd21_base,
+           "sd2-inpainting": sd2_inpainting, "tiny": tiny, "shapes-world": shapes_world}
 
 
 def _lists(value: object) -> object:

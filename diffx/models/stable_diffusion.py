@@ -1,8 +1,10 @@
-"""The Stable Diffusion v1 model stack in one object: tokenizer, text encoder, U-Net, VAE.
+"""The Stable Diffusion v1/v2 model stack in one object: tokenizer, text encoder, U-Net, VAE.
 
-Its weights are exchanged in the *original* single-file layout of CompVis/Runway checkpoints
-(`v1-5-pruned-emaonly.ckpt`), where each component sits under one prefix. The modules mirror those
-keys exactly, so converting is only adding or removing the prefix.
+Its weights are exchanged in the *original* single-file layout of CompVis/Runway/Stability checkpoints
+(`v1-5-pruned-emaonly.ckpt`, `v2-1_768-ema-pruned.safetensors`), where each component sits under one
+prefix. The modules mirror those keys exactly, so converting is only adding or removing the prefix.
+SD1.x keeps its CLIP text encoder under `cond_stage_model.transformer.`, SD2.x its OpenCLIP one under
+`cond_stage_model.model.` (`TextEncoder.checkpoint_prefix`, `OpenClipTextEncoder.checkpoint_prefix`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from diffx.errors import CheckpointError
+from diffx.errors import CheckpointError, check_choice
 from diffx.models.clip import TextEncoder
-from diffx.models.configs import ModelConfig
+from diffx.models.configs import TEXT_LAYOUTS, ModelConfig
+from diffx.models.open_clip import OPEN_CLIP_PREFIX, OpenClipTextEncoder
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.models.unet import UNet
 from diffx.models.vae import AutoencoderKL
 
-# Component attribute -> its key prefix in an original SD1.x checkpoint.
+# Component attribute -> its key prefix in an original SD1.x checkpoint (SD2.x: the text encoder's differs).
 ORIGINAL_PREFIXES = {
     "unet": "model.diffusion_model.",
     "vae": "first_stage_model.",
-    "text_encoder": "cond_stage_model.transformer.",
+    "text_encoder": TextEncoder.checkpoint_prefix,
 }
+# Every prefix a diffx model's tensors may have in a single file.
+ALL_PREFIXES = (*ORIGINAL_PREFIXES.values(), OPEN_CLIP_PREFIX)
 
 
 @dataclass
@@ -35,7 +40,7 @@ class StableDiffusion:
 
     config: ModelConfig
     tokenizer: ClipTokenizer
-    text_encoder: TextEncoder
+    text_encoder: TextEncoder | OpenClipTextEncoder
     unet: UNet
     vae: AutoencoderKL
     source: str
@@ -52,6 +57,10 @@ class StableDiffusion:
 
     def modules(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in ORIGINAL_PREFIXES}
+
+    def prefixes(self) -> dict[str, str]:
+        """Component attribute -> its key prefix in this model's single-file layout."""
+        return {**ORIGINAL_PREFIXES, "text_encoder": self.text_encoder.checkpoint_prefix}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
            ) -> StableDiffusion:
@@ -70,8 +79,9 @@ class StableDiffusion:
 
     def original_state_dict(self) -> dict[str, Tensor]:
         """All weights under their original single-file keys (`model.diffusion_model.input_blocks...`)."""
+        prefixes = self.prefixes()
         return {
-            ORIGINAL_PREFIXES[name] + key: tensor
+            prefixes[name] + key: tensor
             for name, module in self.modules().items()
             for key, tensor in module.state_dict().items()
         }
@@ -97,11 +107,11 @@ class StableDiffusion:
             ]
             raise CheckpointError(
                 f"weights from {self.source} do not fit the {self.config.name} model: {'; '.join(problems)}; "
-                "is this checkpoint an SD1.x model of that size?"
+                "is this checkpoint a model of that family and size?"
             )
         loadable = set(expected) - set(missing) - {entry.split(" ")[0] for entry in misshaped}
         for name, module in self.modules().items():
-            prefix = ORIGINAL_PREFIXES[name]
+            prefix = self.prefixes()[name]
             part = {key[len(prefix):]: state_dict[key] for key in loadable if key.startswith(prefix)}
             module.load_state_dict(part, strict=strict, assign=True)
 
@@ -109,11 +119,15 @@ class StableDiffusion:
 def build(
     config: ModelConfig, tokenizer: ClipTokenizer | None = None, source: str = "random init"
 ) -> StableDiffusion:
-    """A model with freshly initialised weights (or meta tensors, inside `torch.device("meta")`)."""
+    """A model with freshly initialised weights (or meta tensors, inside `torch.device("meta")`).
+
+    The tokenizer pads with the config's pad token (SD2.x: `!`)."""
+    text = config.text_encoder
+    encoder = OpenClipTextEncoder if check_choice("layout", text.layout, TEXT_LAYOUTS) == "open_clip" else TextEncoder
     return StableDiffusion(
         config=config,
-        tokenizer=tokenizer or ClipTokenizer.default(),
-        text_encoder=TextEncoder(config.text_encoder),
+        tokenizer=(tokenizer or ClipTokenizer.default()).padded_with(text.pad_token),
+        text_encoder=encoder(text),
         unet=UNet(config.unet),
         vae=AutoencoderKL(config.vae),
         source=source,

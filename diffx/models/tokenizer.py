@@ -9,7 +9,9 @@ A prompt becomes 77 token ids in four steps, the same as OpenAI's `SimpleTokeniz
    English contractions ('s 't 're 've 'm 'll 'd);
 3. byte-level BPE per word: its UTF-8 bytes as printable characters (`bytes_to_unicode`), the last one
    marked with `</w>`, then the learned merges applied lowest rank first until none applies;
-4. `<|startoftext|>` + up to 75 BPE tokens + `<|endoftext|>`, padded with `<|endoftext|>` to 77.
+4. `<|startoftext|>` + up to 75 BPE tokens + `<|endoftext|>`, padded to 77 with the pad token:
+   `<|endoftext|>` for SD1.x (transformers' CLIPTokenizer), `!` (id 0) for SD2.x (`open_clip.tokenize`
+   pads with zeros; diffusers' SD2 tokenizer says `pad_token: "!"`).
 
 The vocabulary comes from CLIP's `bpe_simple_vocab_16e6.txt.gz` (shipped in data/) or from an SD
 `tokenizer/` folder (`vocab.json` + `merges.txt`); both give the same ids.
@@ -17,6 +19,7 @@ The vocabulary comes from CLIP's `bpe_simple_vocab_16e6.txt.gz` (shipped in data
 
 from __future__ import annotations
 
+import copy
 import functools
 import gzip
 import json
@@ -124,7 +127,7 @@ class TokenizedPrompt:
     """One prompt as the text encoder sees it, with the map from token positions back to words."""
 
     prompt: str
-    ids: list[int]  # CONTEXT_LENGTH ids: start, BPE tokens, end, end-padding
+    ids: list[int]  # CONTEXT_LENGTH ids: start, BPE tokens, end, padding
     tokens: list[str]  # the BPE token string at each position ('cat</w>', '<|endoftext|>')
     word_ids: list[int | None]  # index into `words` for each position; None for start/end/padding
     words: list[str]  # pre-tokenizer pieces of the cleaned prompt (punctuation runs are words too)
@@ -140,11 +143,12 @@ class TokenizedPrompt:
 class ClipTokenizer:
     """CLIP's byte-level BPE tokenizer. `encode` one prompt, or call on a list for a (B, 77) tensor."""
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
-        missing = [token for token in (START_TOKEN, END_TOKEN) if token not in vocab]
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pad_token: str = END_TOKEN):
+        missing = [token for token in (START_TOKEN, END_TOKEN, pad_token) if token not in vocab]
         if missing:
             raise CheckpointError(f"tokenizer vocabulary lacks {', '.join(missing)}; use a CLIP vocab.json")
         self.vocab = vocab
+        self.pad_token = pad_token
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {char: b for b, char in self.byte_encoder.items()}
@@ -187,6 +191,16 @@ class ClipTokenizer:
         lines = merges_file.read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
         return cls(vocab, merges)
+
+    def padded_with(self, pad_token: str) -> ClipTokenizer:
+        """This tokenizer padding with `pad_token` instead (the vocabulary and BPE cache are shared)."""
+        if pad_token == self.pad_token:
+            return self
+        if pad_token not in self.vocab:
+            raise CheckpointError(f"pad token {pad_token!r} is not in the tokenizer's vocabulary")
+        twin = copy.copy(self)
+        twin.pad_token = pad_token
+        return twin
 
     def bpe(self, word: str) -> list[str]:
         """Byte-pair-encode one pre-tokenized word (already byte-mapped) into vocabulary tokens."""
@@ -245,7 +259,7 @@ class ClipTokenizer:
         tokens, word_ids = tokens[:keep], word_ids[:keep]
         num_tokens = len(tokens) + 2
         padding = CONTEXT_LENGTH - num_tokens
-        all_tokens = [START_TOKEN, *tokens, END_TOKEN] + [END_TOKEN] * padding
+        all_tokens = [START_TOKEN, *tokens, END_TOKEN] + [self.pad_token] * padding
         return TokenizedPrompt(
             prompt=prompt,
             ids=[self.vocab[token] for token in all_tokens],

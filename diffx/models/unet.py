@@ -7,6 +7,12 @@ the text tokens (keys and values) — the only place where the prompt enters the
 
 Every attribute path mirrors the original checkpoint keys (`model.diffusion_model.<path>`), so an SD1.5
 checkpoint loads with no renaming: `input_blocks.1.0.in_layers.2.weight`, `middle_block.1.proj_in.bias`...
+
+SD2.x's U-Net is the same network with three changes (`v2-inference.yaml`): its heads are 64 wide
+(`num_head_channels: 64`, so 5, 10, 20, 20 heads at 320, 640, 1280, 1280 channels, where SD1.x has 8 at
+every level), its transformers project in and out with Linear layers over the tokens instead of 1x1
+convolutions (`use_linear_in_transformer`: the same map, stored (C, C) instead of (C, C, 1, 1), applied
+after the flattening), and the 768-v model computes attention in fp32 (`upcast_attention`).
 """
 
 from __future__ import annotations
@@ -63,10 +69,10 @@ class ResBlock(nn.Module):
 class CrossAttention(AttentionLayer):
     """Multi-head attention from `x` (queries) to `context` (keys, values); self-attention without context."""
 
-    def __init__(self, query_dim: int, heads: int, context_dim: int | None = None):
+    def __init__(self, query_dim: int, heads: int, context_dim: int | None = None, upcast: bool = False):
         super().__init__()
         self.kind = "self" if context_dim is None else "cross"
-        self.heads = heads
+        self.heads, self.upcast = heads, upcast
         key_dim = query_dim if context_dim is None else context_dim
         self.to_q = nn.Linear(query_dim, query_dim, bias=False)
         self.to_k = nn.Linear(key_dim, query_dim, bias=False)
@@ -105,12 +111,12 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Pre-norm transformer block: self-attention, cross-attention to the text, feed-forward."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, context_dim: int, upcast: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = CrossAttention(dim, heads)
+        self.attn1 = CrossAttention(dim, heads, upcast=upcast)
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = CrossAttention(dim, heads, context_dim=context_dim)
+        self.attn2 = CrossAttention(dim, heads, context_dim=context_dim, upcast=upcast)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
@@ -121,25 +127,35 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Runs transformer blocks over the pixels of a feature map as a sequence of H*W tokens, residually."""
+    """Runs transformer blocks over the pixels of a feature map as a sequence of H*W tokens, residually.
 
-    def __init__(self, channels: int, heads: int, depth: int, context_dim: int, groups: int):
+    proj_in/proj_out are 1x1 convolutions on the map (SD1.x) or, with `use_linear_in_transformer`, Linear
+    layers on the tokens (SD2.x): one per-pixel linear map either way, applied before/after flattening.
+    """
+
+    def __init__(self, channels: int, config: UNetConfig):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.linear = config.use_linear_in_transformer
+        self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels) if self.linear else nn.Conv2d(channels, channels, 1)
+        heads = config.heads_at(channels)  # SD1.5: 8 everywhere; SD2.x: 320 / 64 = 5 ... 1280 / 64 = 20
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(channels, heads, context_dim) for _ in range(depth)
+            BasicTransformerBlock(channels, heads, config.context_dim, config.upcast_attention)
+            for _ in range(config.transformer_depth)
         )
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Linear(channels, channels) if self.linear else nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
-        h = self.proj_in(self.norm(x))
+        h = self.norm(x)
+        h = h if self.linear else self.proj_in(h)
         h = h.permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # (B, C, H, W) -> (B, H*W, C)
+        h = self.proj_in(h) if self.linear else h
         for block in self.transformer_blocks:
             h = block(h, context)
+        h = self.proj_out(h) if self.linear else h
         h = h.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # (B, H*W, C) -> (B, C, H, W)
-        return x + self.proj_out(h)
+        return x + (h if self.linear else self.proj_out(h))
 
 
 class Downsample(nn.Module):
@@ -192,9 +208,7 @@ class UNet(nn.Module):
             return ResBlock(in_ch, emb_dim, out_ch, groups)
 
         def transformer(ch: int) -> SpatialTransformer:
-            return SpatialTransformer(
-                ch, config.num_heads, config.transformer_depth, config.context_dim, groups
-            )
+            return SpatialTransformer(ch, config)
 
         self.time_embed = nn.Sequential(
             nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)

@@ -19,7 +19,10 @@ VAE_PREFIX = "first_stage_model."
 
 
 def ldm_unet_params(cfg: UNetConfig) -> dict:
-    """`model.params.unet_config.params` of the original yaml (without `image_size`)."""
+    """`model.params.unet_config.params` of the original yaml (without `image_size`); SD2's yaml gives
+    `num_head_channels: 64` and `use_linear_in_transformer: True` instead of `num_heads`."""
+    heads = ({"num_heads": cfg.num_heads} if cfg.num_head_channels == -1 else
+             {"num_head_channels": cfg.num_head_channels, "use_linear_in_transformer": cfg.use_linear_in_transformer})
     return {
         "in_channels": cfg.in_channels,
         "out_channels": cfg.out_channels,
@@ -28,7 +31,7 @@ def ldm_unet_params(cfg: UNetConfig) -> dict:
         "attention_resolutions": [2**level for level in cfg.attention_levels],
         "num_res_blocks": cfg.num_res_blocks,
         "channel_mult": list(cfg.channel_mult),
-        "num_heads": cfg.num_heads,
+        **heads,
         "use_spatial_transformer": True,
         "transformer_depth": cfg.transformer_depth,
         "context_dim": cfg.context_dim,
@@ -73,10 +76,12 @@ def ldm_original_config(model_config: ModelConfig) -> dict:
 
 
 def diffusers_unet_config(model_config: ModelConfig, checkpoint: dict) -> dict:
-    """`UNet2DConditionModel(**config)` arguments; the yaml has no GroupNorm group count, so add ours."""
+    """`UNet2DConditionModel(**config)` arguments; the yaml has no GroupNorm group count nor attention upcast
+    (an environment variable of the LDM code, `ATTN_PRECISION`), so add ours."""
     original = ldm_original_config(model_config)
     config = single_file_utils.create_unet_diffusers_config_from_ldm(original, checkpoint)
-    return {**config, "norm_num_groups": model_config.unet.norm_num_groups}
+    return {**config, "norm_num_groups": model_config.unet.norm_num_groups,
+            "upcast_attention": model_config.unet.upcast_attention}
 
 
 def diffusers_vae_config(model_config: ModelConfig, checkpoint: dict) -> dict:

@@ -9,7 +9,7 @@ import torch
 from diffusers.models.embeddings import get_timestep_embedding
 
 from diffx.errors import InvalidArgumentError
-from diffx.models.configs import ModelConfig, sd15, shapes_world, tiny
+from diffx.models.configs import ModelConfig, sd15, sd21_v, shapes_world, tiny
 from diffx.models.unet import UNet, timestep_embedding
 from tests.models.ldm_configs import reference_unet
 
@@ -43,9 +43,11 @@ def test_small_unets_match_diffusers(make_config):
 
 
 @pytest.mark.slow
-def test_sd15_unet_matches_diffusers():
-    diff = max_abs_diff_to_diffusers(sd15(), latent_size=8)
-    print(f"SD1.5 U-Net max abs diff vs diffusers: {diff:.3g}")
+@pytest.mark.parametrize("make_config", [sd15, sd21_v], ids=lambda f: f.__name__)
+def test_full_size_unet_matches_diffusers(make_config):
+    """SD1.5's and SD2.1-v's whole U-Nets (SD2.1: 5/10/20/20 heads, Linear proj, context 1024), 8x8 latent."""
+    diff = max_abs_diff_to_diffusers(make_config(), latent_size=8)
+    print(f"{make_config.__name__} U-Net max abs diff vs diffusers: {diff:.3g}")
     assert diff <= 1e-4
 
 

@@ -1,0 +1,195 @@
+"""SD2.x end to end: a single file written from diffusers/transformers models, a diffusers folder, and a whole
+v-prediction text-to-image run, against diffusers' StableDiffusionPipeline.
+
+The models are random and small but SD2-shaped (OpenCLIP layout with a skipped last block and "!" padding,
+64-wide U-Net heads, Linear proj_in/out, fp32 attention, v-prediction): SD2.1's full widths are covered by
+tests/models/test_sd2_models.py; here each run must take seconds on 2 cores. The single file is written by
+the *inverse* of diffusers' own LDM converters (`convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
+`convert_open_clip_checkpoint`): each converter is run once on a file whose every number is its own index,
+which tells where each diffusers tensor's numbers came from; the diffusers models' tensors are put back there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from safetensors.torch import save_file
+
+from diffx.models.configs import ModelConfig
+from diffx.models.open_clip import OPEN_CLIP_PREFIX
+from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
+from diffx.pipeline import GenerationSettings, generate
+from diffx.weights import load_model
+from tests.models.ldm_configs import diffusers_unet_config, diffusers_vae_config
+from tests.models.sd2_models import randomise_norms, small_sd2
+from tests.models.tokenizer_files import write_vocab_folder
+from tests.test_pipeline import PROMPT, SIZE, assert_same_image
+
+# SD2's scheduler_config.json (stabilityai/stable-diffusion-2-1), for DDIM.
+SD2_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                 "num_train_timesteps": 1000, "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False,
+                 "prediction_type": "v_prediction", "timestep_spacing": "leading"}
+
+
+def reference_models(config: ModelConfig, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """diffusers' U-Net and VAE and transformers' CLIPTextModel (as diffusers converts SD2's), random weights."""
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        template = build_without_weights(config).original_state_dict()
+    text = config.text_encoder
+    models = {
+        "unet": UNet2DConditionModel(**diffusers_unet_config(config, template)),
+        "vae": AutoencoderKL(**diffusers_vae_config(config, template)),
+        "text_encoder": transformers.CLIPTextModel(transformers.CLIPTextConfig(
+            vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
+            num_hidden_layers=text.num_hidden_layers - text.skipped_layers, hidden_act="gelu",
+            num_attention_heads=text.num_attention_heads)),
+    }
+    for model in models.values():
+        randomise_norms(model, seed)
+    return {name: model.eval() for name, model in models.items()}
+
+
+def original_single_file(config: ModelConfig, models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The diffusers models' tensors in SD2's single-file layout, by the inverse of diffusers' converters."""
+    with torch.device("meta"):
+        shapes = {key: t.shape for key, t in build_without_weights(config).original_state_dict().items()}
+    width = config.text_encoder.hidden_size
+    shapes[OPEN_CLIP_PREFIX + "text_projection"] = torch.Size([width, width])
+    shapes[OPEN_CLIP_PREFIX + "logit_scale"] = torch.Size([])
+    keys, offsets, total = list(shapes), [], 0
+    for key in keys:
+        offsets.append(total)
+        total += shapes[key].numel()
+    # Every number of the file is its own index (exact in float64).
+    index = torch.arange(total, dtype=torch.float64)
+    template = {key: index[start:start + shapes[key].numel()].reshape(shapes[key])
+                for key, start in zip(keys, offsets, strict=True)}
+    used = config.text_encoder.num_hidden_layers - config.text_encoder.skipped_layers
+    unet_config = dict(models["unet"].config)
+    converted = {
+        "unet": convert_ldm_unet_checkpoint(template, unet_config),
+        "vae": convert_ldm_vae_checkpoint(template, dict(models["vae"].config)),
+        # The converter leaves out SD2's unused block 23 by name; this smaller model's is block `used`.
+        "text_encoder": convert_open_clip_checkpoint(models["text_encoder"], {
+            key: t for key, t in template.items()
+            if not key.startswith(f"{OPEN_CLIP_PREFIX}transformer.resblocks.{used}.")}),
+    }
+    generator = torch.Generator().manual_seed(1)
+    flat = torch.randn(total, generator=generator)  # what no diffusers tensor fills: the skipped block, the head
+    for name, model in models.items():
+        weights = {key.removeprefix("text_model."): t for key, t in model.state_dict().items()}
+        for key, positions in converted[name].items():
+            key = key.removeprefix("text_model.")
+            if key not in weights:  # text_projection: CLIPTextModel has none
+                continue
+            flat[positions.flatten().long()] = weights[key].detach().flatten()
+    return {key: flat[start:start + shapes[key].numel()].reshape(shapes[key]).clone()
+            for key, start in zip(keys, offsets, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def sd2_file(tmp_path_factory) -> tuple[Path, dict[str, torch.nn.Module], dict[str, torch.Tensor]]:
+    config = small_sd2()
+    models = reference_models(config)
+    tensors = original_single_file(config, models)
+    path = tmp_path_factory.mktemp("sd2") / "small-sd2.safetensors"
+    save_file(tensors, path)
+    return path, models, tensors
+
+
+def test_single_file_from_diffusers_loads_and_matches(sd2_file):
+    path, models, tensors = sd2_file
+    notes = []
+    model = load_model(path, note=notes.append)
+    assert model.config == small_sd2()
+    assert notes[0].startswith("small-sd2.safetensors: recognised SD2.x, non-standard size: U-Net 64 ch × (1, 2)")
+    assert "assumed (not stored in the weights): 64-wide U-Net heads" in notes[0] and "768-v" in notes[0]
+    assert notes[0].endswith("predicts v_prediction")
+    loaded = model.original_state_dict()
+    assert set(tensors) - set(loaded) == {OPEN_CLIP_PREFIX + "text_projection", OPEN_CLIP_PREFIX + "logit_scale"}
+    assert all(torch.equal(loaded[key], tensors[key]) for key in loaded)
+    assert model.tokenizer(["a cat"])[0, -1] == 0  # padded with "!"
+
+    generator = torch.Generator().manual_seed(2)
+    ids = model.tokenizer([PROMPT, ""])
+    x, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([999, 10])
+    image = torch.rand(1, 3, 16, 16, generator=generator) * 2 - 1
+    with torch.inference_mode():
+        context = model.text_encoder(ids)
+        their_context = models["text_encoder"](input_ids=ids).last_hidden_state
+        diffs = {
+            "text encoder": (context - their_context).abs().max(),
+            "U-Net": (model.unet(x, t, context) - models["unet"](x, t, encoder_hidden_states=context).sample
+                      ).abs().max(),
+            "VAE decode": (model.vae.decode(x[:1]) - models["vae"].decode(x[:1]).sample).abs().max(),
+            "VAE encode": (model.vae.encode(image).mean - models["vae"].encode(image).latent_dist.mean).abs().max(),
+        }
+    print("SD2 single file vs diffusers:", {name: f"{float(d):.2e}" for name, d in diffs.items()})
+    assert all(d <= 1e-4 for d in diffs.values()), diffs
+
+
+def write_diffusers_folder(folder: Path, models: dict[str, torch.nn.Module]) -> Path:
+    for name, model in models.items():
+        model.save_pretrained(folder / name)
+    write_vocab_folder(folder / "tokenizer")
+    (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps({"pad_token": "!"}))
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DDIMScheduler", **SD2_SCHEDULER}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return folder
+
+
+def test_diffusers_folder_loads_the_same_model(sd2_file, tmp_path):
+    path, models, _ = sd2_file
+    from_file = load_model(path)
+    from_folder = load_model(write_diffusers_folder(tmp_path / "sd2", models))
+    config = from_folder.config
+    assert (config.text_encoder.layout, config.text_encoder.num_hidden_layers, config.text_encoder.skipped_layers,
+            config.text_encoder.pad_token) == ("open_clip", 2, 0, "!")  # diffusers dropped the unused block
+    assert config.unet == from_file.config.unet and config.scheduler.prediction_type == "v_prediction"
+    in_folder = from_folder.original_state_dict()
+    assert all(torch.equal(tensor, in_folder[key]) for key, tensor in from_file.original_state_dict().items()
+               if ".resblocks.2." not in key)
+    ids = from_file.tokenizer([PROMPT])
+    with torch.inference_mode():
+        assert torch.equal(from_folder.text_encoder(ids), from_file.text_encoder(ids))
+
+
+def diffusers_sd2_pipeline(models: dict[str, torch.nn.Module], tokenizer_folder: Path) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline(
+        vae=models["vae"], text_encoder=models["text_encoder"], unet=models["unet"],
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=77, pad_token="!"),
+        scheduler=DDIMScheduler.from_config(SD2_SCHEDULER),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_v_prediction_text_to_image_matches_stable_diffusion_pipeline(sd2_file, tmp_path):
+    """The file loaded by diffx vs diffusers' pipeline on the models it was written from: DDIM, v-prediction,
+    CFG 7.5 with the empty negative prompt (padded with "!"), 4 steps, 32 px, the same seed."""
+    path, models, _ = sd2_file
+    model: StableDiffusion = load_model(path)
+    settings = GenerationSettings(prompt=PROMPT, steps=4, guidance=7.5, sampler="ddim", height=SIZE, width=SIZE,
+                                  seed=5)
+    ours = generate(model, settings)
+    pipe = diffusers_sd2_pipeline(models, write_vocab_folder(tmp_path / "tokenizer"))
+    assert pipe.tokenizer.pad_token_id == 0
+    theirs = pipe(prompt=PROMPT, num_inference_steps=4, guidance_scale=7.5, height=SIZE, width=SIZE,
+                  generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+    assert_same_image(model, ours, theirs)
+    diff = np.abs(ours.images[0] / 255.0 - theirs).max()
+    print(f"SD2 v-prediction DDIM text-to-image: max |diffx - diffusers| = {diff:.2e} (uint8 vs float)")
