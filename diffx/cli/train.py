@@ -6,6 +6,7 @@ and the device before the scene pool is rendered.
 """
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -96,8 +97,13 @@ def train(
                                ] = "epsilon",
     zero_snr: Annotated[bool, typer.Option(
         "--zero-snr", help="Rescale β to zero terminal SNR (Lin et al. 2023; pair it with v_prediction).")] = False,
+    world: Annotated[str, typer.Option(
+        help="What to learn from: shapes (the v1 world, 64 px) or shapes2 (the v2 world: 7 shapes, 10 colours, "
+             "fills, patterned backgrounds, 1-3 objects, 128 px, loose captions).")] = "shapes",
+    exact_captions: Annotated[bool, typer.Option(
+        "--exact-captions", help="shapes2: train on exact captions instead of the caption-noise model.")] = False,
 ) -> None:
-    """Train the shapes-world model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
+    """Train an embedded model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
 
     Resumes from whatever --out-dir holds; writes loss curves and sample grids there at every
     checkpoint. With --export, the EMA weights become a model folder that --model accepts (--force to
@@ -105,23 +111,29 @@ def train(
 
     Example: diffx train --vae-steps 200 --unet-steps 500 --out-dir runs/quick --export runs/quick/model
     """
+    from diffx.embedded.captions import EXACT_CAPTIONS
     from diffx.embedded.config import TrainConfig
     from diffx.embedded.export import export_model
     from diffx.embedded.preflight import check_train_inputs
     from diffx.embedded.train import preview_grid
     from diffx.embedded.train import train as run_training
-    from diffx.models.configs import shapes_world
+    from diffx.embedded.worlds import get_world
 
-    model = shapes_world()
+    chosen = get_world(world)
+    if exact_captions and not chosen.noisy_captions:
+        raise InvalidArgumentError(f"--exact-captions: the {world!r} world's captions are exact already; "
+                                   "use it with --world shapes2")
+    model = chosen.model_config()
     model.scheduler.prediction_type, model.scheduler.rescale_betas_zero_snr = prediction_type, zero_snr
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
                          checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from,
+                         world=world, caption_noise=EXACT_CAPTIONS.to_dict() if exact_captions else {},
                          model=model.to_dict())
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written
     if export is not None and export.resolve() == Path(out_dir).resolve():
         raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")
-    _, summary = run_training(config, preview_grid)
+    _, summary = run_training(config, functools.partial(preview_grid, prompts=chosen.preview_prompts))
     OUT.print(summary)
     if export is not None:
         export_model(out_dir, export)

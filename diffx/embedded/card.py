@@ -1,11 +1,13 @@
-"""MODEL_CARD.md of a shapes-world model: what it is, every run that trained it, how well it follows prompts."""
+"""MODEL_CARD.md of an embedded model: what it is, every run that trained it, how well it follows prompts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from diffx.embedded.captions import CaptionNoise
 from diffx.embedded.history import read_runs
 from diffx.embedded.quality import last_line, meets_targets, summary_rows
+from diffx.embedded.worlds import get_world
 from diffx.files import atomic_output
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.weights import load_model
@@ -18,7 +20,13 @@ def _run_lines(runs: list[dict]) -> list[str]:
         settings = run["settings"]
         vae, unet = run["vae"], run["unet"]
         continued = f", continued from `{settings['init_from']}`" if settings.get("init_from") else ""
-        lines.append(f"- Run {number}{continued}: {settings['pool_size']} rendered scenes (seed {settings['seed']}).")
+        world = settings.get("world", "shapes")  # runs recorded before there were two worlds trained on v1
+        lines.append(f"- Run {number}{continued}: {settings['pool_size']} rendered scenes of the {world!r} world "
+                     f"(seed {settings['seed']}).")
+        if get_world(world).noisy_captions:
+            rates = CaptionNoise.from_dict(settings.get("caption_noise", {})).to_dict()
+            noise = ", ".join(f"{name} {value:g}" for name, value in rates.items())
+            lines.append(f"  - Caption noise (diffx/embedded/captions.py): {noise}.")
         if vae["final_loss"] is not None:
             lines.append(
                 f"  - VAE: {vae['steps']} steps, batch {settings['vae_batch']}, {settings['vae_crop']}x"
@@ -48,12 +56,7 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
     parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.modules().items()}
     size_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
     lines = [
-        "# shapes-world — diffx's embedded default model",
-        "",
-        "A Stable-Diffusion-v1-architecture model at toy size, trained by `diffx train` on the procedural",
-        "shapes world (diffx/embedded/shapes.py): flat circles, squares and triangles in 8 named colours on",
-        "a plain background, one or two objects, with captions such as",
-        "\"a small red circle in the top left on a blue background\".",
+        *get_world(runs[-1]["settings"].get("world", "shapes") if runs else "shapes").card,
         "",
         "## Architecture",
         f"- Text encoder: CLIP-style, {config.text_encoder.num_hidden_layers} layers, width "
@@ -63,8 +66,7 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
         f"{list(config.unet.attention_levels)} and the middle ({parts['unet'] / 1e6:.2f} M parameters)",
         f"- VAE: AutoencoderKL f{config.vae.downsample_factor}, channels "
         f"{[config.vae.ch * m for m in config.vae.ch_mult]}, 4 latent channels, latent scaling factor "
-        f"{config.vae.scaling_factor:.4f} ({parts['vae'] / 1e6:.2f} M parameters). f4 rather than SD's f8: at "
-        "64 px an f8 latent (8x8) blurs the corners that tell a square from a circle.",
+        f"{config.vae.scaling_factor:.4f} ({parts['vae'] / 1e6:.2f} M parameters).",
         f"- Weights: {size_mb:.1f} MB (fp16 safetensors, original SD1.x key layout).",
         f"- Defaults: {config.default_sampler}, {config.default_steps} steps, guidance {config.default_guidance}, "
         f"{config.image_size}x{config.image_size} px, {config.scheduler.beta_schedule} schedule, T = "

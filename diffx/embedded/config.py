@@ -10,8 +10,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
+from diffx.embedded.captions import CaptionNoise
+from diffx.embedded.worlds import WORLDS, get_world
 from diffx.errors import InvalidArgumentError
-from diffx.models.configs import PREDICTION_TYPES, ModelConfig, shapes_world
+from diffx.models.configs import PREDICTION_TYPES, ModelConfig
 
 POSITIVE, NOT_NEGATIVE = (lambda v: v > 0, "above 0"), (lambda v: v >= 0, "at least 0")
 # Every number field: (the values training can use, those values in words).
@@ -54,10 +56,18 @@ class TrainConfig:
     threads: int = 0  # 0: leave torch's default
     device: str = "auto"  # "auto": CUDA (or MPS) when present, else CPU
     init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world), VAE kept as is
-    model: dict = field(default_factory=lambda: shapes_world().to_dict())
+    world: str = "shapes"  # what the model learns from: diffx.embedded.worlds ("shapes" v1, "shapes2" v2)
+    caption_noise: dict = field(default_factory=dict)  # CaptionNoise settings ("shapes2"); {} = the defaults
+    model: dict | None = None  # the model's configuration; None = the world's (`World.model_config`)
 
     def __post_init__(self) -> None:
+        if self.model is None and isinstance(self.world, str) and self.world in WORLDS:
+            self.model = get_world(self.world).model_config().to_dict()
         self.validate()
+
+    def captions(self) -> CaptionNoise:
+        """The caption-noise settings training draws captions with (the world's own for v1: exact)."""
+        return CaptionNoise.from_dict(self.caption_noise)
 
     def validate(self) -> None:
         """Raise `InvalidArgumentError` for the first field training could not use (`train` checks again, as
@@ -80,6 +90,16 @@ class TrainConfig:
                                            f"e.g. {defaults[name]!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise InvalidArgumentError(f"init_from must be a model folder or None, got {self.init_from!r}")
+        world = get_world(self.world)
+        if not isinstance(self.caption_noise, dict):
+            raise InvalidArgumentError(f"caption_noise must be a dict of rates, got {self.caption_noise!r}")
+        self.captions()  # each rate a probability
+        if self.caption_noise and not world.noisy_captions:
+            raise InvalidArgumentError(f"the {world.name!r} world has no caption-noise model; leave caption_noise "
+                                       "empty or train on the 'shapes2' world")
+        if self.attention_loss > 0 and not world.grounding:
+            raise InvalidArgumentError(f"the attention-grounding loss does not read the {world.name!r} world's "
+                                       "captions; use attention_loss 0 (plain SD training)")
         model = ModelConfig.from_dict(self.model)
         if model.scheduler.prediction_type not in PREDICTION_TYPES:
             raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "

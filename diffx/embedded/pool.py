@@ -8,22 +8,25 @@ import numpy as np
 import torch
 
 from diffx.embedded.config import TrainConfig
-from diffx.embedded.shapes import TRAIN_STREAM, Scene, make_scene, render
+from diffx.embedded.shapes import TRAIN_STREAM
+from diffx.embedded.worlds import get_world
 from diffx.files import write_atomic
 from diffx.models.configs import ModelConfig
 
 POOL_FILE = "pool.pt"  # (N, 3, H, W) uint8, in the training folder
 
 
-def scene_pool(config: TrainConfig) -> tuple[list[Scene], torch.Tensor]:
-    """The training scenes and their pictures (N, 3, 64, 64) uint8, cached on disk after the first call."""
+def scene_pool(config: TrainConfig) -> tuple[list, torch.Tensor]:
+    """The training scenes of `config.world` and their pictures (N, 3, H, W) uint8 at the model's image
+    size, cached on disk after the first call."""
     path = Path(config.out_dir) / POOL_FILE
+    world = get_world(config.world)
     rng = np.random.default_rng([TRAIN_STREAM, config.seed, 1_000_003])
-    scenes = [make_scene(rng) for _ in range(config.pool_size)]
+    scenes = [world.make_scene(rng) for _ in range(config.pool_size)]
     if path.exists():
         return scenes, torch.load(path, weights_only=True)
     size = ModelConfig.from_dict(config.model).image_size
-    images = torch.from_numpy(np.stack([render(scene, size) for scene in scenes])).permute(0, 3, 1, 2)
+    images = torch.from_numpy(np.stack([world.render(scene, size) for scene in scenes])).permute(0, 3, 1, 2)
     write_atomic(path, lambda tmp: torch.save(images.contiguous(), tmp), force=True)
     return scenes, images
 

@@ -39,7 +39,8 @@ from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, to
 from diffx.embedded.history import copy_history, run_record
 from diffx.embedded.pool import scene_pool, to_unit
 from diffx.embedded.preflight import check_train_inputs
-from diffx.embedded.shapes import TRAIN_STREAM, Scene, caption, object_masks
+from diffx.embedded.shapes import TRAIN_STREAM
+from diffx.embedded.worlds import get_world
 from diffx.images import tensor_to_image
 from diffx.models.attention import observe_attention
 from diffx.models.configs import ModelConfig
@@ -197,13 +198,14 @@ def encode_pool(model: StableDiffusion, images: torch.Tensor) -> tuple[torch.Ten
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
+def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
                latent_mean: torch.Tensor, latent_std: torch.Tensor,
                preview: Callable[[StableDiffusion, Path], None] | None = None,
                masks: list[np.ndarray] | None = None) -> TrainState:
     """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept.
 
-    With `masks` (each scene's `shapes.object_masks` at the latent size) and `config.attention_loss` > 0,
+    Captions are drawn afresh every time a scene is used (`World.caption`, with `config.captions()`).
+    With `masks` (each scene's object masks at the latent size) and `config.attention_loss` > 0,
     the attention-grounding loss (diffx.embedded.grounding) is added with that weight."""
     out = Path(config.out_dir)
     model_config = ModelConfig.from_dict(config.model)
@@ -219,6 +221,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
     generator = torch.Generator().manual_seed(config.seed + 1)
     rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2])
     state = TrainState()
+    world, caption_noise = get_world(config.world), config.captions()
     ckpt = out / UNET_CHECKPOINT
     if ckpt.exists():
         saved = load_checkpoint(ckpt)
@@ -240,7 +243,8 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list[Scene],
             group["lr"] = _lr(index, config.unet_lr, config.warmup_steps, config.unet_steps)
         picks = torch.randint(0, len(scenes), (config.unet_batch,), generator=generator)
         chosen = picks.tolist()
-        captions = [caption(scenes[i], rng) if rng.random() >= config.caption_dropout else "" for i in chosen]
+        captions = [world.caption(scenes[i], rng, caption_noise) if rng.random() >= config.caption_dropout else ""
+                    for i in chosen]
         noise = torch.randn((config.unet_batch, *latent_mean.shape[1:]), generator=generator).to(device)
         picks = picks.to(device)
         x0 = (latent_mean[picks] + latent_std[picks] * noise) * scale  # (B, 4, 16, 16) scaled latents
@@ -341,7 +345,7 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     masks = None
     if config.attention_loss > 0:
         side = model_config.image_size // model_config.vae.downsample_factor
-        masks = [object_masks(scene, side) for scene in scenes]
+        masks = [get_world(config.world).object_masks(scene, side) for scene in scenes]
     unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview, masks)
     summary = {name: record for name, record in run_record(asdict(config), {
         "vae": asdict(vae_state), "unet": asdict(unet_state)}).items() if name != "settings"}
@@ -382,20 +386,17 @@ def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
         "state": asdict(TrainState(step=config.vae_steps))})
 
 
-PREVIEW_PROMPTS = ("a red circle", "a large blue square in the top left", "a yellow triangle on a black background",
-                   "a green circle left of a purple square", "a small white triangle in the bottom right",
-                   "an orange square above a blue circle")
-
-
 @torch.no_grad()
-def preview_grid(model: StableDiffusion, path: Path, guidances: tuple[float, ...] = (1.0, 5.0)) -> None:
-    """A grid of fixed prompts (columns) at a few guidance weights (rows): progress made visible."""
+def preview_grid(model: StableDiffusion, path: Path, prompts: tuple[str, ...],
+                 guidances: tuple[float, ...] = (1.0, 5.0)) -> None:
+    """A grid of fixed prompts (columns, e.g. a world's `preview_prompts`) at a few guidance weights (rows):
+    progress made visible."""
     modes = (model.text_encoder.training, model.unet.training)
     model.text_encoder.eval()
     model.unet.eval()
     rows = [[to_pil(generate(model, GenerationSettings(prompt=prompt, guidance=w, steps=25)).images[0])
-             for prompt in PREVIEW_PROMPTS] for w in guidances]
+             for prompt in prompts] for w in guidances]
     model.text_encoder.train(modes[0])
     model.unet.train(modes[1])
-    save_png(make_grid(rows, row_labels=[f"w = {w}" for w in guidances], col_labels=list(PREVIEW_PROMPTS),
+    save_png(make_grid(rows, row_labels=[f"w = {w}" for w in guidances], col_labels=list(prompts),
                        title=path.stem.replace("_", " "), cell_size=(96, 96)), path, force=True)

@@ -234,8 +234,30 @@ def shapes_world() -> ModelConfig:
     )
 
 
+def shapes_world_2() -> ModelConfig:
+    """The second embedded model: the richer world of `diffx.embedded.world` at 128x128 pixels.
+
+    SD's own f8 VAE layout (four levels, 16x16x4 latents at 128 px as SD's 64x64x4 at 512 px), a 3-layer
+    64-wide CLIP text encoder (the longer, looser captions) and a 3-level U-Net of 48/96/192 channels with
+    cross-attention at every level: about 16.5 M parameters, 33 MB as fp16 safetensors.
+    """
+    return ModelConfig(
+        name="shapes-world-2",
+        text_encoder=TextEncoderConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                                       num_attention_heads=4),
+        unet=UNetConfig(model_channels=48, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(0, 1, 2),
+                        num_heads=4, context_dim=64, norm_num_groups=8),
+        vae=VAEConfig(ch=32, ch_mult=(1, 2, 4, 4), num_res_blocks=1, norm_num_groups=8),
+        image_size=128,
+        default_sampler="ddim",
+        default_steps=25,
+        default_guidance=7.5,
+    )
+
+
 PRESETS = {"sd15": sd15, "sd15-inpainting": sd15_inpainting, "sd21-v": sd21_v, "sd21-base": sd21_base,
-           "sd2-inpainting": sd2_inpainting, "tiny": tiny, "shapes-world": shapes_world}
+           "sd2-inpainting": sd2_inpainting, "tiny": tiny, "shapes-world": shapes_world,
+           "shapes-world-2": shapes_world_2}
 
 
 def _lists(value: object) -> object:

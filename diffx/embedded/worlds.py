@@ -1,0 +1,85 @@
+"""The worlds the embedded models learn from, behind one interface, so training has one code path.
+
+- "shapes" (the shipped v1 model, `shapes.py`): flat circles, squares and triangles at 64 px, one or
+  two objects, 8 colours, plain backgrounds; captions are exact, with words dropped at random.
+- "shapes2" (the v2 model, `world.py`): seven shapes, ten colours, solid/striped/dotted fills, plain,
+  gradient and checkered backgrounds, 1–3 objects, at 128 px; captions are drawn by the caption-noise
+  model of `captions.py`, loose like web alt-text, because loose captions are why classifier-free
+  guidance matters in real Stable Diffusion (a model trained on exact captions follows prompts unguided).
+
+A `World` gives training what it needs of a world: scenes from a seeded generator, their pictures,
+their captions, each object's coverage mask (for the attention-grounding loss), the model configuration
+it is trained with, and the prompts of the training previews.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diffx.embedded import captions, shapes, world
+from diffx.embedded.captions import CaptionNoise
+from diffx.errors import check_choice
+from diffx.models.configs import ModelConfig, shapes_world, shapes_world_2
+
+
+@dataclass(frozen=True)
+class World:
+    """What training asks of a world (see the module docstring)."""
+
+    name: str
+    make_scene: Callable[[np.random.Generator], Any]
+    render: Callable[[Any, int], np.ndarray]  # (scene, size) -> (size, size, 3) uint8
+    caption: Callable[[Any, np.random.Generator, CaptionNoise], str]  # a training caption of the scene
+    object_masks: Callable[[Any, int], np.ndarray]  # (scene, side) -> (objects, side, side) coverage
+    model_config: Callable[[], ModelConfig]
+    preview_prompts: tuple[str, ...]
+    noisy_captions: bool  # whether `TrainConfig.caption_noise` applies
+    grounding: bool  # whether the attention-grounding loss (grounding.py) reads this world's captions
+    card: tuple[str, ...]  # the model card's opening lines: what the model is and what it learnt from
+
+
+def _shapes_caption(scene: shapes.Scene, rng: np.random.Generator, _noise: CaptionNoise) -> str:
+    """v1 captions: exact, with size, position and background words dropped at random."""
+    return shapes.caption(scene, rng)
+
+
+WORLDS: dict[str, World] = {
+    "shapes": World(
+        name="shapes", make_scene=shapes.make_scene, render=shapes.render, caption=_shapes_caption,
+        object_masks=shapes.object_masks, model_config=shapes_world,
+        preview_prompts=("a red circle", "a large blue square in the top left",
+                         "a yellow triangle on a black background", "a green circle left of a purple square",
+                         "a small white triangle in the bottom right", "an orange square above a blue circle"),
+        noisy_captions=False, grounding=True,
+        card=("# shapes-world — diffx's embedded default model", "",
+              "A Stable-Diffusion-v1-architecture model at toy size, trained by `diffx train` on the procedural",
+              "shapes world (diffx/embedded/shapes.py): flat circles, squares and triangles in 8 named colours on",
+              "a plain background, one or two objects, with captions such as",
+              "\"a small red circle in the top left on a blue background\". Its VAE is f4 rather than SD's f8: at",
+              "64 px an f8 latent (8x8) blurs the corners that tell a square from a circle.")),
+    "shapes2": World(
+        name="shapes2", make_scene=world.make_scene, render=world.render, caption=captions.noisy_caption,
+        object_masks=world.object_masks, model_config=shapes_world_2,
+        preview_prompts=("a red circle", "a large blue striped star in the top left",
+                         "a yellow heart on a pale blue checkered background",
+                         "a green hexagon left of a purple dotted ring",
+                         "a small orange triangle on a white to pale pink gradient background",
+                         "a cyan square above a pink circle and a lime star right of them"),
+        noisy_captions=True, grounding=False,
+        card=("# shapes-world-2 — diffx's second embedded model", "",
+              "A Stable-Diffusion-v1-architecture model at toy size with SD's f8 VAE, trained by `diffx train` on",
+              "the v2 world (diffx/embedded/world.py) at 128 px: circles, squares, triangles, stars, hearts, rings",
+              "and hexagons in 10 colours, solid, striped or dotted, on plain, gradient or checkered backgrounds,",
+              "1-3 objects with relations; captions drawn by the caption-noise model (diffx/embedded/captions.py),",
+              "loose like web alt-text, so that guidance does here what it does in Stable Diffusion.")),
+}
+
+
+def get_world(name: str) -> World:
+    """The world called `name`; InvalidArgumentError naming the choices otherwise."""
+    check_choice("world", name, tuple(WORLDS))
+    return WORLDS[name]
