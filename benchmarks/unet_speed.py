@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 from diffusers import UNet2DConditionModel
 
+from diffx.diffusers_layout import rename_key, unet_rename_rules
 from diffx.models.configs import sd15
 from diffx.models.unet import UNet
-from diffx.weights import rename_key, unet_rename_rules
 
 WARMUP = 2
 REPEATS = 7
