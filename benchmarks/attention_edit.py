@@ -7,13 +7,16 @@
    judge reads the swapped attribute of the edit's largest object as asked. "others stay": the edit's
    largest object has the source picture's other attributes (shape or colour, size, position) and the
    background is the same. Target: both >= 90 % with injection, "others stay" clearly lower without.
+   Printed over all prompts and over the "readable" ones, whose source picture the judge finds an object
+   in (a source drawn in its background's colour leaves nothing to judge the edit against).
 2. Re-weighting a colour word. For M prompts, the colour word at several weights, as word weights
    ("a (red:w) circle", A1111's semantics) and as prompt-to-prompt attention re-weighting (c on the
    injected maps, τ = 1): the judge's reading is the share of the picture covered by objects it reads
    as that colour, averaged over the prompts; printed with whether it rises monotonically with the weight.
 
 Run from the repository root:  OMP_NUM_THREADS=2 python -m benchmarks.attention_edit [--n 100 --m 10]
-Last line: swap_changed=<x> swap_others=<x> plain_others=<x> weights_monotonic=<bool> reweight_monotonic=<bool>
+Last line: swap_changed=<x> swap_others=<x> plain_others=<x> readable=<n> readable_changed=<x> readable_others=<x>
+readable_plain_others=<x> weights_monotonic=<bool> reweight_monotonic=<bool>
 """
 
 from __future__ import annotations
@@ -69,21 +72,27 @@ def colour_share(analysis: Analysis, colour: str) -> float:
 
 
 def word_swaps(model, prompts: list[str], tau: float, self_tau: float, progress: Progress) -> dict[str, float]:
+    """Rates over all prompts, and over those whose source picture the judge can read ("readable": it finds
+    an object in it; on the others neither the change nor what stayed can be judged)."""
     task = progress.add_task("word swaps", total=len(prompts))
-    counts = {"changed": 0, "others": 0, "plain_changed": 0, "plain_others": 0, "n": 0}
+    keys = ("changed", "others", "plain_changed", "plain_others")
+    records = []
     for index, prompt in enumerate(prompts):
         edit_prompt, attribute, wanted = swap_target(prompt, index)
         edit = prompt_to_prompt(model, GenerationSettings(prompt=prompt, seed=index), edit_prompt, tau=tau,
                                 self_tau=self_tau)
         source = analyse(edit.source.images[0])
+        record = {"readable": bool(source.objects)}
         for prefix, run in (("", edit.injected), ("plain_", edit.plain)):
             changed, others = judge_swap(source, analyse(run.images[0]), attribute, wanted)
-            counts[prefix + "changed"] += changed
-            counts[prefix + "others"] += changed and others
-        counts["n"] += 1
+            record[prefix + "changed"], record[prefix + "others"] = changed, changed and others
+        records.append(record)
         progress.update(task, advance=1)
-        progress.console.log(f"swap {index + 1}/{len(prompts)}: {counts}")
-    return {key: value / counts["n"] for key, value in counts.items() if key != "n"} | {"n": counts["n"]}
+        progress.console.log(f"swap {index + 1}/{len(prompts)}: {record}")
+    readable = [record for record in records if record["readable"]]
+    rates = {key: float(np.mean([record[key] for record in records])) for key in keys}
+    rates |= {f"readable_{key}": float(np.mean([record[key] for record in readable])) for key in keys}
+    return rates | {"n": len(records), "readable": len(readable)}
 
 
 def reweighting(model, prompts: list[str], progress: Progress) -> dict[str, list[float]]:
@@ -127,8 +136,10 @@ def main() -> None:
                         "(judge: largest object and background)")
     for column in ("", "swapped attribute as asked", "others stay (and swapped as asked)"):
         table.add_column(column)
-    table.add_row("with injection", f"{rates['changed']:.1%}", f"{rates['others']:.1%}")
-    table.add_row("without injection", f"{rates['plain_changed']:.1%}", f"{rates['plain_others']:.1%}")
+    for prefix, label in (("", "all prompts"), ("readable_", f"the {rates['readable']} readable sources")):
+        table.add_row(f"with injection, {label}", f"{rates[prefix + 'changed']:.1%}", f"{rates[prefix + 'others']:.1%}")
+        table.add_row(f"without injection, {label}", f"{rates[prefix + 'plain_changed']:.1%}",
+                      f"{rates[prefix + 'plain_others']:.1%}")
     console.print(table)
     monotonic = {"weights": None, "attention": None}
     for key, factors, label in (("weights", WORD_WEIGHTS, "word weight (colour:w)"),
@@ -142,7 +153,9 @@ def main() -> None:
                       f"{'monotonic' if monotonic[key] else 'NOT monotonic'})")
     console.print(f"{time.perf_counter() - start:.0f} s")
     print(f"swap_changed={rates['changed']:.3f} swap_others={rates['others']:.3f} "
-          f"plain_others={rates['plain_others']:.3f} weights_monotonic={monotonic['weights']} "
+          f"plain_others={rates['plain_others']:.3f} readable={rates['readable']} "
+          f"readable_changed={rates['readable_changed']:.3f} readable_others={rates['readable_others']:.3f} "
+          f"readable_plain_others={rates['readable_plain_others']:.3f} weights_monotonic={monotonic['weights']} "
           f"reweight_monotonic={monotonic['attention']}")
 
 
