@@ -41,6 +41,8 @@ def _cases() -> list[tuple[str, list[str]]]:
         for value in OUTPUTS:
             add(name, [*base, "--out", value])
         add(name, [*base, "--sampler", "ddim", "--karras"])
+        for value in ["sd3", ""]:
+            add(name, [*base, "--config", value])
         if name != "cfg-sweep":
             for value in FLOATS:
                 add(name, [*base, "--guidance", value])

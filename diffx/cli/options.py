@@ -35,6 +35,10 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (fp16 on a GPU, fp32 on the CPU), fp32, fp16 or bf16.")]
 WeightsOpt = Annotated[str, typer.Option(
     help="A checkpoint with both: ema (the U-Net's EMA weights, as CompVis' scripts load) or main.")]
+ConfigOpt = Annotated[str | None, typer.Option(
+    "--config", show_default=False,
+    help="A single file's architecture preset when the file cannot say (e.g. sd21-base: SD 2.x 512-base, ε; "
+         "sd21-v: 768-v). Default: read from the file.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
 NegativeOpt = Annotated[str, typer.Option(help="What to steer away from (the unconditional half of CFG).")]
 SamplerOpt = Annotated[str | None, typer.Option(
@@ -84,25 +88,30 @@ HtmlOpt = Annotated[Path | None, typer.Option(
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """--model, --device, --dtype, --weights: which weights, on which device, in which precision."""
+    """--model, --device, --dtype, --weights, --config: which weights, on which device, in which precision."""
 
     model: ModelOpt = None
     device: DeviceOpt = "auto"
     dtype: DtypeOpt = "auto"
     weights: WeightsOpt = "ema"
+    config: ConfigOpt = None
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.devices import resolve_device, resolve_dtype
         from diffx.discovery import resolve_model_source
+        from diffx.errors import check_choice
+        from diffx.models.configs import PRESETS
         from diffx.weights import load_model
 
+        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
+        config = None if preset is None else PRESETS[preset]()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
         precision = resolve_dtype(self.dtype, target)
         with ERR.status(f"loading {source.path}"):
-            return load_model(source, device=target, dtype=precision, weights=self.weights,
+            return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
 
 
