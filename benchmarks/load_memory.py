@@ -1,12 +1,14 @@
-"""Peak memory of loading a full-size SD1.5 checkpoint with diffx, compared with the file size.
+"""Peak memory of loading a full-size SD1.5 (or SDXL) checkpoint with diffx, compared with the file size.
 
-Writes a random SD1.5-shaped checkpoint (as a Lightning-style `.ckpt` and as `.safetensors`) to a
+Writes a random checkpoint shaped as the preset `--config` (sd15, or sdxl-base: 3.5 G parameters, 6.9 GB in
+fp16) (as a Lightning-style `.ckpt` and as `.safetensors`) to a
 temporary folder, then loads each with `diffx.weights.load_model` in a fresh process, touches every
 weight (so memory-mapped pages really are read) and reports the process's peak resident set size
 (`ru_maxrss`). A loader that copies the file into memory would peak near 2x the file size; diffx maps
 the file and hands its tensors to the modules, so the peak should stay near 1x plus the interpreter.
 
-    python benchmarks/load_memory.py [--dtype fp32|fp16] [--model-dtype fp32|fp16] [--dir /tmp]
+    python benchmarks/load_memory.py [--config sd15|sdxl-base] [--dtype fp32|fp16] [--model-dtype fp32|fp16]
+                                     [--dir /tmp]
 
 With `--dtype fp16 --model-dtype fp32` (the real 2 GB file loaded for the CPU) each weight is cast,
 so the peak is the fp32 model plus the (clean, reclaimable) mapped pages of the fp16 file.
@@ -34,18 +36,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
 
 
-def write_checkpoints(folder: Path, dtype: torch.dtype) -> list[Path]:
-    """A random SD1.5 state dict in the original layout, saved as .ckpt and .safetensors."""
+def write_checkpoints(folder: Path, dtype: torch.dtype, preset: str) -> list[Path]:
+    """A random state dict of the preset's shapes in the original layout, saved as .ckpt and .safetensors."""
     from safetensors.torch import save_file
 
-    from diffx.models.configs import sd15
+    from diffx.models.configs import PRESETS
     from diffx.models.stable_diffusion import build
 
     with torch.device("meta"):
-        shapes = {key: t.shape for key, t in build(sd15()).original_state_dict().items()}
+        shapes = {key: t.shape for key, t in build(PRESETS[preset]()).original_state_dict().items()}
     generator = torch.Generator().manual_seed(0)
     state_dict = {key: torch.randn(shape, generator=generator, dtype=dtype) for key, shape in shapes.items()}
-    ckpt, safetensors = folder / "sd15-random.ckpt", folder / "sd15-random.safetensors"
+    ckpt, safetensors = folder / f"{preset}-random.ckpt", folder / f"{preset}-random.safetensors"
     torch.save({"state_dict": state_dict, "global_step": 1}, ckpt)
     save_file(state_dict, safetensors)
     return [ckpt, safetensors]
@@ -70,6 +72,7 @@ def measure(path: Path, dtype: torch.dtype) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=("sd15", "sdxl-base"), default="sd15", help="the checkpoint's shapes")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the file")
     parser.add_argument("--model-dtype", choices=sorted(DTYPES), default=None, help="default: --dtype")
     parser.add_argument("--dir", default=None, help="where to write the temporary checkpoints")
@@ -77,7 +80,7 @@ def main() -> None:
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write:
-        print(json.dumps([str(p) for p in write_checkpoints(Path(args.write), DTYPES[args.dtype])]))
+        print(json.dumps([str(p) for p in write_checkpoints(Path(args.write), DTYPES[args.dtype], args.config)]))
         return
     if args.measure:
         print(json.dumps(measure(Path(args.measure), DTYPES[args.model_dtype or args.dtype])))
@@ -85,7 +88,7 @@ def main() -> None:
 
     def run_child(*options: str) -> object:
         # Every step runs in its own process: a child's ru_maxrss starts at its parent's size.
-        command = [sys.executable, __file__, "--dtype", args.dtype, *options]
+        command = [sys.executable, __file__, "--config", args.config, "--dtype", args.dtype, *options]
         if args.model_dtype:
             command += ["--model-dtype", args.model_dtype]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -8,18 +8,20 @@ config file: the architecture is in the weights. Like diffusers' single-file loa
   transformers' layout); SD2.x `cond_stage_model.model.*` (OpenCLIP ViT-H); SDXL `conditioner.embedders.*`
   with two text encoders (base) or OpenCLIP bigG alone (refiner), and a `label_emb` for its size and crop
   conditioning;
-- the *configuration* of an SD1.x- or SD2.x-family model from the shapes: U-Net width `model_channels` and input
-  channels (4, or 9 for inpainting) from `conv_in`, the levels and their widths from where the
-  `Downsample`s sit, residual blocks per level, which levels carry transformers and how deep, the context
+- the *configuration* of an SD1.x-, SD2.x- or SDXL-base-family model from the shapes: U-Net width
+  `model_channels` and input channels (4, or 9 for inpainting) from `conv_in`, the levels and their widths
+  from where the `Downsample`s sit, residual blocks per level, which levels carry transformers and how deep, the context
   width from `attn2.to_k`; CLIP's vocabulary, width, layers and MLP width; the VAE's widths, blocks and
-  latent channels (SD2.x: OpenCLIP's, and Linear proj_in/out in the U-Net's transformers). The result is
+  latent channels (SD2.x: OpenCLIP's, and Linear proj_in/out in the U-Net's transformers; SDXL: both text
+  encoders, bigG's projection, transformer depths per level and `label_emb`'s input width). The result is
   checked against the full shape list of the model it implies.
 
 Two numbers are not in any weight: the attention head counts (a layer's width splits into heads only
 inside the computation) and GroupNorm's group count (its affine parameters are per channel). A file
 whose every shape is a diffx preset's takes the preset's; any other gets its family's conventions, named
 in the summary so a learner knows what was assumed: 8 U-Net heads for SD1.x (`v1-inference.yaml`), 64-wide
-ones for SD2.x (`num_head_channels: 64`), CLIP's 64-wide heads, 32 groups.
+ones for SD2.x and SDXL (`num_head_channels: 64`), CLIP's 64-wide heads, 32 groups. Nor is SDXL's VAE scaling
+factor (0.13025) stored: an SDXL file gets it, and SDXL's 1024 px (128 x 128 latents).
 
 Nor do the weights say what the model predicts: SD2's 512-base (ε) and 768-v (v) have the very same
 tensors. diffx takes the hint of an LDM .yaml beside the file (`parameterization: "v"` or not), as
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from diffx.errors import CheckpointError
 from diffx.models.configs import PRESETS, ModelConfig, SchedulerConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from diffx.models.open_clip import OPEN_CLIP_PREFIX
+from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, build_without_weights
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -77,15 +80,15 @@ class Recognised:
         parts = [f"U-Net {unet.model_channels} ch × ({levels}), {unet.num_res_blocks} blocks/level, "
                  f"{unet.in_channels} in, attention at levels {list(unet.attention_levels)}, depth "
                  f"{unet.transformer_depth}, context {unet.context_dim}",
-                 f"{'OpenCLIP' if text.layout == 'open_clip' else 'CLIP'} {text.hidden_size} wide × "
-                 f"{text.num_hidden_layers} layers",
+                 " + ".join(f"{'OpenCLIP' if t.layout == 'open_clip' else 'CLIP'} {t.hidden_size} wide × "
+                            f"{t.num_hidden_layers} layers" for t in (text, self.config.text_encoder_2) if t),
                  f"VAE f{vae.downsample_factor}, {vae.ch} ch, {vae.z_channels} latent channels"]
         return f"{self.family}, non-standard size: {'; '.join(parts)}{assumed}"
 
 
 def unsupported_family(family: str) -> str:
     """The one line for a family diffx recognises but does not run."""
-    return (f"recognised {family}; diffx cannot run this family yet (it runs SD1.x-family models: SD1.4/1.5, "
+    return (f"recognised {family}; diffx cannot run this family yet (it runs SD1.x, SD2.x and SDXL base models: "
             "their inpainting models, fine-tunes and other sizes)")
 
 
@@ -132,10 +135,16 @@ def recognise(shapes: Shapes, v_prediction: bool | None = None) -> Recognised:
     does not run, or for an SD1.x/SD2.x-like file that fits no configuration, naming what did not fit.
     """
     family = family_of(shapes)
-    if family != "SD1.x" and family not in SD2_RUNS:
+    if family not in ("SD1.x", "SDXL base") and family not in SD2_RUNS:
         raise CheckpointError(unsupported_family(family))
     family = SD2_RUNS.get(family, family)
-    config, assumed = _infer_sd2(shapes, v_prediction) if family in SD2_RUNS.values() else _infer_sd1(shapes)
+    try:
+        if family == "SDXL base":
+            config, assumed = _infer_sdxl(shapes)
+        else:
+            config, assumed = _infer_sd2(shapes, v_prediction) if family in SD2_RUNS.values() else _infer_sd1(shapes)
+    except CheckpointError as error:  # the inference steps are shared by the families: name the one recognised
+        raise CheckpointError(re.sub(r"^looks like \S+", f"looks like {family}", str(error))) from None
     _check_fits(config, shapes, family)
     matches = [name for name, make in PRESETS.items() if _shape_fields(make()) == _shape_fields(config)]
     if matches:  # sd21-v and sd21-base have the same shapes: the one predicting what was inferred
@@ -149,9 +158,18 @@ def recognise(shapes: Shapes, v_prediction: bool | None = None) -> Recognised:
 # The SD1.x family from its shapes
 
 
+# Tensors of single files under the component prefixes that are not weights of diffx's modules: the text
+# encoders' position ids (constants 0..76), OpenCLIP's contrastive head (SD2 uses neither part; SDXL keeps bigG's
+# `text_projection` for its pooled output, but not `logit_scale`).
+UNUSED_KEYS = frozenset({CLIP + "embeddings.position_ids", OPEN_CLIP_PREFIX + "text_projection",
+                         OPEN_CLIP_PREFIX + "logit_scale", SDXL_PREFIX + "embedders.1.model.logit_scale",
+                         SDXL_PREFIX + "embedders.0.transformer.text_model.embeddings.position_ids"})
+
+
 def _prefixed(shapes: Shapes) -> dict[str, tuple[int, ...]]:
-    """The entries under the component prefixes: the ones a diffx model has."""
-    return {key: tuple(shape) for key, shape in shapes.items() if key.startswith(ALL_PREFIXES)}
+    """The entries under the component prefixes that are weights: the ones a diffx model has."""
+    return {key: tuple(shape) for key, shape in shapes.items() if key.startswith(ALL_PREFIXES) and
+            key not in UNUSED_KEYS}
 
 
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -167,8 +185,10 @@ def _shapes_of_config(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ..
 
 def _shape_fields(config: ModelConfig) -> tuple:
     """The parts of a config that decide tensor shapes (heads and groups do not)."""
+    second = config.text_encoder_2
     return (replace(config.unet, num_heads=0, norm_num_groups=0), replace(config.vae, norm_num_groups=0),
-            replace(config.text_encoder, num_attention_heads=0))
+            replace(config.text_encoder, num_attention_heads=0),
+            second and replace(second, num_attention_heads=0))
 
 
 def _count(shapes: Shapes, pattern: str) -> int:
@@ -179,7 +199,7 @@ def _count(shapes: Shapes, pattern: str) -> int:
 
 def _shape(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:
     if key not in shapes:
-        family = "SD2.x" if key.startswith(OPEN_CLIP_PREFIX) else "SD1.x"
+        family = "SD2.x" if key.startswith(OPEN_CLIP_PREFIX) else "SDXL" if key.startswith(SDXL_PREFIX) else "SD1.x"
         raise CheckpointError(f"looks like {family} but did not fit: {what} ({key}) is missing")
     return tuple(shapes[key])
 
@@ -198,7 +218,7 @@ def _infer_unet(shapes: Shapes, head_width: int | None = None) -> tuple[UNetConf
     out_channels = _shape(shapes, UNET + "out.2.weight", "the U-Net's output conv")[0]
     levels: list[list[int]] = [[]]  # per level, the blocks' output widths
     attention: list[set[int]] = [set()]
-    depths = set()
+    depths: dict[int, set[int]] = {}  # level -> the depths of its transformers
     block = 1
     while (res := shapes.get(f"{UNET}input_blocks.{block}.0.in_layers.2.weight")) or \
             f"{UNET}input_blocks.{block}.0.op.weight" in shapes:
@@ -209,17 +229,22 @@ def _infer_unet(shapes: Shapes, head_width: int | None = None) -> tuple[UNetConf
             levels[-1].append(res[0])
             if f"{UNET}input_blocks.{block}.1.proj_in.weight" in shapes:
                 attention[-1].add(block)
-                depths.add(_count(shapes, rf"{re.escape(UNET)}input_blocks\.{block}\.1\.transformer_blocks\.(\d+)"
-                                          r"\.attn1\.to_q\.weight"))
+                pattern = rf"{re.escape(UNET)}input_blocks\.{block}\.1\.transformer_blocks\.(\d+)\.attn1\.to_q\.weight"
+                depths.setdefault(len(levels) - 1, set()).add(_count(shapes, pattern))
         block += 1
     blocks_per_level = {len(widths) for widths in levels}
     if len(blocks_per_level) != 1 or not all(len(set(w)) == 1 for w in levels):
         raise CheckpointError(f"looks like SD1.x but did not fit: the U-Net's levels have {[len(w) for w in levels]} "
                               "residual blocks (diffx's U-Net has the same number at every level)")
     partial = [lv for lv, blocks in enumerate(attention) if blocks and len(blocks) != len(levels[lv])]
-    if partial or len(depths) > 1:
+    if partial or any(len(found) > 1 for found in depths.values()):
         raise CheckpointError("looks like SD1.x but did not fit: transformers sit on some blocks of a level, or "
-                              f"are of different depths {sorted(depths)}")
+                              f"are of different depths within a level {depths}")
+    level_depths = {level: found.pop() for level, found in depths.items()}
+    # One depth for all (SD1.x, SD2.x), or one per level, 0 where there is none (SDXL: 0, 2, 10).
+    depth: int | tuple[int, ...] = tuple(level_depths.get(level, 0) for level in range(len(levels)))
+    if len(set(level_depths.values())) <= 1:
+        depth = level_depths.popitem()[1] if level_depths else 1
     widths = [w[0] for w in levels]
     if any(w % model_channels for w in widths):
         raise CheckpointError(f"looks like SD1.x but did not fit: level widths {widths} are not multiples of "
@@ -239,29 +264,32 @@ def _infer_unet(shapes: Shapes, head_width: int | None = None) -> tuple[UNetConf
         in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
         channel_mult=tuple(w // model_channels for w in widths), num_res_blocks=blocks_per_level.pop(),
         attention_levels=tuple(lv for lv, blocks in enumerate(attention) if blocks), num_heads=heads,
-        transformer_depth=depths.pop() if depths else 1, context_dim=context[0],
+        transformer_depth=depth, context_dim=context[0],
+        adm_in_channels=shapes.get(UNET + "label_emb.0.0.weight", (0, 0))[1],
         norm_num_groups=_divisor(all_widths, GROUPS), num_head_channels=head_channels,
         use_linear_in_transformer=bool(proj_in) and len(proj_in[0]) == 2)
     return config, [said, f"{config.norm_num_groups} U-Net groups"]
 
 
-def _infer_text(shapes: Shapes) -> tuple[TextEncoderConfig, list[str]]:
-    vocab, width = _shape(shapes, CLIP + "embeddings.token_embedding.weight", "CLIP's token embedding")
-    positions = _shape(shapes, CLIP + "embeddings.position_embedding.weight", "CLIP's position embedding")[0]
-    layers = _count(shapes, rf"{re.escape(CLIP)}encoder\.layers\.(\d+)\.self_attn\.q_proj\.weight")
-    intermediate = _shape(shapes, CLIP + "encoder.layers.0.mlp.fc1.weight", "CLIP's first MLP")[0]
+def _infer_text(shapes: Shapes, prefix: str = CLIP) -> tuple[TextEncoderConfig, list[str]]:
+    """transformers-layout CLIP under `prefix` (SD1.x's, or SDXL's first encoder's)."""
+    vocab, width = _shape(shapes, prefix + "embeddings.token_embedding.weight", "CLIP's token embedding")
+    positions = _shape(shapes, prefix + "embeddings.position_embedding.weight", "CLIP's position embedding")[0]
+    layers = _count(shapes, rf"{re.escape(prefix)}encoder\.layers\.(\d+)\.self_attn\.q_proj\.weight")
+    intermediate = _shape(shapes, prefix + "encoder.layers.0.mlp.fc1.weight", "CLIP's first MLP")[0]
     heads = max(1, width // CLIP_HEAD_WIDTH) if width % CLIP_HEAD_WIDTH == 0 else _divisor([width], 8)
     config = TextEncoderConfig(vocab_size=vocab, max_position_embeddings=positions, hidden_size=width,
                                intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads)
     return config, [f"{heads} CLIP heads"]
 
 
-def _infer_open_clip(shapes: Shapes) -> tuple[TextEncoderConfig, list[str]]:
-    """OpenCLIP's text tower (`cond_stage_model.model.*`), with SD2's penultimate-layer output and "!" padding."""
-    vocab, width = _shape(shapes, OPEN_CLIP_PREFIX + "token_embedding.weight", "OpenCLIP's token embedding")
-    positions = _shape(shapes, OPEN_CLIP_PREFIX + "positional_embedding", "OpenCLIP's position embedding")[0]
-    layers = _count(shapes, rf"{re.escape(OPEN_CLIP_PREFIX)}transformer\.resblocks\.(\d+)\.attn\.in_proj_weight")
-    block = OPEN_CLIP_PREFIX + "transformer.resblocks.0.mlp.c_fc.weight"
+def _infer_open_clip(shapes: Shapes, prefix: str = OPEN_CLIP_PREFIX) -> tuple[TextEncoderConfig, list[str]]:
+    """OpenCLIP's text tower (SD2's `cond_stage_model.model.*` or SDXL's bigG), penultimate-layer output, "!"
+    padding."""
+    vocab, width = _shape(shapes, prefix + "token_embedding.weight", "OpenCLIP's token embedding")
+    positions = _shape(shapes, prefix + "positional_embedding", "OpenCLIP's position embedding")[0]
+    layers = _count(shapes, rf"{re.escape(prefix)}transformer\.resblocks\.(\d+)\.attn\.in_proj_weight")
+    block = prefix + "transformer.resblocks.0.mlp.c_fc.weight"
     intermediate = _shape(shapes, block, "OpenCLIP's first MLP")[0]
     heads = max(1, width // CLIP_HEAD_WIDTH) if width % CLIP_HEAD_WIDTH == 0 else _divisor([width], 8)
     config = TextEncoderConfig(vocab_size=vocab, max_position_embeddings=positions, hidden_size=width,
@@ -313,6 +341,22 @@ def _infer_sd2(shapes: Shapes, v_prediction: bool | None) -> tuple[ModelConfig, 
         config = replace(config, name="sd2-inpainting-inferred")
     guess = [V_GUESS] if v_prediction is None and unet.in_channels == 4 else []
     return config, tuple(unet_assumed + text_assumed + vae_assumed + guess)
+
+
+def _infer_sdxl(shapes: Shapes) -> tuple[ModelConfig, tuple[str, ...]]:
+    """SDXL base: CLIP (`embedders.0`) and OpenCLIP with its projection (`embedders.1`), both read at the penultimate
+    block without the final norm; 64-wide U-Net heads; SDXL's VAE scaling factor, 128 x 128 latents, guidance 5."""
+    unet, unet_assumed = _infer_unet(shapes, head_width=SD2_HEAD_WIDTH)
+    first, first_assumed = _infer_text(shapes, SDXL_PREFIX + "embedders.0.transformer.text_model.")
+    second, second_assumed = _infer_open_clip(shapes, SDXL_PREFIX + "embedders.1.model.")
+    vae, vae_assumed = _infer_vae(shapes)
+    config = ModelConfig(name="sdxl-inferred", text_encoder=replace(first, skipped_layers=1, final_norm=False),
+                         text_encoder_2=replace(second, final_norm=False, projection_dim=_shape(
+                             shapes, SDXL_PREFIX + "embedders.1.model.text_projection", "bigG's text_projection")[1]),
+                         unet=unet,
+                         vae=replace(vae, scaling_factor=0.13025), image_size=128 * vae.downsample_factor,
+                         default_sampler="euler", default_guidance=5.0, force_zeros_for_empty_prompt=True)
+    return config, (*unet_assumed, *first_assumed, *second_assumed, *vae_assumed, "VAE scaling factor 0.13025")
 
 
 def _check_fits(config: ModelConfig, shapes: Shapes, family: str = "SD1.x") -> None:

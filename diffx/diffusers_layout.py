@@ -6,7 +6,11 @@ the original single-file keys that diffx's modules mirror.
 - SD1.x text encoder: a transformers `CLIPTextModel`, whose keys are already diffx's (`text_model.*`);
 - SD2.x text encoder: a `CLIPTextModel` with GELU and 23 layers (diffusers' conversion of OpenCLIP ViT-H/14,
   the 24th block dropped), renamed to OpenCLIP's layout, with W_q, W_k, W_v stacked back into `in_proj`
-  (the inverse of diffusers' `convert_open_clip_checkpoint`).
+  (the inverse of diffusers' `convert_open_clip_checkpoint`);
+- SDXL: `text_encoder/` (CLIPTextModel, CLIP-L) to `conditioner.embedders.0.transformer.*`, `text_encoder_2/`
+  (CLIPTextModelWithProjection, OpenCLIP bigG with all its blocks) to `conditioner.embedders.1.model.*`, its
+  `text_projection.weight` transposed back into OpenCLIP's `text_projection`; the U-Net's `add_embedding` is
+  `label_emb.0`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def unet_rename_rules(config: UNetConfig) -> dict[str, str]:
     rules = {
         "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
         "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+        "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL's y MLP
     }
     num_levels, per_level = len(config.channel_mult), config.num_res_blocks
     block = 1  # input_blocks.0 is conv_in
@@ -142,13 +147,14 @@ def vae_from_diffusers(state_dict: dict[str, Tensor], config: VAEConfig) -> dict
     return converted
 
 
-def text_encoder_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A transformers `CLIPTextModel` state dict -> original keys (`cond_stage_model.transformer.*`).
+def text_encoder_from_transformers(state_dict: dict[str, Tensor], prefix: str = ORIGINAL_PREFIXES["text_encoder"]
+                                   ) -> dict[str, Tensor]:
+    """A transformers `CLIPTextModel` state dict -> original keys (`cond_stage_model.transformer.*`, or SDXL's
+    `conditioner.embedders.0.transformer.*`).
 
     transformers < 5 saved the keys under `text_model.` (as all SD folders on the hub have them);
     transformers 5 saves them without it.
     """
-    prefix = ORIGINAL_PREFIXES["text_encoder"]
     return {
         prefix + ("" if key.startswith("text_model.") else "text_model.") + key: tensor
         for key, tensor in state_dict.items() if not key.endswith("embeddings.position_ids")
@@ -163,8 +169,10 @@ OPEN_CLIP_LEAVES = {
 }
 
 
-def open_clip_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """SD2's converted text encoder (a transformers `CLIPTextModel`) -> OpenCLIP keys (`cond_stage_model.model.*`).
+def open_clip_from_transformers(state_dict: dict[str, Tensor], prefix: str = OPEN_CLIP_PREFIX) -> dict[str, Tensor]:
+    """SD2's converted text encoder (a transformers `CLIPTextModel`) -> OpenCLIP keys (`cond_stage_model.model.*`);
+    SDXL's bigG (a `CLIPTextModelWithProjection`) -> `conditioner.embedders.1.model.*`, its Linear
+    `text_projection.weight` (out, in) transposed to OpenCLIP's right-multiplied `text_projection` (in, out).
 
     `encoder.layers.N.<leaf>` -> `transformer.resblocks.N.<OpenCLIP leaf>`; the position embedding becomes the
     bare `positional_embedding`; per block, q_proj, k_proj, v_proj (each (1024, 1024)) are stacked row-wise
@@ -176,8 +184,9 @@ def open_clip_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, Tens
         key = key.removeprefix("text_model.")
         if key.endswith("embeddings.position_ids"):
             continue
-        if key == "embeddings.position_embedding.weight":
-            converted[OPEN_CLIP_PREFIX + "positional_embedding"] = tensor
+        if key in ("embeddings.position_embedding.weight", "text_projection.weight"):
+            name = "positional_embedding" if key.startswith("embeddings") else "text_projection"
+            converted[prefix + name] = tensor if name == "positional_embedding" else tensor.T.contiguous()
             continue
         key = re.sub(r"^encoder\.layers\.(\d+)\.", r"transformer.resblocks.\1.", key)
         if match := re.fullmatch(r"(.*)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
@@ -189,9 +198,9 @@ def open_clip_from_transformers(state_dict: dict[str, Tensor]) -> dict[str, Tens
             if module == transformers_name or module.endswith("." + transformers_name):
                 module = module.removesuffix(transformers_name) + open_clip_name
                 break
-        converted[f"{OPEN_CLIP_PREFIX}{module}.{leaf}"] = tensor
+        converted[f"{prefix}{module}.{leaf}"] = tensor
     for key, parts in projections.items():
-        converted[OPEN_CLIP_PREFIX + key] = torch.cat([parts["q"], parts["k"], parts["v"]])  # (3C, C) or (3C,)
+        converted[prefix + key] = torch.cat([parts["q"], parts["k"], parts["v"]])  # (3C, C) or (3C,)
     return converted
 
 
@@ -203,10 +212,10 @@ def _not_supported(path: Path, family: str) -> CheckpointError:
     return CheckpointError(f"{path}: {unsupported_family(family)}")
 
 
-def _pad_token(folder: Path, open_clip: bool) -> str:
-    """The tokenizer folder's pad token (SD2's says "!"), else the family's."""
+def _pad_token(folder: Path, open_clip: bool, tokenizer: str = "tokenizer") -> str:
+    """The tokenizer folder's pad token (SD2's and SDXL's `tokenizer_2` say "!"), else the family's."""
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        file = folder / "tokenizer" / name
+        file = folder / tokenizer / name
         pad = read_json(file).get("pad_token") if file.is_file() else None
         if pad is not None:
             return pad["content"] if isinstance(pad, dict) else pad
@@ -229,6 +238,32 @@ def _unet_heads(folder: Path, unet: dict) -> dict:
     return {"num_head_channels": widths.pop()}
 
 
+def _text_config(text: dict, **fields: object) -> TextEncoderConfig:
+    """A transformers CLIPTextConfig's sizes (its `projection_dim` only where `fields` says: SD2's is unused)."""
+    sizes = {name: text[name] for name in TextEncoderConfig.__dataclass_fields__ if name in text and name not in fields}
+    return TextEncoderConfig(**{**sizes, "projection_dim": 0, **fields})
+
+
+def _transformer_depth(depth: int | list[int], attention_levels: tuple[int, ...]) -> int | tuple[int, ...]:
+    """diffusers' `transformer_layers_per_block` as diffx writes it: one number when every level with attention
+    has the same, else one per level with 0 where there is none (SDXL's [1, 2, 10] -> (0, 2, 10))."""
+    if isinstance(depth, int):
+        return depth
+    used = {depth[level] for level in attention_levels}
+    return used.pop() if len(used) == 1 else tuple(d if lv in attention_levels else 0 for lv, d in enumerate(depth))
+
+
+def _sdxl_text(folder: Path, first: dict) -> dict:
+    """SDXL's two encoders, both read at the penultimate block without the final norm; bigG projects the pooled
+    output (`text_encoder_2`, a CLIPTextModelWithProjection)."""
+    second = read_json(folder / "text_encoder_2" / "config.json")
+    return {"text_encoder": _text_config(first, layout="clip", pad_token=_pad_token(folder, False),
+                                         skipped_layers=1, final_norm=False),
+            "text_encoder_2": _text_config(second, layout="open_clip", skipped_layers=1, final_norm=False,
+                                           pad_token=_pad_token(folder, True, "tokenizer_2"),
+                                           projection_dim=second["projection_dim"])}
+
+
 def config_from_diffusers(folder: Path) -> ModelConfig:
     """Our `ModelConfig` from the config.json files of a diffusers Stable Diffusion folder."""
     unet = read_json(folder / "unet" / "config.json")
@@ -237,10 +272,15 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler = read_json(scheduler_file) if scheduler_file.is_file() else {}
 
-    if unet.get("addition_embed_type") == "text_time":
-        raise _not_supported(folder, "SDXL")
+    sdxl = unet.get("addition_embed_type") == "text_time"
+    if unet.get("addition_embed_type") not in (None, "text_time") or unet.get("class_embed_type") is not None:
+        raise _not_supported(folder, f"a U-Net with {unet.get('addition_embed_type') or unet['class_embed_type']} "
+                                     "conditioning")
     # OpenAI's CLIP uses quick_gelu; OpenCLIP's towers (SD2.x) exact GELU.
     open_clip = text.get("hidden_act") == "gelu"
+    attention_levels = tuple(level for level, kind in enumerate(unet["down_block_types"])
+                             if kind.startswith("CrossAttn"))
+    index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     unet_channels = unet["block_out_channels"]
     vae_channels = vae["block_out_channels"]
     vae_config = VAEConfig(
@@ -253,17 +293,15 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
     defaults = SchedulerConfig()
     return ModelConfig(
         name=folder.name,
-        text_encoder=TextEncoderConfig(**{
-            name: text[name] for name in TextEncoderConfig.__dataclass_fields__ if name in text
-        }, layout="open_clip" if open_clip else "clip", pad_token=_pad_token(folder, open_clip)),
+        **(_sdxl_text(folder, text) if sdxl else {"text_encoder": _text_config(
+            text, layout="open_clip" if open_clip else "clip", pad_token=_pad_token(folder, open_clip))}),
         unet=UNetConfig(
             in_channels=unet.get("in_channels", 4), out_channels=unet.get("out_channels", 4),
             model_channels=unet_channels[0], channel_mult=tuple(c // unet_channels[0] for c in unet_channels),
             num_res_blocks=unet.get("layers_per_block", 2),
-            attention_levels=tuple(
-                level for level, kind in enumerate(unet["down_block_types"]) if kind.startswith("CrossAttn")
-            ),
-            transformer_depth=unet.get("transformer_layers_per_block", 1),
+            attention_levels=attention_levels,
+            transformer_depth=_transformer_depth(unet.get("transformer_layers_per_block", 1), attention_levels),
+            adm_in_channels=unet.get("projection_class_embeddings_input_dim") or 0 if sdxl else 0,
             context_dim=unet.get("cross_attention_dim", 768), norm_num_groups=unet.get("norm_num_groups", 32),
             use_linear_in_transformer=bool(unet.get("use_linear_projection")),
             upcast_attention=bool(unet.get("upcast_attention")), **_unet_heads(folder, unet),
@@ -274,6 +312,9 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
             for name in SchedulerConfig.__dataclass_fields__
         }),
         image_size=unet.get("sample_size", 64) * vae_config.downsample_factor,
+        # SDXL: diffusers' defaults (Euler, guidance 5, zeros for an empty negative prompt unless the folder says)
+        **({"default_sampler": "euler", "default_guidance": 5.0,
+            "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True)} if sdxl else {}),
     )
 
 

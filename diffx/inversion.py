@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from diffx.conditioning import prompt_conditioning
 from diffx.ddim_inversion import invert_ddim
 from diffx.errors import InvalidArgumentError
 from diffx.files import atomic_output
@@ -36,9 +37,8 @@ from diffx.pipeline import (
     check_finite,
     decode_latents,
     encode_image,
-    encode_text,
-    make_denoiser,
     schedule_for,
+    settings_denoiser,
     tokenize,
 )
 from diffx.samplers import StepCallback, StepRecord, sample
@@ -112,11 +112,12 @@ def inversion_settings(model: StableDiffusion, image: Image.Image | np.ndarray, 
 
 def _denoiser(model: StableDiffusion, settings: GenerationSettings,
               observer: Observer | None) -> Callable[[Tensor, Tensor], Tensor]:
-    """ε̂(x_t, t) for the settings' prompt and guidance (only ε_c at w = 1, as `generate` does)."""
-    context_cond = encode_text(model, [tokenize(model, settings.prompt)])
-    context_uncond = encode_text(model, [tokenize(model, settings.negative_prompt)]) \
-        if settings.guidance != 1.0 else None
-    return make_denoiser(model, context_cond, context_uncond, settings.guidance, observer)
+    """ε̂(x_t, t) for the settings' prompt and guidance (only ε_c at w = 1), as `generate` samples with it
+    (SDXL's size conditioning included)."""
+    tokens, negative_tokens = tokenize(model, settings.prompt), tokenize(model, settings.negative_prompt)
+    conditioning = prompt_conditioning(model, tokens, negative_tokens, settings.guidance != 1.0,
+                                       (settings.height, settings.width), not settings.negative_prompt)
+    return settings_denoiser(model, settings, conditioning, observer)
 
 
 def _callbacks(*callbacks: StepCallback | None) -> StepCallback:

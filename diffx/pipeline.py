@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from diffx.conditioning import Conditioning, prompt_conditioning
+from diffx.conditioning import encode_text as encode_text  # re-exported: the API has always offered it here
 from diffx.errors import InputImageError, InvalidArgumentError, check_choice
 from diffx.images import image_to_tensor, repaint_mask, tensor_to_image
 from diffx.models.attention import AttentionObserver, observe_attention
 from diffx.models.tokenizer import TokenizedPrompt
-from diffx.prompt_weights import WeightedPrompt, apply_weights, positions_weights, weighted_tokens
+from diffx.prompt_weights import WeightedPrompt, weighted_tokens
 from diffx.samplers import KARRAS_SAMPLERS, SAMPLERS, StepCallback, StepRecord, sample
 from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule, eps_from_prediction, vp_scales
 
@@ -190,16 +192,6 @@ def tokenize(model: StableDiffusion, prompt: str, what: str = "prompt") -> Weigh
     return tokens
 
 
-@torch.no_grad()
-def encode_text(model: StableDiffusion, prompts: Sequence[TokenizedPrompt]) -> Tensor:
-    """Context for cross-attention: CLIP's last hidden state, (B, 77, width), with the word weights of
-    `WeightedPrompt`s applied (each token's vector scaled, then the mean restored: `apply_weights`)."""
-    ids = torch.tensor([p.ids for p in prompts], device=model.device)
-    context = model.text_encoder(ids)
-    weights = positions_weights(list(prompts))
-    return context if weights is None else apply_weights(context, weights)
-
-
 def schedule_for(model: StableDiffusion, name: str) -> NoiseSchedule:
     """The model's training schedule, or another β schedule by name (with that schedule's defaults)."""
     return schedule_from_config(model.config.scheduler, name)
@@ -222,9 +214,20 @@ def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
     return rescale * rescaled + (1 - rescale) * guided
 
 
+def settings_denoiser(model: StableDiffusion, settings: GenerationSettings, conditioning: Conditioning,
+                      observer: Observer | None = None, schedule: NoiseSchedule | None = None
+                      ) -> Callable[[Tensor, Tensor], Tensor]:
+    """`make_denoiser` for a prompt's `conditioning` (`diffx.conditioning.prompt_conditioning`) at the settings'
+    guidance and rescale: what `generate` samples with, and what DDIM inversion climbs with."""
+    return make_denoiser(model, conditioning.context_cond, conditioning.context_uncond, settings.guidance, observer,
+                         schedule=schedule, guidance_rescale=settings.guidance_rescale,
+                         added_cond=conditioning.added_cond, added_uncond=conditioning.added_uncond)
+
+
 def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: Tensor | None,
                   guidance: float, observer: Observer | None = None, *, schedule: NoiseSchedule | None = None,
-                  guidance_rescale: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
+                  guidance_rescale: float = 0.0, added_cond: Tensor | None = None, added_uncond: Tensor | None = None
+                  ) -> Callable[[Tensor, Tensor], Tensor]:
     """ε̂(x_t, t) with classifier-free guidance: ε_u + w (ε_c − ε_u)  (Ho & Salimans 2022, eq. 6).
 
     Without an unconditional context (guidance exactly 1) only ε_c is computed.
@@ -232,7 +235,7 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
     `rescale_guidance`) works on what the U-Net predicts; a v-prediction model's v̂ then becomes
     ε̂ = σ x_t + α v̂ at t's α, σ in `schedule` (default: the model's own), so every sampler, the
     tracer and the views see ε̂ whatever the model predicts. `observer` hears both (as ε̂) and watches
-    the U-Net's attention.
+    the U-Net's attention. `added_*`: SDXL's vector y of each branch (`diffx.conditioning`).
     """
     dtype = model.dtype
     observer = observer or Observer()
@@ -243,11 +246,12 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
     def eps_model(x_in: Tensor, t: Tensor) -> Tensor:
         batch = x_in.shape[0]
         if context_uncond is None:
-            out_uncond, out_cond = None, model.unet(x_in.to(dtype), t, context_cond).float()
+            out_uncond, out_cond = None, model.unet(x_in.to(dtype), t, context_cond, added_cond).float()
             out = out_cond
         else:
+            y = None if added_cond is None else torch.cat([added_uncond, added_cond])
             out_both = model.unet(torch.cat([x_in, x_in]).to(dtype), t,
-                                  torch.cat([context_uncond, context_cond])).float()
+                                  torch.cat([context_uncond, context_cond]), y).float()
             out_uncond, out_cond = out_both[:batch], out_both[batch:]
             out = rescale_guidance(out_uncond + guidance * (out_cond - out_uncond), out_cond, guidance_rescale)
         alpha, sigma = (float(s) for s in vp_scales(schedule, t))
@@ -353,9 +357,9 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
         _check_image_size(mask, settings, "the mask")
     tokens = tokenize(model, settings.prompt)
     negative_tokens = tokenize(model, settings.negative_prompt, "negative prompt")
-    context_cond = encode_text(model, [tokens])
     # Guidance 1 is ε_c alone: the unconditional branch is skipped, observed or not (observing never changes numbers).
-    context_uncond = encode_text(model, [negative_tokens]) if settings.guidance != 1.0 else None
+    conditioning = prompt_conditioning(model, tokens, negative_tokens, settings.guidance != 1.0,
+                                       (settings.height, settings.width), not settings.negative_prompt)
     schedule = schedule_for(model, settings.schedule)
     vae = model.config.vae
     latent_shape = (1, vae.embed_dim, settings.height // vae.downsample_factor, settings.width // vae.downsample_factor)
@@ -378,8 +382,7 @@ def generate(model: StableDiffusion, settings: GenerationSettings, *, seeds: Seq
         needs_init_latent = init_image is not None and not (inpainting_unet and from_noise)
         init_latent = encode_image(model, init_image, generator) if needs_init_latent else None
         noise = torch.randn(latent_shape, generator=generator).to(model.device)
-        denoiser = make_denoiser(model, context_cond, context_uncond, settings.guidance, observer,
-                                 schedule=schedule, guidance_rescale=settings.guidance_rescale)
+        denoiser = settings_denoiser(model, settings, conditioning, observer, schedule)
         callbacks = [cb for cb in (observer.on_step, progress) if cb is not None]
         if inpainting_unet:
             masked_image = image_to_tensor(init_image) * (1 - repaint)  # the hole blanked to grey (0)

@@ -3,13 +3,13 @@
 
 Three layouts are understood, all converted to the original single-file keys that diffx's modules
 mirror (`model.diffusion_model.*`, `first_stage_model.*`, and `cond_stage_model.transformer.*` for SD1.x's
-CLIP or `cond_stage_model.model.*` for SD2.x's OpenCLIP):
+CLIP, `cond_stage_model.model.*` for SD2.x's OpenCLIP, `conditioner.embedders.*` for SDXL's two):
 
-- *single file*: an original SD1.x or SD2.x checkpoint (`v1-5-pruned-emaonly.ckpt`,
-  `v2-1_768-ema-pruned.safetensors`), read with `safetensors` or with diffx's code-free unpickler
-  (`diffx.safe_checkpoint`);
-- *diffusers folder*: `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/` with config.json
-  files; names are mapped back by `diffx.diffusers_layout`;
+- *single file*: an original SD1.x, SD2.x or SDXL base checkpoint (`v1-5-pruned-emaonly.ckpt`,
+  `v2-1_768-ema-pruned.safetensors`, `sd_xl_base_1.0.safetensors`), read with `safetensors` or with diffx's
+  code-free unpickler (`diffx.safe_checkpoint`);
+- *diffusers folder*: `unet/`, `vae/`, `text_encoder/` (SDXL: and `text_encoder_2/`), `tokenizer/`, `scheduler/`
+  with config.json files; names are mapped back by `diffx.diffusers_layout`;
 - *diffx folder*: `model.safetensors` (original keys) + `config.json` (`ModelConfig.to_dict()`), the
   format of the embedded model.
 
@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diffx.architecture import recognise
+from diffx.architecture import UNUSED_KEYS, recognise
 from diffx.diffusers_layout import (
     config_from_diffusers,
     open_clip_from_transformers,
@@ -41,7 +41,7 @@ from diffx.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, reso
 from diffx.errors import CheckpointError, ModelNotFoundError, check_choice
 from diffx.files import atomic_output
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
-from diffx.models.open_clip import OPEN_CLIP_PREFIX
+from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.safe_checkpoint import load_torch_zip
@@ -139,10 +139,8 @@ def _read_single_file(path: Path, config: ModelConfig | None, choice: str) -> tu
     """The config (given, or recognised from the tensors), the weights, and a note on what was recognised."""
     state_dict, taken = _select_weights(_modern_text_keys(read_state_dict(path)), choice)
     # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids, OpenCLIP's
-    # contrastive head, which SD2 does not use) are not weights of diffx's modules.
-    unused = {ORIGINAL_PREFIXES["text_encoder"] + "text_model.embeddings.position_ids",
-              OPEN_CLIP_PREFIX + "text_projection", OPEN_CLIP_PREFIX + "logit_scale"}
-    state_dict = {key: tensor for key, tensor in state_dict.items() if key not in unused}
+    # contrastive head, which SD2 does not use: `UNUSED_KEYS`) are not weights of diffx's modules.
+    state_dict = {key: tensor for key, tensor in state_dict.items() if key not in UNUSED_KEYS}
     if config is not None:
         note = f"the {config.name} config as given"
     else:
@@ -174,10 +172,18 @@ def _component_state_dict(folder: Path) -> dict[str, Tensor]:
 
 def _read_diffusers(folder: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     config = config_from_diffusers(folder)
-    text = open_clip_from_transformers if config.text_encoder.layout == "open_clip" else \
-        text_encoder_from_transformers
+    if config.text_encoder_2 is not None:  # SDXL: CLIP-L and bigG under `conditioner.embedders.0/1`
+        text_weights = {
+            **text_encoder_from_transformers(_component_state_dict(folder / "text_encoder"),
+                                             SDXL_PREFIX + "embedders.0.transformer."),
+            **open_clip_from_transformers(_component_state_dict(folder / "text_encoder_2"),
+                                          SDXL_PREFIX + "embedders.1.model.")}
+    else:
+        text = open_clip_from_transformers if config.text_encoder.layout == "open_clip" else \
+            text_encoder_from_transformers
+        text_weights = text(_component_state_dict(folder / "text_encoder"))
     return config, {
-        **text(_component_state_dict(folder / "text_encoder")),
+        **text_weights,
         **unet_from_diffusers(_component_state_dict(folder / "unet"), config.unet),
         **vae_from_diffusers(_component_state_dict(folder / "vae"), config.vae),
     }
@@ -235,7 +241,8 @@ def describe_architecture(source: ModelSource) -> str:
             ModelConfig.from_dict(read_json(source.path / "config.json"))
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
-    family = "SD2.x" if config.text_encoder.layout == "open_clip" else "SD1.x"
+    family = "SDXL" if config.text_encoder_2 is not None else \
+        "SD2.x" if config.text_encoder.layout == "open_clip" else "SD1.x"
     return f"{family} ({config.name}), predicts {config.scheduler.prediction_type}"
 
 

@@ -5,8 +5,7 @@ The models are random and small but SD2-shaped (OpenCLIP layout with a skipped l
 64-wide U-Net heads, Linear proj_in/out, fp32 attention, v-prediction): SD2.1's full widths are covered by
 tests/models/test_sd2_models.py; here each run must take seconds on 2 cores. The single file is written by
 the *inverse* of diffusers' own LDM converters (`convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
-`convert_open_clip_checkpoint`): each converter is run once on a file whose every number is its own index,
-which tells where each diffusers tensor's numbers came from; the diffusers models' tensors are put back there.
+`convert_open_clip_checkpoint`; tests/models/inverse_conversion.py).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
@@ -31,8 +30,9 @@ from diffx.models.open_clip import OPEN_CLIP_PREFIX
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.pipeline import GenerationSettings, generate
 from diffx.weights import load_model
-from tests.models.ldm_configs import diffusers_unet_config, diffusers_vae_config
-from tests.models.sd2_models import randomise_norms, small_sd2
+from tests.models import inverse_conversion
+from tests.models.inverse_conversion import invert_converters
+from tests.models.sd2_models import small_sd2
 from tests.models.tokenizer_files import write_vocab_folder
 from tests.test_pipeline import PROMPT, SIZE, assert_same_image
 
@@ -44,21 +44,12 @@ SD2_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "sca
 
 def reference_models(config: ModelConfig, seed: int = 0) -> dict[str, torch.nn.Module]:
     """diffusers' U-Net and VAE and transformers' CLIPTextModel (as diffusers converts SD2's), random weights."""
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        template = build_without_weights(config).original_state_dict()
     text = config.text_encoder
-    models = {
-        "unet": UNet2DConditionModel(**diffusers_unet_config(config, template)),
-        "vae": AutoencoderKL(**diffusers_vae_config(config, template)),
+    return inverse_conversion.reference_models(config, lambda: {
         "text_encoder": transformers.CLIPTextModel(transformers.CLIPTextConfig(
             vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
             num_hidden_layers=text.num_hidden_layers - text.skipped_layers, hidden_act="gelu",
-            num_attention_heads=text.num_attention_heads)),
-    }
-    for model in models.values():
-        randomise_norms(model, seed)
-    return {name: model.eval() for name, model in models.items()}
+            num_attention_heads=text.num_attention_heads))}, seed)
 
 
 def original_single_file(config: ModelConfig, models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -68,35 +59,15 @@ def original_single_file(config: ModelConfig, models: dict[str, torch.nn.Module]
     width = config.text_encoder.hidden_size
     shapes[OPEN_CLIP_PREFIX + "text_projection"] = torch.Size([width, width])
     shapes[OPEN_CLIP_PREFIX + "logit_scale"] = torch.Size([])
-    keys, offsets, total = list(shapes), [], 0
-    for key in keys:
-        offsets.append(total)
-        total += shapes[key].numel()
-    # Every number of the file is its own index (exact in float64).
-    index = torch.arange(total, dtype=torch.float64)
-    template = {key: index[start:start + shapes[key].numel()].reshape(shapes[key])
-                for key, start in zip(keys, offsets, strict=True)}
     used = config.text_encoder.num_hidden_layers - config.text_encoder.skipped_layers
-    unet_config = dict(models["unet"].config)
-    converted = {
-        "unet": convert_ldm_unet_checkpoint(template, unet_config),
-        "vae": convert_ldm_vae_checkpoint(template, dict(models["vae"].config)),
-        # The converter leaves out SD2's unused block 23 by name; this smaller model's is block `used`.
-        "text_encoder": convert_open_clip_checkpoint(models["text_encoder"], {
-            key: t for key, t in template.items()
-            if not key.startswith(f"{OPEN_CLIP_PREFIX}transformer.resblocks.{used}.")}),
-    }
-    generator = torch.Generator().manual_seed(1)
-    flat = torch.randn(total, generator=generator)  # what no diffusers tensor fills: the skipped block, the head
-    for name, model in models.items():
-        weights = {key.removeprefix("text_model."): t for key, t in model.state_dict().items()}
-        for key, positions in converted[name].items():
-            key = key.removeprefix("text_model.")
-            if key not in weights:  # text_projection: CLIPTextModel has none
-                continue
-            flat[positions.flatten().long()] = weights[key].detach().flatten()
-    return {key: flat[start:start + shapes[key].numel()].reshape(shapes[key]).clone()
-            for key, start in zip(keys, offsets, strict=True)}
+    # The converter leaves out SD2's unused block 23 by name; this smaller model's is block `used`.
+    skipped = f"{OPEN_CLIP_PREFIX}transformer.resblocks.{used}."
+    return invert_converters(shapes, models, {
+        "unet": lambda template: convert_ldm_unet_checkpoint(template, dict(models["unet"].config)),
+        "vae": lambda template: convert_ldm_vae_checkpoint(template, dict(models["vae"].config)),
+        "text_encoder": lambda template: convert_open_clip_checkpoint(models["text_encoder"], {
+            key: t for key, t in template.items() if not key.startswith(skipped)}),
+    })
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,9 @@ one vector per token position, each seeing only the tokens before it (causal mas
     x_l = x_l + MLP(LayerNorm(x_l)),  MLP = fc2(quick_gelu(fc1(.)))
     context = LayerNorm(x_L)
 
+SDXL reads the first of its two encoders (this one, `conditioner.embedders.0.transformer.*`) one block earlier
+and without the final norm: context = x_{L-1} (transformers' `hidden_states[-2]`; `skipped_layers = 1`,
+`final_norm = False` in its config).
 Module names are the keys of transformers' `CLIPTextModel` checkpoints (`text_model.*`), so the state
 dict of `text_encoder/` in a diffusers folder, or `cond_stage_model.transformer.*` of an original SD
 checkpoint with that prefix removed, loads without renaming. (transformers >= 5.6 itself saves the
@@ -108,8 +111,8 @@ class ClipEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(ClipEncoderLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
+    def forward(self, x: Tensor, skipped_layers: int = 0) -> Tensor:
+        for layer in self.layers[:len(self.layers) - skipped_layers]:
             x = layer(x)
         return x
 
@@ -119,12 +122,14 @@ class ClipTextTransformer(nn.Module):
 
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
+        self.config = config
         self.embeddings = ClipEmbeddings(config)
         self.encoder = ClipEncoder(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        return self.final_layer_norm(self.encoder(self.embeddings(input_ids)))
+        hidden = self.encoder(self.embeddings(input_ids), self.config.skipped_layers)
+        return self.final_layer_norm(hidden) if self.config.final_norm else hidden
 
 
 class TextEncoder(nn.Module):

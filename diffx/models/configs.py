@@ -1,7 +1,8 @@
 """Model configurations as dataclasses, with the SD1.5 and SD2.x presets and small sizes.
 
 Field names follow the original (CompVis/LDM) configs so a reader can compare them with
-`v1-inference.yaml` and `v2-inference(-v).yaml`; `sd15()` and `sd21_v()` reproduce those files' numbers.
+`v1-inference.yaml`, `v2-inference(-v).yaml` and `sd_xl_base.yaml`; `sd15()`, `sd21_v()` and `sdxl_base()` reproduce
+those files' numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class TextEncoderConfig:
     (LDM's `FrozenOpenCLIPEmbedder(layer="penultimate")`) and then applies `ln_final`, so it skips 1 of 24.
     `pad_token`: what fills the 77 positions after the end token: `<|endoftext|>` for SD1.x, `!` (id 0,
     as `open_clip.tokenize` pads with zeros) for SD2.x.
+    `final_norm`: whether the final LayerNorm is applied to the used block's output (SD1.x, SD2.x); SDXL reads
+    both its encoders' penultimate hidden states without it (`hidden_states[-2]`).
+    `projection_dim`: the width of the pooled output's `text_projection` (OpenCLIP bigG in SDXL: 1280); 0 = none.
     """
 
     vocab_size: int = 49408
@@ -34,6 +38,8 @@ class TextEncoderConfig:
     layout: str = "clip"
     skipped_layers: int = 0
     pad_token: str = "<|endoftext|>"
+    final_norm: bool = True
+    projection_dim: int = 0
 
 
 @dataclass
@@ -48,7 +54,9 @@ class UNetConfig:
     # Levels (0 = full latent resolution) whose blocks carry a spatial transformer; the middle always does.
     attention_levels: tuple[int, ...] = (0, 1, 2)
     num_heads: int = 8
-    transformer_depth: int = 1
+    # Blocks per spatial transformer: one number, or one per level (SDXL: 0, 2, 10; the middle block takes the
+    # deepest level's, as `sd_xl_base.yaml`'s `transformer_depth_middle` defaults to).
+    transformer_depth: int | tuple[int, ...] = 1
     context_dim: int = 768
     norm_num_groups: int = 32
     # SD2.x: heads of a fixed width (64) instead of a fixed count (num_head_channels = -1 keeps num_heads),
@@ -56,6 +64,14 @@ class UNetConfig:
     num_head_channels: int = -1
     use_linear_in_transformer: bool = False
     upcast_attention: bool = False
+    # SDXL: the width of the vector y (pooled text + embedded size/crop ids) that `label_emb` maps onto the
+    # timestep embedding (`adm_in_channels`, 2816); 0 = no added conditioning.
+    adm_in_channels: int = 0
+
+    def depth_at(self, level: int) -> int:
+        """The transformer depth at `level` (0 = full resolution); the middle block's is the deepest level's."""
+        depth = self.transformer_depth
+        return depth if isinstance(depth, int) else depth[level]
 
     def heads_at(self, channels: int) -> int:
         """The attention heads of a transformer `channels` wide: num_heads, or channels / num_head_channels."""
@@ -124,6 +140,8 @@ class ModelConfig:
 
     name: str
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    # SDXL's second text encoder (OpenCLIP ViT-bigG/14), its context concatenated to the first's; None otherwise.
+    text_encoder_2: TextEncoderConfig | None = None
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -131,6 +149,8 @@ class ModelConfig:
     default_sampler: str = "ddim"
     default_steps: int = 50
     default_guidance: float = 7.5
+    # SDXL (diffusers' default): an empty negative prompt conditions the unconditional branch on zeros.
+    force_zeros_for_empty_prompt: bool = False
 
     def to_dict(self) -> dict:
         """JSON-native (tuples become lists): what `from_dict` reads back."""
@@ -144,11 +164,12 @@ class ModelConfig:
         return cls(
             name=data["name"],
             text_encoder=TextEncoderConfig(**tuples(data["text_encoder"])),
+            text_encoder_2=TextEncoderConfig(**data["text_encoder_2"]) if data.get("text_encoder_2") else None,
             unet=UNetConfig(**tuples(data["unet"])),
             vae=VAEConfig(**tuples(data["vae"])),
             scheduler=SchedulerConfig(**data["scheduler"]),
-            **{k: data[k] for k in ("image_size", "default_sampler", "default_steps", "default_guidance")
-               if k in data},
+            **{k: data[k] for k in ("image_size", "default_sampler", "default_steps", "default_guidance",
+                                    "force_zeros_for_empty_prompt") if k in data},
         )
 
 
@@ -196,6 +217,29 @@ def sd2_inpainting() -> ModelConfig:
     config.name = "sd2-inpainting"
     config.unet.in_channels = 9
     return config
+
+
+def sdxl_base() -> ModelConfig:
+    """SDXL 1.0 base (`sd_xl_base.yaml`; Podell et al. 2023): two text encoders, CLIP ViT-L/14 (768) and OpenCLIP
+    ViT-bigG/14 (1280 wide, 20 heads, 32 blocks), both read at the penultimate block without the final norm and
+    concatenated into a 2048-wide context; bigG's pooled, projected end token (1280) and the six size/crop ids
+    (6 x 256) form the 2816-wide y added to the timestep embedding. U-Net 320/640/1280 with no attention at the
+    top level, 2 and 10 transformer blocks below (10 in the middle), 64-wide heads, Linear proj_in/out.
+    f8 VAE of SD's shape with scaling factor 0.13025; 1024 px, ε-prediction, guidance 5."""
+    return ModelConfig(
+        name="sdxl-base",
+        text_encoder=TextEncoderConfig(skipped_layers=1, final_norm=False),
+        text_encoder_2=TextEncoderConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                         num_attention_heads=20, hidden_act="gelu", layout="open_clip",
+                                         skipped_layers=1, pad_token="!", final_norm=False, projection_dim=1280),
+        unet=UNetConfig(channel_mult=(1, 2, 4), attention_levels=(1, 2), transformer_depth=(0, 2, 10),
+                        context_dim=2048, num_head_channels=64, use_linear_in_transformer=True, adm_in_channels=2816),
+        vae=VAEConfig(scaling_factor=0.13025),
+        image_size=1024,
+        default_sampler="euler",
+        default_guidance=5.0,
+        force_zeros_for_empty_prompt=True,
+    )
 
 
 def tiny() -> ModelConfig:
@@ -256,7 +300,7 @@ def shapes_world_2() -> ModelConfig:
 
 
 PRESETS = {"sd15": sd15, "sd15-inpainting": sd15_inpainting, "sd21-v": sd21_v, "sd21-base": sd21_base,
-           "sd2-inpainting": sd2_inpainting, "tiny": tiny, "shapes-world": shapes_world,
+           "sd2-inpainting": sd2_inpainting, "sdxl-base": sdxl_base, "tiny": tiny, "shapes-world": shapes_world,
            "shapes-world-2": shapes_world_2}
 
 

@@ -17,6 +17,12 @@ Module paths are the keys SD2 single files keep under `cond_stage_model.model.`,
 `.attn.out_proj`, `.ln_2`, `.mlp.c_fc`, `.mlp.c_proj`, `ln_final`. The file's `text_projection` and
 `logit_scale` belong to CLIP's contrastive head, which SD2's conditioning does not use; the loader drops them.
 
+SDXL's second encoder is OpenCLIP ViT-bigG/14's tower (1280 wide, 20 heads, 32 blocks), stored under
+`conditioner.embedders.1.model.`; it reads the penultimate block *without* ln_final (`final_norm = False`), and
+also the *pooled* embedding, CLIP's contrastive text feature (Radford et al. 2021, fig. 3), kept this time:
+
+    pooled = ln_final(x_L)[end token] @ text_projection          (B, 1280); text_projection is (width, 1280)
+
 diffusers converts this encoder to a transformers `CLIPTextModel` with `hidden_act="gelu"` and 23 layers (the
 unused 24th dropped): the same numbers. A diffusers folder's 23 layers load here with `skipped_layers = 0`.
 """
@@ -91,13 +97,31 @@ class OpenClipTextEncoder(nn.Module):
         self.transformer.resblocks = nn.ModuleList(ResidualAttentionBlock(config)
                                                    for _ in range(config.num_hidden_layers))
         self.ln_final = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        if config.projection_dim:  # SDXL's bigG: the pooled output's projection, applied as x @ text_projection
+            self.text_projection = nn.Parameter(torch.empty(width, config.projection_dim))
+            nn.init.normal_(self.text_projection, std=width ** -0.5)
         nn.init.normal_(self.positional_embedding, std=0.01)
         name_attention_layers(self)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         # (B, 77) int64 -> (B, 77, 1024)
+        return self.encode(input_ids, pooled=False)[0]
+
+    def encode(self, input_ids: Tensor, pooled: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(context (B, 77, width), pooled (B, projection_dim) or None): the used block's output (ln_final'd
+        when `final_norm`), and with `pooled` the projected end-token feature of the last block (all blocks run)."""
         x = self.token_embedding(input_ids) + self.positional_embedding[: input_ids.shape[1]]
-        used = len(self.transformer.resblocks) - self.config.skipped_layers
-        for block in self.transformer.resblocks[:used]:  # SD2: blocks 0..22 of 24
+        blocks = self.transformer.resblocks
+        used = len(blocks) - self.config.skipped_layers
+        context = x
+        for index, block in enumerate(blocks[:len(blocks) if pooled else used]):  # SD2: blocks 0..22 of 24
             x = block(x)
-        return self.ln_final(x)
+            if index == used - 1:
+                context = x
+        context = self.ln_final(context) if self.config.final_norm else context
+        if not pooled:
+            return context, None
+        # The end token's position: the first occurrence of the largest id (`<|endoftext|>` is the last in CLIP's
+        # vocabulary), as open_clip's `text.argmax(dim=-1)`. (B, 77, width) -> (B, width) -> (B, projection_dim)
+        end = input_ids.argmax(dim=-1)
+        return context, self.ln_final(x)[torch.arange(x.shape[0], device=x.device), end] @ self.text_projection

@@ -4,7 +4,8 @@ Its weights are exchanged in the *original* single-file layout of CompVis/Runway
 (`v1-5-pruned-emaonly.ckpt`, `v2-1_768-ema-pruned.safetensors`), where each component sits under one
 prefix. The modules mirror those keys exactly, so converting is only adding or removing the prefix.
 SD1.x keeps its CLIP text encoder under `cond_stage_model.transformer.`, SD2.x its OpenCLIP one under
-`cond_stage_model.model.` (`TextEncoder.checkpoint_prefix`, `OpenClipTextEncoder.checkpoint_prefix`).
+`cond_stage_model.model.` (`TextEncoder.checkpoint_prefix`, `OpenClipTextEncoder.checkpoint_prefix`), SDXL its two
+under `conditioner.` (`SdxlTextEncoders`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from torch import Tensor, nn
 from diffx.errors import CheckpointError, check_choice
 from diffx.models.clip import TextEncoder
 from diffx.models.configs import TEXT_LAYOUTS, ModelConfig
+from diffx.models.fast_cpu import FAST_DTYPE, use_channels_last
 from diffx.models.open_clip import OPEN_CLIP_PREFIX, OpenClipTextEncoder
-from diffx.models.tokenizer import ClipTokenizer
+from diffx.models.sdxl import SDXL_PREFIX, SdxlTextEncoders
+from diffx.models.tokenizer import END_TOKEN, ClipTokenizer
 from diffx.models.unet import UNet
 from diffx.models.vae import AutoencoderKL
 
@@ -31,7 +34,7 @@ ORIGINAL_PREFIXES = {
     "text_encoder": TextEncoder.checkpoint_prefix,
 }
 # Every prefix a diffx model's tensors may have in a single file.
-ALL_PREFIXES = (*ORIGINAL_PREFIXES.values(), OPEN_CLIP_PREFIX)
+ALL_PREFIXES = (*ORIGINAL_PREFIXES.values(), OPEN_CLIP_PREFIX, SDXL_PREFIX)
 
 
 @dataclass
@@ -40,7 +43,7 @@ class StableDiffusion:
 
     config: ModelConfig
     tokenizer: ClipTokenizer
-    text_encoder: TextEncoder | OpenClipTextEncoder
+    text_encoder: TextEncoder | OpenClipTextEncoder | SdxlTextEncoders
     unet: UNet
     vae: AutoencoderKL
     source: str
@@ -64,9 +67,13 @@ class StableDiffusion:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
            ) -> StableDiffusion:
-        """Move (and cast floating-point weights of) every component, in place; returns self."""
+        """Move (and cast floating-point weights of) every component, in place; returns self.
+
+        bf16 on the CPU is the fast path (`fast_cpu`): the convolution weights are then stored channels-last."""
         for module in self.modules().values():
             module.to(device=device, dtype=dtype)
+        if self.device.type == "cpu" and self.dtype == FAST_DTYPE:
+            use_channels_last(self.modules().values())
         return self
 
     def eval(self) -> StableDiffusion:
@@ -121,13 +128,19 @@ def build(
 ) -> StableDiffusion:
     """A model with freshly initialised weights (or meta tensors, inside `torch.device("meta")`).
 
-    The tokenizer pads with the config's pad token (SD2.x: `!`)."""
+    The tokenizer pads with the config's pad token (SD2.x: `!`; SDXL: the first encoder's, `<|endoftext|>`)."""
     text = config.text_encoder
+    tokenizer = (tokenizer or ClipTokenizer.default()).padded_with(text.pad_token)
     encoder = OpenClipTextEncoder if check_choice("layout", text.layout, TEXT_LAYOUTS) == "open_clip" else TextEncoder
+    if config.text_encoder_2 is not None:
+        text_encoder = SdxlTextEncoders(text, config.text_encoder_2, tokenizer.vocab[END_TOKEN],
+                                        tokenizer.vocab[config.text_encoder_2.pad_token])
+    else:
+        text_encoder = encoder(text)
     return StableDiffusion(
         config=config,
-        tokenizer=(tokenizer or ClipTokenizer.default()).padded_with(text.pad_token),
-        text_encoder=encoder(text),
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
         unet=UNet(config.unet),
         vae=AutoencoderKL(config.vae),
         source=source,

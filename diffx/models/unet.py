@@ -13,6 +13,12 @@ SD2.x's U-Net is the same network with three changes (`v2-inference.yaml`): its 
 every level), its transformers project in and out with Linear layers over the tokens instead of 1x1
 convolutions (`use_linear_in_transformer`: the same map, stored (C, C) instead of (C, C, 1, 1), applied
 after the flattening), and the 768-v model computes attention in fp32 (`upcast_attention`).
+
+SDXL's (`sd_xl_base.yaml`) has three levels (320, 640, 1280), no transformer at the top one, 2 and 10
+transformer blocks per transformer below it and 10 in the middle (`transformer_depth` per level), SD2's
+64-wide heads and Linear projections, and one more input: a vector y (B, 2816) of pooled text and image-size
+embeddings (`diffx.models.sdxl.micro_conditioning`), mapped by `label_emb` (an MLP) and added to the timestep
+embedding, so every ResBlock hears it.
 """
 
 from __future__ import annotations
@@ -133,7 +139,7 @@ class SpatialTransformer(nn.Module):
     layers on the tokens (SD2.x): one per-pixel linear map either way, applied before/after flattening.
     """
 
-    def __init__(self, channels: int, config: UNetConfig):
+    def __init__(self, channels: int, config: UNetConfig, depth: int = 1):
         super().__init__()
         self.linear = config.use_linear_in_transformer
         self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6)
@@ -141,7 +147,7 @@ class SpatialTransformer(nn.Module):
         heads = config.heads_at(channels)  # SD1.5: 8 everywhere; SD2.x: 320 / 64 = 5 ... 1280 / 64 = 20
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(channels, heads, config.context_dim, config.upcast_attention)
-            for _ in range(config.transformer_depth)
+            for _ in range(depth)
         )
         self.proj_out = nn.Linear(channels, channels) if self.linear else nn.Conv2d(channels, channels, 1)
 
@@ -207,12 +213,15 @@ class UNet(nn.Module):
         def res_block(in_ch: int, out_ch: int) -> ResBlock:
             return ResBlock(in_ch, emb_dim, out_ch, groups)
 
-        def transformer(ch: int) -> SpatialTransformer:
-            return SpatialTransformer(ch, config)
+        def transformer(ch: int, level: int) -> SpatialTransformer:
+            return SpatialTransformer(ch, config, config.depth_at(level))
 
         self.time_embed = nn.Sequential(
             nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        if config.adm_in_channels:  # SDXL: y (B, 2816) -> (B, 1280); nested, as its keys read `label_emb.0.0`
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
 
         # Encoder: per level, num_res_blocks blocks, then a Downsample (except at the last level).
         self.input_blocks = nn.ModuleList(
@@ -226,14 +235,15 @@ class UNet(nn.Module):
                 layers: list[nn.Module] = [res_block(ch, mult * channels)]
                 ch = mult * channels
                 if level in config.attention_levels:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, level))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != num_levels - 1:
                 self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
                 skip_channels.append(ch)
 
-        self.middle_block = TimestepEmbedSequential(res_block(ch, ch), transformer(ch), res_block(ch, ch))
+        self.middle_block = TimestepEmbedSequential(res_block(ch, ch), transformer(ch, num_levels - 1),
+                                                    res_block(ch, ch))
 
         # Decoder: per level (deepest first), num_res_blocks + 1 blocks, each fed one skip connection.
         self.output_blocks = nn.ModuleList()
@@ -242,7 +252,7 @@ class UNet(nn.Module):
                 layers = [res_block(ch + skip_channels.pop(), mult * channels)]
                 ch = mult * channels
                 if level in config.attention_levels:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, level))
                 if level != 0 and i == config.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
@@ -256,8 +266,9 @@ class UNet(nn.Module):
     def downsample_factor(self) -> int:
         return 2 ** (len(self.config.channel_mult) - 1)
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
-        """x (B, in_ch, h, w), t (B,) or scalar, context (B, N_tokens, context_dim) -> (B, out_ch, h, w)."""
+    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
+        """x (B, in_ch, h, w), t (B,) or scalar, context (B, N_tokens, context_dim), SDXL's y (B, adm_in_channels)
+        -> (B, out_ch, h, w)."""
         factor = self.downsample_factor
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise InvalidArgumentError(
@@ -270,6 +281,10 @@ class UNet(nn.Module):
         # The sinusoid is computed in fp32 (t up to 1000 needs the precision), then cast to the model's dtype.
         # (B,) -> sinusoid (B, 320) -> MLP (B, 1280)
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        if self.config.adm_in_channels:  # SDXL: + label_emb(y), (B, 2816) -> (B, 1280)
+            if y is None:
+                raise InvalidArgumentError("this U-Net (SDXL) needs y, the pooled-text and size conditioning")
+            emb = emb + self.label_emb(y.to(dtype))
 
         # x (B, 4, h, w); context (B, 77, 768), read by every cross-attention
         h, context = x.to(dtype), context.to(dtype)

@@ -33,9 +33,12 @@ def ldm_unet_params(cfg: UNetConfig) -> dict:
         "channel_mult": list(cfg.channel_mult),
         **heads,
         "use_spatial_transformer": True,
-        "transformer_depth": cfg.transformer_depth,
+        "transformer_depth": cfg.transformer_depth if isinstance(cfg.transformer_depth, int) else
+        list(cfg.transformer_depth),
         "context_dim": cfg.context_dim,
         "legacy": False,
+        # SDXL (`sd_xl_base.yaml`): the added vector y enters through `label_emb` ("sequential" classes).
+        **({"num_classes": "sequential", "adm_in_channels": cfg.adm_in_channels} if cfg.adm_in_channels else {}),
     }
 
 
@@ -80,6 +83,8 @@ def diffusers_unet_config(model_config: ModelConfig, checkpoint: dict) -> dict:
     (an environment variable of the LDM code, `ATTN_PRECISION`), so add ours."""
     original = ldm_original_config(model_config)
     config = single_file_utils.create_unet_diffusers_config_from_ldm(original, checkpoint)
+    if model_config.unet.adm_in_channels:  # diffusers tells SDXL by its context width (2048): say it for any width
+        config.update(class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=256)
     return {**config, "norm_num_groups": model_config.unet.norm_num_groups,
             "upcast_attention": model_config.unet.upcast_attention}
 
