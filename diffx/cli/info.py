@@ -36,12 +36,14 @@ def models() -> None:
 
     Example: diffx models
     """
+    from diffx.devices import cpu_description
     from diffx.discovery import find_models
     from diffx.tables import models_table
     from diffx.weights import describe_architecture
 
     sources = find_models()
     OUT.print(models_table(sources, [describe_architecture(source) for source in sources]))
+    OUT.print(cpu_description())
 
 
 def report(

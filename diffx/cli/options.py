@@ -32,7 +32,9 @@ ModelOpt = Annotated[str | None, typer.Option(
     help="A .ckpt/.safetensors file, a diffusers or diffx folder, or 'embedded'. "
          "Default: $DIFFX_MODEL, else the embedded model.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (fp16 on a GPU, fp32 on the CPU), fp32, fp16 or bf16.")]
+DtypeOpt = Annotated[str, typer.Option(
+    help="auto (fp16 on a GPU; on the CPU, the bf16 fast path for SD-size models where the CPU has native "
+         "bf16 (see diffx models), else fp32), fp32, fp16 or bf16 (on the CPU: bf16, channels-last).")]
 WeightsOpt = Annotated[str, typer.Option(
     help="A checkpoint with both: ema (the U-Net's EMA weights, as CompVis' scripts load) or main.")]
 ConfigOpt = Annotated[str | None, typer.Option(
@@ -99,7 +101,7 @@ class ModelChoice:
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken."""
-        from diffx.devices import resolve_device, resolve_dtype
+        from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.discovery import resolve_model_source
         from diffx.errors import check_choice
         from diffx.models.configs import PRESETS
@@ -109,7 +111,7 @@ class ModelChoice:
         config = None if preset is None else PRESETS[preset]()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
-        precision = resolve_dtype(self.dtype, target)
+        precision = resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path))
         with ERR.status(f"loading {source.path}"):
             return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))

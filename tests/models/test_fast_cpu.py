@@ -1,0 +1,100 @@
+"""The CPU fast path (diffx/models/fast_cpu.py): bf16 + channels-last stays within its tolerances of fp32.
+
+Random weights, small models; nothing here is timed (speed: benchmarks/unet_speed.py, vae_speed.py).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from diffx.models.attention import observe_attention
+from diffx.models.configs import shapes_world, tiny
+from diffx.models.fast_cpu import FAST_DTYPE, is_fast_path, to_fast_path
+from diffx.models.stable_diffusion import build
+from diffx.models.unet import UNet
+from diffx.models.vae import AutoencoderKL
+
+EPS_TOLERANCE = 0.015  # relative error of ε̂ vs fp32, the issue's bound (#18)
+
+
+def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((estimate.float() - reference).norm() / reference.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def unets() -> tuple[UNet, UNet]:
+    """The embedded model's U-Net architecture with random weights: fp32 and a fast-path copy."""
+    torch.manual_seed(0)
+    fp32 = UNet(shapes_world().unet).eval()
+    return fp32, to_fast_path(copy.deepcopy(fp32))
+
+
+def unet_inputs(batch: int = 2, size: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 4, size, size, generator=generator), torch.tensor([999, 500][:batch]),
+            torch.randn(batch, 77, 64, generator=generator))
+
+
+def test_fast_path_eps_within_tolerance_of_fp32(unets):
+    fp32, fast = unets
+    assert is_fast_path(fast) and not is_fast_path(fp32)
+    x, t, context = unet_inputs()
+    with torch.inference_mode():
+        reference, eps = fp32(x, t, context), fast(x, t, context)
+    assert eps.dtype == FAST_DTYPE and eps.shape == reference.shape
+    assert eps.is_contiguous(memory_format=torch.channels_last)  # the layout carried through the whole U-Net
+    assert 0 < relative_error(eps, reference) <= EPS_TOLERANCE
+
+
+def test_channels_last_changes_no_number_beyond_bf16_rounding(unets):
+    """bf16 in NCHW and bf16 channels-last compute the same thing: they differ far less than bf16 from fp32."""
+    fp32, fast = unets
+    plain = copy.deepcopy(fp32).to(FAST_DTYPE)
+    x, t, context = unet_inputs()
+    with torch.inference_mode():
+        reference, eps_plain, eps_fast = fp32(x, t, context), plain(x, t, context), fast(x, t, context)
+    assert not eps_plain.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(eps_fast, eps_plain.float()) <= relative_error(eps_plain, reference) + 0.005
+
+
+def test_fast_vae_decode_close_to_fp32():
+    torch.manual_seed(0)
+    fp32 = AutoencoderKL(tiny().vae).eval()
+    fast = to_fast_path(copy.deepcopy(fp32))
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        reference, picture = fp32.decode(z), fast.decode(z.to(FAST_DTYPE)).float()
+    assert relative_error(picture, reference) <= EPS_TOLERANCE
+    assert (picture - reference).abs().mean() * 127.5 < 1.0  # under one grey level (0-255) on average
+
+
+def test_observers_see_fp32_attention_on_the_fast_path(unets):
+    _, fast = unets
+    seen = []
+
+    class Recorder:
+        def wants(self, layer):
+            return layer.kind == "cross"
+
+        def observe(self, layer, probs):
+            seen.append(probs)
+
+    x, t, context = unet_inputs()
+    with torch.inference_mode(), observe_attention(Recorder()):
+        fast(x, t, context)
+    assert seen and all(probs.dtype == torch.float32 for probs in seen)
+    assert torch.allclose(seen[0].sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_model_cast_to_bf16_on_the_cpu_runs_the_fast_path():
+    torch.manual_seed(0)
+    model = build(tiny()).eval()
+    assert not is_fast_path(model.unet)
+    model.to(dtype=torch.bfloat16)
+    assert all(is_fast_path(module) for module in (model.unet, model.vae))
+    weights = model.unet.state_dict()
+    assert all(tensor.is_contiguous(memory_format=torch.channels_last) for tensor in weights.values()
+               if tensor.dim() == 4)
+    model.to(dtype=torch.float32)  # back to fp32: values intact (bf16-rounded), layout irrelevant
+    assert model.dtype == torch.float32 and not is_fast_path(model.unet)
