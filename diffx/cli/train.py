@@ -102,6 +102,9 @@ def train(
              "fills, patterned backgrounds, 1-3 objects, 128 px, loose captions).")] = "shapes",
     exact_captions: Annotated[bool, typer.Option(
         "--exact-captions", help="shapes2: train on exact captions instead of the caption-noise model.")] = False,
+    previews: Annotated[bool, typer.Option(
+        "--previews/--no-previews", help="Draw a grid of sample pictures at every checkpoint (minutes on a CPU).")
+                        ] = True,
 ) -> None:
     """Train an embedded model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
 
@@ -133,7 +136,8 @@ def train(
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written
     if export is not None and export.resolve() == Path(out_dir).resolve():
         raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")
-    _, summary = run_training(config, functools.partial(preview_grid, prompts=chosen.preview_prompts))
+    preview = functools.partial(preview_grid, prompts=chosen.preview_prompts) if previews else None
+    _, summary = run_training(config, preview)
     OUT.print(summary)
     if export is not None:
         export_model(out_dir, export)

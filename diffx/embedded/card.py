@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
 from diffx.embedded.captions import CaptionNoise
 from diffx.embedded.history import read_runs
 from diffx.embedded.quality import last_line, meets_targets, summary_rows
+from diffx.embedded.world_quality import GROUPS, adherence_rows, check_rows, curve_rows, world_last_line, world_targets
 from diffx.embedded.worlds import get_world
 from diffx.files import atomic_output
 from diffx.models.stable_diffusion import StableDiffusion
+from diffx.render import save_png
 from diffx.weights import load_model
+
+GUIDANCE_PLOT = "guidance_curve.png"  # beside MODEL_CARD.md: a v2 model's adherence and diversity against w
 
 
 def _run_lines(runs: list[dict]) -> list[str]:
@@ -82,7 +88,10 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
                   "of each named object's colour and shape words to fall inside that object: this model's attention",
                   "maps point at objects because they were trained to; plain Stable Diffusion training has no such",
                   "objective."]
-    if scores:
+    if scores and scores.get("world") == "shapes2":
+        lines += ["", *_world_lines(scores)]
+        save_png(guidance_plot(scores), folder / GUIDANCE_PLOT, force=True)
+    elif scores:
         lines += ["", *_adherence_lines(scores)]
     path = folder / "MODEL_CARD.md"
     with atomic_output(path, force=True) as tmp:
@@ -110,6 +119,57 @@ def _adherence_lines(scores: dict) -> list[str]:
         "All targets are met." if not missed else f"Targets not met: {', '.join(missed)}.",
     ]
     return lines
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header), *[f"| {' | '.join(row)} |" for row in rows]]
+
+
+def _world_lines(scores: dict) -> list[str]:
+    """The card's adherence section of a v2 model from `world_quality.evaluate_world`'s result."""
+    missed = [name for name, ok in world_targets(scores).items() if not ok]
+    default = scores["guidance"]
+    return [
+        "## Prompt adherence (judge: diffx/embedded/world_judge.py, `python -m benchmarks.embedded_quality`)",
+        f"{scores['n']} evaluation prompts (evaluation seed stream, never used for training or tuning), "
+        f"{scores['sampler']} {scores['steps']} steps, guidance {default:g} (the model's default), prompt i at seed "
+        f"{scores['seed']} + i.",
+        "",
+        *_table(("attribute", *GROUPS, "target"), adherence_rows(scores)),
+        "",
+        f"Pointing trials: {scores['pointing_trials']} (noun maps {_figure(scores['pointing_noun'])}, colour maps "
+        f"{_figure(scores['pointing_colour'])}).",
+        "",
+        "## Guidance: fidelity against diversity (diffx/embedded/world_measures.py)",
+        f"Diversity: {scores['diversity_seeds']} seeds of each of {scores['open_prompts']} under-specified prompts "
+        "(\"a red circle\"), the normalised entropy of what they leave open (background kind and tint, position,",
+        "size, fill) as the judge reads it. Saturation: the share of pixels outside the world's palette.",
+        "",
+        *_table(("w", "all attributes", GROUPS[0], GROUPS[1], "diversity", "saturation"), curve_rows(scores)),
+        "",
+        *_table(("check", "figure"), check_rows(scores)),
+        "",
+        f"![adherence and diversity against w]({GUIDANCE_PLOT})",
+        "",
+        f"Last line: `{world_last_line(scores)}`.",
+        "",
+        "All targets are met." if not missed else f"Targets not met: {', '.join(missed)}.",
+    ]
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def guidance_plot(scores: dict) -> Image.Image:
+    """Adherence (by group) and diversity and saturation against w, from `evaluate_world`'s result."""
+    from diffx.render.plots import plot_guidance_tradeoff  # matplotlib: slow to import, needed only here
+
+    curve = scores["curve"]
+    adherence = {group: [point["rates"][group].get("all", float("nan")) for point in curve] for group in GROUPS}
+    return plot_guidance_tradeoff([point["guidance"] for point in curve], adherence,
+                                  [point["diversity"] for point in curve], [point["saturation"] for point in curve],
+                                  scores["guidance"], title=f"{scores['model']}: guidance against diversity")
 
 
 def update_model_card(folder: str | Path, scores: dict) -> Path:

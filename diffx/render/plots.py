@@ -142,3 +142,40 @@ def plot_round_trip_psnr(steps: Sequence[int], psnr_by_guidance: Mapping[float, 
     ax.grid(alpha=0.3)
     ax.legend(title="guidance", fontsize=8)
     return figure_to_image(figure)
+
+
+def plot_guidance_tradeoff(guidances: Sequence[float], adherence: Mapping[str, Sequence[float]],
+                           diversity: Sequence[float], saturation: Sequence[float] | None = None,
+                           default: float | None = None, title: str = "guidance: fidelity against diversity"
+                           ) -> Image.Image:
+    """Two panels against the guidance weight w: adherence (one line per name, e.g. one object, 2-3 objects,
+    all) on the left; diversity (and, on a second axis, saturation) on the right. `default` (the model's
+    default w) is a dotted vertical line on both. Ho & Salimans 2022, fig. 1: fidelity rises with w,
+    diversity falls."""
+    if not guidances or not adherence or len(diversity) != len(guidances) or \
+            any(len(values) != len(guidances) for values in adherence.values()):
+        raise InvalidArgumentError("need one adherence value per guidance weight for every line, one diversity "
+                                   f"value per weight, at least one weight (got {len(guidances)} weights)")
+    figure = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for name, values in adherence.items():
+        left.plot(guidances, values, "o-", linewidth=1.8, label=name)
+    left.set(xlabel="guidance w", ylabel="share of prompts, all attributes right", ylim=(-0.02, 1.02),
+             title="prompt adherence (judge)")
+    left.legend(fontsize=8)
+    right.plot(guidances, diversity, "o-", color="tab:green", linewidth=1.8, label="diversity")
+    right.set(xlabel="guidance w", ylabel="normalised entropy of open attributes", ylim=(-0.02, 1.02),
+              title="diversity of under-specified prompts")
+    if saturation is not None:
+        twin = right.twinx()
+        twin.plot(guidances, saturation, "s--", color="tab:red", linewidth=1.2, label="saturation")
+        twin.set_ylabel("share of pixels outside the palette", color="tab:red")
+        right.legend(handles=[*right.get_lines(), *twin.get_lines()], fontsize=8)
+    for ax in (left, right):
+        if default is not None:
+            ax.axvline(default, color="0.4", linestyle=":", linewidth=1)
+        ax.set_xticks(list(guidances))
+        ax.set_xticklabels([f"{w:g}" for w in guidances], fontsize=8)
+        ax.grid(alpha=0.3)
+    figure.suptitle(title)
+    return figure_to_image(figure)

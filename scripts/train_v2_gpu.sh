@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Train, export and measure the second embedded model (shapes-world-2, issue #14) on one GPU.
+#
+#   bash scripts/train_v2_gpu.sh            # on a CUDA machine, from the repository root
+#   SMOKE=1 bash scripts/train_v2_gpu.sh    # CPU smoke test: tiny step counts, 2 sampling steps in the
+#                                           # benchmark, no training preview grids; under 3 min on 2 cores;
+#                                           # writes only under runs/smoke-v2 (tested so, never data/)
+#
+# Stages, each resumable: run the script again after a cut-off and it goes on where it stopped.
+#   0. install check: torch (with CUDA unless SMOKE), diffx importable (else PYTHONPATH=repo root)
+#   1. the scene pool, rendered on every core (diffx.embedded.pool_render; skipped when pool.pt exists)
+#   2. diffx train --world shapes2: the VAE, then text encoder + U-Net (resumes from $RUN's checkpoints)
+#   3. export to $MODEL (skipped when the model is newer than the last U-Net checkpoint)
+#   4. benchmarks/embedded_quality.py on the GPU with --card: MODEL_CARD.md tables, guidance_curve.png,
+#      $RUN/quality.json; its last line is color=… shape=… position=… pointing=… gap=… diversity_drop=…
+#      (skipped when quality.json is newer than the model)
+#   5. with $OUT set (the device machine's output folder), copies $MODEL and $RUN's results there
+#
+# Sizing (one H100; estimates, not yet measured): the v1 model trained 7,000 U-Net steps at batch 512 in
+# 14 min (~0.12 s/step); the v2 U-Net costs ~1.5x per sample (~0.18 s/step), so 1,800 steps at batch 512
+# take ~5.5 min, the VAE (1,500 steps at batch 32) ~1 min, the pool (20,000 scenes on 16 cores) ~0.5 min,
+# the export ~0.5 min and the benchmark (300 prompts x 7 scales + 16 x 16 open pictures per scale, batched,
+# judged on the CPU) ~2.5 min: about 10 min in all, one device call. A device command is limited to
+# 10 minutes: if a call is cut off, call the script again at once (runs/ survives only while the machine
+# stays warm); every stage resumes. Every setting below can be overridden from the environment, e.g.
+# UNET_STEPS=1500 bash scripts/train_v2_gpu.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+TRAIN_EXTRA=()
+
+if [[ "${SMOKE:-0}" == "1" ]]; then
+  : "${RUN:=runs/smoke-v2}" "${MODEL:=runs/smoke-v2/model}" "${DEVICE:=cpu}" "${POOL:=64}" "${VAE_STEPS:=2}"
+  : "${UNET_STEPS:=2}" "${BATCH:=4}" "${LR:=1e-3}" "${CKPT:=2}"
+  : "${EVAL_ARGS:=--n 4 --open-prompts 1 --seeds 2 --guidances 1,15 --batch 8 --steps 2}"
+  # the same `diffx train` command line, with the preview grids (12 pictures at 25 steps, minutes on a CPU) off
+  TRAIN_EXTRA=(--no-previews)
+else
+  : "${RUN:=runs/shapes-world-2}" "${MODEL:=data/shapes-world-2}" "${DEVICE:=cuda}" "${POOL:=20000}"
+  : "${VAE_STEPS:=1500}" "${UNET_STEPS:=1800}" "${BATCH:=512}" "${LR:=1e-3}" "${CKPT:=250}"
+  : "${EVAL_ARGS:=--n 300 --open-prompts 16 --seeds 16 --batch 128}"
+fi
+stage() { echo; echo "== $1 ($(date +%H:%M:%S), ${SECONDS}s)"; }
+
+stage "0. install check"
+if ! "$PY" -c "import diffx" 2>/dev/null; then
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" - "$DEVICE" <<'EOF'
+import sys
+
+import matplotlib, numpy, PIL, rich, safetensors, torch, typer  # noqa: F401  (what training and the benchmark use)
+
+import diffx
+
+device = sys.argv[1]
+print(f"diffx {diffx.__version__} from {diffx.__file__}; torch {torch.__version__}; "
+      f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
+if device.startswith("cuda") and not torch.cuda.is_available():
+    sys.exit("no CUDA device: run on a GPU machine, or SMOKE=1 for the CPU smoke test")
+EOF
+
+stage "1. scene pool ($POOL scenes)"
+"$PY" -m diffx.embedded.pool_render --out-dir "$RUN" --world shapes2 --pool-size "$POOL"
+
+stage "2. train (VAE $VAE_STEPS steps, U-Net $UNET_STEPS steps at batch $BATCH, lr $LR, on $DEVICE)"
+"$PY" -m diffx train --world shapes2 --out-dir "$RUN" --pool-size "$POOL" --vae-steps "$VAE_STEPS" \
+  --unet-steps "$UNET_STEPS" --batch "$BATCH" --lr "$LR" --checkpoint-every "$CKPT" --device "$DEVICE" \
+  "${TRAIN_EXTRA[@]}"
+
+stage "3. export to $MODEL"
+if [[ -f "$MODEL/model.safetensors" && "$MODEL/model.safetensors" -nt "$RUN/unet_state.pt" ]]; then
+  echo "up to date"
+else
+  "$PY" -c "import sys; from diffx.embedded.export import export_model; export_model(sys.argv[1], sys.argv[2])" \
+    "$RUN" "$MODEL"
+  echo "wrote $MODEL"
+fi
+
+stage "4. quality benchmark on $DEVICE"
+if [[ -f "$RUN/quality.json" && "$RUN/quality.json" -nt "$MODEL/model.safetensors" ]]; then
+  echo "up to date: $RUN/quality.json"
+else
+  # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
+  "$PY" -m benchmarks.embedded_quality --model "$MODEL" --device "$DEVICE" --card --out "$RUN/quality.json.tmp" \
+    $EVAL_ARGS
+  mv "$RUN/quality.json.tmp" "$RUN/quality.json"
+fi
+"$PY" - "$RUN/quality.json" <<'EOF'
+import json
+import sys
+
+from diffx.embedded.world_quality import world_last_line
+
+print(world_last_line(json.load(open(sys.argv[1], encoding="utf-8"))))
+EOF
+if [[ -n "${OUT:-}" ]]; then  # a device machine: what is written under $OUT comes back
+  mkdir -p "$OUT/$MODEL" "$OUT/$RUN"
+  cp -r "$MODEL"/. "$OUT/$MODEL"/
+  cp "$RUN"/quality.json "$RUN"/*.png "$RUN"/train_config.json "$OUT/$RUN"/ 2>/dev/null || true
+  echo "copied $MODEL and $RUN's results under \$OUT"
+fi
+echo "done in ${SECONDS}s: $MODEL (MODEL_CARD.md, guidance_curve.png), $RUN/quality.json"
