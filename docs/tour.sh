@@ -12,7 +12,7 @@ diffx cfg-sweep --prompt "a large green square in the top left" --scales 1,2,3,5
 diffx compare --x sampler=ddim,euler,euler_a,dpmpp_2m,heun --y steps=3,6,12,25 --prompt "an orange triangle above a white circle" --out "$out/compare.png" --force
 diffx paths --prompt "a red circle left of a blue square" --samplers ddim,euler,euler_a,heun,dpmpp_2m --steps 5,10,25 --out "$out/paths.png" --force
 diffx compare --x schedule=linear,scaled_linear,cosine --prompt "a blue circle" --out "$out/schedules_compare.png" --force
-diffx edit --prompt "a yellow triangle above a green square" --to "a yellow circle above a green square" --seed 1 --tau 0.6 --self-tau 0.3 --out "$out/edit.png" --force
+diffx edit --prompt "a yellow triangle above a green square" --to "a yellow circle above a green square" --seed 1 --tau 0.8 --self-tau 0.8 --out "$out/edit.png" --force
 diffx weights --prompt "a (red:0.3) circle on a (blue:1.5) background" --seed 1 --out "$out/weights.png" --force
 diffx invert "$out/trace.png" --prompt "a red circle left of a blue square" --out "$out/invert.png" --gif "$out/invert.gif" --force
 diffx report "$out/trace.safetensors" --html "$out/trace_report.html" --force
