@@ -10,7 +10,6 @@ the *inverse* of diffusers' own LDM converters (`convert_ldm_unet_checkpoint`, `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.pipeline import GenerationSettings, generate
 from diffx.weights import load_model
 from tests.models import inverse_conversion
-from tests.models.inverse_conversion import invert_converters
+from tests.models.inverse_conversion import invert_converters, write_diffusers_folder
 from tests.models.sd2_models import small_sd2
 from tests.models.tokenizer_files import write_vocab_folder
 from tests.test_pipeline import PROMPT, SIZE, assert_same_image
@@ -111,22 +110,15 @@ def test_single_file_from_diffusers_loads_and_matches(sd2_file):
     assert all(d <= 1e-4 for d in diffs.values()), diffs
 
 
-def write_diffusers_folder(folder: Path, models: dict[str, torch.nn.Module]) -> Path:
-    for name, model in models.items():
-        model.save_pretrained(folder / name)
-    write_vocab_folder(folder / "tokenizer")
-    (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps({"pad_token": "!"}))
-    (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "DDIMScheduler", **SD2_SCHEDULER}))
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    return folder
+def sd2_folder(folder: Path, models: dict[str, torch.nn.Module]) -> Path:
+    return write_diffusers_folder(folder, models, {"tokenizer": "!"}, {"_class_name": "DDIMScheduler", **SD2_SCHEDULER},
+                                  {"_class_name": "StableDiffusionPipeline"})
 
 
 def test_diffusers_folder_loads_the_same_model(sd2_file, tmp_path):
     path, models, _ = sd2_file
     from_file = load_model(path)
-    from_folder = load_model(write_diffusers_folder(tmp_path / "sd2", models))
+    from_folder = load_model(sd2_folder(tmp_path / "sd2", models))
     config = from_folder.config
     assert (config.text_encoder.layout, config.text_encoder.num_hidden_layers, config.text_encoder.skipped_layers,
             config.text_encoder.pad_token) == ("open_clip", 2, 0, "!")  # diffusers dropped the unused block

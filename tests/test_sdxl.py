@@ -12,7 +12,6 @@ tests/models/inverse_conversion.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from diffx.pipeline import GenerationSettings, generate
 from diffx.trace import TraceOptions, generate_traced
 from diffx.weights import load_model
 from tests.models import inverse_conversion
-from tests.models.inverse_conversion import invert_converters
+from tests.models.inverse_conversion import invert_converters, write_diffusers_folder
 from tests.models.sdxl_models import tiny_sdxl
 from tests.models.test_sdxl_models import clip_config
 from tests.models.tokenizer_files import write_vocab_folder
@@ -129,24 +128,17 @@ def test_single_file_from_diffusers_loads_and_matches(sdxl_file):
     assert all(d <= 1e-4 for d in diffs.values()), diffs
 
 
-def write_diffusers_folder(folder: Path, models: dict[str, torch.nn.Module]) -> Path:
-    for name, model in models.items():
-        model.save_pretrained(folder / name)
-    write_vocab_folder(folder / "tokenizer")
-    write_vocab_folder(folder / "tokenizer_2")
-    (folder / "tokenizer_2" / "special_tokens_map.json").write_text(json.dumps({"pad_token": "!"}))
-    (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "EulerDiscreteScheduler", **SDXL_SCHEDULER}))
-    (folder / "model_index.json").write_text(json.dumps(
-        {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True}))
-    return folder
+def sdxl_folder(folder: Path, models: dict[str, torch.nn.Module]) -> Path:
+    return write_diffusers_folder(
+        folder, models, {"tokenizer": None, "tokenizer_2": "!"},
+        {"_class_name": "EulerDiscreteScheduler", **SDXL_SCHEDULER},
+        {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True})
 
 
 def test_diffusers_folder_loads_the_same_model(sdxl_file, tmp_path):
     path, models, _ = sdxl_file
     from_file = load_model(path)
-    from_folder = load_model(write_diffusers_folder(tmp_path / "sdxl", models))
+    from_folder = load_model(sdxl_folder(tmp_path / "sdxl", models))
     assert from_folder.config.text_encoder == from_file.config.text_encoder
     assert from_folder.config.text_encoder_2 == from_file.config.text_encoder_2
     assert from_folder.config.unet == from_file.config.unet

@@ -7,7 +7,9 @@ where that diffusers tensor's numbers came from, and the diffusers models' tenso
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -17,6 +19,7 @@ from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import build_without_weights
 from tests.models.ldm_configs import diffusers_unet_config, diffusers_vae_config
 from tests.models.sd2_models import randomise_norms
+from tests.models.tokenizer_files import write_vocab_folder
 
 
 def reference_models(config: ModelConfig, text_encoders: Callable[[], dict[str, torch.nn.Module]], seed: int = 0
@@ -62,3 +65,20 @@ def invert_converters(shapes: Mapping[str, torch.Size], models: Mapping[str, tor
             if key in weights:
                 flat[positions.flatten().long()] = weights[key].detach().flatten().float()
     return {key: flat[positions.long()] for key, positions in template.items()}  # each tensor's own numbers
+
+
+def write_diffusers_folder(folder: Path, models: Mapping[str, torch.nn.Module], tokenizers: Mapping[str, str | None],
+                           scheduler: dict, pipeline: dict) -> Path:
+    """A diffusers pipeline folder of `models` (each saved under its name), CLIP vocabularies under each name of
+    `tokenizers` (with that pad token, None = the vocabulary's own), the scheduler's config and model_index.json
+    (`pipeline`: its "_class_name" and any flags)."""
+    for name, model in models.items():
+        model.save_pretrained(folder / name)
+    for name, pad_token in tokenizers.items():
+        write_vocab_folder(folder / name)
+        if pad_token is not None:
+            (folder / name / "special_tokens_map.json").write_text(json.dumps({"pad_token": pad_token}))
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    (folder / "model_index.json").write_text(json.dumps(pipeline))
+    return folder
