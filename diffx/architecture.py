@@ -354,7 +354,8 @@ def _infer_sdxl(shapes: Shapes) -> tuple[ModelConfig, tuple[str, ...]]:
                          text_encoder_2=replace(second, final_norm=False, projection_dim=_shape(
                              shapes, SDXL_PREFIX + "embedders.1.model.text_projection", "bigG's text_projection")[1]),
                          unet=unet,
-                         vae=replace(vae, scaling_factor=0.13025), image_size=128 * vae.downsample_factor,
+                         vae=replace(vae, scaling_factor=0.13025, force_upcast=True),
+                         image_size=128 * vae.downsample_factor,
                          default_sampler="euler", default_guidance=5.0, force_zeros_for_empty_prompt=True)
     return config, (*unet_assumed, *first_assumed, *second_assumed, *vae_assumed, "VAE scaling factor 0.13025")
 

@@ -289,6 +289,7 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
         num_res_blocks=vae.get("layers_per_block", 2),
         z_channels=vae.get("latent_channels", 4), embed_dim=vae.get("latent_channels", 4),
         norm_num_groups=vae.get("norm_num_groups", 32), scaling_factor=vae.get("scaling_factor", 0.18215),
+        force_upcast=sdxl and vae.get("force_upcast", True),  # only diffusers' SDXL pipeline reads it
     )
     defaults = SchedulerConfig()
     return ModelConfig(

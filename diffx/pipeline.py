@@ -217,8 +217,7 @@ def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
 def settings_denoiser(model: StableDiffusion, settings: GenerationSettings, conditioning: Conditioning,
                       observer: Observer | None = None, schedule: NoiseSchedule | None = None
                       ) -> Callable[[Tensor, Tensor], Tensor]:
-    """`make_denoiser` for a prompt's `conditioning` (`diffx.conditioning.prompt_conditioning`) at the settings'
-    guidance and rescale: what `generate` samples with, and what DDIM inversion climbs with."""
+    """`make_denoiser` for a prompt's `conditioning` at the settings' guidance: what generate and inversion use."""
     return make_denoiser(model, conditioning.context_cond, conditioning.context_uncond, settings.guidance, observer,
                          schedule=schedule, guidance_rescale=settings.guidance_rescale,
                          added_cond=conditioning.added_cond, added_uncond=conditioning.added_uncond)
@@ -315,11 +314,14 @@ def decoder_gflops(model: StableDiffusion, height: int | None = None, width: int
 
 @torch.no_grad()
 def decode_latents(model: StableDiffusion, latents: Tensor, batch: int = DECODE_BATCH) -> list[np.ndarray]:
-    """Scaled latents (N, C, h, w) → pictures (H, W, 3) uint8, `batch` decodes at a time (bounded memory)."""
+    """Scaled latents (N, C, h, w) → pictures (H, W, 3) uint8, `batch` at a time (fp32 for `force_upcast`)."""
+    dtype = torch.float32 if model.config.vae.force_upcast and model.dtype == torch.float16 else model.dtype
+    model.vae.to(dtype)  # SDXL's VAE overflows in fp16 (diffusers' SDXL pipeline upcasts it the same way)
     pictures = []
     for chunk in latents.split(batch):
-        z = (chunk.float().to(model.device) / model.config.vae.scaling_factor).to(model.dtype)
+        z = (chunk.float().to(model.device) / model.config.vae.scaling_factor).to(dtype)
         pictures += [tensor_to_image(image.clamp(-1, 1)) for image in model.vae.decode(z).float()]
+    model.vae.to(model.dtype)
     return pictures
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 from diffx.errors import InputImageError, InvalidArgumentError
 from diffx.models.configs import ModelConfig, sd15, tiny
 from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.pipeline import GenerationSettings, PromptTruncatedWarning, encode_image, generate
+from diffx.pipeline import GenerationSettings, PromptTruncatedWarning, decode_latents, encode_image, generate
 from diffx.samplers import SAMPLERS, StepRecord, sample
 from diffx.schedules import NoiseSchedule
 from tests.models.ldm_configs import reference_unet, reference_vae
@@ -316,3 +316,18 @@ def test_truncation_warning_of_a_huge_prompt_is_short(tiny_pair):
         tokenize(model, "red circle " * 1000)
     message = str(caught[0].message)
     assert len(message) < 250 and "characters)" in message
+
+
+@pytest.mark.parametrize("force_upcast", [False, True])
+def test_an_fp16_vae_with_force_upcast_decodes_in_fp32(force_upcast):
+    """SDXL's VAE overflows in fp16, so (as diffusers' SDXL pipeline) it decodes in fp32 when the model is fp16,
+    and goes back to fp16 afterwards; other VAEs decode in the model's dtype."""
+    config = tiny()
+    config.vae.force_upcast = force_upcast
+    model = build(config).to(dtype=torch.float16)
+    seen = []
+    hook = model.vae.decoder.conv_in.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].dtype))
+    pictures = decode_latents(model, torch.randn(1, 4, 8, 8))
+    hook.remove()
+    assert seen == [torch.float32 if force_upcast else torch.float16]
+    assert pictures[0].dtype == np.uint8 and next(model.vae.parameters()).dtype == torch.float16

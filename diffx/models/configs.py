@@ -95,6 +95,9 @@ class VAEConfig:
     embed_dim: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
+    # Decode in fp32 when the model runs in fp16 (diffusers' `force_upcast`, which its SDXL pipeline honours):
+    # SDXL's VAE overflows in fp16 and decodes to black or NaN pictures.
+    force_upcast: bool = False
     # Latent -> RGB preview, fitted per model (None = SD1.5's linear factors): rgb = zᵀ factors + bias, or
     # with a hidden layer rgb = SiLU(zᵀ W + b_h)ᵀ factors + bias (see diffx.render.latents.latent_to_rgb_fast).
     latent_rgb_factors: tuple[tuple[float, float, float], ...] | None = None
@@ -234,7 +237,7 @@ def sdxl_base() -> ModelConfig:
                                          skipped_layers=1, pad_token="!", final_norm=False, projection_dim=1280),
         unet=UNetConfig(channel_mult=(1, 2, 4), attention_levels=(1, 2), transformer_depth=(0, 2, 10),
                         context_dim=2048, num_head_channels=64, use_linear_in_transformer=True, adm_in_channels=2816),
-        vae=VAEConfig(scaling_factor=0.13025),
+        vae=VAEConfig(scaling_factor=0.13025, force_upcast=True),
         image_size=1024,
         default_sampler="euler",
         default_guidance=5.0,

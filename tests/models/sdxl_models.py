@@ -25,7 +25,7 @@ def tiny_sdxl() -> ModelConfig:
         unet=UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(1, 2),
                         transformer_depth=(0, 1, 2), context_dim=192, num_head_channels=64,
                         use_linear_in_transformer=True, adm_in_channels=64 + 6 * SIZE_EMBED_DIM),
-        vae=VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, scaling_factor=0.13025),
+        vae=VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, scaling_factor=0.13025, force_upcast=True),
         image_size=256, default_sampler="euler", default_guidance=5.0, force_zeros_for_empty_prompt=True)
 
 
