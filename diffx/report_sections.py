@@ -236,6 +236,8 @@ def tokens_section(trace: Trace) -> str:
     tokens = trace.meta["tokens"]
     count = tokens["num_tokens"]
     token_strings, ids, word_ids = tokens["tokens"], tokens["ids"], tokens["word_ids"]
+    # The padding token (SD1.x pads with the end token, SD 2.x and SDXL's bigG with "!"); older traces lack it.
+    pad_token, pad_id = tokens.get("pad_token", token_strings[count - 1]), tokens.get("pad_id", ids[count - 1])
     cells, rows = [], []
     for position in range(CONTEXT_LENGTH):
         if position < count:
@@ -243,7 +245,7 @@ def tokens_section(trace: Trace) -> str:
             kind = "special" if word is None else f"w{word % 2}"
             tip = f"{position}: {token_strings[position]} ({ids[position]})"
         else:
-            kind, tip = "", f"{position}: padding <|endoftext|>"
+            kind, tip = "", f"{position}: padding {pad_token} ({pad_id})"
         cells.append(f'<span class="{kind}" title="{html.escape(tip)}"></span>')
     rows.append(f'<tr class="special"><td>start</td><td class="mono">{html.escape(token_strings[0])}</td>'
                 f"<td>{ids[0]}</td><td>0</td></tr>")
@@ -259,9 +261,8 @@ def tokens_section(trace: Trace) -> str:
     rows.append(f'<tr class="special"><td>end</td><td class="mono">{html.escape(token_strings[count - 1])}</td>'
                 f"<td>{ids[count - 1]}</td><td>{count - 1}</td></tr>")
     if count < CONTEXT_LENGTH:
-        rows.append(f'<tr class="special"><td>padding</td><td class="mono">{html.escape(token_strings[count - 1])} '
-                    f"× {CONTEXT_LENGTH - count}</td><td>{ids[count - 1]}</td><td>{count}–{CONTEXT_LENGTH - 1}</td>"
-                    "</tr>")
+        rows.append(f'<tr class="special"><td>padding</td><td class="mono">{html.escape(pad_token)} '
+                    f"× {CONTEXT_LENGTH - count}</td><td>{pad_id}</td><td>{count}–{CONTEXT_LENGTH - 1}</td></tr>")
     cut = tokens.get("truncated_text")
     cut_note = (f'<p class="note cut-text">Cut off by the {CONTEXT_LENGTH}-token window (the model never saw it): '
                 f"“{html.escape(cut)}”</p>" if cut else "")

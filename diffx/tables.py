@@ -75,7 +75,7 @@ def tokens_table(tokenized: TokenizedPrompt) -> Table:
                           *weight)
     table.add_row("(end)", END_TOKEN, str(tokenized.ids[last]), str(last), *one, style="dim")
     if last < CONTEXT_LENGTH - 1:
-        table.add_row("(padding)", f"{END_TOKEN} × {CONTEXT_LENGTH - 1 - last}", str(tokenized.ids[-1]),
+        table.add_row("(padding)", f"{tokenized.tokens[-1]} × {CONTEXT_LENGTH - 1 - last}", str(tokenized.ids[-1]),
                       _span([last + 1, CONTEXT_LENGTH - 1]), *one, style="dim")
     if tokenized.truncated_tokens:
         table.add_row("(cut)", _cut_summary(tokenized.truncated_tokens), "", "", style="yellow")

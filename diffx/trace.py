@@ -387,7 +387,7 @@ def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = No
     def token_info(t: TokenizedPrompt) -> dict:
         return {"words": list(t.words), "tokens": list(t.tokens[: t.num_tokens]), "ids": list(t.ids[: t.num_tokens]),
                 "word_ids": list(t.word_ids[: t.num_tokens]), "num_tokens": t.num_tokens,
-                "truncated_text": t.truncated_text}
+                "truncated_text": t.truncated_text, "pad_token": t.tokens[-1], "pad_id": t.ids[-1]}
 
     vae = model.config.vae
     settings = run.settings

@@ -114,6 +114,7 @@ def _require(path: Path, data: dict, fields: dict[str, type], where: str) -> Non
 
 def _check_tokens(path: Path, tokens: dict, key: str) -> None:
     _require(path, tokens, {"words": list, "tokens": list, "ids": list, "word_ids": list, "num_tokens": int}, key)
+    _require(path, tokens, {name: kind for name, kind in (("pad_token", str), ("pad_id", int)) if name in tokens}, key)
     count = tokens["num_tokens"]
     if count < 1 or any(len(tokens[field]) != count for field in ("tokens", "ids", "word_ids")):
         raise _fail(path, f"{key}: num_tokens is {count} but tokens/ids/word_ids hold "

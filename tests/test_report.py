@@ -240,6 +240,20 @@ def test_model_decodes_the_steps_the_trace_did_not(model):
     assert page_data(render_report_html(trace, model=model))["columns"][0]["x0_decoded"] == [True] * 5
 
 
+def test_the_tokens_card_names_the_models_pad_token(model):
+    """The padding row and the window's tooltips say what the model pads with ("!" for SD 2.x and SDXL's bigG,
+    the end token for SD1.x); a trace written before the field existed shows the end token."""
+    model.tokenizer = model.tokenizer.padded_with("!")
+    try:
+        trace = generate_traced(model, GenerationSettings(prompt="a blue square", steps=1)).traces[0]
+    finally:
+        model.tokenizer = model.tokenizer.padded_with("<|endoftext|>")
+    section = report_sections.tokens_section(trace)
+    assert trace.meta["tokens"]["pad_token"] == "!" and "! × 72" in section and "padding ! (0)" in section
+    del trace.meta["tokens"]["pad_token"], trace.meta["tokens"]["pad_id"]
+    assert "&lt;|endoftext|&gt; × 72" in report_sections.tokens_section(trace)
+
+
 def test_truncated_prompt_shows_what_was_cut(model):
     prompt = " ".join(["a tiny red house"] * 25) + " with a purple dragon"
     with pytest.warns(PromptTruncatedWarning):

@@ -46,3 +46,11 @@ def test_tokens_table_summarises_a_long_cut_in_one_short_row():
     cut = [line for line in text.splitlines() if "(cut)" in line]
     assert len(cut) == 1 and "tokens)" in cut[0]
     assert len(text) < 20_000 and "characters)" in text
+
+
+def test_the_padding_row_names_the_models_own_pad_token():
+    """SD1.x pads with the end token; SD 2.x (OpenCLIP) pads with "!" (id 0)."""
+    tokenizer = ClipTokenizer.default()
+    assert "<|endoftext|> × 72" in _render(tables.tokens_table(tokenizer.encode("a red circle")))
+    sd2 = _render(tables.tokens_table(tokenizer.padded_with("!").encode("a red circle")))
+    assert "! × 72" in sd2 and "<|endoftext|> × 72" not in sd2
