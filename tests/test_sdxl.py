@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+from diffusers import (
+    DDIMScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
@@ -42,7 +47,7 @@ from tests.models.inverse_conversion import invert_converters, write_diffusers_f
 from tests.models.sdxl_models import tiny_sdxl
 from tests.models.test_sdxl_models import clip_config
 from tests.models.tokenizer_files import write_vocab_folder
-from tests.test_pipeline import PROMPT, SIZE, assert_same_image, decoded_floats
+from tests.test_pipeline import PROMPT, SIZE, assert_same_image, box_mask, decoded_floats, random_picture
 
 BIG_G = SDXL_PREFIX + "embedders.1.model."
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler_config.json (EulerDiscreteScheduler), read by DDIM here.
@@ -177,6 +182,30 @@ def test_text_to_image_matches_stable_diffusion_xl_pipeline(sdxl_file, tmp_path,
     if negative_prompt is None:  # the zeros matter: the encoded "" would give another picture
         model.config.force_zeros_for_empty_prompt = False
         assert np.abs(generate(model, settings).images[0] / 255.0 - theirs).max() > 5 / 255
+
+
+@pytest.mark.parametrize("pipeline_class, strength", [(StableDiffusionXLImg2ImgPipeline, 0.6),
+                                                      (StableDiffusionXLInpaintPipeline, 1.0),
+                                                      (StableDiffusionXLInpaintPipeline, 0.6)],
+                         ids=["img2img", "inpaint", "inpaint-0.6"])
+def test_image_to_image_and_inpainting_match_diffusers_sdxl_pipelines(sdxl_file, tmp_path, pipeline_class, strength):
+    """SDEdit and (latent-blending) inpainting on SDXL vs diffusers' SDXL img2img and inpaint pipelines (base: no
+    aesthetic score; size ids from the picture): DDIM, CFG 5, the same seed — the VAE posterior sample, then the
+    noise, as diffusers draws them."""
+    path, models, _ = sdxl_file
+    model: StableDiffusion = load_model(path)
+    inpaint = pipeline_class is StableDiffusionXLInpaintPipeline
+    picture, mask = random_picture(0), box_mask() if inpaint else None
+    settings = GenerationSettings(prompt=PROMPT, steps=5, guidance=5.0, sampler="ddim", strength=strength,
+                                  height=SIZE, width=SIZE, seed=3)
+    ours = generate(model, settings, init_image=picture, mask=mask)
+    text_to_image = diffusers_sdxl_pipeline(models, tmp_path)
+    pipe = pipeline_class(**text_to_image.components, requires_aesthetics_score=False)
+    pipe.set_progress_bar_config(disable=True)
+    extra = {"mask_image": mask, "height": SIZE, "width": SIZE} if inpaint else {}
+    theirs = pipe(prompt=PROMPT, image=picture, strength=strength, num_inference_steps=5, guidance_scale=5.0,
+                  generator=torch.Generator().manual_seed(3), output_type="np", **extra).images[0]
+    assert_same_image(model, ours, theirs)
 
 
 def test_trace_records_cross_attention_of_every_transformer_block(sdxl_file):
