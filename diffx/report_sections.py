@@ -87,7 +87,9 @@ def pipeline_section(traces: list[Trace]) -> str:
         settings.append(("strength", _settings_value(traces, "strength")))
     if meta.get("negative_prompt"):
         settings.append(("negative prompt", shorten(meta["negative_prompt"], 60)))
-    items = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in settings)
+    wide = ' class="wide"'  # the model line (name, hashes, path) spans the row
+    items = "".join(f'<div{wide if k.startswith("model") else ""}><dt>{html.escape(k)}</dt>'
+                    f"<dd>{html.escape(v)}</dd></div>" for k, v in settings)
     return (f'<section class="card" aria-labelledby="pipeline-title"><h2 id="pipeline-title">The pipeline</h2>'
             f'<div class="pipeline">{boxes}</div><dl class="settings">{items}</dl></section>')
 
