@@ -48,3 +48,9 @@ def test_sampler_loop(tmp_path):
 def test_load_checkpoint(tmp_path, tiny_model_dir):
     path = load("load_checkpoint.py")["main"](str(tiny_model_dir / "model.safetensors"), tmp_path, steps=2)
     assert path.exists()
+
+
+def test_ddim_inversion(tmp_path):
+    trips = load("ddim_inversion.py")["main"]("a red circle", tmp_path)
+    assert set(trips) == {1.0, 7.5} and all(db > 0 for db in trips.values())
+    assert (tmp_path / "round_trip_w1.png").exists() and (tmp_path / "round_trip_w7.5.png").exists()
