@@ -276,3 +276,5 @@ def test_help_has_no_bool_metavar_and_paragraphs_wrap_at_the_terminal(run, monke
     text = ok(run("trace", "--help")).output
     assert "<bool>" not in text and "<list[" not in ok(run("report", "--help")).output
     assert "prompt word at every step" in text  # the docstring's own line breaks are gone
+    assert "<bool>" not in ok(run("--help")).output  # the app's own flags (--debug, --version) too
+    assert '"[blue]"' in ok(run("weights", "--help")).output  # brackets are text, not rich markup

@@ -38,6 +38,9 @@ class DiffxGroup(TyperGroup):
     """The `diffx` command group: runs a subcommand with diffx's warnings shown as one line each and a
     `DiffxError` turned into `error: <message>` on stderr and exit code 2 (unless `--debug` was given)."""
 
+    def get_params(self, ctx: typer.Context) -> list:
+        return _plain_placeholders(ctx, super().get_params(ctx))  # `diffx --help`: `--debug`, not `--debug <bool>`
+
     def invoke(self, ctx: typer.Context):
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -82,25 +85,30 @@ def options(
     """Options for every command, given before its name: `diffx --debug trace …`. (DiffxGroup reads them.)"""
 
 
+def _plain_placeholders(ctx: typer.Context, params: list) -> list:
+    """--help shows no value placeholder for flags (`--force`, not `--force <bool>`) and a list argument as
+    its items (`<path>`, not `<list[Path]>`)."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.display_type_rich = lambda ctx: None
+        elif param.nargs == -1 and hasattr(param, "display_type"):
+            label = param.display_type(ctx)
+            item = label.removeprefix("<list[").removesuffix("]>").lower()
+            param.display_type_rich = lambda ctx, item=item: f"<{item}>"
+    return params
+
+
 class DiffxCommand(TyperCommand):
-    """A subcommand whose --help shows no value placeholder for flags (`--force`, not `--force <bool>`) and
-    a list argument as its items (`<path>`, not `<list[Path]>`)."""
+    """A subcommand whose --help shows plain placeholders (`_plain_placeholders`)."""
 
     def get_params(self, ctx: typer.Context) -> list:
-        params = super().get_params(ctx)
-        for param in params:
-            if getattr(param, "is_flag", False):
-                param.display_type_rich = lambda ctx: None
-            elif param.nargs == -1 and hasattr(param, "display_type"):
-                label = param.display_type(ctx)
-                item = label.removeprefix("<list[").removesuffix("]>").lower()
-                param.display_type_rich = lambda ctx, item=item: f"<{item}>"
-        return params
+        return _plain_placeholders(ctx, super().get_params(ctx))
 
 
 def _unwrap(text: str) -> str:
-    """Docstring paragraphs as one line each, so the terminal wraps them at its own width."""
-    return "\n\n".join(" ".join(paragraph.split()) for paragraph in text.strip().split("\n\n"))
+    """Docstring paragraphs as one line each, so the terminal wraps them at its own width; brackets escaped,
+    since the help is read as rich markup (`"[word]"` would vanish as a style tag)."""
+    return "\n\n".join(escape(" ".join(paragraph.split())) for paragraph in text.strip().split("\n\n"))
 
 
 def command(function: Callable) -> Callable:
