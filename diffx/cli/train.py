@@ -71,6 +71,10 @@ def train(
                      ] = False,
     vae_steps: Annotated[int, typer.Option(parser=_number("--vae-steps", int, 1, MAX_STEPS, "1100"),
                                            help="VAE training steps.")] = 1100,
+    vae_batch: Annotated[int, typer.Option(parser=_number("--vae-batch", int, 1, 65536, "32"),
+                                           help="VAE batch size (crops).")] = 32,
+    vae_crop: Annotated[int, typer.Option(parser=_number("--vae-crop", int, 1, 8192, "32"),
+                                          help="Side of the VAE's training crops (a multiple of its factor).")] = 32,
     unet_steps: Annotated[int, typer.Option(parser=_number("--unet-steps", int, 1, MAX_STEPS, "5000"),
                                             help="Text encoder + U-Net training steps.")] = 5000,
     batch: Annotated[int, typer.Option(parser=_number("--batch", int, 1, 65536, "64"), help="U-Net batch size.")] = 64,
@@ -128,7 +132,8 @@ def train(
                                    "use it with --world shapes2")
     model = chosen.model_config()
     model.scheduler.prediction_type, model.scheduler.rescale_betas_zero_snr = prediction_type, zero_snr
-    config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, unet_steps=unet_steps, unet_batch=batch,
+    config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
+                         unet_steps=unet_steps, unet_batch=batch,
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
                          checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from,
                          world=world, caption_noise=EXACT_CAPTIONS.to_dict() if exact_captions else {},

@@ -19,7 +19,8 @@ from diffx.models.configs import shapes_world
 
 # option -> does 0 fail? (seed, threads and attention-loss accept 0)
 NUMERIC = {"--vae-steps": True, "--unet-steps": True, "--batch": True, "--lr": True, "--pool-size": True,
-           "--seed": False, "--threads": False, "--attention-loss": False, "--checkpoint-every": True}
+           "--seed": False, "--threads": False, "--attention-loss": False, "--checkpoint-every": True,
+           "--vae-batch": True, "--vae-crop": True}
 BAD_NUMBERS = {"nan": "nan", "inf": "inf", "-inf": "-inf", "negative": "-1", "huge": "1e400",
                "huge-int": "1" + "0" * 30, "non-numeric": "abc", "empty": ""}
 NUMERIC_CASES = [(f"{option} {kind}", [option, value], option) for option in NUMERIC
@@ -35,6 +36,11 @@ PATH_CASES = [
     ("--init-from missing", ["--init-from", "{tmp}/nope"], "--init-from"),
     ("--init-from folder without a model", ["--init-from", "{tmp}/empty"], "--init-from"),
     ("--init-from another architecture", ["--init-from", "{other}"], "model_channels"),
+    ("--vae-crop not a multiple of the VAE's factor", ["--vae-crop", "30"], "vae_crop"),
+    ("--vae-crop over the image size", ["--vae-crop", "128"], "vae_crop"),
+    ("--world unknown", ["--world", "planets"], "world"),
+    ("--exact-captions on v1", ["--exact-captions"], "--exact-captions"),
+    ("--attention-loss on shapes2", ["--world", "shapes2", "--attention-loss", "0.01"], "grounding"),
     ("--device empty", ["--device", ""], "device"),
     ("--device unknown", ["--device", "tpu"], "device"),
 ]
