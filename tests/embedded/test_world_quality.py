@@ -25,6 +25,7 @@ from diffx.embedded.world_quality import (
     evaluate_world,
     generate_batch,
     model_world,
+    vae_fidelity,
     world_last_line,
     world_pointing_trials,
     world_targets,
@@ -137,7 +138,9 @@ def test_evaluate_world_is_well_formed_and_the_card_shows_it(tmp_path):
         assert 0.0 <= point["all"] <= 1.0 and 0.0 <= point["diversity"] <= 1.0 and 0.0 <= point["saturation"] <= 1
         assert all(0.0 <= rate <= 1.0 for group in point["rates"].values() for rate in group.values())
     assert set(world_targets(result)) >= {"colour", "fill", "multi-object all", "pointing", "guidance gap",
-                                          "monotone to default", "diversity falls", "saturation rises"}
+                                          "monotone to default", "diversity falls", "saturation rises",
+                                          "VAE colour", "VAE shape", "VAE position"}
+    assert all(0.0 <= rate <= 1.0 for rate in result["vae"].values())
     line = world_last_line(result)
     assert line.startswith("color=") and [part.split("=")[0] for part in line.split()] == [
         "color", "shape", "position", "pointing", "gap", "diversity_drop"]
@@ -158,3 +161,22 @@ def test_parallel_pool_is_the_pool_training_renders(tmp_path):
     render_pool(fast, workers=2)
     slow = TrainConfig(out_dir=str(tmp_path / "slow"), world="shapes2", pool_size=6)
     assert torch.equal(scene_pool(fast)[1], scene_pool(slow)[1])
+
+
+def test_vae_fidelity_pairs_each_reconstruction_with_its_own_caption(monkeypatch):
+    """With a VAE that returns its input (the picture as its own 'latent'), every attribute is read right: the
+    scenes, their captions and the decoded pictures stay in step."""
+    from diffx.embedded import world_quality
+    from diffx.images import tensor_to_image
+
+    class Perfect:
+        def encode(self, x):
+            return type("Posterior", (), {"mean": x})()
+
+    model = small_v2_model()
+    monkeypatch.setattr(model, "vae", Perfect())
+    monkeypatch.setattr(model.config.vae, "scaling_factor", 1.0)
+    monkeypatch.setattr(world_quality, "decode_latents",
+                        lambda model, latents: [tensor_to_image(image) for image in latents.float()])
+    perfect = vae_fidelity(model, n=12, batch=5)
+    assert perfect["all"] == 1.0 and perfect["colour"] == perfect["shape"] == 1.0
