@@ -11,6 +11,13 @@ Achieved GFLOP/s (FLOPs of the convolutions, linear layers and attention matmuls
 device, divided by the minimum time) are set against this machine's matmul peak measured in the same run:
 a 2048x2048 matmul in fp32 and in bf16 at the same thread count.
 
+Attention's share sets a floor under the fast path: on a CPU the scaled-dot-product kernels are bound by
+their exponentials, not by matmuls, and run about as fast in bf16 as in fp32 (measured here: 254 ms fp32,
+268 ms bf16 for one 4,096-token self-attention of SD1.5's first level). The profiler's attention seconds in
+both precisions are printed, and with them Amdahl's estimate of the best fast_ratio at that size: attention
+as fast as it is now plus all the rest of diffusers' time divided by the measured bf16/fp32 matmul peak ratio
+(not a strict floor: diffusers fp32 does not run at the fp32 peak either).
+
 Run from the repository root:  python -m benchmarks.unet_speed
 The last line printed is `ratio=<diffx fp32 / diffusers fp32> fast_ratio=<diffx fast / diffusers fp32>`, 32x32,
 both from the minimum times.
@@ -28,6 +35,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffx.devices import cpu_description
@@ -117,6 +125,25 @@ def forward_gflop(build: Callable[[], nn.Module], forward: Callable[[nn.Module],
     return counter.get_total_flops() / 1e9
 
 
+def attention_seconds(forward: Callable[[], object]) -> float:
+    """Seconds one call of `forward` spends in the scaled-dot-product attention kernels (torch.profiler)."""
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        forward()
+    return sum(event.self_cpu_time_total for event in profiler.key_averages()
+               if "scaled_dot_product" in event.key) / 1e6
+
+
+def print_attention_floor(runs: dict[str, Callable[[], object]], times: dict[str, list[float]],
+                          peaks: dict[torch.dtype, float]) -> None:
+    """The attention kernels' seconds in fp32 and on the fast path, and Amdahl's estimate of the best fast_ratio."""
+    fp32, fast = attention_seconds(runs["diffx fp32"]), attention_seconds(runs["diffx fast (bf16, CL)"])
+    reference = min(times["diffusers fp32"])
+    speedup = peaks[torch.bfloat16] / peaks[torch.float32]
+    amdahl = (fast + (reference - fp32) / speedup) / reference
+    print(f"attention kernels: {fp32:.2f} s in fp32 ({fp32 / reference:.0%} of diffusers' time), "
+          f"{fast:.2f} s on the fast path; all else {speedup:.1f}x faster would give fast_ratio {amdahl:.3f}")
+
+
 def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     return ((estimate.float() - reference).norm() / reference.norm()).item()
 
@@ -136,6 +163,7 @@ def measure_size(ours: UNet, theirs: UNet2DConditionModel, fast: UNet, size: int
         x.to("meta"), timesteps.to("meta"), context.to("meta")))
     print(f"-- {size}x{size} latent, batch 2: {gflop:.0f} GFLOP per forward")
     print_times(times, gflop, peaks)
+    print_attention_floor(runs, times, peaks)
     eps_theirs = runs["diffusers fp32"]()
     fp32_diff = (runs["diffx fp32"]() - eps_theirs).abs().max().item()
     error = relative_error(runs["diffx fast (bf16, CL)"](), eps_theirs)

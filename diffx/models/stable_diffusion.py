@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from diffx.errors import CheckpointError, check_choice
 from diffx.models.clip import TextEncoder
 from diffx.models.configs import TEXT_LAYOUTS, ModelConfig
-from diffx.models.fast_cpu import FAST_DTYPE, use_channels_last
+from diffx.models.fast_cpu import FAST_DTYPE, use_channels_last, use_packed_convolutions
 from diffx.models.open_clip import OPEN_CLIP_PREFIX, OpenClipTextEncoder
 from diffx.models.sdxl import SDXL_PREFIX, SdxlTextEncoders
 from diffx.models.tokenizer import END_TOKEN, ClipTokenizer
@@ -69,11 +69,13 @@ class StableDiffusion:
            ) -> StableDiffusion:
         """Move (and cast floating-point weights of) every component, in place; returns self.
 
-        bf16 on the CPU is the fast path (`fast_cpu`): the convolution weights are then stored channels-last."""
+        bf16 on the CPU is the fast path (`fast_cpu`): the convolution weights are then stored channels-last
+        and the convolutions run on prepacked weights."""
         for module in self.modules().values():
             module.to(device=device, dtype=dtype)
         if self.device.type == "cpu" and self.dtype == FAST_DTYPE:
             use_channels_last(self.modules().values())
+            use_packed_convolutions(self.modules().values())
         return self
 
     def eval(self) -> StableDiffusion:

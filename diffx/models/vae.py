@@ -25,6 +25,15 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
+def norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    """SiLU(GroupNorm(x)); in place on GroupNorm's fresh output when no gradient needs the pre-activation.
+
+    At 512 px a decoder map is up to 128 x 512 x 512 values. A new buffer that large comes from the OS and
+    is page-faulted in as it is written: SiLU into a new bf16 buffer took 22 ms here, in place 5 ms.
+    """
+    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
+
+
 class ResnetBlock(nn.Module):
     """x + conv(SiLU(GN(conv(SiLU(GN(x)))))), with a 1x1 conv on the shortcut when the channels change."""
 
@@ -39,9 +48,11 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.nin_shortcut(x) + h
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(norm_silu(self.norm2, h))
+        if torch.is_grad_enabled():
+            return self.nin_shortcut(x) + h
+        return h.add_(self.nin_shortcut(x))  # into conv2's fresh output, for the reason of `norm_silu`
 
 
 class AttnBlock(AttentionLayer):
@@ -131,7 +142,7 @@ class Encoder(nn.Module):
                 h = level.downsample(h)  # (B, C, s, s) -> (B, C, s/2, s/2), at all levels but the last
         h = self.mid(h)  # (B, 512, H/8, W/8) -> (B, 512, H/8, W/8): ResnetBlock, self-attention, ResnetBlock
         # (B, 512, H/8, W/8) -> GroupNorm, SiLU, conv -> (B, 8, H/8, W/8): 4 means and 4 log-variances
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
 
 
 class Decoder(nn.Module):
@@ -166,7 +177,7 @@ class Decoder(nn.Module):
             if hasattr(level, "upsample"):
                 h = level.upsample(h)  # (B, C, s, s) -> (B, C, 2s, 2s), at all levels but the first
         # (B, 128, 8h, 8w) -> GroupNorm, SiLU, conv -> (B, 3, 8h, 8w)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
 
 
 @dataclass

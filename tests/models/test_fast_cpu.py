@@ -7,13 +7,15 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from diffx.models.attention import observe_attention
 from diffx.models.configs import shapes_world, tiny
-from diffx.models.fast_cpu import FAST_DTYPE, is_fast_path, to_fast_path
+from diffx.models.fast_cpu import FAST_DTYPE, PackedConv2d, is_fast_path, to_fast_path
 from diffx.models.stable_diffusion import build
 from diffx.models.unet import UNet
-from diffx.models.vae import AutoencoderKL
+from diffx.models.vae import AutoencoderKL, ResnetBlock
 
 EPS_TOLERANCE = 0.015  # relative error of ε̂ vs fp32, the issue's bound (#18)
 
@@ -98,3 +100,66 @@ def test_model_cast_to_bf16_on_the_cpu_runs_the_fast_path():
                if tensor.dim() == 4)
     model.to(dtype=torch.float32)  # back to fp32: values intact (bf16-rounded), layout irrelevant
     assert model.dtype == torch.float32 and not is_fast_path(model.unet)
+
+
+def channels_last_bf16(*shape: int, seed: int = 3) -> torch.Tensor:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return x.to(FAST_DTYPE).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,groups", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 0, 1), (3, 2, 0, 1),
+                                                          (3, 1, 1, 4)])
+def test_packed_convolution_equals_conv2d_exactly(kernel, stride, padding, groups):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, kernel, stride=stride, padding=padding, groups=groups)
+    to_fast_path(conv)
+    assert type(conv) is PackedConv2d
+    with torch.inference_mode():
+        for shape in [(2, 16, 8, 8), (1, 16, 12, 10), (2, 16, 8, 8)]:  # a second shape, then the first again
+            x = channels_last_bf16(*shape)
+            reference = F.conv2d(x, conv.weight, conv.bias, stride, padding, 1, groups)
+            out = conv(x)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(out, reference)
+
+
+def test_packed_convolution_follows_weight_changes():
+    """The packed copy is made again after an in-place write (load_state_dict) or a new weight tensor."""
+    torch.manual_seed(0)
+    conv = to_fast_path(nn.Conv2d(8, 8, 3, padding=1))
+    x = channels_last_bf16(1, 8, 6, 6)
+    with torch.inference_mode():
+        conv(x)
+    state = {name: tensor * 2 for name, tensor in conv.state_dict().items()}
+    conv.load_state_dict(state)
+    with torch.inference_mode():
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+    conv.weight = nn.Parameter(-conv.weight.detach())
+    with torch.inference_mode():
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+
+
+def test_packed_convolution_trains_and_copies_like_conv2d():
+    """With gradients on, the layer is nn.Conv2d's own path; deepcopy works after a packed forward."""
+    torch.manual_seed(0)
+    conv = to_fast_path(nn.Conv2d(8, 4, 3, padding=1))
+    x = channels_last_bf16(1, 8, 6, 6)
+    with torch.inference_mode():
+        conv(x)
+    copied = copy.deepcopy(conv)
+    assert type(copied) is PackedConv2d and torch.equal(copied.weight, conv.weight)
+    conv(x).float().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_vae_block_in_place_inference_equals_autograd_path():
+    """ResnetBlock's in-place SiLU and residual add (no grad) give the very values of the autograd path."""
+    torch.manual_seed(0)
+    block = ResnetBlock(8, 16, 4)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        in_place = block(x.clone())
+    out = block(x.clone().requires_grad_())
+    out.sum().backward()
+    assert torch.equal(in_place, out.detach())
+    assert block.conv1.weight.grad is not None
