@@ -28,7 +28,7 @@ from diffx.trace import (
     save_trace,
 )
 from diffx.trace_attention import daam_aggregate, layer_labels
-from diffx.trace_checks import model_identity
+from diffx.trace_checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
 LATENT = SIZE // 2
@@ -458,6 +458,15 @@ def test_model_identity(model):
         next(other.unet.parameters()).zero_()
     assert model_identity(other)["weights_hash"] != identity["weights_hash"]
     assert model_identity(other)["config_hash"] == identity["config_hash"]
+
+
+@pytest.mark.parametrize("numel", [1, 2, 7, 8, 1000, 1280 * 2560 * 9])  # the last: SD1.5's largest convolution
+def test_spaced_values_include_both_ends_at_any_size(numel):
+    """Past 2^24 elements float32 indices round out of range; SD1.5's 29,491,200-weight conv crashed `trace`."""
+    tensor = torch.arange(numel, dtype=torch.float64)
+    values = spaced_values(tensor)
+    assert values[0] == 0 and values[-1] == numel - 1 and len(values) == SAMPLES_PER_TENSOR
+    assert (values.diff() >= 0).all()
 
 
 def test_decoding_with_another_model_is_refused(model, tmp_path):
