@@ -2,11 +2,13 @@
 
 On the CPU, "--dtype auto" chooses between fp32 and the bf16 fast path (`diffx.models.fast_cpu`). bf16 pays
 only where the CPU multiplies bf16 natively (x86: the AVX512-BF16 or AMX-BF16 instructions; arm64: the BF16
-extension); elsewhere oneDNN emulates it, slower than fp32. And it pays only for a large model: on an SD-size
-U-Net (860 M parameters) the fast path runs a step 2.1-2.7x faster than fp32 with ε̂ within ~1.2 % of
+extension); elsewhere oneDNN emulates it, slower than fp32. And it pays mostly for a large model: on an
+SD-size U-Net (860 M parameters) the fast path runs a step 2.1-3.7x faster than fp32 with ε̂ within ~1.2 % of
 fp32's (`benchmarks/unet_speed.py`), while a model of a few million parameters (the embedded one) is bound
-by per-op overheads, not arithmetic, and gains nothing. So "auto" on the CPU is bf16 exactly when the CPU
-has native bf16 and the model's weights are at least `FAST_PATH_MIN_BYTES` on disk; fp32 otherwise.
+by per-op overheads, not arithmetic: 0.40 s a picture in fp32, 0.33 s on the fast path
+(`benchmarks/fast_path_adherence.py`), too little to give up the fp32 pictures its golden images pin down.
+So "auto" on the CPU is bf16 exactly when the CPU has native bf16 and the model's weights are at least
+`FAST_PATH_MIN_BYTES` on disk; fp32 otherwise.
 """
 
 from __future__ import annotations
