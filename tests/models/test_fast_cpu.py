@@ -123,13 +123,19 @@ def test_packed_convolution_equals_conv2d_exactly(kernel, stride, padding, group
             assert torch.equal(out, reference)
 
 
-def test_packed_convolution_follows_weight_changes():
-    """The packed copy is made again after an in-place write (load_state_dict) or a new weight tensor."""
+def packed_after_one_forward(out_channels: int) -> tuple[PackedConv2d, torch.Tensor]:
+    """A fast-path 3x3 convolution of 8 channels that has packed its weight for input x; (conv, x)."""
     torch.manual_seed(0)
-    conv = to_fast_path(nn.Conv2d(8, 8, 3, padding=1))
+    conv = to_fast_path(nn.Conv2d(8, out_channels, 3, padding=1))
     x = channels_last_bf16(1, 8, 6, 6)
     with torch.inference_mode():
         conv(x)
+    return conv, x
+
+
+def test_packed_convolution_follows_weight_changes():
+    """The packed copy is made again after an in-place write (load_state_dict) or a new weight tensor."""
+    conv, x = packed_after_one_forward(8)
     state = {name: tensor * 2 for name, tensor in conv.state_dict().items()}
     conv.load_state_dict(state)
     with torch.inference_mode():
@@ -141,11 +147,7 @@ def test_packed_convolution_follows_weight_changes():
 
 def test_packed_convolution_trains_and_copies_like_conv2d():
     """With gradients on, the layer is nn.Conv2d's own path; deepcopy works after a packed forward."""
-    torch.manual_seed(0)
-    conv = to_fast_path(nn.Conv2d(8, 4, 3, padding=1))
-    x = channels_last_bf16(1, 8, 6, 6)
-    with torch.inference_mode():
-        conv(x)
+    conv, x = packed_after_one_forward(4)
     copied = copy.deepcopy(conv)
     assert type(copied) is PackedConv2d and torch.equal(copied.weight, conv.weight)
     conv(x).float().sum().backward()
