@@ -114,12 +114,15 @@ def train(
 
     Resumes from whatever --out-dir holds; writes loss curves and sample grids there at every
     checkpoint. With --export, the EMA weights become a model folder that --model accepts (--force to
-    replace one). Every option and path is checked before any work.
+    replace one). Every option and path is checked before any work. Launched by torchrun (e.g.
+    torchrun --nproc_per_node 2 -m diffx train ...), it trains data-parallel: one process per GPU (NCCL) or
+    per CPU group (gloo), --batch and --vae-batch split evenly among them.
 
     Example: diffx train --vae-steps 200 --unet-steps 500 --out-dir runs/quick --export runs/quick/model
     """
     from diffx.embedded.captions import EXACT_CAPTIONS
     from diffx.embedded.config import TrainConfig
+    from diffx.embedded.distributed import from_environment
     from diffx.embedded.export import export_model
     from diffx.embedded.preflight import check_train_inputs
     from diffx.embedded.train import preview_grid
@@ -143,6 +146,8 @@ def train(
         raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")
     preview = functools.partial(preview_grid, prompts=chosen.preview_prompts) if previews else None
     _, summary = run_training(config, preview)
+    if not from_environment().main:
+        return  # under torchrun, rank 0 alone reports and exports
     OUT.print(summary)
     if export is not None:
         export_model(out_dir, export)

@@ -7,8 +7,9 @@ Two stages, as Stable Diffusion was built (Rombach et al. 2022, section 3):
    ε(x_t, c) and ε(x_t, ∅) for classifier-free guidance (Ho & Salimans 2022).
 
 Both stages checkpoint to `out_dir` and resume from there; every random draw comes from seeded generators
-whose state is saved with the weights. The settings are `config.TrainConfig`, the training folder's files
-`checkpoints.py`, the pictures `pool.py`; shipping the result is `export.py`.
+whose state is saved with the weights. Under torchrun, both stages train data-parallel (`distributed.py`).
+The settings are `config.TrainConfig`, the training folder's files `checkpoints.py`, the pictures `pool.py`;
+shipping the result is `export.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
 
 from diffx.devices import resolve_device
 from diffx.embedded.checkpoints import (
@@ -35,6 +37,15 @@ from diffx.embedded.checkpoints import (
     save_train_config,
 )
 from diffx.embedded.config import TrainConfig, TrainState
+from diffx.embedded.distributed import (
+    Ranks,
+    barrier,
+    data_parallel,
+    from_environment,
+    restore_stream,
+    start,
+    stop,
+)
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
 from diffx.embedded.history import copy_history, run_record
 from diffx.embedded.pool import scene_pool, to_unit
@@ -86,18 +97,32 @@ def _ema_decay(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def _progress() -> Progress:
+def _progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]}"),
-                    TimeRemainingColumn())
+                    TimeRemainingColumn(), disable=disable)
+
+
+class _RoundTrip(nn.Module):
+    """x -> (q(z|x), decode(z ~ q(z|x))): the VAE stage's forward as one module call, for DDP's hooks."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[DiagonalGaussian, torch.Tensor]:
+        posterior = self.vae.encode(x)
+        return posterior, self.vae.decode(posterior.sample(generator))
 
 
 def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], float],
-          checkpoint_fn: Callable[[], None], every: int, hardware: str) -> None:
-    """Run `step_fn(step)` from `state.step` to `total`, with progress and periodic checkpoints."""
+          checkpoint_fn: Callable[[], None], every: int, device: torch.device, ranks: Ranks) -> None:
+    """Run `step_fn(step)` from `state.step` to `total`, with progress and periodic checkpoints (both on rank 0
+    alone in a data-parallel run)."""
+    main = ranks.main
     if state.step < total:
-        state.hardware = _joined(state.hardware, hardware)
-    with _progress() as progress:
+        state.hardware = _joined(state.hardware, describe_hardware(device, ranks))
+    with _progress(disable=not main) as progress:
         task = progress.add_task(name, total=total, completed=state.step, loss=float("nan"), rate="")
         while state.step < total:
             start = time.perf_counter()
@@ -108,7 +133,7 @@ def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], flo
             recent = state.losses[-50:]
             progress.update(task, completed=state.step, loss=sum(recent) / len(recent),
                             rate=f"{state.step / max(state.seconds, 1e-9):.2f} it/s")
-            if state.step % every == 0 or state.step == total:
+            if main and (state.step % every == 0 or state.step == total):
                 checkpoint_fn()
                 grounding = (f" grounding {np.mean(state.grounding_losses[-50:]):.4f}"
                              if state.grounding_losses else "")
@@ -116,33 +141,36 @@ def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], flo
                                      f"{grounding} ({state.seconds / state.step:.2f} s/step)")
 
 
-def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor) -> TrainState:
+def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor, ranks: Ranks = Ranks()
+              ) -> TrainState:
     """Stage 1: reconstruction (L1, object pixels weighted) + KL(q(z|x) || N(0, I)) (Kingma & Welling)."""
     out = Path(config.out_dir)
     vae = model.vae.train()
     device = model.device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(ranks.seed(config.seed))
+    batch = ranks.share(config.vae_batch, "--vae-batch")
     state = TrainState()
     ckpt = out / VAE_CHECKPOINT
     if ckpt.exists():
         saved = load_checkpoint(ckpt)
         vae.load_state_dict(saved["vae"])
         optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
         state = TrainState(**saved["state"])
+        restore_stream(generator, saved, ranks, config.seed, state.step)
+    roundtrip = data_parallel(_RoundTrip(vae), ranks, device)
 
     def step(index: int) -> float:
         for group in optimizer.param_groups:
             group["lr"] = _lr(index, config.vae_lr, config.warmup_steps, config.vae_steps)
-        picks = torch.randint(0, len(images), (config.vae_batch,), generator=generator)
+        picks = torch.randint(0, len(images), (batch,), generator=generator)
         top, left = torch.randint(0, images.shape[-1] - config.vae_crop + 1, (2,), generator=generator).tolist()
         crops = images[picks, :, top:top + config.vae_crop, left:left + config.vae_crop]
         x = to_unit(crops.to(device))  # (B, 3, crop, crop)
         # bf16 autocast halves the VAE's step time on CPU (its convolutions dominate); the loss stays fp32.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type in ("cpu", "cuda")):
-            posterior = vae.encode(x)
-            reconstruction = vae.decode(posterior.sample(generator)).float()
+            posterior, reconstruction = roundtrip(x, generator)
+            reconstruction = reconstruction.float()
         posterior = DiagonalGaussian(posterior.mean.float(), posterior.logvar.float())
         weight = _object_weight(x, config.shape_pixel_weight)
         rec_loss = (weight * (reconstruction - x).abs()).mean() / weight.mean()
@@ -160,7 +188,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor)
                                  title="VAE reconstruction loss"), out / "vae_loss.png", force=True)
         _vae_preview(model, images[:8], out / "vae_samples.png")
 
-    _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every, describe_hardware(device))
+    _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every, device, ranks)
     vae.eval()
     return state
 
@@ -201,7 +229,7 @@ def encode_pool(model: StableDiffusion, images: torch.Tensor) -> tuple[torch.Ten
 def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
                latent_mean: torch.Tensor, latent_std: torch.Tensor,
                preview: Callable[[StableDiffusion, Path], None] | None = None,
-               masks: list[np.ndarray] | None = None) -> TrainState:
+               masks: list[np.ndarray] | None = None, ranks: Ranks = Ranks()) -> TrainState:
     """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept.
 
     Captions are drawn afresh every time a scene is used (`World.caption`, with `config.captions()`).
@@ -218,8 +246,9 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
     # fused AdamW: one kernel for all parameters instead of several per tensor (the model is launch-bound on GPUs)
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01, fused=device.type == "cuda")
     ema = [p.detach().clone() for p in params]
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2])
+    generator = torch.Generator().manual_seed(ranks.seed(config.seed + 1))
+    rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2, *([ranks.rank] if ranks.rank else [])])
+    batch = ranks.share(config.unet_batch, "--batch")
     state = TrainState()
     world, caption_noise = get_world(config.world), config.captions()
     ckpt = out / UNET_CHECKPOINT
@@ -229,27 +258,32 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
         model.unet.load_state_dict(saved["unet"])
         optimizer.load_state_dict(saved["optimizer"])
         ema = [shadow.to(device) for shadow in saved["ema"]]
-        generator.set_state(saved["generator"])
-        rng.bit_generator.state = json.loads(saved["rng"])
         state = TrainState(**saved["state"])
+        restore_stream(generator, saved, ranks, config.seed + 1, state.step)
+        if ranks.main:
+            rng.bit_generator.state = json.loads(saved["rng"])
+        else:
+            rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2, ranks.rank, state.step])
     model.text_encoder.train()
     model.unet.train()
+    text_encoder = data_parallel(model.text_encoder, ranks, device)
+    unet = data_parallel(model.unet, ranks, device)
 
     def eps_model(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return model.unet(x_t, t, context)
+        return unet(x_t, t, context)
 
     def step(index: int) -> float:
         for group in optimizer.param_groups:
             group["lr"] = _lr(index, config.unet_lr, config.warmup_steps, config.unet_steps)
-        picks = torch.randint(0, len(scenes), (config.unet_batch,), generator=generator)
+        picks = torch.randint(0, len(scenes), (batch,), generator=generator)
         chosen = picks.tolist()
         captions = [world.caption(scenes[i], rng, caption_noise) if rng.random() >= config.caption_dropout else ""
                     for i in chosen]
-        noise = torch.randn((config.unet_batch, *latent_mean.shape[1:]), generator=generator).to(device)
+        noise = torch.randn((batch, *latent_mean.shape[1:]), generator=generator).to(device)
         picks = picks.to(device)
         x0 = (latent_mean[picks] + latent_std[picks] * noise) * scale  # (B, 4, 16, 16) scaled latents
         encodings = [model.tokenizer.encode(text) for text in captions]
-        context = model.text_encoder(torch.tensor([e.ids for e in encodings], device=device))  # (B, 77, width)
+        context = text_encoder(torch.tensor([e.ids for e in encodings], device=device))  # (B, 77, width)
         if masks is None or config.attention_loss <= 0:
             loss = total = training_loss(eps_model, schedule, x0, context, generator, prediction_type)
         else:
@@ -282,7 +316,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
             with swapped_in(params, ema):
                 preview(model, out / f"samples_{state.step:06d}.png")
 
-    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every, describe_hardware(device))
+    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every, device, ranks)
     with torch.no_grad():
         for shadow, p in zip(ema, params, strict=True):
             p.copy_(shadow)
@@ -312,26 +346,34 @@ class swapped_in:  # noqa: N801 - used like a function: `with swapped_in(params,
 def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] | None = None
           ) -> tuple[StableDiffusion, dict]:
     """Both stages end to end (resuming whatever `config.out_dir` already holds). Returns the model and a
-    summary (steps, losses, wall time, hardware) for the model card."""
+    summary (steps, losses, wall time, hardware) for the model card. Under torchrun every rank calls this and
+    gets its (identical) model; rank 0 alone writes."""
     check_train_inputs(config)  # every argument and output path, before the pool is rendered
+    ranks = from_environment()
+    for option, batch in (("--vae-batch", config.vae_batch), ("--batch", config.unet_batch)):
+        ranks.share(batch, option)  # raises now, before any work, unless the batch splits evenly
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_train_config(config)
+    device = start(ranks, resolve_device(config.device))
     torch.manual_seed(config.seed)
     model_config = ModelConfig.from_dict(config.model)
     model = build(model_config, source=f"trained by diffx train ({config.out_dir})")
-    scenes, images = scene_pool(config)
-    if config.init_from and not (out / VAE_CHECKPOINT).exists():
-        _initialise_from(model, config)
-    device = resolve_device(config.device)
+    if ranks.main:  # rank 0 renders the pool and writes the folder's first files; the others then read them
+        save_train_config(config)
+        scenes, images = scene_pool(config)
+        if config.init_from and not (out / VAE_CHECKPOINT).exists():
+            _initialise_from(model, config)
+    barrier(ranks)
+    if not ranks.main:
+        scenes, images = scene_pool(config)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 tensor-core matmuls
         torch.backends.cudnn.allow_tf32 = True
     model.to(device)
 
-    vae_state = train_vae(model, config, images)
+    vae_state = train_vae(model, config, images, ranks)
     for p in model.vae.parameters():
         p.requires_grad_(False)
     model.config.vae.scaling_factor = latent_scaling_factor(model, images)
@@ -341,25 +383,29 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         latent_mean, latent_std = torch.load(latents_file, weights_only=True)
     else:
         latent_mean, latent_std = encode_pool(model, images)
-        save_checkpoint(latents_file, (latent_mean, latent_std))
+        if ranks.main:
+            save_checkpoint(latents_file, (latent_mean, latent_std))
     masks = None
     if config.attention_loss > 0:
         side = model_config.image_size // model_config.vae.downsample_factor
         masks = [get_world(config.world).object_masks(scene, side) for scene in scenes]
-    unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview, masks)
+    unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview, masks, ranks)
+    stop(ranks)
     summary = {name: record for name, record in run_record(asdict(config), {
         "vae": asdict(vae_state), "unet": asdict(unet_state)}).items() if name != "settings"}
     summary["latent_scaling_factor"] = model.config.vae.scaling_factor
     return model, summary
 
 
-def describe_hardware(device: torch.device) -> str:
-    """Where a stage ran, for the model card: e.g. "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130"."""
+def describe_hardware(device: torch.device, ranks: Ranks = Ranks()) -> str:
+    """Where a stage ran, for the model card: e.g. "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130"; under
+    torchrun with the number of processes first ("2 processes (DDP) x ...")."""
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
         where = f"{platform.machine()} {device.type.upper()}, {torch.get_num_threads()} threads"
-    return f"{where}, torch {torch.__version__}"
+    processes = f"{ranks.world_size} processes (DDP) x " if ranks.parallel else ""
+    return f"{processes}{where}, torch {torch.__version__}"
 
 
 def _joined(earlier: str, now: str) -> str:
