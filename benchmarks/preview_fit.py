@@ -2,13 +2,13 @@
 
 The fast preview (`diffx.render.latents.latent_to_rgb_fast`: linear rgb = latentᵀ W + b, or a per-pixel
 MLP) stands in for the VAE decoder wherever decoding every step costs too much. Its quality is measured
-on the model's own samples: `--samples` generations from evaluation prompts, each final latent
+on the model's own samples: `--samples` generations from its world's evaluation prompts, each final latent
 previewed and compared with its decode average-pooled to the latent grid (the preview's resolution).
 Also reported: refits on the first half of those samples, scored on the other half — least squares
 (`fit_latent_rgb_factors`, the best a linear preview can do for this VAE) and the per-pixel MLP
 (`fit_latent_rgb_mlp`). Target for the embedded model: 20 dB.
 
-Run from the repository root:  python -m benchmarks.preview_fit [--samples 40] [--model data/shapes-world]
+Run from the repository root:  python -m benchmarks.preview_fit [--samples 40] [--model FOLDER]
 The last line printed is `shipped_psnr_db=… linear_refit_psnr_db=… mlp_refit_psnr_db=… target_db=20`.
 """
 
@@ -20,10 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffx.embedded.shapes import make_eval_prompts
+from diffx.embedded.quality import load_for_evaluation
+from diffx.embedded.world_quality import model_world
+from diffx.embedded.worlds import get_world
+from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline import GenerationSettings, decode_latents, generate
 from diffx.render import fit_latent_rgb_factors, fit_latent_rgb_mlp, latent_to_rgb_fast
-from diffx.weights import load_model
 
 TARGET_DB = 20.0
 
@@ -42,11 +44,11 @@ def psnr_db(latents: torch.Tensor, decodes: torch.Tensor, preview: dict) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default=EMBEDDED_MODEL_DIR, help="model folder or training folder")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model = load_model(args.model)
-    prompts = make_eval_prompts(args.samples)
+    model = load_for_evaluation(args.model)
+    prompts = get_world(model_world(model, args.model)).eval_prompts(args.samples, 0)
     latents = torch.cat([generate(model, GenerationSettings(prompt=p, seed=i)).latents for i, p in enumerate(prompts)])
     decodes = torch.stack([torch.from_numpy(d).permute(2, 0, 1).float() / 127.5 - 1 for d in
                            decode_latents(model, latents)])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffx.embedded.checkpoints import UNET_CHECKPOINT, model_from_checkpoints
-from diffx.embedded.judge import DetectedObject, adherence, analyse
-from diffx.embedded.shapes import ObjectSpec, object_word_indices, parse_prompt
+from diffx.embedded.judge import DetectedObject, adherence
+from diffx.embedded.shapes import object_word_indices, parse_prompt
+from diffx.embedded.worlds import WORLDS, World
 from diffx.errors import InvalidArgumentError
 from diffx.pipeline import GenerationSettings, generate
 from diffx.trace import Trace, TraceOptions, generate_traced
@@ -45,9 +46,20 @@ BOX_DILATION = 2 / 64
 ATTENTION_ONLY = TraceOptions(record=("attention",))
 
 
-def shape_word_indices(words: Sequence[str], objects: Sequence[ObjectSpec]) -> list[int | None]:
-    """Index in `words` of each object's shape word (see `shapes.object_word_indices`); None where missing."""
-    return [pair[1] if pair is not None else None for pair in object_word_indices(words, objects)]
+def pointed_objects(world: World, prompt: str, image: np.ndarray, words: Sequence[str]) -> list[tuple[Any, int, int]]:
+    """The trials of a two-object prompt in any world: (drawn object, colour word index, shape word index) for
+    each object the picture shows as named (the world's judge finds it, matching colour and shape) whose
+    words the prompt's tokens hold (`shapes.object_word_indices`). Other prompts: no trials."""
+    wanted = list(world.prompt_objects(prompt))
+    if len(wanted) != 2:
+        return []
+    found = world.picture_objects(image)
+    trials = []
+    for want, indices in zip(wanted, object_word_indices(list(words), wanted), strict=True):
+        drawn = next((obj for obj in found if obj.colour == want.colour and obj.shape == want.shape), None)
+        if drawn is not None and indices is not None:
+            trials.append((drawn, *indices))
+    return trials
 
 
 def word_heatmap(trace: Trace, word_index: int) -> Tensor:
@@ -67,17 +79,9 @@ def points_at(heatmap: Tensor, obj: DetectedObject, height: int, width: int) -> 
 
 def pointing_trials(prompt: str, image: np.ndarray, trace: Trace) -> list[bool]:
     """One hit/miss per object of a two-object prompt that the picture shows (see the module docstring)."""
-    spec = parse_prompt(prompt)
-    if len(spec.objects) != 2:
-        return []
-    found = analyse(image).objects
     height, width = image.shape[:2]
-    trials = []
-    for want, word_index in zip(spec.objects, shape_word_indices(trace.words, spec.objects), strict=True):
-        drawn = next((obj for obj in found if obj.colour == want.colour and obj.shape == want.shape), None)
-        if drawn is not None and word_index is not None:
-            trials.append(points_at(word_heatmap(trace, word_index), drawn, height, width))
-    return trials
+    return [points_at(word_heatmap(trace, shape_at), drawn, height, width)
+            for drawn, _, shape_at in pointed_objects(WORLDS["shapes"], prompt, image, trace.words)]
 
 
 def evaluate(model: StableDiffusion, prompts: Sequence[str], guidance: float | None = None, seed: int = 0,

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from diffx.embedded.history import read_runs
-from diffx.embedded.quality import ATTENTION_ONLY, points_at, word_heatmap
-from diffx.embedded.shapes import object_word_indices
+from diffx.embedded.quality import ATTENTION_ONLY, pointed_objects, points_at, word_heatmap
 from diffx.embedded.world import EVAL_STREAM, make_scene, render
 from diffx.embedded.world_judge import analyse, score
 from diffx.embedded.world_measures import GUIDANCE_SCALES, curve_checks, curve_value, diversity, diversity_drop, gap
 from diffx.embedded.world_measures import out_of_gamut as saturation_of
 from diffx.embedded.world_text import exact_caption, make_eval_prompts, make_open_prompts, parse_caption
+from diffx.embedded.worlds import WORLDS
 from diffx.errors import InvalidArgumentError
 from diffx.pipeline import (
     GenerationSettings,
@@ -108,17 +108,9 @@ def generate_batch(model: StableDiffusion, prompts: Sequence[str], seeds: Sequen
 def world_pointing_trials(prompt: str, image: np.ndarray, trace: Trace) -> dict[str, list[bool]]:
     """The pointing game on a two-object v2 prompt: per object the picture shows (colour and shape as named),
     a hit or miss of its shape word's map ("noun") and of its colour word's ("colour")."""
-    spec = parse_caption(prompt)
-    trials: dict[str, list[bool]] = {"noun": [], "colour": []}
-    if len(spec.objects) != 2:
-        return trials
-    found = analyse(image).objects
     height, width = image.shape[:2]
-    for want, words in zip(spec.objects, object_word_indices(trace.words, list(spec.objects)), strict=True):
-        drawn = next((obj for obj in found if obj.colour == want.colour and obj.shape == want.shape), None)
-        if drawn is None or words is None:
-            continue
-        colour_at, shape_at = words
+    trials: dict[str, list[bool]] = {"noun": [], "colour": []}
+    for drawn, colour_at, shape_at in pointed_objects(WORLDS["shapes2"], prompt, image, trace.words):
         trials["colour"].append(points_at(word_heatmap(trace, colour_at), drawn, height, width))
         trials["noun"].append(points_at(word_heatmap(trace, shape_at), drawn, height, width))
     return trials

@@ -9,18 +9,20 @@
 
 A `World` gives training what it needs of a world: scenes from a seeded generator, their pictures,
 their captions, each object's coverage mask (for the attention-grounding loss), the model configuration
-it is trained with, and the prompts of the training previews.
+it is trained with, and the prompts of the training previews. It gives the benchmarks what they need to
+judge a model of that world: held-out prompts, exact captions, the objects a prompt names and the objects
+the world's judge finds in a picture, and the judge's adherence rates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from diffx.embedded import captions, shapes, world
+from diffx.embedded import captions, judge, shapes, world, world_judge, world_text
 from diffx.embedded.captions import CaptionNoise
 from diffx.errors import check_choice
 from diffx.models.configs import ModelConfig, shapes_world, shapes_world_2
@@ -28,7 +30,7 @@ from diffx.models.configs import ModelConfig, shapes_world, shapes_world_2
 
 @dataclass(frozen=True)
 class World:
-    """What training asks of a world (see the module docstring)."""
+    """What training and the benchmarks ask of a world (see the module docstring)."""
 
     name: str
     make_scene: Callable[[np.random.Generator], Any]
@@ -40,11 +42,32 @@ class World:
     noisy_captions: bool  # whether `TrainConfig.caption_noise` applies
     grounding: bool  # whether the attention-grounding loss (grounding.py) reads this world's captions
     card: tuple[str, ...]  # the model card's opening lines: what the model is and what it learnt from
+    eval_prompts: Callable[[int, int], list[str]]  # (n, seed) -> held-out prompts, from the evaluation stream
+    exact_caption: Callable[[Any, np.random.Generator], str]  # a caption naming what the scene shows
+    prompt_objects: Callable[[str], Sequence[Any]]  # the objects a prompt names (.colour, .shape), in order
+    picture_objects: Callable[[np.ndarray], Sequence[Any]]  # what the judge finds (.colour, .shape, .centre, .radius)
+    adherence: Callable[[list[str], list[np.ndarray]], dict[str, float]]  # the judge's rate per attribute
 
 
 def _shapes_caption(scene: shapes.Scene, rng: np.random.Generator, _noise: CaptionNoise) -> str:
     """v1 captions: exact, with size, position and background words dropped at random."""
     return shapes.caption(scene, rng)
+
+
+def _shapes_prompt_objects(prompt: str) -> Sequence[shapes.ObjectSpec]:
+    return shapes.parse_prompt(prompt).objects
+
+
+def _shapes_picture_objects(image: np.ndarray) -> Sequence[judge.DetectedObject]:
+    return judge.analyse(image).objects
+
+
+def _world_prompt_objects(prompt: str) -> Sequence[world_text.ObjectWords]:
+    return world_text.parse_caption(prompt).objects
+
+
+def _world_picture_objects(image: np.ndarray) -> Sequence[world_judge.SeenObject]:
+    return world_judge.analyse(image).objects
 
 
 WORLDS: dict[str, World] = {
@@ -60,7 +83,9 @@ WORLDS: dict[str, World] = {
               "shapes world (diffx/embedded/shapes.py): flat circles, squares and triangles in 8 named colours on",
               "a plain background, one or two objects, with captions such as",
               "\"a small red circle in the top left on a blue background\". Its VAE is f4 rather than SD's f8: at",
-              "64 px an f8 latent (8x8) blurs the corners that tell a square from a circle.")),
+              "64 px an f8 latent (8x8) blurs the corners that tell a square from a circle."),
+        eval_prompts=shapes.make_eval_prompts, exact_caption=shapes.caption, prompt_objects=_shapes_prompt_objects,
+        picture_objects=_shapes_picture_objects, adherence=judge.adherence),
     "shapes2": World(
         name="shapes2", make_scene=world.make_scene, render=world.render, caption=captions.noisy_caption,
         object_masks=world.object_masks, model_config=shapes_world_2,
@@ -75,7 +100,10 @@ WORLDS: dict[str, World] = {
               "the v2 world (diffx/embedded/world.py) at 128 px: circles, squares, triangles, stars, hearts, rings",
               "and hexagons in 10 colours, solid, striped or dotted, on plain, gradient or checkered backgrounds,",
               "1-3 objects with relations; captions drawn by the caption-noise model (diffx/embedded/captions.py),",
-              "loose like web alt-text, so that guidance does here what it does in Stable Diffusion.")),
+              "loose like web alt-text, so that guidance does here what it does in Stable Diffusion."),
+        eval_prompts=world_text.make_eval_prompts, exact_caption=world_text.exact_caption,
+        prompt_objects=_world_prompt_objects, picture_objects=_world_picture_objects,
+        adherence=world_judge.adherence),
 }
 
 

@@ -1,11 +1,12 @@
-"""The quality measures: shape words are found, the pointing game hits and misses, evaluate reports rates."""
+"""The quality measures: objects paired with their words, the pointing game hits and misses, evaluate rates."""
 
 from dataclasses import replace
 
 import torch
 
-from diffx.embedded.quality import evaluate, meets_targets, pointing_trials, shape_word_indices
-from diffx.embedded.shapes import Scene, ShapeObject, parse_prompt, render
+from diffx.embedded.quality import evaluate, meets_targets, pointed_objects, pointing_trials
+from diffx.embedded.shapes import Scene, ShapeObject, render
+from diffx.embedded.worlds import WORLDS
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
 from diffx.trace import Trace
@@ -32,12 +33,19 @@ def fake_trace(words: list[str], peaks: dict[str, tuple[float, float]], steps: i
     return Trace(meta=meta, tensors={"timesteps": torch.arange(steps).float(), "attention": attention})
 
 
-def test_shape_word_indices_follow_the_objects_in_order():
-    words = "a red circle left of a blue circle".split()
-    assert shape_word_indices(words, parse_prompt(" ".join(words)).objects) == [2, 7]
-    words = "a blue square and a red circle".split()
-    assert shape_word_indices(words, parse_prompt(" ".join(words)).objects) == [2, 6]
-    assert shape_word_indices("a red circle".split(), parse_prompt("a green square").objects) == [None]
+def test_pointed_objects_pair_each_drawn_object_with_its_words_in_order():
+    image = render(SCENE)
+    words = PROMPT.split()
+    trials = pointed_objects(WORLDS["shapes"], PROMPT, image, words)
+    assert [(obj.colour, obj.shape, colour_at, shape_at) for obj, colour_at, shape_at in trials] == [
+        ("red", "circle", 1, 2), ("blue", "square", 6, 7)]
+    assert trials[0][0].centre[0] < 0.5 < trials[1][0].centre[0]  # the judge's objects, where they are drawn
+    same_shape = "a red circle left of a blue circle"
+    drawn = render(Scene([SCENE.objects[0], replace(SCENE.objects[1], shape="circle")], background="white"))
+    assert [t[1:] for t in pointed_objects(WORLDS["shapes"], same_shape, drawn, same_shape.split())] == [(1, 2), (6, 7)]
+    assert pointed_objects(WORLDS["shapes"], "a red circle", image, ["a", "red", "circle"]) == []  # one object
+    assert pointed_objects(WORLDS["shapes"], PROMPT, image, "a green circle left of a blue square".split()) == [
+        (trials[1][0], 6, 7)]  # the red circle's words are missing: no trial for it
 
 
 def test_pointing_game_hits_where_each_word_looks_at_its_object():
