@@ -53,7 +53,7 @@ def pointed_objects(world: World, prompt: str, image: np.ndarray, words: Sequenc
     wanted = list(world.prompt_objects(prompt))
     if len(wanted) != 2:
         return []
-    found = world.picture_objects(image)
+    found = world.analyse(image).objects
     trials = []
     for want, indices in zip(wanted, object_word_indices(list(words), wanted), strict=True):
         drawn = next((obj for obj in found if obj.colour == want.colour and obj.shape == want.shape), None)

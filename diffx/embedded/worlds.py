@@ -10,8 +10,8 @@
 A `World` gives training what it needs of a world: scenes from a seeded generator, their pictures,
 their captions, each object's coverage mask (for the attention-grounding loss), the model configuration
 it is trained with, and the prompts of the training previews. It gives the benchmarks what they need to
-judge a model of that world: held-out prompts, exact captions, the objects a prompt names and the objects
-the world's judge finds in a picture, and the judge's adherence rates.
+judge a model of that world: its shape and colour words, held-out prompts, exact captions, the objects a
+prompt names, the judge's reading of a picture and its adherence rates.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ class World:
     noisy_captions: bool  # whether `TrainConfig.caption_noise` applies
     grounding: bool  # whether the attention-grounding loss (grounding.py) reads this world's captions
     card: tuple[str, ...]  # the model card's opening lines: what the model is and what it learnt from
+    shapes: tuple[str, ...]  # the shape words
+    colours: tuple[str, ...]  # the object colour words
     eval_prompts: Callable[[int, int], list[str]]  # (n, seed) -> held-out prompts, from the evaluation stream
     exact_caption: Callable[[Any, np.random.Generator], str]  # a caption naming what the scene shows
     prompt_objects: Callable[[str], Sequence[Any]]  # the objects a prompt names (.colour, .shape), in order
-    picture_objects: Callable[[np.ndarray], Sequence[Any]]  # what the judge finds (.colour, .shape, .centre, .radius)
+    analyse: Callable[[np.ndarray], Any]  # the judge's reading of a picture: .background, .objects (largest first)
     adherence: Callable[[list[str], list[np.ndarray]], dict[str, float]]  # the judge's rate per attribute
 
 
@@ -58,16 +60,10 @@ def _shapes_prompt_objects(prompt: str) -> Sequence[shapes.ObjectSpec]:
     return shapes.parse_prompt(prompt).objects
 
 
-def _shapes_picture_objects(image: np.ndarray) -> Sequence[judge.DetectedObject]:
-    return judge.analyse(image).objects
-
-
 def _world_prompt_objects(prompt: str) -> Sequence[world_text.ObjectWords]:
     return world_text.parse_caption(prompt).objects
 
 
-def _world_picture_objects(image: np.ndarray) -> Sequence[world_judge.SeenObject]:
-    return world_judge.analyse(image).objects
 
 
 WORLDS: dict[str, World] = {
@@ -84,8 +80,9 @@ WORLDS: dict[str, World] = {
               "a plain background, one or two objects, with captions such as",
               "\"a small red circle in the top left on a blue background\". Its VAE is f4 rather than SD's f8: at",
               "64 px an f8 latent (8x8) blurs the corners that tell a square from a circle."),
+        shapes=tuple(shapes.SHAPES), colours=tuple(shapes.COLOURS),
         eval_prompts=shapes.make_eval_prompts, exact_caption=shapes.caption, prompt_objects=_shapes_prompt_objects,
-        picture_objects=_shapes_picture_objects, adherence=judge.adherence),
+        analyse=judge.analyse, adherence=judge.adherence),
     "shapes2": World(
         name="shapes2", make_scene=world.make_scene, render=world.render, caption=captions.noisy_caption,
         object_masks=world.object_masks, model_config=shapes_world_2,
@@ -101,8 +98,9 @@ WORLDS: dict[str, World] = {
               "and hexagons in 10 colours, solid, striped or dotted, on plain, gradient or checkered backgrounds,",
               "1-3 objects with relations; captions drawn by the caption-noise model (diffx/embedded/captions.py),",
               "loose like web alt-text, so that guidance does here what it does in Stable Diffusion."),
+        shapes=world.SHAPES, colours=tuple(world.COLOURS),
         eval_prompts=world_text.make_eval_prompts, exact_caption=world_text.exact_caption,
-        prompt_objects=_world_prompt_objects, picture_objects=_world_picture_objects,
+        prompt_objects=_world_prompt_objects, analyse=world_judge.analyse,
         adherence=world_judge.adherence),
 }
 
