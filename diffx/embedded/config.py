@@ -97,9 +97,6 @@ class TrainConfig:
         if self.caption_noise and not world.noisy_captions:
             raise InvalidArgumentError(f"the {world.name!r} world has no caption-noise model; leave caption_noise "
                                        "empty or train on the 'shapes2' world")
-        if self.attention_loss > 0 and not world.grounding:
-            raise InvalidArgumentError(f"the attention-grounding loss does not read the {world.name!r} world's "
-                                       "captions; use attention_loss 0 (plain SD training)")
         model = ModelConfig.from_dict(self.model)
         if model.scheduler.prediction_type not in PREDICTION_TYPES:
             raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "

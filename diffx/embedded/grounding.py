@@ -8,9 +8,12 @@ the mask,
 
     L_token = mean_i (1 - sum_u A_i[u] M_i[u] / sum_u A_i[u])^2,
 
-averaged over every cross-attention layer (masks pooled to each layer's grid). The shapes world knows
-every object's exact mask, so the colour and shape words of each captioned object are supervised. The
-maps a learner sees from such a model were *taught* to be grounded: the model card says so.
+averaged over every cross-attention layer (masks pooled to each layer's grid). A world knows every
+object's exact mask, so the colour and shape words of each captioned object are supervised. In the v2
+world's loose captions only the objects named by colour and shape that match exactly one object of the
+scene are: an omitted colour or a wrong one leaves that object's words unsupervised, as no pixel shows
+what they say. The maps a learner sees from such a model were *taught* to be grounded: the model card
+says so.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffx.embedded.shapes import Scene, object_word_indices, parse_prompt
+from diffx.embedded.shapes import object_word_indices
+from diffx.embedded.worlds import World
 from diffx.models.attention import AttentionLayer
 from diffx.models.tokenizer import TokenizedPrompt
 
 
-def token_targets(scenes: Sequence[Scene], masks: Sequence[np.ndarray], encodings: Sequence[TokenizedPrompt],
+def token_targets(world: World, scenes: Sequence, masks: Sequence[np.ndarray], encodings: Sequence[TokenizedPrompt],
                   size: int) -> tuple[Tensor, Tensor]:
     """The mask each token should attend inside, and which tokens are supervised.
 
-    `masks[b]`: (objects, size, size) of scene b (`shapes.object_masks`); `encodings[b]`: its caption.
+    `masks[b]`: (objects, size, size) of scene b of `world` (`world.object_masks`); `encodings[b]`: its caption.
     Returns (B, tokens, size, size) float masks and a (B, tokens) bool of the colour and shape tokens of
     objects the caption names unambiguously (a dropped caption, or two objects of the same colour and
     shape, supervises nothing).
@@ -40,7 +44,7 @@ def token_targets(scenes: Sequence[Scene], masks: Sequence[np.ndarray], encoding
     token_masks = torch.zeros(len(scenes), num_tokens, size, size)
     supervised = torch.zeros(len(scenes), num_tokens, dtype=torch.bool)
     for b, (scene, scene_masks, encoding) in enumerate(zip(scenes, masks, encodings, strict=True)):
-        specs = parse_prompt(encoding.prompt).objects
+        specs = list(world.prompt_objects(encoding.prompt))
         for spec, words in zip(specs, object_word_indices(encoding.words, specs), strict=True):
             matching = [i for i, obj in enumerate(scene.objects)
                         if obj.colour == spec.colour and obj.shape == spec.shape]

@@ -290,7 +290,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
             collector = CrossAttentionCollector()
             with observe_attention(collector):
                 loss = training_loss(eps_model, schedule, x0, context, generator, prediction_type)
-            token_masks, supervised = token_targets([scenes[i] for i in chosen], [masks[i] for i in chosen],
+            token_masks, supervised = token_targets(world, [scenes[i] for i in chosen], [masks[i] for i in chosen],
                                                     encodings, x0.shape[-1])
             grounding = grounding_loss(collector.probs, token_masks.to(device), supervised.to(device))
             state.grounding_losses.append(float(grounding.detach()))

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffx.embedded import world
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
 from diffx.embedded.shapes import Scene, ShapeObject, object_masks
+from diffx.embedded.worlds import WORLDS
 from diffx.models.attention import observe_attention
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
@@ -17,7 +19,7 @@ BLUE_SQUARE = ShapeObject("square", "blue", "small", "right", (0.75, 0.5), 0.1)
 
 def _targets(scene: Scene, prompt: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     encoding = ClipTokenizer.default().encode(prompt)
-    token_masks, supervised = token_targets([scene], [object_masks(scene, 16)], [encoding], 16)
+    token_masks, supervised = token_targets(WORLDS["shapes"], [scene], [object_masks(scene, 16)], [encoding], 16)
     return token_masks[0], supervised[0], encoding.tokens
 
 
@@ -39,6 +41,31 @@ def test_captions_naming_no_coloured_object_supervise_nothing(prompt):
 def test_two_objects_of_the_same_colour_and_shape_are_ambiguous_and_skipped():
     twin = ShapeObject("circle", "red", "small", "right", (0.75, 0.5), 0.1)
     assert not _targets(Scene([RED_CIRCLE, twin], "white"), "a red circle left of a red circle")[1].any()
+
+
+V2_SCENE = world.Scene((world.WorldObject("star", "lime", "large", "left", (0.3, 0.5), 0.18, fill="striped"),
+                         world.WorldObject("ring", "cyan", "small", "right", (0.75, 0.5), 0.1)),
+                        world.Background("checkered", ("pale pink",)))
+
+
+def _v2_supervised(prompt: str) -> list[str]:
+    encoding = ClipTokenizer.default().encode(prompt)
+    token_masks, supervised = token_targets(WORLDS["shapes2"], [V2_SCENE], [world.object_masks(V2_SCENE, 16)],
+                                            [encoding], 16)
+    masks = world.object_masks(V2_SCENE, 16)
+    for token in supervised[0].nonzero().flatten():  # each supervised token holds its own object's mask
+        obj = 0 if encoding.tokens[token] in ("lime</w>", "star</w>") else 1
+        assert torch.equal(token_masks[0, token], torch.from_numpy(masks[obj]))
+    return [encoding.tokens[i] for i in supervised[0].nonzero().flatten()]
+
+
+def test_v2_captions_supervise_the_objects_named_by_colour_and_shape_and_nothing_else():
+    exact = "a large lime striped star left of a small cyan solid ring on a pale pink checkered background"
+    cyan = ["cy", "an</w>"]  # two BPE tokens, both supervised
+    assert _v2_supervised(exact) == ["lime</w>", "star</w>", *cyan, "ring</w>"]
+    assert _v2_supervised("a lime star and a purple ring, nice picture") == ["lime</w>", "star</w>"]  # wrong colour
+    assert _v2_supervised("a star next to a cyan ring") == [*cyan, "ring</w>"]  # colour omitted
+    assert _v2_supervised("a pale pink checkered background") == []
 
 
 def test_loss_is_zero_inside_the_mask_and_one_minus_coverage_squared_when_uniform():

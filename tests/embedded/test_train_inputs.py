@@ -40,7 +40,6 @@ PATH_CASES = [
     ("--vae-crop over the image size", ["--vae-crop", "128"], "vae_crop"),
     ("--world unknown", ["--world", "planets"], "world"),
     ("--exact-captions on v1", ["--exact-captions"], "--exact-captions"),
-    ("--attention-loss on shapes2", ["--world", "shapes2", "--attention-loss", "0.01"], "grounding"),
     ("--device empty", ["--device", ""], "device"),
     ("--device unknown", ["--device", "tpu"], "device"),
 ]
