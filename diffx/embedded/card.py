@@ -143,7 +143,8 @@ def _world_lines(scores: dict) -> list[str]:
         "## Guidance: fidelity against diversity (diffx/embedded/world_measures.py)",
         f"Diversity: {scores['diversity_seeds']} seeds of each of {scores['open_prompts']} under-specified prompts "
         "(\"a red circle\"), the normalised entropy of what they leave open (background kind and tint, position,",
-        "size, fill) as the judge reads it. Saturation: the share of pixels outside the world's palette.",
+        "size, fill) as the judge reads it. Saturation: the share of pixels more saturated (chroma) than any",
+        "colour of the world.",
         "",
         *_table(("w", "all attributes", GROUPS[0], GROUPS[1], "diversity", "saturation"), curve_rows(scores)),
         "",

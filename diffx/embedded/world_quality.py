@@ -35,8 +35,15 @@ from diffx.embedded.history import read_runs
 from diffx.embedded.quality import ATTENTION_ONLY, pointed_objects, points_at, word_heatmap
 from diffx.embedded.world import EVAL_STREAM, make_scene, render
 from diffx.embedded.world_judge import analyse, score
-from diffx.embedded.world_measures import GUIDANCE_SCALES, curve_checks, curve_value, diversity, diversity_drop, gap
-from diffx.embedded.world_measures import out_of_gamut as saturation_of
+from diffx.embedded.world_measures import (
+    GUIDANCE_SCALES,
+    curve_checks,
+    curve_value,
+    diversity,
+    diversity_drop,
+    gap,
+    oversaturated,
+)
 from diffx.embedded.world_text import exact_caption, make_eval_prompts, make_open_prompts, parse_caption
 from diffx.embedded.worlds import WORLDS
 from diffx.errors import InvalidArgumentError
@@ -159,7 +166,7 @@ def curve_point(model: StableDiffusion, guidance: float, prompts: Sequence[str],
                 for p in range(len(open_prompts))]
     spread = diversity([parse_caption(prompt) for prompt in open_prompts], analyses)
     return {"guidance": guidance, "all": rates[GROUPS[2]]["all"], "rates": rates,
-            "saturation": float(np.mean([saturation_of(picture) for picture in pictures])),
+            "saturation": float(np.mean([oversaturated(picture) for picture in pictures])),
             "diversity": spread["diversity"], "diversity_by_attribute": spread["by_attribute"],
             "distinct": spread["distinct"]}
 

@@ -19,7 +19,7 @@ from diffx.embedded.world_measures import (
     entropy_bits,
     normalised_entropy,
     open_attributes,
-    out_of_gamut,
+    oversaturated,
 )
 from diffx.embedded.world_quality import (
     evaluate_world,
@@ -53,14 +53,17 @@ def small_v2_model() -> torch.nn.Module:
         vae=VAEConfig(ch=8, ch_mult=(1, 1, 1, 1), num_res_blocks=1, norm_num_groups=4)))
 
 
-def test_saturation_is_zero_on_clean_renders_and_counts_pixels_beyond_the_palette():
+def test_saturation_is_zero_on_clean_renders_and_counts_pixels_more_chromatic_than_the_palette():
     scene = Scene((RED_CIRCLE, replace(RED_CIRCLE, colour="orange", fill="striped", position="top left",
                                        centre=(0.2, 0.2), radius=0.1)), Background("checkered", ("pale pink",)))
     clean = render(scene)
-    assert out_of_gamut(clean) == 0.0
+    assert oversaturated(clean) == 0.0
     clipped = clean.copy()
-    clipped[:32, :, :] = (255, 0, 0)  # the top quarter at full red: beyond the brightest channel and chroma
-    assert out_of_gamut(clipped) == pytest.approx(0.25)
+    clipped[:32, :, :] = (255, 0, 0)  # the top quarter at full red: chroma 255, beyond orange's 250
+    assert oversaturated(clipped) == pytest.approx(0.25)
+    bright = clean.copy()
+    bright[32:64, :, :] = 255  # a quarter decoded a little too bright: white is not saturated
+    assert oversaturated(bright) == 0.0
 
 
 def test_entropy_of_values():
