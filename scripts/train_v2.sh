@@ -33,6 +33,9 @@
 # 0.85-1.1 s: the VAE stage ~1 hour, the U-Net stage (10,000 steps) ~3 hours, so it spans sittings; every stage
 # resumes. The shipped CPU run's U-Net was set to 20,000 steps at first and cut to 10,000 at step 4,250 so that
 # its cosine decay ended within a sitting (the learning rate then dropped from 0.91 to 0.67 of its peak).
+# That run (U-Net 2 h 45 min) did not beat v1, so data/ kept v1: over 300 held-out prompts at w = 7.5, colour
+# 0.277, shape 0.727, position 0.170 (position words not learnt: 0.09 on one-object prompts), all 0.013,
+# pointing 0.307; its guidance curve is SD's (one-object colour 0.45 at w = 1, 0.81 at 3, 0.44 at 15).
 # That VAE stage, run so (resumed from 2,000 steps of the same crops), reached the VAE targets: the v2 judge
 # on 200 held-out reconstructions read colour 1.000, shape 0.990, position 1.000 (0.995 / 0.96 / 1.0 at 6,750).
 # Why the VAE stage is long: on 2 CPU cores, 1,500 and then 4,000 steps of 32 crops of 32 px left the f8 VAE

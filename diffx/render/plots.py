@@ -169,7 +169,7 @@ def plot_guidance_tradeoff(guidances: Sequence[float], adherence: Mapping[str, S
     if saturation is not None:
         twin = right.twinx()
         twin.plot(guidances, saturation, "s--", color="tab:red", linewidth=1.2, label="saturation")
-        twin.set_ylabel("share of pixels outside the palette", color="tab:red")
+        twin.set_ylabel("share of pixels beyond the palette's chroma", color="tab:red")
         right.legend(handles=[*right.get_lines(), *twin.get_lines()], fontsize=8)
     for ax in (left, right):
         if default is not None:
