@@ -46,12 +46,11 @@ ATTENTION_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 def swap_target(world: World, prompt: str, index: int) -> tuple[str, str, str] | None:
     """(edited prompt, swapped attribute, wanted value) for a one-object prompt; None for two objects."""
-    objects = world.prompt_objects(prompt)
-    words = prompt.split()
-    if len(objects) != 1 or object_word_indices(words, list(objects))[0] is None:
+    objects, words = list(world.prompt_objects(prompt)), prompt.split()
+    found = object_word_indices(words, objects)[0] if len(objects) == 1 else None
+    if found is None:
         return None
-    obj = objects[0]
-    colour_at, shape_at = object_word_indices(words, list(objects))[0]
+    obj, (colour_at, shape_at) = objects[0], found
     if index % 2 == 0:
         new = world.shapes[(world.shapes.index(obj.shape) + 1) % len(world.shapes)]
         at, attribute = shape_at, "shape"
