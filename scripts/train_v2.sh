@@ -7,6 +7,10 @@
 #                                           # Multi-threaded PyTorch work beside it still runs several times
 #                                           # slower (its threads wait on each other whenever one is
 #                                           # preempted): pause training for timings with kill -STOP/-CONT
+#   INIT=runs/shapes-world-2/model bash scripts/train_v2.sh
+#                                           # go on from a model folder (e.g. the CPU-trained v2, 33 MB, small
+#                                           # enough to carry to a device machine): its VAE is kept (no VAE
+#                                           # stage), its text encoder and U-Net train on (diffx train --init-from)
 #   SMOKE=1 bash scripts/train_v2.sh        # CPU smoke test: tiny step counts, 2 sampling steps in the
 #                                           # benchmark, no training preview grids; ~30 s on 2 cores;
 #                                           # writes only under runs/smoke-v2 (or $RUN / $MODEL), never data/
@@ -67,6 +71,9 @@ else
   : "${VAE_STEPS:=4000}" "${VAE_BATCH:=128}" "${VAE_CROP:=64}" "${UNET_STEPS:=1800}" "${BATCH:=512}" "${LR:=1e-3}"
   : "${CKPT:=250}"
   : "${EVAL_ARGS:=--n 300 --open-prompts 16 --seeds 16 --batch 128}"
+fi
+if [[ -n "${INIT:-}" ]]; then
+  TRAIN_EXTRA+=(--init-from "$INIT")
 fi
 stage() { echo; echo "== $1 ($(date +%H:%M:%S), ${SECONDS}s)"; }
 

@@ -2,13 +2,18 @@
 
 The real run needs a GPU for ten minutes (or a CPU for hours); this runs every stage of the same script on the
 CPU in about 30 s: the scene pool, `diffx train --world shapes2`, the export and the quality benchmark with
-its last line, all under a temporary folder.
+its last line, all under a temporary folder; then once more from that model (INIT, `diffx train --init-from`).
 """
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+
+from diffx.weights import load_model
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "train_v2.sh"
 
@@ -27,3 +32,14 @@ def test_smoke_run_trains_exports_and_measures(tmp_path):
     again = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0 and again.stdout.count("up to date") == 2
+
+    # INIT: go on from that model folder; its VAE is kept as it is, the lineage grows by one run
+    run2, model2 = tmp_path / "run2", tmp_path / "model2"
+    onward = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], capture_output=True, text=True, timeout=600,
+                            env={**env, "RUN": str(run2), "MODEL": str(model2), "INIT": str(model)})
+    assert onward.returncode == 0, onward.stdout[-3000:] + onward.stderr[-3000:]
+    runs = json.loads((model2 / "training.json").read_text(encoding="utf-8"))["runs"]
+    assert [r["settings"]["init_from"] for r in runs] == [None, str(model)]
+    first, second = load_model(model), load_model(model2)
+    for name, tensor in first.vae.state_dict().items():
+        assert torch.equal(tensor, second.vae.state_dict()[name]), name
