@@ -224,6 +224,7 @@ def test_train_passes_the_prediction_type_and_zero_snr_to_training(tmp_path, mon
     assert result.exit_code == 0, result.stderr
     scheduler = seen[0].model["scheduler"]
     assert (scheduler["prediction_type"], scheduler["rescale_betas_zero_snr"]) == ("v_prediction", True)
+    assert scheduler["timestep_spacing"] == "trailing"  # its samplers start where x_T is pure noise
     refused = CliRunner().invoke(app, ["train", "--out-dir", str(tmp_path / "run2"), "--prediction-type", "sample"])
     lines = refused.stderr.strip().splitlines()
     assert refused.exit_code == 2 and len(lines) == 1

@@ -100,7 +100,8 @@ def train(
         help="What the U-Net learns to predict: epsilon (the noise) or v_prediction (v = √ᾱ ε − √(1−ᾱ) x0).")
                                ] = "epsilon",
     zero_snr: Annotated[bool, typer.Option(
-        "--zero-snr", help="Rescale β to zero terminal SNR (Lin et al. 2023; pair it with v_prediction).")] = False,
+        "--zero-snr", help="Rescale β to zero terminal SNR (Lin et al. 2023; pair it with v_prediction); the model "
+                     "then samples with trailing timestep spacing, from t = T − 1.")] = False,
     world: Annotated[str, typer.Option(
         help="What to learn from: shapes (the v1 world, 64 px) or shapes2 (the v2 world: 7 shapes, 10 colours, "
              "fills, patterned backgrounds, 1-3 objects, 128 px, loose captions).")] = "shapes",
@@ -135,6 +136,8 @@ def train(
                                    "use it with --world shapes2")
     model = chosen.model_config()
     model.scheduler.prediction_type, model.scheduler.rescale_betas_zero_snr = prediction_type, zero_snr
+    if zero_snr:  # Lin et al. 2023 §3.3: sample from t = T − 1, where x_T is pure noise as in training
+        model.scheduler.timestep_spacing = "trailing"
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
                          unet_steps=unet_steps, unet_batch=batch,
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
