@@ -14,6 +14,11 @@ world's loose captions only the objects named by colour and shape that match exa
 scene are: an omitted colour or a wrong one leaves that object's words unsupervised, as no pixel shows
 what they say. The maps a learner sees from such a model were *taught* to be grounded: the model card
 says so.
+
+A caption that places its object on the grid ("... in the top left") grounds the position words too
+("top", "left" attend inside the object) when the cell it names is the object's own: the U-Net's queries
+must then know where they are and the position words' values can carry the object there. Without it the v2
+model never learnt position words (benchmarks/signal_leak.py: it read the layout from x_T instead).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def token_targets(world: World, scenes: Sequence, masks: Sequence[np.ndarray], e
     `masks[b]`: (objects, size, size) of scene b of `world` (`world.object_masks`); `encodings[b]`: its caption.
     Returns (B, tokens, size, size) float masks and a (B, tokens) bool of the colour and shape tokens of
     objects the caption names unambiguously (a dropped caption, or two objects of the same colour and
-    shape, supervises nothing).
+    shape, supervises nothing), and of the position words of a grid cell the caption names rightly.
     """
     num_tokens = len(encodings[0].ids)
     token_masks = torch.zeros(len(scenes), num_tokens, size, size)
@@ -50,10 +55,21 @@ def token_targets(world: World, scenes: Sequence, masks: Sequence[np.ndarray], e
                         if obj.colour == spec.colour and obj.shape == spec.shape]
             if words is None or len(matching) != 1:
                 continue
+            cell = getattr(spec, "position", None)
+            if cell is not None and cell == scene.objects[matching[0]].position:
+                words = (*words, *_phrase_indices(encoding.words, cell.split(), start=words[1] + 1))
             positions = [p for word in words for p in encoding.word_positions(word)]
             token_masks[b, positions] = torch.from_numpy(scene_masks[matching[0]])
             supervised[b, positions] = True
     return token_masks, supervised
+
+
+def _phrase_indices(words: Sequence[str], phrase: Sequence[str], start: int) -> tuple[int, ...]:
+    """Indices of the first run of `phrase` in `words` from `start` on; () when it is not there."""
+    for i in range(start, len(words) - len(phrase) + 1):
+        if list(words[i:i + len(phrase)]) == list(phrase):
+            return tuple(range(i, i + len(phrase)))
+    return ()
 
 
 class CrossAttentionCollector:

@@ -104,3 +104,20 @@ def test_collector_keeps_the_unets_cross_attention_with_gradients():
     grads = [p.grad for name, p in model.unet.named_parameters() if "attn2.to_k" in name or "attn2.to_q" in name]
     assert 0 < loss.item() < 1 and grads and all(g is not None and g.abs().sum() > 0 for g in grads)
     assert np.isfinite(loss.item())
+
+
+def test_a_rightly_named_grid_cell_grounds_its_position_words_and_a_wrong_one_does_not():
+    one = world.Scene((world.WorldObject("star", "lime", "large", "top left", (0.25, 0.25), 0.18),),
+                      world.Background("plain", ("white",)))
+    masks = world.object_masks(one, 16)
+
+    def supervised(prompt: str) -> list[str]:
+        encoding = ClipTokenizer.default().encode(prompt)
+        token_masks, chosen = token_targets(WORLDS["shapes2"], [one], [masks], [encoding], 16)
+        assert all(torch.equal(token_masks[0, i], torch.from_numpy(masks[0])) for i in chosen[0].nonzero().flatten())
+        return [encoding.tokens[i] for i in chosen[0].nonzero().flatten()]
+
+    assert supervised("a lime star in the top left on a white background") == [
+        "lime</w>", "star</w>", "top</w>", "left</w>"]
+    assert supervised("a lime star in the bottom right") == ["lime</w>", "star</w>"]  # a wrong cell teaches nothing
+    assert supervised("a lime star") == ["lime</w>", "star</w>"]
