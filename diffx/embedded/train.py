@@ -310,7 +310,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
                      "model_config": json.dumps(model.config.to_dict()),
                      "rng": json.dumps(rng.bit_generator.state), "state": asdict(state)})
         curve = plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
-                                title="U-Net noise-prediction loss (L_simple)")
+                                title=f"U-Net loss (L_simple, {prediction_type} target)")
         save_png(curve, out / "unet_loss.png", force=True)
         if preview is not None:
             with swapped_in(params, ema):
