@@ -43,9 +43,15 @@ def _run_lines(runs: list[dict]) -> list[str]:
             lines.append(
                 f"  - Text encoder + U-Net: {unet['steps']} steps, batch {settings['unet_batch']}, AdamW lr "
                 f"{settings['unet_lr']} (warm-up, cosine), EMA {settings['ema_decay']}, caption dropout "
-                f"{settings['caption_dropout']}{_grounding_words(settings, unet)}; final L_simple "
-                f"{unet['final_loss']:.4f}; {unet['seconds'] / 60:.1f} min on {unet['hardware']}.")
+                f"{settings['caption_dropout']}{_target_words(settings)}{_grounding_words(settings, unet)}; "
+                f"final L_simple {unet['final_loss']:.4f}; {unet['seconds'] / 60:.1f} min on {unet['hardware']}.")
     return lines
+
+
+def _target_words(settings: dict) -> str:
+    """What the run's U-Net learnt to predict (runs recorded without it predicted ε on SD's schedule)."""
+    zero_snr = " on a zero-terminal-SNR schedule" if settings.get("zero_snr") else ""
+    return f", target {settings.get('prediction_type', 'epsilon')}{zero_snr}"
 
 
 def _grounding_words(settings: dict, unet: dict) -> str:
@@ -75,8 +81,10 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
         f"{config.vae.scaling_factor:.4f} ({parts['vae'] / 1e6:.2f} M parameters).",
         f"- Weights: {size_mb:.1f} MB (fp16 safetensors, original SD1.x key layout).",
         f"- Defaults: {config.default_sampler}, {config.default_steps} steps, guidance {config.default_guidance}, "
-        f"{config.image_size}x{config.image_size} px, {config.scheduler.beta_schedule} schedule, T = "
-        f"{config.scheduler.num_train_timesteps}.",
+        f"{config.image_size}x{config.image_size} px, {config.scheduler.beta_schedule} schedule"
+        f"{' rescaled to zero terminal SNR' if config.scheduler.rescale_betas_zero_snr else ''}, T = "
+        f"{config.scheduler.num_train_timesteps}, {config.scheduler.timestep_spacing} timestep spacing; the U-Net "
+        f"predicts {config.scheduler.prediction_type}.",
         "",
         "## Training (resumable, seeded: `diffx train`; history in training.json)",
         "Captions are re-drawn each time a scene is used; caption dropout trains the unconditional",
@@ -85,9 +93,9 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
     ]
     if any(run["settings"].get("attention_loss") for run in runs):
         lines += ["", "The attention-grounding loss (TokenCompose, Wang et al. 2024) taught the cross-attention",
-                  "of each named object's colour and shape words to fall inside that object: this model's attention",
-                  "maps point at objects because they were trained to; plain Stable Diffusion training has no such",
-                  "objective."]
+                  "of each named object's colour and shape words (and the words of a grid cell the caption names",
+                  "rightly) to fall inside that object: this model's attention maps point at objects because they",
+                  "were trained to; plain Stable Diffusion training has no such objective."]
     if scores and scores.get("world") == "shapes2":
         lines += ["", *_world_lines(scores)]
         save_png(guidance_plot(scores), folder / GUIDANCE_PLOT, force=True)

@@ -14,9 +14,14 @@ HISTORY_FILE = "training.json"
 
 
 def run_record(train_config: dict, states: dict) -> dict:
-    """One training run for the history: its settings (without the model config) and, per stage, the steps
+    """One training run for the history: its settings (without the model config, but with its U-Net's target
+    and schedule: `prediction_type`, `zero_snr`) and, per stage, the steps
     reached, the seconds spent, the final loss (mean of the last 100 steps) and the hardware."""
     settings = {key: value for key, value in train_config.items() if key != "model"}
+    scheduler = train_config.get("model", {}).get("scheduler", {})
+    if scheduler:  # what the U-Net learnt to predict, on which schedule: the model config is not kept per run
+        settings["prediction_type"] = scheduler["prediction_type"]
+        settings["zero_snr"] = scheduler["rescale_betas_zero_snr"]
     stages = {name: {"steps": state["step"], "seconds": round(state["seconds"]),
                      "final_loss": float(np.mean(state["losses"][-100:])) if state["losses"] else None,
                      "hardware": state.get("hardware", "")}

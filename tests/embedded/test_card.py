@@ -19,6 +19,9 @@ def test_run_record_keeps_settings_and_stage_summaries_without_the_model_config(
     assert record["settings"] == {"pool_size": 8}
     assert record["vae"]["final_loss"] is None  # a continued run trained no VAE
     assert record["unet"] == {"steps": 250, "seconds": 120, "final_loss": 1.0, "hardware": "gpu"}
+    v_model = {"scheduler": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "beta_start": 1e-3}}
+    settings = run_record({"pool_size": 8, "model": v_model}, _states([], [1.0]))["settings"]
+    assert settings == {"pool_size": 8, "prediction_type": "v_prediction", "zero_snr": True}  # the target is kept
 
 
 SETTINGS = {"pool_size": 8, "seed": 0, "vae_batch": 4, "vae_crop": 32, "shape_pixel_weight": 10.0,
@@ -37,10 +40,14 @@ def _scores(colour: float, unguided_all: float) -> dict:
 def test_model_card_lists_every_run_and_the_adherence_table(tmp_path):
     model = build(tiny())
     save_model(model, tmp_path)
+    v_model = {"scheduler": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True}}
     runs = [run_record(SETTINGS, _states([0.5] * 3, [0.1] * 3)),
-            run_record({**SETTINGS, "init_from": "data/x"}, _states([], [0.05] * 2))]
+            run_record({**SETTINGS, "init_from": "data/x", "model": v_model}, _states([], [0.05] * 2))]
     card = write_model_card(tmp_path, model, runs, _scores(0.97, 0.2)).read_text()
     assert "- Run 1:" in card and "- Run 2, continued from `data/x`" in card
+    assert "caption dropout 0.1, target epsilon; final" in card  # a run recorded without its target: ε
+    assert "caption dropout 0.1, target v_prediction on a zero-terminal-SNR schedule; final" in card
+    assert "scaled_linear schedule, T = 1000, leading timestep spacing; the U-Net predicts epsilon." in card
     assert card.count("  - VAE:") == 1 and card.count("Text encoder + U-Net:") == 2
     assert "| colour | 0.970 | 0.500 | ≥ 0.95 ✓ |" in card and "| all: default − guidance 1 | +0.300 |" in card
     assert "All targets are met." in card and "color=0.970 shape=0.900 position=0.900 pointing=0.900" in card
