@@ -36,7 +36,7 @@ from diffx.embedded.worlds import World, get_world
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline import decode_latents, encode_text, make_denoiser, schedule_for, tokenize
-from diffx.schedules import q_sample, vp_scales, x0_from_eps
+from diffx.schedules import NoiseSchedule, q_sample, vp_scales, x0_from_eps
 
 TIMESTEPS = (950, 900, 800, 600)  # besides the model's own T − 1
 
@@ -55,9 +55,10 @@ def one_object_scenes(world: World, model: StableDiffusion, n: int, seed: int) -
 
 
 @torch.no_grad()
-def empty_prompt_x0(model: StableDiffusion, latents: torch.Tensor, t: int, seed: int) -> list[np.ndarray]:
-    """x̂0 (decoded pictures) of the latents noised to t, predicted with the empty prompt at guidance 1."""
-    schedule = schedule_for(model, model.config.scheduler.beta_schedule)
+def empty_prompt_x0(model: StableDiffusion, schedule: NoiseSchedule, latents: torch.Tensor, t: int, seed: int
+                    ) -> list[np.ndarray]:
+    """x̂0 (decoded pictures) of the latents noised to t on `schedule`, predicted with the empty prompt at
+    guidance 1."""
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     step = torch.tensor(t)
     x_t = q_sample(schedule, latents, step, noise)  # (n, 4, h, w)
@@ -92,7 +93,7 @@ def main() -> None:
         table.add_column(column, justify="right")
     figures = []
     for t in (last, *TIMESTEPS):
-        x0 = empty_prompt_x0(model, latents, t, args.seed)
+        x0 = empty_prompt_x0(model, schedule, latents, t, args.seed)
         leak, control = hit_rate(world, x0, cells), hit_rate(world, x0, others)
         table.add_row(str(t), f"{float(schedule.alphas_cumprod[t]) ** 0.5:.4f}", f"{leak:.3f}", f"{control:.3f}")
         name = "T" if t == last else str(t)

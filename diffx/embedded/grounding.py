@@ -55,9 +55,8 @@ def token_targets(world: World, scenes: Sequence, masks: Sequence[np.ndarray], e
                         if obj.colour == spec.colour and obj.shape == spec.shape]
             if words is None or len(matching) != 1:
                 continue
-            cell = getattr(spec, "position", None)
-            if cell is not None and cell == scene.objects[matching[0]].position:
-                words = (*words, *_phrase_indices(encoding.words, cell.split(), start=words[1] + 1))
+            if spec.position is not None and spec.position == scene.objects[matching[0]].position:
+                words = (*words, *_phrase_indices(encoding.words, spec.position.split(), start=words[1] + 1))
             positions = [p for word in words for p in encoding.word_positions(word)]
             token_masks[b, positions] = torch.from_numpy(scene_masks[matching[0]])
             supervised[b, positions] = True
