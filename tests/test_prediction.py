@@ -21,7 +21,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_zero_snr
 
 from diffx.errors import InvalidArgumentError
-from diffx.models.configs import tiny
+from diffx.models.configs import SchedulerConfig, tiny
 from diffx.pipeline import GenerationSettings, generate, rescale_guidance
 from diffx.schedules import (
     ZERO_SNR_ALPHA_CUMPROD,
@@ -178,6 +178,15 @@ def test_zero_terminal_snr_betas_equal_diffusers():
     # The samplers' table stops just short of zero (σ_T = 4096 finite), as diffusers' Euler does.
     assert schedule.alphas_cumprod[-1].item() == pytest.approx(ZERO_SNR_ALPHA_CUMPROD, rel=1e-3)
     assert torch.equal(schedule.betas[:-1], ours[:-1]) and torch.isfinite(schedule.sigmas).all()
+
+
+def test_scheduler_trained_for_names_the_target_and_samples_zero_snr_from_t_max():
+    base = SchedulerConfig()
+    v = base.trained_for("v_prediction", zero_snr=True)
+    assert (v.prediction_type, v.rescale_betas_zero_snr, v.timestep_spacing) == ("v_prediction", True, "trailing")
+    eps = base.trained_for("epsilon", zero_snr=False)
+    assert eps == base and eps is not base  # a new config; the spacing is the model's own without zero SNR
+    assert base.prediction_type == "epsilon" and base.timestep_spacing == "leading"  # left as it was
 
 
 def test_zero_snr_v_model_samples_finite_pictures():

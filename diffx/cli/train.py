@@ -135,9 +135,7 @@ def train(
         raise InvalidArgumentError(f"--exact-captions: the {world!r} world's captions are exact already; "
                                    "use it with --world shapes2")
     model = chosen.model_config()
-    model.scheduler.prediction_type, model.scheduler.rescale_betas_zero_snr = prediction_type, zero_snr
-    if zero_snr:  # Lin et al. 2023 §3.3: sample from t = T − 1, where x_T is pure noise as in training
-        model.scheduler.timestep_spacing = "trailing"
+    model.scheduler = model.scheduler.trained_for(prediction_type, zero_snr)
     config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
                          unet_steps=unet_steps, unet_batch=batch,
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,

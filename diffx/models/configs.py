@@ -7,7 +7,7 @@ those files' numbers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 # Text-encoder checkpoint layouts: OpenAI CLIP as transformers names it (SD1.x, `cond_stage_model.transformer.*`)
 # and OpenCLIP's (SD2.x, `cond_stage_model.model.*`: fused in_proj, `resblocks`, `ln_final`).
@@ -135,6 +135,14 @@ class SchedulerConfig:
     steps_offset: int = 1
     prediction_type: str = "epsilon"
     rescale_betas_zero_snr: bool = False
+
+    def trained_for(self, prediction_type: str, zero_snr: bool) -> SchedulerConfig:
+        """This schedule for a model trained to predict `prediction_type` ("epsilon" or "v_prediction"), with β
+        rescaled to zero terminal SNR if `zero_snr`. Such a model samples with trailing spacing, from
+        t = T − 1, where x_T is pure noise as it was in training (Lin et al. 2023 §3.3)."""
+        spacing = "trailing" if zero_snr else self.timestep_spacing
+        return replace(self, prediction_type=prediction_type, rescale_betas_zero_snr=zero_snr,
+                       timestep_spacing=spacing)
 
 
 @dataclass
