@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 NOISE_FRAMES = 20  # frames of the x_0 → x_T animation
 
 
-TRACE_RECORD_X0 = TraceOptions(record=("latents", "x0"))  # what the x_t / x̂0 views need
+# What the x_t / x̂0 views need: x_t is drawn as the mixture √ᾱ x̂0 + √(1−ᾱ) ε̂ (`views.xt_pictures`), so ε̂ too;
+# without it x_t falls back to its raw latent preview, whose noise clips to saturated colours.
+TRACE_RECORD_STEPS = TraceOptions(record=("latents", "eps", "x0"))
 
 
 @dataclass
@@ -157,7 +159,7 @@ def format_guidance(w: float) -> str:
 
 def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequence[float],
               rows_steps: Sequence[int] | None = None, preview: str = "auto", progress: StepCallback | None = None,
-              panel: int | None = None, record: TraceOptions = TRACE_RECORD_X0) -> CfgSweep:
+              panel: int | None = None, record: TraceOptions = TRACE_RECORD_STEPS) -> CfgSweep:
     """Classifier-free guidance ε̂ = ε_u + w (ε_c − ε_u) (Ho & Salimans 2022, eq. 6) at several w.
 
     Same seed, sampler and steps for every column; the grid's first row is the results, then one row
