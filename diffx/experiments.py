@@ -24,6 +24,7 @@ from diffx.pipeline import (
 )
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
+from diffx.render.latents import noisy_picture
 from diffx.samplers import StepCallback, StepRecord, model_timesteps
 from diffx.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
 from diffx.trace import TraceOptions, generate_traced
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 
 NOISE_FRAMES = 20  # frames of the x_0 → x_T animation
+LATENT_MIXTURE_LABEL = "latent preview, scaled to fit"  # √ᾱ x_0 + √(1−ᾱ) ε in preview colours (`noisy_picture`)
 
 
 # What the x_t / x̂0 views need: x_t is drawn as the mixture √ᾱ x̂0 + √(1−ᾱ) ε̂ (`views.xt_pictures`), so ε̂ too;
@@ -70,7 +72,8 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
 
     One ε (drawn from `seed`) serves every schedule and timestep, so the pictures differ only by the
     schedule. In latent space (needs `model`) the image is VAE-encoded, noised as a latent, and shown both
-    with the fast preview and VAE-decoded. With a model, its own training schedule is used for the
+    VAE-decoded and as the mixture √ᾱ x_0 + √(1 − ᾱ) ε in the fast preview's colours, scaled to fit
+    (`render.latents.noisy_picture`, as the trace's x_t). With a model, its own training schedule is used for the
     schedule of the same name. `sampler` (+ `steps`, `spacing`, `karras`, default: the model's or SD1.5's)
     marks the timesteps that sampler visits on the schedule plot.
     """
@@ -104,11 +107,13 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
         x_t = q_sample(schedule, x0.expand(len(ts), -1, -1, -1), t, noise.expand(len(ts), -1, -1, -1))
         if not latent_space:
             return [[tensor_to_image(x.clamp(-1, 1)) for x in x_t]]
-        preview = model.config.vae.latent_preview()
-        return [[latent_to_rgb_fast(z, **preview) for z in x_t],
+        # The preview of x_t itself would multiply its unit noise by the preview's steep factors and clip; x_t is
+        # drawn instead as the mixture it is, of x_0's preview and ε (the trace's x_t view, `noisy_picture`).
+        clean = image_to_tensor(latent_to_rgb_fast(x0[0], **model.config.vae.latent_preview()))[0]  # (3, h, w)
+        return [[noisy_picture(clean, noise[0], float(schedule.alphas_cumprod[step])) for step in ts],
                 decode_latents(model, x_t)]
 
-    kinds = ["latent preview", "VAE decode"] if latent_space else [""]
+    kinds = [LATENT_MIXTURE_LABEL, "VAE decode"] if latent_space else [""]
     smooth = [False, True] if latent_space else [True]  # latent grids keep their squares, pictures do not
     size = panel_size(*to_pil(image).size, panel)
     clean = [fit_panel(image, size, smooth=True)] * len(kinds)  # x_0 itself, before any noise

@@ -4,12 +4,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffx import experiments, views
 from diffx.errors import InvalidArgumentError
 from diffx.models.stable_diffusion import StableDiffusion
-from diffx.pipeline import generate
+from diffx.pipeline import encode_image, generate, schedule_for
+from diffx.render import latent_to_rgb_fast
+from diffx.schedules import q_sample
 from diffx.trace import generate_traced
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
@@ -47,6 +50,29 @@ def test_noise_views_latent_space_has_preview_and_decode_rows(model):
     assert latent.grid.height > pixel.grid.height  # two rows per schedule
     with pytest.raises(InvalidArgumentError, match="multiples of 2"):
         experiments.noise_views(Image.new("RGB", (31, 31)), latent_space=True, model=model)
+
+
+def test_latent_noise_row_is_not_saturated_where_the_plain_preview_is(monkeypatch):
+    """On the embedded model, x_t in latent space is drawn as the scaled mixture of x_0's preview and ε: at
+    t = 500 it clips few pixels, where the preview of the latent x_t itself clipped most of them."""
+    from diffx.weights import load_model
+
+    model = load_model()
+    cells = []
+    monkeypatch.setattr(experiments, "make_grid", lambda rows, **kw: (cells.append((rows, kw)), Image.new("RGB",
+                                                                                                      (8, 8)))[1])
+    picture = Image.new("RGB", (64, 64), (20, 160, 40))
+    experiments.noise_views(picture, schedules=("scaled_linear",), timesteps=(500,), latent_space=True, model=model,
+                            num_frames=2, panel=64)
+    rows, labels = cells[0][0], cells[0][1]["row_labels"]
+    assert labels == [f"scaled_linear · {experiments.LATENT_MIXTURE_LABEL}", "scaled_linear · VAE decode"]
+    mixture = np.asarray(rows[0][1])
+    assert ((mixture == 0) | (mixture == 255)).mean() <= 0.05
+    x0 = encode_image(model, picture, torch.Generator().manual_seed(0))  # (1, 4, h, w)
+    x_t = q_sample(schedule_for(model, "scaled_linear"), x0, torch.tensor([500]),
+                   torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)))
+    plain = latent_to_rgb_fast(x_t[0], **model.config.vae.latent_preview())
+    assert ((plain == 0) | (plain == 255)).mean() > 0.2
 
 
 def test_cfg_sweep_columns_are_plain_generations(model):
