@@ -53,7 +53,9 @@ def lab(
     guidance: Annotated[str | None, typer.Option(
         help=f"With --out: guidance weights w for <out>_guidance.png, comma-separated. Default: {DEFAULT_GUIDANCE}.",
         show_default=False)] = None,
-    gif: Annotated[Path, typer.Option(help="The animation of the reverse process (.gif).")] = Path("lab.gif"),
+    gif: Annotated[Path | None, typer.Option(
+        help="The animation of the reverse process (.gif). Default: --out's name with .gif, else lab.gif.",
+        show_default=False)] = None,
     out: OutOpt = None,
     train_steps: Annotated[int, typer.Option(help="Training steps (Adam, 1024 fresh points each).")] = 750,
     particles: Annotated[int, typer.Option(help="Points per panel, 2-100000.")] = 1000,
@@ -76,6 +78,7 @@ def lab(
     check_frame_ms(frame_ms)
     if guidance is not None and out is None:
         raise InvalidArgumentError("--guidance draws <out>_guidance.png; add --out lab.png (or drop --guidance)")
+    gif = gif or (out.with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> spiral.gif
     job = LabJob(data=data, samplers=tuple(item.strip() for item in samplers.split(",") if item.strip()),
                  steps=steps, schedule=schedule, guidance=tuple(parse_list(guidance or DEFAULT_GUIDANCE, float,
                                                                            "--guidance")),

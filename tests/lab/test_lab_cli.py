@@ -54,6 +54,10 @@ def test_existing_output_needs_force(run, tmp_path):
     result = run(*QUICK)
     assert result.exit_code == 2 and "already exists; pass --force" in result.stderr
     assert (tmp_path / "lab.gif").read_bytes() == b"keep"
+    # --out names the animation too (spiral.png -> spiral.gif), so a second run with --out keeps the first's GIF.
+    named = run(*QUICK, "--out", "spiral.png")
+    assert named.exit_code == 0, named.stderr
+    assert "wrote spiral.gif" in named.stdout and (tmp_path / "lab.gif").read_bytes() == b"keep"
     assert run(*QUICK, "--force").exit_code == 0
 
 

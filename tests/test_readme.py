@@ -1,0 +1,49 @@
+"""The README's commands work as written: run in order in an empty folder, as a newcomer would after the
+quick start, every `diffx` command of its bash blocks succeeds on the embedded model.
+
+Left out, each for its own reason: `diffx train` (minutes to hours; tests/embedded covers it) and the lines
+that regenerate the docs' own pictures (they write into docs/images/ and are `docs/tour.sh`'s job).
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from diffx.cli import app
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """Every `diffx …` command in the README's bash blocks, in order, continuation lines joined, comments cut;
+    the quick start's `… && diffx trace …` counts as a command."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if "&& diffx " in line:
+                line = line[line.index("&& diffx ") + 3:]
+            if line.startswith("diffx "):
+                commands.append(line)
+    return commands
+
+
+def runnable(command: str) -> bool:
+    return not command.startswith("diffx train") and "docs/images" not in command
+
+
+def test_the_readme_names_the_commands_a_newcomer_runs():
+    commands = readme_commands()
+    assert commands[0] == 'diffx trace --prompt "a red circle left of a blue square" --gif trace.gif'
+    names = {shlex.split(command)[1] for command in commands if runnable(command)}
+    assert {"noise", "denoise", "trace", "cfg-sweep", "compare", "paths", "render", "attention", "edit",
+            "weights", "tokens", "invert", "report", "lab"} <= names
+
+
+def test_every_readme_command_runs_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in filter(runnable, readme_commands()):
+        result = CliRunner().invoke(app, shlex.split(command)[1:])
+        assert result.exit_code == 0, f"{command}\n{result.stderr or result.output}"
