@@ -99,8 +99,7 @@ def _ema_decay(step: int, decay: float) -> float:
 
 def _progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]}"),
-                    TimeRemainingColumn(), disable=disable)
+                    TextColumn("{task.fields[loss]} {task.fields[rate]}"), TimeRemainingColumn(), disable=disable)
 
 
 class _RoundTrip(nn.Module):
@@ -115,6 +114,11 @@ class _RoundTrip(nn.Module):
         return posterior, self.vae.decode(posterior.sample(generator))
 
 
+def recent_loss(losses: list[float], label: str = "loss", window: int = 50) -> str:
+    """The mean of the last `window` losses as shown ("" before any: a resumed stage shows its last, not NaN)."""
+    return f"{label} {np.mean(losses[-window:]):.4f}" if losses else ""
+
+
 def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], float],
           checkpoint_fn: Callable[[], None], every: int, device: torch.device, ranks: Ranks) -> None:
     """Run `step_fn(step)` from `state.step` to `total`, with progress and periodic checkpoints (both on rank 0
@@ -123,22 +127,20 @@ def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], flo
     if state.step < total:
         state.hardware = _joined(state.hardware, describe_hardware(device, ranks))
     with _progress(disable=not main) as progress:
-        task = progress.add_task(name, total=total, completed=state.step, loss=float("nan"), rate="")
+        task = progress.add_task(name, total=total, completed=state.step, loss=recent_loss(state.losses), rate="")
         while state.step < total:
             start = time.perf_counter()
             loss = step_fn(state.step)
             state.seconds += time.perf_counter() - start
             state.losses.append(loss)
             state.step += 1
-            recent = state.losses[-50:]
-            progress.update(task, completed=state.step, loss=sum(recent) / len(recent),
+            progress.update(task, completed=state.step, loss=recent_loss(state.losses),
                             rate=f"{state.step / max(state.seconds, 1e-9):.2f} it/s")
             if main and (state.step % every == 0 or state.step == total):
                 checkpoint_fn()
-                grounding = (f" grounding {np.mean(state.grounding_losses[-50:]):.4f}"
-                             if state.grounding_losses else "")
-                progress.console.log(f"{name} step {state.step}/{total} loss {sum(recent) / len(recent):.4f}"
-                                     f"{grounding} ({state.seconds / state.step:.2f} s/step)")
+                shown = filter(None, (recent_loss(state.losses), recent_loss(state.grounding_losses, "grounding")))
+                progress.console.log(f"{name} step {state.step}/{total} {' '.join(shown)} "
+                                     f"({state.seconds / state.step:.2f} s/step)")
 
 
 def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor, ranks: Ranks = Ranks()

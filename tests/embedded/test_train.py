@@ -12,7 +12,7 @@ from diffx.cli import app
 from diffx.embedded.checkpoints import CONFIG_FILE, load_train_config, save_checkpoint, save_train_config
 from diffx.embedded.config import TrainConfig
 from diffx.embedded.history import HISTORY_FILE, copy_history, read_runs, write_runs
-from diffx.embedded.train import _ema_decay, _joined, _lr, _object_weight, describe_hardware, train
+from diffx.embedded.train import _ema_decay, _joined, _lr, _object_weight, describe_hardware, recent_loss, train
 from diffx.errors import InvalidArgumentError
 
 
@@ -37,6 +37,12 @@ def test_object_pixels_weigh_more_than_the_background():
     weight = _object_weight(images, 10.0)
     assert weight.shape == (1, 1, 4, 4)
     assert weight[0, 0, 1:3, 1:3].eq(10.0).all() and weight.sum() == 4 * 10 + 12
+
+
+def test_progress_shows_the_recent_mean_loss_and_nothing_before_the_first():
+    assert recent_loss([]) == ""  # a stage resumed with no steps left, or a VAE kept from --init-from: not "nan"
+    assert recent_loss([9.0] + [0.5] * 50) == "loss 0.5000"  # the last 50 only
+    assert recent_loss([0.25, 0.75], "grounding") == "grounding 0.5000"
 
 
 def test_hardware_history_names_each_machine_once_in_order():
