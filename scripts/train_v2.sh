@@ -40,9 +40,10 @@
 # That run (U-Net 2 h 45 min) did not beat v1, so data/ kept v1: over 300 held-out prompts at w = 7.5, colour
 # 0.277, shape 0.727, position 0.170 (position words not learnt: 0.09 on one-object prompts), all 0.013,
 # pointing 0.307; its guidance curve is SD's (one-object colour 0.45 at w = 1, 0.81 at 3, 0.44 at 15).
-# Fine-tuned from that model (INIT) for 5,500 CPU steps with the recipe below (position words grounded from step
-# 2,500), the same benchmark read colour 0.377, shape 0.773, position 0.307 (one object 0.459), all 0.100,
-# pointing 0.778, gap +0.037, diversity drop 0.151; signal_leak: 0.000 at t = 999. Still below v1.
+# Fine-tuned from that model (INIT) for 12,000 CPU steps with the recipe below (position words grounded from step
+# 2,500), the same benchmark read colour 0.603, shape 0.803, position 0.537 (one object: colour 0.954, position
+# 1.000, all 0.780), all 0.323 (2-3 objects 0.063), pointing 0.835, gap +0.080, diversity drop 0.147;
+# signal_leak: 0.000 at t = 999. Still below v1 on two or three objects.
 # That VAE stage, run so (resumed from 2,000 steps of the same crops), reached the VAE targets: the v2 judge
 # on 200 held-out reconstructions read colour 1.000, shape 0.990, position 1.000 (0.995 / 0.96 / 1.0 at 6,750).
 # Why the VAE stage is long: on 2 CPU cores, 1,500 and then 4,000 steps of 32 crops of 32 px left the f8 VAE
