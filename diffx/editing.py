@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from diffx.errors import InvalidArgumentError
-from diffx.experiments import TRACE_RECORD_STEPS
+from diffx.experiments import TRACE_RECORD_X0
 from diffx.models.attention import AttentionLayer, edit_attention
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.models.unet import CrossAttention
@@ -211,7 +211,7 @@ def _run(model: StableDiffusion, settings: GenerationSettings, window: _StepWind
                 callback(record)
 
     with edit_attention(window) if window is not None else contextlib.nullcontext():
-        return generate_traced(model, settings, options=TRACE_RECORD_STEPS, progress=step)
+        return generate_traced(model, settings, options=TRACE_RECORD_X0, progress=step)
 
 
 def prompt_to_prompt(model: StableDiffusion, settings: GenerationSettings, target: str | None = None, *,

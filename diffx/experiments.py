@@ -49,9 +49,7 @@ NOISE_FRAMES = 20  # frames of the x_0 → x_T animation
 LATENT_MIXTURE_LABEL = "latent preview, scaled to fit"  # √ᾱ x_0 + √(1−ᾱ) ε in preview colours (`noisy_picture`)
 
 
-# What the x_t / x̂0 views need: x_t is drawn as the mixture √ᾱ x̂0 + √(1−ᾱ) ε̂ (`views.xt_pictures`), so ε̂ too;
-# without it x_t falls back to its raw latent preview, whose noise clips to saturated colours.
-TRACE_RECORD_STEPS = TraceOptions(record=("latents", "eps", "x0"))
+TRACE_RECORD_X0 = TraceOptions(record=("latents", "x0"))  # what the x̂0-only views need (cfg-sweep, edit)
 
 
 @dataclass
@@ -100,6 +98,10 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
     else:
         x0 = image_to_tensor(image)  # (1, 3, H, W) in [-1, 1]
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    if latent_space:
+        # The preview of x_t itself would multiply its unit noise by the preview's steep factors and clip; x_t is
+        # drawn instead as the mixture it is, of x_0's preview and ε (the trace's x_t view, `noisy_picture`).
+        x0_preview = image_to_tensor(latent_to_rgb_fast(x0[0], **model.config.vae.latent_preview()))[0]  # (3, h, w)
 
     def pictures(schedule: NoiseSchedule, ts: Sequence[int]) -> list[list[np.ndarray]]:
         """x_t for each t, as rows: [pixels] or [latent preview, VAE decode]."""
@@ -107,10 +109,7 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
         x_t = q_sample(schedule, x0.expand(len(ts), -1, -1, -1), t, noise.expand(len(ts), -1, -1, -1))
         if not latent_space:
             return [[tensor_to_image(x.clamp(-1, 1)) for x in x_t]]
-        # The preview of x_t itself would multiply its unit noise by the preview's steep factors and clip; x_t is
-        # drawn instead as the mixture it is, of x_0's preview and ε (the trace's x_t view, `noisy_picture`).
-        clean = image_to_tensor(latent_to_rgb_fast(x0[0], **model.config.vae.latent_preview()))[0]  # (3, h, w)
-        return [[noisy_picture(clean, noise[0], float(schedule.alphas_cumprod[step])) for step in ts],
+        return [[noisy_picture(x0_preview, noise[0], float(schedule.alphas_cumprod[step])) for step in ts],
                 decode_latents(model, x_t)]
 
     kinds = [LATENT_MIXTURE_LABEL, "VAE decode"] if latent_space else [""]
@@ -164,7 +163,7 @@ def format_guidance(w: float) -> str:
 
 def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequence[float],
               rows_steps: Sequence[int] | None = None, preview: str = "auto", progress: StepCallback | None = None,
-              panel: int | None = None, record: TraceOptions = TRACE_RECORD_STEPS) -> CfgSweep:
+              panel: int | None = None, record: TraceOptions = TRACE_RECORD_X0) -> CfgSweep:
     """Classifier-free guidance ε̂ = ε_u + w (ε_c − ε_u) (Ho & Salimans 2022, eq. 6) at several w.
 
     Same seed, sampler and steps for every column; the grid's first row is the results, then one row

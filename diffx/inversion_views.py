@@ -25,8 +25,8 @@ from diffx.render.image import PictureLike
 from diffx.render.latents import NOISE_DISPLAY_SIGMAS
 from diffx.render.plots import plot_round_trip_psnr
 from diffx.samplers import StepCallback
-from diffx.trace import Trace, TraceOptions, Tracer, trace_meta
-from diffx.views import denoise_frames, fit_panel, panel_size
+from diffx.trace import Trace, Tracer, trace_meta
+from diffx.views import TRACE_RECORD_STEPS, denoise_frames, fit_panel, panel_size
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 ERROR_RANGE = 64.0  # the error map spans 0 … this many grey levels (of 255) of mean |difference| over RGB
 ERROR_COLORMAP = "magma"
 TARGET_PSNR = 30.0  # dB, drawn on the chart: the round trip the issue asks for at w = 1, 50 steps
-TRAJECTORY_RECORD = TraceOptions(record=("latents", "eps", "x0"))  # what the x_t / x̂0 frames need
 
 
 def latent_picture(latent: torch.Tensor) -> np.ndarray:
@@ -104,7 +103,7 @@ def traced_round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, p
     tokens, negative_tokens = tokenize(model, prompt), tokenize(model, negative_prompt)
     latent_shape = (model.config.vae.embed_dim, *(side // model.config.vae.downsample_factor
                                                   for side in np.asarray(image).shape[:2]))
-    tracer = Tracer(latent_shape[-2:], TRAJECTORY_RECORD, num_tokens=tokens.num_tokens,
+    tracer = Tracer(latent_shape[-2:], TRACE_RECORD_STEPS, num_tokens=tokens.num_tokens,
                     num_negative_tokens=negative_tokens.num_tokens)
     trip = round_trip(model, image, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
                       schedule=schedule, seed=seed, observer=tracer.observer(), progress=progress)

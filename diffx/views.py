@@ -46,7 +46,7 @@ from diffx.render import (
 from diffx.render.colormap import NORMALIZE_SCALES
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
-from diffx.trace import Trace
+from diffx.trace import Trace, TraceOptions
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -152,6 +152,11 @@ def x0_pictures(trace: Trace, indices: Sequence[int], preview: str = "auto",
     if preview == "fast":
         return [latent_preview(trace, "x0", i) for i in indices]
     return trace.decoded_x0(indices, model)
+
+
+# What the x_t / x̂0 views need: x_t is drawn as the mixture √ᾱ x̂0 + √(1−ᾱ) ε̂ (`xt_pictures`), so ε̂ too;
+# without it x_t falls back to its raw latent preview, whose noise clips to saturated colours.
+TRACE_RECORD_STEPS = TraceOptions(record=("latents", "eps", "x0"))
 
 
 def xt_pictures(trace: Trace, indices: Sequence[int], x0: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -7,13 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffx import experiments, views
+from diffx import experiments
 from diffx.errors import InvalidArgumentError
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.pipeline import encode_image, generate, schedule_for
 from diffx.render import latent_to_rgb_fast
 from diffx.schedules import q_sample
-from diffx.trace import generate_traced
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
 
@@ -85,17 +84,6 @@ def test_cfg_sweep_columns_are_plain_generations(model):
     assert sweep.grid.height > no_rows.height + 2 * 32  # two rows of x̂0
     with pytest.raises(InvalidArgumentError, match="guidance must be >= 0"):
         experiments.cfg_sweep(model, _settings(), [-1])
-
-
-def test_step_views_record_what_x_t_is_drawn_from(model):
-    """denoise's x_t row is the mixture √ᾱ x̂0 + √(1−ᾱ) ε̂, so its trace keeps ε̂; without it x_t would be
-    the raw latent preview, whose noise clips to saturated colours."""
-    trace = generate_traced(model, _settings(), options=experiments.TRACE_RECORD_STEPS).traces[0]
-    assert views.xt_label(trace) == views.XT_LABEL
-    x0 = views.x0_pictures(trace, [STEPS - 1], "fast")
-    mixture = views.xt_pictures(trace, [STEPS - 1], x0)[0].astype(int)
-    preview = views.latent_preview(trace, "latents", STEPS - 1).astype(int)
-    assert mixture.shape == preview.shape and not np.array_equal(mixture, preview)
 
 
 def test_parse_axis_types_and_errors():

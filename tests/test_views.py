@@ -37,6 +37,17 @@ def _render(table) -> str:
     return console.export_text()
 
 
+def test_step_views_record_what_x_t_is_drawn_from(model):
+    """denoise's x_t row is the mixture √ᾱ x̂0 + √(1−ᾱ) ε̂, so its trace keeps ε̂; without it x_t would be
+    the raw latent preview, whose noise clips to saturated colours."""
+    trace = generate_traced(model, _settings(), options=views.TRACE_RECORD_STEPS).traces[0]
+    assert views.xt_label(trace) == views.XT_LABEL
+    x0 = views.x0_pictures(trace, [STEPS - 1], "fast")
+    mixture = views.xt_pictures(trace, [STEPS - 1], x0)[0].astype(int)
+    preview = views.latent_preview(trace, "latents", STEPS - 1).astype(int)
+    assert mixture.shape == preview.shape and not np.array_equal(mixture, preview)
+
+
 def test_trace_frames_one_per_step_same_size(traced):
     frames = views.trace_frames(traced)
     assert len(frames) == STEPS

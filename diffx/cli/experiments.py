@@ -133,7 +133,7 @@ def cfg_sweep(
     loaded = model.load()
     settings = sampling.settings(prompt)
     with StepProgress(runs=len(weights)) as progress:
-        record = TraceOptions() if html is not None else experiments.TRACE_RECORD_STEPS
+        record = TraceOptions() if html is not None else experiments.TRACE_RECORD_X0
         sweep = experiments.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress, record=record)
     if out is not None:
         save_png(sweep.grid, out, force)

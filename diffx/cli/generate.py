@@ -98,7 +98,6 @@ def denoise(
     Example: diffx denoise --prompt "a red circle" --steps 25 --out denoise.png --gif denoise.gif
     """
     from diffx import views
-    from diffx.experiments import TRACE_RECORD_STEPS
     from diffx.render import save_animation, save_png
 
     check_view_options(preview)
@@ -107,7 +106,7 @@ def denoise(
     check_frame_ms(frame_ms)
     check_outputs([grid_path], force, gif, picture=out)
     loaded = model.load()
-    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TRACE_RECORD_STEPS)
+    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, views.TRACE_RECORD_STEPS)
     trace = generation.traces[0]
     grid = views.denoise_grid(trace, preview=preview, model=loaded)
     frames = views.denoise_frames(trace, preview, loaded) if gif is not None else None

@@ -43,8 +43,8 @@ def predict(
     """
     from diffx.prediction_views import prediction_view
     from diffx.render import save_png
-    from diffx.trace import TraceOptions, generate_traced
-    from diffx.views import step_indices
+    from diffx.trace import generate_traced
+    from diffx.views import TRACE_RECORD_STEPS, step_indices
 
     check_view_options(preview)
     check_outputs([], force, picture=out)
@@ -53,7 +53,7 @@ def predict(
     steps = settings.resolved(loaded).steps
     step_indices(steps, step)  # a step past the run's end is refused before it runs
     with StepProgress() as progress:
-        traced = generate_traced(loaded, settings, options=TraceOptions(record=("latents", "eps", "x0")),
+        traced = generate_traced(loaded, settings, options=TRACE_RECORD_STEPS,
                                  progress=progress)
     save_png(prediction_view(traced.traces[0], step, preview, loaded), out, force)
     print_written([out])
