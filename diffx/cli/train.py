@@ -48,6 +48,13 @@ def _number(option: str, kind: type, low: float, high: float, example: str, abov
     return parse
 
 
+def _shares(text: str) -> list[float]:
+    """--object-counts "0.2,0.4,0.4" -> [0.2, 0.4, 0.4] ("" -> []); `TrainConfig` checks the values."""
+    from diffx.cli.options import parse_list
+
+    return parse_list(text, float, "--object-counts") if text.strip() else []
+
+
 def _folder(option: str, kind: type = Path) -> Callable[[object], object]:
     """Parser for `option`: a non-empty path (`check_train_inputs` checks it as a folder)."""
 
@@ -107,6 +114,9 @@ def train(
              "fills, patterned backgrounds, 1-3 objects, 128 px, loose captions).")] = "shapes",
     exact_captions: Annotated[bool, typer.Option(
         "--exact-captions", help="shapes2: train on exact captions instead of the caption-noise model.")] = False,
+    object_counts: Annotated[str, typer.Option(
+        help="Shares of the U-Net's training draws showing 1, 2, 3... objects, comma-separated (e.g. 0.2,0.4,0.4: "
+             "more steps on the scenes still wrong); empty: as many as the pool holds.")] = "",
     previews: Annotated[bool, typer.Option(
         "--previews/--no-previews", help="Draw a grid of sample pictures at every checkpoint (minutes on a CPU).")
                         ] = True,
@@ -141,7 +151,7 @@ def train(
                          unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
                          checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from,
                          world=world, caption_noise=EXACT_CAPTIONS.to_dict() if exact_captions else {},
-                         model=model.to_dict())
+                         model=model.to_dict(), object_counts=_shares(object_counts))
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written
     if export is not None and export.resolve() == Path(out_dir).resolve():
         raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")

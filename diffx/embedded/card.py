@@ -33,6 +33,11 @@ def _run_lines(runs: list[dict]) -> list[str]:
             rates = CaptionNoise.from_dict(settings.get("caption_noise", {})).to_dict()
             noise = ", ".join(f"{name} {value:g}" for name, value in rates.items())
             lines.append(f"  - Caption noise (diffx/embedded/captions.py): {noise}.")
+        if settings.get("object_counts"):
+            total = sum(settings["object_counts"])
+            shares = ", ".join(f"{n} object{'s' * (n > 1)} {share / total:.0%}"
+                               for n, share in enumerate(settings["object_counts"], start=1))
+            lines.append(f"  - U-Net training draws by object count: {shares}.")
         if vae["final_loss"] is not None:
             lines.append(
                 f"  - VAE: {vae['steps']} steps, batch {settings['vae_batch']}, {settings['vae_crop']}x"

@@ -58,6 +58,9 @@ class TrainConfig:
     init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world), VAE kept as is
     world: str = "shapes"  # what the model learns from: diffx.embedded.worlds ("shapes" v1, "shapes2" v2)
     caption_noise: dict = field(default_factory=dict)  # CaptionNoise settings ("shapes2"); {} = the defaults
+    # The share of U-Net training draws showing 1, 2, 3... objects ([] = as many as the pool holds): spends the
+    # steps on the scenes not yet learnt without changing the world (pool.scene_weights)
+    object_counts: list[float] = field(default_factory=list)
     model: dict | None = None  # the model's configuration; None = the world's (`World.model_config`)
 
     def __post_init__(self) -> None:
@@ -97,6 +100,15 @@ class TrainConfig:
         if self.caption_noise and not world.noisy_captions:
             raise InvalidArgumentError(f"the {world.name!r} world has no caption-noise model; leave caption_noise "
                                        "empty or train on the 'shapes2' world")
+        if not isinstance(self.object_counts, list | tuple) or any(
+                isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0
+                for v in self.object_counts) or (self.object_counts and sum(self.object_counts) <= 0):
+            raise InvalidArgumentError(f"object_counts must be a list of finite shares at least 0 (one per object "
+                                       f"count, 1 first) with a positive sum, got {self.object_counts!r}; "
+                                       "e.g. [0.2, 0.4, 0.4]")
+        if any(self.object_counts[world.max_objects:]):
+            raise InvalidArgumentError(f"object_counts {self.object_counts!r} gives a share to scenes of more than "
+                                       f"{world.max_objects} objects, the most the {world.name!r} world draws")
         model = ModelConfig.from_dict(self.model)
         if model.scheduler.prediction_type not in PREDICTION_TYPES:
             raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "

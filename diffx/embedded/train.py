@@ -48,7 +48,7 @@ from diffx.embedded.distributed import (
 )
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
 from diffx.embedded.history import copy_history, run_record
-from diffx.embedded.pool import scene_pool, to_unit
+from diffx.embedded.pool import scene_pool, scene_weights, to_unit
 from diffx.embedded.preflight import check_train_inputs
 from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.worlds import get_world
@@ -271,13 +271,13 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
     text_encoder = data_parallel(model.text_encoder, ranks, device)
     unet = data_parallel(model.unet, ranks, device)
 
-    def eps_model(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return unet(x_t, t, context)
+    weights = scene_weights(scenes, config.object_counts)
 
     def step(index: int) -> float:
         for group in optimizer.param_groups:
             group["lr"] = _lr(index, config.unet_lr, config.warmup_steps, config.unet_steps)
-        picks = torch.randint(0, len(scenes), (batch,), generator=generator)
+        picks = torch.randint(0, len(scenes), (batch,), generator=generator) if weights is None else \
+            torch.multinomial(weights, batch, replacement=True, generator=generator)
         chosen = picks.tolist()
         captions = [world.caption(scenes[i], rng, caption_noise) if rng.random() >= config.caption_dropout else ""
                     for i in chosen]
@@ -287,11 +287,11 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
         encodings = [model.tokenizer.encode(text) for text in captions]
         context = text_encoder(torch.tensor([e.ids for e in encodings], device=device))  # (B, 77, width)
         if masks is None or config.attention_loss <= 0:
-            loss = total = training_loss(eps_model, schedule, x0, context, generator, prediction_type)
+            loss = total = training_loss(unet, schedule, x0, context, generator, prediction_type)
         else:
             collector = CrossAttentionCollector()
             with observe_attention(collector):
-                loss = training_loss(eps_model, schedule, x0, context, generator, prediction_type)
+                loss = training_loss(unet, schedule, x0, context, generator, prediction_type)
             token_masks, supervised = token_targets(world, [scenes[i] for i in chosen], [masks[i] for i in chosen],
                                                     encodings, x0.shape[-1])
             grounding = grounding_loss(collector.probs, token_masks.to(device), supervised.to(device))

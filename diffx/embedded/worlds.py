@@ -40,6 +40,7 @@ class World:
     model_config: Callable[[], ModelConfig]
     preview_prompts: tuple[str, ...]
     noisy_captions: bool  # whether `TrainConfig.caption_noise` applies
+    max_objects: int  # the most objects a scene holds (scenes hold 1 to max_objects)
     card: tuple[str, ...]  # the model card's opening lines: what the model is and what it learnt from
     shapes: tuple[str, ...]  # the shape words
     colours: tuple[str, ...]  # the object colour words
@@ -72,7 +73,7 @@ WORLDS: dict[str, World] = {
         preview_prompts=("a red circle", "a large blue square in the top left",
                          "a yellow triangle on a black background", "a green circle left of a purple square",
                          "a small white triangle in the bottom right", "an orange square above a blue circle"),
-        noisy_captions=False,
+        noisy_captions=False, max_objects=2,
         card=("# shapes-world — diffx's embedded default model", "",
               "A Stable-Diffusion-v1-architecture model at toy size, trained by `diffx train` on the procedural",
               "shapes world (diffx/embedded/shapes.py): flat circles, squares and triangles in 8 named colours on",
@@ -90,7 +91,7 @@ WORLDS: dict[str, World] = {
                          "a green hexagon left of a purple dotted ring",
                          "a small orange triangle on a white to pale pink gradient background",
                          "a cyan square above a pink circle and a lime star right of them"),
-        noisy_captions=True,
+        noisy_captions=True, max_objects=len(world.OBJECT_COUNT_WEIGHTS),
         card=("# shapes-world-2 — diffx's second embedded model", "",
               "A Stable-Diffusion-v1-architecture model at toy size with SD's f8 VAE, trained by `diffx train` on",
               "the v2 world (diffx/embedded/world.py) at 128 px: circles, squares, triangles, stars, hearts, rings",

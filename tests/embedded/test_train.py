@@ -66,7 +66,8 @@ INT_FIELDS = {  # field: values training cannot use
 }
 BAD = ([(name, value) for name, values in FLOAT_FIELDS.items() for value in [*values, *NOT_FINITE]]
        + [(name, value) for name, values in INT_FIELDS.items() for value in [*values, 1.5, math.nan]]
-       + [("out_dir", ""), ("device", ""), ("device", None), ("init_from", "")])
+       + [("out_dir", ""), ("device", ""), ("device", None), ("init_from", "")]
+       + [("object_counts", bad) for bad in ([1, -1], [0, 0], [math.nan], [1, math.inf], "1,2", [True])])
 
 
 @pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{name}={value!r}" for name, value in BAD])
@@ -74,6 +75,12 @@ def test_train_config_rejects_values_training_cannot_use(name, value):
     with pytest.raises(InvalidArgumentError, match=rf"^{name} must be ") as caught:
         TrainConfig(**{name: value})
     assert "\n" not in str(caught.value)
+
+
+def test_object_counts_past_the_worlds_most_objects_are_rejected():
+    with pytest.raises(InvalidArgumentError, match="more than 2 objects, the most the 'shapes' world draws"):
+        TrainConfig(object_counts=[0.5, 0.5, 0.1])
+    assert TrainConfig(object_counts=[0.2, 0.8, 0.0]).object_counts == [0.2, 0.8, 0.0]
 
 
 def test_train_checks_a_config_changed_after_it_was_made(tmp_path):
@@ -91,7 +98,8 @@ def test_train_config_accepts_the_edges_of_each_range(good):
     assert TrainConfig(**good)
 
 
-@pytest.mark.parametrize(("option", "field"), [("--threads", "threads"), ("--seed", "seed")])
+@pytest.mark.parametrize(("option", "field"), [("--threads", "threads"), ("--seed", "seed"),
+                                               ("--object-counts", "object_counts")])
 def test_the_cli_reports_a_bad_setting_as_one_line(tmp_path, monkeypatch, option, field):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["train", "--out-dir", str(tmp_path / "run"), "--device", "cpu", option, "-1"])

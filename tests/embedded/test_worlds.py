@@ -74,7 +74,8 @@ def test_a_v2_model_trains_exports_and_loads(tmp_path):
     """A few steps of both stages on the v2 world, with the attention-grounding loss on its loose captions:
     a 128 px f8 model comes out and generates."""
     config = TrainConfig(out_dir=str(tmp_path / "run"), world="shapes2", pool_size=8, vae_steps=2, vae_batch=2,
-                         unet_steps=2, unet_batch=2, warmup_steps=1, checkpoint_every=2, attention_loss=0.01)
+                         unet_steps=2, unet_batch=2, warmup_steps=1, checkpoint_every=2, attention_loss=0.01,
+                         object_counts=[0, 1, 1])
     model, summary = train(config)
     assert summary["unet"]["steps"] == 2 and model.config.image_size == 128
     assert 0 < summary["unet"]["final_grounding_loss"] <= 1
@@ -83,3 +84,4 @@ def test_a_v2_model_trains_exports_and_loads(tmp_path):
     assert loaded.config.name == "shapes-world-2"
     card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
     assert "shapes-world-2" in card and "Caption noise" in card and "p_exact 0.3" in card
+    assert "U-Net training draws by object count: 1 object 0%, 2 objects 50%, 3 objects 50%." in card
