@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -9,7 +10,15 @@ from PIL import Image
 from diffx.embedded.captions import CaptionNoise
 from diffx.embedded.history import read_runs
 from diffx.embedded.quality import last_line, meets_targets, summary_rows
-from diffx.embedded.world_quality import GROUPS, adherence_rows, check_rows, curve_rows, world_last_line, world_targets
+from diffx.embedded.world_quality import (
+    GROUPS,
+    TUNING_FILE,
+    adherence_rows,
+    check_rows,
+    curve_rows,
+    world_last_line,
+    world_targets,
+)
 from diffx.embedded.worlds import get_world
 from diffx.files import atomic_output
 from diffx.models.stable_diffusion import StableDiffusion
@@ -102,7 +111,7 @@ def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], sco
                   "rightly) to fall inside that object: this model's attention maps point at objects because they",
                   "were trained to; plain Stable Diffusion training has no such objective."]
     if scores and scores.get("world") == "shapes2":
-        lines += ["", *_world_lines(scores)]
+        lines += ["", *_world_lines(scores), *_tuning_lines(folder / TUNING_FILE)]
         save_png(guidance_plot(scores), folder / GUIDANCE_PLOT, force=True)
     elif scores:
         lines += ["", *_adherence_lines(scores)]
@@ -169,6 +178,19 @@ def _world_lines(scores: dict) -> list[str]:
         "",
         "All targets are met." if not missed else f"Targets not met: {', '.join(missed)}.",
     ]
+
+
+def _tuning_lines(path: Path) -> list[str]:
+    """How the default guidance was chosen (`world_quality.tune_guidance`, kept in the folder), if it was."""
+    if not path.is_file():
+        return []
+    tuning = json.loads(path.read_text(encoding="utf-8"))
+    return ["", "## How the default guidance was chosen (`python -m benchmarks.tune_guidance`)",
+            f"On {tuning['n']} validation prompts (the evaluation stream at prompt-set seed {tuning['seed']}, with any "
+            "prompt also among the reported ones left out), \"all attributes\" peaked at w = "
+            f"{tuning['chosen']:g} ({tuning['sampler']}, {tuning['steps']} steps); no reported figure was used:", "",
+            *_table(("w", "all attributes (validation)"),
+                    [(f"{w:g}", f"{rate:.3f}") for w, rate in zip(tuning["scales"], tuning["all"], strict=True)])]
 
 
 def _figure(value: float | None) -> str:

@@ -1,8 +1,9 @@
 """Shipping a training folder as a diffx model folder: EMA weights in fp16, the fitted latent preview,
-the run history and the model card."""
+the run history and the model card; and a default guidance chosen on validation prompts, recorded in it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -12,6 +13,9 @@ from diffx.embedded.checkpoints import load_train_config, model_from_checkpoints
 from diffx.embedded.config import TrainConfig
 from diffx.embedded.history import read_runs, run_record, write_runs
 from diffx.embedded.pool import scene_pool, to_unit
+from diffx.embedded.world_quality import TUNING_FILE
+from diffx.errors import CheckpointError
+from diffx.files import atomic_output
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.render import fit_latent_rgb_mlp
 from diffx.weights import save_model
@@ -50,3 +54,21 @@ def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = 
     write_runs(folder, runs)
     write_model_card(folder, model, runs, scores)
     return model
+
+
+def record_default_guidance(folder: str | Path, tuning: dict) -> float:
+    """Make `tuning["chosen"]` (`world_quality.tune_guidance`) the default guidance of the model folder:
+    config.json's `default_guidance`, and the tuning itself as `TUNING_FILE` for the card. Both atomically;
+    the config is read and checked first, so a folder that is not a model is left as it was."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: no readable config.json ({err}); point at a diffx model folder") from None
+    if not isinstance(config, dict) or "default_guidance" not in config:
+        raise CheckpointError(f"{folder}/config.json is not a diffx model config; point at a diffx model folder")
+    config["default_guidance"] = float(tuning["chosen"])
+    for name, payload in ((TUNING_FILE, tuning), ("config.json", config)):
+        with atomic_output(folder / name, force=True) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return config["default_guidance"]

@@ -69,6 +69,9 @@ WORLD_TARGETS: dict[str, float] = {"colour": 0.95, "shape": 0.90, "position": 0.
 # The VAE's reconstructions, judged at least as well as v1's were (issue #14): what the f8 latent must carry.
 VAE_TARGETS: dict[str, float] = {"colour": 0.99, "shape": 0.97, "position": 1.0}
 GROUPS = ("one object", "2-3 objects", "all prompts")
+V2_REPORTED = 300  # the evaluation prompts a v2 card reports (prompt-set seed 0)
+VALIDATION_SEED = 1_000  # the prompt-set seed of the prompts settings are tuned on (`validation_prompts`)
+TUNING_FILE = "guidance_tuning.json"  # a model folder's record of how its default guidance was chosen
 DETERMINISTIC_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")  # no draws after the initial noise (DDIM: η = 0)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -217,6 +220,33 @@ def evaluate_world(model: StableDiffusion, n: int = 300, seed: int = 0,
             "steps": settings.steps, "guidance": default, "rates": curve[scales.index(default)]["rates"],
             "curve": curve, **pointed, "vae": vae, "open_prompts": open_prompts, "diversity_seeds": diversity_seeds,
             "seconds": time.perf_counter() - start}
+
+
+def validation_prompts(n: int, seed: int = VALIDATION_SEED, reported: int = V2_REPORTED) -> list[str]:
+    """`n` prompts to tune on: the evaluation stream at prompt-set `seed`, with every prompt that is also among
+    the `reported` prompts of prompt-set seed 0 (the figures a card reports) left out, so no figure is
+    measured on a prompt a setting was chosen on."""
+    held_out = set(make_eval_prompts(reported, 0))
+    prompts = [prompt for prompt in make_eval_prompts(n + reported, seed) if prompt not in held_out]
+    return prompts[:n]
+
+
+def tune_guidance(model: StableDiffusion, scales: Sequence[float], n: int = 128, seed: int = VALIDATION_SEED,
+                  batch: int = 64, steps: int | None = None) -> dict:
+    """Choose a model's default guidance as a model's author would, on validation prompts: "all attributes"
+    at each scale on `validation_prompts(n, seed)` (prompt i at seed `seed + i`), and the scale where it
+    peaks (the smallest of equal peaks: less guidance keeps more diversity). Returns {"scales", "all",
+    "chosen", "n", "seed", "sampler", "steps"}, JSON-ready (the model folder keeps it as `TUNING_FILE`)."""
+    if not scales or n < 1:
+        raise InvalidArgumentError(f"need at least one guidance scale and n >= 1; got {list(scales)}, n = {n}")
+    prompts = validation_prompts(n, seed)
+    seeds = [seed + i for i in range(len(prompts))]
+    ordered = sorted({float(w) for w in scales})
+    adherence = [_grouped_rates(prompts, generate_batch(model, prompts, seeds, w, batch, steps))[GROUPS[2]]["all"]
+                 for w in ordered]
+    settings = GenerationSettings(steps=steps).resolved(model)
+    return {"scales": ordered, "all": adherence, "chosen": ordered[int(np.argmax(adherence))], "n": len(prompts),
+            "seed": seed, "sampler": settings.sampler, "steps": settings.steps}
 
 
 def world_targets(result: dict) -> dict[str, bool]:

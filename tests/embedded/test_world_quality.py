@@ -9,6 +9,7 @@ import torch
 
 from diffx.embedded.card import GUIDANCE_PLOT, write_model_card
 from diffx.embedded.config import TrainConfig
+from diffx.embedded.export import record_default_guidance
 from diffx.embedded.pool import scene_pool
 from diffx.embedded.pool_render import render_pool
 from diffx.embedded.world import Background, Scene, WorldObject, render
@@ -22,19 +23,25 @@ from diffx.embedded.world_measures import (
     oversaturated,
 )
 from diffx.embedded.world_quality import (
+    TUNING_FILE,
+    V2_REPORTED,
     evaluate_world,
     generate_batch,
     model_world,
+    tune_guidance,
     vae_fidelity,
+    validation_prompts,
     world_last_line,
     world_pointing_trials,
     world_targets,
 )
-from diffx.embedded.world_text import parse_caption
+from diffx.embedded.world_text import make_eval_prompts, parse_caption
+from diffx.errors import CheckpointError
 from diffx.models.configs import TextEncoderConfig, UNetConfig, VAEConfig, shapes_world_2, tiny
 from diffx.models.stable_diffusion import build
 from diffx.pipeline import GenerationSettings, generate
 from diffx.render.plots import plot_guidance_tradeoff
+from diffx.weights import load_model, save_model
 from tests.embedded.test_quality import fake_trace
 
 RED_CIRCLE = WorldObject("circle", "red", "large", "center", (0.5, 0.5), 0.18, fill="solid")
@@ -183,3 +190,41 @@ def test_vae_fidelity_pairs_each_reconstruction_with_its_own_caption(monkeypatch
                         lambda model, latents: [tensor_to_image(image) for image in latents.float()])
     perfect = vae_fidelity(model, n=12, batch=5)
     assert perfect["all"] == 1.0 and perfect["colour"] == perfect["shape"] == 1.0
+
+
+def test_validation_prompts_are_never_reported_prompts():
+    reported = set(make_eval_prompts(V2_REPORTED, 0))
+    prompts = validation_prompts(200)
+    assert len(prompts) == 200 and not reported & set(prompts)
+    assert any(prompt in reported for prompt in make_eval_prompts(200, 1000))  # what is left out exists
+
+
+def test_tuned_guidance_is_the_peak_and_becomes_the_folders_default(tmp_path, monkeypatch):
+    import diffx.embedded.world_quality as world_quality
+
+    model = small_v2_model()
+    rates = {1.0: 0.2, 3.0: 0.6, 5.0: 0.6, 7.5: 0.4}  # a tie at the peak: the smaller scale keeps more diversity
+    monkeypatch.setattr(world_quality, "_grouped_rates", lambda prompts, pictures: {
+        "all prompts": {"all": rates[pictures[0]]}})
+    monkeypatch.setattr(world_quality, "generate_batch", lambda m, prompts, seeds, w, batch, steps: [w] * len(prompts))
+    tuning = tune_guidance(model, [7.5, 1, 5, 3], n=4)
+    assert tuning["scales"] == [1.0, 3.0, 5.0, 7.5] and tuning["all"] == [0.2, 0.6, 0.6, 0.4]
+    assert (tuning["chosen"], tuning["n"], tuning["seed"]) == (3.0, 4, 1000)
+
+    folder = save_model(model, tmp_path / "model")
+    assert record_default_guidance(folder, tuning) == 3.0
+    assert load_model(folder).config.default_guidance == 3.0
+    monkeypatch.undo()
+    result = evaluate_world(load_model(folder), n=2, guidances=(1.0,), open_prompts=1, diversity_seeds=2, batch=8)
+    card = write_model_card(folder, load_model(folder), [], result).read_text(encoding="utf-8")
+    assert "## How the default guidance was chosen" in card and "peaked at w = 3" in card and "| 5 | 0.600 |" in card
+    assert "guidance 3 (the model's default)" in card
+
+
+def test_tuning_runs_the_model_and_a_bad_folder_is_left_alone(tmp_path):
+    tuning = tune_guidance(small_v2_model(), [1.0, 5.0], n=2, batch=2)
+    assert tuning["chosen"] in (1.0, 5.0) and all(0.0 <= rate <= 1.0 for rate in tuning["all"])
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="no readable config.json"):
+        record_default_guidance(tmp_path, tuning)
+    assert not (tmp_path / TUNING_FILE).exists() and (tmp_path / "config.json").read_text() == "{not json"
