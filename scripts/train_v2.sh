@@ -20,10 +20,12 @@
 #   1. the scene pool, rendered on every core (diffx.embedded.pool_render; skipped when pool.pt exists)
 #   2. diffx train --world shapes2: the VAE, then text encoder + U-Net (resumes from $RUN's checkpoints)
 #   3. export to $MODEL (skipped when the model is newer than the last U-Net checkpoint)
-#   4. benchmarks/embedded_quality.py on the GPU with --card: MODEL_CARD.md tables, guidance_curve.png,
+#   4. benchmarks/tune_guidance.py --write: the default guidance where "all attributes" peaks on 128 validation
+#      prompts (guidance_tuning.json; skipped when newer than the model)
+#   5. benchmarks/embedded_quality.py on the GPU with --card: MODEL_CARD.md tables, guidance_curve.png,
 #      $RUN/quality.json; its last line is color=… shape=… position=… pointing=… gap=… diversity_drop=…
 #      (skipped when quality.json is newer than the model)
-#   5. with $OUT set (the device machine's output folder), copies $MODEL and $RUN's results there
+#   6. with $OUT set (the device machine's output folder), copies $MODEL and $RUN's results there
 #
 # Sizing (one H100; estimates, not yet measured): the v1 model trained 7,000 U-Net steps at batch 512 in
 # 14 min (~0.12 s/step); the v2 U-Net costs ~1.5x per sample (~0.18 s/step), so 1,800 steps at batch 512
@@ -61,6 +63,7 @@ if [[ "${SMOKE:-0}" == "1" ]]; then
   : "${RUN:=runs/smoke-v2}" "${MODEL:=runs/smoke-v2/model}" "${DEVICE:=cpu}" "${POOL:=64}" "${VAE_STEPS:=2}"
   : "${UNET_STEPS:=2}" "${BATCH:=4}" "${LR:=1e-3}" "${CKPT:=2}" "${VAE_BATCH:=2}" "${VAE_CROP:=32}"
   : "${EVAL_ARGS:=--n 4 --open-prompts 1 --seeds 2 --guidances 1,15 --batch 8 --steps 2}"
+  : "${TUNE_ARGS:=--n 4 --scales 1,5 --batch 8 --steps 2}"
   # the same `diffx train` command line, with the preview grids (12 pictures at 25 steps, minutes on a CPU) off
   TRAIN_EXTRA=(--no-previews)
 elif [[ "${CPU:-0}" == "1" ]]; then
@@ -68,6 +71,7 @@ elif [[ "${CPU:-0}" == "1" ]]; then
   : "${VAE_STEPS:=12000}" "${VAE_BATCH:=16}" "${VAE_CROP:=64}" "${UNET_STEPS:=10000}" "${BATCH:=64}" "${LR:=5e-4}"
   : "${CKPT:=250}"
   : "${EVAL_ARGS:=--n 300 --open-prompts 16 --seeds 16 --batch 64}"
+  : "${TUNE_ARGS:=--n 128 --batch 64}"
   TRAIN_EXTRA=(--no-previews)
   NICE=(nice -n 19)  # other programs come first
 else
@@ -75,9 +79,13 @@ else
   : "${VAE_STEPS:=4000}" "${VAE_BATCH:=128}" "${VAE_CROP:=64}" "${UNET_STEPS:=1800}" "${BATCH:=512}" "${LR:=1e-3}"
   : "${CKPT:=250}"
   : "${EVAL_ARGS:=--n 300 --open-prompts 16 --seeds 16 --batch 128}"
+  : "${TUNE_ARGS:=--n 128 --batch 128}"
 fi
 if [[ -n "${INIT:-}" ]]; then
   TRAIN_EXTRA+=(--init-from "$INIT")
+fi
+if [[ -n "${OBJECT_COUNTS:-}" ]]; then  # e.g. OBJECT_COUNTS=0.15,0.45,0.4: more steps on 2-3 object scenes
+  TRAIN_EXTRA+=(--object-counts "$OBJECT_COUNTS")
 fi
 # The recipe: v-prediction on a zero-terminal-SNR schedule (Lin et al. 2023) and the attention-grounding loss.
 # On SD's schedule the v2 U-Net learnt no position words in 10,000 CPU steps: at 16x16 latents the signal
@@ -124,7 +132,15 @@ else
   echo "wrote $MODEL"
 fi
 
-stage "4. quality benchmark on $DEVICE"
+stage "4. default guidance, chosen on validation prompts (never the reported ones)"
+if [[ -f "$MODEL/guidance_tuning.json" && "$MODEL/guidance_tuning.json" -nt "$MODEL/model.safetensors" ]]; then
+  echo "up to date: $MODEL/guidance_tuning.json"
+else
+  # shellcheck disable=SC2086  # TUNE_ARGS is a list of options
+  "$PY" -m benchmarks.tune_guidance --model "$MODEL" --device "$DEVICE" --write $TUNE_ARGS
+fi
+
+stage "5. quality benchmark on $DEVICE"
 if [[ -f "$RUN/quality.json" && "$RUN/quality.json" -nt "$MODEL/model.safetensors" ]]; then
   echo "up to date: $RUN/quality.json"
 else

@@ -31,15 +31,20 @@ def test_smoke_run_trains_exports_and_measures(tmp_path):
     # a second call finds every stage done and redoes nothing
     again = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
                            timeout=600)
-    assert again.returncode == 0 and again.stdout.count("up to date") == 2
+    assert again.returncode == 0 and again.stdout.count("up to date") == 3
+    tuning = json.loads((model / "guidance_tuning.json").read_text(encoding="utf-8"))
+    assert load_model(model).config.default_guidance == tuning["chosen"] and tuning["scales"] == [1.0, 5.0]
+    assert "## How the default guidance was chosen" in (model / "MODEL_CARD.md").read_text(encoding="utf-8")
 
     # INIT: go on from that model folder; its VAE is kept as it is, the lineage grows by one run
     run2, model2 = tmp_path / "run2", tmp_path / "model2"
     onward = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], capture_output=True, text=True, timeout=600,
-                            env={**env, "RUN": str(run2), "MODEL": str(model2), "INIT": str(model)})
+                            env={**env, "RUN": str(run2), "MODEL": str(model2), "INIT": str(model),
+                                 "OBJECT_COUNTS": "0,1,1"})
     assert onward.returncode == 0, onward.stdout[-3000:] + onward.stderr[-3000:]
     runs = json.loads((model2 / "training.json").read_text(encoding="utf-8"))["runs"]
     assert [r["settings"]["init_from"] for r in runs] == [None, str(model)]
+    assert runs[1]["settings"]["object_counts"] == [0.0, 1.0, 1.0]
     first, second = load_model(model), load_model(model2)
     for name, tensor in first.vae.state_dict().items():
         assert torch.equal(tensor, second.vae.state_dict()[name]), name
