@@ -46,6 +46,10 @@
 # 2,500), the same benchmark read colour 0.603, shape 0.803, position 0.537 (one object: colour 0.954, position
 # 1.000, all 0.780), all 0.323 (2-3 objects 0.063), pointing 0.835, gap +0.080, diversity drop 0.147;
 # signal_leak: 0.000 at t = 999. Still below v1 on two or three objects.
+# Then 3,500 CPU steps more (lr 3e-4, OBJECT_COUNTS=0.15,0.45,0.4; 78 min) and the default guidance chosen on
+# validation prompts (w = 2): colour 0.690, shape 0.883, position 0.540 (one object: 0.991 / 1.000 / 1.000,
+# all 0.899), all 0.400 (2-3 objects 0.115, count 0.890), pointing 0.894, gap +0.127. Relations between objects
+# (position 0.277 on 2-3 objects) are what is left; a GPU run of this recipe is the way on.
 # That VAE stage, run so (resumed from 2,000 steps of the same crops), reached the VAE targets: the v2 judge
 # on 200 held-out reconstructions read colour 1.000, shape 0.990, position 1.000 (0.995 / 0.96 / 1.0 at 6,750).
 # Why the VAE stage is long: on 2 CPU cores, 1,500 and then 4,000 steps of 32 crops of 32 px left the f8 VAE
