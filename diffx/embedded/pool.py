@@ -15,7 +15,6 @@ from diffx.files import write_atomic
 from diffx.models.configs import ModelConfig
 
 POOL_FILE = "pool.pt"  # (N, 3, H, W) uint8, in the training folder
-MASKS_FILE = "pool_masks.pt"  # each scene's object masks at the latent size (minutes to draw for 20,000 scenes)
 
 
 def scene_pool(config: TrainConfig) -> tuple[list, torch.Tensor]:
@@ -31,22 +30,6 @@ def scene_pool(config: TrainConfig) -> tuple[list, torch.Tensor]:
     images = torch.from_numpy(np.stack([world.render(scene, size) for scene in scenes])).permute(0, 3, 1, 2)
     write_atomic(path, lambda tmp: torch.save(images.contiguous(), tmp), force=True)
     return scenes, images
-
-
-def pool_masks(config: TrainConfig, scenes: list, side: int, write: bool = True) -> list[np.ndarray]:
-    """Each scene's object coverage masks (objects, side, side) for the attention-grounding loss, cached in the
-    training folder (`write`: rank 0 alone writes). A cache that does not fit the scenes is drawn again."""
-    path = Path(config.out_dir) / MASKS_FILE
-    if path.exists():
-        cached = torch.load(path, weights_only=True)
-        shapes = [(len(scene.objects), side, side) for scene in scenes]
-        if isinstance(cached, list) and [tuple(getattr(mask, "shape", ())) for mask in cached] == shapes:
-            return [mask.numpy() for mask in cached]
-    world = get_world(config.world)
-    masks = [world.object_masks(scene, side) for scene in scenes]
-    if write:
-        write_atomic(path, lambda tmp: torch.save([torch.from_numpy(mask) for mask in masks], tmp), force=True)
-    return masks
 
 
 def scene_weights(scenes: list, shares: list[float]) -> torch.Tensor | None:

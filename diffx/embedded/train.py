@@ -48,7 +48,7 @@ from diffx.embedded.distributed import (
 )
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
 from diffx.embedded.history import copy_history, run_record
-from diffx.embedded.pool import pool_masks, scene_pool, scene_weights, to_unit
+from diffx.embedded.pool import scene_pool, scene_weights, to_unit
 from diffx.embedded.preflight import check_train_inputs
 from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.worlds import get_world
@@ -387,8 +387,10 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         latent_mean, latent_std = encode_pool(model, images)
         if ranks.main:
             save_checkpoint(latents_file, (latent_mean, latent_std))
-    side = model_config.image_size // model_config.vae.downsample_factor
-    masks = pool_masks(config, scenes, side, write=ranks.main) if config.attention_loss > 0 else None
+    masks = None
+    if config.attention_loss > 0:
+        side = model_config.image_size // model_config.vae.downsample_factor
+        masks = [get_world(config.world).object_masks(scene, side) for scene in scenes]
     unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview, masks, ranks)
     stop(ranks)
     summary = {name: record for name, record in run_record(asdict(config), {

@@ -1,12 +1,10 @@
-"""The training pool: `scene_weights` spends the U-Net's steps on the object counts asked for; `pool_masks`
-draws the grounding masks once per training folder."""
+"""The training pool's draws: `scene_weights` spends the U-Net's steps on the object counts asked for."""
 
 import numpy as np
 import pytest
 import torch
 
-from diffx.embedded.config import TrainConfig
-from diffx.embedded.pool import MASKS_FILE, pool_masks, scene_weights
+from diffx.embedded.pool import scene_weights
 from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.worlds import get_world
 from diffx.errors import InvalidArgumentError
@@ -50,15 +48,3 @@ def test_a_share_for_a_count_the_pool_lacks_is_one_clear_error(scenes):
     one_object = [s for s in scenes if len(s.objects) == 1]
     with pytest.raises(InvalidArgumentError, match="^object_counts gives 2-object scenes a share of 0.5, but the"):
         scene_weights(one_object, [0.5, 0.5])
-
-
-def test_masks_are_cached_and_a_cache_that_does_not_fit_is_drawn_again(tmp_path, scenes):
-    config = TrainConfig(out_dir=str(tmp_path), world="shapes2")
-    first = pool_masks(config, scenes[:5], 16)
-    assert (tmp_path / MASKS_FILE).is_file() and [m.shape[0] for m in first] == [len(s.objects) for s in scenes[:5]]
-    again = pool_masks(config, scenes[:5], 16)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    bigger = pool_masks(config, scenes[:5], 8)  # another latent size: drawn again, not the 16x16 cache
-    assert all(m.shape[1:] == (8, 8) for m in bigger)
-    torch.save({"not": "masks"}, tmp_path / MASKS_FILE)
-    assert all(np.array_equal(a, b) for a, b in zip(pool_masks(config, scenes[:5], 16), first, strict=True))
