@@ -45,7 +45,8 @@ def scene_weights(scenes: list, shares: list[float]) -> torch.Tensor | None:
         have = counts == n
         if share > 0 and not have.any():
             raise InvalidArgumentError(f"object_counts gives {n}-object scenes a share of {share}, but the pool "
-                                       f"holds none; give 0 there (its scenes hold {counts.min()}-{counts.max()})")
+                                       f"holds none; give 0 there (its scenes hold {int(counts.min())}-"
+                                       f"{int(counts.max())} objects)")
         weights[have] = share / max(int(have.sum()), 1)
     return weights / weights.sum()
 

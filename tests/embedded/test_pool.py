@@ -46,5 +46,6 @@ def test_counts_past_the_shares_are_never_drawn(scenes):
 
 def test_a_share_for_a_count_the_pool_lacks_is_one_clear_error(scenes):
     one_object = [s for s in scenes if len(s.objects) == 1]
-    with pytest.raises(InvalidArgumentError, match="^object_counts gives 2-object scenes a share of 0.5, but the"):
+    with pytest.raises(InvalidArgumentError, match=r"^object_counts gives 2-object scenes a share of 0.5, but the "
+                       r"pool holds none; give 0 there \(its scenes hold 1-1 objects\)$"):
         scene_weights(one_object, [0.5, 0.5])
