@@ -18,7 +18,7 @@ from diffx.errors import CheckpointError, ModelNotFoundError
 from diffx.paths import DATA_DIR, EMBEDDED_MODEL_DIR
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-MODEL_ALIASES = {"embedded": EMBEDDED_MODEL_DIR, "shapes-world": EMBEDDED_MODEL_DIR}
+MODEL_ALIASES = {"embedded": EMBEDDED_MODEL_DIR, "shapes-world-2": EMBEDDED_MODEL_DIR}
 SD15_FILE_NAMES = ("v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly.ckpt")
 SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
 # diffusers/transformers weight file names, preferred first.

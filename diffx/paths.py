@@ -22,4 +22,4 @@ def _data_dir() -> Path:
 
 DATA_DIR = _data_dir()
 BPE_VOCAB_FILE = DATA_DIR / VOCAB_NAME
-EMBEDDED_MODEL_DIR = DATA_DIR / "shapes-world"
+EMBEDDED_MODEL_DIR = DATA_DIR / "shapes-world-2"

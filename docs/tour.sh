@@ -7,13 +7,13 @@ out=docs/images
 mkdir -p "$out"
 diffx trace --prompt "a red circle left of a blue square" --gif "$out/trace.gif" --save-trace "$out/trace.safetensors" --force
 diffx noise "$out/trace.png" --out "$out/noise.png" --gif "$out/noise.gif" --sampler ddim --steps 25 --force
-diffx denoise --prompt "a yellow triangle on a purple background" --out "$out/denoise.png" --gif "$out/denoise.gif" --force
+diffx denoise --prompt "a yellow star on a pale purple background" --out "$out/denoise.png" --gif "$out/denoise.gif" --force
 diffx cfg-sweep --prompt "a large green square in the top left" --scales 1,2,3,5,7.5,10 --rows-steps 5,10,20 --out "$out/cfg_sweep.png" --force
-diffx compare --x sampler=ddim,euler,euler_a,dpmpp_2m,heun --y steps=3,6,12,25 --prompt "an orange triangle above a white circle" --out "$out/compare.png" --force
+diffx compare --x sampler=ddim,euler,euler_a,dpmpp_2m,heun --y steps=3,6,12,25 --prompt "an orange triangle above a cyan circle" --out "$out/compare.png" --force
 diffx paths --prompt "a red circle left of a blue square" --samplers ddim,euler,euler_a,heun,dpmpp_2m --steps 5,10,25 --out "$out/paths.png" --force
 diffx compare --x schedule=linear,scaled_linear,cosine --prompt "a blue circle" --out "$out/schedules_compare.png" --force
 diffx edit --prompt "a yellow triangle above a green square" --to "a yellow circle above a green square" --seed 1 --tau 0.8 --self-tau 0.8 --out "$out/edit.png" --force
-diffx weights --prompt "a (red:0.3) circle on a (blue:1.5) background" --seed 1 --out "$out/weights.png" --force
+diffx weights --prompt "a (red:0.3) circle on a (pale blue:1.5) background" --seed 1 --out "$out/weights.png" --force
 diffx invert "$out/trace.png" --prompt "a red circle left of a blue square" --out "$out/invert.png" --gif "$out/invert.gif" --force
 diffx report "$out/trace.safetensors" --html "$out/trace_report.html" --force
 rm "$out/trace.safetensors"

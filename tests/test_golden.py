@@ -9,7 +9,7 @@ After an intended change, regenerate and commit the PNGs:
     pytest --update-goldens tests/test_golden.py
 
 A failure writes the image it got and a difference picture (x4) to tests/_failures/<name>_actual.png and
-<name>_diff.png (ignored by git). Without the model in data/shapes-world/ every test fails (the images
+<name>_diff.png (ignored by git). Without the model in data/shapes-world-2/ every test fails (the images
 would mean nothing with random weights).
 
 Tolerances. Two x86 CPUs differ in float rounding (SIMD width, thread split of reductions), never in
@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 
 from diffx.embedded.quality import load_for_evaluation
-from diffx.embedded.shapes import Scene, ShapeObject, render
+from diffx.embedded.world import IMAGE_SIZE, Background, Scene, WorldObject, render
 from diffx.experiments import cfg_sweep
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
@@ -72,13 +72,15 @@ FAILURE_DIR = Path(__file__).parent / "_failures"
 UPDATE_COMMAND = "pytest --update-goldens tests/test_golden.py"
 
 PROMPT = "a red circle left of a blue square"
-IMG2IMG_SCENE = Scene([ShapeObject("square", "yellow", "large", "center", (0.5, 0.5), 0.19)], background="green")
-IMG2IMG_PROMPT = "a large purple triangle in the center on a green background"
-INPAINT_SCENE = Scene([ShapeObject("circle", "red", "small", "left", (0.25, 0.5), 0.15),
-                       ShapeObject("square", "blue", "small", "right", (0.75, 0.5), 0.15)], background="white")
-INPAINT_PROMPT = "a red circle left of an orange triangle on a white background"
+IMG2IMG_SCENE = Scene((WorldObject("square", "yellow", "large", "center", (0.5, 0.5), 0.19),),
+                      Background("plain", ("pale green",)))
+IMG2IMG_PROMPT = "a large purple striped star in the center on a pale green background"
+INPAINT_SCENE = Scene((WorldObject("circle", "red", "small", "left", (0.25, 0.5), 0.11),
+                       WorldObject("square", "blue", "small", "right", (0.75, 0.5), 0.11, fill="dotted")),
+                      Background("plain", ("white",)))
+INPAINT_PROMPT = "a red circle left of an orange heart on a white background"
 CFG_SCALES = (1.0, 3.0, 7.0)
-TRACE_PROMPT = "a green triangle at the top"
+TRACE_PROMPT = "a green heart at the top on a pale blue checkered background"
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,9 @@ def image_to_image(model: StableDiffusion, settings: GenerationSettings) -> np.n
 
 
 def inpainting_mask() -> np.ndarray:
-    """(64, 64) float, 1 = repaint: the right half, where the blue square stands."""
-    mask = np.zeros((64, 64), dtype=np.float32)
-    mask[:, 32:] = 1.0
+    """(128, 128) float, 1 = repaint: the right half, where the blue square stands."""
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    mask[:, IMAGE_SIZE // 2:] = 1.0
     return mask
 
 
@@ -147,7 +149,7 @@ CASES = [
 def embedded_model() -> StableDiffusion:
     if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
         pytest.fail(f"the embedded model is missing from {EMBEDDED_MODEL_DIR}: golden images need it; train and "
-                    "export it (`diffx train --export`, diffx.embedded.export) or restore data/shapes-world/ "
+                    "export it (`diffx train --export`, diffx.embedded.export) or restore data/shapes-world-2/ "
                     "from git", pytrace=False)
     return load_model(EMBEDDED_MODEL_DIR)
 

@@ -116,7 +116,7 @@ def weights(
     multiplied by its weight, then the whole context rescaled to its old mean), above the pictures
     generated without and with the weights from the same seed.
 
-    Example: diffx weights --prompt "a (red:1.8) circle on a [blue] background" --out weights.png
+    Example: diffx weights --prompt "a (red:1.8) circle on a [pale blue] background" --out weights.png
     """
     from diffx.cli.core import OUT
     from diffx.edit_views import weights_view

@@ -72,7 +72,7 @@ def train(
         "runs/shapes-world"),
     export: Annotated[Path | None, typer.Option(
         parser=_folder("--export"),
-        help="When done, write the model here as a diffx model folder (e.g. data/shapes-world).",
+        help="When done, write the model here as a diffx model folder (e.g. data/shapes-world-2).",
         show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Let --export replace a model folder that exists.")
                      ] = False,
@@ -101,7 +101,7 @@ def train(
                                 ] = 100,
     init_from: Annotated[str | None, typer.Option(
         parser=_folder("--init-from", str),
-        help="Continue from a model folder (e.g. data/shapes-world): its VAE is kept, the U-Net trains on.",
+        help="Continue from a model folder (e.g. data/shapes-world-2): its VAE is kept, the U-Net trains on.",
         show_default=False)] = None,
     prediction_type: Annotated[str, typer.Option(
         help="What the U-Net learns to predict: epsilon (the noise) or v_prediction (v = √ᾱ ε − √(1−ᾱ) x0).")

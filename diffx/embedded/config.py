@@ -55,7 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     threads: int = 0  # 0: leave torch's default
     device: str = "auto"  # "auto": CUDA (or MPS) when present, else CPU
-    init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world), VAE kept as is
+    init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world-2), VAE kept as is
     world: str = "shapes"  # what the model learns from: diffx.embedded.worlds ("shapes" v1, "shapes2" v2)
     caption_noise: dict = field(default_factory=dict)  # CaptionNoise settings ("shapes2"); {} = the defaults
     # The share of U-Net training draws showing 1, 2, 3... objects ([] = as many as the pool holds): spends the

@@ -61,10 +61,10 @@ def check_init_from(path: str, model: dict) -> None:
     folder = Path(path).expanduser()
     if not folder.exists():
         raise ModelNotFoundError(f"--init-from {path}: no such folder; point it at a diffx model folder "
-                                 "such as data/shapes-world")
+                                 "such as data/shapes-world-2")
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise CheckpointError(f"--init-from {path}: not a diffx model folder (config.json and model.safetensors "
-                              "expected); point it at one such as data/shapes-world")
+                              "expected); point it at one such as data/shapes-world-2")
     try:
         have = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8"))).to_dict()
     except (OSError, ValueError, TypeError, KeyError) as err:
@@ -74,7 +74,7 @@ def check_init_from(path: str, model: dict) -> None:
     differs = _differing_field({key: have.get(key) for key in want}, want)
     if differs:
         raise CheckpointError(f"--init-from {path}: another architecture ({differs}); continue from a "
-                              "shapes-world model such as data/shapes-world")
+                              "shapes-world model such as data/shapes-world-2")
 
 
 def check_train_inputs(config: TrainConfig, export: Path | None = None, force: bool = False) -> None:

@@ -93,7 +93,7 @@ def test_train_checks_a_config_changed_after_it_was_made(tmp_path):
 
 @pytest.mark.parametrize("good", [{}, {"attention_loss": 0.0}, {"caption_dropout": 1.0}, {"ema_decay": 0.0},
                                   {"warmup_steps": 0}, {"threads": 4}, {"vae_crop": 64}, {"unet_lr": 1},
-                                  {"init_from": "data/shapes-world"}, {"device": "cpu"}])
+                                  {"init_from": "data/shapes-world-2"}, {"device": "cpu"}])
 def test_train_config_accepts_the_edges_of_each_range(good):
     assert TrainConfig(**good)
 

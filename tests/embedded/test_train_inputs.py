@@ -65,7 +65,7 @@ def setup(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("not a folder")
     model = tmp_path / "model"
     model.mkdir()
-    shutil.copy(Path(__file__).parents[2] / "data" / "shapes-world" / "config.json", model / "config.json")
+    shutil.copy(Path(__file__).parents[2] / "data" / "shapes-world-2" / "config.json", model / "config.json")
     (model / "model.safetensors").write_bytes(b"")
     other = tmp_path / "other"
     other.mkdir()
