@@ -13,7 +13,7 @@ under-specified prompts over 16 seeds and the saturation at each w, the pointing
 maps. `--card` then also writes guidance_curve.png beside MODEL_CARD.md.
 
 Run from the repository root:  OMP_NUM_THREADS=2 python -m benchmarks.embedded_quality [--quick]
-`--model` takes a model folder (default: the shipped data/shapes-world) or a training folder such as
+`--model` takes a model folder (default: the shipped data/shapes-world-2) or a training folder such as
 runs/shapes-world (its latest checkpoints). The last line printed is
 `color=<x> shape=<x> position=<x> pointing=<x>` at the default guidance; for a v2 model
 `color=<x> shape=<x> position=<x> pointing=<x> gap=<x> diversity_drop=<x>` (gap: "all attributes" at the

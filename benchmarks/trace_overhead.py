@@ -1,7 +1,7 @@
 """What tracing costs: one generation with the full default trace vs the same generation untraced.
 
 (a) SD1.5 widths with random weights, 256x256 px (a 32x32 latent), 3 DDIM steps, guidance 7.5;
-(b) the embedded shapes-world model with its defaults (random weights until it ships in data/shapes-world).
+(b) the embedded shapes-world model with its defaults (data/shapes-world-2).
 Traced and untraced runs alternate in one process so that machine load hits both alike; after a warmup
 the median of REPEATS runs each is compared. Also printed: the size a 50-step 512 px SD1.5 trace would
 have, from the per-step bytes of case (a)'s trace scaled to the 64x64 latent.

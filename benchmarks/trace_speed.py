@@ -4,7 +4,7 @@ Each run is a fresh process (Python start-up, imports, model load, 25 traced ste
 the embedded model with 2 CPU threads, as a user would run it (x̂0 VAE-decoded at every step under the
 default `--preview auto`). Target: the median <= 6 s.
 
-Run from the repository root:  python -m benchmarks.trace_speed [--runs 3] [--model data/shapes-world]
+Run from the repository root:  python -m benchmarks.trace_speed [--runs 3] [--model data/shapes-world-2]
 The last line printed is `seconds=<median>`.
 """
 

@@ -289,8 +289,8 @@ def decoder_gflops(model: StableDiffusion, height: int | None = None, width: int
     Counted, not guessed: the decoder runs once on a 4×4 latent with hooks on its convolutions and linear
     layers (2 · outputs · inputs-per-output FLOPs each), and the count is scaled to the image's latent
     area — convolutions cost in proportion to it; the mid-block attention, quadratic in it, is a few
-    percent of SD's decoder and is left out. SD1.5 at 512 px: ~2,480 GFLOPs; the shapes-world model at
-    64 px: ~1.2.
+    percent of SD's decoder and is left out. SD1.5 at 512 px: ~2,480 GFLOPs; the embedded model
+    (shapes-world-2) at 128 px: ~7.7.
     """
     factor = model.config.vae.downsample_factor
     height, width = height or model.config.image_size, width or model.config.image_size

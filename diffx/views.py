@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
 PREVIEWS = ("auto", "fast", "vae")
-# --preview auto decodes x̂0 with the VAE when one image costs at most this: the shapes-world decoder
-# (1.2 GFLOPs at 64 px) is decoded, SD1.5's (2,480 GFLOPs at 512 px) gets the latent preview.
+# --preview auto decodes x̂0 with the VAE when one image costs at most this: the embedded model's decoder
+# (7.7 GFLOPs at 128 px) is decoded, SD1.5's (2,480 GFLOPs at 512 px) gets the latent preview.
 AUTO_DECODE_GFLOPS = 10.0
 X0_LABELS = {"vae": "x̂0 (VAE decode)", "fast": "x̂0 (latent preview)"}
 XT_LABEL = "x_t = √ᾱ x̂0 + √(1−ᾱ) ε̂"

@@ -2,7 +2,7 @@
 
     python examples/text_to_image.py "a red circle left of a blue square" out/
 
-Uses the embedded shapes-world model unless DIFFX_MODEL (or --model in the CLI) points elsewhere.
+Uses the embedded shapes-world-2 model unless DIFFX_MODEL (or --model in the CLI) points elsewhere.
 """
 
 import sys

@@ -20,11 +20,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_WHEEL_MB = 42  # the embedded model may weigh 40 MB (issue #14); the vocabulary and code ~1.5 MB
 SHIPPED = ["bpe_simple_vocab_16e6.txt.gz", "BPE_VOCAB_LICENSE.txt", "shapes-world-2/config.json",
-           "shapes-world-2/model.safetensors", "shapes-world-2/MODEL_CARD.md"]
+           "shapes-world-2/model.safetensors", "shapes-world-2/MODEL_CARD.md", "shapes-world-2/guidance_curve.png",
+           "shapes-world-2/guidance_tuning.json"]
 
 
 def run(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -82,6 +84,17 @@ def test_wheel_carries_the_data_and_stays_small(wheel):
     size_mb = wheel.stat().st_size / 1e6
     print(f"wheel {wheel.name}: {size_mb:.1f} MB, {len(names)} files")
     assert size_mb <= MAX_WHEEL_MB
+
+
+def test_every_file_in_data_is_packaged():
+    """pyproject's package data and MANIFEST.in list data/ file by file, so a file added to data/ (a model's
+    guidance plot, say) would be missing from wheels and sdists unless listed: both lists must be data/."""
+    present = {p.relative_to(ROOT / "data").as_posix() for p in (ROOT / "data").rglob("*") if p.is_file()}
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+                 ["diffx._data"])
+    manifest = {name.removeprefix("data/") for line in (ROOT / "MANIFEST.in").read_text().splitlines()
+                if line.startswith("include ") for name in line.split()[1:] if name.startswith("data/")}
+    assert listed == present and manifest == present and set(SHIPPED) <= present
 
 
 def test_every_imported_package_is_a_dependency(wheel):
