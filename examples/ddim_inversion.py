@@ -1,6 +1,6 @@
 """DDIM inversion by hand: climb from a picture's latent z_0 to the x_T that DDIM would draw it from.
 
-    python examples/ddim_inversion.py "a red circle left of a blue square" out/
+    python examples/ddim_inversion.py "a yellow heart above a blue circle" out/
 
 DDIM with η = 0 is a deterministic map x_T → z_0 (Song et al. 2021, eq. 12). Run backwards, each step lifts
 the state from the level t' to the noisier level t with the noise the model predicts at t' (the one point it

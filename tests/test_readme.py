@@ -36,7 +36,7 @@ def runnable(command: str) -> bool:
 
 def test_the_readme_names_the_commands_a_newcomer_runs():
     commands = readme_commands()
-    assert commands[0] == 'diffx trace --prompt "a red circle left of a blue square" --gif trace.gif'
+    assert commands[0] == 'diffx trace --prompt "a yellow heart above a blue circle" --seed 3 --gif trace.gif'
     names = {shlex.split(command)[1] for command in commands if runnable(command)}
     assert {"noise", "denoise", "trace", "cfg-sweep", "compare", "paths", "render", "attention", "edit",
             "weights", "tokens", "invert", "report", "lab"} <= names
