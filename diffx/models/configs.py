@@ -268,7 +268,7 @@ def tiny() -> ModelConfig:
 
 
 def shapes_world() -> ModelConfig:
-    """The embedded default model: SD1.x architecture at toy size, trained on the shapes world.
+    """The first embedded model (v1): SD1.x architecture at toy size, trained on the shapes world.
 
     64x64 pixels, an f4 VAE (16x16x4 latents: at f8 the shapes' corners blur away), a 2-layer
     CLIP text encoder on the real CLIP vocabulary (64 wide: its 49408-token embedding table is most
@@ -290,7 +290,7 @@ def shapes_world() -> ModelConfig:
 
 
 def shapes_world_2() -> ModelConfig:
-    """The second embedded model: the richer world of `diffx.embedded.world` at 128x128 pixels.
+    """The embedded default model (v2): the richer world of `diffx.embedded.world` at 128x128 pixels.
 
     SD's own f8 VAE layout (four levels, 16x16x4 latents at 128 px as SD's 64x64x4 at 512 px), a 3-layer
     64-wide CLIP text encoder (the longer, looser captions) and a 3-level U-Net of 48/96/192 channels with
