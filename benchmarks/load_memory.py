@@ -55,7 +55,7 @@ def write_checkpoints(folder: Path, dtype: torch.dtype, preset: str) -> list[Pat
 
 def measure(path: Path, dtype: torch.dtype) -> dict:
     """Run in a fresh process: load, touch every weight, report timings and peak RSS."""
-    from diffx.weights import load_model
+    from diffx.weights.load import load_model
 
     baseline = peak_rss_mb()
     start = time.perf_counter()

@@ -35,8 +35,8 @@ from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import World, get_world
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline import decode_latents, encode_text, make_denoiser, schedule_for, tokenize
-from diffx.schedules import NoiseSchedule, q_sample, vp_scales, x0_from_eps
+from diffx.pipeline.generation import decode_latents, encode_text, make_denoiser, schedule_for, tokenize
+from diffx.sampling.schedules import NoiseSchedule, q_sample, vp_scales, x0_from_eps
 
 TIMESTEPS = (950, 900, 800, 600)  # besides the model's own T − 1
 

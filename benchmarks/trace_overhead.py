@@ -20,9 +20,9 @@ import torch
 from diffx.models.configs import sd15, shapes_world
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline import GenerationSettings, generate
-from diffx.trace import Trace, generate_traced
-from diffx.weights import load_model
+from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.trace.tracer import Trace, generate_traced
+from diffx.weights.load import load_model
 
 WARMUP = 1
 REPEATS = 5

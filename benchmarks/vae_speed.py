@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
 from benchmarks.unet_speed import best_peaks, forward_gflop, measured_peaks, print_times, race, ratio_line, three_models
-from diffx.diffusers_layout import rename_key, vae_rename_rules
+from diffx.weights.diffusers_layout import rename_key, vae_rename_rules
 from diffx.models.configs import sd15
 from diffx.models.fast_cpu import FAST_DTYPE
 from diffx.models.vae import AutoencoderKL

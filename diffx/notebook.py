@@ -31,11 +31,11 @@ from PIL import Image
 from tqdm import TqdmWarning
 
 from diffx.errors import DiffxError
-from diffx.experiments import CfgSweep, Comparison, NoiseViews
-from diffx.pipeline import Generation
-from diffx.report import render_report_html
-from diffx.samplers import StepRecord
-from diffx.trace import Trace, TracedGeneration
+from diffx.experiments.sweeps import CfgSweep, Comparison, NoiseViews
+from diffx.pipeline.generation import Generation
+from diffx.report.page import render_report_html
+from diffx.sampling.samplers import StepRecord
+from diffx.trace.tracer import Trace, TracedGeneration
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffx.ddim_inversion import invert_ddim
-from diffx.inversion import psnr
-from diffx.pipeline import GenerationSettings, decode_latents, encode_text, generate, make_denoiser, schedule_for
+from diffx.sampling.ddim_inversion import invert_ddim
+from diffx.pipeline.inversion import psnr
+from diffx.pipeline.generation import GenerationSettings, decode_latents, encode_text, generate, make_denoiser, schedule_for
 from diffx.render import save_png
-from diffx.samplers import sample
-from diffx.weights import load_model
+from diffx.sampling.samplers import sample
+from diffx.weights.load import load_model
 
 STEPS = 20
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from diffx.pipeline import decode_latents, encode_text, schedule_for, tokenize
+from diffx.pipeline.generation import decode_latents, encode_text, schedule_for, tokenize
 from diffx.render import save_png
-from diffx.samplers import StepRecord, sample
-from diffx.weights import load_model
+from diffx.sampling.samplers import StepRecord, sample
+from diffx.weights.load import load_model
 
 
 def main(prompt: str, out_dir: Path, guidance: float = 5.0) -> dict[str, list[float]]:

@@ -8,11 +8,11 @@ Writes the trace GIF, the word × timestep attention grid, and prints where each
 import sys
 from pathlib import Path
 
-from diffx import views
-from diffx.pipeline import GenerationSettings
+from diffx.views import steps as views
+from diffx.pipeline.generation import GenerationSettings
 from diffx.render import save_gif, save_png
-from diffx.trace import generate_traced, save_trace
-from diffx.weights import load_model
+from diffx.trace.tracer import generate_traced, save_trace
+from diffx.weights.load import load_model
 
 
 def main(prompt: str, out_dir: Path) -> dict[str, tuple[int, int]]:

@@ -5,7 +5,7 @@ import torch
 
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
-from diffx.weights import save_model
+from diffx.weights.load import save_model
 
 
 @pytest.fixture(scope="session")

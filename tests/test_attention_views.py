@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffx.attention_views import (
+from diffx.views.attention import (
     explorer_options,
     head_grid,
     layer_grid,
@@ -18,8 +18,8 @@ from diffx.attention_views import (
 )
 from diffx.cli import app
 from diffx.errors import InvalidArgumentError, OutputPathError
-from diffx.pipeline import GenerationSettings
-from diffx.trace import Trace, generate_traced, load_trace
+from diffx.pipeline.generation import GenerationSettings
+from diffx.trace.tracer import Trace, generate_traced, load_trace
 
 PROMPT = "a red cuboid"
 

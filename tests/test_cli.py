@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffx.cli import app
-from diffx.samplers import SAMPLERS
+from diffx.sampling.samplers import SAMPLERS
 
 STEPS = 2
 
@@ -210,7 +210,7 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     """`diffx train` runs both stages, checkpoints, resumes where it stopped and exports a model folder."""
     import torch
 
-    from diffx.weights import load_model
+    from diffx.weights.load import load_model
 
     out_dir, export = tmp_path / "run", tmp_path / "model"
     common = ["train", "--out-dir", out_dir, "--vae-steps", 2, "--batch", 4, "--pool-size", 8]

@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffx.cli import app
-from diffx.inversion import load_inversion
+from diffx.pipeline.inversion import load_inversion
 
 
 @pytest.fixture

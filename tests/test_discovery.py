@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from diffx import discovery
-from diffx.discovery import find_models, resolve_model_source
+from diffx.weights import discovery
+from diffx.weights.discovery import find_models, resolve_model_source
 from diffx.errors import ModelNotFoundError
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
-from diffx.weights import save_model
+from diffx.weights.load import save_model
 
 
 @pytest.fixture

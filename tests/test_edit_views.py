@@ -2,10 +2,10 @@
 
 import torch
 
-from diffx.edit_views import edit_frames, edit_picture, embedding_change
-from diffx.editing import prompt_to_prompt
-from diffx.pipeline import GenerationSettings, encode_text, tokenize
-from diffx.weights import load_model
+from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture, embedding_change
+from diffx.experiments.prompt_to_prompt import prompt_to_prompt
+from diffx.pipeline.generation import GenerationSettings, encode_text, tokenize
+from diffx.weights.load import load_model
 
 
 def test_embedding_change_is_the_weighted_token_plus_the_mean_rescale():

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffx import experiments
+from diffx.experiments import sweeps as experiments
 from diffx.errors import InvalidArgumentError
 from diffx.models.stable_diffusion import StableDiffusion
-from diffx.pipeline import encode_image, generate, schedule_for
+from diffx.pipeline.generation import encode_image, generate, schedule_for
 from diffx.render import latent_to_rgb_fast
-from diffx.schedules import q_sample
+from diffx.sampling.schedules import q_sample
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
 
@@ -54,7 +54,7 @@ def test_noise_views_latent_space_has_preview_and_decode_rows(model):
 def test_latent_noise_row_is_not_saturated_where_the_plain_preview_is(monkeypatch):
     """On the embedded model, x_t in latent space is drawn as the scaled mixture of x_0's preview and ε: at
     t = 500 it clips few pixels, where the preview of the latent x_t itself clipped most of them."""
-    from diffx.weights import load_model
+    from diffx.weights.load import load_model
 
     model = load_model()
     cells = []
@@ -125,7 +125,7 @@ def test_noise_views_latent_preview_uses_the_models_bias(model):
                                             ("guidance=x", "takes a number")])
 def test_parse_axis_names_the_expected_type_in_words(text, says):
     from diffx.errors import InvalidArgumentError
-    from diffx.experiments import parse_axis
+    from diffx.experiments.sweeps import parse_axis
 
     with pytest.raises(InvalidArgumentError, match=says):
         parse_axis(text)

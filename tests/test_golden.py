@@ -58,14 +58,14 @@ from PIL import Image
 
 from diffx.embedded.quality import load_for_evaluation
 from diffx.embedded.world import IMAGE_SIZE, Background, Scene, WorldObject, render
-from diffx.experiments import cfg_sweep
+from diffx.experiments.sweeps import cfg_sweep
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline import GenerationSettings, generate
-from diffx.samplers import SAMPLERS
-from diffx.trace import generate_traced
-from diffx.views import trace_frames
-from diffx.weights import load_model
+from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.sampling.samplers import SAMPLERS
+from diffx.trace.tracer import generate_traced
+from diffx.views.steps import trace_frames
+from diffx.weights.load import load_model
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 FAILURE_DIR = Path(__file__).parent / "_failures"

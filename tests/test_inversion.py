@@ -13,9 +13,9 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler
 
-from diffx.ddim_inversion import invert_ddim
+from diffx.sampling.ddim_inversion import invert_ddim
 from diffx.errors import InvalidArgumentError, OutputPathError
-from diffx.inversion import (
+from diffx.pipeline.inversion import (
     PSNR_CAP,
     check_sweep,
     invert,
@@ -27,9 +27,9 @@ from diffx.inversion import (
 )
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline import encode_text, make_denoiser, tokenize
-from diffx.samplers import StepRecord, sample_ddim
-from diffx.schedules import NoiseSchedule
+from diffx.pipeline.generation import encode_text, make_denoiser, tokenize
+from diffx.sampling.samplers import StepRecord, sample_ddim
+from diffx.sampling.schedules import NoiseSchedule
 
 SD15 = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
         "set_alpha_to_one": False, "clip_sample": False}

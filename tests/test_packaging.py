@@ -79,7 +79,7 @@ def outside_env() -> dict:
 def test_wheel_carries_the_data_and_stays_small(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"diffx/_data/{name}" for name in SHIPPED} <= names
-    assert "diffx/report_template.html" in names and "diffx/__main__.py" in names
+    assert "diffx/report/template.html" in names and "diffx/__main__.py" in names
     assert not any(name.startswith(("data/", "tests/")) for name in names)
     size_mb = wheel.stat().st_size / 1e6
     print(f"wheel {wheel.name}: {size_mb:.1f} MB, {len(names)} files")
@@ -129,7 +129,7 @@ def test_sdist_carries_the_data(source, tmp_path):
     name = run(sys.executable, "-c", script, tmp_path, cwd=source).stdout.split()[-1]
     with tarfile.open(tmp_path / name) as sdist:
         members = {member.split("/", 1)[1] for member in sdist.getnames() if "/" in member}
-    assert {f"data/{name}" for name in SHIPPED} | {"setup.py", "diffx/report_template.html"} <= members
+    assert {f"data/{name}" for name in SHIPPED} | {"setup.py", "diffx/report/template.html"} <= members
 
 
 def test_installed_diffx_runs_outside_the_checkout(venv, tmp_path):

@@ -22,8 +22,8 @@ from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as di
 
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import SchedulerConfig, tiny
-from diffx.pipeline import GenerationSettings, generate, rescale_guidance
-from diffx.schedules import (
+from diffx.pipeline.generation import GenerationSettings, generate, rescale_guidance
+from diffx.sampling.schedules import (
     ZERO_SNR_ALPHA_CUMPROD,
     NoiseSchedule,
     eps_from_prediction,

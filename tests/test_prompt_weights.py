@@ -8,9 +8,9 @@ import torch
 
 from diffx.errors import InvalidArgumentError
 from diffx.models.tokenizer import ClipTokenizer
-from diffx.pipeline import GenerationSettings, Observer, encode_text, generate, tokenize
-from diffx.prompt_weights import WeightedText, escape_weights, parse_weights, weighted_tokens
-from diffx.tables import tokens_table
+from diffx.pipeline.generation import GenerationSettings, Observer, encode_text, generate, tokenize
+from diffx.pipeline.prompt_weights import WeightedText, escape_weights, parse_weights, weighted_tokens
+from diffx.views.tables import tokens_table
 
 UP, DOWN = 1.1, 1 / 1.1
 

@@ -18,14 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
-from diffx import report_columns, report_sections
+from diffx.report import columns as report_columns
+from diffx.report import sections as report_sections
 from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline import GenerationSettings, PromptTruncatedWarning
-from diffx.report import render_report_html, write_report
-from diffx.schedules import NoiseSchedule
-from diffx.trace import Trace, TraceOptions, generate_traced
+from diffx.pipeline.generation import GenerationSettings, PromptTruncatedWarning
+from diffx.report.page import render_report_html, write_report
+from diffx.sampling.schedules import NoiseSchedule
+from diffx.trace.tracer import Trace, TraceOptions, generate_traced
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

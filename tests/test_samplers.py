@@ -17,8 +17,8 @@ from diffusers import (
 )
 
 from diffx.errors import InvalidArgumentError
-from diffx.samplers import KARRAS_SAMPLERS, SAMPLERS, StepRecord, model_timesteps, sample
-from diffx.schedules import NoiseSchedule, img2img_start
+from diffx.sampling.samplers import KARRAS_SAMPLERS, SAMPLERS, StepRecord, model_timesteps, sample
+from diffx.sampling.schedules import NoiseSchedule, img2img_start
 
 SD15 = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
         "beta_schedule": "scaled_linear", "timestep_spacing": "leading", "steps_offset": 1,

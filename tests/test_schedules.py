@@ -6,7 +6,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import SchedulerConfig
-from diffx.schedules import (
+from diffx.sampling.schedules import (
     SPACINGS,
     NoiseSchedule,
     img2img_start,

@@ -2,8 +2,8 @@
 
 from rich.console import Console
 
-from diffx import tables
-from diffx.discovery import ModelSource
+from diffx.views import tables
+from diffx.weights.discovery import ModelSource
 from diffx.models.tokenizer import ClipTokenizer
 
 

@@ -15,9 +15,9 @@ from diffx.errors import InvalidArgumentError, OutputPathError, TraceFileError
 from diffx.models.attention import observe_attention
 from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline import GenerationSettings, decode_latents, encode_text, generate
-from diffx.samplers import SAMPLERS
-from diffx.trace import (
+from diffx.pipeline.generation import GenerationSettings, decode_latents, encode_text, generate
+from diffx.sampling.samplers import SAMPLERS
+from diffx.trace.tracer import (
     DEFAULT_RECORD,
     RECORDABLE,
     Trace,
@@ -27,8 +27,8 @@ from diffx.trace import (
     load_trace,
     save_trace,
 )
-from diffx.trace_attention import daam_aggregate, layer_labels
-from diffx.trace_checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
+from diffx.trace.attention import daam_aggregate, layer_labels
+from diffx.trace.checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
 LATENT = SIZE // 2
@@ -130,7 +130,7 @@ def test_attention_probabilities_and_their_aggregation(model, observed_layers):
 
 
 def _aggregate_via_on_step(tracer: Tracer) -> torch.Tensor:
-    from diffx.samplers import StepRecord
+    from diffx.sampling.samplers import StepRecord
 
     x = torch.zeros(1, 4, LATENT, LATENT)
     tracer.on_step(StepRecord(index=0, num_steps=1, timestep=500.0, sigma=1.0, alpha_cumprod=0.5, x=x, state=x,

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffx import trajectories
+from diffx.experiments import trajectories
 from diffx.cli import app
 from diffx.errors import InvalidArgumentError
-from diffx.pipeline import GenerationSettings, generate
-from diffx.samplers import SAMPLERS, model_timesteps
-from diffx.schedules import NoiseSchedule
-from diffx.trace import generate_traced
+from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.sampling.samplers import SAMPLERS, model_timesteps
+from diffx.sampling.schedules import NoiseSchedule
+from diffx.trace.tracer import generate_traced
 from tests.test_cli import ok, refused
 
 STEP_COUNTS = (3, 6, 12)

@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from diffx import views
+from diffx.views import steps as views
 from diffx.errors import InvalidArgumentError
 from diffx.models.stable_diffusion import build
-from diffx.pipeline import GenerationSettings, decode_latents
+from diffx.pipeline.generation import GenerationSettings, decode_latents
 from diffx.render import latent_to_rgb_fast
-from diffx.trace import Trace, generate_traced
+from diffx.trace.tracer import Trace, generate_traced
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
 
@@ -135,7 +135,7 @@ def test_decodes_match_the_pipeline(model, traced):
 
 @pytest.fixture(scope="module")
 def embedded():
-    from diffx.weights import load_model
+    from diffx.weights.load import load_model
 
     model = load_model()
     return model, generate_traced(model, GenerationSettings(prompt="a red circle left of a blue square"),

@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffx import weights
-from diffx.discovery import resolve_model_source
+from diffx.weights import load as weights
+from diffx.weights.discovery import resolve_model_source
 from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError
 from diffx.models.configs import ModelConfig, sd15, tiny
 from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.safe_checkpoint import load_torch_zip
-from diffx.weights import load_model, read_state_dict, save_model
+from diffx.weights.safe_pickle import load_torch_zip
+from diffx.weights.load import load_model, read_state_dict, save_model
 from tests.models.tokenizer_files import write_vocab_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_ckpt_and_safetensors_load_where_lightning_is_not_installed(tmp_path, or
     # A fresh interpreter: the fake module is gone, so unpickling the callback needs a placeholder.
     child = (
         "import importlib.util, sys, torch\n"
-        "from diffx.weights import load_model, save_model\n"
+        "from diffx.weights.load import load_model, save_model\n"
         "assert importlib.util.find_spec('pytorch_lightning') is None\n"
         "for path in sys.argv[1:]:\n"
         "    model = load_model(path)\n"

@@ -86,9 +86,9 @@ def attention(
 
     Example: diffx attention --prompt "a red circle and a blue square" --heads --layer up.4 --out layers.png
     """
-    from diffx.attention_views import explorer_options, write_attention_views
-    from diffx.trace import load_trace
-    from diffx.trace import save_trace as write_trace
+    from diffx.views.attention import explorer_options, write_attention_views
+    from diffx.trace.tracer import load_trace
+    from diffx.trace.tracer import save_trace as write_trace
 
     if trace_file is not None and prompt:
         raise InvalidArgumentError("--trace explores a saved run, --prompt makes a new one; give one of them")
@@ -114,7 +114,7 @@ def attention(
     if save_trace is not None:
         written.append(write_trace(recorded, save_trace, force))
     if html is not None:
-        from diffx.report import write_report
+        from diffx.report.page import write_report
 
         written.append(write_report(recorded, html, force))
     print_written(written)

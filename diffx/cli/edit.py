@@ -74,9 +74,9 @@ def edit(
 
     Example: diffx edit --prompt "a red circle" --to "a red square" --tau 0.6 --out edit.png
     """
-    from diffx.edit_views import edit_frames, edit_picture
-    from diffx.editing import check_fraction, prompt_to_prompt
-    from diffx.prompt_weights import parse_weights
+    from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture
+    from diffx.experiments.prompt_to_prompt import check_fraction, prompt_to_prompt
+    from diffx.pipeline.prompt_weights import parse_weights
     from diffx.render import save_animation, save_png
 
     check_view_options(preview)
@@ -119,10 +119,10 @@ def weights(
     Example: diffx weights --prompt "a (red:1.8) circle on a [pale blue] background" --out weights.png
     """
     from diffx.cli.core import OUT
-    from diffx.edit_views import weights_view
-    from diffx.prompt_weights import parse_weights
+    from diffx.experiments.prompt_to_prompt_views import weights_view
+    from diffx.pipeline.prompt_weights import parse_weights
     from diffx.render import save_png
-    from diffx.tables import tokens_table
+    from diffx.views.tables import tokens_table
 
     parse_weights(prompt)
     parse_weights(sampling.negative_prompt, "negative prompt")

@@ -70,7 +70,7 @@ def noise(
 
     Example: diffx noise photo.png --out noise.png --gif noise.gif --sampler ddim --steps 25
     """
-    from diffx import experiments
+    from diffx.experiments import sweeps as experiments
     from diffx.images import load_image
     from diffx.render import save_animation, save_png
 
@@ -119,9 +119,9 @@ def cfg_sweep(
 
     Example: diffx cfg-sweep --prompt "a red circle" --scales 1,3,5,7.5,10,15 --gif cfg.gif
     """
-    from diffx import experiments
+    from diffx.experiments import sweeps as experiments
     from diffx.render import save_animation, save_png
-    from diffx.trace import TraceOptions
+    from diffx.trace.tracer import TraceOptions
 
     check_view_options(preview)
     if out is None and html is None:
@@ -140,7 +140,7 @@ def cfg_sweep(
     if gif is not None:
         save_animation(sweep.frames, gif, frame_ms, force)
     if html is not None:
-        from diffx.report import write_report
+        from diffx.report.page import write_report
 
         write_report([g.traces[0] for g in sweep.generations], html, force, model=loaded)
     print_written([out, gif, html])
@@ -166,7 +166,7 @@ def compare(
 
     Example: diffx compare --prompt "a red circle" --x sampler=ddim,euler,dpmpp_2m --y steps=5,10,25
     """
-    from diffx import experiments
+    from diffx.experiments import sweeps as experiments
     from diffx.render import save_png
 
     out = out or Path("compare.png")

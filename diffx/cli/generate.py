@@ -33,16 +33,16 @@ from diffx.files import check_outputs, companion_path, picture_format
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
-    from diffx.pipeline import GenerationSettings
-    from diffx.trace import TracedGeneration, TraceOptions
+    from diffx.pipeline.generation import GenerationSettings
+    from diffx.trace.tracer import TracedGeneration, TraceOptions
 
 
 def run_generation(model: "StableDiffusion", settings: "GenerationSettings", init: InitImageChoice,
                    record: "TraceOptions", decode_every: int = 0) -> "TracedGeneration":
     """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar."""
     from diffx.images import load_init_image
-    from diffx.schedules import img2img_start, strength_for_timestep
-    from diffx.trace import generate_traced
+    from diffx.sampling.schedules import img2img_start, strength_for_timestep
+    from diffx.trace.tracer import generate_traced
 
     image, mask, timestep, strength = init.image, init.mask, init.t, init.strength
     if image is None and (timestep is not None or strength is not None or mask is not None):
@@ -97,7 +97,7 @@ def denoise(
 
     Example: diffx denoise --prompt "a red circle" --steps 25 --out denoise.png --gif denoise.gif
     """
-    from diffx import views
+    from diffx.views import steps as views
     from diffx.render import save_animation, save_png
 
     check_view_options(preview)
@@ -142,9 +142,9 @@ def trace(
 
     Example: diffx trace --prompt "a red circle" --gif out.gif
     """
-    from diffx import views
-    from diffx.trace import TraceOptions
-    from diffx.trace import save_trace as write_trace
+    from diffx.views import steps as views
+    from diffx.trace.tracer import TraceOptions
+    from diffx.trace.tracer import save_trace as write_trace
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, Path("trace"))
@@ -160,7 +160,7 @@ def trace(
     if save_trace is not None:
         written.append(write_trace(recorded, save_trace, force))
     if html is not None:
-        from diffx.report import write_report
+        from diffx.report.page import write_report
 
         written.append(write_report(recorded, html, force, model=loaded))
     print_written(written)
@@ -189,10 +189,10 @@ def render(
 
     Example: diffx render out.safetensors --gif again.gif --attn-scale word
     """
-    from diffx import views
+    from diffx.views import steps as views
     from diffx.render import save_png
-    from diffx.trace import load_trace
-    from diffx.trajectories import trace_convergence_chart
+    from diffx.trace.tracer import load_trace
+    from diffx.experiments.trajectories import trace_convergence_chart
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, trace_file)

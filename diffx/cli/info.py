@@ -21,8 +21,8 @@ def tokens(
     Example: diffx tokens "a (red:1.3) circle left of a blue square"
     """
     from diffx.models.tokenizer import ClipTokenizer
-    from diffx.prompt_weights import weighted_tokens
-    from diffx.tables import tokens_table
+    from diffx.pipeline.prompt_weights import weighted_tokens
+    from diffx.views.tables import tokens_table
 
     OUT.print(tokens_table(weighted_tokens(ClipTokenizer.default(), prompt)))
 
@@ -37,9 +37,9 @@ def models() -> None:
     Example: diffx models
     """
     from diffx.devices import cpu_description
-    from diffx.discovery import find_models
-    from diffx.tables import models_table
-    from diffx.weights import describe_architecture
+    from diffx.weights.discovery import find_models
+    from diffx.views.tables import models_table
+    from diffx.weights.load import describe_architecture
 
     sources = find_models()
     OUT.print(models_table(sources, [describe_architecture(source) for source in sources]))
@@ -58,8 +58,8 @@ def report(
     Example: diffx report out.safetensors --html out.html
     """
     from diffx.files import check_outputs
-    from diffx.report import write_report
-    from diffx.trace import load_trace
+    from diffx.report.page import write_report
+    from diffx.trace.tracer import load_trace
 
     check_outputs([html], force)
     written = write_report([load_trace(path) for path in trace_files], html, force)

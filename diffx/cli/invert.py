@@ -39,7 +39,7 @@ def invert(
     gif: GifOpt = None,
     save_latent: Annotated[Path | None, typer.Option(
         help="Also save x_T, z_0 and the settings as a .pt file (read back, checked, by "
-             "diffx.inversion.load_inversion).", show_default=False)] = None,
+             "diffx.pipeline.inversion.load_inversion).", show_default=False)] = None,
     steps: Annotated[int, typer.Option(help="DDIM steps, for the inversion and the way back.")] = 50,
     guidance: Annotated[float, typer.Option(
         help="Guidance weight w for both halves (1 = none: where inversion works).")] = 1.0,
@@ -69,8 +69,8 @@ def invert(
     Example: diffx invert picture.png --prompt "a red circle left of a blue square" --out inv.png --gif inv.gif
     """
     from diffx.images import load_image, load_init_image
-    from diffx.inversion import check_sweep, inversion_settings, round_trip_sweep, save_inversion
-    from diffx.inversion_views import inversion_frames, round_trip_figure, traced_round_trip
+    from diffx.pipeline.inversion import check_sweep, inversion_settings, round_trip_sweep, save_inversion
+    from diffx.experiments.round_trip import inversion_frames, round_trip_figure, traced_round_trip
     from diffx.render import save_animation, save_png
 
     check_view_options(preview)

@@ -25,7 +25,7 @@ from diffx.errors import InvalidArgumentError, check_choice
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
-    from diffx.pipeline import GenerationSettings
+    from diffx.pipeline.generation import GenerationSettings
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False,
@@ -102,10 +102,10 @@ class ModelChoice:
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
-        from diffx.discovery import resolve_model_source
+        from diffx.weights.discovery import resolve_model_source
         from diffx.errors import check_choice
         from diffx.models.configs import PRESETS
-        from diffx.weights import load_model
+        from diffx.weights.load import load_model
 
         preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
         config = None if preset is None else PRESETS[preset]()
@@ -134,7 +134,7 @@ class SamplingChoice:
     guidance_rescale: GuidanceRescaleOpt = 0.0
 
     def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
-        from diffx.pipeline import GenerationSettings
+        from diffx.pipeline.generation import GenerationSettings
 
         width, height = parse_size(self.size)
         return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
@@ -205,7 +205,7 @@ def parse_list(text: str, kind: type, option: str) -> list:
     if not values:
         raise InvalidArgumentError(f"{option} is empty; give values separated by commas")
     if kind is float:
-        from diffx.pipeline import check_finite
+        from diffx.pipeline.generation import check_finite
 
         for value in values:
             check_finite(option, value)
@@ -220,7 +220,7 @@ def check_frame_ms(frame_ms: int) -> None:
 
 def check_view_options(preview: str, attn_scale: str = "word") -> None:
     """Check --preview and --attn-scale before any slow work."""
-    from diffx.views import ATTENTION_SCALES, PREVIEWS
+    from diffx.views.steps import ATTENTION_SCALES, PREVIEWS
 
     check_choice("preview", preview, PREVIEWS)
     check_choice("attention scale", attn_scale, ATTENTION_SCALES)

@@ -8,7 +8,7 @@ from rich.text import Text
 from diffx.cli.core import ERR
 
 if TYPE_CHECKING:
-    from diffx.samplers import StepRecord
+    from diffx.sampling.samplers import StepRecord
 
 
 class RateColumn(ProgressColumn):

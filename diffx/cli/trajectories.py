@@ -64,7 +64,7 @@ def paths(
 
     Example: diffx paths --prompt "a red circle" --samplers ddim,euler,euler_a,heun,dpmpp_2m --steps 25 --out paths.png
     """
-    from diffx import trajectories
+    from diffx.experiments import trajectories
     from diffx.render import save_png
 
     out = out or Path("paths.png")

@@ -23,7 +23,7 @@ from diffx.embedded.worlds import get_world
 from diffx.files import atomic_output
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.render import save_png
-from diffx.weights import load_model
+from diffx.weights.load import load_model
 
 GUIDANCE_PLOT = "guidance_curve.png"  # beside MODEL_CARD.md: a v2 model's adherence and diversity against w
 

@@ -18,7 +18,7 @@ from diffx.errors import CheckpointError
 from diffx.files import atomic_output
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.render import fit_latent_rgb_mlp
-from diffx.weights import save_model
+from diffx.weights.load import save_model
 
 
 @torch.no_grad()

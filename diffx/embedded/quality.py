@@ -29,9 +29,9 @@ from diffx.embedded.judge import DetectedObject, adherence
 from diffx.embedded.shapes import object_word_indices, parse_prompt
 from diffx.embedded.worlds import WORLDS, World
 from diffx.errors import InvalidArgumentError
-from diffx.pipeline import GenerationSettings, generate
-from diffx.trace import Trace, TraceOptions, generate_traced
-from diffx.weights import load_model
+from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.trace.tracer import Trace, TraceOptions, generate_traced
+from diffx.weights.load import load_model
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -57,10 +57,10 @@ from diffx.models.attention import observe_attention
 from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.models.vae import DiagonalGaussian
-from diffx.pipeline import GenerationSettings, generate
+from diffx.pipeline.generation import GenerationSettings, generate
 from diffx.render import make_grid, plot_loss_curve, save_png, to_pil
-from diffx.schedules import NoiseSchedule, training_loss
-from diffx.weights import load_model
+from diffx.sampling.schedules import NoiseSchedule, training_loss
+from diffx.weights.load import load_model
 
 
 def _object_weight(images: torch.Tensor, weight: float) -> torch.Tensor:

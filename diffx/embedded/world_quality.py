@@ -47,7 +47,7 @@ from diffx.embedded.world_measures import (
 from diffx.embedded.world_text import exact_caption, make_eval_prompts, make_open_prompts, parse_caption
 from diffx.embedded.worlds import WORLDS
 from diffx.errors import InvalidArgumentError
-from diffx.pipeline import (
+from diffx.pipeline.generation import (
     GenerationSettings,
     decode_latents,
     encode_text,
@@ -56,8 +56,8 @@ from diffx.pipeline import (
     schedule_for,
     tokenize,
 )
-from diffx.samplers import sample
-from diffx.trace import Trace, generate_traced
+from diffx.sampling.samplers import sample
+from diffx.trace.tracer import Trace, generate_traced
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -22,7 +22,7 @@ from diffx.lab.sampling import LabRun
 from diffx.lab.train import TrainedLab
 from diffx.render.grid import caption_bar, make_grid
 from diffx.render.points import PlaneView, class_colors, color_key, points_panel
-from diffx.schedules import NoiseSchedule, q_sample
+from diffx.sampling.schedules import NoiseSchedule, q_sample
 
 ANCESTRAL = ("ddpm", "euler_a")  # samplers that add fresh noise at every step (SDE); the others follow an ODE
 FIELD_TIMESTEPS = (0, 50, 150, 300, 600, 999)

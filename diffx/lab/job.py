@@ -26,10 +26,10 @@ from diffx.lab.metrics import class_spread, sliced_wasserstein
 from diffx.lab.model import LabModel
 from diffx.lab.sampling import LabRun, initial_noise, run_sampler
 from diffx.lab.train import LabTrainConfig, TrainedLab, train_lab_model
-from diffx.pipeline import check_finite
+from diffx.pipeline.generation import check_finite
 from diffx.render.io import save_gif, save_png
-from diffx.samplers import SAMPLERS
-from diffx.schedules import BETA_SCHEDULES, NoiseSchedule
+from diffx.sampling.samplers import SAMPLERS
+from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule
 
 DEFAULT_SAMPLERS = ("ddpm", "euler_a", "ddim", "euler", "heun", "dpmpp_2m")  # ancestral first: one row each
 COMPARED_SCHEDULES = ("linear", "cosine")

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from diffx.errors import InvalidArgumentError
 from diffx.models.unet import timestep_embedding
-from diffx.pipeline import check_finite
-from diffx.samplers import EpsModel
+from diffx.pipeline.generation import check_finite
+from diffx.sampling.samplers import EpsModel
 
 
 @contextmanager

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from diffx.lab.model import LabModel, guided_eps, one_thread
-from diffx.samplers import StepRecord, sample
-from diffx.schedules import NoiseSchedule
+from diffx.sampling.samplers import StepRecord, sample
+from diffx.sampling.schedules import NoiseSchedule
 
 
 @dataclass

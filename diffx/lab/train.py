@@ -17,7 +17,7 @@ import torch
 from diffx.errors import InvalidArgumentError
 from diffx.lab.data import PointDistribution
 from diffx.lab.model import LabModel, one_thread
-from diffx.schedules import NoiseSchedule, training_loss
+from diffx.sampling.schedules import NoiseSchedule, training_loss
 
 TrainProgress = Callable[[int, int, float], None]  # (step done, total steps, running loss)
 

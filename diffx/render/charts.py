@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from diffx.schedules import log_snr
+from diffx.sampling.schedules import log_snr
 
 CHART_WIDTH = 340
 

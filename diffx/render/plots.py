@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from diffx.errors import InvalidArgumentError
-from diffx.schedules import log_snr
+from diffx.sampling.schedules import log_snr
 
 
 def figure_to_image(figure: Figure) -> Image.Image:

@@ -6,7 +6,7 @@ from diffx.embedded.card import update_model_card, write_model_card
 from diffx.embedded.history import run_record
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
-from diffx.weights import save_model
+from diffx.weights.load import save_model
 
 
 def _states(vae_losses: list[float], unet_losses: list[float]) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from diffx.weights import load_model
+from diffx.weights.load import load_model
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "train_v2.sh"
 

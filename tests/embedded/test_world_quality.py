@@ -39,9 +39,9 @@ from diffx.embedded.world_text import make_eval_prompts, parse_caption
 from diffx.errors import CheckpointError
 from diffx.models.configs import TextEncoderConfig, UNetConfig, VAEConfig, shapes_world_2, tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline import GenerationSettings, generate
+from diffx.pipeline.generation import GenerationSettings, generate
 from diffx.render.plots import plot_guidance_tradeoff
-from diffx.weights import load_model, save_model
+from diffx.weights.load import load_model, save_model
 from tests.embedded.test_quality import fake_trace
 
 RED_CIRCLE = WorldObject("circle", "red", "large", "center", (0.5, 0.5), 0.18, fill="solid")

@@ -14,7 +14,7 @@ from diffx.embedded.world_text import parse_caption
 from diffx.embedded.worlds import WORLDS, get_world
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import ModelConfig, shapes_world, shapes_world_2
-from diffx.weights import load_model
+from diffx.weights.load import load_model
 
 
 def test_each_world_trains_its_own_model_by_default():

@@ -8,7 +8,7 @@ from diffx.errors import InvalidArgumentError
 from diffx.lab.data import get_distribution
 from diffx.lab.model import LabModel, guided_eps, one_thread
 from diffx.lab.train import LabTrainConfig, train_lab_model
-from diffx.schedules import NoiseSchedule
+from diffx.sampling.schedules import NoiseSchedule
 
 
 @pytest.fixture(scope="module")

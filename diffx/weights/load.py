@@ -29,22 +29,22 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diffx.architecture import UNUSED_KEYS, recognise
-from diffx.diffusers_layout import (
+from diffx.weights.architecture import UNUSED_KEYS, recognise
+from diffx.weights.diffusers_layout import (
     config_from_diffusers,
     open_clip_from_transformers,
     text_encoder_from_transformers,
     unet_from_diffusers,
     vae_from_diffusers,
 )
-from diffx.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
+from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
 from diffx.errors import CheckpointError, ModelNotFoundError, check_choice
 from diffx.files import atomic_output
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
 from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
-from diffx.safe_checkpoint import load_torch_zip
+from diffx.weights.safe_pickle import load_torch_zip
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
 EMA_PREFIX = "model_ema."

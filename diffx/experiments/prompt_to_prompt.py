@@ -37,13 +37,13 @@ import torch
 from torch import Tensor
 
 from diffx.errors import InvalidArgumentError
-from diffx.experiments import TRACE_RECORD_X0
+from diffx.experiments.sweeps import TRACE_RECORD_X0
 from diffx.models.attention import AttentionLayer, edit_attention
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.models.unet import CrossAttention
-from diffx.pipeline import GenerationSettings, schedule_for, tokenize
-from diffx.samplers import StepCallback, StepRecord, model_timesteps
-from diffx.trace import TracedGeneration, generate_traced
+from diffx.pipeline.generation import GenerationSettings, schedule_for, tokenize
+from diffx.sampling.samplers import StepCallback, StepRecord, model_timesteps
+from diffx.trace.tracer import TracedGeneration, generate_traced
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

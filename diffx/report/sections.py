@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import html
 
-from diffx.attention_views import layer_title, mass_shares
+from diffx.views.attention import layer_title, mass_shares
 from diffx.models.tokenizer import CONTEXT_LENGTH
-from diffx.report_columns import (
+from diffx.report.columns import (
     HEAD_FRAMES_MAX,
     data_uri,
     fit_picture,
@@ -17,8 +17,8 @@ from diffx.report_columns import (
     models_differ,
     shorten,
 )
-from diffx.tables import word_rows
-from diffx.trace import Trace
+from diffx.views.tables import word_rows
+from diffx.trace.tracer import Trace
 
 # Panel key -> (title, caption); the key names the frames in the page's data.
 PANELS = {

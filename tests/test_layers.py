@@ -1,5 +1,5 @@
 """The layer order of docs/ARCHITECTURE.md is true to the code: no upward import, no import cycle (function-level
-imports included), render/ pure, no module in diffx/ over 450 lines."""
+imports included), render/ pure, no module in diffx/ over 400 lines."""
 
 import ast
 import re
@@ -7,8 +7,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "diffx"
-MAX_LINES = 450
-RENDER_MAY_IMPORT = ("base", "schedules")
+MAX_LINES = 400
+RENDER_MAY_IMPORT_LAYERS = ("base", "render")
+RENDER_MAY_IMPORT_MODULES = ("diffx.sampling.schedules",)  # the log-SNR it plots: pure math
 
 
 def _layers() -> list[tuple[str, list[str]]]:
@@ -69,9 +70,10 @@ def test_every_import_points_down_the_layers():
 
 def test_render_is_pure():
     layers, modules = _layers(), _modules()
-    allowed = {index for index, (name, _) in enumerate(layers) if name in RENDER_MAY_IMPORT + ("render",)}
+    allowed = {index for index, (name, _) in enumerate(layers) if name in RENDER_MAY_IMPORT_LAYERS}
     impure = [f"{module} imports {imported}" for module, path in modules.items() if module.startswith("diffx.render")
-              for imported in _imports(path, modules) if _layer_of(imported, layers) not in allowed]
+              for imported in _imports(path, modules)
+              if _layer_of(imported, layers) not in allowed and imported not in RENDER_MAY_IMPORT_MODULES]
     assert not impure, "render/ must stay pure:\n" + "\n".join(impure)
 
 
@@ -108,7 +110,7 @@ def test_the_layer_test_sees_an_upward_import(tmp_path):
     """The checker itself works: a module in a low layer importing a high one is found."""
     layers = _layers()
     assert _layer_of("diffx.pipeline", layers) < _layer_of("diffx.trace", layers)
-    assert _layer_of("diffx.render.io", layers) > _layer_of("diffx.schedules", layers)
+    assert _layer_of("diffx.render.io", layers) > _layer_of("diffx.sampling.schedules", layers)
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from diffx.trace import Trace\n")
-    assert _imports(probe, {"diffx.trace": probe}) == {"diffx.trace"}
+    probe.write_text("def f():\n    from diffx.trace.tracer import Trace\n")
+    assert _imports(probe, {"diffx.trace.tracer": probe}) == {"diffx.trace.tracer"}

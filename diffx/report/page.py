@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffx.files import atomic_output
-from diffx.report_columns import (
+from diffx.report.columns import (
     check_traces,
     colorbar_css,
     column_data,
@@ -54,7 +54,7 @@ from diffx.report_columns import (
     schedule_charts_html,
     shorten,
 )
-from diffx.report_sections import (
+from diffx.report.sections import (
     PANELS,
     attention_mass_section,
     header_html,
@@ -62,13 +62,13 @@ from diffx.report_sections import (
     pipeline_section,
     tokens_section,
 )
-from diffx.trace import Trace
-from diffx.trajectories import convergence_section
+from diffx.trace.tracer import Trace
+from diffx.experiments.trajectories import convergence_section
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
-TEMPLATE_PATH = Path(__file__).with_name("report_template.html")
+TEMPLATE_PATH = Path(__file__).with_name("template.html")
 
 
 def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion | None = None) -> str:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from diffx.models.tokenizer import CONTEXT_LENGTH, END_TOKEN, START_TOKEN, TokenizedPrompt
-from diffx.prompt_weights import WeightedPrompt
+from diffx.pipeline.prompt_weights import WeightedPrompt
 
 if TYPE_CHECKING:
-    from diffx.discovery import ModelSource
+    from diffx.weights.discovery import ModelSource
 
 
 @dataclass(frozen=True)

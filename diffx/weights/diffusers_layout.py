@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffx.architecture import unsupported_family
-from diffx.discovery import read_json
+from diffx.weights.architecture import unsupported_family
+from diffx.weights.discovery import read_json
 from diffx.errors import CheckpointError
 from diffx.models.configs import ModelConfig, SchedulerConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from diffx.models.open_clip import OPEN_CLIP_PREFIX

@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffx.errors import InvalidArgumentError, check_choice
 from diffx.images import image_to_tensor, tensor_to_image
-from diffx.pipeline import (
+from diffx.pipeline.generation import (
     Generation,
     GenerationSettings,
     check_finite,
@@ -25,10 +25,10 @@ from diffx.pipeline import (
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
-from diffx.samplers import StepCallback, StepRecord, model_timesteps
-from diffx.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
-from diffx.trace import TraceOptions, generate_traced
-from diffx.views import (
+from diffx.sampling.samplers import StepCallback, StepRecord, model_timesteps
+from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
+from diffx.trace.tracer import TraceOptions, generate_traced
+from diffx.views.steps import (
     X0_LABELS,
     fit_panel,
     format_timestep,

@@ -10,13 +10,13 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from diffx.editing import SELF_MAX_QUERIES, Edit
+from diffx.experiments.prompt_to_prompt import SELF_MAX_QUERIES, Edit
 from diffx.models.tokenizer import CONTEXT_LENGTH
-from diffx.pipeline import GenerationSettings, encode_text, generate, tokenize
-from diffx.prompt_weights import WeightedPrompt, escape_weights
+from diffx.pipeline.generation import GenerationSettings, encode_text, generate, tokenize
+from diffx.pipeline.prompt_weights import WeightedPrompt, escape_weights
 from diffx.render import caption_bar, make_grid
 from diffx.render.plots import figure_to_image
-from diffx.views import (
+from diffx.views.steps import (
     X0_LABELS,
     fit_panel,
     panel_size,

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from diffx.samplers import EpsModel, StepCallback, StepRecord
-from diffx.schedules import NoiseSchedule, spaced_timesteps
+from diffx.sampling.samplers import EpsModel, StepCallback, StepRecord
+from diffx.sampling.schedules import NoiseSchedule, spaced_timesteps
 
 
 def inversion_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "leading",

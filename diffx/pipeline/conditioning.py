@@ -22,7 +22,7 @@ from torch import Tensor
 
 from diffx.models.sdxl import micro_conditioning
 from diffx.models.tokenizer import TokenizedPrompt
-from diffx.prompt_weights import apply_weights, positions_weights
+from diffx.pipeline.prompt_weights import apply_weights, positions_weights
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -47,10 +47,10 @@ from diffx.errors import InvalidArgumentError, TraceFileError, check_choice
 from diffx.files import atomic_output
 from diffx.models.attention import AttentionLayer
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
-from diffx.pipeline import Generation, GenerationSettings, ImageRun, Observer, decode_latents, generate
-from diffx.samplers import StepCallback, StepRecord
-from diffx.trace_attention import daam_aggregate, layer_labels, layer_token_maps, merge_words
-from diffx.trace_checks import TRACE_FORMAT, TRACE_VERSION, check_trace_file, model_identity, model_mismatch
+from diffx.pipeline.generation import Generation, GenerationSettings, ImageRun, Observer, decode_latents, generate
+from diffx.sampling.samplers import StepCallback, StepRecord
+from diffx.trace.attention import daam_aggregate, layer_labels, layer_token_maps, merge_words
+from diffx.trace.checks import TRACE_FORMAT, TRACE_VERSION, check_trace_file, model_identity, model_mismatch
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -28,7 +28,7 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError, check_choice
 from diffx.files import check_outputs, companion_path
 from diffx.images import image_to_tensor
-from diffx.pipeline import decoder_gflops
+from diffx.pipeline.generation import decoder_gflops
 from diffx.render import (
     caption_bar,
     colorbar,
@@ -46,7 +46,7 @@ from diffx.render import (
 from diffx.render.colormap import NORMALIZE_SCALES
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
-from diffx.trace import Trace, TraceOptions
+from diffx.trace.tracer import Trace, TraceOptions
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

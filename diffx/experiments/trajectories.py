@@ -32,11 +32,11 @@ from PIL import Image
 from torch import Tensor
 
 from diffx.errors import InvalidArgumentError, check_choice
-from diffx.pipeline import GenerationSettings, ImageRun, Observer, generate
+from diffx.pipeline.generation import GenerationSettings, ImageRun, Observer, generate
 from diffx.render.charts import convergence_svg
 from diffx.render.paths import PathLine, plot_convergence, plot_paths
-from diffx.samplers import SAMPLERS, StepCallback, StepRecord
-from diffx.trace import Trace
+from diffx.sampling.samplers import SAMPLERS, StepCallback, StepRecord
+from diffx.trace.tracer import Trace
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

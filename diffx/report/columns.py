@@ -14,17 +14,17 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from diffx.attention_views import layer_title
+from diffx.views.attention import layer_title
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import SchedulerConfig
-from diffx.pipeline import schedule_from_config
+from diffx.pipeline.generation import schedule_from_config
 from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
-from diffx.trace import Trace
-from diffx.trace_attention import merge_words
-from diffx.trace_checks import describe_identity, model_mismatch
-from diffx.views import X0_LABELS, format_timestep, latent_preview, xt_pictures
+from diffx.trace.tracer import Trace
+from diffx.trace.attention import merge_words
+from diffx.trace.checks import describe_identity, model_mismatch
+from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, xt_pictures
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -18,15 +18,15 @@ import torch
 from PIL import Image
 
 from diffx.images import unit_range_to_uint8
-from diffx.inversion import RoundTrip, RoundTripSweep, round_trip
-from diffx.pipeline import ImageRun, tokenize
+from diffx.pipeline.inversion import RoundTrip, RoundTripSweep, round_trip
+from diffx.pipeline.generation import ImageRun, tokenize
 from diffx.render import caption_bar, colorbar, heatmap, legend_bar, make_grid
 from diffx.render.image import PictureLike
 from diffx.render.latents import NOISE_DISPLAY_SIGMAS
 from diffx.render.plots import plot_round_trip_psnr
-from diffx.samplers import StepCallback
-from diffx.trace import Trace, Tracer, trace_meta
-from diffx.views import TRACE_RECORD_STEPS, denoise_frames, fit_panel, panel_size
+from diffx.sampling.samplers import StepCallback
+from diffx.trace.tracer import Trace, Tracer, trace_meta
+from diffx.views.steps import TRACE_RECORD_STEPS, denoise_frames, fit_panel, panel_size
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from diffx.conditioning import prompt_conditioning
-from diffx.ddim_inversion import invert_ddim
+from diffx.pipeline.conditioning import prompt_conditioning
+from diffx.sampling.ddim_inversion import invert_ddim
 from diffx.errors import InvalidArgumentError
 from diffx.files import atomic_output
-from diffx.pipeline import (
+from diffx.pipeline.generation import (
     GenerationSettings,
     Observer,
     check_finite,
@@ -41,7 +41,7 @@ from diffx.pipeline import (
     settings_denoiser,
     tokenize,
 )
-from diffx.samplers import StepCallback, StepRecord, sample
+from diffx.sampling.samplers import StepCallback, StepRecord, sample
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

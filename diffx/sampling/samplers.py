@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from diffx.errors import InvalidArgumentError, check_choice
-from diffx.schedules import (
+from diffx.sampling.schedules import (
     NoiseSchedule,
     check_steps,
     img2img_start,

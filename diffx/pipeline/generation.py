@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from diffx.conditioning import Conditioning, prompt_conditioning
-from diffx.conditioning import encode_text as encode_text  # re-exported: the API has always offered it here
+from diffx.pipeline.conditioning import Conditioning, prompt_conditioning
+from diffx.pipeline.conditioning import encode_text as encode_text  # re-exported: the API has always offered it here
 from diffx.errors import InputImageError, InvalidArgumentError, check_choice
 from diffx.images import image_to_tensor, repaint_mask, tensor_to_image
 from diffx.models.attention import AttentionObserver, observe_attention
 from diffx.models.tokenizer import TokenizedPrompt
-from diffx.prompt_weights import WeightedPrompt, weighted_tokens
-from diffx.samplers import KARRAS_SAMPLERS, SAMPLERS, StepCallback, StepRecord, sample
-from diffx.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule, eps_from_prediction, vp_scales
+from diffx.pipeline.prompt_weights import WeightedPrompt, weighted_tokens
+from diffx.sampling.samplers import KARRAS_SAMPLERS, SAMPLERS, StepCallback, StepRecord, sample
+from diffx.sampling.schedules import BETA_SCHEDULES, SPACINGS, NoiseSchedule, eps_from_prediction, vp_scales
 
 if TYPE_CHECKING:
     from diffx.models.configs import SchedulerConfig
