@@ -32,13 +32,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from diffx.experiments.prompt_to_prompt import align_tokens, inject, prompt_to_prompt, record_source, word_scales
 from diffx.embedded.quality import load_for_evaluation
 from diffx.embedded.shapes import object_word_indices
 from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import World, get_world
+from diffx.experiments.prompt_to_prompt import align_tokens, inject, prompt_to_prompt, record_source, word_scales
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import GenerationSettings, generate, tokenize
+from diffx.pipeline.conditioning import tokenize
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 
 WORD_WEIGHTS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 ATTENTION_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)

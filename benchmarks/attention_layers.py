@@ -20,13 +20,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from diffx.views.attention import layer_title
 from diffx.embedded.quality import load_for_evaluation, pointed_objects, points_at
 from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import World, get_world
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings
 from diffx.trace.tracer import Trace, TraceOptions, generate_traced
+from diffx.views.attention import layer_title
 
 LAYERS = TraceOptions(record=("attention",), attention_detail="layers")
 

@@ -30,7 +30,8 @@ from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import get_world
 from diffx.models.fast_cpu import FAST_DTYPE
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 
 
 def main() -> None:

@@ -28,9 +28,10 @@ import numpy as np
 from diffx.embedded.quality import load_for_evaluation
 from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import get_world
-from diffx.pipeline.inversion import round_trip_sweep
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.inversion import round_trip_sweep
+from diffx.pipeline.settings import GenerationSettings
 
 GUIDANCES = (1.0, 1.5, 3.0, 5.0, 7.5)
 STEPS = (10, 25, 50)

@@ -24,7 +24,9 @@ from diffx.embedded.quality import load_for_evaluation
 from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import get_world
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import GenerationSettings, decode_latents, generate
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import fit_latent_rgb_factors, fit_latent_rgb_mlp, latent_to_rgb_fast
 
 TARGET_DB = 20.0

@@ -30,12 +30,14 @@ from rich.table import Table
 
 from diffx.embedded.pool import to_unit
 from diffx.embedded.quality import load_for_evaluation
-from diffx.embedded.world import TRAIN_STREAM
+from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import World, get_world
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import decode_latents, encode_text, make_denoiser, schedule_for, tokenize
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.conditioning import encode_text, tokenize
+from diffx.pipeline.denoiser import make_denoiser, schedule_for
 from diffx.sampling.schedules import NoiseSchedule, q_sample, vp_scales, x0_from_eps
 
 TIMESTEPS = (950, 900, 800, 600)  # besides the model's own T − 1

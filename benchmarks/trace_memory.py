@@ -24,14 +24,15 @@ from pathlib import Path
 
 import torch
 
-from diffx.views.attention import explorer_options
 from diffx.models.attention import observe_attention
 from diffx.models.configs import sd15
 from diffx.models.stable_diffusion import build_without_weights
 from diffx.models.unet import UNet
-from diffx.pipeline.generation import GenerationSettings, ImageRun
+from diffx.pipeline.observers import ImageRun
+from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import StepRecord
 from diffx.trace.tracer import Trace, Tracer, load_trace, save_trace, trace_meta
+from diffx.views.attention import explorer_options
 
 BUDGET_MB = 300
 STEPS = 50

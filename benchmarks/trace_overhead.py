@@ -20,7 +20,8 @@ import torch
 from diffx.models.configs import sd15, shapes_world
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.trace.tracer import Trace, generate_traced
 from diffx.weights.load import load_model
 

@@ -39,10 +39,10 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffx.devices import cpu_description
-from diffx.weights.diffusers_layout import rename_key, unet_rename_rules
 from diffx.models.configs import sd15
 from diffx.models.fast_cpu import to_fast_path
 from diffx.models.unet import UNet
+from diffx.weights.diffusers_layout import rename_key, unet_rename_rules
 
 THREADS = 2
 WARMUP = 2

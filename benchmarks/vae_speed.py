@@ -18,10 +18,10 @@ import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
 from benchmarks.unet_speed import best_peaks, forward_gflop, measured_peaks, print_times, race, ratio_line, three_models
-from diffx.weights.diffusers_layout import rename_key, vae_rename_rules
 from diffx.models.configs import sd15
 from diffx.models.fast_cpu import FAST_DTYPE
 from diffx.models.vae import AutoencoderKL
+from diffx.weights.diffusers_layout import rename_key, vae_rename_rules
 
 LATENT_SIZE = 64  # 512 px
 WARMUP = 1

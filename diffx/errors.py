@@ -4,6 +4,8 @@ The CLI prints a `DiffxError` as one line on stderr and exits with code 2; anyth
 and keeps its traceback.
 """
 
+import math
+
 
 class DiffxError(Exception):
     """Base class for every error caused by user input (bad option, bad file, missing model)."""
@@ -38,3 +40,20 @@ def check_choice(kind: str, value: str, valid: "list[str] | tuple[str, ...]") ->
     if value not in valid:
         raise InvalidArgumentError(f"unknown {kind} {value!r}; choose one of: {', '.join(valid)}")
     return value
+
+
+def check_finite(name: str, value: float) -> float:
+    """`value` if it is a finite number, else an error naming the option (NaN and ±inf draw garbage)."""
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value}; give e.g. 7.5")
+    return value
+
+
+ELIDE_CHARS = 60  # a long text in a message or title is shown as its first and last this many characters
+
+
+def elide(text: str, keep: int = ELIDE_CHARS) -> str:
+    """`text` quoted, or for a long one its first and last `keep` characters and how many are left out."""
+    if len(text) <= 2 * keep + 20:
+        return repr(text)
+    return f"{text[:keep]!r} … {text[-keep:]!r} ({len(text)} characters)"

@@ -16,10 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffx.sampling.ddim_inversion import invert_ddim
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.conditioning import encode_text
+from diffx.pipeline.denoiser import make_denoiser, schedule_for
+from diffx.pipeline.generation import generate
 from diffx.pipeline.inversion import psnr
-from diffx.pipeline.generation import GenerationSettings, decode_latents, encode_text, generate, make_denoiser, schedule_for
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import save_png
+from diffx.sampling.ddim_inversion import invert_ddim
 from diffx.sampling.samplers import sample
 from diffx.weights.load import load_model
 

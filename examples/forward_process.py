@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffx.experiments import sweeps as experiments
 from diffx.embedded.shapes import make_scene, render
+from diffx.experiments import sweeps as experiments
 from diffx.render import save_png
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule
 

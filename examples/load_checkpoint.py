@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from diffx.devices import resolve_device
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import save_png
 from diffx.weights.load import load_model
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from diffx.pipeline.generation import decode_latents, encode_text, schedule_for, tokenize
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.conditioning import encode_text, tokenize
+from diffx.pipeline.denoiser import schedule_for
 from diffx.render import save_png
 from diffx.sampling.samplers import StepRecord, sample
 from diffx.weights.load import load_model

@@ -8,7 +8,8 @@ Uses the embedded shapes-world-2 model unless DIFFX_MODEL (or --model in the CLI
 import sys
 from pathlib import Path
 
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import save_png
 from diffx.weights.load import load_model
 

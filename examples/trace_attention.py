@@ -8,10 +8,10 @@ Writes the trace GIF, the word × timestep attention grid, and prints where each
 import sys
 from pathlib import Path
 
-from diffx.views import steps as views
-from diffx.pipeline.generation import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import save_gif, save_png
 from diffx.trace.tracer import generate_traced, save_trace
+from diffx.views import steps as views
 from diffx.weights.load import load_model
 
 

@@ -15,11 +15,11 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, inf
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from diffx.weights.architecture import recognise
 from diffx.cli import app
 from diffx.errors import CheckpointError
 from diffx.models.configs import PRESETS, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig, tiny
 from diffx.models.stable_diffusion import build, build_without_weights
+from diffx.weights.architecture import recognise
 from diffx.weights.load import load_model
 from tests.models.ldm_configs import diffusers_unet_config
 
@@ -143,8 +143,8 @@ def test_an_sd1_file_that_fits_no_configuration_names_the_closest_and_what_did_n
 
 def test_models_column_says_what_each_file_is(tmp_path):
     """`describe_architecture` reads only shapes (a .safetensors header, a .ckpt's memory map)."""
-    from diffx.weights.discovery import ModelSource
     from diffx.views.tables import models_table
+    from diffx.weights.discovery import ModelSource
     from diffx.weights.load import describe_architecture, read_shapes
     from tests.test_tables import _render
 

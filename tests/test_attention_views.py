@@ -7,6 +7,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from diffx.cli import app
+from diffx.errors import InvalidArgumentError, OutputPathError
+from diffx.pipeline.settings import GenerationSettings
+from diffx.trace.tracer import Trace, generate_traced, load_trace
 from diffx.views.attention import (
     explorer_options,
     head_grid,
@@ -16,10 +20,6 @@ from diffx.views.attention import (
     steps_grid,
     write_attention_views,
 )
-from diffx.cli import app
-from diffx.errors import InvalidArgumentError, OutputPathError
-from diffx.pipeline.generation import GenerationSettings
-from diffx.trace.tracer import Trace, generate_traced, load_trace
 
 PROMPT = "a red cuboid"
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from diffx.weights import discovery
-from diffx.weights.discovery import find_models, resolve_model_source
 from diffx.errors import ModelNotFoundError
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
+from diffx.weights import discovery
+from diffx.weights.discovery import find_models, resolve_model_source
 from diffx.weights.load import save_model
 
 

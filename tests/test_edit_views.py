@@ -2,9 +2,10 @@
 
 import torch
 
-from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture, embedding_change
 from diffx.experiments.prompt_to_prompt import prompt_to_prompt
-from diffx.pipeline.generation import GenerationSettings, encode_text, tokenize
+from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture, embedding_change
+from diffx.pipeline.conditioning import encode_text, tokenize
+from diffx.pipeline.settings import GenerationSettings
 from diffx.weights.load import load_model
 
 

@@ -6,11 +6,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffx.cli import app
-from diffx.experiments.prompt_to_prompt import AttentionInjector, AttentionRecorder, align_tokens, prompt_to_prompt, word_scales
 from diffx.errors import InvalidArgumentError
+from diffx.experiments.prompt_to_prompt import (
+    AttentionInjector,
+    AttentionRecorder,
+    align_tokens,
+    prompt_to_prompt,
+    word_scales,
+)
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.models.unet import CrossAttention
-from diffx.pipeline.generation import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings
 
 SETTINGS = GenerationSettings(prompt="a red circle", steps=4, guidance=3.0, height=32, width=32, seed=3)
 

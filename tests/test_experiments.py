@@ -7,10 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffx.experiments import sweeps as experiments
 from diffx.errors import InvalidArgumentError
+from diffx.experiments import sweeps as experiments
 from diffx.models.stable_diffusion import StableDiffusion
-from diffx.pipeline.generation import encode_image, generate, schedule_for
+from diffx.pipeline.codec import encode_image
+from diffx.pipeline.denoiser import schedule_for
+from diffx.pipeline.generation import generate
 from diffx.render import latent_to_rgb_fast
 from diffx.sampling.schedules import q_sample
 from tests.tiny import STEPS

@@ -61,7 +61,8 @@ from diffx.embedded.world import IMAGE_SIZE, Background, Scene, WorldObject, ren
 from diffx.experiments.sweeps import cfg_sweep
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import SAMPLERS
 from diffx.trace.tracer import generate_traced
 from diffx.views.steps import trace_frames

@@ -13,8 +13,11 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler
 
-from diffx.sampling.ddim_inversion import invert_ddim
 from diffx.errors import InvalidArgumentError, OutputPathError
+from diffx.models.configs import tiny
+from diffx.models.stable_diffusion import build
+from diffx.pipeline.conditioning import encode_text, tokenize
+from diffx.pipeline.denoiser import make_denoiser
 from diffx.pipeline.inversion import (
     PSNR_CAP,
     check_sweep,
@@ -25,9 +28,7 @@ from diffx.pipeline.inversion import (
     round_trip,
     save_inversion,
 )
-from diffx.models.configs import tiny
-from diffx.models.stable_diffusion import build
-from diffx.pipeline.generation import encode_text, make_denoiser, tokenize
+from diffx.sampling.ddim_inversion import invert_ddim
 from diffx.sampling.samplers import StepRecord, sample_ddim
 from diffx.sampling.schedules import NoiseSchedule
 

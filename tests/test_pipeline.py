@@ -28,7 +28,10 @@ from PIL import Image
 from diffx.errors import InputImageError, InvalidArgumentError
 from diffx.models.configs import ModelConfig, sd15, tiny
 from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.pipeline.generation import GenerationSettings, PromptTruncatedWarning, decode_latents, encode_image, generate
+from diffx.pipeline.codec import decode_latents, encode_image
+from diffx.pipeline.conditioning import PromptTruncatedWarning
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import SAMPLERS, StepRecord, sample
 from diffx.sampling.schedules import NoiseSchedule
 from tests.models.ldm_configs import reference_unet, reference_vae
@@ -309,7 +312,7 @@ def test_settings_refuse_non_finite_numbers(tiny_pair, field, value):
 
 
 def test_truncation_warning_of_a_huge_prompt_is_short(tiny_pair):
-    from diffx.pipeline.generation import tokenize
+    from diffx.pipeline.conditioning import tokenize
 
     model, _ = tiny_pair
     with pytest.warns(PromptTruncatedWarning) as caught:

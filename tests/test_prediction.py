@@ -22,7 +22,9 @@ from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as di
 
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import SchedulerConfig, tiny
-from diffx.pipeline.generation import GenerationSettings, generate, rescale_guidance
+from diffx.pipeline.denoiser import rescale_guidance
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.schedules import (
     ZERO_SNR_ALPHA_CUMPROD,
     NoiseSchedule,

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from diffx.cli import app
 from diffx.models.configs import tiny
-from diffx.pipeline.generation import encode_text, tokenize
-from diffx.views.prediction import default_steps, prediction_view
+from diffx.pipeline.conditioning import encode_text, tokenize
 from diffx.sampling.schedules import v_from_eps
 from diffx.trace.tracer import TraceOptions, generate_traced
+from diffx.views.prediction import default_steps, prediction_view
 from tests.tiny import tiny_settings
 
 

@@ -8,8 +8,11 @@ import torch
 
 from diffx.errors import InvalidArgumentError
 from diffx.models.tokenizer import ClipTokenizer
-from diffx.pipeline.generation import GenerationSettings, Observer, encode_text, generate, tokenize
+from diffx.pipeline.conditioning import encode_text, tokenize
+from diffx.pipeline.generation import generate
+from diffx.pipeline.observers import Observer
 from diffx.pipeline.prompt_weights import WeightedText, escape_weights, parse_weights, weighted_tokens
+from diffx.pipeline.settings import GenerationSettings
 from diffx.views.tables import tokens_table
 
 UP, DOWN = 1.1, 1 / 1.1

@@ -18,12 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from diffx.report import columns as report_columns
-from diffx.report import sections as report_sections
 from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline.generation import GenerationSettings, PromptTruncatedWarning
+from diffx.pipeline.conditioning import PromptTruncatedWarning
+from diffx.pipeline.settings import GenerationSettings
+from diffx.report import columns as report_columns
+from diffx.report import sections as report_sections
 from diffx.report.page import render_report_html, write_report
 from diffx.sampling.schedules import NoiseSchedule
 from diffx.trace.tracer import Trace, TraceOptions, generate_traced

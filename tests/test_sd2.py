@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 from diffx.models.configs import ModelConfig
 from diffx.models.open_clip import OPEN_CLIP_PREFIX
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.weights.load import load_model
 from tests.models import inverse_conversion
 from tests.models.inverse_conversion import invert_converters, write_diffusers_folder

@@ -33,14 +33,15 @@ from diffusers.loaders.single_file_utils import (
 )
 from safetensors.torch import save_file
 
-from diffx.weights.architecture import recognise
 from diffx.errors import CheckpointError
-from diffx.pipeline.inversion import invert
 from diffx.models.configs import ModelConfig, sdxl_base
 from diffx.models.sdxl import SDXL_PREFIX, micro_conditioning
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.inversion import invert
+from diffx.pipeline.settings import GenerationSettings
 from diffx.trace.tracer import TraceOptions, generate_traced
+from diffx.weights.architecture import recognise
 from diffx.weights.load import load_model
 from tests.models import inverse_conversion
 from tests.models.inverse_conversion import invert_converters, write_diffusers_folder

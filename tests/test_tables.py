@@ -2,9 +2,9 @@
 
 from rich.console import Console
 
+from diffx.models.tokenizer import ClipTokenizer
 from diffx.views import tables
 from diffx.weights.discovery import ModelSource
-from diffx.models.tokenizer import ClipTokenizer
 
 
 def _render(table) -> str:

@@ -15,8 +15,13 @@ from diffx.errors import InvalidArgumentError, OutputPathError, TraceFileError
 from diffx.models.attention import observe_attention
 from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline.generation import GenerationSettings, decode_latents, encode_text, generate
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.conditioning import encode_text
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import SAMPLERS
+from diffx.trace.attention import daam_aggregate, layer_labels
+from diffx.trace.checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
 from diffx.trace.tracer import (
     DEFAULT_RECORD,
     RECORDABLE,
@@ -27,8 +32,6 @@ from diffx.trace.tracer import (
     load_trace,
     save_trace,
 )
-from diffx.trace.attention import daam_aggregate, layer_labels
-from diffx.trace.checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
 LATENT = SIZE // 2

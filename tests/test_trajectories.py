@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffx.experiments import trajectories
 from diffx.cli import app
 from diffx.errors import InvalidArgumentError
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.experiments import trajectories
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import SAMPLERS, model_timesteps
 from diffx.sampling.schedules import NoiseSchedule
 from diffx.trace.tracer import generate_traced

@@ -6,12 +6,13 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from diffx.views import steps as views
 from diffx.errors import InvalidArgumentError
 from diffx.models.stable_diffusion import build
-from diffx.pipeline.generation import GenerationSettings, decode_latents
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import latent_to_rgb_fast
 from diffx.trace.tracer import Trace, generate_traced
+from diffx.views import steps as views
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
 

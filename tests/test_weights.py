@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffx.weights import load as weights
-from diffx.weights.discovery import resolve_model_source
 from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError
 from diffx.models.configs import ModelConfig, sd15, tiny
 from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.weights.safe_pickle import load_torch_zip
+from diffx.weights import load as weights
+from diffx.weights.discovery import resolve_model_source
 from diffx.weights.load import load_model, read_state_dict, save_model
+from diffx.weights.safe_pickle import load_torch_zip
 from tests.models.tokenizer_files import write_vocab_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Settings for runs of the tiny random-weight model (the `tiny_model` fixture in conftest.py)."""
 
-from diffx.pipeline.generation import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings
 
 STEPS = 3  # enough steps for every sampler to show a trajectory, few enough to stay fast
 

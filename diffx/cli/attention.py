@@ -86,9 +86,9 @@ def attention(
 
     Example: diffx attention --prompt "a red circle and a blue square" --heads --layer up.4 --out layers.png
     """
-    from diffx.views.attention import explorer_options, write_attention_views
     from diffx.trace.tracer import load_trace
     from diffx.trace.tracer import save_trace as write_trace
+    from diffx.views.attention import explorer_options, write_attention_views
 
     if trace_file is not None and prompt:
         raise InvalidArgumentError("--trace explores a saved run, --prompt makes a new one; give one of them")

@@ -74,8 +74,8 @@ def edit(
 
     Example: diffx edit --prompt "a red circle" --to "a red square" --tau 0.6 --out edit.png
     """
-    from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture
     from diffx.experiments.prompt_to_prompt import check_fraction, prompt_to_prompt
+    from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture
     from diffx.pipeline.prompt_weights import parse_weights
     from diffx.render import save_animation, save_png
 

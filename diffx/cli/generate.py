@@ -28,41 +28,25 @@ from diffx.cli.options import (
     option_groups,
 )
 from diffx.cli.progress import StepProgress
-from diffx.errors import InvalidArgumentError, OutputPathError
+from diffx.errors import OutputPathError
 from diffx.files import check_outputs, companion_path, picture_format
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
-    from diffx.pipeline.generation import GenerationSettings
+    from diffx.pipeline.settings import GenerationSettings
     from diffx.trace.tracer import TracedGeneration, TraceOptions
 
 
 def run_generation(model: "StableDiffusion", settings: "GenerationSettings", init: InitImageChoice,
                    record: "TraceOptions", decode_every: int = 0) -> "TracedGeneration":
     """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar."""
-    from diffx.images import load_init_image
-    from diffx.sampling.schedules import img2img_start, strength_for_timestep
+    from dataclasses import replace
+
     from diffx.trace.tracer import generate_traced
 
-    image, mask, timestep, strength = init.image, init.mask, init.t, init.strength
-    if image is None and (timestep is not None or strength is not None or mask is not None):
-        raise InvalidArgumentError("--t, --strength and --mask apply to an input picture; pass --image too")
-    if timestep is not None and strength is not None:
-        raise InvalidArgumentError("--t and --strength both set how far to noise the image; give one of them")
-    init_image = init_mask = None
-    if image is not None:
-        if timestep is not None:
-            settings.strength = strength_for_timestep(timestep, model.config.scheduler.num_train_timesteps)
-        elif strength is not None:
-            settings.strength = strength
-        resolved = settings.resolved(model)
-        if img2img_start(resolved.steps, resolved.strength) == resolved.steps:
-            raise InvalidArgumentError(
-                f"strength {resolved.strength:g} runs none of the {resolved.steps} steps, so nothing would change; "
-                f"pick a strength above {1 / resolved.steps:g} (or a larger --t)")
-        init_image, init_mask = load_init_image(image, (resolved.width, resolved.height), mask)
+    settings = replace(settings, strength=init.strength, timestep=init.t)
     with StepProgress() as progress:
-        return generate_traced(model, settings, init_image=init_image, mask=init_mask, options=record,
+        return generate_traced(model, settings, init_image=init.image, mask=init.mask, options=record,
                                decode_every=decode_every, progress=progress)
 
 
@@ -97,8 +81,8 @@ def denoise(
 
     Example: diffx denoise --prompt "a red circle" --steps 25 --out denoise.png --gif denoise.gif
     """
-    from diffx.views import steps as views
     from diffx.render import save_animation, save_png
+    from diffx.views import steps as views
 
     check_view_options(preview)
     out = out or Path("denoise.png")
@@ -142,9 +126,9 @@ def trace(
 
     Example: diffx trace --prompt "a red circle" --gif out.gif
     """
-    from diffx.views import steps as views
     from diffx.trace.tracer import TraceOptions
     from diffx.trace.tracer import save_trace as write_trace
+    from diffx.views import steps as views
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, Path("trace"))
@@ -189,10 +173,10 @@ def render(
 
     Example: diffx render out.safetensors --gif again.gif --attn-scale word
     """
-    from diffx.views import steps as views
+    from diffx.experiments.trajectories import trace_convergence_chart
     from diffx.render import save_png
     from diffx.trace.tracer import load_trace
-    from diffx.experiments.trajectories import trace_convergence_chart
+    from diffx.views import steps as views
 
     check_view_options(preview, attn_scale)
     gif, out = animation_and_image(gif, out, trace_file)

@@ -37,8 +37,8 @@ def models() -> None:
     Example: diffx models
     """
     from diffx.devices import cpu_description
-    from diffx.weights.discovery import find_models
     from diffx.views.tables import models_table
+    from diffx.weights.discovery import find_models
     from diffx.weights.load import describe_architecture
 
     sources = find_models()

@@ -68,9 +68,9 @@ def invert(
 
     Example: diffx invert picture.png --prompt "a red circle left of a blue square" --out inv.png --gif inv.gif
     """
+    from diffx.experiments.round_trip import inversion_frames, round_trip_figure, traced_round_trip
     from diffx.images import load_image, load_init_image
     from diffx.pipeline.inversion import check_sweep, inversion_settings, round_trip_sweep, save_inversion
-    from diffx.experiments.round_trip import inversion_frames, round_trip_figure, traced_round_trip
     from diffx.render import save_animation, save_png
 
     check_view_options(preview)

@@ -25,7 +25,7 @@ from diffx.errors import InvalidArgumentError, check_choice
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
-    from diffx.pipeline.generation import GenerationSettings
+    from diffx.pipeline.settings import GenerationSettings
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False,
@@ -102,9 +102,9 @@ class ModelChoice:
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
-        from diffx.weights.discovery import resolve_model_source
         from diffx.errors import check_choice
         from diffx.models.configs import PRESETS
+        from diffx.weights.discovery import resolve_model_source
         from diffx.weights.load import load_model
 
         preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
@@ -134,7 +134,7 @@ class SamplingChoice:
     guidance_rescale: GuidanceRescaleOpt = 0.0
 
     def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
-        from diffx.pipeline.generation import GenerationSettings
+        from diffx.pipeline.settings import GenerationSettings
 
         width, height = parse_size(self.size)
         return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
@@ -205,7 +205,7 @@ def parse_list(text: str, kind: type, option: str) -> list:
     if not values:
         raise InvalidArgumentError(f"{option} is empty; give values separated by commas")
     if kind is float:
-        from diffx.pipeline.generation import check_finite
+        from diffx.errors import check_finite
 
         for value in values:
             check_finite(option, value)

@@ -41,9 +41,9 @@ def predict(
 
     Example: diffx predict --prompt "a red circle" --step 2 --step 12 --step 25 --out evx.png
     """
-    from diffx.views.prediction import prediction_view
     from diffx.render import save_png
     from diffx.trace.tracer import generate_traced
+    from diffx.views.prediction import prediction_view
     from diffx.views.steps import TRACE_RECORD_STEPS, step_indices
 
     check_view_options(preview)

@@ -29,7 +29,8 @@ from diffx.embedded.judge import DetectedObject, adherence
 from diffx.embedded.shapes import object_word_indices, parse_prompt
 from diffx.embedded.worlds import WORLDS, World
 from diffx.errors import InvalidArgumentError
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.trace.tracer import Trace, TraceOptions, generate_traced
 from diffx.weights.load import load_model
 

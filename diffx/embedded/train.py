@@ -57,7 +57,8 @@ from diffx.models.attention import observe_attention
 from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.models.vae import DiagonalGaussian
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import make_grid, plot_loss_curve, save_png, to_pil
 from diffx.sampling.schedules import NoiseSchedule, training_loss
 from diffx.weights.load import load_model

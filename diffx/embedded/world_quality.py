@@ -17,7 +17,7 @@ model needs. For a v2 model, `evaluate_world`:
 4. judges the VAE alone (`vae_fidelity`): held-out scenes encoded and decoded, scored against their exact
    captions — what the latent space can carry at all, the ceiling of everything diffusion draws in it.
 
-Pictures are generated `batch` prompts at a time (`generate_batch`): the same noise per seed as
+Pictures are generated `batch` prompts at a time (`generate_pictures`): the same noise per seed as
 `pipeline.generate`, so the same pictures up to floating-point summation order.
 """
 
@@ -33,7 +33,8 @@ import torch
 
 from diffx.embedded.history import read_runs
 from diffx.embedded.quality import ATTENTION_ONLY, pointed_objects, points_at, word_heatmap
-from diffx.embedded.world import EVAL_STREAM, make_scene, render
+from diffx.embedded.shapes import EVAL_STREAM
+from diffx.embedded.world import make_scene, render
 from diffx.embedded.world_judge import analyse, score
 from diffx.embedded.world_measures import (
     GUIDANCE_SCALES,
@@ -47,16 +48,9 @@ from diffx.embedded.world_measures import (
 from diffx.embedded.world_text import exact_caption, make_eval_prompts, make_open_prompts, parse_caption
 from diffx.embedded.worlds import WORLDS
 from diffx.errors import InvalidArgumentError
-from diffx.pipeline.generation import (
-    GenerationSettings,
-    decode_latents,
-    encode_text,
-    generate,
-    make_denoiser,
-    schedule_for,
-    tokenize,
-)
-from diffx.sampling.samplers import sample
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.trace.tracer import Trace, generate_traced
 
 if TYPE_CHECKING:
@@ -72,7 +66,6 @@ GROUPS = ("one object", "2-3 objects", "all prompts")
 V2_REPORTED = 300  # the evaluation prompts a v2 card reports (prompt-set seed 0)
 VALIDATION_SEED = 1_000  # the prompt-set seed of the prompts settings are tuned on (`validation_prompts`)
 TUNING_FILE = "guidance_tuning.json"  # a model folder's record of how its default guidance was chosen
-DETERMINISTIC_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")  # no draws after the initial noise (DDIM: η = 0)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -85,34 +78,14 @@ def model_world(model: StableDiffusion, folder: str | Path | None = None) -> str
     return runs[-1]["settings"].get("world", "shapes") if runs else "shapes"
 
 
-@torch.no_grad()
-def generate_batch(model: StableDiffusion, prompts: Sequence[str], seeds: Sequence[int],
-                   guidance: float | None = None, batch: int = 64, steps: int | None = None) -> list[np.ndarray]:
-    """The picture (H, W, 3) uint8 of each prompt at its seed and `guidance` (None: the model's default),
-    at the model's default sampler and `steps` (None: its default), `batch` at a time. A sampler that
-    draws noise as it goes falls back to `generate`, one picture at a time."""
+def generate_pictures(model: StableDiffusion, prompts: Sequence[str], seeds: Sequence[int],
+                     guidance: float | None = None, batch: int = 64, steps: int | None = None) -> list[np.ndarray]:
+    """The picture (H, W, 3) uint8 of each prompt at its seed and `guidance` (None: the model's default), at the
+    model's default sampler and `steps` (None: its default): `generate`, `batch` images at a time."""
     if len(prompts) != len(seeds):
         raise InvalidArgumentError(f"got {len(prompts)} prompts and {len(seeds)} seeds; pass one seed per prompt")
-    settings = GenerationSettings(guidance=guidance, steps=steps).resolved(model)
-    if settings.sampler not in DETERMINISTIC_SAMPLERS or settings.eta:
-        return [generate(model, GenerationSettings(prompt=prompt, guidance=guidance, seed=seed, steps=steps)).images[0]
-                for prompt, seed in zip(prompts, seeds, strict=True)]
-    vae = model.config.vae
-    shape = (1, vae.embed_dim, settings.height // vae.downsample_factor, settings.width // vae.downsample_factor)
-    schedule = schedule_for(model, settings.schedule)
-    uncond = encode_text(model, [tokenize(model, "")]) if settings.guidance != 1.0 else None
-    pictures: list[np.ndarray] = []
-    for start in range(0, len(prompts), batch):
-        chunk, chunk_seeds = prompts[start:start + batch], seeds[start:start + batch]
-        cond = encode_text(model, [tokenize(model, prompt) for prompt in chunk])
-        noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
-                           for seed in chunk_seeds]).to(model.device)
-        denoiser = make_denoiser(model, cond, None if uncond is None else uncond.expand(len(chunk), -1, -1),
-                                 settings.guidance, schedule=schedule)
-        final = sample(settings.sampler, denoiser, noise, schedule, settings.steps, spacing=settings.spacing,
-                       steps_offset=model.config.scheduler.steps_offset, karras=settings.karras, eta=settings.eta)
-        pictures += decode_latents(model, final)
-    return pictures
+    settings = GenerationSettings(guidance=guidance, steps=steps)
+    return generate(model, settings, prompts=prompts, seeds=seeds, batch=batch).images
 
 
 def world_pointing_trials(prompt: str, image: np.ndarray, trace: Trace) -> dict[str, list[bool]]:
@@ -160,10 +133,10 @@ def vae_fidelity(model: StableDiffusion, n: int = 200, seed: int = 0, batch: int
 def curve_point(model: StableDiffusion, guidance: float, prompts: Sequence[str], open_prompts: Sequence[str],
                 seed: int, diversity_seeds: int, batch: int, steps: int | None = None) -> dict:
     """Adherence by group, saturation and diversity at one guidance scale (see the module docstring)."""
-    pictures = generate_batch(model, prompts, [seed + i for i in range(len(prompts))], guidance, batch, steps)
+    pictures = generate_pictures(model, prompts, [seed + i for i in range(len(prompts))], guidance, batch, steps)
     rates = _grouped_rates(prompts, pictures)
     seeds = [seed + k for k in range(diversity_seeds)]
-    open_pictures = generate_batch(model, [p for p in open_prompts for _ in seeds], seeds * len(open_prompts),
+    open_pictures = generate_pictures(model, [p for p in open_prompts for _ in seeds], seeds * len(open_prompts),
                                    guidance, batch, steps)
     analyses = [[analyse(picture) for picture in open_pictures[p * len(seeds):(p + 1) * len(seeds)]]
                 for p in range(len(open_prompts))]
@@ -242,7 +215,7 @@ def tune_guidance(model: StableDiffusion, scales: Sequence[float], n: int = 128,
     prompts = validation_prompts(n, seed)
     seeds = [seed + i for i in range(len(prompts))]
     ordered = sorted({float(w) for w in scales})
-    adherence = [_grouped_rates(prompts, generate_batch(model, prompts, seeds, w, batch, steps))[GROUPS[2]]["all"]
+    adherence = [_grouped_rates(prompts, generate_pictures(model, prompts, seeds, w, batch, steps))[GROUPS[2]]["all"]
                  for w in ordered]
     settings = GenerationSettings(steps=steps).resolved(model)
     return {"scales": ordered, "all": adherence, "chosen": ordered[int(np.argmax(adherence))], "n": len(prompts),

@@ -41,7 +41,9 @@ from diffx.experiments.sweeps import TRACE_RECORD_X0
 from diffx.models.attention import AttentionLayer, edit_attention
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.models.unet import CrossAttention
-from diffx.pipeline.generation import GenerationSettings, schedule_for, tokenize
+from diffx.pipeline.conditioning import tokenize
+from diffx.pipeline.denoiser import schedule_for
+from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import StepCallback, StepRecord, model_timesteps
 from diffx.trace.tracer import TracedGeneration, generate_traced
 

@@ -12,8 +12,10 @@ from PIL import Image
 
 from diffx.experiments.prompt_to_prompt import SELF_MAX_QUERIES, Edit
 from diffx.models.tokenizer import CONTEXT_LENGTH
-from diffx.pipeline.generation import GenerationSettings, encode_text, generate, tokenize
+from diffx.pipeline.conditioning import encode_text, tokenize
+from diffx.pipeline.generation import generate
 from diffx.pipeline.prompt_weights import WeightedPrompt, escape_weights
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import caption_bar, make_grid
 from diffx.render.plots import figure_to_image
 from diffx.views.steps import (

@@ -19,13 +19,12 @@ from PIL import Image
 
 from diffx.images import unit_range_to_uint8
 from diffx.pipeline.inversion import RoundTrip, RoundTripSweep, round_trip
-from diffx.pipeline.generation import ImageRun, tokenize
 from diffx.render import caption_bar, colorbar, heatmap, legend_bar, make_grid
 from diffx.render.image import PictureLike
 from diffx.render.latents import NOISE_DISPLAY_SIGMAS
 from diffx.render.plots import plot_round_trip_psnr
 from diffx.sampling.samplers import StepCallback
-from diffx.trace.tracer import Trace, Tracer, trace_meta
+from diffx.trace.tracer import Trace, TraceCollector, trace_meta
 from diffx.views.steps import TRACE_RECORD_STEPS, denoise_frames, fit_panel, panel_size
 
 if TYPE_CHECKING:
@@ -100,14 +99,10 @@ def traced_round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, p
                       schedule: str | None = None, seed: int = 0,
                       progress: StepCallback | None = None) -> tuple[RoundTrip, Trace]:
     """`inversion.round_trip` with a `Tracer` listening to the inversion: the trip and the trace of its climb."""
-    tokens, negative_tokens = tokenize(model, prompt), tokenize(model, negative_prompt)
-    latent_shape = (model.config.vae.embed_dim, *(side // model.config.vae.downsample_factor
-                                                  for side in np.asarray(image).shape[:2]))
-    tracer = Tracer(latent_shape[-2:], TRACE_RECORD_STEPS, num_tokens=tokens.num_tokens,
-                    num_negative_tokens=negative_tokens.num_tokens)
+    collect = TraceCollector(TRACE_RECORD_STEPS)
     trip = round_trip(model, image, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
-                      schedule=schedule, seed=seed, observer=tracer.observer(), progress=progress)
-    run = ImageRun(0, trip.inversion.settings, "invert", tokens, negative_tokens, (1, *latent_shape))
+                      schedule=schedule, seed=seed, observe=collect, progress=progress)
+    [(run, tracer)] = collect.runs
     trace = tracer.finish(trace_meta(model, run), {"image": torch.from_numpy(trip.image.copy())})
     return trip, trace
 

@@ -11,17 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffx.errors import InvalidArgumentError, check_choice
+from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.images import image_to_tensor, tensor_to_image
-from diffx.pipeline.generation import (
-    Generation,
-    GenerationSettings,
-    check_finite,
-    decode_latents,
-    encode_image,
-    generate,
-    schedule_for,
-)
+from diffx.pipeline.codec import decode_latents, encode_image
+from diffx.pipeline.denoiser import schedule_for
+from diffx.pipeline.generation import Generation, generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture

@@ -32,7 +32,9 @@ from PIL import Image
 from torch import Tensor
 
 from diffx.errors import InvalidArgumentError, check_choice
-from diffx.pipeline.generation import GenerationSettings, ImageRun, Observer, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.observers import ImageRun, Observer
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render.charts import convergence_svg
 from diffx.render.paths import PathLine, plot_convergence, plot_paths
 from diffx.sampling.samplers import SAMPLERS, StepCallback, StepRecord

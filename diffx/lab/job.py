@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffx.errors import InvalidArgumentError, check_choice
+from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.files import check_outputs, companion_path
 from diffx.lab.data import PointDistribution, get_distribution
 from diffx.lab.figures import ANCESTRAL, forward_and_field, guidance_sweep, reverse_frames, schedules_and_steps
@@ -26,7 +26,6 @@ from diffx.lab.metrics import class_spread, sliced_wasserstein
 from diffx.lab.model import LabModel
 from diffx.lab.sampling import LabRun, initial_noise, run_sampler
 from diffx.lab.train import LabTrainConfig, TrainedLab, train_lab_model
-from diffx.pipeline.generation import check_finite
 from diffx.render.io import save_gif, save_png
 from diffx.sampling.samplers import SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule

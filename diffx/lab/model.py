@@ -17,9 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from diffx.errors import InvalidArgumentError
+from diffx.errors import InvalidArgumentError, check_finite
 from diffx.models.unet import timestep_embedding
-from diffx.pipeline.generation import check_finite
 from diffx.sampling.samplers import EpsModel
 
 

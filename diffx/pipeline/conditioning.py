@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,12 +21,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from diffx.errors import elide
 from diffx.models.sdxl import micro_conditioning
 from diffx.models.tokenizer import TokenizedPrompt
-from diffx.pipeline.prompt_weights import apply_weights, positions_weights
+from diffx.pipeline.prompt_weights import WeightedPrompt, apply_weights, positions_weights, weighted_tokens
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
+
+
+class PromptTruncatedWarning(UserWarning):
+    """The prompt had more than 77 tokens; the message says which words were cut."""
 
 
 @dataclass(frozen=True)
@@ -54,21 +60,35 @@ def encode_text(model: StableDiffusion, prompts: Sequence[TokenizedPrompt]) -> T
 
 
 @torch.no_grad()
-def prompt_conditioning(model: StableDiffusion, tokens: TokenizedPrompt, negative_tokens: TokenizedPrompt,
+def prompt_conditioning(model: StableDiffusion, tokens: Sequence[TokenizedPrompt], negative_tokens: TokenizedPrompt,
                         guided: bool, size: tuple[int, int], empty_negative: bool) -> Conditioning:
-    """Both branches' conditioning for one prompt; `guided`: w != 1 (the unconditional branch runs), `size`:
-    the output's (height, width), `empty_negative`: the negative prompt is "" (SDXL may then use zeros)."""
+    """Both branches' conditioning for a batch of B prompts sharing one negative prompt; `guided`: w != 1 (the
+    unconditional branch runs), `size`: the output's (height, width), `empty_negative`: the negative prompt is ""
+    (SDXL may then use zeros). The negative prompt is encoded once and repeated for the B images."""
+    batch = len(tokens)
     if model.config.text_encoder_2 is None:
-        return Conditioning(encode_text(model, [tokens]), encode_text(model, [negative_tokens]) if guided else None)
-    context, pooled = _encode(model, [tokens], pooled=True)  # (1, 77, 2048), (1, 1280)
+        uncond = encode_text(model, [negative_tokens]).expand(batch, -1, -1) if guided else None
+        return Conditioning(encode_text(model, tokens), uncond)
+    context, pooled = _encode(model, tokens, pooled=True)  # (B, 77, 2048), (B, 1280)
     if not guided:
         context_uncond, pooled_uncond = None, None
     elif empty_negative and model.config.force_zeros_for_empty_prompt:
         context_uncond, pooled_uncond = torch.zeros_like(context), torch.zeros_like(pooled)
     else:
-        context_uncond, pooled_uncond = _encode(model, [negative_tokens], pooled=True)
+        context_uncond, pooled_uncond = (part.expand(batch, *part.shape[1:])
+                                         for part in _encode(model, [negative_tokens], pooled=True))
 
     def added(pooled_embedding: Tensor | None) -> Tensor | None:
         return None if pooled_embedding is None else micro_conditioning(pooled_embedding, size, (0, 0), size)
 
     return Conditioning(context, context_uncond, added(pooled), added(pooled_uncond))
+
+
+def tokenize(model: StableDiffusion, prompt: str, what: str = "prompt") -> WeightedPrompt:
+    """Tokenize the prompt without its word weights (`diffx.pipeline.prompt_weights`: "(red:1.3)", "[blue]"), each
+    position keeping its weight; warn (not fail) when the 77-token window cuts words off."""
+    tokens = weighted_tokens(model.tokenizer, prompt, what)
+    if tokens.truncated_text:
+        warnings.warn(PromptTruncatedWarning(
+            f"prompt is longer than 77 tokens; cut off: {elide(tokens.truncated_text)}"), stacklevel=3)
+    return tokens

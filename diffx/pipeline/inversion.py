@@ -27,20 +27,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from diffx.pipeline.conditioning import prompt_conditioning
-from diffx.sampling.ddim_inversion import invert_ddim
-from diffx.errors import InvalidArgumentError
+from diffx.errors import InvalidArgumentError, check_finite
 from diffx.files import atomic_output
-from diffx.pipeline.generation import (
-    GenerationSettings,
-    Observer,
-    check_finite,
-    decode_latents,
-    encode_image,
-    schedule_for,
-    settings_denoiser,
-    tokenize,
-)
+from diffx.pipeline.codec import decode_latents, encode_image
+from diffx.pipeline.conditioning import prompt_conditioning, tokenize
+from diffx.pipeline.denoiser import schedule_for, settings_denoiser
+from diffx.pipeline.observers import ImageRun, Observe, Observer, chain_callbacks
+from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
+from diffx.sampling.ddim_inversion import invert_ddim
 from diffx.sampling.samplers import StepCallback, StepRecord, sample
 
 if TYPE_CHECKING:
@@ -56,7 +50,7 @@ LATENT_FORMAT = "diffx-inversion/1"  # the "format" entry of a saved inversion
 class Inversion:
     """The result of `invert`: the picture's latent, the x_T DDIM finds for it, and the way up."""
 
-    settings: GenerationSettings  # resolved: prompt, negative prompt, steps, guidance, spacing, seed
+    settings: ResolvedSettings  # prompt, negative prompt, steps, guidance, spacing, seed
     latent: Tensor  # (1, C, h, w) z_0, the VAE latent of the picture (scaled)
     x_T: Tensor  # (1, C, h, w) the state after the last inverse step
     timesteps: list[int]  # (N,) the timestep of each step, ascending
@@ -100,84 +94,78 @@ def psnr(picture: np.ndarray, reference: np.ndarray) -> float:
 def inversion_settings(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
                        steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, *,
                        negative_prompt: str = "", spacing: str | None = None, schedule: str | None = None,
-                       seed: int = 0) -> GenerationSettings:
+                       seed: int = 0) -> ResolvedSettings:
     """The DDIM settings of an inversion of `image`, resolved and checked (its size must suit the model)."""
     height, width = np.asarray(image).shape[:2]
     check_finite("guidance", guidance)
     settings = GenerationSettings(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                                   steps=steps, guidance=guidance, sampler="ddim", schedule=schedule,
                                   spacing=spacing, seed=seed)
-    return settings.resolved(model)
+    return resolve_settings(model, settings)
 
 
-def _denoiser(model: StableDiffusion, settings: GenerationSettings,
-              observer: Observer | None) -> Callable[[Tensor, Tensor], Tensor]:
+def _observed_denoiser(model: StableDiffusion, settings: ResolvedSettings, mode: str, latent_shape: torch.Size,
+                       observe: Observe | None) -> tuple[Callable[[Tensor, Tensor], Tensor], Observer]:
     """ε̂(x_t, t) for the settings' prompt and guidance (only ε_c at w = 1), as `generate` samples with it
-    (SDXL's size conditioning included)."""
+    (SDXL's size conditioning included), and the observer `observe` gives this run."""
     tokens, negative_tokens = tokenize(model, settings.prompt), tokenize(model, settings.negative_prompt)
-    conditioning = prompt_conditioning(model, tokens, negative_tokens, settings.guidance != 1.0,
+    observer = observe(ImageRun(0, settings, mode, tokens, negative_tokens, tuple(latent_shape))) \
+        if observe is not None else Observer()
+    conditioning = prompt_conditioning(model, [tokens], negative_tokens, settings.guided,
                                        (settings.height, settings.width), not settings.negative_prompt)
-    return settings_denoiser(model, settings, conditioning, observer)
+    return settings_denoiser(model, settings, conditioning, observer), observer
 
 
-def _callbacks(*callbacks: StepCallback | None) -> StepCallback:
-    def each(record: StepRecord) -> None:
-        for callback in callbacks:
-            if callback is not None:
-                callback(record)
-
-    return each
-
-
-def _grid(model: StableDiffusion, settings: GenerationSettings) -> dict:
+def _grid(model: StableDiffusion, settings: ResolvedSettings) -> dict:
     return {"spacing": settings.spacing, "steps_offset": model.config.scheduler.steps_offset}
 
 
 @torch.no_grad()
 def invert(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "", steps: int = DEFAULT_STEPS,
            guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str = "", spacing: str | None = None,
-           schedule: str | None = None, seed: int = 0, observer: Observer | None = None,
+           schedule: str | None = None, seed: int = 0, observe: Observe | None = None,
            progress: StepCallback | None = None) -> Inversion:
     """Find the x_T from which DDIM (η = 0, `steps` steps, guidance `guidance`) draws `image` (H, W, 3).
 
     The picture is encoded as a sample of the VAE posterior drawn with `seed` (as diffusers' inversion
-    pipelines do); `observer` listens to the denoiser and the steps as it does in `generate`, `progress`
-    is called after each step.
+    pipelines do); `observe(run)` gives the observer that listens to the denoiser and the steps, as in
+    `generate` (its run's mode is "invert"); `progress` is called after each step.
     """
     settings = inversion_settings(model, image, prompt, steps, guidance, negative_prompt=negative_prompt,
                                   spacing=spacing, schedule=schedule, seed=seed)
-    observer = observer or Observer()
     latent = encode_image(model, image, torch.Generator().manual_seed(settings.seed))  # (1, C, h, w)
+    denoiser, observer = _observed_denoiser(model, settings, "invert", latent.shape, observe)
     states, timesteps = [latent[0].float().cpu()], []
 
     def keep(record: StepRecord) -> None:
         states.append(record.x_next[0].float().cpu())
         timesteps.append(int(record.timestep))
 
-    x_T = invert_ddim(_denoiser(model, settings, observer), latent, schedule_for(model, settings.schedule),
-                      settings.steps, callback=_callbacks(keep, observer.on_step, progress), **_grid(model, settings))
+    x_T = invert_ddim(denoiser, latent, schedule_for(model, settings.schedule), settings.steps,
+                      callback=chain_callbacks(keep, observer.on_step, progress), **_grid(model, settings))
     return Inversion(settings=settings, latent=latent, x_T=x_T, timesteps=timesteps,
                      trajectory=torch.stack(states))
 
 
 @torch.no_grad()
-def reconstruct(model: StableDiffusion, inversion: Inversion, observer: Observer | None = None,
+def reconstruct(model: StableDiffusion, inversion: Inversion, observe: Observe | None = None,
                 progress: StepCallback | None = None) -> Tensor:
-    """DDIM from the inversion's x_T with its own prompt, steps and guidance: ẑ_0 (1, C, h, w)."""
+    """DDIM from the inversion's x_T with its own prompt, steps and guidance: ẑ_0 (1, C, h, w). `observe` as in
+    `invert` (mode "reconstruct")."""
     settings = inversion.settings
-    observer = observer or Observer()
-    return sample("ddim", _denoiser(model, settings, observer), inversion.x_T, schedule_for(model, settings.schedule),
-                  settings.steps, callback=_callbacks(observer.on_step, progress), **_grid(model, settings))
+    denoiser, observer = _observed_denoiser(model, settings, "reconstruct", inversion.x_T.shape, observe)
+    return sample("ddim", denoiser, inversion.x_T, schedule_for(model, settings.schedule), settings.steps,
+                  callback=chain_callbacks(observer.on_step, progress), **_grid(model, settings))
 
 
 def round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
                steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str = "",
                spacing: str | None = None, schedule: str | None = None, seed: int = 0,
-               observer: Observer | None = None, progress: StepCallback | None = None) -> RoundTrip:
+               observe: Observe | None = None, progress: StepCallback | None = None) -> RoundTrip:
     """`invert` then `reconstruct` with the same settings, and the error of the trip (see `RoundTrip`).
-    `observer` listens to the inversion only; `progress` to both halves."""
+    `observe` listens to the inversion only; `progress` to both halves."""
     inversion = invert(model, image, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
-                       schedule=schedule, seed=seed, observer=observer, progress=progress)
+                       schedule=schedule, seed=seed, observe=observe, progress=progress)
     latent = reconstruct(model, inversion, progress=progress)
     picture = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     encoded, reconstruction = decode_latents(model, torch.cat([inversion.latent, latent]))
@@ -217,7 +205,7 @@ def save_inversion(inversion: Inversion, path: str | os.PathLike, force: bool = 
     payload = {"format": LATENT_FORMAT, "x_T": inversion.x_T.detach().float().cpu(),
                "latent": inversion.latent.detach().float().cpu(),
                "timesteps": torch.tensor(inversion.timesteps, dtype=torch.int64),
-               "settings": json.dumps(inversion.settings.__dict__)}
+               "settings": json.dumps(inversion.settings.as_dict())}
     with atomic_output(path, force) as tmp_path:
         torch.save(payload, tmp_path)
     return Path(path)
@@ -244,7 +232,7 @@ def load_inversion(path: str | os.PathLike) -> Inversion:
     if x_T.shape != latent.shape:
         raise InvalidArgumentError(f"{path}: x_T {tuple(x_T.shape)} and z_0 {tuple(latent.shape)} differ in shape")
     try:
-        settings = GenerationSettings(**json.loads(payload.get("settings")))
+        settings = ResolvedSettings(**json.loads(payload.get("settings")))
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"{path}: the settings are not those of a diffx inversion; {fix}") from None
     if not isinstance(timesteps, Tensor) or timesteps.ndim != 1 or len(timesteps) != settings.steps:

@@ -14,16 +14,16 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from diffx.views.attention import layer_title
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import SchedulerConfig
-from diffx.pipeline.generation import schedule_from_config
+from diffx.pipeline.denoiser import schedule_from_config
 from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
-from diffx.trace.tracer import Trace
 from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
+from diffx.trace.tracer import Trace
+from diffx.views.attention import layer_title
 from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, xt_pictures
 
 if TYPE_CHECKING:

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diffx.experiments.trajectories import convergence_section
 from diffx.files import atomic_output
 from diffx.report.columns import (
     check_traces,
@@ -63,7 +64,6 @@ from diffx.report.sections import (
     tokens_section,
 )
 from diffx.trace.tracer import Trace
-from diffx.experiments.trajectories import convergence_section
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

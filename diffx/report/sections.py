@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 
-from diffx.views.attention import layer_title, mass_shares
 from diffx.models.tokenizer import CONTEXT_LENGTH
 from diffx.report.columns import (
     HEAD_FRAMES_MAX,
@@ -17,8 +16,9 @@ from diffx.report.columns import (
     models_differ,
     shorten,
 )
-from diffx.views.tables import word_rows
 from diffx.trace.tracer import Trace
+from diffx.views.attention import layer_title, mass_shares
+from diffx.views.tables import word_rows
 
 # Panel key -> (title, caption); the key names the frames in the page's data.
 PANELS = {

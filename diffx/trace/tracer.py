@@ -47,7 +47,10 @@ from diffx.errors import InvalidArgumentError, TraceFileError, check_choice
 from diffx.files import atomic_output
 from diffx.models.attention import AttentionLayer
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
-from diffx.pipeline.generation import Generation, GenerationSettings, ImageRun, Observer, decode_latents, generate
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.generation import Generation, generate
+from diffx.pipeline.observers import ImageRun, Observer
+from diffx.pipeline.settings import GenerationSettings, ResolvedSettings
 from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.trace.attention import daam_aggregate, layer_labels, layer_token_maps, merge_words
 from diffx.trace.checks import TRACE_FORMAT, TRACE_VERSION, check_trace_file, model_identity, model_mismatch
@@ -341,7 +344,23 @@ class TracedGeneration(Generation):
     traces: list[Trace] = field(default_factory=list)
 
 
-def generate_traced(model: StableDiffusion, settings: GenerationSettings, *, seeds: Sequence[int] | None = None,
+class TraceCollector:
+    """An `observe` factory (`diffx.pipeline.observers`) that gives every image a `Tracer` and keeps each run
+    with its tracer, in order: what `generate_traced`, the inversion's trace and prompt-to-prompt listen with."""
+
+    def __init__(self, options: TraceOptions | None = None):
+        self.options = options
+        self.runs: list[tuple[ImageRun, Tracer]] = []
+
+    def __call__(self, run: ImageRun) -> Observer:
+        tracer = Tracer(run.latent_shape[-2:], self.options, num_tokens=run.tokens.num_tokens,
+                        num_negative_tokens=run.negative_tokens.num_tokens)
+        self.runs.append((run, tracer))
+        return tracer.observer()
+
+
+def generate_traced(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings, *,
+                    prompts: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                     init_image: Image.Image | np.ndarray | None = None,
                     mask: Image.Image | np.ndarray | torch.Tensor | None = None,
                     options: TraceOptions | None = None, decode_every: int = 0,
@@ -351,18 +370,11 @@ def generate_traced(model: StableDiffusion, settings: GenerationSettings, *, see
     `options`: what to record (default `TraceOptions()`). `decode_every`: also VAE-decode the predicted
     x̂0 at steps 0, N, 2N, … and the last into the trace (for pictures that need no model later).
     """
-    runs: list[tuple[ImageRun, Tracer]] = []
-
-    def observe(run: ImageRun) -> Observer:
-        tracer = Tracer(run.latent_shape[-2:], options, num_tokens=run.tokens.num_tokens,
-                        num_negative_tokens=run.negative_tokens.num_tokens)
-        runs.append((run, tracer))
-        return tracer.observer()
-
-    generation = generate(model, settings, seeds=seeds, init_image=init_image, mask=mask, observe=observe,
-                          progress=progress)
+    collect = TraceCollector(options)
+    generation = generate(model, settings, prompts=prompts, seeds=seeds, init_image=init_image, mask=mask,
+                          observe=collect, progress=progress)
     traces, identity = [], model_identity(model)
-    for (run, tracer), image, final in zip(runs, generation.images, generation.latents, strict=True):
+    for (run, tracer), image, final in zip(collect.runs, generation.images, generation.latents, strict=True):
         extra = {"final_latent": final, "image": torch.from_numpy(image)}
         extra.update(_decoded_steps(model, tracer, decode_every))
         traces.append(tracer.finish(trace_meta(model, run, identity), extra))
@@ -397,7 +409,7 @@ def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = No
         "tokens": token_info(run.tokens), "negative_tokens": token_info(run.negative_tokens),
         "model": {"name": model.config.name, "source": model.source, "config": model.config.to_dict(),
                   "identity": identity or model_identity(model)},
-        "settings": dict(settings.__dict__),
+        "settings": settings.as_dict(),
         "prediction_type": model.config.scheduler.prediction_type,  # what the U-Net output; traces hold ε̂ always
         "latent_scaling_factor": vae.scaling_factor,
         "latent_preview": None if vae.latent_rgb_factors is None else {

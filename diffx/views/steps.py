@@ -28,7 +28,7 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError, check_choice
 from diffx.files import check_outputs, companion_path
 from diffx.images import image_to_tensor
-from diffx.pipeline.generation import decoder_gflops
+from diffx.pipeline.codec import decoder_gflops
 from diffx.render import (
     caption_bar,
     colorbar,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from diffx.errors import elide
 from diffx.models.tokenizer import CONTEXT_LENGTH, END_TOKEN, START_TOKEN, TokenizedPrompt
 from diffx.pipeline.prompt_weights import WeightedPrompt
 
@@ -49,19 +50,15 @@ def _cut_summary(tokens: Sequence[str]) -> str:
             f"({len(tokens)} tokens)")
 
 
-def _elide(text: str, keep: int = 60) -> str:
-    return repr(text) if len(text) <= 2 * keep + 20 else f"{text[:keep]!r} … {text[-keep:]!r} ({len(text)} characters)"
-
-
 def tokens_table(tokenized: TokenizedPrompt) -> Table:
     """How CLIP reads a prompt: each word → its BPE tokens → their ids → their positions in the 77-token
     window, with the start, end and padding tokens, and what the 77-token cap cut off; for a prompt with word
     weights (`prompt_weights.weighted_tokens`) the clean prompt in the title and a weight column."""
     weighted = isinstance(tokenized, WeightedPrompt) and tokenized.weighted
     title = f"{tokenized.num_tokens} of {CONTEXT_LENGTH} tokens used"
-    table = Table(title=f"{title} · the prompt read without its brackets: {_elide(tokenized.prompt)}"
+    table = Table(title=f"{title} · the prompt read without its brackets: {elide(tokenized.prompt)}"
                   if weighted else title,
-                  caption=f"cut by the {CONTEXT_LENGTH}-token limit: {_elide(tokenized.truncated_text)}"
+                  caption=f"cut by the {CONTEXT_LENGTH}-token limit: {elide(tokenized.truncated_text)}"
                   if tokenized.truncated_tokens else None, caption_style="yellow")
     for column in ("word", "BPE tokens", "ids", "positions", *(("weight",) if weighted else ())):
         table.add_column(column)

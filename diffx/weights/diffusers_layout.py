@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffx.weights.architecture import unsupported_family
-from diffx.weights.discovery import read_json
 from diffx.errors import CheckpointError
 from diffx.models.configs import ModelConfig, SchedulerConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from diffx.models.open_clip import OPEN_CLIP_PREFIX
 from diffx.models.stable_diffusion import ORIGINAL_PREFIXES
 from diffx.models.tokenizer import END_TOKEN
+from diffx.weights.architecture import unsupported_family
+from diffx.weights.discovery import read_json
 
 # ---------------------------------------------------------------------------------------------------
 # diffusers names -> original (LDM) names

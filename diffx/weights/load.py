@@ -29,6 +29,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from diffx.errors import CheckpointError, ModelNotFoundError, check_choice
+from diffx.files import atomic_output
+from diffx.models.configs import PREDICTION_TYPES, ModelConfig
+from diffx.models.sdxl import SDXL_PREFIX
+from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
+from diffx.models.tokenizer import ClipTokenizer
 from diffx.weights.architecture import UNUSED_KEYS, recognise
 from diffx.weights.diffusers_layout import (
     config_from_diffusers,
@@ -38,12 +44,6 @@ from diffx.weights.diffusers_layout import (
     vae_from_diffusers,
 )
 from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
-from diffx.errors import CheckpointError, ModelNotFoundError, check_choice
-from diffx.files import atomic_output
-from diffx.models.configs import PREDICTION_TYPES, ModelConfig
-from diffx.models.sdxl import SDXL_PREFIX
-from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
-from diffx.models.tokenizer import ClipTokenizer
 from diffx.weights.safe_pickle import load_torch_zip
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.

@@ -26,7 +26,7 @@ from diffx.embedded.world_quality import (
     TUNING_FILE,
     V2_REPORTED,
     evaluate_world,
-    generate_batch,
+    generate_pictures,
     model_world,
     tune_guidance,
     vae_fidelity,
@@ -39,7 +39,8 @@ from diffx.embedded.world_text import make_eval_prompts, parse_caption
 from diffx.errors import CheckpointError
 from diffx.models.configs import TextEncoderConfig, UNetConfig, VAEConfig, shapes_world_2, tiny
 from diffx.models.stable_diffusion import build
-from diffx.pipeline.generation import GenerationSettings, generate
+from diffx.pipeline.generation import generate
+from diffx.pipeline.settings import GenerationSettings
 from diffx.render.plots import plot_guidance_tradeoff
 from diffx.weights.load import load_model, save_model
 from tests.embedded.test_quality import fake_trace
@@ -131,7 +132,7 @@ def test_v2_pointing_game_uses_noun_and_colour_maps():
 def test_batched_generation_matches_generate():
     model = small_v2_model()
     prompts, seeds = ["a red circle", "a blue star left of a green heart", "a pink ring"], [3, 4, 5]
-    batched = generate_batch(model, prompts, seeds, guidance=5.0, batch=2)
+    batched = generate_pictures(model, prompts, seeds, guidance=5.0, batch=2)
     for prompt, seed, picture in zip(prompts, seeds, batched, strict=True):
         alone = generate(model, GenerationSettings(prompt=prompt, seed=seed, guidance=5.0)).images[0]
         assert np.abs(alone.astype(int) - picture.astype(int)).max() <= 2
@@ -206,7 +207,7 @@ def test_tuned_guidance_is_the_peak_and_becomes_the_folders_default(tmp_path, mo
     rates = {1.0: 0.2, 3.0: 0.6, 5.0: 0.6, 7.5: 0.4}  # a tie at the peak: the smaller scale keeps more diversity
     monkeypatch.setattr(world_quality, "_grouped_rates", lambda prompts, pictures: {
         "all prompts": {"all": rates[pictures[0]]}})
-    monkeypatch.setattr(world_quality, "generate_batch", lambda m, prompts, seeds, w, batch, steps: [w] * len(prompts))
+    monkeypatch.setattr(world_quality, "generate_pictures", lambda m, prompts, seeds, w, batch, steps: [w] * len(prompts))
     tuning = tune_guidance(model, [7.5, 1, 5, 3], n=4)
     assert tuning["scales"] == [1.0, 3.0, 5.0, 7.5] and tuning["all"] == [0.2, 0.6, 0.6, 0.4]
     assert (tuning["chosen"], tuning["n"], tuning["seed"]) == (3.0, 4, 1000)

@@ -1,0 +1,105 @@
+"""The denoiser a sampler calls: ε̂(x_t, t) with classifier-free guidance, from the model and a prompt's conditioning.
+
+ε̂ = ε_u + w (ε_c − ε_u)  (classifier-free guidance, Ho & Salimans 2022 eq. 6), with guidance rescale φ (Lin et al.
+2023) and the model's prediction (ε or v) turned into ε̂, so every sampler, the tracer and the views see ε̂.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from diffx.models.attention import observe_attention
+from diffx.pipeline.conditioning import Conditioning
+from diffx.pipeline.observers import Observer
+from diffx.pipeline.settings import ResolvedSettings
+from diffx.sampling.schedules import NoiseSchedule, eps_from_prediction, vp_scales
+
+if TYPE_CHECKING:
+    from diffx.models.configs import SchedulerConfig
+    from diffx.models.stable_diffusion import StableDiffusion
+
+
+def schedule_for(model: StableDiffusion, name: str) -> NoiseSchedule:
+    """The model's training schedule, or another β schedule by name (with that schedule's defaults)."""
+    return schedule_from_config(model.config.scheduler, name)
+
+
+def schedule_from_config(config: SchedulerConfig, name: str) -> NoiseSchedule:
+    """`schedule_for` from the scheduler config alone (e.g. the one a trace file records)."""
+    if name == config.beta_schedule:
+        return NoiseSchedule.from_config(config)
+    return NoiseSchedule.create(name, config.num_train_timesteps, zero_terminal_snr=config.rescale_betas_zero_snr)
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
+    """Guidance rescale φ (Lin et al. 2023, eq. 15-16): the guided prediction scaled to the conditional one's
+    standard deviation (per image), mixed with it by φ (paper: 0.7); large w over-exposes pictures without it."""
+    if rescale == 0.0:
+        return guided
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1 - rescale) * guided
+
+
+def settings_denoiser(model: StableDiffusion, settings: ResolvedSettings, conditioning: Conditioning,
+                      observer: Observer | None = None, schedule: NoiseSchedule | None = None
+                      ) -> Callable[[Tensor, Tensor], Tensor]:
+    """`make_denoiser` for a prompt's `conditioning` at the settings' guidance: what generate and inversion use."""
+    return make_denoiser(model, conditioning.context_cond, conditioning.context_uncond, settings.guidance, observer,
+                         schedule=schedule, guidance_rescale=settings.guidance_rescale,
+                         added_cond=conditioning.added_cond, added_uncond=conditioning.added_uncond)
+
+
+def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: Tensor | None,
+                  guidance: float, observer: Observer | None = None, *, schedule: NoiseSchedule | None = None,
+                  guidance_rescale: float = 0.0, added_cond: Tensor | None = None, added_uncond: Tensor | None = None
+                  ) -> Callable[[Tensor, Tensor], Tensor]:
+    """ε̂(x_t, t) with classifier-free guidance: ε_u + w (ε_c − ε_u)  (Ho & Salimans 2022, eq. 6).
+
+    Without an unconditional context (guidance exactly 1) only ε_c is computed.
+    Both halves run as one batch [uncond; cond], as diffusers does. Guidance (and its rescale φ,
+    `rescale_guidance`) works on what the U-Net predicts; a v-prediction model's v̂ then becomes
+    ε̂ = σ x_t + α v̂ at t's α, σ in `schedule` (default: the model's own), so every sampler, the
+    tracer and the views see ε̂ whatever the model predicts. `observer` hears both (as ε̂) and watches
+    the U-Net's attention. `added_*`: SDXL's vector y of each branch (`diffx.conditioning`).
+    """
+    dtype = model.dtype
+    observer = observer or Observer()
+    prediction_type = model.config.scheduler.prediction_type
+    schedule = schedule or schedule_for(model, model.config.scheduler.beta_schedule)
+    latent_channels = model.config.unet.out_channels  # an inpainting U-Net's input is [x_t, mask, image]
+
+    def eps_model(x_in: Tensor, t: Tensor) -> Tensor:
+        batch = x_in.shape[0]
+        if context_uncond is None:
+            out_uncond, out_cond = None, model.unet(x_in.to(dtype), t, context_cond, added_cond).float()
+            out = out_cond
+        else:
+            y = None if added_cond is None else torch.cat([added_uncond, added_cond])
+            out_both = model.unet(torch.cat([x_in, x_in]).to(dtype), t,
+                                  torch.cat([context_uncond, context_cond]), y).float()
+            out_uncond, out_cond = out_both[:batch], out_both[batch:]
+            out = rescale_guidance(out_uncond + guidance * (out_cond - out_uncond), out_cond, guidance_rescale)
+        alpha, sigma = (float(s) for s in vp_scales(schedule, t))
+        x_t = x_in[:, :latent_channels].float()
+
+        def to_eps(output: Tensor | None) -> Tensor | None:
+            return None if output is None else eps_from_prediction(output, x_t, alpha, sigma, prediction_type)
+
+        if observer.on_guidance is not None:
+            observer.on_guidance(to_eps(out_uncond), to_eps(out_cond))
+        return to_eps(out)
+
+    if observer.attention is None:
+        return eps_model
+
+    def observed_eps_model(x_in: Tensor, t: Tensor) -> Tensor:
+        with observe_attention(observer.attention):
+            return eps_model(x_in, t)
+
+    return observed_eps_model
+

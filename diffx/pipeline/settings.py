@@ -1,0 +1,150 @@
+"""The knobs of one generation, and their resolution: every setting is filled in and checked once, at the API's
+entrance, into an immutable `ResolvedSettings` that everything below takes.
+
+`GenerationSettings` is what a caller writes (any `None` = the model's default); `resolve_settings(model,
+settings)` turns it into `ResolvedSettings` — the model's size, steps, guidance, sampler, schedule and spacing
+filled in, every value checked (one clear line naming the option and the fix), the image-to-image strength
+derived from `timestep` when that is given. The caller's object is never changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from diffx.errors import InvalidArgumentError, check_choice, check_finite
+from diffx.sampling.samplers import KARRAS_SAMPLERS, SAMPLERS
+from diffx.sampling.schedules import BETA_SCHEDULES, SPACINGS, strength_for_timestep
+
+if TYPE_CHECKING:
+    from diffx.models.stable_diffusion import StableDiffusion
+
+MAX_SIDE = 8192  # larger pictures would not fit in any memory
+DEFAULT_STRENGTH = 0.8  # image-to-image without --strength or --t: diffusers' default
+
+
+@dataclass
+class GenerationSettings:
+    """All the knobs of one generation (the model's defaults fill the `None`s).
+
+    Image-to-image and inpainting noise the input picture either by `strength` (the fraction of the schedule to
+    run, 0 to 1) or to `timestep` t (strength t / T); give at most one. Neither: strength 0.8.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    schedule: str | None = None  # β schedule: None = the one the model was trained with
+    spacing: str | None = None
+    karras: bool = False
+    eta: float = 0.0
+    seed: int = 0
+    strength: float | None = None  # image-to-image and inpainting: how much of the schedule to run
+    guidance_rescale: float = 0.0  # φ of `rescale_guidance`, 0 to 1
+    timestep: int | None = None  # image-to-image: the timestep to noise the picture to (instead of strength)
+
+    def resolved(self, model: StableDiffusion) -> ResolvedSettings:
+        """`resolve_settings(model, self)`."""
+        return resolve_settings(model, self)
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """One generation's settings with every default filled in from the model and every value checked.
+
+    Immutable: a variant is `dataclasses.replace(settings, seed=…)`, which `resolve_settings` checks again when
+    given to the API. `guided` says whether the unconditional branch of classifier-free guidance runs (w ≠ 1).
+    """
+
+    prompt: str
+    negative_prompt: str
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    sampler: str
+    schedule: str
+    spacing: str
+    karras: bool
+    eta: float
+    seed: int
+    strength: float
+    guidance_rescale: float
+
+    @property
+    def guided(self) -> bool:
+        """Guidance 1 is ε_c alone: the unconditional branch is skipped (ε_u + 1·(ε_c − ε_u) = ε_c)."""
+        return self.guidance != 1.0
+
+    def resolved(self, model: StableDiffusion) -> ResolvedSettings:
+        """`resolve_settings(model, self)`: checked again (e.g. after `dataclasses.replace`)."""
+        return resolve_settings(model, self)
+
+    def as_dict(self) -> dict:
+        """The fields by name, as a trace file records them."""
+        return asdict(self)
+
+
+def size_multiple(model: StableDiffusion) -> int:
+    """Image sides must be multiples of this: VAE factor × the U-Net's total downsampling."""
+    return model.config.vae.downsample_factor * 2 ** (len(model.config.unet.channel_mult) - 1)
+
+
+def _strength(settings: GenerationSettings | ResolvedSettings, num_train_timesteps: int) -> float:
+    timestep = getattr(settings, "timestep", None)
+    if timestep is not None and settings.strength is not None:
+        raise InvalidArgumentError("--t and --strength (timestep and strength) both set how far to noise the image; "
+                                   "give one of them")
+    if timestep is not None:
+        return strength_for_timestep(timestep, num_train_timesteps)
+    return DEFAULT_STRENGTH if settings.strength is None else settings.strength
+
+
+def resolve_settings(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings) -> ResolvedSettings:
+    """`settings` with every default filled in from `model` and every value checked (see the module docstring)."""
+    config = model.config
+    size = config.image_size
+    scheduler = config.scheduler
+    resolved = ResolvedSettings(
+        prompt=settings.prompt, negative_prompt=settings.negative_prompt,
+        height=settings.height or size, width=settings.width or size,
+        steps=config.default_steps if settings.steps is None else settings.steps,
+        guidance=config.default_guidance if settings.guidance is None else settings.guidance,
+        sampler=settings.sampler or config.default_sampler,
+        schedule=settings.schedule or scheduler.beta_schedule,
+        spacing=settings.spacing or scheduler.timestep_spacing,
+        karras=settings.karras, eta=settings.eta, seed=settings.seed,
+        strength=_strength(settings, scheduler.num_train_timesteps), guidance_rescale=settings.guidance_rescale)
+    check_choice("sampler", resolved.sampler, SAMPLERS)
+    check_choice("schedule", resolved.schedule, BETA_SCHEDULES)
+    check_choice("spacing", resolved.spacing, SPACINGS)
+    for name in ("guidance", "strength", "eta", "guidance_rescale"):
+        check_finite(name, getattr(resolved, name))
+    if resolved.karras and resolved.sampler not in KARRAS_SAMPLERS:
+        raise InvalidArgumentError(f"Karras sigmas (--karras) apply to {', '.join(KARRAS_SAMPLERS)}, "
+                                   f"not {resolved.sampler}; drop --karras or pick one of those samplers")
+    if resolved.steps < 1:
+        raise InvalidArgumentError(f"steps must be at least 1, got {resolved.steps}")
+    if resolved.steps > scheduler.num_train_timesteps:
+        raise InvalidArgumentError(f"steps {resolved.steps} is more than the "
+                                   f"{scheduler.num_train_timesteps} training timesteps; pick fewer")
+    if not 0 <= resolved.seed < 2**63:
+        raise InvalidArgumentError(f"seed must be between 0 and 2**63 - 1, got {resolved.seed}")
+    if resolved.guidance < 0:
+        raise InvalidArgumentError(f"guidance must be >= 0 (1 = no guidance), got {resolved.guidance}")
+    for name in ("strength", "guidance_rescale"):
+        if not 0.0 <= getattr(resolved, name) <= 1.0:
+            raise InvalidArgumentError(f"{name} must be between 0 and 1, got {getattr(resolved, name)}")
+    multiple = size_multiple(model)
+    for name, value in (("height", resolved.height), ("width", resolved.width)):
+        if value > MAX_SIDE:
+            raise InvalidArgumentError(f"{name} {value} is more than {MAX_SIDE} pixels; pick a smaller --size")
+        if value <= 0 or value % multiple:
+            raise InvalidArgumentError(
+                f"{name} {value} is not a positive multiple of {multiple}; "
+                f"try {max(multiple, round(value / multiple) * multiple)}")
+    return resolved
