@@ -130,3 +130,19 @@ def test_cli_attention_new_run_and_saved_trace(tiny_model_dir, tmp_path, monkeyp
     assert exists.exit_code == 2 and "exists" in exists.stderr
     assert not list(tmp_path.glob("c*"))
     assert torch.equal(load_trace("t.safetensors").tensors["attention"], trace.tensors["attention"])
+
+
+def test_cli_attention_guidance_rescale_reaches_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    fast = ["--prompt", PROMPT, "--model", str(tiny_model_dir), "--steps", "2", "--size", "32", "--device", "cpu",
+            "--guidance", "7.5"]
+    for name, extra in (("plain", []), ("rescaled", ["--guidance-rescale", "0.7"])):
+        result = runner.invoke(app, ["attention", *fast, *extra, "--out", f"{name}.png",
+                                     "--save-trace", f"{name}.safetensors"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    plain, rescaled = load_trace("plain.safetensors"), load_trace("rescaled.safetensors")
+    assert plain.meta["settings"]["guidance_rescale"] == 0 and rescaled.meta["settings"]["guidance_rescale"] == 0.7
+    assert not torch.equal(plain.tensors["image"], rescaled.tensors["image"])
+    refused = runner.invoke(app, ["attention", *fast, "--guidance-rescale", "1.5", "--out", "bad.png"])
+    assert refused.exit_code == 2 and "guidance_rescale must be between 0 and 1" in refused.stderr, refused.stderr

@@ -60,6 +60,17 @@ def _cases() -> list[tuple[str, list[str]]]:
                 add(name, [*base, "--image", value])
                 add(name, [*base, "--image", "picture.png", "--mask", value])
             add(name, [*base, "--image", "picture.png", "--mask", "small.png"])
+    loaders = {**commands, "attention": ["attention", "--prompt", "a red circle", *gen],
+               "invert": ["invert", "picture.png", "--no-sweep", *gen],
+               "paths": ["paths", "--samplers", "ddim", "--reference", "ddim:3", *gen]}
+    for name, base in loaders.items():
+        add(name, [*base, "--weights", "both"])
+        if name not in commands:
+            for value in ["sd3", ""]:
+                add(name, [*base, "--config", value])
+        if name != "invert":
+            for value in [*FLOATS, "1.5"]:
+                add(name, [*base, "--guidance-rescale", value])
     for value in ["existing.html", "afile/r.html", "afolder"]:
         add("trace", [*commands["trace"], "--html", value])
         add("trace", [*commands["trace"], "--save-trace", value])

@@ -6,13 +6,19 @@ import shlex
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from diffx.cli import app
 from diffx.sampling.samplers import SAMPLERS
 
 STEPS = 2
+MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config")
+# The commands that sample with classifier-free guidance through GenerationSettings (`invert` does not: the
+# inversion API, diffx.pipeline.inversion, takes no guidance rescale).
+GUIDED = ("denoise", "trace", "attention", "edit", "weights", "cfg-sweep", "compare", "predict", "paths")
 
 
 @pytest.fixture
@@ -278,3 +284,43 @@ def test_help_has_no_bool_metavar_and_paragraphs_wrap_at_the_terminal(run, monke
     assert "prompt word at every step" in text  # the docstring's own line breaks are gone
     assert "<bool>" not in ok(run("--help")).output  # the app's own flags (--debug, --version) too
     assert '"[blue]"' in ok(run("weights", "--help")).output  # brackets are text, not rich markup
+
+
+def test_shared_options_are_the_same_in_every_command():
+    """Issue #30: a command that loads a model takes the whole model group, one that samples with guidance takes
+    --guidance-rescale, and each of those options has one help text in every command."""
+    helps: dict[str, set[str]] = {}
+    for name, command in typer.main.get_command(app).commands.items():
+        options = {flag: param.help for param in command.params for flag in param.opts}
+        assert "--model" not in options or set(MODEL_GROUP) <= options.keys(), name
+        assert name not in GUIDED or "--guidance-rescale" in options, name
+        for flag in (*MODEL_GROUP, "--guidance-rescale"):
+            if flag in options:
+                helps.setdefault(flag, set()).add(options[flag])
+    assert all(len(texts) == 1 for texts in helps.values()), helps
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model_dir, tmp_path_factory):
+    """The tiny model as one original-layout file that also holds an EMA copy of its U-Net."""
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    ema = {"model_ema." + key.removeprefix("model.").replace(".", ""): tensor.clone()
+           for key, tensor in weights.items() if key.startswith("model.diffusion_model.")}
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors"
+    save_file({**weights, **ema}, path)
+    return path
+
+
+@pytest.mark.parametrize("command", [
+    ["attention", "-p", "a red circle"],
+    ["invert", "in.png", "--no-sweep"],
+    ["paths", "--samplers", "ddim", "--reference", "ddim:3"],
+])
+def test_weights_and_config_reach_the_model_load(run, checkpoint, tmp_path, command):
+    picture(tmp_path / "in.png")
+    args = [*command, "--model", checkpoint, "--steps", STEPS, "--size", 32, "--device", "cpu"]
+    refused(run(*args, "--config", "sd3"), "sd3", "sd15")
+    refused(run(*args, "--weights", "both"), "unknown weights 'both'; choose one of: ema, main")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.png"]
+    notes = ok(run(*args, "--config", "tiny", "--weights", "main")).stderr
+    assert "the tiny config as given" in notes and "the main U-Net weights (--weights main" in notes, notes

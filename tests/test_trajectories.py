@@ -197,3 +197,15 @@ def test_render_writes_the_convergence_chart_of_a_saved_trace(tiny_model_dir, tm
             "c.png already exists")
     refused(runner.invoke(app, ["render", "t.safetensors", "--gif", "s.gif", "--convergence", "c.txt"]), ".png")
     assert not (tmp_path / "s.gif").exists()
+
+
+def test_paths_command_passes_guidance_rescale(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIFFX_MODEL", raising=False)
+    runner = CliRunner()
+    fast = ["--prompt", "a red circle", "--model", tiny_model_dir, "--size", 16, "--guidance", 7.5, "--device", "cpu",
+            "--reference", "ddim:4", "--samplers", "ddim", "--steps", 2]  # a prompt: without one, ε_c = ε_u
+    ok(runner.invoke(app, ["paths", *map(str, [*fast, "--out", "plain.png"])]))
+    ok(runner.invoke(app, ["paths", *map(str, [*fast, "--guidance-rescale", 0.7, "--out", "rescaled.png"])]))
+    assert not np.array_equal(np.asarray(Image.open("plain.png")), np.asarray(Image.open("rescaled.png")))
+    refused(runner.invoke(app, ["paths", *map(str, [*fast, "--guidance-rescale", "nan"])]), "finite")

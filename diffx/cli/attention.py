@@ -8,25 +8,15 @@ import typer
 from diffx.cli.core import print_written
 from diffx.cli.generate import run_generation
 from diffx.cli.options import (
-    DeviceOpt,
-    DtypeOpt,
     ForceOpt,
     GuidanceOpt,
     HtmlOpt,
     InitImageChoice,
-    KarrasOpt,
     ModelChoice,
-    ModelOpt,
-    NegativeOpt,
     OutOpt,
     PromptOpt,
-    SamplerOpt,
     SamplingChoice,
-    ScheduleOpt,
-    SeedOpt,
-    SizeOpt,
-    SpacingOpt,
-    StepsOpt,
+    option_groups,
 )
 from diffx.errors import InvalidArgumentError
 from diffx.files import check_outputs, companion_path
@@ -43,6 +33,7 @@ def parse_pixel(text: str | None) -> tuple[int, int] | None:
     return x, y
 
 
+@option_groups
 def attention(
     prompt: PromptOpt = "",
     trace_file: Annotated[Path | None, typer.Option(
@@ -63,18 +54,9 @@ def attention(
     save_trace: Annotated[Path | None, typer.Option(
         help="Also save the trace, with its per-layer maps, for --trace.", show_default=False)] = None,
     html: HtmlOpt = None,
-    negative_prompt: NegativeOpt = "",
-    sampler: SamplerOpt = None,
-    schedule: ScheduleOpt = None,
-    spacing: SpacingOpt = None,
-    karras: KarrasOpt = False,
-    steps: StepsOpt = None,
-    seed: SeedOpt = 0,
-    size: SizeOpt = None,
+    sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     force: ForceOpt = False,
 ) -> None:
     """Explore cross- and self-attention: per layer, per head, per step, beside DAAM's aggregate.
@@ -105,10 +87,8 @@ def attention(
     if trace_file is not None:
         recorded = load_trace(trace_file)
     else:
-        sampling = SamplingChoice(negative_prompt, sampler, schedule, spacing, karras, steps, seed, size)
-        loaded = ModelChoice(model, device, dtype).load()
-        no_picture = InitImageChoice(None, None, None, None)
-        generation = run_generation(loaded, sampling.settings(prompt, guidance), no_picture, explorer_options(heads))
+        generation = run_generation(model.load(), sampling.settings(prompt, guidance), InitImageChoice(),
+                                    explorer_options(heads))
         recorded = generation.traces[0]
     written = write_attention_views(recorded, out, layer, step, where, force)
     if save_trace is not None:

@@ -8,13 +8,10 @@ import typer
 
 from diffx.cli.core import OUT, print_written
 from diffx.cli.options import (
-    DeviceOpt,
-    DtypeOpt,
     ForceOpt,
     FrameMsOpt,
     GifOpt,
     ModelChoice,
-    ModelOpt,
     NegativeOpt,
     OutOpt,
     PreviewOpt,
@@ -24,6 +21,7 @@ from diffx.cli.options import (
     SpacingOpt,
     check_frame_ms,
     check_view_options,
+    option_groups,
     parse_list,
     parse_size,
 )
@@ -32,6 +30,7 @@ from diffx.errors import InvalidArgumentError
 from diffx.files import check_outputs
 
 
+@option_groups
 def invert(
     image: Annotated[Path, typer.Argument(help="The picture to invert (resized to --size).", show_default=False)],
     prompt: PromptOpt = "",
@@ -51,9 +50,7 @@ def invert(
     spacing: SpacingOpt = None,
     seed: SeedOpt = 0,
     size: SizeOpt = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     preview: PreviewOpt = "auto",
     frame_ms: FrameMsOpt = 100,
     force: ForceOpt = False,
@@ -82,7 +79,7 @@ def invert(
         raise InvalidArgumentError(f"--save-latent {save_latent} must name a .pt file, e.g. x_T.pt")
     check_outputs([save_latent], force, gif, picture=out)
     load_image(image)  # a missing or unreadable picture fails before the model loads
-    loaded = ModelChoice(model, device, dtype).load()
+    loaded = model.load()
     side = loaded.config.image_size
     picture, _ = load_init_image(image, (width or side, height or side))
     inversion_settings(loaded, picture, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from diffx.cli.core import OUT, print_written
+from diffx.cli.options import DeviceOpt
 from diffx.errors import DiffxError, InvalidArgumentError
 
 MAX_STEPS = 10_000_000
@@ -92,7 +93,7 @@ def train(
     seed: Annotated[int, typer.Option(parser=_number("--seed", int, 0, 2**63 - 2, "0"), help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(parser=_number("--threads", int, 0, 4096, "0"),
                                          help="CPU threads (0 = torch's default).")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOpt = "auto",
     attention_loss: Annotated[float, typer.Option(
         parser=_number("--attention-loss", float, 0, 1000, "0.01"),
         help="Weight of the attention-grounding loss (object words attend inside their objects); 0 = off.")] = 0.0,

@@ -11,6 +11,7 @@ from diffx.cli.core import OUT, print_written
 from diffx.cli.options import (
     ForceOpt,
     GuidanceOpt,
+    GuidanceRescaleOpt,
     KarrasOpt,
     ModelChoice,
     NegativeOpt,
@@ -51,6 +52,7 @@ def paths(
     seed: SeedOpt = 0,
     size: SizeOpt = None,
     guidance: GuidanceOpt = None,
+    guidance_rescale: GuidanceRescaleOpt = 0.0,
     model: ModelChoice = ModelChoice(),
     force: ForceOpt = False,
 ) -> None:
@@ -75,7 +77,7 @@ def paths(
     solve = trajectories.Reference.parse(reference)
     loaded = model.load()
     sampling = SamplingChoice(negative_prompt=negative_prompt, schedule=schedule, spacing=spacing, karras=karras,
-                              seed=seed, size=size)
+                              seed=seed, size=size, guidance_rescale=guidance_rescale)
     settings = sampling.settings(prompt, guidance)
     with StepProgress(runs=1 + len(names) * (len(step_counts) if step_counts else 1)) as progress:
         result = trajectories.sampler_paths(loaded, settings, names, step_counts, solve, progress)

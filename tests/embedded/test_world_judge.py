@@ -16,7 +16,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from diffx.embedded.shapes import _scene_rng
-from diffx.embedded.world import EVAL_STREAM, Background, Scene, WorldObject, make_scene, render
+from diffx.embedded.shapes import EVAL_STREAM
+from diffx.embedded.world import Background, Scene, WorldObject, make_scene, render
 from diffx.embedded.world_judge import WorldAnalysis, adherence, analyse, score
 from diffx.embedded.world_text import exact_caption
 from diffx.errors import DiffxError
