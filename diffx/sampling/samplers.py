@@ -8,16 +8,16 @@ The denoiser contract, for every sampler:
 a 0-dim float32 timestep (fractional for Karras sigmas). Classifier-free guidance belongs to the
 caller: wrap the U-Net in a function that runs both branches and mixes them.
 
-Two families, with the states diffusers keeps:
+Every sampler walks a `Grid` built once before the loop (`diffx.sampling.grids.sampling_grid`: the model's
+timestep and the state's σ at every step). Two families, with the states diffusers keeps:
 
 * VP samplers (DDPM, DDIM, DPM-Solver++(2M)) keep x_t itself.
 * σ-space samplers (Euler, Euler a, Heun; Karras et al. 2022) keep x = x_t / √ᾱ = x_0 + σ ε, and feed
   the model x / √(σ² + 1), which is x_t again (diffusers' `scale_model_input`).
 
 How x enters: `noise` is always ε ~ N(0, I) in VP units. Text-to-image starts from noise · init_noise_sigma
-(1 for VP samplers; for σ-space samplers √(σ_max² + 1) with leading spacing and σ_max otherwise,
-diffusers' choice). Image-to-image passes `init_latent` and a `start_index`, and each sampler noises
-the latent to its own first step the way its diffusers scheduler's `add_noise` does. The result is the
+(`Grid.init_noise_sigma`). Image-to-image passes `init_latent` and a grid with a `start_index`, and each
+sampler noises the latent to its own first step the way its diffusers scheduler's `add_noise` does. The result is the
 sampler's final state: the clean latent for σ-space samplers and DPM-Solver++ (which end at σ = 0),
 and x at t = 0 for DDPM/DDIM (ᾱ_0 ≈ 0.999, SD's `set_alpha_to_one=False`), ready for the VAE.
 
@@ -31,22 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from diffx.errors import InvalidArgumentError, check_choice
-from diffx.sampling.schedules import (
-    NoiseSchedule,
-    check_steps,
-    img2img_start,
-    karras_sigmas,
-    q_sample,
-    sigma_to_t,
-    spaced_timesteps,
-)
+from diffx.sampling.grids import Grid
+from diffx.sampling.schedules import q_sample
 
-SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m")
-KARRAS_SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m")
 VARIANCES = ("fixed_small", "fixed_large")
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -102,16 +92,14 @@ def _report(callback: StepCallback | None, index: int, num_steps: int, timestep:
 # VP samplers: the state is x_t
 
 
-def _vp_start(schedule: NoiseSchedule, noise: torch.Tensor, init_latent: torch.Tensor | None,
-              timestep: torch.Tensor) -> torch.Tensor:
-    """x at the first timestep: pure noise, or the init latent noised by q(x_t | x_0) (DDPM eq. 4)."""
-    return noise if init_latent is None else q_sample(schedule, init_latent, timestep, noise)
+def _vp_start(grid: Grid, noise: torch.Tensor, init_latent: torch.Tensor | None) -> torch.Tensor:
+    """x at the first timestep run: pure noise, or the init latent noised by q(x_t | x_0) (DDPM eq. 4)."""
+    return noise if init_latent is None else q_sample(grid.schedule, init_latent, grid.timesteps[grid.start_index],
+                                                      noise)
 
 
-def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                spacing: str = "leading", steps_offset: int = 1, variance: str = "fixed_small",
-                init_latent: torch.Tensor | None = None, start_index: int = 0,
-                generator: torch.Generator | None = None,
+def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, variance: str = "fixed_small",
+                init_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 callback: StepCallback | None = None) -> torch.Tensor:
     """Ancestral sampling, DDPM Algorithm 2, on a subsequence of timesteps t → t' (diffusers' DDPMScheduler).
 
@@ -119,12 +107,12 @@ def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
     σ² = β̃ ("fixed_small", eq. 7) or β ("fixed_large"). As in diffusers, noise is added whenever t > 0.
     """
     check_choice("variance", variance, VARIANCES)
-    timesteps = spaced_timesteps(schedule.num_train_timesteps, steps, spacing, steps_offset)
+    schedule = grid.schedule
     alphas_cumprod = schedule.alphas_cumprod.to(noise.device)
-    x = _vp_start(schedule, noise, init_latent, timesteps[start_index])
-    run = timesteps[start_index:].tolist()
-    for i, t in enumerate(run):
-        prev_t = run[i + 1] if i + 1 < len(run) else -1
+    x = _vp_start(grid, noise, init_latent)
+    run = grid.timesteps[grid.start_index:].tolist()
+    lands = grid.prev_timesteps[grid.start_index:].tolist()  # the next grid point, −1 after the last
+    for i, (t, prev_t) in enumerate(zip(run, lands, strict=True)):
         alpha_prod_t = alphas_cumprod[t]
         alpha_prod_t_prev = alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0, device=x.device)
         beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
@@ -149,10 +137,8 @@ def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
     return x
 
 
-def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                spacing: str = "leading", steps_offset: int = 1, eta: float = 0.0,
-                init_latent: torch.Tensor | None = None, start_index: int = 0,
-                generator: torch.Generator | None = None,
+def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, eta: float = 0.0,
+                init_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 callback: StepCallback | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), stride T // steps as in diffusers' DDIMScheduler:
 
@@ -161,13 +147,12 @@ def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
     """
     if eta < 0:
         raise InvalidArgumentError(f"eta must be >= 0, got {eta}")
-    T = schedule.num_train_timesteps
-    timesteps = spaced_timesteps(T, steps, spacing, steps_offset)
+    schedule = grid.schedule
     alphas_cumprod = schedule.alphas_cumprod.to(noise.device)
-    x = _vp_start(schedule, noise, init_latent, timesteps[start_index])
-    run = timesteps[start_index:].tolist()
-    for i, t in enumerate(run):
-        prev_t = t - T // steps
+    x = _vp_start(grid, noise, init_latent)
+    run = grid.timesteps[grid.start_index:].tolist()
+    lands = grid.prev_timesteps[grid.start_index:].tolist()  # t − ⌊T/N⌋
+    for i, (t, prev_t) in enumerate(zip(run, lands, strict=True)):
         alpha_prod_t = alphas_cumprod[t]
         # Past t = 0 the last step lands on ᾱ_0, not 1 (SD's set_alpha_to_one=False).
         alpha_prod_t_prev = alphas_cumprod[prev_t] if prev_t >= 0 else alphas_cumprod[0]
@@ -187,38 +172,14 @@ def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
     return x
 
 
-def dpm_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
-              karras: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Timesteps (N,) int64 and σ (N + 1,) float32 ending in 0, as diffusers' DPMSolverMultistepScheduler.
-
-    Its leading/linspace grids are N + 1 points ending at t = 0 with that last point dropped; with
-    Karras sigmas the whole training range σ_0 … σ_{T-1} is respaced and mapped back to timesteps.
-    """
-    T = schedule.num_train_timesteps
-    if spacing == "trailing":
-        timesteps = spaced_timesteps(T, steps, spacing, steps_offset)
-    else:
-        check_steps(steps, T - 1)  # the grid has steps + 1 points
-        timesteps = spaced_timesteps(T, steps + 1, spacing, steps_offset)[:-1]
-    if karras:
-        sigmas = karras_sigmas(schedule.sigmas[0].item(), schedule.sigmas[-1].item(), steps)
-        fractional = sigma_to_t(schedule, sigmas)
-        # diffusers rounds to whole timesteps except for the cosine schedule, then truncates to int64.
-        timesteps = (fractional if schedule.beta_schedule == "cosine" else fractional.round()).long()
-    else:
-        sigmas = schedule.sigmas[timesteps].double()
-    return timesteps, torch.cat([sigmas, sigmas.new_zeros(1)]).float()
-
-
 def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """σ-space σ → VP (α_t, σ_t) = (1/√(σ² + 1), σ/√(σ² + 1)), so that x_t = α_t x_0 + σ_t ε."""
     alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
     return alpha_t, sigma * alpha_t
 
 
-def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                    spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
-                    init_latent: torch.Tensor | None = None, start_index: int = 0,
+def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *,
+                    init_latent: torch.Tensor | None = None,
                     callback: StepCallback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), multistep second order in λ = log(α_t/σ_t).
 
@@ -227,8 +188,8 @@ def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSch
     x_{t'} = (σ_{t'}/σ_t) x_t - α_{t'} (e^{-h} - 1) D.
     Matches diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2).
     """
-    timesteps, sigmas = dpm_grid(schedule, steps, spacing, steps_offset, karras)
-    sigmas = sigmas.to(noise.device)
+    timesteps, sigmas = grid.timesteps, grid.sigmas.to(noise.device)
+    steps, start_index = grid.steps, grid.start_index
     if init_latent is None:
         x = noise
     else:
@@ -263,30 +224,12 @@ def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSch
 # σ-space samplers: the state is x = x_0 + σ ε (Karras et al. 2022)
 
 
-def sigma_grid(schedule: NoiseSchedule, steps: int, spacing: str, steps_offset: int,
-                karras: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Timesteps (N,) float32 and σ (N + 1,) float32 ending in 0, as diffusers' Euler/Heun schedulers.
-
-    σ is interpolated linearly in t between training sigmas; Karras sigmas (eq. 5) respace the
-    range σ(t_0) … σ(t_{N-1}) and get fractional timesteps by log-σ interpolation.
-    """
-    timesteps = spaced_timesteps(schedule.num_train_timesteps, steps, spacing, steps_offset, discrete=False)
-    table = schedule.sigmas.numpy()
-    sigmas = torch.from_numpy(np.interp(timesteps.numpy(), np.arange(len(table)), table))  # float64
-    if karras:
-        sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), steps)
-        timesteps = sigma_to_t(schedule, sigmas).float()
-    return timesteps, torch.cat([sigmas, sigmas.new_zeros(1)]).float()
-
-
-def _sigma_start(noise: torch.Tensor, sigmas: torch.Tensor, spacing: str, init_latent: torch.Tensor | None,
-                 start_index: int) -> torch.Tensor:
+def _sigma_start(grid: Grid, noise: torch.Tensor, sigmas: torch.Tensor,
+                 init_latent: torch.Tensor | None) -> torch.Tensor:
     """The first σ-space state: noise · init_noise_sigma, or x_0 + σ ε for image-to-image (diffusers)."""
     if init_latent is not None:
-        return init_latent + noise * sigmas[start_index]
-    sigma_max = sigmas.max()
-    init_noise_sigma = sigma_max if spacing in ("linspace", "trailing") else (sigma_max**2 + 1) ** 0.5
-    return noise * init_noise_sigma
+        return init_latent + noise * sigmas[grid.start_index]
+    return noise * grid.init_noise_sigma
 
 
 def _model_input(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -301,15 +244,13 @@ def _euler_derivative(x: torch.Tensor, sigma: torch.Tensor,
     return x0_pred, (x - x0_pred) / sigma
 
 
-def sample_euler(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                 spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
-                 init_latent: torch.Tensor | None = None, start_index: int = 0,
+def sample_euler(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, init_latent: torch.Tensor | None = None,
                  callback: StepCallback | None = None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE in σ (Karras et al. 2022, Algorithm 1 without the
     Heun correction): x_{i+1} = x_i + (σ_{i+1} - σ_i) dx/dσ. diffusers' EulerDiscreteScheduler."""
-    timesteps, sigmas = sigma_grid(schedule, steps, spacing, steps_offset, karras)
-    sigmas = sigmas.to(noise.device)
-    x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
+    timesteps, sigmas = grid.timesteps, grid.sigmas.to(noise.device)
+    steps, start_index = grid.steps, grid.start_index
+    x = _sigma_start(grid, noise, sigmas, init_latent)
     for i in range(start_index, steps):
         x_in = _model_input(x, sigmas[i])
         eps_pred = _predict_eps(eps_model, x_in, timesteps[i])
@@ -321,16 +262,14 @@ def sample_euler(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedu
     return x
 
 
-def sample_euler_ancestral(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                           spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
-                           init_latent: torch.Tensor | None = None, start_index: int = 0,
-                           generator: torch.Generator | None = None,
+def sample_euler_ancestral(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *,
+                           init_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
                            callback: StepCallback | None = None) -> torch.Tensor:
     """Euler ancestral (k-diffusion `sample_euler_ancestral`, diffusers' EulerAncestralDiscreteScheduler):
     split σ_{i+1}² = σ_down² + σ_up², take an Euler step to σ_down, then add fresh noise σ_up z."""
-    timesteps, sigmas = sigma_grid(schedule, steps, spacing, steps_offset, karras)
-    sigmas = sigmas.to(noise.device)
-    x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
+    timesteps, sigmas = grid.timesteps, grid.sigmas.to(noise.device)
+    steps, start_index = grid.steps, grid.start_index
+    x = _sigma_start(grid, noise, sigmas, init_latent)
     for i in range(start_index, steps):
         sigma_from, sigma_to = sigmas[i], sigmas[i + 1]
         sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
@@ -347,9 +286,7 @@ def sample_euler_ancestral(eps_model: EpsModel, noise: torch.Tensor, schedule: N
     return x
 
 
-def sample_heun(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                spacing: str = "leading", steps_offset: int = 1, karras: bool = False,
-                init_latent: torch.Tensor | None = None, start_index: int = 0,
+def sample_heun(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, init_latent: torch.Tensor | None = None,
                 callback: StepCallback | None = None) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1 with γ = 0), diffusers' HeunDiscreteScheduler.
 
@@ -357,9 +294,9 @@ def sample_heun(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
     slopes; the last step (to σ = 0) is plain Euler. So the model sees t_0, t_1, t_1, t_2, t_2, …, t_{N-1}:
     2 (N - start) - 1 evaluations, each reported as one record.
     """
-    timesteps, sigmas = sigma_grid(schedule, steps, spacing, steps_offset, karras)
-    sigmas = sigmas.to(noise.device)
-    x = _sigma_start(noise, sigmas, spacing, init_latent, start_index)
+    timesteps, sigmas = grid.timesteps, grid.sigmas.to(noise.device)
+    steps, start_index = grid.steps, grid.start_index
+    x = _sigma_start(grid, noise, sigmas, init_latent)
     num_evals, index = 2 * (steps - start_index) - 1, 0
     for i in range(start_index, steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -388,63 +325,39 @@ def sample_heun(eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedul
 # One entry point
 
 
-def sample(sampler: str, eps_model: EpsModel, noise: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-           spacing: str = "leading", steps_offset: int = 1, karras: bool = False, eta: float = 0.0,
+def sample(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, eta: float = 0.0,
            variance: str = "fixed_small", init_latent: torch.Tensor | None = None,
-           strength: float | None = None, generator: torch.Generator | None = None,
-           callback: StepCallback | None = None) -> torch.Tensor:
-    """Run one of `SAMPLERS` from `noise` (ε ~ N(0, I), (B, C, H, W)) and return the final latent.
+           generator: torch.Generator | None = None, callback: StepCallback | None = None,
+           post_step: StepCallback | None = None) -> torch.Tensor:
+    """Run `grid.sampler` from `noise` (ε ~ N(0, I), (B, C, H, W)) over `grid` and return the final latent.
 
-    Image-to-image: give `init_latent` (the VAE latent of the input image, same shape) and `strength`
-    in [0, 1]; the sampler skips the first (1 - strength) of its steps exactly like diffusers'
-    StableDiffusionImg2ImgPipeline and noises the latent to the first step it runs (strength 0 returns
-    `init_latent` unchanged). `eta` is DDIM's, `variance` DDPM's, `generator` feeds the ancestral
-    samplers (ddpm, euler_a, ddim with eta > 0), `karras` applies to euler, euler_a, heun, dpmpp_2m.
+    Image-to-image: give `init_latent` (the VAE latent of the input image, same shape) and a grid made with a
+    strength; the sampler runs from the grid's `start_index`, exactly like diffusers'
+    StableDiffusionImg2ImgPipeline, and noises the latent to the first step it runs (a strength that runs no
+    step returns `init_latent` unchanged). `eta` is DDIM's, `variance` DDPM's, `generator` feeds the ancestral
+    samplers (ddpm, euler_a, ddim with eta > 0). `post_step(record)` runs after every step, before `callback`,
+    and may edit `record.x_next` in place (inpainting blends the known region back in); callbacks only watch.
     """
-    check_choice("sampler", sampler, SAMPLERS)
-    check_steps(steps, schedule.num_train_timesteps)
-    if karras and sampler not in KARRAS_SAMPLERS:
-        raise InvalidArgumentError(
-            f"Karras sigmas apply to {', '.join(KARRAS_SAMPLERS)}, not {sampler}; "
-            "drop karras or pick one of those samplers")
-    if (init_latent is None) != (strength is None):
-        raise InvalidArgumentError("image-to-image needs both init_latent and strength (or neither)")
-    start_index = 0 if strength is None else img2img_start(steps, strength)
-    if start_index == steps:
+    if init_latent is None and grid.start_index:
+        raise InvalidArgumentError("the grid starts part-way (image-to-image) but no init_latent was given")
+    if grid.start_index == grid.steps:
         return init_latent
+    if post_step is not None:
+        watch = callback
 
-    grid = {"spacing": spacing, "steps_offset": steps_offset, "init_latent": init_latent,
-            "start_index": start_index, "callback": callback}
-    if sampler == "ddpm":
-        return sample_ddpm(eps_model, noise, schedule, steps, variance=variance, generator=generator, **grid)
-    if sampler == "ddim":
-        return sample_ddim(eps_model, noise, schedule, steps, eta=eta, generator=generator, **grid)
-    if sampler == "euler_a":
-        return sample_euler_ancestral(eps_model, noise, schedule, steps, karras=karras, generator=generator,
-                                      **grid)
-    deterministic = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}[sampler]
-    return deterministic(eps_model, noise, schedule, steps, karras=karras, **grid)
+        def callback(record: StepRecord) -> None:
+            post_step(record)
+            if watch is not None:
+                watch(record)
 
-
-def model_timesteps(sampler: str, schedule: NoiseSchedule, steps: int, *, spacing: str = "leading",
-                    steps_offset: int = 1, karras: bool = False) -> list[float]:
-    """The timesteps at which `sampler` calls the model, in order, read off its grid without running it.
-
-    One per step; Heun evaluates t_0, t_1, t_1, t_2, t_2, …, t_{N-1} (2N - 1 calls). These are the
-    `StepRecord.timestep`s a text-to-image run reports.
-    """
-    check_choice("sampler", sampler, SAMPLERS)
-    check_steps(steps, schedule.num_train_timesteps)
-    if sampler in ("ddpm", "ddim"):
-        return [float(t) for t in spaced_timesteps(schedule.num_train_timesteps, steps, spacing, steps_offset)]
-    if sampler == "dpmpp_2m":
-        return [float(t) for t in dpm_grid(schedule, steps, spacing, steps_offset, karras)[0]]
-    timesteps = [float(t) for t in sigma_grid(schedule, steps, spacing, steps_offset, karras)[0]]
-    if sampler != "heun":
-        return timesteps
-    calls = []
-    for i, t in enumerate(timesteps):
-        calls.append(t)
-        if i + 1 < len(timesteps):  # the Heun correction evaluates again at the next timestep
-            calls.append(timesteps[i + 1])
-    return calls
+    if grid.sampler == "ddpm":
+        return sample_ddpm(eps_model, noise, grid, variance=variance, init_latent=init_latent, generator=generator,
+                           callback=callback)
+    if grid.sampler == "ddim":
+        return sample_ddim(eps_model, noise, grid, eta=eta, init_latent=init_latent, generator=generator,
+                           callback=callback)
+    if grid.sampler == "euler_a":
+        return sample_euler_ancestral(eps_model, noise, grid, init_latent=init_latent, generator=generator,
+                                      callback=callback)
+    deterministic = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}[grid.sampler]
+    return deterministic(eps_model, noise, grid, init_latent=init_latent, callback=callback)
