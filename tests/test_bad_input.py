@@ -68,9 +68,8 @@ def _cases() -> list[tuple[str, list[str]]]:
         if name not in commands:
             for value in ["sd3", ""]:
                 add(name, [*base, "--config", value])
-        if name != "invert":
-            for value in [*FLOATS, "1.5"]:
-                add(name, [*base, "--guidance-rescale", value])
+        for value in [*FLOATS, "1.5"]:
+            add(name, [*base, "--guidance-rescale", value])
     for value in ["existing.html", "afile/r.html", "afolder"]:
         add("trace", [*commands["trace"], "--html", value])
         add("trace", [*commands["trace"], "--save-trace", value])

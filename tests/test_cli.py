@@ -16,9 +16,7 @@ from diffx.sampling.samplers import SAMPLERS
 
 STEPS = 2
 MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config")
-# The commands that sample with classifier-free guidance through GenerationSettings (`invert` does not: the
-# inversion API, diffx.pipeline.inversion, takes no guidance rescale).
-GUIDED = ("denoise", "trace", "attention", "edit", "weights", "cfg-sweep", "compare", "predict", "paths")
+GUIDED = ("denoise", "trace", "attention", "edit", "weights", "cfg-sweep", "compare", "predict", "paths", "invert")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ nothing written) for every bad argument, checked before the model runs."""
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -42,6 +43,20 @@ def test_writes_figure_animation_and_latent(run, fast, tmp_path):
     inversion = load_inversion(tmp_path / "x_T.pt")
     assert inversion.settings.steps == 3 and inversion.settings.prompt == "a red square"
     assert inversion.x_T.shape == (1, 4, 8, 8)
+
+
+def test_guidance_rescale_reaches_the_run(run, fast, tmp_path):
+    for name, extra in (("plain", []), ("rescaled", ["--guidance-rescale", "0.7"])):
+        result = run("picture.png", "--guidance", "4", "--no-sweep", "--out", f"{name}.png", "--save-latent",
+                     f"{name}.pt", *extra, *fast)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    plain, rescaled = load_inversion(tmp_path / "plain.pt"), load_inversion(tmp_path / "rescaled.pt")
+    assert plain.settings.guidance_rescale == 0 and rescaled.settings.guidance_rescale == 0.7
+    assert not torch.allclose(plain.x_T, rescaled.x_T)
+    refused = run("picture.png", "--guidance-rescale", "1.5", "--out", "bad.png", *fast)
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [
+        "error: guidance_rescale must be between 0 and 1, got 1.5"], refused.stderr
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_no_sweep(run, fast, tmp_path):

@@ -177,10 +177,22 @@ def test_bad_inversion_files(tmp_path, payload, message):
     ({"guidance": math.nan}, "finite"),
     ({"guidance": -1.0}, "guidance must be >= 0"),
     ({"spacing": "sideways"}, "spacing"),
+    ({"guidance_rescale": 1.5}, "guidance_rescale must be between 0 and 1"),
+    ({"guidance_rescale": math.nan}, "guidance_rescale must be a finite number"),
 ])
 def test_bad_arguments(model, picture, kwargs, message):
-    with pytest.raises(InvalidArgumentError, match=message):
+    with pytest.raises(InvalidArgumentError, match=message) as refused:
         invert(model, picture, **kwargs)
+    assert "\n" not in str(refused.value)
+
+
+def test_guidance_rescale_moves_x_T_only_under_guidance(model, picture):
+    """φ rescales the guided ε̂ (Lin et al. 2023), so it changes x_T at w > 1; at w = 1 ε̂ is ε_c and φ does nothing."""
+    plain, rescaled = (invert(model, picture, "a red square", 3, 5.0, guidance_rescale=phi) for phi in (0.0, 0.7))
+    assert rescaled.settings.guidance_rescale == 0.7
+    assert not torch.allclose(plain.x_T, rescaled.x_T)
+    unguided = [invert(model, picture, "a red square", 3, guidance_rescale=phi).x_T for phi in (0.0, 0.7)]
+    assert torch.equal(*unguided)
 
 
 def test_bad_picture_size(model, picture):

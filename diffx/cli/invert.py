@@ -11,6 +11,7 @@ from diffx.cli.options import (
     ForceOpt,
     FrameMsOpt,
     GifOpt,
+    GuidanceRescaleOpt,
     ModelChoice,
     NegativeOpt,
     OutOpt,
@@ -42,6 +43,7 @@ def invert(
     steps: Annotated[int, typer.Option(help="DDIM steps, for the inversion and the way back.")] = 50,
     guidance: Annotated[float, typer.Option(
         help="Guidance weight w for both halves (1 = none: where inversion works).")] = 1.0,
+    guidance_rescale: GuidanceRescaleOpt = 0.0,
     sweep_steps: Annotated[str, typer.Option(help="Step counts of the PSNR chart, comma-separated.")] = "10,25,50",
     sweep_guidance: Annotated[str, typer.Option(
         help="Guidance weights of the PSNR chart (one line each), comma-separated.")] = "1,3,7.5",
@@ -83,11 +85,12 @@ def invert(
     side = loaded.config.image_size
     picture, _ = load_init_image(image, (width or side, height or side))
     inversion_settings(loaded, picture, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
-                       seed=seed)
+                       seed=seed, guidance_rescale=guidance_rescale)
     if sweep:
         check_sweep(*sweep_at, loaded.config.scheduler.num_train_timesteps)
 
-    options = {"negative_prompt": negative_prompt, "spacing": spacing, "seed": seed}
+    options = {"negative_prompt": negative_prompt, "spacing": spacing, "seed": seed,
+               "guidance_rescale": guidance_rescale}
     runs = 2 * (1 + (len(sweep_at[0]) * len(sweep_at[1]) if sweep else 0))
     with StepProgress(runs=runs) as progress:
         trip, trace = traced_round_trip(loaded, picture, prompt, steps, guidance, progress=progress, **options)

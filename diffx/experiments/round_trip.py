@@ -96,12 +96,13 @@ def round_trip_figure(trip: RoundTrip, sweep: RoundTripSweep | None = None, pane
 
 def traced_round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "", steps: int = 50,
                       guidance: float = 1.0, *, negative_prompt: str = "", spacing: str | None = None,
-                      schedule: str | None = None, seed: int = 0,
+                      schedule: str | None = None, seed: int = 0, guidance_rescale: float = 0.0,
                       progress: StepCallback | None = None) -> tuple[RoundTrip, Trace]:
     """`inversion.round_trip` with a `Tracer` listening to the inversion: the trip and the trace of its climb."""
     collect = TraceCollector(TRACE_RECORD_STEPS)
     trip = round_trip(model, image, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
-                      schedule=schedule, seed=seed, observe=collect, progress=progress)
+                      schedule=schedule, seed=seed, guidance_rescale=guidance_rescale, observe=collect,
+                      progress=progress)
     [(run, tracer)] = collect.runs
     trace = tracer.finish(trace_meta(model, run), {"image": torch.from_numpy(trip.image.copy())})
     return trip, trace

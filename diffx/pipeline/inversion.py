@@ -50,7 +50,7 @@ LATENT_FORMAT = "diffx-inversion/1"  # the "format" entry of a saved inversion
 class Inversion:
     """The result of `invert`: the picture's latent, the x_T DDIM finds for it, and the way up."""
 
-    settings: ResolvedSettings  # prompt, negative prompt, steps, guidance, spacing, seed
+    settings: ResolvedSettings  # prompt, negative prompt, steps, guidance and its rescale, spacing, seed
     latent: Tensor  # (1, C, h, w) z_0, the VAE latent of the picture (scaled)
     x_T: Tensor  # (1, C, h, w) the state after the last inverse step
     timesteps: list[int]  # (N,) the timestep of each step, ascending
@@ -94,13 +94,14 @@ def psnr(picture: np.ndarray, reference: np.ndarray) -> float:
 def inversion_settings(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
                        steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, *,
                        negative_prompt: str = "", spacing: str | None = None, schedule: str | None = None,
-                       seed: int = 0) -> ResolvedSettings:
-    """The DDIM settings of an inversion of `image`, resolved and checked (its size must suit the model)."""
+                       seed: int = 0, guidance_rescale: float = 0.0) -> ResolvedSettings:
+    """The DDIM settings of an inversion of `image`, resolved and checked (its size must suit the model; the
+    guidance rescale φ, as `generate` applies it, 0 to 1)."""
     height, width = np.asarray(image).shape[:2]
     check_finite("guidance", guidance)
     settings = GenerationSettings(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                                   steps=steps, guidance=guidance, sampler="ddim", schedule=schedule,
-                                  spacing=spacing, seed=seed)
+                                  spacing=spacing, seed=seed, guidance_rescale=guidance_rescale)
     return resolve_settings(model, settings)
 
 
@@ -123,16 +124,17 @@ def _grid(model: StableDiffusion, settings: ResolvedSettings) -> dict:
 @torch.no_grad()
 def invert(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "", steps: int = DEFAULT_STEPS,
            guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str = "", spacing: str | None = None,
-           schedule: str | None = None, seed: int = 0, observe: Observe | None = None,
+           schedule: str | None = None, seed: int = 0, guidance_rescale: float = 0.0, observe: Observe | None = None,
            progress: StepCallback | None = None) -> Inversion:
-    """Find the x_T from which DDIM (η = 0, `steps` steps, guidance `guidance`) draws `image` (H, W, 3).
+    """Find the x_T from which DDIM (η = 0, `steps` steps, guidance `guidance` with rescale φ =
+    `guidance_rescale`) draws `image` (H, W, 3).
 
     The picture is encoded as a sample of the VAE posterior drawn with `seed` (as diffusers' inversion
     pipelines do); `observe(run)` gives the observer that listens to the denoiser and the steps, as in
     `generate` (its run's mode is "invert"); `progress` is called after each step.
     """
     settings = inversion_settings(model, image, prompt, steps, guidance, negative_prompt=negative_prompt,
-                                  spacing=spacing, schedule=schedule, seed=seed)
+                                  spacing=spacing, schedule=schedule, seed=seed, guidance_rescale=guidance_rescale)
     latent = encode_image(model, image, torch.Generator().manual_seed(settings.seed))  # (1, C, h, w)
     denoiser, observer = _observed_denoiser(model, settings, "invert", latent.shape, observe)
     states, timesteps = [latent[0].float().cpu()], []
@@ -160,12 +162,13 @@ def reconstruct(model: StableDiffusion, inversion: Inversion, observe: Observe |
 
 def round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
                steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str = "",
-               spacing: str | None = None, schedule: str | None = None, seed: int = 0,
+               spacing: str | None = None, schedule: str | None = None, seed: int = 0, guidance_rescale: float = 0.0,
                observe: Observe | None = None, progress: StepCallback | None = None) -> RoundTrip:
     """`invert` then `reconstruct` with the same settings, and the error of the trip (see `RoundTrip`).
     `observe` listens to the inversion only; `progress` to both halves."""
     inversion = invert(model, image, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
-                       schedule=schedule, seed=seed, observe=observe, progress=progress)
+                       schedule=schedule, seed=seed, guidance_rescale=guidance_rescale, observe=observe,
+                       progress=progress)
     latent = reconstruct(model, inversion, progress=progress)
     picture = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     encoded, reconstruction = decode_latents(model, torch.cat([inversion.latent, latent]))
@@ -190,11 +193,14 @@ def check_sweep(steps: Sequence[int], guidances: Sequence[float], num_train_time
 def round_trip_sweep(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
                      steps: Sequence[int] = (10, 25, 50), guidances: Sequence[float] = (1.0, 3.0, 7.5), *,
                      negative_prompt: str = "", spacing: str | None = None, schedule: str | None = None,
-                     seed: int = 0, progress: StepCallback | None = None) -> RoundTripSweep:
-    """A `round_trip` of `image` at every (guidance, steps) pair: the error against both."""
+                     seed: int = 0, guidance_rescale: float = 0.0,
+                     progress: StepCallback | None = None) -> RoundTripSweep:
+    """A `round_trip` of `image` at every (guidance, steps) pair, each with rescale φ = `guidance_rescale`: the
+    error against both."""
     check_sweep(steps, guidances, model.config.scheduler.num_train_timesteps)
     trips = {(float(w), int(n)): round_trip(model, image, prompt, int(n), float(w), negative_prompt=negative_prompt,
-                                            spacing=spacing, schedule=schedule, seed=seed, progress=progress)
+                                            spacing=spacing, schedule=schedule, seed=seed,
+                                            guidance_rescale=guidance_rescale, progress=progress)
              for w in guidances for n in steps}
     return RoundTripSweep(steps=[int(n) for n in steps], guidances=[float(w) for w in guidances], trips=trips)
 
