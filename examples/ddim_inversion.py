@@ -38,16 +38,15 @@ def main(prompt: str, out_dir: Path) -> dict[float, float]:
     settings = GenerationSettings(prompt=prompt, sampler="ddim", steps=STEPS, seed=0).resolved(model)
     result = generate(model, settings)
     z0 = result.latents[:1]  # (1, 4, h, w): the picture's latent, exactly what DDIM ended on
-    schedule = schedule_for(model, settings.schedule)
-    grid = {"spacing": settings.spacing, "steps_offset": model.config.scheduler.steps_offset}
+    grid = grid_for(model, settings)  # DDIM's timesteps and σ, built once: inversion climbs it, sampling descends it
     context = encode_text(model, [model.tokenizer.encode(prompt)])  # (1, 77, width): the prompt
     empty = encode_text(model, [model.tokenizer.encode("")])  # the unconditional branch of CFG
 
     trips = {}
     for w in (1.0, 7.5):
         denoiser = make_denoiser(model, context, empty if w != 1.0 else None, w)  # ε̂(x, t) with CFG
-        x_T = invert_ddim(denoiser, z0, schedule, STEPS, **grid)  # z_0 → x_T, climbing the DDIM grid
-        back = sample("ddim", denoiser, x_T, schedule, STEPS, **grid)  # x_T → ẑ_0, the same grid down
+        x_T = invert_ddim(denoiser, z0, grid)  # z_0 → x_T, climbing the DDIM grid
+        back = sample(denoiser, x_T, grid)  # x_T → ẑ_0, the same grid down
         picture, reference = decode_latents(model, torch.cat([back, z0]))
         save_png(np.concatenate([reference, picture], axis=1), out_dir / f"round_trip_w{w:g}.png", force=True)
         trips[w] = psnr(picture, reference)

@@ -42,7 +42,8 @@ def main(prompt: str, out_dir: Path, guidance: float = 5.0) -> dict[str, list[fl
             previous.append(record.x0_pred)
 
         with torch.no_grad():
-            latent = sample(sampler, eps_model, noise, schedule, 20, callback=watch)
+            grid = sampling_grid(GridSpec(sampler, steps=20), schedule)  # the timesteps and σ it will visit
+            latent = sample(eps_model, noise, grid, callback=watch)
             save_png(decode_latents(model, latent)[0], out_dir / f"{sampler}.png", force=True)
     return moves
 

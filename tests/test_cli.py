@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from diffx.cli import app
-from diffx.sampling.samplers import SAMPLERS
+from diffx.sampling.grids import SAMPLERS
 
 STEPS = 2
 MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config")

@@ -63,7 +63,7 @@ from diffx.models.stable_diffusion import StableDiffusion
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.sampling.samplers import SAMPLERS
+from diffx.sampling.grids import SAMPLERS
 from diffx.trace.tracer import generate_traced
 from diffx.views.steps import trace_frames
 from diffx.weights.load import load_model

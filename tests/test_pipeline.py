@@ -32,7 +32,8 @@ from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.conditioning import PromptTruncatedWarning
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.sampling.samplers import SAMPLERS, StepRecord, sample
+from diffx.sampling.grids import SAMPLERS
+from diffx.sampling.samplers import StepRecord, sample
 from diffx.sampling.schedules import NoiseSchedule
 from tests.models.ldm_configs import reference_unet, reference_vae
 from tests.models.tokenizer_files import write_vocab_folder

@@ -17,7 +17,8 @@ from diffusers import (
 )
 
 from diffx.errors import InvalidArgumentError
-from diffx.sampling.samplers import KARRAS_SAMPLERS, SAMPLERS, StepRecord, model_timesteps, sample
+from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS
+from diffx.sampling.samplers import StepRecord, model_timesteps, sample
 from diffx.sampling.schedules import NoiseSchedule, img2img_start
 
 SD15 = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,

@@ -19,7 +19,7 @@ from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.conditioning import encode_text
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.sampling.samplers import SAMPLERS
+from diffx.sampling.grids import SAMPLERS
 from diffx.trace.attention import daam_aggregate, layer_labels
 from diffx.trace.checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
 from diffx.trace.tracer import (

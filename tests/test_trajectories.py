@@ -13,7 +13,8 @@ from diffx.errors import InvalidArgumentError
 from diffx.experiments import trajectories
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.sampling.samplers import SAMPLERS, model_timesteps
+from diffx.sampling.grids import SAMPLERS
+from diffx.sampling.samplers import model_timesteps
 from diffx.sampling.schedules import NoiseSchedule
 from diffx.trace.tracer import generate_traced
 from tests.test_cli import ok, refused

@@ -32,8 +32,18 @@ import numpy as np
 from PIL import Image
 
 from diffx.embedded.judge import _as_array, _connected_regions, _match
-from diffx.embedded.shapes import POSITIONS
-from diffx.embedded.world import CHECKER_SHADE, SHAPES, SHAPE_EXTENTS, SIZE_THRESHOLD, TINTS, Background, WorldObject, colour_segments, shape_template
+from diffx.embedded.world import (
+    CHECKER_SHADE,
+    POSITIONS,
+    SHAPE_EXTENTS,
+    SHAPES,
+    SIZE_THRESHOLD,
+    TINTS,
+    Background,
+    WorldObject,
+    colour_segments,
+    shape_template,
+)
 from diffx.embedded.world_text import CaptionSpec, parse_caption
 from diffx.errors import InvalidArgumentError
 

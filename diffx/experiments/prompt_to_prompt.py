@@ -42,9 +42,9 @@ from diffx.models.attention import AttentionLayer, edit_attention
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.models.unet import CrossAttention
 from diffx.pipeline.conditioning import tokenize
-from diffx.pipeline.denoiser import schedule_for
+from diffx.pipeline.denoiser import grid_for
 from diffx.pipeline.settings import GenerationSettings
-from diffx.sampling.samplers import StepCallback, StepRecord, model_timesteps
+from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.trace.tracer import TracedGeneration, generate_traced
 
 if TYPE_CHECKING:
@@ -190,9 +190,7 @@ def record_source(model: StableDiffusion, settings: GenerationSettings, tau: flo
     resolved = settings.resolved(model)
     for name, value in (("tau", tau), ("self-attention tau", self_tau)):
         check_fraction(name, value)
-    num_steps = len(model_timesteps(resolved.sampler, schedule_for(model, resolved.schedule), resolved.steps,
-                                    spacing=resolved.spacing, steps_offset=model.config.scheduler.steps_offset,
-                                    karras=resolved.karras))
+    num_steps = len(grid_for(model, resolved).model_timesteps())
     recorder = AttentionRecorder(math.floor(tau * num_steps), math.floor(self_tau * num_steps), num_steps,
                                  model.dtype)
     return _run(model, settings, recorder, progress), recorder

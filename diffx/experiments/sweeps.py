@@ -14,13 +14,14 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.images import image_to_tensor, tensor_to_image
 from diffx.pipeline.codec import decode_latents, encode_image
-from diffx.pipeline.denoiser import schedule_for
+from diffx.pipeline.denoiser import grid_for, schedule_for
 from diffx.pipeline.generation import Generation, generate
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings, resolve_settings
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
-from diffx.sampling.samplers import StepCallback, StepRecord, model_timesteps
+from diffx.sampling.grids import GridSpec, sampling_grid
+from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
 from diffx.trace.tracer import TraceOptions, generate_traced
 from diffx.views.steps import (
@@ -136,8 +137,8 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
         steps = steps or (config.default_steps if config else 50)
         spacing = spacing or (config.scheduler.timestep_spacing if config else "leading")
         offset = config.scheduler.steps_offset if config else 1
-        marked = [round(t) for t in model_timesteps(sampler, tables[schedules[0]], steps, spacing=spacing,
-                                                         steps_offset=offset, karras=karras)]
+        visits = sampling_grid(GridSpec(sampler, steps, spacing, karras), tables[schedules[0]], steps_offset=offset)
+        marked = [round(t) for t in visits.model_timesteps()]
         plot_title = f"timesteps {sampler} visits in {steps} steps ({spacing} spacing{', Karras σ' if karras else ''})"
     plot = plot_schedules({name: s.alphas_cumprod for name, s in tables.items()}, marked, plot_title)
     return NoiseViews(grid=grid, frames=frames, schedule_plot=plot)
@@ -169,11 +170,8 @@ def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequ
     if not scales:
         raise InvalidArgumentError("no guidance scales given; pass e.g. 1,3,7.5")
     per_scale = [replace(settings, guidance=float(w)) for w in scales]
-    for scale_settings in per_scale:  # check everything before the first (slow) generation
-        resolved = scale_settings.resolved(model)
-    evaluations = model_timesteps(resolved.sampler, schedule_for(model, resolved.schedule), resolved.steps,
-                                  spacing=resolved.spacing, steps_offset=model.config.scheduler.steps_offset,
-                                  karras=resolved.karras)
+    per_scale = [resolve_settings(model, s) for s in per_scale]  # everything checked before the first generation
+    evaluations = grid_for(model, per_scale[0]).model_timesteps()
     row_indices = step_indices(len(evaluations), rows_steps) if rows_steps else []
     generations = [generate_traced(model, s, options=record, progress=progress) for s in per_scale]
     traces = [g.traces[0] for g in generations]

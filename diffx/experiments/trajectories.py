@@ -37,7 +37,8 @@ from diffx.pipeline.observers import ImageRun, Observer
 from diffx.pipeline.settings import GenerationSettings
 from diffx.render.charts import convergence_svg
 from diffx.render.paths import PathLine, plot_convergence, plot_paths
-from diffx.sampling.samplers import SAMPLERS, StepCallback, StepRecord
+from diffx.sampling.grids import SAMPLERS
+from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.trace.tracer import Trace
 
 if TYPE_CHECKING:

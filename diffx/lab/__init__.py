@@ -2,7 +2,7 @@
 
 The lab is a second client of the real code, not a copy: it trains with `schedules.training_loss`
 (L_simple, DDPM Algorithm 1) under a `schedules.NoiseSchedule`, and samples with every sampler of
-`diffx.samplers` through the same `sample(name, eps_model, noise, schedule, steps, …)` the pipeline calls.
+`diffx.sampling` through the same `sample(eps_model, noise, sampling_grid(…), …)` the pipeline calls.
 
 - data.py: two moons, a spiral, a grid of Gaussians, a PNG mask as a density; labelled (class = component)
 - model.py: `LabModel`, an MLP ε_θ(x_t, t, c) with a null class, and `guided_eps` (classifier-free guidance)

@@ -27,7 +27,7 @@ from diffx.lab.model import LabModel
 from diffx.lab.sampling import LabRun, initial_noise, run_sampler
 from diffx.lab.train import LabTrainConfig, TrainedLab, train_lab_model
 from diffx.render.io import save_gif, save_png
-from diffx.sampling.samplers import SAMPLERS
+from diffx.sampling.grids import SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule
 
 DEFAULT_SAMPLERS = ("ddpm", "euler_a", "ddim", "euler", "heun", "dpmpp_2m")  # ancestral first: one row each

@@ -61,8 +61,9 @@ def run_sampler(model: LabModel, schedule: NoiseSchedule, sampler: str, steps: i
         calls[step.timestep] = step.index + 1
 
     with one_thread():
-        final = sample(sampler, guided_eps(model, labels, guidance), noise, schedule, steps,
-                       generator=torch.Generator().manual_seed(seed), callback=record)
+        grid = sampling_grid(GridSpec(sampler, steps), schedule)
+        final = sample(guided_eps(model, labels, guidance), noise, grid, generator=torch.Generator().manual_seed(seed),
+                       callback=record)
     timesteps = list(states)
     path = torch.stack([*states.values(), final])  # (S + 1, N, 2)
     nfe = [calls[t] - 1 for t in timesteps] + [max(calls.values())]

@@ -16,6 +16,7 @@ from diffx.models.attention import observe_attention
 from diffx.pipeline.conditioning import Conditioning
 from diffx.pipeline.observers import Observer
 from diffx.pipeline.settings import ResolvedSettings
+from diffx.sampling.grids import Grid, sampling_grid
 from diffx.sampling.schedules import NoiseSchedule, eps_from_prediction, vp_scales
 
 if TYPE_CHECKING:
@@ -33,6 +34,13 @@ def schedule_from_config(config: SchedulerConfig, name: str) -> NoiseSchedule:
     if name == config.beta_schedule:
         return NoiseSchedule.from_config(config)
     return NoiseSchedule.create(name, config.num_train_timesteps, zero_terminal_snr=config.rescale_betas_zero_snr)
+
+
+def grid_for(model: StableDiffusion, settings: ResolvedSettings, strength: float | None = None) -> Grid:
+    """The sampling grid of `settings` on the model's scheduler (its schedule by name, its steps_offset);
+    `strength`: image-to-image's, which starts the run part-way."""
+    return sampling_grid(settings, schedule_for(model, settings.schedule),
+                         steps_offset=model.config.scheduler.steps_offset, strength=strength)
 
 
 def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:

@@ -26,11 +26,11 @@ from diffx.errors import InputImageError, InvalidArgumentError
 from diffx.images import image_to_tensor, load_init_image, repaint_mask
 from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.conditioning import prompt_conditioning, tokenize
-from diffx.pipeline.denoiser import schedule_for, settings_denoiser
+from diffx.pipeline.denoiser import grid_for, settings_denoiser
 from diffx.pipeline.inpainting import latent_blending, mask_conditioned
 from diffx.pipeline.observers import ImageRun, Observe, Observer, chain_callbacks
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
-from diffx.sampling.samplers import StepCallback, sample
+from diffx.sampling.samplers import EpsModel, StepCallback, sample
 from diffx.sampling.schedules import img2img_start
 
 if TYPE_CHECKING:
@@ -165,14 +165,13 @@ def _latent_shape(model: StableDiffusion, settings: ResolvedSettings, batch: int
     return (batch, vae.embed_dim, settings.height // vae.downsample_factor, settings.width // vae.downsample_factor)
 
 
-def _sample(model: StableDiffusion, settings: ResolvedSettings, denoiser, noise: Tensor, *,
+def _sample(model: StableDiffusion, settings: ResolvedSettings, denoiser: EpsModel, noise: Tensor, *,
             init_latent: Tensor | None = None, generator: torch.Generator | None = None,
-            callback: StepCallback | None = None) -> Tensor:
-    return sample(settings.sampler, denoiser, noise, schedule_for(model, settings.schedule), settings.steps,
-                  spacing=settings.spacing, steps_offset=model.config.scheduler.steps_offset,
-                  karras=settings.karras, eta=settings.eta, init_latent=init_latent,
-                  strength=settings.strength if init_latent is not None else None,
-                  generator=generator, callback=callback)
+            callback: StepCallback | None = None, post_step: StepCallback | None = None) -> Tensor:
+    """The settings' sampler over their grid (started part-way for image-to-image)."""
+    grid = grid_for(model, settings, settings.strength if init_latent is not None else None)
+    return sample(denoiser, noise, grid, eta=settings.eta, init_latent=init_latent, generator=generator,
+                  callback=callback, post_step=post_step)
 
 
 def _generate_batch(model: StableDiffusion, runs: list[ResolvedSettings], progress: StepCallback | None) -> Tensor:
@@ -225,4 +224,4 @@ def _generate_one(model: StableDiffusion, settings: ResolvedSettings, index: int
         blend = latent_blending(repaint, init_latent, noise)
     start_latent = None if from_noise else init_latent
     return _sample(model, settings, denoiser, noise, init_latent=start_latent, generator=generator,
-                   callback=chain_callbacks(blend, observer.on_step, progress))
+                   callback=chain_callbacks(observer.on_step, progress), post_step=blend)

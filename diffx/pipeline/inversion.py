@@ -31,7 +31,7 @@ from diffx.errors import InvalidArgumentError, check_finite
 from diffx.files import atomic_output
 from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.conditioning import prompt_conditioning, tokenize
-from diffx.pipeline.denoiser import schedule_for, settings_denoiser
+from diffx.pipeline.denoiser import grid_for, settings_denoiser
 from diffx.pipeline.observers import ImageRun, Observe, Observer, chain_callbacks
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
 from diffx.sampling.ddim_inversion import invert_ddim
@@ -117,10 +117,6 @@ def _observed_denoiser(model: StableDiffusion, settings: ResolvedSettings, mode:
     return settings_denoiser(model, settings, conditioning, observer), observer
 
 
-def _grid(model: StableDiffusion, settings: ResolvedSettings) -> dict:
-    return {"spacing": settings.spacing, "steps_offset": model.config.scheduler.steps_offset}
-
-
 @torch.no_grad()
 def invert(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "", steps: int = DEFAULT_STEPS,
            guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str = "", spacing: str | None = None,
@@ -143,8 +139,8 @@ def invert(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str 
         states.append(record.x_next[0].float().cpu())
         timesteps.append(int(record.timestep))
 
-    x_T = invert_ddim(denoiser, latent, schedule_for(model, settings.schedule), settings.steps,
-                      callback=chain_callbacks(keep, observer.on_step, progress), **_grid(model, settings))
+    x_T = invert_ddim(denoiser, latent, grid_for(model, settings),
+                      callback=chain_callbacks(keep, observer.on_step, progress))
     return Inversion(settings=settings, latent=latent, x_T=x_T, timesteps=timesteps,
                      trajectory=torch.stack(states))
 
@@ -156,8 +152,8 @@ def reconstruct(model: StableDiffusion, inversion: Inversion, observe: Observe |
     `invert` (mode "reconstruct")."""
     settings = inversion.settings
     denoiser, observer = _observed_denoiser(model, settings, "reconstruct", inversion.x_T.shape, observe)
-    return sample("ddim", denoiser, inversion.x_T, schedule_for(model, settings.schedule), settings.steps,
-                  callback=chain_callbacks(observer.on_step, progress), **_grid(model, settings))
+    return sample(denoiser, inversion.x_T, grid_for(model, settings),
+                  callback=chain_callbacks(observer.on_step, progress))
 
 
 def round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
-from diffx.sampling.samplers import KARRAS_SAMPLERS, SAMPLERS
+from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, SPACINGS, strength_for_timestep
 
 if TYPE_CHECKING:

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from diffx.embedded.captions import EXACT_CAPTIONS, CaptionNoise, draw_caption, noisy_caption
-from diffx.embedded.shapes import _scene_rng
-from diffx.embedded.shapes import TRAIN_STREAM
+from diffx.embedded.shapes import TRAIN_STREAM, _scene_rng
 from diffx.embedded.world import make_scene
 from diffx.embedded.world_text import caption_text, describe, parse_caption
 from diffx.errors import DiffxError

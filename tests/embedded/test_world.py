@@ -3,9 +3,20 @@
 import numpy as np
 import pytest
 
-from diffx.embedded.shapes import _scene_rng
-from diffx.embedded.shapes import EVAL_STREAM, TRAIN_STREAM
-from diffx.embedded.world import BACKGROUND_KINDS, COLOURS, FILLS, SHAPES, TINTS, Background, Scene, WorldObject, make_scene, object_masks, render
+from diffx.embedded.shapes import EVAL_STREAM, TRAIN_STREAM, _scene_rng
+from diffx.embedded.world import (
+    BACKGROUND_KINDS,
+    COLOURS,
+    FILLS,
+    SHAPES,
+    TINTS,
+    Background,
+    Scene,
+    WorldObject,
+    make_scene,
+    object_masks,
+    render,
+)
 from diffx.embedded.world_text import (
     BackgroundWords,
     CaptionSpec,

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from diffx.embedded.shapes import _scene_rng
-from diffx.embedded.shapes import EVAL_STREAM
+from diffx.embedded.shapes import EVAL_STREAM, _scene_rng
 from diffx.embedded.world import Background, Scene, WorldObject, make_scene, render
 from diffx.embedded.world_judge import WorldAnalysis, adherence, analyse, score
 from diffx.embedded.world_text import exact_caption

@@ -14,7 +14,7 @@ from diffx.lab.metrics import class_spread, sliced_wasserstein
 from diffx.lab.model import LabModel
 from diffx.lab.sampling import initial_noise, run_sampler
 from diffx.lab.train import LabTrainConfig, train_lab_model
-from diffx.sampling.samplers import SAMPLERS
+from diffx.sampling.grids import SAMPLERS
 from diffx.sampling.schedules import NoiseSchedule
 
 N_SAMPLES = 2000
