@@ -136,7 +136,7 @@ def train(
     from diffx.embedded.distributed import from_environment
     from diffx.embedded.export import export_model
     from diffx.embedded.preflight import check_train_inputs
-    from diffx.embedded.train import preview_grid
+    from diffx.embedded.previews import preview_grid
     from diffx.embedded.train import train as run_training
     from diffx.embedded.worlds import get_world
 

@@ -1,4 +1,4 @@
-"""The training helpers and settings: learning-rate schedule, EMA warm-up, VAE loss weights, the checks of
+"""The training helpers and settings: VAE loss weights, the progress line, the checks of
 `TrainConfig`, and the training folder's files. (The end-to-end run, resume and export are tested through
 `diffx train` in tests/test_cli.py.)"""
 
@@ -12,23 +12,8 @@ from diffx.cli import app
 from diffx.embedded.checkpoints import CONFIG_FILE, load_train_config, save_checkpoint, save_train_config
 from diffx.embedded.config import TrainConfig
 from diffx.embedded.history import HISTORY_FILE, copy_history, read_runs, write_runs
-from diffx.embedded.train import _ema_decay, _joined, _lr, _object_weight, describe_hardware, recent_loss, train
+from diffx.embedded.train import _object_weight, recent_loss, train
 from diffx.errors import InvalidArgumentError
-
-
-def test_learning_rate_warms_up_linearly_then_decays_to_a_tenth():
-    assert _lr(0, 1.0, 10, 110) == pytest.approx(0.1)
-    assert _lr(9, 1.0, 10, 110) == pytest.approx(1.0)
-    assert _lr(60, 1.0, 10, 110) == pytest.approx(0.55)  # half-way through the cosine: (1 + 0.1) / 2
-    assert _lr(110, 1.0, 10, 110) == pytest.approx(0.1)
-    assert _lr(500, 1.0, 10, 110) == pytest.approx(0.1)  # resumed past the end: stays at the floor
-
-
-def test_ema_decay_warms_up_then_stays_at_the_configured_decay():
-    assert _ema_decay(0, 0.999) == pytest.approx(0.1)
-    assert _ema_decay(10, 0.999) == pytest.approx(11 / 20)
-    assert _ema_decay(8990, 0.999) == 0.999  # (1 + n) / (10 + n) reaches 0.999 at n = 8990
-    assert _ema_decay(8989, 0.999) < 0.999
 
 
 def test_object_pixels_weigh_more_than_the_background():
@@ -43,15 +28,6 @@ def test_progress_shows_the_recent_mean_loss_and_nothing_before_the_first():
     assert recent_loss([]) == ""  # a stage resumed with no steps left, or a VAE kept from --init-from: not "nan"
     assert recent_loss([9.0] + [0.5] * 50) == "loss 0.5000"  # the last 50 only
     assert recent_loss([0.25, 0.75], "grounding") == "grounding 0.5000"
-
-
-def test_hardware_history_names_each_machine_once_in_order():
-    cpu = describe_hardware(torch.device("cpu"))
-    assert "CPU" in cpu and torch.__version__ in cpu
-    assert _joined("", "A") == "A"
-    assert _joined("A", "A") == "A"  # resumed on the same machine
-    assert _joined("A", "B") == "A; then B"
-    assert _joined("A; then B", "B") == "A; then B"
 
 
 NOT_FINITE = [math.nan, math.inf, -math.inf]
