@@ -1,13 +1,13 @@
 """`diffx train`: the embedded shapes-world model's training loop (`diffx.embedded.train`).
 
-Every option is parsed by a `_number`/`_folder` parser that raises a `DiffxError` (one `error:` line,
-exit 2) instead of click's usage box, and `check_train_inputs` checks paths, the model to continue from
-and the device before the scene pool is rendered.
+Parses, calls, prints. Each option is parsed by a `_number`/`_folder` parser that raises a `DiffxError` (one
+`error:` line naming the option, exit 2) instead of click's usage box; the numbers each option takes are
+`TrainConfig`'s (`diffx.embedded.config.NUMBERS`). `TrainConfig.for_world` builds the config and
+`check_train_inputs` checks paths, the model to continue from and the device before the scene pool is rendered.
 """
 
 import contextlib
 import functools
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -16,9 +16,7 @@ import typer
 
 from diffx.cli.core import OUT, print_written
 from diffx.cli.options import DeviceOpt
-from diffx.errors import DiffxError, InvalidArgumentError
-
-MAX_STEPS = 10_000_000
+from diffx.errors import DiffxError
 
 
 class _BadOption(DiffxError):
@@ -26,24 +24,20 @@ class _BadOption(DiffxError):
     the one-line `error:` printer instead of drawing its usage box)."""
 
 
-def _number(option: str, kind: type, low: float, high: float, example: str, above: bool = False
-            ) -> Callable[[object], float]:
-    """Parser for `option`: a whole (`kind` int) or finite number in [low, high] (`above`: > low)."""
-    word = "a whole number" if kind is int else "a finite number"
-    bound = f"above {low}" if above else f"at least {low}"
-    most = f"{high:g}" if kind is float else str(high)
+def _number(option: str, name: str) -> Callable[[object], float]:
+    """Parser for `option`, which sets `TrainConfig.<name>`: its text as a number of the kind and range that field
+    takes (`NUMBERS`), else an error naming `option`."""
 
     def parse(value: object) -> float:
-        number = None
-        if isinstance(value, kind) and not isinstance(value, bool):
-            number = value
-        else:
+        from diffx.embedded.config import NUMBERS  # here, not at the top: `diffx --help` needs no torch
+
+        allowed = NUMBERS[name]
+        number = value
+        if isinstance(value, bool) or not isinstance(value, allowed.kind):
             with contextlib.suppress(ValueError):
-                number = kind(str(value).strip())
-        if number is None or (kind is float and not math.isfinite(number)) or number < low \
-                or (above and number == low) or number > high:
-            raise _BadOption(f"{option} must be {word} {bound} and at most {most}, got {str(value)[:40]!r}; "
-                             f"e.g. {option} {example}")
+                number = allowed.kind(str(value).strip())
+        if number not in allowed:
+            raise _BadOption(allowed.refusal(option, str(value)[:40], f"{option} {allowed.example}"))
         return number
 
     return parse
@@ -77,27 +71,27 @@ def train(
         show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Let --export replace a model folder that exists.")
                      ] = False,
-    vae_steps: Annotated[int, typer.Option(parser=_number("--vae-steps", int, 1, MAX_STEPS, "1100"),
+    vae_steps: Annotated[int, typer.Option(parser=_number("--vae-steps", "vae_steps"),
                                            help="VAE training steps.")] = 1100,
-    vae_batch: Annotated[int, typer.Option(parser=_number("--vae-batch", int, 1, 65536, "32"),
+    vae_batch: Annotated[int, typer.Option(parser=_number("--vae-batch", "vae_batch"),
                                            help="VAE batch size (crops).")] = 32,
-    vae_crop: Annotated[int, typer.Option(parser=_number("--vae-crop", int, 1, 8192, "32"),
+    vae_crop: Annotated[int, typer.Option(parser=_number("--vae-crop", "vae_crop"),
                                           help="Side of the VAE's training crops (a multiple of its factor).")] = 32,
-    unet_steps: Annotated[int, typer.Option(parser=_number("--unet-steps", int, 1, MAX_STEPS, "5000"),
+    unet_steps: Annotated[int, typer.Option(parser=_number("--unet-steps", "unet_steps"),
                                             help="Text encoder + U-Net training steps.")] = 5000,
-    batch: Annotated[int, typer.Option(parser=_number("--batch", int, 1, 65536, "64"), help="U-Net batch size.")] = 64,
-    lr: Annotated[float, typer.Option(parser=_number("--lr", float, 0, 1, "5e-4", above=True),
+    batch: Annotated[int, typer.Option(parser=_number("--batch", "unet_batch"), help="U-Net batch size.")] = 64,
+    lr: Annotated[float, typer.Option(parser=_number("--lr", "unet_lr"),
                                       help="U-Net peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
-    pool_size: Annotated[int, typer.Option(parser=_number("--pool-size", int, 1, 1_000_000, "30000"),
+    pool_size: Annotated[int, typer.Option(parser=_number("--pool-size", "pool_size"),
                                            help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
-    seed: Annotated[int, typer.Option(parser=_number("--seed", int, 0, 2**63 - 2, "0"), help="Random seed.")] = 0,
-    threads: Annotated[int, typer.Option(parser=_number("--threads", int, 0, 4096, "0"),
+    seed: Annotated[int, typer.Option(parser=_number("--seed", "seed"), help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option(parser=_number("--threads", "threads"),
                                          help="CPU threads (0 = torch's default).")] = 0,
     device: DeviceOpt = "auto",
     attention_loss: Annotated[float, typer.Option(
-        parser=_number("--attention-loss", float, 0, 1000, "0.01"),
+        parser=_number("--attention-loss", "attention_loss"),
         help="Weight of the attention-grounding loss (object words attend inside their objects); 0 = off.")] = 0.0,
-    checkpoint_every: Annotated[int, typer.Option(parser=_number("--checkpoint-every", int, 1, MAX_STEPS, "100"),
+    checkpoint_every: Annotated[int, typer.Option(parser=_number("--checkpoint-every", "checkpoint_every"),
                                                   help="Steps between checkpoints, loss curves and sample grids.")
                                 ] = 100,
     init_from: Annotated[str | None, typer.Option(
@@ -132,31 +126,22 @@ def train(
 
     Example: diffx train --vae-steps 200 --unet-steps 500 --out-dir runs/quick --export runs/quick/model
     """
-    from diffx.embedded.captions import EXACT_CAPTIONS
     from diffx.embedded.config import TrainConfig
     from diffx.embedded.distributed import from_environment
     from diffx.embedded.export import export_model
     from diffx.embedded.preflight import check_train_inputs
-    from diffx.embedded.train import preview_grid
+    from diffx.embedded.previews import preview_grid
     from diffx.embedded.train import train as run_training
     from diffx.embedded.worlds import get_world
 
-    chosen = get_world(world)
-    if exact_captions and not chosen.noisy_captions:
-        raise InvalidArgumentError(f"--exact-captions: the {world!r} world's captions are exact already; "
-                                   "use it with --world shapes2")
-    model = chosen.model_config()
-    model.scheduler = model.scheduler.trained_for(prediction_type, zero_snr)
-    config = TrainConfig(out_dir=str(out_dir), vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
-                         unet_steps=unet_steps, unet_batch=batch,
-                         unet_lr=lr, pool_size=pool_size, seed=seed, threads=threads, device=device,
-                         checkpoint_every=checkpoint_every, attention_loss=attention_loss, init_from=init_from,
-                         world=world, caption_noise=EXACT_CAPTIONS.to_dict() if exact_captions else {},
-                         model=model.to_dict(), object_counts=_shares(object_counts))
+    config = TrainConfig.for_world(world, prediction_type, zero_snr, exact_captions, out_dir=str(out_dir),
+                                   vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
+                                   unet_steps=unet_steps, unet_batch=batch, unet_lr=lr, pool_size=pool_size,
+                                   seed=seed, threads=threads, device=device, checkpoint_every=checkpoint_every,
+                                   attention_loss=attention_loss, init_from=init_from,
+                                   object_counts=_shares(object_counts))
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written
-    if export is not None and export.resolve() == Path(out_dir).resolve():
-        raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")
-    preview = functools.partial(preview_grid, prompts=chosen.preview_prompts) if previews else None
+    preview = functools.partial(preview_grid, prompts=get_world(world).preview_prompts) if previews else None
     _, summary = run_training(config, preview)
     if not from_environment().main:
         return  # under torchrun, rank 0 alone reports and exports

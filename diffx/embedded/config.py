@@ -1,31 +1,79 @@
 """The settings of one training run (`TrainConfig`, checked when made) and a stage's resumable state.
 
-`TrainConfig` rejects every value training could not use, as `diffx train` does, so the Python API
-fails at once with one line (`InvalidArgumentError`) instead of deep inside a stage.
+`TrainConfig` rejects every value training could not use, so the Python API fails at once with one line
+(`InvalidArgumentError`) instead of deep inside a stage. `diffx train` holds no checks of its own: it parses
+its options against the same ranges (`NUMBERS`) and builds its config with `TrainConfig.for_world`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
-from diffx.embedded.captions import CaptionNoise
+from diffx.embedded.captions import EXACT_CAPTIONS, CaptionNoise
 from diffx.embedded.worlds import WORLDS, get_world
 from diffx.errors import InvalidArgumentError
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
 
-POSITIVE, NOT_NEGATIVE = (lambda v: v > 0, "above 0"), (lambda v: v >= 0, "at least 0")
-# Every number field: (the values training can use, those values in words).
-_INTS: dict[str, tuple[Callable[[int], bool], str]] = {
-    "seed": NOT_NEGATIVE, "pool_size": POSITIVE, "vae_steps": POSITIVE, "vae_batch": POSITIVE,
-    "vae_crop": POSITIVE, "unet_steps": POSITIVE, "unet_batch": POSITIVE, "warmup_steps": NOT_NEGATIVE,
-    "checkpoint_every": POSITIVE, "threads": NOT_NEGATIVE,
-}
-_FLOATS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "vae_lr": POSITIVE, "vae_kl_weight": NOT_NEGATIVE, "shape_pixel_weight": POSITIVE, "unet_lr": POSITIVE,
-    "caption_dropout": (lambda v: 0 <= v <= 1, "between 0 and 1"), "attention_loss": NOT_NEGATIVE,
-    "ema_decay": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+MAX_STEPS = 10_000_000
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The numbers one setting may take: whole (`kind` int) or finite (`kind` float), from `low` (excluded when
+    `above`) to `high` (excluded when `below`); `example` is one of them, as the fix an error message offers."""
+
+    kind: type
+    low: float
+    high: float
+    example: str
+    above: bool = False
+    below: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.kind is int else int | float):
+            return False
+        # NaN fails every comparison; an int is finite (math.isfinite would overflow on a huge one)
+        return ((value > self.low) if self.above else (value >= self.low)) \
+            and ((value < self.high) if self.below else (value <= self.high)) \
+            and (isinstance(value, int) or math.isfinite(value))
+
+    def __str__(self) -> str:
+        """E.g. "a whole number at least 1 and at most 65536", "a finite number above 0"."""
+        word = "a whole number" if self.kind is int else "a finite number"
+        bound = f"above {self.low}" if self.above else f"at least {self.low}"
+        if math.isinf(self.high):
+            return f"{word} {bound}"
+        most = f"{self.high:g}" if self.kind is float else str(self.high)
+        return f"{word} {bound} and {'below' if self.below else 'at most'} {most}"
+
+    def refusal(self, label: str, got: object, example: str) -> str:
+        """The one line refusing `got` for `label` (a field, or the `diffx train` option that sets it)."""
+        return f"{label} must be {self}, got {got!r}; e.g. {example}"
+
+
+# Every number field and the numbers training can use. `diffx train` parses its options against these too, so
+# the CLI and the Python API refuse the same values. The upper limits lie far above any real run's, so only a
+# slip (extra digits) meets them; the seed's is the largest whose seed + 1 (the U-Net stage's seed) is still a
+# signed 64-bit integer.
+NUMBERS: dict[str, Allowed] = {
+    "seed": Allowed(int, 0, 2**63 - 2, "0"),
+    "pool_size": Allowed(int, 1, 1_000_000, "30000"),
+    "vae_steps": Allowed(int, 1, MAX_STEPS, "1100"),
+    "vae_batch": Allowed(int, 1, 65536, "32"),
+    "vae_crop": Allowed(int, 1, 8192, "32"),
+    "unet_steps": Allowed(int, 1, MAX_STEPS, "5000"),
+    "unet_batch": Allowed(int, 1, 65536, "64"),
+    "warmup_steps": Allowed(int, 0, math.inf, "200"),
+    "checkpoint_every": Allowed(int, 1, MAX_STEPS, "100"),
+    "threads": Allowed(int, 0, 4096, "0"),
+    "vae_lr": Allowed(float, 0, math.inf, "1e-3", above=True),
+    "vae_kl_weight": Allowed(float, 0, math.inf, "1e-3"),
+    "shape_pixel_weight": Allowed(float, 0, math.inf, "10", above=True),
+    "unet_lr": Allowed(float, 0, 1, "5e-4", above=True),
+    "caption_dropout": Allowed(float, 0, 1, "0.1"),
+    "attention_loss": Allowed(float, 0, 1000, "0.01"),
+    "ema_decay": Allowed(float, 0, 1, "0.999", below=True),
 }
 
 
@@ -68,6 +116,22 @@ class TrainConfig:
             self.model = get_world(self.world).model_config().to_dict()
         self.validate()
 
+    @classmethod
+    def for_world(cls, world: str = "shapes", prediction_type: str = "epsilon", zero_snr: bool = False,
+                  exact_captions: bool = False, **settings: object) -> TrainConfig:
+        """A run on `world` whose model learns to predict `prediction_type` ("epsilon" or "v_prediction"), with
+        β rescaled to zero terminal SNR if `zero_snr` (Lin et al. 2023; it then samples with trailing spacing),
+        on exact captions instead of the caption-noise model if `exact_captions`; `settings` are the other
+        fields. What `diffx train` builds from its options, with the same one-line errors."""
+        chosen = get_world(world)
+        if exact_captions and not chosen.noisy_captions:
+            raise InvalidArgumentError(f"--exact-captions: the {world!r} world's captions are exact already; "
+                                       "use it with --world shapes2")
+        model = chosen.model_config()
+        model.scheduler = model.scheduler.trained_for(prediction_type, zero_snr)
+        return cls(world=world, caption_noise=EXACT_CAPTIONS.to_dict() if exact_captions else {},
+                   model=model.to_dict(), **settings)
+
     def captions(self) -> CaptionNoise:
         """The caption-noise settings training draws captions with (the world's own for v1: exact)."""
         return CaptionNoise.from_dict(self.caption_noise)
@@ -75,18 +139,11 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise `InvalidArgumentError` for the first field training could not use (`train` checks again, as
         fields may have been changed since)."""
+        for name, allowed in NUMBERS.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise InvalidArgumentError(allowed.refusal(name, value, f"{name}={allowed.example}"))
         defaults = {f.name: f.default for f in fields(self)}
-        for name, (ok, allowed) in _INTS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
-                raise InvalidArgumentError(f"{name} must be a whole number {allowed}, got {value!r}; "
-                                           f"e.g. {defaults[name]}")
-        for name, (ok, allowed) in _FLOATS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or not ok(value):
-                raise InvalidArgumentError(f"{name} must be a finite number {allowed}, got {value!r}; "
-                                           f"e.g. {defaults[name]}")
         for name in ("out_dir", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise InvalidArgumentError(f"{name} must be a non-empty string, got {getattr(self, name)!r}; "

@@ -78,7 +78,8 @@ def check_init_from(path: str, model: dict) -> None:
 
 
 def check_train_inputs(config: TrainConfig, export: Path | None = None, force: bool = False) -> None:
-    """Raise the first `DiffxError` training would meet, before any work and without writing anything."""
+    """Raise the first `DiffxError` training (and exporting to `export`, replacing a model there if `force`)
+    would meet, before any work and without writing anything."""
     config.validate()
     _check_writable_folder("--out-dir", Path(config.out_dir))
     if export is not None:
@@ -89,3 +90,5 @@ def check_train_inputs(config: TrainConfig, export: Path | None = None, force: b
     if config.threads > (os.cpu_count() or 1) * 4:
         raise InvalidArgumentError(f"--threads {config.threads} is more than 4x this machine's "
                                    f"{os.cpu_count()} CPUs; use 0 (torch's default) or at most the CPU count")
+    if export is not None and Path(export).resolve() == Path(config.out_dir).resolve():
+        raise InvalidArgumentError(f"--export {export} is the training folder --out-dir; export to another folder")

@@ -8,15 +8,14 @@ Two stages, as Stable Diffusion was built (Rombach et al. 2022, section 3):
 
 Both stages checkpoint to `out_dir` and resume from there; every random draw comes from seeded generators
 whose state is saved with the weights. Under torchrun, both stages train data-parallel (`distributed.py`).
-The settings are `config.TrainConfig`, the training folder's files `checkpoints.py`, the pictures `pool.py`;
-shipping the result is `export.py`.
+The settings are `config.TrainConfig`, the training folder's files `checkpoints.py`, the pictures `pool.py`,
+the learning-rate and EMA schedules `optim.py`, the pictures drawn at each checkpoint `previews.py`, the
+hardware each stage records `hardware.py`; shipping the result is `export.py`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -47,19 +46,19 @@ from diffx.embedded.distributed import (
     stop,
 )
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
+from diffx.embedded.hardware import describe_hardware, joined_hardware
 from diffx.embedded.history import copy_history, run_record
+from diffx.embedded.optim import ema_decay, learning_rate, swapped_in
 from diffx.embedded.pool import scene_pool, scene_weights, to_unit
 from diffx.embedded.preflight import check_train_inputs
+from diffx.embedded.previews import vae_preview
 from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.worlds import get_world
-from diffx.images import tensor_to_image
 from diffx.models.attention import observe_attention
 from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.models.vae import DiagonalGaussian
-from diffx.pipeline.generation import generate
-from diffx.pipeline.settings import GenerationSettings
-from diffx.render import make_grid, plot_loss_curve, save_png, to_pil
+from diffx.render import plot_loss_curve, save_png
 from diffx.sampling.schedules import NoiseSchedule, training_loss
 from diffx.weights.load import load_model
 
@@ -69,33 +68,6 @@ def _object_weight(images: torch.Tensor, weight: float) -> torch.Tensor:
     corner = images[:, :, :1, :1]
     differs = (images - corner).abs().amax(dim=1, keepdim=True) > 0.1
     return 1.0 + (weight - 1.0) * differs.float()
-
-
-def _lr(step: int, base: float, warmup: int, total: int) -> float:
-    """The learning rate at (0-based) `step`: linear warm-up, then one cosine decay to 10% of `base`.
-
-    Warm-up: base * (step + 1) / warmup for the first `warmup` steps, the gradual warm-up of Goyal et al.
-    2017 ("Accurate, Large Minibatch SGD", section 2.2). Then, with p = (step - warmup) / (total - warmup)
-    and lr_min = 0.1 * base, lr = lr_min + (base - lr_min) * (1 + cos(pi * p)) / 2: the cosine annealing of
-    SGDR (Loshchilov & Hutter 2017, eq. 5) as a single cycle with no restarts. Past `total` it stays at
-    lr_min.
-    """
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _ema_decay(step: int, decay: float) -> float:
-    """The EMA decay at (0-based) update `step`: min(decay, (1 + step) / (10 + step)).
-
-    The cap (0.1, 0.18, 0.25, ... -> 1) lets the average forget the random initialisation within a few
-    dozen steps instead of ~1 / (1 - decay). The formula is TensorFlow's `tf.train.ExponentialMovingAverage`
-    with `num_updates` = step, and the same sequence as diffusers' `EMAModel.get_decay` with
-    `use_ema_warmup=False` (except that diffusers' first update copies the weights, decay 0). Keeping an EMA
-    of the weights for sampling follows DDPM (Ho et al. 2020, appendix B: decay 0.9999).
-    """
-    return min(decay, (1 + step) / (10 + step))
 
 
 def _progress(disable: bool = False) -> Progress:
@@ -126,7 +98,7 @@ def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], flo
     alone in a data-parallel run)."""
     main = ranks.main
     if state.step < total:
-        state.hardware = _joined(state.hardware, describe_hardware(device, ranks))
+        state.hardware = joined_hardware(state.hardware, describe_hardware(device, ranks))
     with _progress(disable=not main) as progress:
         task = progress.add_task(name, total=total, completed=state.step, loss=recent_loss(state.losses), rate="")
         while state.step < total:
@@ -165,7 +137,7 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor,
 
     def step(index: int) -> float:
         for group in optimizer.param_groups:
-            group["lr"] = _lr(index, config.vae_lr, config.warmup_steps, config.vae_steps)
+            group["lr"] = learning_rate(index, config.vae_lr, config.warmup_steps, config.vae_steps)
         picks = torch.randint(0, len(images), (batch,), generator=generator)
         top, left = torch.randint(0, images.shape[-1] - config.vae_crop + 1, (2,), generator=generator).tolist()
         crops = images[picks, :, top:top + config.vae_crop, left:left + config.vae_crop]
@@ -189,22 +161,11 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor,
                      "generator": generator.get_state(), "state": asdict(state)})
         save_png(plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
                                  title="VAE reconstruction loss"), out / "vae_loss.png", force=True)
-        _vae_preview(model, images[:8], out / "vae_samples.png")
+        vae_preview(model, images[:8], out / "vae_samples.png")
 
     _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every, device, ranks)
     vae.eval()
     return state
-
-
-@torch.no_grad()
-def _vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> None:
-    """Originals (top row) over their reconstructions (bottom row)."""
-    x = to_unit(images.to(model.device))
-    reconstruction = model.vae.decode(model.vae.encode(x).mean)
-    cells = [[to_pil(tensor_to_image(im)) for im in x],
-             [to_pil(tensor_to_image(im.clamp(-1, 1))) for im in reconstruction]]
-    save_png(make_grid(cells, row_labels=["original", "VAE"], col_labels=None, title="VAE reconstructions",
-                       cell_size=(96, 96)), path, force=True)
 
 
 @torch.no_grad()
@@ -276,7 +237,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
 
     def step(index: int) -> float:
         for group in optimizer.param_groups:
-            group["lr"] = _lr(index, config.unet_lr, config.warmup_steps, config.unet_steps)
+            group["lr"] = learning_rate(index, config.unet_lr, config.warmup_steps, config.unet_steps)
         picks = torch.randint(0, len(scenes), (batch,), generator=generator) if weights is None else \
             torch.multinomial(weights, batch, replacement=True, generator=generator)
         chosen = picks.tolist()
@@ -302,7 +263,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        decay = _ema_decay(index, config.ema_decay)
+        decay = ema_decay(index, config.ema_decay)
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         return float(loss.detach())
@@ -326,24 +287,6 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
     model.text_encoder.eval()
     model.unet.eval()
     return state
-
-
-class swapped_in:  # noqa: N801 - used like a function: `with swapped_in(params, ema): ...`
-    """Temporarily load the EMA weights into the live parameters (for previews), then restore them."""
-
-    def __init__(self, params: list[torch.nn.Parameter], ema: list[torch.Tensor]):
-        self.params, self.ema = params, ema
-
-    def __enter__(self) -> None:
-        self.backup = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, shadow in zip(self.params, self.ema, strict=True):
-                p.copy_(shadow)
-
-    def __exit__(self, *exc: object) -> None:
-        with torch.no_grad():
-            for p, saved in zip(self.params, self.backup, strict=True):
-                p.copy_(saved)
 
 
 def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] | None = None
@@ -400,23 +343,6 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     return model, summary
 
 
-def describe_hardware(device: torch.device, ranks: Ranks = Ranks()) -> str:
-    """Where a stage ran, for the model card: e.g. "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130"; under
-    torchrun with the number of processes first ("2 processes (DDP) x ...")."""
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"{platform.machine()} {device.type.upper()}, {torch.get_num_threads()} threads"
-    processes = f"{ranks.world_size} processes (DDP) x " if ranks.parallel else ""
-    return f"{processes}{where}, torch {torch.__version__}"
-
-
-def _joined(earlier: str, now: str) -> str:
-    """Hardware of a stage that resumed elsewhere: "A; then B" (each machine named once)."""
-    parts = [part for part in earlier.split("; then ") if part]
-    return "; then ".join(parts if parts and parts[-1] == now else [*parts, now])
-
-
 def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
     """Start from a shipped model instead of random weights, with its VAE counted as fully trained.
 
@@ -434,18 +360,3 @@ def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
         "generator": torch.Generator().manual_seed(config.seed).get_state(),
         "state": asdict(TrainState(step=config.vae_steps))})
 
-
-@torch.no_grad()
-def preview_grid(model: StableDiffusion, path: Path, prompts: tuple[str, ...],
-                 guidances: tuple[float, ...] = (1.0, 5.0)) -> None:
-    """A grid of fixed prompts (columns, e.g. a world's `preview_prompts`) at a few guidance weights (rows):
-    progress made visible."""
-    modes = (model.text_encoder.training, model.unet.training)
-    model.text_encoder.eval()
-    model.unet.eval()
-    rows = [[to_pil(generate(model, GenerationSettings(prompt=prompt, guidance=w, steps=25)).images[0])
-             for prompt in prompts] for w in guidances]
-    model.text_encoder.train(modes[0])
-    model.unet.train(modes[1])
-    save_png(make_grid(rows, row_labels=[f"w = {w}" for w in guidances], col_labels=list(prompts),
-                       title=path.stem.replace("_", " "), cell_size=(96, 96)), path, force=True)

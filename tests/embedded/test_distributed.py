@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from diffx.embedded.distributed import RANK_SEED_STRIDE, Ranks, from_environment
-from diffx.embedded.train import describe_hardware
 from diffx.errors import InvalidArgumentError
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -57,7 +55,3 @@ def test_a_batch_that_does_not_split_evenly_is_refused():
                                                    r"multiple of 4"):
         Ranks(1, 4).share(6, "--batch")
 
-
-def test_the_hardware_record_names_the_processes():
-    assert describe_hardware(torch.device("cpu"), Ranks(0, 2)).startswith("2 processes (DDP) x ")
-    assert "DDP" not in describe_hardware(torch.device("cpu"))

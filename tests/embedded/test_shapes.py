@@ -13,16 +13,15 @@ from diffx.embedded.shapes import (
     TRAIN_STREAM,
     Scene,
     ShapeObject,
-    ShapesDataset,
     caption,
     make_eval_prompts,
     make_scene,
     object_masks,
     parse_prompt,
     render,
-    sample_batch,
 )
 from diffx.errors import DiffxError
+from tests.embedded.shapes_samples import ShapesDataset, sample_batch
 
 
 def random_scenes(count: int, seed: int = 0) -> list[Scene]:
