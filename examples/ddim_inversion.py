@@ -18,7 +18,7 @@ import torch
 
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.conditioning import encode_text
-from diffx.pipeline.denoiser import make_denoiser, schedule_for
+from diffx.pipeline.denoiser import grid_for, make_denoiser
 from diffx.pipeline.generation import generate
 from diffx.pipeline.inversion import psnr
 from diffx.pipeline.settings import GenerationSettings

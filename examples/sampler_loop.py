@@ -15,6 +15,7 @@ from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.conditioning import encode_text, tokenize
 from diffx.pipeline.denoiser import schedule_for
 from diffx.render import save_png
+from diffx.sampling.grids import GridSpec, sampling_grid
 from diffx.sampling.samplers import StepRecord, sample
 from diffx.weights.load import load_model
 

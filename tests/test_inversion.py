@@ -29,6 +29,7 @@ from diffx.pipeline.inversion import (
     save_inversion,
 )
 from diffx.sampling.ddim_inversion import invert_ddim
+from diffx.sampling.grids import GridSpec, sampling_grid
 from diffx.sampling.samplers import StepRecord, sample_ddim
 from diffx.sampling.schedules import NoiseSchedule
 
@@ -102,7 +103,8 @@ def test_round_trip_exact_when_eps_ignores_x():
         return pattern * torch.cos(t / 1000)
 
     z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    back = sample_ddim(eps_of_t, invert_ddim(eps_of_t, z0, schedule, 10), schedule, 10)
+    grid = sampling_grid(GridSpec("ddim", 10), schedule)
+    back = sample_ddim(eps_of_t, invert_ddim(eps_of_t, z0, grid), grid)
     assert (back - z0).abs().max() < 1e-4
 
 
@@ -118,8 +120,9 @@ def test_round_trip_converges_like_one_over_steps():
         return (1 - a) ** 0.5 * x / (a * s2 + 1 - a)
 
     z0 = 0.5 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
-    errors = {n: (sample_ddim(gaussian_eps, invert_ddim(gaussian_eps, z0, schedule, n), schedule, n) - z0).abs().max()
-              for n in (10, 100, 500)}
+    grids = {n: sampling_grid(GridSpec("ddim", n), schedule) for n in (10, 100, 500)}
+    errors = {n: (sample_ddim(gaussian_eps, invert_ddim(gaussian_eps, z0, grid), grid) - z0).abs().max()
+              for n, grid in grids.items()}
     assert errors[10] > errors[100] > errors[500]
     assert 3.5 < errors[100] / errors[500] < 6.5
     assert errors[500] < 0.02

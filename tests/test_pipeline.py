@@ -32,7 +32,7 @@ from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.conditioning import PromptTruncatedWarning
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.sampling.grids import SAMPLERS
+from diffx.sampling.grids import SAMPLERS, GridSpec, sampling_grid
 from diffx.sampling.samplers import StepRecord, sample
 from diffx.sampling.schedules import NoiseSchedule
 from tests.models.ldm_configs import reference_unet, reference_vae
@@ -216,8 +216,9 @@ def test_sd15_size_matches_diffusers(tokenizer_folder):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_next_sigma_is_the_sigma_of_the_next_state(sampler):
     records: list[StepRecord] = []
-    sample(sampler, lambda x, t: 0.1 * x, torch.randn(1, 4, 4, 4), NoiseSchedule.create("scaled_linear"), 5,
-           generator=torch.Generator().manual_seed(0), callback=records.append)
+    grid = sampling_grid(GridSpec(sampler, 5), NoiseSchedule.create("scaled_linear"))
+    sample(lambda x, t: 0.1 * x, torch.randn(1, 4, 4, 4), grid, generator=torch.Generator().manual_seed(0),
+           callback=records.append)
     for record, following in zip(records, records[1:], strict=False):
         assert record.next_sigma == following.sigma
     # Every sampler ends at the clean latent except DDIM, which stops at t = 0 (ᾱ_0 < 1, SD's setting).

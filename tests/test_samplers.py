@@ -17,8 +17,8 @@ from diffusers import (
 )
 
 from diffx.errors import InvalidArgumentError
-from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS
-from diffx.sampling.samplers import StepRecord, model_timesteps, sample
+from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS, GridSpec, sampling_grid
+from diffx.sampling.samplers import StepRecord, sample
 from diffx.sampling.schedules import NoiseSchedule, img2img_start
 
 SD15 = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -83,12 +83,17 @@ def run_diffusers(sampler, steps, noise, *, spacing="leading", karras=False, eta
     return latents, records
 
 
-def run_diffx(sampler, steps, noise, *, seed=None, **kwargs):
+def make_grid(sampler, steps, *, spacing="leading", karras=False, strength=None, schedule=None):
+    """diffx's grid for the settings (SD1.5's scheduler: steps_offset 1)."""
+    return sampling_grid(GridSpec(sampler, steps, spacing, karras), schedule or NoiseSchedule.create("scaled_linear"),
+                         strength=strength)
+
+
+def run_diffx(sampler, steps, noise, *, seed=None, spacing="leading", karras=False, strength=None, **kwargs):
     records: list[StepRecord] = []
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    schedule = NoiseSchedule.create("scaled_linear")
-    result = sample(sampler, fake_eps, noise, schedule, steps, generator=generator, callback=records.append,
-                    **kwargs)
+    grid = make_grid(sampler, steps, spacing=spacing, karras=karras, strength=strength)
+    result = sample(fake_eps, noise, grid, generator=generator, callback=records.append, **kwargs)
     return result, records
 
 
@@ -193,15 +198,16 @@ def test_strength_zero_returns_the_input():
     ({"variance": "learned", "sampler": "ddpm"}, "fixed_small, fixed_large"),
     ({"strength": 1.5, "init_latent": torch.zeros(SHAPE)}, "strength must be between 0 and 1"),
     ({"strength": -0.1, "init_latent": torch.zeros(SHAPE)}, "strength must be between 0 and 1"),
-    ({"strength": 0.5}, "init_latent and strength"),
+    ({"strength": 0.5}, "no init_latent was given"),
     ({"karras": True, "sampler": "ddim"}, "Karras sigmas apply to"),
     ({"eta": -1.0}, "eta must be >= 0"),
 ])
 def test_errors(kwargs, message):
     arguments = {"sampler": "ddim", "steps": 10} | kwargs
+    grid_keys = ("sampler", "steps", "spacing", "karras", "strength")
     with pytest.raises(InvalidArgumentError, match=message):
-        sample(arguments.pop("sampler"), fake_eps, torch.randn(SHAPE), NoiseSchedule.create("scaled_linear"),
-               arguments.pop("steps"), **arguments)
+        grid = make_grid(**{key: arguments.pop(key) for key in grid_keys if key in arguments})
+        sample(fake_eps, torch.randn(SHAPE), grid, **arguments)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -210,6 +216,7 @@ def test_model_timesteps_are_the_timesteps_the_sampler_calls(sampler, spacing, k
     schedule = NoiseSchedule.create("scaled_linear")
     karras = karras and sampler in KARRAS_SAMPLERS
     called: list[float] = []
-    sample(sampler, lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1), schedule, 7, spacing=spacing,
-           karras=karras, generator=torch.Generator().manual_seed(0), callback=lambda r: called.append(r.timestep))
-    assert model_timesteps(sampler, schedule, 7, spacing=spacing, karras=karras) == called
+    grid = make_grid(sampler, 7, spacing=spacing, karras=karras, schedule=schedule)
+    sample(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1), grid, generator=torch.Generator().manual_seed(0),
+           callback=lambda r: called.append(r.timestep))
+    assert grid.model_timesteps() == called

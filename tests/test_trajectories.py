@@ -13,8 +13,7 @@ from diffx.errors import InvalidArgumentError
 from diffx.experiments import trajectories
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.sampling.grids import SAMPLERS
-from diffx.sampling.samplers import model_timesteps
+from diffx.sampling.grids import SAMPLERS, GridSpec, sampling_grid
 from diffx.sampling.schedules import NoiseSchedule
 from diffx.trace.tracer import generate_traced
 from tests.test_cli import ok, refused
@@ -52,7 +51,8 @@ def test_model_evaluations_are_counted_per_sampler(counted, tiny_model):
     schedule = NoiseSchedule.from_config(tiny_model.config.scheduler)
     for run in measured.runs:
         expected = 2 * run.steps - 1 if run.sampler == "heun" else run.steps  # Heun's last step is plain Euler
-        assert run.nfe == expected == len(model_timesteps(run.sampler, schedule, run.steps, spacing="trailing"))
+        grid = sampling_grid(GridSpec(run.sampler, run.steps, "trailing"), schedule)
+        assert run.nfe == expected == len(grid.model_timesteps())
         assert list(run.convergence.nfe) == list(range(1, run.nfe + 1))
         assert len(run.path) == run.nfe + 1 and len(run.states) == run.steps + 1
         assert run.convergence.step_nfe[-1] == run.nfe and len(run.convergence.step_size) == run.steps

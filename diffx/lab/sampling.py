@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from diffx.lab.model import LabModel, guided_eps, one_thread
+from diffx.sampling.grids import GridSpec, sampling_grid
 from diffx.sampling.samplers import StepRecord, sample
 from diffx.sampling.schedules import NoiseSchedule
 

@@ -207,7 +207,8 @@ def test_tuned_guidance_is_the_peak_and_becomes_the_folders_default(tmp_path, mo
     rates = {1.0: 0.2, 3.0: 0.6, 5.0: 0.6, 7.5: 0.4}  # a tie at the peak: the smaller scale keeps more diversity
     monkeypatch.setattr(world_quality, "_grouped_rates", lambda prompts, pictures: {
         "all prompts": {"all": rates[pictures[0]]}})
-    monkeypatch.setattr(world_quality, "generate_pictures", lambda m, prompts, seeds, w, batch, steps: [w] * len(prompts))
+    monkeypatch.setattr(world_quality, "generate_pictures",
+                        lambda m, prompts, seeds, w, batch, steps: [w] * len(prompts))
     tuning = tune_guidance(model, [7.5, 1, 5, 3], n=4)
     assert tuning["scales"] == [1.0, 3.0, 5.0, 7.5] and tuning["all"] == [0.2, 0.6, 0.6, 0.4]
     assert (tuning["chosen"], tuning["n"], tuning["seed"]) == (3.0, 4, 1000)
