@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,8 @@ ALL_PREFIXES = (*ORIGINAL_PREFIXES.values(), OPEN_CLIP_PREFIX, SDXL_PREFIX)
 @dataclass
 class StableDiffusion:
     """Everything a pipeline needs to turn a prompt into an image, plus where its weights came from."""
+
+    family: ClassVar[str] = "stable-diffusion"  # its parts as the pipeline calls them: diffx.pipeline.families
 
     config: ModelConfig
     tokenizer: ClipTokenizer

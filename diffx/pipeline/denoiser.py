@@ -14,10 +14,11 @@ from torch import Tensor
 
 from diffx.models.attention import observe_attention
 from diffx.pipeline.conditioning import Conditioning
+from diffx.pipeline.families import family_of
 from diffx.pipeline.observers import Observer
 from diffx.pipeline.settings import ResolvedSettings
 from diffx.sampling.grids import Grid, sampling_grid
-from diffx.sampling.schedules import NoiseSchedule, eps_from_prediction, vp_scales
+from diffx.sampling.schedules import NoiseSchedule, vp_scales
 
 if TYPE_CHECKING:
     from diffx.models.configs import SchedulerConfig
@@ -69,34 +70,37 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
     """ε̂(x_t, t) with classifier-free guidance: ε_u + w (ε_c − ε_u)  (Ho & Salimans 2022, eq. 6).
 
     Without an unconditional context (guidance exactly 1) only ε_c is computed.
-    Both halves run as one batch [uncond; cond], as diffusers does. Guidance (and its rescale φ,
-    `rescale_guidance`) works on what the U-Net predicts; a v-prediction model's v̂ then becomes
-    ε̂ = σ x_t + α v̂ at t's α, σ in `schedule` (default: the model's own), so every sampler, the
-    tracer and the views see ε̂ whatever the model predicts. `observer` hears both (as ε̂) and watches
-    the U-Net's attention. `added_*`: SDXL's vector y of each branch (`diffx.conditioning`).
+    Both halves run as one batch [uncond; cond], as diffusers does. The network and what it predicts come from
+    the model's family (`diffx.pipeline.families`). Guidance (and its rescale φ, `rescale_guidance`) works on what
+    the network predicts; its parameterization then turns that into ε̂ at t's α, σ in `schedule` (default: the
+    model's own) — a v-prediction model's v̂ becomes ε̂ = σ x_t + α v̂ — so every sampler, the tracer and the
+    views see ε̂ whatever the model predicts. `observer` hears both (as ε̂) and watches the network's attention.
+    `added_*`: SDXL's vector y of each branch (`diffx.pipeline.conditioning`).
     """
     dtype = model.dtype
     observer = observer or Observer()
-    prediction_type = model.config.scheduler.prediction_type
+    family = family_of(model)
+    parameterization = family.parameterization(model)
     schedule = schedule or schedule_for(model, model.config.scheduler.beta_schedule)
-    latent_channels = model.config.unet.out_channels  # an inpainting U-Net's input is [x_t, mask, image]
+    latent_channels = model.config.vae.embed_dim  # an inpainting U-Net's input is [x_t, mask, image]
 
     def eps_model(x_in: Tensor, t: Tensor) -> Tensor:
         batch = x_in.shape[0]
+        alpha, sigma = (float(s) for s in vp_scales(schedule, t))
+        x_net, t_net = parameterization.network_input(x_in, t, alpha, sigma)  # a flow network's x_s and s·T
         if context_uncond is None:
-            out_uncond, out_cond = None, model.unet(x_in.to(dtype), t, context_cond, added_cond).float()
+            out_uncond, out_cond = None, family.network(model, x_net.to(dtype), t_net, context_cond, added_cond).float()
             out = out_cond
         else:
             y = None if added_cond is None else torch.cat([added_uncond, added_cond])
-            out_both = model.unet(torch.cat([x_in, x_in]).to(dtype), t,
-                                  torch.cat([context_uncond, context_cond]), y).float()
+            out_both = family.network(model, torch.cat([x_net, x_net]).to(dtype), t_net,
+                                      torch.cat([context_uncond, context_cond]), y).float()
             out_uncond, out_cond = out_both[:batch], out_both[batch:]
             out = rescale_guidance(out_uncond + guidance * (out_cond - out_uncond), out_cond, guidance_rescale)
-        alpha, sigma = (float(s) for s in vp_scales(schedule, t))
         x_t = x_in[:, :latent_channels].float()
 
         def to_eps(output: Tensor | None) -> Tensor | None:
-            return None if output is None else eps_from_prediction(output, x_t, alpha, sigma, prediction_type)
+            return None if output is None else parameterization.to_eps(output, x_t, alpha, sigma)
 
         if observer.on_guidance is not None:
             observer.on_guidance(to_eps(out_uncond), to_eps(out_cond))

@@ -25,8 +25,9 @@ from torch import Tensor
 from diffx.errors import InputImageError, InvalidArgumentError
 from diffx.images import image_to_tensor, load_init_image, repaint_mask
 from diffx.pipeline.codec import decode_latents, encode_image
-from diffx.pipeline.conditioning import prompt_conditioning, tokenize
+from diffx.pipeline.conditioning import tokenize
 from diffx.pipeline.denoiser import grid_for, settings_denoiser
+from diffx.pipeline.families import family_of
 from diffx.pipeline.inpainting import latent_blending, mask_conditioned
 from diffx.pipeline.observers import ImageRun, Observe, Observer, chain_callbacks
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
@@ -178,7 +179,7 @@ def _generate_batch(model: StableDiffusion, runs: list[ResolvedSettings], progre
     """Text → image for several prompts and seeds in one sampler run (a deterministic sampler: no draws after
     the initial noise, drawn per seed as alone)."""
     settings = runs[0]
-    conditioning = prompt_conditioning(model, [tokenize(model, run.prompt) for run in runs],
+    conditioning = family_of(model).conditioning(model, [tokenize(model, run.prompt) for run in runs],
                                        tokenize(model, settings.negative_prompt, "negative prompt"), settings.guided,
                                        (settings.height, settings.width), not settings.negative_prompt)
     noise = torch.cat([torch.randn(_latent_shape(model, settings), generator=torch.Generator().manual_seed(run.seed))
@@ -191,17 +192,18 @@ def _generate_one(model: StableDiffusion, settings: ResolvedSettings, index: int
                   init_image: Image.Image | np.ndarray | None, mask: Image.Image | np.ndarray | Tensor | None,
                   observe: Observe | None, progress: StepCallback | None) -> Tensor:
     """One image: its conditioning, its random draws in diffusers' order, its observer, the sampler."""
+    family = family_of(model)
     tokens = tokenize(model, settings.prompt)
     negative_tokens = tokenize(model, settings.negative_prompt, "negative prompt")
     # Guidance 1 is ε_c alone: the unconditional branch is skipped, observed or not (observing never changes numbers).
-    conditioning = prompt_conditioning(model, [tokens], negative_tokens, settings.guided,
+    conditioning = family.conditioning(model, [tokens], negative_tokens, settings.guided,
                                        (settings.height, settings.width), not settings.negative_prompt)
     latent_shape = _latent_shape(model, settings)
     mode = "text2img" if init_image is None else ("inpaint" if mask is not None else "img2img")
     observer = observe(ImageRun(index, settings, mode, tokens, negative_tokens, latent_shape)) \
         if observe is not None else Observer()
 
-    inpainting_unet = mask is not None and model.config.unet.in_channels == 9
+    inpainting_unet = mask is not None and family.mask_conditioned(model)
     # diffusers' inpainting starts from pure noise at strength 1, and its 9-channel U-Net then needs no latent
     # of the unmasked image (only of the masked one).
     from_noise = mask is not None and settings.strength == 1.0

@@ -30,8 +30,9 @@ from torch import Tensor
 from diffx.errors import InvalidArgumentError, check_finite
 from diffx.files import atomic_output
 from diffx.pipeline.codec import decode_latents, encode_image
-from diffx.pipeline.conditioning import prompt_conditioning, tokenize
+from diffx.pipeline.conditioning import tokenize
 from diffx.pipeline.denoiser import grid_for, settings_denoiser
+from diffx.pipeline.families import family_of
 from diffx.pipeline.observers import ImageRun, Observe, Observer, chain_callbacks
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
 from diffx.sampling.ddim_inversion import invert_ddim
@@ -112,7 +113,7 @@ def _observed_denoiser(model: StableDiffusion, settings: ResolvedSettings, mode:
     tokens, negative_tokens = tokenize(model, settings.prompt), tokenize(model, settings.negative_prompt)
     observer = observe(ImageRun(0, settings, mode, tokens, negative_tokens, tuple(latent_shape))) \
         if observe is not None else Observer()
-    conditioning = prompt_conditioning(model, [tokens], negative_tokens, settings.guided,
+    conditioning = family_of(model).conditioning(model, [tokens], negative_tokens, settings.guided,
                                        (settings.height, settings.width), not settings.negative_prompt)
     return settings_denoiser(model, settings, conditioning, observer), observer
 

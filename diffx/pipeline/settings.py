@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
+from diffx.pipeline.families import family_of
 from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, SPACINGS, strength_for_timestep
 
@@ -90,8 +91,8 @@ class ResolvedSettings:
 
 
 def size_multiple(model: StableDiffusion) -> int:
-    """Image sides must be multiples of this: VAE factor × the U-Net's total downsampling."""
-    return model.config.vae.downsample_factor * 2 ** (len(model.config.unet.channel_mult) - 1)
+    """Image sides must be multiples of this (the model family's: for a U-Net, VAE factor × its downsampling)."""
+    return family_of(model).size_multiple(model)
 
 
 def _strength(settings: GenerationSettings | ResolvedSettings, num_train_timesteps: int) -> float:

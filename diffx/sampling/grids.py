@@ -122,7 +122,9 @@ def sampling_grid(settings: GridSettings, schedule: NoiseSchedule, *, steps_offs
               "start_index": start_index}
     if sampler in VP_SAMPLERS:
         timesteps, prev_timesteps = _vp_grid(schedule, sampler, steps, spacing, steps_offset)
-        after = schedule.sigmas[prev_timesteps[-1]] if prev_timesteps[-1] >= 0 else torch.tensor(0.0)
+        last = int(prev_timesteps[-1])
+        # Past t = 0 DDPM reaches the clean latent (ᾱ = 1); DDIM stops at ᾱ_0 (SD's set_alpha_to_one=False).
+        after = schedule.sigmas[max(last, 0)] if last >= 0 or sampler == "ddim" else torch.tensor(0.0)
         sigmas = torch.cat([schedule.sigmas[timesteps], after[None]]).float()
         return Grid(timesteps=timesteps, sigmas=sigmas, prev_timesteps=prev_timesteps, **common)
     if sampler == "dpmpp_2m":

@@ -1,1 +1,21 @@
-"""TODO"""
+"""Checkpoints in every form a user brings, read safely and mapped onto diffx's modules.
+
+- safe_pickle.py: a pickle reader that never runs code (.ckpt); discovery.py: which models are on disk
+- architecture.py: a single file's family and configuration from its tensors' names and shapes
+- diffusers_layout.py: a diffusers folder's configs and tensor names in diffx's terms
+- load.py: `load_model` / `save_model` (EMA or main weights, fp16, folders and single files)
+"""
+
+from diffx.weights.architecture import recognise
+from diffx.weights.discovery import ModelSource, find_models, resolve_model_source
+from diffx.weights.load import load_model, read_state_dict, save_model
+
+__all__ = [
+    "ModelSource",
+    "find_models",
+    "load_model",
+    "read_state_dict",
+    "recognise",
+    "resolve_model_source",
+    "save_model",
+]
