@@ -16,16 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffx.pipeline.codec import decode_latents
-from diffx.pipeline.conditioning import encode_text
-from diffx.pipeline.denoiser import grid_for, make_denoiser
-from diffx.pipeline.generation import generate
-from diffx.pipeline.inversion import psnr
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline import GenerationSettings, decode_latents, encode_text, generate, grid_for, make_denoiser, psnr
 from diffx.render import save_png
-from diffx.sampling.ddim_inversion import invert_ddim
-from diffx.sampling.samplers import sample
-from diffx.weights.load import load_model
+from diffx.sampling import invert_ddim, sample
+from diffx.weights import load_model
 
 STEPS = 20
 

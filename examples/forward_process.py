@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from diffx import experiments
 from diffx.embedded.shapes import make_scene, render
-from diffx.experiments import sweeps as experiments
 from diffx.render import save_png
-from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule
+from diffx.sampling import BETA_SCHEDULES, NoiseSchedule
 
 
 def main(out_dir: Path) -> dict[str, float]:

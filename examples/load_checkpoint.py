@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from diffx.devices import resolve_device
-from diffx.pipeline.generation import generate
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline import GenerationSettings, generate
 from diffx.render import save_png
-from diffx.weights.load import load_model
+from diffx.weights import load_model
 
 
 def main(checkpoint: str, out_dir: Path, steps: int = 25) -> Path:

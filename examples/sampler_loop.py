@@ -11,13 +11,10 @@ from pathlib import Path
 
 import torch
 
-from diffx.pipeline.codec import decode_latents
-from diffx.pipeline.conditioning import encode_text, tokenize
-from diffx.pipeline.denoiser import schedule_for
+from diffx.pipeline import decode_latents, encode_text, schedule_for, tokenize
 from diffx.render import save_png
-from diffx.sampling.grids import GridSpec, sampling_grid
-from diffx.sampling.samplers import StepRecord, sample
-from diffx.weights.load import load_model
+from diffx.sampling import GridSpec, StepRecord, sample, sampling_grid
+from diffx.weights import load_model
 
 
 def main(prompt: str, out_dir: Path, guidance: float = 5.0) -> dict[str, list[float]]:

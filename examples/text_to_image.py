@@ -8,10 +8,9 @@ Uses the embedded shapes-world-2 model unless DIFFX_MODEL (or --model in the CLI
 import sys
 from pathlib import Path
 
-from diffx.pipeline.generation import generate
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline import GenerationSettings, generate
 from diffx.render import save_png
-from diffx.weights.load import load_model
+from diffx.weights import load_model
 
 
 def main(prompt: str, out_dir: Path) -> list[Path]:

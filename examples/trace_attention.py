@@ -8,11 +8,11 @@ Writes the trace GIF, the word × timestep attention grid, and prints where each
 import sys
 from pathlib import Path
 
-from diffx.pipeline.settings import GenerationSettings
+from diffx import views
+from diffx.pipeline import GenerationSettings
 from diffx.render import save_gif, save_png
 from diffx.trace.tracer import generate_traced, save_trace
-from diffx.views import steps as views
-from diffx.weights.load import load_model
+from diffx.weights import load_model
 
 
 def main(prompt: str, out_dir: Path) -> dict[str, tuple[int, int]]:
