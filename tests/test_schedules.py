@@ -13,7 +13,6 @@ from diffx.sampling.schedules import (
     karras_sigmas,
     log_snr,
     q_sample,
-    q_step,
     sigma_to_t,
     spaced_timesteps,
     strength_for_timestep,
@@ -26,6 +25,17 @@ SCHEDULES = [
     ("scaled_linear", "scaled_linear", {"beta_start": 0.00085, "beta_end": 0.012}),
     ("cosine", "squaredcos_cap_v2", {}),
 ]
+
+
+def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor,
+           noise: torch.Tensor) -> torch.Tensor:
+    """x_t = √(1 - β_t) x_{t-1} + √β_t ε, one step of q(x_t | x_{t-1}) (DDPM eq. 2).
+
+    Starting from the clean sample at t = 0 and stepping t = 0, 1, …, k gives x_k ~ q(x_k | x_0).
+    """
+    beta = schedule.betas[t].reshape(-1, *[1] * (x_prev.ndim - 1))
+    return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
+
 
 
 @pytest.mark.parametrize("name, diffusers_name, ends", SCHEDULES)

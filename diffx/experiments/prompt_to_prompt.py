@@ -43,7 +43,8 @@ from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.models.unet import CrossAttention
 from diffx.pipeline.conditioning import tokenize
 from diffx.pipeline.denoiser import grid_for
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline.observers import chain_callbacks
+from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
 from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.trace.tracer import TracedGeneration, generate_traced
 
@@ -183,46 +184,43 @@ def check_fraction(name: str, value: float) -> float:
     return value
 
 
-def record_source(model: StableDiffusion, settings: GenerationSettings, tau: float, self_tau: float = 0.0,
-                  progress: StepCallback | None = None) -> tuple[TracedGeneration, AttentionRecorder]:
+def record_source(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings, tau: float,
+                  self_tau: float = 0.0, progress: StepCallback | None = None
+                  ) -> tuple[TracedGeneration, AttentionRecorder]:
     """Run the source prompt, keeping its cross-attention for the first `tau` of the model evaluations
     (self-attention for the first `self_tau`)."""
-    resolved = settings.resolved(model)
+    resolved = resolve_settings(model, settings)
     for name, value in (("tau", tau), ("self-attention tau", self_tau)):
         check_fraction(name, value)
     num_steps = len(grid_for(model, resolved).model_timesteps())
     recorder = AttentionRecorder(math.floor(tau * num_steps), math.floor(self_tau * num_steps), num_steps,
                                  model.dtype)
-    return _run(model, settings, recorder, progress), recorder
+    return _run(model, resolved, recorder, progress), recorder
 
 
-def inject(model: StableDiffusion, settings: GenerationSettings, recorder: AttentionRecorder, token_map: TokenMap,
-           scales: Tensor, progress: StepCallback | None = None) -> TracedGeneration:
+def inject(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings, recorder: AttentionRecorder,
+           token_map: TokenMap, scales: Tensor, progress: StepCallback | None = None) -> TracedGeneration:
     """Run `settings.prompt` with `recorder`'s attention injected through `token_map`, re-weighted by `scales`."""
     return _run(model, settings, AttentionInjector(recorder, token_map, scales), progress)
 
 
-def _run(model: StableDiffusion, settings: GenerationSettings, window: _StepWindow | None,
+def _run(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings, window: _StepWindow | None,
          progress: StepCallback | None) -> TracedGeneration:
     """One traced generation (x̂0 at every step) with `window` editing the attention, if any."""
-    def step(record: StepRecord) -> None:
-        for callback in (window.advance if window is not None else None, progress):
-            if callback is not None:
-                callback(record)
-
+    step = chain_callbacks(window.advance if window is not None else None, progress)
     with edit_attention(window) if window is not None else contextlib.nullcontext():
         return generate_traced(model, settings, options=TRACE_RECORD_X0, progress=step)
 
 
-def prompt_to_prompt(model: StableDiffusion, settings: GenerationSettings, target: str | None = None, *,
-                     tau: float = 0.6, self_tau: float = 0.0, reweight: dict[str, float] | None = None,
-                     progress: StepCallback | None = None) -> Edit:
+def prompt_to_prompt(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings,
+                     target: str | None = None, *, tau: float = 0.6, self_tau: float = 0.0,
+                     reweight: dict[str, float] | None = None, progress: StepCallback | None = None) -> Edit:
     """Edit `settings.prompt` into `target` (None: the same prompt, e.g. only re-weighting) with the source's
     seed: runs the source, the edit without injection and the edit with the source's cross-attention for
     the first `tau` of the model evaluations (and self-attention for the first `self_tau`).
     `reweight`: word of the edit prompt -> factor c on its injected maps. Everything is checked first."""
+    settings = resolve_settings(model, settings)  # once: the three runs share it
     target = settings.prompt if target is None else target
-    settings.resolved(model)
     for name, value in (("tau", tau), ("self-attention tau", self_tau)):
         check_fraction(name, value)
     target_tokens = tokenize(model, target, "edit prompt")

@@ -103,12 +103,3 @@ def to_fast_path(module: nn.Module) -> nn.Module:
     use_channels_last([module])
     use_packed_convolutions([module])
     return module
-
-
-def is_fast_path(module: nn.Module) -> bool:
-    """Whether `module` runs the fast path: bf16 weights, its 4-D ones channels-last, its convolutions packed."""
-    parameters = list(module.parameters())
-    convolutions = [p for p in parameters if p.dim() == 4]
-    return bool(parameters) and parameters[0].dtype == FAST_DTYPE and all(
-        p.is_contiguous(memory_format=torch.channels_last) for p in convolutions) and all(
-        isinstance(layer, PackedConv2d) for layer in module.modules() if isinstance(layer, nn.Conv2d))

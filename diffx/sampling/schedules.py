@@ -212,16 +212,6 @@ def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: 
     return sqrt_alpha_prod * x0 + sqrt_one_minus_alpha_prod * noise
 
 
-def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor,
-           noise: torch.Tensor) -> torch.Tensor:
-    """x_t = √(1 - β_t) x_{t-1} + √β_t ε, one step of q(x_t | x_{t-1}) (DDPM eq. 2).
-
-    Starting from the clean sample at t = 0 and stepping t = 0, 1, …, k gives x_k ~ q(x_k | x_0).
-    """
-    beta = _per_sample(schedule.betas, t, x_prev)
-    return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
-
-
 # ---------------------------------------------------------------------------------------------
 # What the model predicts: ε or v (Salimans & Ho 2022, "Progressive Distillation", sec. 4 and appendix D)
 #

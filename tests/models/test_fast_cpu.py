@@ -12,12 +12,22 @@ from torch import nn
 
 from diffx.models.attention import observe_attention
 from diffx.models.configs import shapes_world, tiny
-from diffx.models.fast_cpu import FAST_DTYPE, PackedConv2d, is_fast_path, to_fast_path
+from diffx.models.fast_cpu import FAST_DTYPE, PackedConv2d, to_fast_path
 from diffx.models.stable_diffusion import build
 from diffx.models.unet import UNet
 from diffx.models.vae import AutoencoderKL, ResnetBlock
 
 EPS_TOLERANCE = 0.015  # relative error of ε̂ vs fp32, the issue's bound (#18)
+
+
+def is_fast_path(module: nn.Module) -> bool:
+    """Whether `module` runs the fast path: bf16 weights, its 4-D ones channels-last, its convolutions packed."""
+    parameters = list(module.parameters())
+    convolutions = [p for p in parameters if p.dim() == 4]
+    return bool(parameters) and parameters[0].dtype == FAST_DTYPE and all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in convolutions) and all(
+        isinstance(layer, PackedConv2d) for layer in module.modules() if isinstance(layer, nn.Conv2d))
+
 
 
 def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
