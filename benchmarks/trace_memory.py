@@ -29,7 +29,7 @@ from diffx.models.configs import sd15
 from diffx.models.stable_diffusion import build_without_weights
 from diffx.models.unet import UNet
 from diffx.pipeline.observers import ImageRun
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings, resolve_settings
 from diffx.sampling.samplers import StepRecord
 from diffx.trace.tracer import Trace, Tracer, load_trace, save_trace, trace_meta
 from diffx.views.attention import explorer_options
@@ -74,7 +74,8 @@ def main() -> None:
     start = time.perf_counter()
     meta_model = build_without_weights(sd15())  # the config, tokenizer and identity, no weights
     unet = UNet(sd15().unet).eval()  # the real SD1.5 U-Net, random weights
-    settings = GenerationSettings(prompt=LONG_PROMPT, width=512, height=512, steps=STEPS, guidance=7.5)
+    settings = resolve_settings(meta_model, GenerationSettings(prompt=LONG_PROMPT, width=512, height=512,
+                                                               steps=STEPS, guidance=7.5))
     tokens = meta_model.tokenizer.encode(LONG_PROMPT)
     run = ImageRun(index=0, settings=settings, mode="text2img", tokens=tokens,
                    negative_tokens=meta_model.tokenizer.encode(""), latent_shape=(1, 4, 64, 64))
