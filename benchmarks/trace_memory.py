@@ -31,7 +31,7 @@ from diffx.models.unet import UNet
 from diffx.pipeline.observers import ImageRun
 from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import StepRecord
-from diffx.trace.tracer import Trace, Tracer, load_trace, save_trace, trace_meta
+from diffx.trace import Trace, Tracer, load_trace, save_trace, trace_meta
 from diffx.views.attention import explorer_options
 
 BUDGET_MB = 300

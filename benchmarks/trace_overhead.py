@@ -22,7 +22,7 @@ from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, generate_traced
+from diffx.trace import Trace, generate_traced
 from diffx.weights.load import load_model
 
 WARMUP = 1

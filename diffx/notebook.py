@@ -35,7 +35,8 @@ from diffx.experiments.sweeps import CfgSweep, Comparison, NoiseViews
 from diffx.pipeline.generation import Generation
 from diffx.report.page import render_report_html
 from diffx.sampling.samplers import StepRecord
-from diffx.trace.tracer import Trace, TracedGeneration
+from diffx.trace.record import Trace
+from diffx.trace.tracer import TracedGeneration
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

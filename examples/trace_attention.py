@@ -10,7 +10,7 @@ from pathlib import Path
 
 from diffx.pipeline.settings import GenerationSettings
 from diffx.render import save_gif, save_png
-from diffx.trace.tracer import generate_traced, save_trace
+from diffx.trace import generate_traced, save_trace
 from diffx.views import steps as views
 from diffx.weights.load import load_model
 

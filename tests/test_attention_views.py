@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from diffx.cli import app
 from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, generate_traced, load_trace
+from diffx.trace.record import Trace, load_trace
+from diffx.trace.tracer import generate_traced
 from diffx.views.attention import (
     explorer_options,
     head_grid,

@@ -27,7 +27,8 @@ from diffx.report import columns as report_columns
 from diffx.report import sections as report_sections
 from diffx.report.page import render_report_html, write_report
 from diffx.sampling.schedules import NoiseSchedule
-from diffx.trace.tracer import Trace, TraceOptions, generate_traced
+from diffx.trace.record import Trace
+from diffx.trace.tracer import TraceOptions, generate_traced
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -22,16 +22,8 @@ from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.samplers import SAMPLERS
 from diffx.trace.attention import daam_aggregate, layer_labels
 from diffx.trace.checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
-from diffx.trace.tracer import (
-    DEFAULT_RECORD,
-    RECORDABLE,
-    Trace,
-    TraceOptions,
-    Tracer,
-    generate_traced,
-    load_trace,
-    save_trace,
-)
+from diffx.trace.record import Trace, load_trace, save_trace
+from diffx.trace.tracer import DEFAULT_RECORD, RECORDABLE, TraceOptions, Tracer, generate_traced
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
 LATENT = SIZE // 2

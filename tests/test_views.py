@@ -11,7 +11,8 @@ from diffx.models.stable_diffusion import build
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.settings import GenerationSettings
 from diffx.render import latent_to_rgb_fast
-from diffx.trace.tracer import Trace, generate_traced
+from diffx.trace.record import Trace
+from diffx.trace.tracer import generate_traced
 from diffx.views import steps as views
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings

@@ -51,7 +51,8 @@ from diffx.errors import InvalidArgumentError
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, generate_traced
+from diffx.trace.record import Trace
+from diffx.trace.tracer import generate_traced
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -24,7 +24,8 @@ from diffx.render.image import PictureLike
 from diffx.render.latents import NOISE_DISPLAY_SIGMAS
 from diffx.render.plots import plot_round_trip_psnr
 from diffx.sampling.samplers import StepCallback
-from diffx.trace.tracer import Trace, TraceCollector, trace_meta
+from diffx.trace.record import Trace, trace_meta
+from diffx.trace.tracer import TraceCollector
 from diffx.views.steps import TRACE_RECORD_STEPS, denoise_frames, fit_panel, panel_size
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from diffx.pipeline.settings import GenerationSettings
 from diffx.render.charts import convergence_svg
 from diffx.render.paths import PathLine, plot_convergence, plot_paths
 from diffx.sampling.samplers import SAMPLERS, StepCallback, StepRecord
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

@@ -22,7 +22,7 @@ from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
 from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 from diffx.views.attention import layer_title
 from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, xt_pictures
 

@@ -63,7 +63,7 @@ from diffx.report.sections import (
     pipeline_section,
     tokens_section,
 )
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

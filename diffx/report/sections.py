@@ -16,7 +16,7 @@ from diffx.report.columns import (
     models_differ,
     shorten,
 )
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 from diffx.views.attention import layer_title, mass_shares
 from diffx.views.tables import word_rows
 

@@ -9,7 +9,7 @@ from diffx.embedded.shapes import Scene, ShapeObject, render
 from diffx.embedded.worlds import WORLDS
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 
 PROMPT = "a red circle left of a blue square"
 SCENE = Scene([ShapeObject("circle", "red", "small", "left", (0.25, 0.5), 0.12),
