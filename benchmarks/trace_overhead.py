@@ -76,7 +76,7 @@ def main() -> None:
     megabytes = sd15_trace_megabytes(trace, latent_side=32)
     del sd
     compare("(b) shapes-world", embedded_model(), GenerationSettings(prompt="a red circle above a blue square"))
-    print(f"50-step 512 px SD1.5 trace ({trace.meta['tokens']['num_tokens']} tokens, default record): "
+    print(f"50-step 512 px SD1.5 trace ({trace.tokens.num_tokens} tokens, default record): "
           f"{megabytes:.1f} MB")
     print(f"ratio={ratio_sd:.3f}")
 

@@ -104,13 +104,12 @@ def traced_round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, p
     trip = round_trip(model, image, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
                       schedule=schedule, seed=seed, observe=collect, progress=progress)
     [(run, tracer)] = collect.runs
-    trace = tracer.finish(trace_meta(model, run), {"image": torch.from_numpy(trip.image.copy())})
+    trace = tracer.finish(run, trace_meta(model, run), {"image": torch.from_numpy(trip.image.copy())})
     return trip, trace
 
 
 def inversion_frames(trace: Trace, model: StableDiffusion | None = None, preview: str = "auto",
                      panel: int | None = None) -> list[Image.Image]:
     """One frame per inversion step: x_t and x̂0 (as `views.denoise_frames` draws them), captioned as a climb."""
-    settings = trace.meta["settings"]
-    note = f"DDIM inversion z_0 → x_T, w = {settings['guidance']:g}: the noise grows, x̂0 should stay the input"
+    note = f"DDIM inversion z_0 → x_T, w = {trace.settings.guidance:g}: the noise grows, x̂0 should stay the input"
     return [caption_bar(frame, note) for frame in denoise_frames(trace, preview, model, panel)]

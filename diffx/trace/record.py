@@ -1,14 +1,23 @@
-"""The record of one traced image and its file: `Trace` (per-step tensors and metadata), `trace_meta` (the
-metadata of a model's run), `save_trace` / `load_trace`.
+"""The record of one traced image and its file: `Trace` (typed settings and tokens, the per-step tensors, the
+rest of the metadata), `trace_meta` (that rest, for a model and a run), `save_trace` / `load_trace`.
 
 Tokens: the maps keep the K = `num_tokens` positions the prompt uses (start, the prompt's tokens, end);
 the 77 − K padding positions are not stored, their share is 1 − Σ over the K maps, since every query's
 attention row sums to 1 (`Trace.token_columns`). A word of several BPE tokens gets the mean of its
 tokens' maps (DAAM's rule).
 
-A trace is saved as one safetensors file: the tensors plus a JSON header (`save_trace` / `load_trace`);
-the metadata records the model that made it (`checks.model_identity`), and `load_trace` checks the
-header, the metadata schema and every tensor's shape before anything reads them (`diffx.trace.checks`).
+A trace is saved as one safetensors file: the tensors plus a JSON header (format `TRACE_FORMAT`). The header's
+metadata holds the settings as JSON (JSON keeps str, int, float and bool apart, so they read back as written),
+the prompts, and each prompt's tokens as a token dict: its `TokenizedPrompt` fields over the K kept positions
+(`words`, `tokens`, `ids`, `word_ids`, `num_tokens`, `truncated_text`, `truncated_tokens`, and `prompt`, the
+text the tokenizer read: brackets of word weights removed) plus the pad token and id that fill the other
+77 − K. `load_trace` rebuilds the whole 77-position `TokenizedPrompt` from that, so a trace's tokens answer
+like the tokenizer's own (`word_positions`, the padding at `tokens[-1]`). Files written before a field was
+recorded fill it in: no pad token → the end token (SD1.x pads with it); no `prompt` → the prompt as written;
+no `truncated_tokens` → none (the cut text is still in `truncated_text`).
+
+The metadata also records the model that made the trace (`checks.model_identity`), and `load_trace` checks
+the header, the metadata schema and every tensor's shape before anything reads them (`diffx.trace.checks`).
 """
 
 from __future__ import annotations
@@ -31,17 +40,28 @@ from diffx.files import atomic_output
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.observers import ImageRun
+from diffx.pipeline.settings import ResolvedSettings
 from diffx.trace.attention import merge_words
 from diffx.trace.checks import TRACE_FORMAT, TRACE_VERSION, check_trace_file, model_identity, model_mismatch
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
+# What a trace file's metadata holds as JSON and a `Trace` as typed attributes (`settings`, `tokens`, ...).
+TYPED_FIELDS = ("prompt", "negative_prompt", "tokens", "negative_tokens", "settings")
+
 
 @dataclass
 class Trace:
-    """Everything recorded for one image: per-step tensors (first axis = step) and metadata.
+    """Everything recorded for one image: its settings and tokens, per-step tensors (first axis = step) and
+    the rest of the metadata.
 
+    `settings`: the run's `ResolvedSettings` (the prompts are `settings.prompt` / `.negative_prompt`).
+    `tokens`, `negative_tokens`: the `TokenizedPrompt`s the text encoder read, all 77 positions (a fresh trace
+    holds the pipeline's `WeightedPrompt`s; a file keeps their `TokenizedPrompt` part).
+    `meta`: what is not typed — "version", "mode", "model" ({"name", "source", "config", "identity"}),
+    "prediction_type", "latent_scaling_factor", "latent_preview", "versions"; with per-layer detail
+    "attention_layers", with self-attention maps "self_attention_grid".
     Tensors (S = model evaluations, h×w = latent grid, K = prompt tokens incl. start/end):
       timesteps, sigmas, alphas_cumprod (S,); latents (S, 4, h, w) the model input x_t;
       eps (S, 4, h, w) guided ε̂; eps_uncond, eps_cond (S, 4, h, w); x0 (S, 4, h, w) predicted x̂0;
@@ -56,7 +76,10 @@ class Trace:
     All latents are *scaled* latents (the U-Net's space).
     """
 
-    meta: dict
+    settings: ResolvedSettings
+    tokens: TokenizedPrompt
+    negative_tokens: TokenizedPrompt
+    meta: dict = field(default_factory=dict)
     tensors: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -70,12 +93,12 @@ class Trace:
 
     @property
     def words(self) -> list[str]:
-        return list(self.meta["tokens"]["words"])
+        return list(self.tokens.words)
 
     def word_maps(self, step: int, negative: bool = False) -> Tensor:
         """(words, a, a') attention maps per word at one step: the mean over the word's tokens."""
         key = "negative_attention" if negative else "attention"
-        return merge_words(self.tensors[key][step].float(), self.meta["negative_tokens" if negative else "tokens"])
+        return merge_words(self.tensors[key][step].float(), self.negative_tokens if negative else self.tokens)
 
     @property
     def attention_layers(self) -> list[dict]:
@@ -112,12 +135,11 @@ class Trace:
         Words: the mean of the word's BPE tokens' maps (DAAM's rule). Padding: 1 − Σ over the K kept
         positions, the mass the 77 − K padding positions of the end token draw (every query row sums to 1).
         """
-        tokens = self.meta["tokens"]
-        count = tokens["num_tokens"]
+        count = self.tokens.num_tokens
         padding = (1 - maps.sum(0)).clamp_min(0)  # (r, c)
-        labels = ["⟨start⟩", *(f"“{word}”" for word in tokens["words"]), "⟨end⟩",
+        labels = ["⟨start⟩", *(f"“{word}”" for word in self.tokens.words), "⟨end⟩",
                   f"⟨padding ×{CONTEXT_LENGTH - count}⟩"]
-        return labels, torch.cat([maps[:1], merge_words(maps, tokens), maps[count - 1:count], padding[None]])
+        return labels, torch.cat([maps[:1], merge_words(maps, self.tokens), maps[count - 1:count], padding[None]])
 
     def latent_preview(self) -> dict:
         """The model's latent → RGB preview as the keyword arguments of `render.latent_to_rgb_fast` (factors
@@ -150,22 +172,13 @@ class Trace:
 
 
 def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = None) -> dict:
-    """The JSON metadata of one image's trace: format version, prompt, tokens, model (with its identity,
-    `model_identity(model)` unless given), settings, latent preview, versions."""
-    def token_info(t: TokenizedPrompt) -> dict:
-        return {"words": list(t.words), "tokens": list(t.tokens[: t.num_tokens]), "ids": list(t.ids[: t.num_tokens]),
-                "word_ids": list(t.word_ids[: t.num_tokens]), "num_tokens": t.num_tokens,
-                "truncated_text": t.truncated_text, "pad_token": t.tokens[-1], "pad_id": t.ids[-1]}
-
+    """The untyped metadata of one image's trace (`Trace.meta`): format version, mode, model (with its identity,
+    `model_identity(model)` unless given), prediction type, latent scaling and preview, versions."""
     vae = model.config.vae
-    settings = run.settings
     return {
-        "version": TRACE_VERSION, "mode": run.mode, "prompt": settings.prompt,
-        "negative_prompt": settings.negative_prompt,
-        "tokens": token_info(run.tokens), "negative_tokens": token_info(run.negative_tokens),
+        "version": TRACE_VERSION, "mode": run.mode,
         "model": {"name": model.config.name, "source": model.source, "config": model.config.to_dict(),
                   "identity": identity or model_identity(model)},
-        "settings": settings.as_dict(),
         "prediction_type": model.config.scheduler.prediction_type,  # what the U-Net output; traces hold ε̂ always
         "latent_scaling_factor": vae.scaling_factor,
         "latent_preview": None if vae.latent_rgb_factors is None else {
@@ -174,10 +187,40 @@ def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = No
     }
 
 
+def token_dict(tokens: TokenizedPrompt) -> dict:
+    """A prompt's tokens as a trace file keeps them: the K kept positions, the pad token and id (module docstring)."""
+    count = tokens.num_tokens
+    return {"words": list(tokens.words), "tokens": list(tokens.tokens[:count]), "ids": list(tokens.ids[:count]),
+            "word_ids": list(tokens.word_ids[:count]), "num_tokens": count, "truncated_text": tokens.truncated_text,
+            "pad_token": tokens.tokens[-1], "pad_id": tokens.ids[-1], "prompt": tokens.prompt,
+            "truncated_tokens": list(tokens.truncated_tokens)}
+
+
+def tokens_from_dict(record: dict, written: str) -> TokenizedPrompt:
+    """The 77-position `TokenizedPrompt` a (checked) token dict was written from; `written` is the prompt as
+    written, the text when the dict does not say what the tokenizer read (module docstring)."""
+    count = record["num_tokens"]
+    padding = CONTEXT_LENGTH - count
+    return TokenizedPrompt(
+        prompt=record.get("prompt", written),
+        ids=[*record["ids"], *[record.get("pad_id", record["ids"][-1])] * padding],
+        tokens=[*record["tokens"], *[record.get("pad_token", record["tokens"][-1])] * padding],
+        word_ids=[*record["word_ids"], *[None] * padding],
+        words=list(record["words"]),
+        num_tokens=count,
+        truncated_tokens=list(record.get("truncated_tokens", [])),
+        truncated_text=record.get("truncated_text", ""),
+    )
+
+
 def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
-    """Write `trace` as one safetensors file; metadata goes into its JSON header."""
+    """Write `trace` as one safetensors file; metadata (settings and tokens as JSON) goes into its header."""
     tensors = {key: value.contiguous() for key, value in trace.tensors.items()}
-    header = {"format": TRACE_FORMAT, "diffx_trace": json.dumps({"version": TRACE_VERSION, **trace.meta})}
+    settings = trace.settings
+    meta = {**trace.meta, "version": TRACE_VERSION, "prompt": settings.prompt,
+            "negative_prompt": settings.negative_prompt, "tokens": token_dict(trace.tokens),
+            "negative_tokens": token_dict(trace.negative_tokens), "settings": settings.as_dict()}
+    header = {"format": TRACE_FORMAT, "diffx_trace": json.dumps(meta)}
     with atomic_output(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return Path(path)
@@ -185,7 +228,7 @@ def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
 
 def load_trace(path: str | Path) -> Trace:
     """Read a trace written by `save_trace`, checking its header, metadata and tensors first (one-line
-    `TraceFileError`s, see `diffx.trace_checks`)."""
+    `TraceFileError`s, see `diffx.trace.checks`); settings and tokens come back typed."""
     path = Path(path)
     if not path.is_file():
         raise TraceFileError(f"trace file {path} does not exist; write one with `diffx trace --save-trace`")
@@ -195,4 +238,8 @@ def load_trace(path: str | Path) -> Trace:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors raises several kinds for a corrupt or foreign file
         raise TraceFileError(f"{path} is not a diffx trace ({error}); pass a file from --save-trace") from error
-    return Trace(meta=check_trace_file(path, header, tensors), tensors=tensors)
+    meta = check_trace_file(path, header, tensors)
+    return Trace(settings=ResolvedSettings(**meta["settings"]),
+                 tokens=tokens_from_dict(meta["tokens"], meta["prompt"]),
+                 negative_tokens=tokens_from_dict(meta["negative_tokens"], meta["negative_prompt"]),
+                 meta={key: value for key, value in meta.items() if key not in TYPED_FIELDS}, tensors=tensors)

@@ -197,8 +197,9 @@ class Tracer:
     def _add(self, key: str, value: Tensor) -> None:
         self._steps.setdefault(key, []).append(value.detach().to("cpu", torch.float16))
 
-    def finish(self, meta: dict, extra: dict[str, Tensor] | None = None) -> Trace:
-        """The `Trace`: `meta` plus, when recorded, the per-layer list and the self-attention grid."""
+    def finish(self, run: ImageRun, meta: dict, extra: dict[str, Tensor] | None = None) -> Trace:
+        """The `Trace` of the image `run` describes (its settings and tokens): `meta` (`trace_meta`) plus, when
+        recorded, the per-layer list and the self-attention grid; `extra` tensors join the recorded ones."""
         tensors = {key: torch.tensor(values, dtype=torch.float32) for key, values in self._scalars.items()}
         tensors.update({key: torch.stack(values) for key, values in self._steps.items()})
         tensors.update(extra or {})
@@ -209,7 +210,8 @@ class Tracer:
                                                      strict=True)]}
         if self._self_grid is not None:
             meta = {**meta, "self_attention_grid": list(self._self_grid)}
-        return Trace(meta=meta, tensors=tensors)
+        return Trace(settings=run.settings, tokens=run.tokens, negative_tokens=run.negative_tokens, meta=meta,
+                     tensors=tensors)
 
 
 @dataclass
@@ -252,7 +254,7 @@ def generate_traced(model: StableDiffusion, settings: GenerationSettings | Resol
     for (run, tracer), image, final in zip(collect.runs, generation.images, generation.latents, strict=True):
         extra = {"final_latent": final, "image": torch.from_numpy(image)}
         extra.update(_decoded_steps(model, tracer, decode_every))
-        traces.append(tracer.finish(trace_meta(model, run, identity), extra))
+        traces.append(tracer.finish(run, trace_meta(model, run, identity), extra))
     return TracedGeneration(images=generation.images, latents=generation.latents, settings=generation.settings,
                             traces=traces)
 

@@ -251,7 +251,7 @@ def trace_frames(trace: Trace, preview: str = "auto", attn_scale: str = "word",
 
 
 def prompt_title(trace: Trace) -> str:
-    prompt = trace.meta.get("prompt", "")
+    prompt = trace.settings.prompt
     return f"“{prompt}”" if prompt else "unconditional (empty prompt)"
 
 
