@@ -25,7 +25,7 @@ from diffx.embedded.world_quality import model_world
 from diffx.embedded.worlds import World, get_world
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, TraceOptions, generate_traced
+from diffx.trace import Trace, TraceOptions, generate_traced
 from diffx.views.attention import layer_title
 
 LAYERS = TraceOptions(record=("attention",), attention_detail="layers")

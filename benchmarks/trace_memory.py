@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from diffx.models.unet import UNet
 from diffx.pipeline.observers import ImageRun
 from diffx.pipeline.settings import GenerationSettings, resolve_settings
 from diffx.sampling.samplers import StepRecord
-from diffx.trace.tracer import Trace, Tracer, load_trace, save_trace, trace_meta
+from diffx.trace import Tracer, load_trace, save_trace, trace_meta
 from diffx.views.attention import explorer_options
 
 BUDGET_MB = 300
@@ -58,9 +59,9 @@ def traced_files(unet: UNet, run: ImageRun, meta_model, steps: int, folder: Path
                                   next_sigma=0.0))
     extra = {"final_latent": torch.zeros(4, side, side),
              "image": torch.zeros(config.image_size, config.image_size, 3, dtype=torch.uint8)}
-    heads = tracer.finish(trace_meta(meta_model, run), extra)
-    layers = Trace(meta=heads.meta, tensors={key: value for key, value in heads.tensors.items()
-                                             if not key.startswith("head_attention.")})
+    heads = tracer.finish(run, trace_meta(meta_model, run), extra)
+    layers = replace(heads, tensors={key: value for key, value in heads.tensors.items()
+                                     if not key.startswith("head_attention.")})
     sizes = {}
     for name, trace in (("layers", layers), ("heads", heads)):
         path = save_trace(trace, folder / f"{name}-{steps}.safetensors")

@@ -22,7 +22,7 @@ from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, generate_traced
+from diffx.trace import Trace, generate_traced
 from diffx.weights.load import load_model
 
 WARMUP = 1
@@ -76,7 +76,7 @@ def main() -> None:
     megabytes = sd15_trace_megabytes(trace, latent_side=32)
     del sd
     compare("(b) shapes-world", embedded_model(), GenerationSettings(prompt="a red circle above a blue square"))
-    print(f"50-step 512 px SD1.5 trace ({trace.meta['tokens']['num_tokens']} tokens, default record): "
+    print(f"50-step 512 px SD1.5 trace ({trace.tokens.num_tokens} tokens, default record): "
           f"{megabytes:.1f} MB")
     print(f"ratio={ratio_sd:.3f}")
 

@@ -35,7 +35,8 @@ from diffx.experiments.sweeps import CfgSweep, Comparison, NoiseViews
 from diffx.pipeline.generation import Generation
 from diffx.report.page import render_report_html
 from diffx.sampling.samplers import StepRecord
-from diffx.trace.tracer import Trace, TracedGeneration
+from diffx.trace.record import Trace
+from diffx.trace.tracer import TracedGeneration
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -111,7 +112,7 @@ def grid_png(result: CfgSweep | Comparison | NoiseViews) -> bytes:
 def summary(result: object) -> str:
     """One line instead of a dataclass repr full of tensors (the text shown beside the picture)."""
     if isinstance(result, Trace):
-        return f"Trace({result.meta.get('prompt', '')!r}, {result.num_steps} steps, keys: {', '.join(result.tensors)})"
+        return f"Trace({result.settings.prompt!r}, {result.num_steps} steps, keys: {', '.join(result.tensors)})"
     if isinstance(result, Generation):
         first = result.settings[0]
         traced = f", {len(result.traces)} traces" if isinstance(result, TracedGeneration) else ""

@@ -11,7 +11,7 @@ from pathlib import Path
 from diffx import views
 from diffx.pipeline import GenerationSettings
 from diffx.render import save_gif, save_png
-from diffx.trace.tracer import generate_traced, save_trace
+from diffx.trace import generate_traced, save_trace
 from diffx.weights import load_model
 
 

@@ -1,6 +1,8 @@
 """The attention explorer: per-layer, per-head and per-step grids, the self-attention view, the files
 `write_attention_views` writes and the `diffx attention` command (tiny random model, 32 px, 3 steps)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from typer.testing import CliRunner
 from diffx.cli import app
 from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, generate_traced, load_trace
+from diffx.trace.record import Trace, load_trace
+from diffx.trace.tracer import generate_traced
 from diffx.views.attention import (
     explorer_options,
     head_grid,
@@ -36,7 +39,7 @@ def plain(explored):
     meta = {k: v for k, v in explored.meta.items() if k not in ("attention_layers", "self_attention_grid")}
     tensors = {k: v for k, v in explored.tensors.items()
                if not k.startswith(("layer_", "head_")) and k != "self_attention_maps"}
-    return Trace(meta=meta, tensors=tensors)
+    return replace(explored, meta=meta, tensors=tensors)
 
 
 def test_grids_have_a_row_per_layer_head_and_step(explored):
@@ -84,7 +87,7 @@ def test_errors_name_the_fix(explored, plain):
 
 
 def load_trace_without_heads(trace: Trace) -> Trace:
-    return Trace(meta=trace.meta, tensors={k: v for k, v in trace.tensors.items() if not k.startswith("head_")})
+    return replace(trace, tensors={k: v for k, v in trace.tensors.items() if not k.startswith("head_")})
 
 
 def test_write_attention_views(explored, tmp_path):
@@ -142,7 +145,7 @@ def test_cli_attention_guidance_rescale_reaches_the_run(tiny_model_dir, tmp_path
                                      "--save-trace", f"{name}.safetensors"])
         assert result.exit_code == 0, result.output + repr(result.exception)
     plain, rescaled = load_trace("plain.safetensors"), load_trace("rescaled.safetensors")
-    assert plain.meta["settings"]["guidance_rescale"] == 0 and rescaled.meta["settings"]["guidance_rescale"] == 0.7
+    assert plain.settings.guidance_rescale == 0 and rescaled.settings.guidance_rescale == 0.7
     assert not torch.equal(plain.tensors["image"], rescaled.tensors["image"])
     refused = runner.invoke(app, ["attention", *fast, "--guidance-rescale", "1.5", "--out", "bad.png"])
     assert refused.exit_code == 2 and "guidance_rescale must be between 0 and 1" in refused.stderr, refused.stderr

@@ -25,7 +25,7 @@ def test_v_from_the_traced_eps_is_what_a_v_model_output(tiny_model):
                              options=TraceOptions(record=("latents", "eps", "x0")))
     trace = traced.traces[0]
     assert trace.meta["prediction_type"] == "v_prediction"
-    context = encode_text(v_model, [tokenize(v_model, trace.meta["prompt"])])
+    context = encode_text(v_model, [tokenize(v_model, trace.settings.prompt)])
     for i in range(trace.num_steps):
         x_t, t = trace.tensors["latents"][i].float(), trace.tensors["timesteps"][i]
         with torch.no_grad():

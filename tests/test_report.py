@@ -11,6 +11,7 @@ import html
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from diffx.report import columns as report_columns
 from diffx.report import sections as report_sections
 from diffx.report.page import render_report_html, write_report
 from diffx.sampling.schedules import NoiseSchedule
-from diffx.trace.tracer import Trace, TraceOptions, generate_traced
+from diffx.trace.record import Trace, token_dict, tokens_from_dict
+from diffx.trace.tracer import TraceOptions, generate_traced
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -141,12 +143,10 @@ def decode_data_uri(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
 
 
-def synthetic_trace(meta: dict, steps: int, side: int, attention: torch.Tensor | None = None) -> Trace:
-    """A trace of random tensors with SD1.5's shapes at `side` px: latents (4, side/8, side/8),
-    attention (K, side/8, side/8), x̂0 decoded at every step."""
-    meta = copy.deepcopy(meta)
-    meta["settings"].update(height=side, width=side, steps=steps)
-    meta["model"] = {"name": "sd15", "source": "synthetic", "config": sd15().to_dict()}
+def synthetic_trace(base: Trace, steps: int, side: int, attention: torch.Tensor | None = None) -> Trace:
+    """A trace with the prompt and tokens of `base` and random tensors with SD1.5's shapes at `side` px:
+    latents (4, side/8, side/8), attention (K, side/8, side/8), x̂0 decoded at every step."""
+    meta = {**copy.deepcopy(base.meta), "model": {"name": "sd15", "source": "synthetic", "config": sd15().to_dict()}}
     generator = torch.Generator().manual_seed(0)
     latent = side // 8
     timesteps = torch.linspace(981, 1, steps).round().long()
@@ -155,7 +155,7 @@ def synthetic_trace(meta: dict, steps: int, side: int, attention: torch.Tensor |
     def noise() -> torch.Tensor:
         return torch.randn(steps, 4, latent, latent, generator=generator).half()
 
-    num_tokens = meta["tokens"]["num_tokens"]
+    num_tokens = base.tokens.num_tokens
     tensors = {
         "timesteps": timesteps.float(), "alphas_cumprod": alphas_cumprod,
         "sigmas": ((1 - alphas_cumprod) / alphas_cumprod).sqrt(),
@@ -167,7 +167,8 @@ def synthetic_trace(meta: dict, steps: int, side: int, attention: torch.Tensor |
         "image": torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8),
         "final_latent": torch.randn(4, latent, latent, generator=generator),
     }
-    return Trace(meta=meta, tensors=tensors)
+    return replace(base, settings=replace(base.settings, height=side, width=side, steps=steps), meta=meta,
+                   tensors=tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,8 +176,8 @@ def synthetic_trace(meta: dict, steps: int, side: int, attention: torch.Tensor |
 
 
 def test_50_step_512px_trace_fits_in_10_mb(sweep):
-    trace = synthetic_trace(sweep[0].meta, steps=50, side=512)
-    num_tokens = trace.meta["tokens"]["num_tokens"]
+    trace = synthetic_trace(sweep[0], steps=50, side=512)
+    num_tokens = trace.tokens.num_tokens
     assert len(trace.words) >= 10 and trace.tensors["attention"].shape[-3:] == (num_tokens, 64, 64)
     size = len(render_report_html(trace).encode("utf-8"))
     print(f"synthetic 50-step 512 px trace, {len(trace.words)} words: {size / 1e6:.2f} MB of HTML")
@@ -205,8 +206,8 @@ def test_page_is_self_contained_and_shows_the_run(sweep):
 
 
 def test_prompt_text_cannot_break_the_page(sweep):
-    trace = synthetic_trace(sweep[0].meta, steps=2, side=64)
-    trace.meta["prompt"] = 'a </script><b>__DATA__</b> "cat"'
+    trace = synthetic_trace(sweep[0], steps=2, side=64)
+    trace = replace(trace, settings=replace(trace.settings, prompt='a </script><b>__DATA__</b> "cat"'))
     page = render_report_html(trace)
     assert page.count("</script>") == 2  # the data and the code, nothing from the prompt
     assert "&lt;/script&gt;&lt;b&gt;__DATA__&lt;/b&gt;" in page
@@ -216,14 +217,13 @@ def test_prompt_text_cannot_break_the_page(sweep):
 def test_heatmaps_follow_each_words_attention_and_the_colour_scale(sweep):
     """Word i attends to quadrant i % 4 only, with strength 10^-i: its heatmap must be brightest there;
     on the shared scale the weak words go dark, on the per-word scale every word is bright somewhere."""
-    meta = sweep[0].meta
-    num_tokens, word_ids = meta["tokens"]["num_tokens"], meta["tokens"]["word_ids"]
-    attention = torch.zeros(3, num_tokens, 8, 8)
-    for position, word in enumerate(word_ids):
+    tokens = sweep[0].tokens
+    attention = torch.zeros(3, tokens.num_tokens, 8, 8)
+    for position, word in enumerate(tokens.word_ids):
         if word is not None:
             row, col = divmod(word % 4, 2)
             attention[:, position, row * 4:row * 4 + 4, col * 4:col * 4 + 4] = 10.0 ** -word
-    data = page_data(render_report_html(synthetic_trace(meta, steps=3, side=64, attention=attention.half())))
+    data = page_data(render_report_html(synthetic_trace(sweep[0], steps=3, side=64, attention=attention.half())))
     heat = data["columns"][0]["heat"]
     for word in range(4):
         for scale in ("word", "shared"):
@@ -251,9 +251,10 @@ def test_the_tokens_card_names_the_models_pad_token(model):
     finally:
         model.tokenizer = model.tokenizer.padded_with("<|endoftext|>")
     section = report_sections.tokens_section(trace)
-    assert trace.meta["tokens"]["pad_token"] == "!" and "! × 72" in section and "padding ! (0)" in section
-    del trace.meta["tokens"]["pad_token"], trace.meta["tokens"]["pad_id"]
-    assert "&lt;|endoftext|&gt; × 72" in report_sections.tokens_section(trace)
+    assert trace.tokens.tokens[-1] == "!" and "! × 72" in section and "padding ! (0)" in section
+    written = {key: value for key, value in token_dict(trace.tokens).items() if key not in ("pad_token", "pad_id")}
+    older = replace(trace, tokens=tokens_from_dict(written, trace.settings.prompt))
+    assert "&lt;|endoftext|&gt; × 72" in report_sections.tokens_section(older)
 
 
 def test_truncated_prompt_shows_what_was_cut(model):
@@ -273,7 +274,7 @@ def test_write_report_errors(sweep, tmp_path):
     assert write_report(sweep[0], path, force=True) == path
     with pytest.raises(InvalidArgumentError, match="no traces"):
         write_report([], tmp_path / "empty.html")
-    short = synthetic_trace(sweep[0].meta, steps=3, side=64)
+    short = synthetic_trace(sweep[0], steps=3, side=64)
     with pytest.raises(InvalidArgumentError, match="different numbers of steps"):
         render_report_html([sweep[0], short])
 

@@ -220,7 +220,7 @@ def test_trace_records_cross_attention_of_every_transformer_block(sdxl_file):
     assert len(blocks) == 1 * 1 + 1 * 2 + 2 + 2 * 1 + 2 * 2  # encoder, middle, decoder (depth 1 and 2 levels)
     trace = traced.traces[0]
     assert {layer["name"] for layer in trace.attention_layers} == set(blocks)
-    assert trace.tensors["attention"].shape[:2] == (2, trace.meta["tokens"]["num_tokens"])
+    assert trace.tensors["attention"].shape[:2] == (2, trace.tokens.num_tokens)
     assert np.array_equal(traced.images[0], generate(model, settings).images[0])
 
 

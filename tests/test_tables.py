@@ -15,11 +15,12 @@ def _render(table) -> str:
 
 def test_word_rows_map_words_to_tokens_and_cut_words_have_none():
     tokenized = ClipTokenizer.default().encode("a red circle")
-    rows = list(tables.word_rows(tokenized.words, tokenized.tokens, tokenized.ids, tokenized.word_ids))
+    rows = list(tables.word_rows(tokenized))
     assert [row.word for row in rows] == ["a", "red", "circle"]
     assert rows[1].positions == [2] and rows[1].tokens == ["red</w>"] and rows[1].ids == [tokenized.ids[2]]
-    cut = list(tables.word_rows(["a", "b"], ["<|startoftext|>", "a</w>"], [1, 2], [None, 0]))
-    assert cut[1].positions == [] and cut[1].tokens == []
+    long = ClipTokenizer.default().encode(" ".join(["red"] * 80) + " circle")
+    cut = list(tables.word_rows(long))
+    assert cut[74].positions == [75] and cut[-1].word == "circle" and cut[-1].positions == [] and cut[-1].tokens == []
 
 
 def test_tokens_table_shows_words_tokens_ids_positions():

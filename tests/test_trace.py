@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -15,23 +16,16 @@ from diffx.errors import InvalidArgumentError, OutputPathError, TraceFileError
 from diffx.models.attention import observe_attention
 from diffx.models.configs import sd15, tiny
 from diffx.models.stable_diffusion import build
+from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.pipeline.codec import decode_latents
-from diffx.pipeline.conditioning import encode_text
+from diffx.pipeline.conditioning import PromptTruncatedWarning, encode_text
 from diffx.pipeline.generation import generate
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings, ResolvedSettings
 from diffx.sampling.grids import SAMPLERS
 from diffx.trace.attention import daam_aggregate, layer_labels
 from diffx.trace.checks import SAMPLES_PER_TENSOR, model_identity, spaced_values
-from diffx.trace.tracer import (
-    DEFAULT_RECORD,
-    RECORDABLE,
-    Trace,
-    TraceOptions,
-    Tracer,
-    generate_traced,
-    load_trace,
-    save_trace,
-)
+from diffx.trace.record import Trace, load_trace, save_trace
+from diffx.trace.tracer import DEFAULT_RECORD, RECORDABLE, TraceOptions, Tracer, generate_traced
 
 SIZE = 32  # pixels; tiny's f2 VAE → a 16x16 latent, attention grids 16x16 and 8x8
 LATENT = SIZE // 2
@@ -92,7 +86,7 @@ def test_recorded_shapes(model, sampler):
     result = generate_traced(model, settings(sampler=sampler), progress=records.append)
     trace = result.traces[0]
     evaluations = 2 * 3 - 1 if sampler == "heun" else 3  # Heun evaluates the model twice per step but the last
-    tokens = trace.meta["tokens"]["num_tokens"]
+    tokens = trace.tokens.num_tokens
     assert tokens == 2 + 8  # start, a, cu, bo, id, and, a, red, sphere, end
     expected = {"timesteps": (evaluations,), "sigmas": (evaluations,), "alphas_cumprod": (evaluations,),
                 "latents": (evaluations, 4, LATENT, LATENT), "eps": (evaluations, 4, LATENT, LATENT),
@@ -158,7 +152,7 @@ def test_negative_attention_is_recorded_when_asked(model, default_trace):
     assert "negative_attention" not in default_trace.tensors
     trace = generate_traced(model, settings(negative_prompt="blurry"),
                             options=TraceOptions(record=("negative_attention",))).traces[0]
-    assert trace.meta["negative_tokens"]["num_tokens"] == 3  # start, blurry, end
+    assert trace.negative_tokens.num_tokens == 3  # start, blurry, end
     assert trace.tensors["negative_attention"].shape == (3, 3, LATENT, LATENT)
     assert "attention" not in trace.tensors and "eps" not in trace.tensors
     assert trace.word_maps(0, negative=True).shape == (1, LATENT, LATENT)
@@ -213,7 +207,7 @@ def test_layer_and_head_maps(model, detailed_trace, observed_layers):
     assert [info["label"] for info in layers] == ["down.0", "down.1", "mid", "up.0", "up.1", "up.2", "up.3"]
     assert [info["grid"] for info in layers] == [[16, 16], [8, 8], [8, 8], [8, 8], [8, 8], [16, 16], [16, 16]]
     assert all(info["name"].endswith("attn2") and info["heads"] == model.config.unet.num_heads for info in layers)
-    tokens = detailed_trace.meta["tokens"]["num_tokens"]
+    tokens = detailed_trace.tokens.num_tokens
     for index, info in enumerate(layers):
         maps = detailed_trace.tensors[f"layer_attention.{index}"].float()
         heads = detailed_trace.tensors[f"head_attention.{index}"].float()
@@ -298,17 +292,101 @@ def test_unknown_record_names_the_choices():
 # Trace files
 
 
+def tokenized_fields(tokens: TokenizedPrompt) -> dict:
+    """A `TokenizedPrompt`'s own fields (a `WeightedPrompt`'s weights left out: a trace file does not keep them)."""
+    return {field.name: getattr(tokens, field.name) for field in fields(TokenizedPrompt)}
+
+
 def test_save_and_load_round_trip(tmp_path, default_trace):
     path = save_trace(default_trace, tmp_path / "trace.safetensors")
     loaded = load_trace(path)
     assert loaded.meta == default_trace.meta
-    assert loaded.meta["prompt"] == PROMPT and loaded.meta["settings"]["seed"] == 1
+    assert loaded.settings.prompt == PROMPT and loaded.settings.seed == 1
     assert loaded.tensors.keys() == default_trace.tensors.keys()
     for key, value in default_trace.tensors.items():
         assert loaded.tensors[key].dtype == value.dtype and torch.equal(loaded.tensors[key], value), key
     with pytest.raises(OutputPathError):
         save_trace(default_trace, path)
     save_trace(default_trace, path, force=True)
+
+
+def test_settings_and_tokens_read_back_typed(model, tmp_path):
+    """Settings keep their types through the file (an int guidance stays an int, floats floats, bools bools);
+    tokens come back as the 77-position `TokenizedPrompt` the text encoder read, a weighted prompt's too."""
+    trace = generate_traced(model, settings(prompt="a (cuboid:1.2) and a red sphere", guidance=7, karras=True,
+                                            sampler="euler", negative_prompt="blurry")).traces[0]
+    loaded = load_trace(save_trace(trace, tmp_path / "typed.safetensors"))
+    assert isinstance(loaded.settings, ResolvedSettings) and loaded.settings == trace.settings
+    assert {name: type(value) for name, value in loaded.settings.as_dict().items()} == {
+        name: type(value) for name, value in trace.settings.as_dict().items()}
+    assert type(loaded.settings.guidance) is int and loaded.settings.karras is True
+    assert type(loaded.settings.eta) is float and type(loaded.settings.guidance_rescale) is float
+    for ours, theirs in ((loaded.tokens, trace.tokens), (loaded.negative_tokens, trace.negative_tokens)):
+        assert type(ours) is TokenizedPrompt and tokenized_fields(ours) == tokenized_fields(theirs)
+        assert len(ours.ids) == len(ours.tokens) == len(ours.word_ids) == CONTEXT_LENGTH
+    assert loaded.tokens.prompt == "a cuboid and a red sphere"  # the text read: the weight's brackets removed
+    assert loaded.tokens.word_positions(1) == [2, 3, 4]  # cu, bo, id
+    assert load_trace(save_trace(loaded, tmp_path / "again.safetensors")).tokens == loaded.tokens
+
+
+def test_a_long_prompts_cut_tokens_read_back(model, tmp_path):
+    prompt = " ".join(["a red sphere"] * 30) + " with a purple dragon"
+    with pytest.warns(PromptTruncatedWarning):
+        trace = generate_traced(model, settings(prompt=prompt, steps=1)).traces[0]
+    loaded = load_trace(save_trace(trace, tmp_path / "long.safetensors"))
+    cut = loaded.tokens.truncated_tokens
+    assert loaded.tokens.num_tokens == CONTEXT_LENGTH and cut == trace.tokens.truncated_tokens and cut
+    assert "purple dragon" in loaded.tokens.truncated_text and loaded.tokens.word_positions(len(loaded.words) - 1) == []
+
+
+def previous_layout_meta(trace: Trace, pad: bool = True) -> dict:
+    """The metadata of `trace` as diffx wrote it before traces read back typed (format diffx-trace/4 too): the
+    token dicts without the text read and the cut tokens, and, with `pad` False, without the pad token (older
+    still)."""
+    def token_info(t: TokenizedPrompt) -> dict:
+        info = {"words": list(t.words), "tokens": list(t.tokens[: t.num_tokens]), "ids": list(t.ids[: t.num_tokens]),
+                "word_ids": list(t.word_ids[: t.num_tokens]), "num_tokens": t.num_tokens,
+                "truncated_text": t.truncated_text}
+        return {**info, "pad_token": t.tokens[-1], "pad_id": t.ids[-1]} if pad else info
+
+    meta = trace.meta
+    return {"version": 4, "mode": meta["mode"], "prompt": trace.settings.prompt,
+            "negative_prompt": trace.settings.negative_prompt, "tokens": token_info(trace.tokens),
+            "negative_tokens": token_info(trace.negative_tokens), "model": meta["model"],
+            "settings": dict(trace.settings.__dict__), "prediction_type": meta["prediction_type"],
+            "latent_scaling_factor": meta["latent_scaling_factor"], "latent_preview": meta["latent_preview"],
+            "versions": meta["versions"]}
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_a_trace_file_of_the_previous_layout_still_loads(model, tmp_path, pad):
+    """A file written before the token dicts held the text read and the cut tokens (and, older, the pad token)
+    loads with the same settings and words; the text is the prompt as written, the padding the end token."""
+    model.tokenizer = model.tokenizer.padded_with("!")
+    try:
+        trace = generate_traced(model, settings(prompt="a (red:1.5) sphere", negative_prompt="blurry")).traces[0]
+    finally:
+        model.tokenizer = model.tokenizer.padded_with("<|endoftext|>")
+    path = tmp_path / "previous.safetensors"
+    save_file({key: value.contiguous() for key, value in trace.tensors.items()}, str(path),
+              metadata={"format": "diffx-trace/4", "diffx_trace": json.dumps(previous_layout_meta(trace, pad))})
+    loaded = load_trace(path)
+    assert loaded.settings == trace.settings and loaded.meta == trace.meta
+    assert loaded.words == trace.words == ["a", "red", "sphere"] and loaded.negative_tokens.words == ["blurry"]
+    kept = slice(0, trace.tokens.num_tokens)
+    assert loaded.tokens.ids[kept] == trace.tokens.ids[kept] and loaded.tokens.word_ids == trace.tokens.word_ids
+    assert loaded.tokens.prompt == "a (red:1.5) sphere" and loaded.tokens.truncated_tokens == []
+    assert loaded.tokens.tokens[-1] == ("!" if pad else "<|endoftext|>")
+    torch.testing.assert_close(loaded.word_maps(1), trace.word_maps(1))
+
+
+def test_a_trace_of_a_newer_diffx_is_refused_in_one_line(tmp_path, default_trace):
+    path = rewrite(save_trace(default_trace, tmp_path / "trace.safetensors"), tmp_path, "newer",
+                   header={"format": "diffx-trace/5"})
+    with pytest.raises(TraceFileError) as caught:
+        load_trace(path)
+    assert str(caught.value) == (f"{path} was written by a newer diffx (format diffx-trace/5, this diffx reads "
+                                 "diffx-trace/4); re-record it with `diffx trace --save-trace` or update diffx")
 
 
 def test_files_that_are_not_traces(tmp_path):
@@ -345,6 +423,12 @@ def decoded_trace_file(model, tmp_path_factory):
     return save_trace(trace, tmp_path_factory.mktemp("traces") / "full.safetensors")
 
 
+def file_meta(path) -> dict:
+    """The metadata in a trace file's header, as written."""
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads(handle.metadata()["diffx_trace"])
+
+
 def without(meta: dict, *keys: str) -> dict:
     """`meta` with the nested field at path `keys` removed."""
     meta = copy.deepcopy(meta)
@@ -374,10 +458,23 @@ def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
         "metadata missing": ({"header": {"diffx_trace": None}}, "metadata is not JSON"),
         "format missing": ({"header": {"format": None}}, "safetensors file but not a diffx trace"),
         "older format": ({"header": {"format": "diffx-trace/2"}}, "written by an older diffx .*diffx-trace/2"),
-        "newer format": ({"header": {"format": "diffx-trace/9"}}, "written by another diffx"),
+        "newer format": ({"header": {"format": "diffx-trace/9"}}, "written by a newer diffx .*or update diffx"),
+        "format not a number": ({"header": {"format": "diffx-trace/x"}}, "written by another diffx"),
         "old version field": ({"meta": changed(meta, 2, "version")}, "version 2, expected 4"),
         "tokens missing": ({"meta": without(meta, "tokens")}, "field 'tokens' should be a dict, is missing"),
         "settings not a dict": ({"meta": changed(meta, [], "settings")}, "'settings' should be a dict, is a list"),
+        "setting missing": ({"meta": without(meta, "settings", "sampler")}, "settings field 'sampler' should be a str, "
+                                                                            "is missing"),
+        "setting of another type": ({"meta": changed(meta, "3", "settings", "steps")}, "'steps' should be a int, "
+                                                                                       "is a str"),
+        "bool for an int setting": ({"meta": changed(meta, True, "settings", "seed")}, "'seed' should be a int, "
+                                                                                       "is a bool"),
+        "int for a bool setting": ({"meta": changed(meta, 1, "settings", "karras")}, "'karras' should be a bool"),
+        "unknown setting": ({"meta": changed(meta, 2, "settings", "clip_skip")}, "settings has unknown fields "
+                                                                                 "clip_skip"),
+        "too many tokens": ({"meta": changed(meta, 78, "tokens", "num_tokens")}, r"num_tokens is 78, outside 1…77"),
+        "cut tokens not a list": ({"meta": changed(meta, "x", "tokens", "truncated_tokens")},
+                                  "'truncated_tokens' should be a list"),
         "num_tokens disagrees": ({"meta": changed(meta, 3, "tokens", "num_tokens")}, "num_tokens is 3"),
         "word id out of range": ({"meta": changed(meta, [None, 99] + meta["tokens"]["word_ids"][2:], "tokens",
                                                   "word_ids")}, "word id is not one of the"),
@@ -433,10 +530,10 @@ def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
 
 def test_malformed_trace_files_are_refused_in_one_line(tmp_path, decoded_trace_file):
     """Every malformed case: one TraceFileError line naming the file and the problem, never a traceback."""
-    good = load_trace(decoded_trace_file)
+    good, meta = load_trace(decoded_trace_file), file_meta(decoded_trace_file)
     assert good.meta["version"] == 4 and set(good.tensors) >= {"decoded_x0", "negative_attention"}
-    assert len(malformed_cases(good.meta, good.tensors)) >= 30
-    for number, (name, (changes, message)) in enumerate(malformed_cases(good.meta, good.tensors).items()):
+    assert len(malformed_cases(meta, good.tensors)) >= 30
+    for number, (name, (changes, message)) in enumerate(malformed_cases(meta, good.tensors).items()):
         path = rewrite(decoded_trace_file, tmp_path, f"case{number}", **changes)
         with pytest.raises(TraceFileError, match=message) as caught:
             load_trace(path)
@@ -450,6 +547,14 @@ def test_every_load_of_a_good_file_passes_the_checks(tmp_path, default_trace, de
     assert load_trace(decoded_trace_file).decoded_steps()
     # Hand-built metadata gets the version field on save; it still needs everything else.
     assert load_trace(save_trace(default_trace, tmp_path / "plain.safetensors")).meta == default_trace.meta
+
+
+def test_the_package_exports_the_public_api():
+    import diffx.trace
+
+    assert {"Trace", "TraceOptions", "Tracer", "TraceCollector", "TracedGeneration", "generate_traced", "save_trace",
+            "load_trace"} <= set(diffx.trace.__all__)
+    assert diffx.trace.generate_traced is generate_traced and diffx.trace.load_trace is load_trace
 
 
 def test_model_identity(model):
@@ -493,7 +598,7 @@ def test_sd15_trace_size_bound(model, default_trace):
     Every per-step tensor lives on the latent grid (SD1.5 has cross-attention at full latent resolution,
     as tiny does), so its bytes scale with the latent area; the final image with the pixel area.
     """
-    assert default_trace.meta["tokens"]["num_tokens"] == 10
+    assert default_trace.tokens.num_tokens == 10
     config = sd15()
     scale_latent = (config.image_size // config.vae.downsample_factor) ** 2 / LATENT**2  # 64² / 16²
     scale_image = config.image_size**2 / SIZE**2

@@ -1,5 +1,7 @@
 """Views: frames, grids and tables from traces, the forward process, CFG sweeps and comparisons (tiny model)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from diffx.models.stable_diffusion import build
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.settings import GenerationSettings
 from diffx.render import latent_to_rgb_fast
-from diffx.trace.tracer import Trace, generate_traced
+from diffx.trace.tracer import generate_traced
 from diffx.views import steps as views
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
@@ -91,10 +93,10 @@ def test_vae_preview_uses_stored_decodes_or_the_model(model, traced, traced_with
 def test_latent_preview_uses_the_traces_factors_and_bias(traced):
     factors, bias = torch.randn(4, 3), torch.randn(3)
     latent = traced.tensors["latents"][1]
-    fitted = Trace(meta={**traced.meta, "latent_preview": {"factors": factors.tolist(), "bias": bias.tolist()}},
-                   tensors=traced.tensors)
+    preview = {"factors": factors.tolist(), "bias": bias.tolist()}
+    fitted = replace(traced, meta={**traced.meta, "latent_preview": preview})
     assert np.array_equal(views.latent_preview(fitted, "latents", 1), latent_to_rgb_fast(latent, factors, bias))
-    default = Trace(meta={**traced.meta, "latent_preview": None}, tensors=traced.tensors)  # SD1.5's factors
+    default = replace(traced, meta={**traced.meta, "latent_preview": None})  # SD1.5's factors
     assert np.array_equal(views.latent_preview(default, "latents", 1), latent_to_rgb_fast(latent))
 
 

@@ -68,8 +68,8 @@ def attention(
 
     Example: diffx attention --prompt "a red circle and a blue square" --heads --layer up.4 --out layers.png
     """
-    from diffx.trace.tracer import load_trace
-    from diffx.trace.tracer import save_trace as write_trace
+    from diffx.trace.record import load_trace
+    from diffx.trace.record import save_trace as write_trace
     from diffx.views.attention import explorer_options, write_attention_views
 
     if trace_file is not None and prompt:

@@ -126,8 +126,8 @@ def trace(
 
     Example: diffx trace --prompt "a red circle" --gif out.gif
     """
+    from diffx.trace.record import save_trace as write_trace
     from diffx.trace.tracer import TraceOptions
-    from diffx.trace.tracer import save_trace as write_trace
     from diffx.views import steps as views
 
     check_view_options(preview, attn_scale)
@@ -175,7 +175,7 @@ def render(
     """
     from diffx.experiments.trajectories import trace_convergence_chart
     from diffx.render import save_png
-    from diffx.trace.tracer import load_trace
+    from diffx.trace.record import load_trace
     from diffx.views import steps as views
 
     check_view_options(preview, attn_scale)

@@ -59,7 +59,7 @@ def report(
     """
     from diffx.files import check_outputs
     from diffx.report.page import write_report
-    from diffx.trace.tracer import load_trace
+    from diffx.trace.record import load_trace
 
     check_outputs([html], force)
     written = write_report([load_trace(path) for path in trace_files], html, force)

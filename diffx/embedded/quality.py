@@ -31,7 +31,8 @@ from diffx.embedded.worlds import WORLDS, World
 from diffx.errors import InvalidArgumentError
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, TraceOptions, generate_traced
+from diffx.trace.record import Trace
+from diffx.trace.tracer import TraceOptions, generate_traced
 from diffx.weights.load import load_model
 
 if TYPE_CHECKING:

@@ -33,7 +33,8 @@ import torch
 
 from diffx.embedded.history import read_runs
 from diffx.embedded.quality import ATTENTION_ONLY, pointed_objects, points_at, word_heatmap
-from diffx.embedded.world import EVAL_STREAM, make_scene, render
+from diffx.embedded.shapes import EVAL_STREAM
+from diffx.embedded.world import make_scene, render
 from diffx.embedded.world_judge import analyse, score
 from diffx.embedded.world_measures import (
     GUIDANCE_SCALES,
@@ -50,7 +51,8 @@ from diffx.errors import InvalidArgumentError
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
-from diffx.trace.tracer import Trace, generate_traced
+from diffx.trace.record import Trace
+from diffx.trace.tracer import generate_traced
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion

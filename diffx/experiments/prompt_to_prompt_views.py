@@ -49,10 +49,10 @@ def edit_title(edit: Edit) -> tuple[str, str]:
         injected += f", self-attention (≤ {side}×{side}) for {_steps(edit.self_steps, edit.num_steps)}"
     settings = edit.source.settings[0]
     details = f"{settings.sampler}, {settings.steps} steps, guidance {settings.guidance:g}, seed {settings.seed}"
-    tokens = edit.injected.traces[0].meta["tokens"]
+    tokens = edit.injected.traces[0].tokens
     factors = {}
-    for index, word in enumerate(tokens["words"]):
-        positions = [p for p, w in enumerate(tokens["word_ids"]) if w == index]
+    for index, word in enumerate(tokens.words):
+        positions = tokens.word_positions(index)
         if positions and float(edit.scales[positions[0]]) != 1.0:
             factors[word] = float(edit.scales[positions[0]])
     if factors:
@@ -63,7 +63,7 @@ def edit_title(edit: Edit) -> tuple[str, str]:
 def _edit_grid(edit: Edit, pictures: list, size: tuple[int, int]) -> Image.Image:
     """Three panels with their column labels, each run's prompt under it, and the title."""
     title, details = edit_title(edit)
-    prompts = [f"“{run.traces[0].meta['prompt']}”" for run in (edit.source, edit.plain, edit.injected)]
+    prompts = [f"“{run.traces[0].settings.prompt}”" for run in (edit.source, edit.plain, edit.injected)]
     return make_grid([pictures], col_labels=COLUMN_LABELS, cell_labels=[prompts], title=title,
                      x_axis_title=details, cell_size=size)
 

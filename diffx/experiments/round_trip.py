@@ -24,7 +24,8 @@ from diffx.render.image import PictureLike
 from diffx.render.latents import NOISE_DISPLAY_SIGMAS
 from diffx.render.plots import plot_round_trip_psnr
 from diffx.sampling.samplers import StepCallback
-from diffx.trace.tracer import Trace, TraceCollector, trace_meta
+from diffx.trace.record import Trace, trace_meta
+from diffx.trace.tracer import TraceCollector
 from diffx.views.steps import TRACE_RECORD_STEPS, denoise_frames, fit_panel, panel_size
 
 if TYPE_CHECKING:
@@ -104,13 +105,12 @@ def traced_round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, p
                       schedule=schedule, seed=seed, guidance_rescale=guidance_rescale, observe=collect,
                       progress=progress)
     [(run, tracer)] = collect.runs
-    trace = tracer.finish(trace_meta(model, run), {"image": torch.from_numpy(trip.image.copy())})
+    trace = tracer.finish(run, trace_meta(model, run), {"image": torch.from_numpy(trip.image.copy())})
     return trip, trace
 
 
 def inversion_frames(trace: Trace, model: StableDiffusion | None = None, preview: str = "auto",
                      panel: int | None = None) -> list[Image.Image]:
     """One frame per inversion step: x_t and x̂0 (as `views.denoise_frames` draws them), captioned as a climb."""
-    settings = trace.meta["settings"]
-    note = f"DDIM inversion z_0 → x_T, w = {settings['guidance']:g}: the noise grows, x̂0 should stay the input"
+    note = f"DDIM inversion z_0 → x_T, w = {trace.settings.guidance:g}: the noise grows, x̂0 should stay the input"
     return [caption_bar(frame, note) for frame in denoise_frames(trace, preview, model, panel)]

@@ -39,7 +39,7 @@ from diffx.render.charts import convergence_svg
 from diffx.render.paths import PathLine, plot_convergence, plot_paths
 from diffx.sampling.grids import SAMPLERS
 from diffx.sampling.samplers import StepCallback, StepRecord
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -319,7 +319,7 @@ def trace_convergence(trace: Trace) -> Convergence:
 
 
 def _trace_lines(trace: Trace) -> tuple[str, Convergence]:
-    sampler = trace.meta.get("settings", {}).get("sampler", "")
+    sampler = trace.settings.sampler
     return sampler, trace_convergence(trace)
 
 
@@ -327,7 +327,7 @@ def trace_convergence_chart(trace: Trace) -> Image.Image:
     """The single-sampler convergence chart of a saved trace: ‖x̂0_k − x̂0_final‖ and ‖x_{i+1} − x_i‖ against NFE."""
     sampler, measured = _trace_lines(trace)
     colour = SAMPLER_COLOURS.get(sampler, REFERENCE_COLOUR)
-    prompt = trace.meta.get("prompt", "")
+    prompt = trace.settings.prompt
     return plot_convergence(None, [PathLine(sampler, measured.nfe, measured.x0_change, colour)],
                             [PathLine(sampler, measured.step_nfe, measured.step_size, colour)],
                             title=f"convergence of this trace — “{prompt}”, {sampler}, {trace.num_steps} "
@@ -346,7 +346,7 @@ def convergence_section(traces: Sequence[Trace]) -> str:
     with its sampler; "" when no trace holds what the measures need."""
     charts = "".join(
         f'<figure style="margin: 0; flex: 1 1 300px; max-width: 420px"><figcaption class="note">'
-        f'{html.escape(str(trace.meta.get("settings", {}).get("sampler", "")))}, {trace.num_steps} model '
+        f'{html.escape(trace.settings.sampler)}, {trace.num_steps} model '
         f'evaluations</figcaption><div style="width: 100%">{trace_convergence_svg(trace)}</div></figure>'
         for trace in traces if all(key in trace.tensors for key in TRACE_KEYS))
     if not charts:

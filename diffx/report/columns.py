@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
 from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 from diffx.views.attention import layer_title
 from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, xt_pictures
 
@@ -93,7 +92,7 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "label": label,
         "model": model_description(trace),
         "decode_note": (f"not decoded with the given model: {mismatch.split(';')[0]}" if mismatch else None),
-        "guidance": trace.meta.get("settings", {}).get("guidance"),
+        "guidance": trace.settings.guidance,
         "colour": COLUMN_COLOURS[index % len(COLUMN_COLOURS)],
         "words": trace.words,
         "info": [_step_info(trace, s) for s in steps],
@@ -131,7 +130,7 @@ def _layer_frames(trace: Trace) -> list[dict]:
     """Per recorded layer: its label ("up.4 16×16"), its heatmaps word -> step (mean over heads), and its
     heads' (head -> word -> step) when the trace holds them; each map on its own scale ("word")."""
     def frames(layer: int, head: int | None) -> list[list[str]]:
-        per_step = [merge_words(trace.token_maps(step, layer, head), trace.meta["tokens"])
+        per_step = [merge_words(trace.token_maps(step, layer, head), trace.tokens)
                     for step in range(trace.num_steps)]  # (words, r, c) each
         return _heat_frames(per_step, ("word",))["word"]
 
@@ -167,11 +166,7 @@ def fit_picture(picture: np.ndarray, size: int = DECODED_SIZE) -> np.ndarray:
 
 
 def _aspect(trace: Trace) -> str:
-    settings = trace.meta.get("settings", {})
-    if settings.get("width") and settings.get("height"):
-        return f"{settings['width']} / {settings['height']}"
-    height, width = trace.tensors["latents"].shape[-2:] if "latents" in trace.tensors else (1, 1)
-    return f"{width} / {height}"
+    return f"{trace.settings.width} / {trace.settings.height}"
 
 
 def _step_info(trace: Trace, step: int) -> str:
@@ -204,8 +199,7 @@ def models_differ(traces: list[Trace]) -> bool:
 def column_label(traces: list[Trace], trace: Trace, index: int) -> str:
     """Name a column by the settings that differ between the traces ("guidance 7.5"), else by number;
     a lone trace by its guidance and seed. Traces of different models are named by their model first."""
-    settings = [t.meta.get("settings", {}) for t in traces]
-    differing = [key for key in COLUMN_KEYS if len({json.dumps(s.get(key)) for s in settings}) > 1]
+    differing = [key for key in COLUMN_KEYS if len({getattr(t.settings, key) for t in traces}) > 1]
     model = ""
     if models_differ(traces):
         own_model = trace.meta.get("model") or {}
@@ -216,9 +210,9 @@ def column_label(traces: list[Trace], trace: Trace, index: int) -> str:
         differing = ["guidance", "seed"]
     elif not differing:
         return model or f"trace {index + 1}"
-    own = trace.meta.get("settings", {})
     parts = [model] if model else []
-    return " · ".join(parts + [f"{key.replace('_', ' ')} {format_value(own.get(key))}" for key in differing])
+    return " · ".join(parts + [f"{key.replace('_', ' ')} {format_value(getattr(trace.settings, key))}"
+                               for key in differing])
 
 
 def default_word(words: list[str]) -> int:
@@ -232,19 +226,17 @@ def colorbar_css() -> str:
     return f"linear-gradient(to right, {stops})"
 
 
-def _train_alphas_cumprod(meta: dict) -> Tensor:
+def _train_alphas_cumprod(trace: Trace) -> Tensor:
     """ᾱ_t for every training timestep of the trace's schedule (as `diffx.pipeline.schedule_for` picks it)."""
-    config = SchedulerConfig(**meta.get("model", {}).get("config", {}).get("scheduler", {}))
-    name = meta.get("settings", {}).get("schedule") or config.beta_schedule
-    return schedule_from_config(config, name).alphas_cumprod
+    config = SchedulerConfig(**trace.meta.get("model", {}).get("config", {}).get("scheduler", {}))
+    return schedule_from_config(config, trace.settings.schedule).alphas_cumprod
 
 
 def schedule_charts_html(traces: list[Trace], columns: list[dict]) -> str:
     """The schedule charts of `diffx.render.charts` for these traces; stores each column's markers."""
     curves = {}  # schedule name -> ᾱ over all training timesteps
     for trace in traces:
-        curves.setdefault(trace.meta.get("settings", {}).get("schedule", "schedule"),
-                          _train_alphas_cumprod(trace.meta).double().numpy())
+        curves.setdefault(trace.settings.schedule, _train_alphas_cumprod(trace).double().numpy())
     visited = [(trace.tensors["timesteps"].double().numpy(), trace.tensors["alphas_cumprod"].double().numpy())
                for trace in traces]
     svg, markers = schedule_charts(curves, visited, [column["colour"] for column in columns])

@@ -63,7 +63,7 @@ from diffx.report.sections import (
     pipeline_section,
     tokens_section,
 )
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -96,7 +96,7 @@ def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion |
         f"<footer>Made by diffx {html.escape(str(traces[0].meta.get('versions', {}).get('diffx', '')))}: "
         "every picture was computed from the trace file; this page needs no network.</footer>",
     ])
-    prompt = traces[0].meta.get("prompt", "")
+    prompt = traces[0].settings.prompt
     slots = {
         "TITLE": html.escape(f"diffx · {shorten(prompt, 60) or 'trace'}"),
         "COLORBAR": colorbar_css(),

@@ -16,7 +16,7 @@ from diffx.report.columns import (
     models_differ,
     shorten,
 )
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 from diffx.views.attention import layer_title, mass_shares
 from diffx.views.tables import word_rows
 
@@ -31,13 +31,13 @@ PANELS = {
 
 def _settings_value(traces: list[Trace], key: str) -> str:
     """A setting's value; where the traces differ, all their values joined by " / "."""
-    values = list(dict.fromkeys(format_value(t.meta.get("settings", {}).get(key)) for t in traces))
+    values = list(dict.fromkeys(format_value(getattr(t.settings, key)) for t in traces))
     return " / ".join(values)
 
 
 def header_html(trace: Trace) -> str:
-    prompt = trace.meta.get("prompt", "")
-    negative = trace.meta.get("negative_prompt", "")
+    prompt = trace.settings.prompt
+    negative = trace.settings.negative_prompt
     negative_line = f' · negative: <q>{html.escape(negative)}</q>' if negative else ""
     return (f'<header><h1>diffx trace report</h1><p class="prompt-line">Prompt: <q>{html.escape(prompt)}</q>'
             f"{negative_line}</p></header>")
@@ -45,30 +45,31 @@ def header_html(trace: Trace) -> str:
 
 def pipeline_section(traces: list[Trace]) -> str:
     """Prompt → tokenizer → text encoder → U-Net loop × N with CFG → VAE decoder → image, with settings."""
-    meta = traces[0].meta
+    meta, first = traces[0].meta, traces[0].settings
     config = meta.get("model", {}).get("config", {})
     text_config, vae_config = config.get("text_encoder", {}), config.get("vae", {})
-    tokens = meta["tokens"]
+    tokens = traces[0].tokens
     latent_shape = "×".join(str(d) for d in traces[0].tensors["latents"].shape[1:]) \
         if "latents" in traces[0].tensors else "?"
     size = f"{_settings_value(traces, 'width')}×{_settings_value(traces, 'height')}"
-    cut = tokens.get("truncated_text")
+    cut = tokens.truncated_text
     value = {key: html.escape(_settings_value(traces, key)) for key in
-             ("sampler", "schedule", "spacing", "steps", "guidance", "seed", "eta", "strength", "karras")}
+             ("sampler", "schedule", "spacing", "steps", "guidance", "seed", "eta", "strength")}
     image = traces[0].tensors.get("image")
     result = (f'<img src="{data_uri(fit_picture(image.numpy(), 144))}" alt="the final image of the run">'
               if image is not None else "")
     mode = meta.get("mode", "text2img")
+    karras = " (Karras σ)" if all(trace.settings.karras for trace in traces) else ""  # only where every run used it
     start = ("seed " + value["seed"] + " → x_T ~ N(0, I)" if mode == "text2img" else
              f"input image → VAE encoder → noised to strength {value['strength']}")
     stages = [
-        ("", "Prompt", f"“{html.escape(shorten(meta.get('prompt', ''), 70))}”"),
-        ("", "Tokenizer", f"CLIP BPE · {tokens['num_tokens']} of {CONTEXT_LENGTH} tokens"
+        ("", "Prompt", f"“{html.escape(shorten(first.prompt, 70))}”"),
+        ("", "Tokenizer", f"CLIP BPE · {tokens.num_tokens} of {CONTEXT_LENGTH} tokens"
          + (f' · <span class="cut-text">cut: “{html.escape(shorten(cut, 40))}”</span>' if cut else "")),
         ("", "Text encoder", f"CLIP transformer, {text_config.get('num_hidden_layers', '?')} layers → "
          f"context c: {CONTEXT_LENGTH}×{text_config.get('hidden_size', '?')}"),
         ("loop", f"U-Net loop ↻ × {value['steps']}",
-         f"{start} · sampler {value['sampler']}{' (Karras σ)' if value['karras'] == 'True' else ''} · "
+         f"{start} · sampler {value['sampler']}{karras} · "
          f"schedule {value['schedule']} ({value['spacing']}) · CFG ε̂ = ε_u + w (ε_c − ε_u), "
          f"w = {value['guidance']} · latent {latent_shape}"),
         ("", "VAE decoder", f"latent {latent_shape} → image {html.escape(size)} "
@@ -85,8 +86,8 @@ def pipeline_section(traces: list[Trace]) -> str:
                 ("size", size), ("η (eta)", _settings_value(traces, "eta"))]
     if mode != "text2img":
         settings.append(("strength", _settings_value(traces, "strength")))
-    if meta.get("negative_prompt"):
-        settings.append(("negative prompt", shorten(meta["negative_prompt"], 60)))
+    if first.negative_prompt:
+        settings.append(("negative prompt", shorten(first.negative_prompt, 60)))
     wide = ' class="wide"'  # the model line (name, hashes, path) spans the row
     items = "".join(f'<div{wide if k.startswith("model") else ""}><dt>{html.escape(k)}</dt>'
                     f"<dd>{html.escape(v)}</dd></div>" for k, v in settings)
@@ -181,7 +182,7 @@ def attention_mass_section(trace: Trace) -> str:
         shares = mass_shares(trace, layer)
         cells = "".join(f"<td>{100 * shares[key]:.1f}%</td>" for key in ("start", "words", "end", "padding"))
         rows.append(f"<tr><td>{html.escape(layer_title(trace, layer))}</td>{cells}</tr>")
-    count = trace.meta["tokens"]["num_tokens"]
+    count = trace.tokens.num_tokens
     return (
         '<section class="card" aria-labelledby="mass-title"><h2 id="mass-title">Where the attention goes</h2>'
         f'<p class="note">Each pixel spreads one unit of cross-attention over all {CONTEXT_LENGTH} positions. The '
@@ -229,21 +230,20 @@ def _model_line(column: dict, show_model: bool) -> str:
 
 def _cut_words(trace: Trace) -> set[int]:
     """Words none of whose tokens made it into the 77-token window."""
-    word_ids = set(trace.meta["tokens"]["word_ids"])
-    return {i for i in range(len(trace.words)) if i not in word_ids}
+    return {index for index, row in enumerate(word_rows(trace.tokens)) if not row.positions}
 
 
 def tokens_section(trace: Trace) -> str:
     """Word → BPE tokens → ids, and the 77-position window the text encoder sees."""
-    tokens = trace.meta["tokens"]
-    count = tokens["num_tokens"]
-    token_strings, ids, word_ids = tokens["tokens"], tokens["ids"], tokens["word_ids"]
-    # The padding token (SD1.x pads with the end token, SD 2.x and SDXL's bigG with "!"); older traces lack it.
-    pad_token, pad_id = tokens.get("pad_token", token_strings[count - 1]), tokens.get("pad_id", ids[count - 1])
+    tokens = trace.tokens
+    count = tokens.num_tokens
+    token_strings, ids = tokens.tokens, tokens.ids
+    # The padding token: SD1.x pads with the end token, SD 2.x and SDXL's bigG with "!".
+    pad_token, pad_id = token_strings[-1], ids[-1]
     cells, rows = [], []
     for position in range(CONTEXT_LENGTH):
         if position < count:
-            word = word_ids[position]
+            word = tokens.word_ids[position]
             kind = "special" if word is None else f"w{word % 2}"
             tip = f"{position}: {token_strings[position]} ({ids[position]})"
         else:
@@ -251,7 +251,7 @@ def tokens_section(trace: Trace) -> str:
         cells.append(f'<span class="{kind}" title="{html.escape(tip)}"></span>')
     rows.append(f'<tr class="special"><td>start</td><td class="mono">{html.escape(token_strings[0])}</td>'
                 f"<td>{ids[0]}</td><td>0</td></tr>")
-    for row in word_rows(trace.words, token_strings, ids, word_ids):
+    for row in word_rows(tokens):
         if not row.positions:
             rows.append(f'<tr><td>{html.escape(row.word)}</td><td class="cut-text" colspan="3">cut by the '
                         f"{CONTEXT_LENGTH}-token window</td></tr>")
@@ -265,7 +265,7 @@ def tokens_section(trace: Trace) -> str:
     if count < CONTEXT_LENGTH:
         rows.append(f'<tr class="special"><td>padding</td><td class="mono">{html.escape(pad_token)} '
                     f"× {CONTEXT_LENGTH - count}</td><td>{pad_id}</td><td>{count}–{CONTEXT_LENGTH - 1}</td></tr>")
-    cut = tokens.get("truncated_text")
+    cut = tokens.truncated_text
     cut_note = (f'<p class="note cut-text">Cut off by the {CONTEXT_LENGTH}-token window (the model never saw it): '
                 f"“{html.escape(cut)}”</p>" if cut else "")
     return (

@@ -13,15 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffx.models.tokenizer import TokenizedPrompt
+
 SECTIONS = {"input_blocks": "down", "middle_block": "mid", "output_blocks": "up"}  # U-Net part -> label
 
 
-def merge_words(maps: Tensor, tokens: dict) -> Tensor:
-    """(K, r, c) token maps → (words, r, c): each word the mean of its tokens' maps (zeros if all were cut)."""
-    word_ids = tokens["word_ids"][: maps.shape[0]]
+def merge_words(maps: Tensor, tokens: TokenizedPrompt) -> Tensor:
+    """(K, r, c) token maps → (words, r, c): each word the mean of its tokens' maps (zeros if all were cut).
+
+    A word's tokens lie among the K kept positions (the padding after them belongs to no word).
+    """
     out = []
-    for word_index in range(len(tokens["words"])):
-        positions = [p for p, w in enumerate(word_ids) if w == word_index]
+    for word_index in range(len(tokens.words)):
+        positions = tokens.word_positions(word_index)
         out.append(maps[positions].mean(0) if positions else torch.zeros_like(maps[0]))
     return torch.stack(out) if out else maps[:0]
 

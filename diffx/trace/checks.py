@@ -9,12 +9,14 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_type_hints
 
 import torch
 from torch import Tensor
 
 from diffx.errors import TraceFileError
+from diffx.models.tokenizer import CONTEXT_LENGTH
+from diffx.pipeline.settings import ResolvedSettings
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -93,9 +95,9 @@ def check_header(path: Path, header: dict) -> dict:
         raise TraceFileError(f"{path} is a safetensors file but not a diffx trace; pass a file from --save-trace")
     number = fmt.removeprefix("diffx-trace/")
     if fmt != TRACE_FORMAT:
-        older = number.isdigit() and int(number) < TRACE_VERSION
-        raise TraceFileError(f"{path} was written by {'an older' if older else 'another'} diffx (format {fmt}, this "
-                             f"diffx reads {TRACE_FORMAT}); {RERECORD}")
+        age = "another" if not number.isdigit() else "an older" if int(number) < TRACE_VERSION else "a newer"
+        raise TraceFileError(f"{path} was written by {age} diffx (format {fmt}, this diffx reads {TRACE_FORMAT}); "
+                             f"{RERECORD}{' or update diffx' if age == 'a newer' else ''}")
     try:
         meta = json.loads(header.get("diffx_trace", ""))
     except json.JSONDecodeError as error:
@@ -108,29 +110,47 @@ def check_header(path: Path, header: dict) -> dict:
                           "negative_tokens": dict, "model": dict, "settings": dict}, "metadata")
     for key in ("tokens", "negative_tokens"):
         _check_tokens(path, meta[key], key)
+    _check_settings(path, meta["settings"])
     _require(path, meta["model"], {"name": str, "config": dict, "identity": dict}, "metadata model")
     _require(path, meta["model"]["identity"], {"name": str, "config_hash": str, "weights_hash": str},
              "metadata model identity")
     return meta
 
 
-def _require(path: Path, data: dict, fields: dict[str, type], where: str) -> None:
+def _require(path: Path, data: dict, fields: dict[str, type | tuple[type, ...]], where: str) -> None:
+    """Each field present with a value of its type (or one of its types); JSON's true and false are bool, not int."""
     for key, kind in fields.items():
-        if not isinstance(data.get(key), kind):
-            got = "missing" if key not in data else f"a {type(data[key]).__name__}"
-            raise _fail(path, f"{where} field {key!r} should be a {kind.__name__}, is {got}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        value = data.get(key)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            got = "missing" if key not in data else f"a {type(value).__name__}"
+            raise _fail(path, f"{where} field {key!r} should be a {' or '.join(k.__name__ for k in kinds)}, is {got}")
 
 
 def _check_tokens(path: Path, tokens: dict, key: str) -> None:
     _require(path, tokens, {"words": list, "tokens": list, "ids": list, "word_ids": list, "num_tokens": int}, key)
-    _require(path, tokens, {name: kind for name, kind in (("pad_token", str), ("pad_id", int)) if name in tokens}, key)
+    # Fields later diffx versions added to the token dict (see `diffx.trace.record`): checked where present.
+    optional = {"pad_token": str, "pad_id": int, "truncated_text": str, "truncated_tokens": list, "prompt": str}
+    _require(path, tokens, {name: kind for name, kind in optional.items() if name in tokens}, key)
     count = tokens["num_tokens"]
-    if count < 1 or any(len(tokens[field]) != count for field in ("tokens", "ids", "word_ids")):
+    if not 1 <= count <= CONTEXT_LENGTH:
+        raise _fail(path, f"{key}: num_tokens is {count}, outside 1…{CONTEXT_LENGTH}")
+    if any(len(tokens[field]) != count for field in ("tokens", "ids", "word_ids")):
         raise _fail(path, f"{key}: num_tokens is {count} but tokens/ids/word_ids hold "
                           f"{len(tokens['tokens'])}/{len(tokens['ids'])}/{len(tokens['word_ids'])}")
     words = len(tokens["words"])
     if any(w is not None and (not isinstance(w, int) or not 0 <= w < words) for w in tokens["word_ids"]):
         raise _fail(path, f"{key}: a word id is not one of the {words} words")
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    """The settings hold `ResolvedSettings`' fields, each of its type; a float may be written as an int."""
+    hints = get_type_hints(ResolvedSettings)
+    unknown = sorted(set(settings) - set(hints))
+    if unknown:
+        raise _fail(path, f"metadata settings has unknown fields {', '.join(unknown)}")
+    _require(path, settings, {name: (int, float) if kind is float else kind for name, kind in hints.items()},
+             "metadata settings")
 
 
 def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:

@@ -35,7 +35,8 @@ from diffx.render.attention import (
     mark_pixel,
     self_attention_components,
 )
-from diffx.trace.tracer import DEFAULT_RECORD, Trace, TraceOptions
+from diffx.trace.record import Trace
+from diffx.trace.tracer import DEFAULT_RECORD, TraceOptions
 from diffx.views.steps import ATTENTION_ALPHA, attention_legend, format_timestep, prompt_title, step_indices
 
 EXPLORER_PANEL = 128  # pixels per panel: grids of 10+ layers × 10+ tokens stay readable on a screen

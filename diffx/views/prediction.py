@@ -18,7 +18,7 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError
 from diffx.render import caption_bar, make_grid, visualize_noise
 from diffx.sampling.schedules import v_from_eps
-from diffx.trace.tracer import Trace
+from diffx.trace.record import Trace
 from diffx.views.steps import (
     X0_LABELS,
     fit_panel,

@@ -46,7 +46,8 @@ from diffx.render import (
 from diffx.render.colormap import NORMALIZE_SCALES
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
-from diffx.trace.tracer import Trace, TraceOptions
+from diffx.trace.record import Trace
+from diffx.trace.tracer import TraceOptions
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -250,7 +251,7 @@ def trace_frames(trace: Trace, preview: str = "auto", attn_scale: str = "word",
 
 
 def prompt_title(trace: Trace) -> str:
-    prompt = trace.meta.get("prompt", "")
+    prompt = trace.settings.prompt
     return f"“{prompt}”" if prompt else "unconditional (empty prompt)"
 
 

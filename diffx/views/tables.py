@@ -26,13 +26,12 @@ class WordRow:
     ids: list[int]
 
 
-def word_rows(words: Sequence[str], tokens: Sequence[str], ids: Sequence[int],
-              word_ids: Sequence[int | None]) -> Iterator[WordRow]:
-    """Each word → its BPE tokens, their ids and positions in the window (`TokenizedPrompt` fields, or
-    their copies in a trace's metadata)."""
-    for index, word in enumerate(words):
-        positions = [p for p, w in enumerate(word_ids) if w == index]
-        yield WordRow(word, positions, [tokens[p] for p in positions], [ids[p] for p in positions])
+def word_rows(tokenized: TokenizedPrompt) -> Iterator[WordRow]:
+    """Each word → its BPE tokens, their ids and positions in the window (a prompt as the tokenizer read it, or
+    a trace's `tokens`)."""
+    for index, word in enumerate(tokenized.words):
+        positions = tokenized.word_positions(index)
+        yield WordRow(word, positions, [tokenized.tokens[p] for p in positions], [tokenized.ids[p] for p in positions])
 
 
 def _span(positions: list[int]) -> str:
@@ -65,7 +64,7 @@ def tokens_table(tokenized: TokenizedPrompt) -> Table:
     last = tokenized.num_tokens - 1
     one = ("1",) if weighted else ()  # start, end and padding always weigh 1
     table.add_row("(start)", START_TOKEN, str(tokenized.ids[0]), "0", *one, style="dim")
-    for row in word_rows(tokenized.words, tokenized.tokens, tokenized.ids, tokenized.word_ids):
+    for row in word_rows(tokenized):
         if row.positions:
             weight = (f"{tokenized.weights[row.positions[0]]:.4g}",) if weighted else ()
             table.add_row(row.word, " ".join(row.tokens), " ".join(map(str, row.ids)), _span(row.positions),

@@ -8,8 +8,10 @@ from diffx.embedded.quality import evaluate, meets_targets, pointed_objects, poi
 from diffx.embedded.shapes import Scene, ShapeObject, render
 from diffx.embedded.worlds import WORLDS
 from diffx.models.configs import tiny
-from diffx.models.stable_diffusion import build
-from diffx.trace.tracer import Trace
+from diffx.models.stable_diffusion import build, build_without_weights
+from diffx.models.tokenizer import ClipTokenizer
+from diffx.pipeline.settings import GenerationSettings
+from diffx.trace.record import Trace
 
 PROMPT = "a red circle left of a blue square"
 SCENE = Scene([ShapeObject("circle", "red", "small", "left", (0.25, 0.5), 0.12),
@@ -29,8 +31,12 @@ def fake_trace(words: list[str], peaks: dict[str, tuple[float, float]], steps: i
     maps += [bump(peaks[word]) if word in peaks else torch.full((16, 16), 0.1) for word in words]
     maps.append(torch.full((16, 16), 0.1))  # end token
     attention = torch.stack(maps)[None].repeat(steps, 1, 1, 1)  # (S, K, 16, 16)
-    meta = {"tokens": {"words": words, "word_ids": [None, *range(len(words)), None]}}
-    return Trace(meta=meta, tensors={"timesteps": torch.arange(steps).float(), "attention": attention})
+    prompt = " ".join(words)
+    tokens = ClipTokenizer.default().encode(prompt)
+    assert tokens.words == words and tokens.num_tokens == len(words) + 2  # one BPE token per word
+    settings = GenerationSettings(prompt=prompt).resolved(build_without_weights(tiny()))
+    return Trace(settings=settings, tokens=tokens, negative_tokens=ClipTokenizer.default().encode(""),
+                 tensors={"timesteps": torch.arange(steps).float(), "attention": attention})
 
 
 def test_pointed_objects_pair_each_drawn_object_with_its_words_in_order():
