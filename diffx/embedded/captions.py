@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from diffx.embedded.shapes import POSITIONS
-from diffx.embedded.world import COLOURS, FILLS, SHAPES, SIZES, TINTS, Scene
+from diffx.embedded.world import COLOURS, FILLS, POSITIONS, SHAPES, SIZES, TINTS, Scene
 from diffx.embedded.world_text import OPPOSITE, BackgroundWords, CaptionSpec, ObjectWords, caption_text, describe
 from diffx.errors import InvalidArgumentError
 

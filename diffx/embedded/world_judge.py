@@ -32,9 +32,9 @@ import numpy as np
 from PIL import Image
 
 from diffx.embedded.judge import _as_array, _connected_regions, _match
-from diffx.embedded.shapes import POSITIONS
 from diffx.embedded.world import (
     CHECKER_SHADE,
+    POSITIONS,
     SHAPE_EXTENTS,
     SHAPES,
     SIZE_THRESHOLD,

@@ -37,8 +37,7 @@ from itertools import combinations
 import numpy as np
 
 from diffx.embedded.judge import _as_array, _match
-from diffx.embedded.shapes import POSITIONS
-from diffx.embedded.world import BACKGROUND_KINDS, COLOURS, FILLS, SIZES, TINTS
+from diffx.embedded.world import BACKGROUND_KINDS, COLOURS, FILLS, POSITIONS, SIZES, TINTS
 from diffx.embedded.world_judge import WorldAnalysis
 from diffx.embedded.world_text import CaptionSpec
 from diffx.errors import InvalidArgumentError

@@ -33,8 +33,7 @@ import torch
 
 from diffx.embedded.history import read_runs
 from diffx.embedded.quality import ATTENTION_ONLY, pointed_objects, points_at, word_heatmap
-from diffx.embedded.shapes import EVAL_STREAM
-from diffx.embedded.world import make_scene, render
+from diffx.embedded.world import EVAL_STREAM, make_scene, render
 from diffx.embedded.world_judge import analyse, score
 from diffx.embedded.world_measures import (
     GUIDANCE_SCALES,

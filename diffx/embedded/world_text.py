@@ -23,17 +23,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from diffx.embedded.shapes import (
-    _POSITION_RE,
-    _SIZE_WORDS,
-    EVAL_STREAM,
-    POSITION_PHRASES,
-    POSITIONS,
-    RELATIONS,
-    _scene_rng,
-    _with_article,
-)
-from diffx.embedded.world import COLOURS, FILLS, SHAPES, TINTS, Scene, WorldObject, make_scene
+from diffx.embedded.shapes import _POSITION_RE, _SIZE_WORDS, POSITION_PHRASES, RELATIONS, _scene_rng, _with_article
+from diffx.embedded.world import COLOURS, EVAL_STREAM, FILLS, POSITIONS, SHAPES, TINTS, Scene, WorldObject, make_scene
 
 # A relation and its mirror: "A left of B" is "B right of A".
 OPPOSITE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
