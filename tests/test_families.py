@@ -135,7 +135,7 @@ def test_a_second_family_is_traced_and_drawn(toy_model, sampler):
     trace = traced.traces[0]
     assert trace.num_steps == 4 and traced.images[0].shape == (32, 32, 3)
     # The transformer's cross-attention reached the tracer through the one hook point: a map per step and token.
-    tokens = trace.meta["tokens"]["num_tokens"]
+    tokens = trace.tokens.num_tokens
     assert trace.tensors["attention"].shape == (4, tokens, 8, 8)  # 16×16 latent, 2×2 patches -> an 8×8 grid
     kept = trace.tensors["attention"].float().sum(1)  # the K kept of 77 positions: a share of each pixel's row
     assert (kept > 0).all() and (kept <= 1.001).all()
