@@ -39,6 +39,7 @@ from diffx.errors import InvalidArgumentError, TraceFileError
 from diffx.files import atomic_output
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.families import family_of
 from diffx.pipeline.observers import ImageRun
 from diffx.pipeline.settings import ResolvedSettings
 from diffx.trace.attention import merge_words
@@ -179,7 +180,8 @@ def trace_meta(model: StableDiffusion, run: ImageRun, identity: dict | None = No
         "version": TRACE_VERSION, "mode": run.mode,
         "model": {"name": model.config.name, "source": model.source, "config": model.config.to_dict(),
                   "identity": identity or model_identity(model)},
-        "prediction_type": model.config.scheduler.prediction_type,  # what the U-Net output; traces hold ε̂ always
+        # what the network predicts (its family's parameterization); traces hold ε̂ always
+        "prediction_type": family_of(model).parameterization(model).name,
         "latent_scaling_factor": vae.scaling_factor,
         "latent_preview": None if vae.latent_rgb_factors is None else {
             key: value for key, value in vae.latent_preview().items() if value is not None},
