@@ -20,6 +20,7 @@ from diffx.pipeline.families import FAMILIES, STABLE_DIFFUSION, ModelFamily, fam
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.parameterizations import Parameterization
+from diffx.trace.record import load_trace, save_trace
 from diffx.trace.tracer import generate_traced
 from diffx.views.steps import trace_frames
 
@@ -130,7 +131,7 @@ SETTINGS = GenerationSettings(prompt="a red circle", steps=4, height=32, width=3
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp_2m"])
-def test_a_second_family_is_traced_and_drawn(toy_model, sampler):
+def test_a_second_family_is_traced_and_drawn(toy_model, sampler, tmp_path):
     traced = generate_traced(toy_model, GenerationSettings(**{**SETTINGS.__dict__, "sampler": sampler}))
     trace = traced.traces[0]
     assert trace.num_steps == 4 and traced.images[0].shape == (32, 32, 3)
@@ -141,6 +142,9 @@ def test_a_second_family_is_traced_and_drawn(toy_model, sampler):
     assert (kept > 0).all() and (kept <= 1.001).all()
     frames = trace_frames(trace, preview="fast")
     assert len(frames) == 4 and all(frame.size[0] > 32 for frame in frames)
+    assert trace.meta["prediction_type"] == "flow"
+    loaded = load_trace(save_trace(trace, tmp_path / "toy.safetensors"))  # a valid trace file, read back typed
+    assert loaded.settings == trace.settings and torch.equal(loaded.tensors["eps"], trace.tensors["eps"])
     # Tracing never changes a number: the same picture as an untraced run.
     plain = generate(toy_model, GenerationSettings(**{**SETTINGS.__dict__, "sampler": sampler}))
     assert np.array_equal(plain.images[0], traced.images[0])
