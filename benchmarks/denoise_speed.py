@@ -30,7 +30,7 @@ from diffx.devices import cpu_description
 from diffx.models.configs import sd15
 from diffx.models.stable_diffusion import build
 from tests.models.tokenizer_files import write_vocab_folder  # the test suite's diffusers witnesses, reused
-from tests.test_pipeline import SD15_SCHEDULER, diffusers_pipeline
+from tests.pipeline.test_generation import SD15_SCHEDULER, diffusers_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
 STEPS, GUIDANCE, SIZE, THREADS = 25, 7.5, 512, 2

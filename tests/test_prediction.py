@@ -38,7 +38,7 @@ from diffx.sampling.schedules import (
     vp_scales,
     x0_from_eps,
 )
-from tests.test_pipeline import (
+from tests.pipeline.test_generation import (
     PROMPT,
     SD15_SCHEDULER,
     SIZE,

@@ -34,7 +34,7 @@ from tests.models import inverse_conversion
 from tests.models.inverse_conversion import invert_converters, write_diffusers_folder
 from tests.models.sd2_models import small_sd2
 from tests.models.tokenizer_files import write_vocab_folder
-from tests.test_pipeline import PROMPT, SIZE, assert_same_image
+from tests.pipeline.test_generation import PROMPT, SIZE, assert_same_image
 
 # SD2's scheduler_config.json (stabilityai/stable-diffusion-2-1), for DDIM.
 SD2_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",

@@ -48,7 +48,7 @@ from tests.models.inverse_conversion import invert_converters, write_diffusers_f
 from tests.models.sdxl_models import tiny_sdxl
 from tests.models.test_sdxl_models import clip_config
 from tests.models.tokenizer_files import write_vocab_folder
-from tests.test_pipeline import PROMPT, SIZE, assert_same_image, box_mask, decoded_floats, random_picture
+from tests.pipeline.test_generation import PROMPT, SIZE, assert_same_image, box_mask, decoded_floats, random_picture
 
 BIG_G = SDXL_PREFIX + "embedders.1.model."
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler_config.json (EulerDiscreteScheduler), read by DDIM here.
@@ -228,7 +228,7 @@ def test_ddim_inversion_climbs_with_the_size_conditioning(sdxl_file):
     """DDIM inversion climbs with the denoiser `generate` samples with, SDXL's pooled embedding and size ids
     included (without them the U-Net refuses to run), and with guidance its unconditional branch. Random weights
     give no smooth ODE, so only the shapes and that guidance changes the climb are checked here; the round trip's
-    accuracy is measured on the embedded model (tests/test_inversion.py)."""
+    accuracy is measured on the embedded model (tests/pipeline/test_inversion.py)."""
     path, _, _ = sdxl_file
     model = load_model(path)
     picture = generate(model, GenerationSettings(prompt=PROMPT, steps=2, sampler="ddim", height=SIZE,

@@ -12,7 +12,7 @@ attention maps and decoded pictures. Everything that differs between kinds of mo
 
 The latent codec is the model's `vae` (encode → posterior, decode) with `config.vae` (scaling factor, channels,
 downsampling), shared by every family (`diffx.pipeline.codec`). A model object names its family in `model.family`.
-docs/ARCHITECTURE.md lists what a new family must provide; tests/test_families.py registers a toy one.
+docs/ARCHITECTURE.md lists what a new family must provide; tests/pipeline/test_families.py registers a toy one.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ precomputed images, moves the schedule marker and toggles classes. The file refe
 outside itself (CSS, script and images as data: URIs are inline), so it opens from disk with no server
 and no network.
 
-Size — a 50-step, 512 px SD1.5 trace stays well under 10 MB (tests/test_report.py measures it):
+Size — a 50-step, 512 px SD1.5 trace stays well under 10 MB (tests/report/test_report.py measures it):
 - pictures are lossy WebP at quality 75 (Pillow), base64-encoded in data: URIs (+33 %);
 - latent-grid pictures (x_t and x̂0 previews, ε̂, ε_c − ε_u) stay at the latent resolution (64×64 for
   SD1.5) and the browser enlarges them with `image-rendering: pixelated`, which also shows honestly

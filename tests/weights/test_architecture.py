@@ -146,7 +146,7 @@ def test_models_column_says_what_each_file_is(tmp_path):
     from diffx.views.tables import models_table
     from diffx.weights.discovery import ModelSource
     from diffx.weights.load import describe_architecture, read_shapes
-    from tests.test_tables import _render
+    from tests.views.test_tables import _render
 
     tensors = write_single_file(tiny(), tmp_path / "tiny.safetensors")
     assert read_shapes(tmp_path / "tiny.safetensors") == {key: tuple(t.shape) for key, t in tensors.items()}

@@ -28,7 +28,7 @@ from diffx.weights.load import load_model, read_state_dict, save_model
 from diffx.weights.safe_pickle import load_torch_zip
 from tests.models.tokenizer_files import write_vocab_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNET_KEY = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
 
 
