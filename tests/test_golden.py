@@ -137,6 +137,9 @@ CASES = [
     *(Case(f"text2img_{sampler}", text_to_image, GenerationSettings(prompt=PROMPT, sampler=sampler, seed=1),
            Tolerance(mean=0.1, p99=2.0))
       for sampler in SAMPLERS),
+    # Another β schedule than the model's: the v-prediction is exchanged into ε̂ on the schedule the sampler walks.
+    Case("text2img_cosine", text_to_image, GenerationSettings(prompt=PROMPT, schedule="cosine", seed=1),
+         Tolerance(mean=0.1, p99=2.0)),
     Case("img2img", image_to_image, GenerationSettings(prompt=IMG2IMG_PROMPT, strength=0.6, seed=2),
          Tolerance(mean=0.1, p99=2.0)),
     Case("inpaint", inpainting, GenerationSettings(prompt=INPAINT_PROMPT, strength=1.0, seed=3),

@@ -55,11 +55,11 @@ def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
 
 
 def settings_denoiser(model: StableDiffusion, settings: ResolvedSettings, conditioning: Conditioning,
-                      observer: Observer | None = None, schedule: NoiseSchedule | None = None
-                      ) -> Callable[[Tensor, Tensor], Tensor]:
-    """`make_denoiser` for a prompt's `conditioning` at the settings' guidance: what generate and inversion use."""
+                      observer: Observer | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """`make_denoiser` for a prompt's `conditioning` at the settings' guidance, its prediction exchanged into ε̂ on
+    the settings' schedule (the one the sampler's grid is made on): what generate and inversion use."""
     return make_denoiser(model, conditioning.context_cond, conditioning.context_uncond, settings.guidance, observer,
-                         schedule=schedule, guidance_rescale=settings.guidance_rescale,
+                         schedule=schedule_for(model, settings.schedule), guidance_rescale=settings.guidance_rescale,
                          added_cond=conditioning.added_cond, added_uncond=conditioning.added_uncond)
 
 
