@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diffx.errors import InvalidArgumentError, check_choice
+from diffx.errors import InvalidArgumentError, check_choice, elide
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,8 +30,14 @@ FAST_PATH_MIN_BYTES = 500 * 2**20
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" (CUDA, else MPS, else CPU), "cpu", "cuda" (or "cuda:N") or "mps"; unavailable -> error."""
-    kind = check_choice("device", name.split(":")[0], DEVICES)
+    """"auto" (CUDA, else MPS, else CPU), "cpu", "cuda" (or "cuda:N") or "mps"; unavailable -> error.
+
+    The whole string is checked: anything after a colon must be a device index (only CUDA has several)."""
+    kind, _, index = name.partition(":")
+    check_choice("device", kind, DEVICES)
+    if _ and not (kind == "cuda" and index.isdigit() and index.isascii()):
+        raise InvalidArgumentError(f"device {elide(name, 40)} is not a device name; use auto, cpu, cuda, cuda:N "
+                                   "(N a GPU index, e.g. cuda:0) or mps")
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if kind == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")

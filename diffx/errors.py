@@ -49,6 +49,7 @@ def check_finite(name: str, value: float) -> float:
     return value
 
 
+ERROR_LINE_CHARS = 300  # an `error: …` line never runs longer, whatever text of the user's it repeats
 ELIDE_CHARS = 60  # a long text in a message or title is shown as its first and last this many characters
 
 
@@ -57,3 +58,14 @@ def elide(text: str, keep: int = ELIDE_CHARS) -> str:
     if len(text) <= 2 * keep + 20:
         return repr(text)
     return f"{text[:keep]!r} … {text[-keep:]!r} ({len(text)} characters)"
+
+
+def error_line(message: str, limit: int = ERROR_LINE_CHARS - len("error: ")) -> str:
+    """`message` on one line of at most `limit` characters: a longer one keeps its start (what went wrong) and its
+    end (the fix), and says how much of the middle — usually text the user gave — is left out."""
+    message = " ".join(message.split())
+    if len(message) <= limit:
+        return message
+    tail = limit // 3
+    middle = f" … ({len(message)} characters, the middle left out) … "
+    return message[:limit - tail - len(middle)] + middle + message[-tail:]

@@ -26,6 +26,25 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _publish(tmp_path: Path, path: Path, force: bool) -> None:
+    """Move the finished temporary file onto `path`. Without `force` this is an exclusive create (a hard link
+    fails if `path` appeared meanwhile), so two writers racing for one name never overwrite each other; on a
+    file system without hard links it falls back to a check and a rename."""
+    if force:
+        os.replace(tmp_path, path)
+        return
+    try:
+        os.link(tmp_path, path)
+    except FileExistsError:
+        raise OutputPathError(f"output file {path} already exists; pass --force to overwrite it") from None
+    except OSError:  # no hard links here (some network and FAT file systems)
+        if path.exists():
+            raise OutputPathError(f"output file {path} already exists; pass --force to overwrite it") from None
+        os.replace(tmp_path, path)
+        return
+    tmp_path.unlink()
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
@@ -51,7 +70,7 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path
     try:
         yield tmp_path
         os.chmod(tmp_path, _file_mode())
-        os.replace(tmp_path, path)
+        _publish(tmp_path, path, force)
     except BaseException as err:
         tmp_path.unlink(missing_ok=True)
         if isinstance(err, OSError):  # disk full, file system gone read-only, ...

@@ -322,3 +322,11 @@ def test_weights_and_config_reach_the_model_load(run, checkpoint, tmp_path, comm
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.png"]
     notes = ok(run(*args, "--config", "tiny", "--weights", "main")).stderr
     assert "the tiny config as given" in notes and "the main U-Net weights (--weights main" in notes, notes
+
+
+def test_typos_lists_and_long_values_give_short_clear_lines(run):
+    refused(run("tracee"), "No such command 'tracee'", "see diffx --help")
+    refused(run("cfg-sweep", "--scales", "1,,3"), "--scales '1,,3' has an empty value between commas")
+    result = run("cfg-sweep", "--scales", "x" * 5000)
+    refused(result, "--scales", "expected floats separated by commas")
+    assert len(result.stderr.strip()) <= 300

@@ -67,3 +67,9 @@ def test_model_bytes_on_disk(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert devices.model_bytes_on_disk(tmp_path) == 150
     assert devices.model_bytes_on_disk(tmp_path / "model.ckpt") == 50
+
+
+@pytest.mark.parametrize("name", ["cpu:abc", "cpu:0", "cuda:x", "cuda:", "mps:1", "auto:0", "cuda:１"])
+def test_the_whole_device_string_is_checked(name):
+    with pytest.raises(InvalidArgumentError, match="is not a device name; use auto, cpu, cuda, cuda:N"):
+        resolve_device(name)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from diffx.errors import InvalidArgumentError, OutputPathError
-from diffx.files import animation_format, check_outputs, companion_path, write_atomic
+from diffx.files import animation_format, atomic_output, check_outputs, companion_path, write_atomic
 
 
 def _leftovers(folder):
@@ -102,3 +102,15 @@ def test_save_png_writes_the_format_the_suffix_names(tmp_path):
     for suffix, name in ((".png", "PNG"), (".jpg", "JPEG"), (".webp", "WEBP")):
         with Image.open(save_png(picture, tmp_path / f"a{suffix}")) as written:
             assert written.format == name
+
+
+def test_a_file_that_appears_while_writing_is_not_overwritten(tmp_path):
+    """Two writers without --force racing for one name: the exclusive create refuses the second, keeping the first's
+    bytes and leaving no temporary file."""
+    target = tmp_path / "out.png"
+    with pytest.raises(OutputPathError, match="already exists"):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"mine")
+            target.write_bytes(b"theirs")  # another writer finished first, after our up-front check
+    assert target.read_bytes() == b"theirs" and sorted(tmp_path.iterdir()) == [target]
+

@@ -20,7 +20,7 @@ from typer._click import exceptions as typer_click
 from typer.core import TyperCommand, TyperGroup
 
 from diffx import __version__
-from diffx.errors import DiffxError
+from diffx.errors import DiffxError, error_line
 
 OUT = Console(highlight=False)  # results
 ERR = Console(stderr=True, highlight=False)  # progress, warnings, errors
@@ -49,12 +49,15 @@ class DiffxGroup(TyperGroup):
             except DiffxError as error:
                 if ctx.params.get("debug"):
                     raise
-                ERR.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+                ERR.print(f"[bold red]error:[/] {escape(error_line(str(error)))}", soft_wrap=True)
                 raise typer.Exit(2) from None
             except (click.UsageError, typer_click.UsageError) as error:  # a value click cannot parse
-                command = f"diffx {error.ctx.info_name}" if error.ctx else "diffx"
+                # The group's own context is named "diffx" too: `diffx tracee` points to `diffx --help`.
+                sub = error.ctx is not None and error.ctx.parent is not None
+                command = f"diffx {error.ctx.info_name}" if sub else "diffx"
                 message = " ".join(error.format_message().split()).rstrip(".")
-                ERR.print(f"[bold red]error:[/] {escape(message)}; see {command} --help", soft_wrap=True)
+                ERR.print(f"[bold red]error:[/] {escape(error_line(f'{message}; see {command} --help'))}",
+                          soft_wrap=True)
                 raise typer.Exit(2) from None
 
 

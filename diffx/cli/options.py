@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from diffx.cli.core import ERR
-from diffx.errors import InvalidArgumentError, check_choice
+from diffx.errors import InvalidArgumentError, check_choice, elide
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -198,10 +198,15 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 
 def parse_list(text: str, kind: type, option: str) -> list:
     """"1,3,7.5" → [1.0, 3.0, 7.5] (each value converted with `kind`)."""
+    items = text.split(",")
+    if len(items) > 1 and not all(item.strip() for item in items):
+        raise InvalidArgumentError(f"{option} {elide(text, 40)} has an empty value between commas; "
+                                   "give e.g. 1,3,7.5")
     try:
-        values = [kind(item) for item in text.split(",") if item.strip()]
+        values = [kind(item) for item in items if item.strip()]
     except ValueError:
-        raise InvalidArgumentError(f"{option} {text!r}: expected {kind.__name__}s separated by commas") from None
+        raise InvalidArgumentError(f"{option} {elide(text, 40)}: expected {kind.__name__}s separated by commas"
+                                   ) from None
     if not values:
         raise InvalidArgumentError(f"{option} is empty; give values separated by commas")
     if kind is float:

@@ -204,6 +204,7 @@ def check_samplers(samplers: Sequence[str]) -> list[str]:
     """Sampler names, each known and none twice; at least one."""
     if not samplers:
         raise InvalidArgumentError("no samplers given; pass e.g. ddim,euler,heun")
+    samplers = [name.lower() for name in samplers]  # DDIM and ddim are one sampler
     for name in samplers:
         check_choice("sampler", name, SAMPLERS)
     repeated = sorted({name for name in samplers if list(samplers).count(name) > 1})

@@ -115,9 +115,10 @@ def resolve_settings(model: StableDiffusion, settings: GenerationSettings | Reso
         height=settings.height or size, width=settings.width or size,
         steps=config.default_steps if settings.steps is None else settings.steps,
         guidance=config.default_guidance if settings.guidance is None else settings.guidance,
-        sampler=settings.sampler or config.default_sampler,
-        schedule=settings.schedule or scheduler.beta_schedule,
-        spacing=settings.spacing or scheduler.timestep_spacing,
+        # Names in any case: "DDIM" is ddim.
+        sampler=(settings.sampler or config.default_sampler).lower(),
+        schedule=(settings.schedule or scheduler.beta_schedule).lower(),
+        spacing=(settings.spacing or scheduler.timestep_spacing).lower(),
         karras=settings.karras, eta=settings.eta, seed=settings.seed,
         strength=_strength(settings, scheduler.num_train_timesteps), guidance_rescale=settings.guidance_rescale)
     check_choice("sampler", resolved.sampler, SAMPLERS)

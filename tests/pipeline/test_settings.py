@@ -81,3 +81,8 @@ def test_the_api_refuses_what_the_cli_refuses(tiny_model):
 def test_guided_is_guidance_not_one(tiny_model):
     assert not resolve_settings(tiny_model, GenerationSettings(guidance=1.0)).guided
     assert resolve_settings(tiny_model, GenerationSettings(guidance=0.0)).guided
+
+
+def test_names_in_any_case(tiny_model):
+    resolved = resolve_settings(tiny_model, GenerationSettings(sampler="DDIM", schedule="Cosine", spacing="TRAILING"))
+    assert (resolved.sampler, resolved.schedule, resolved.spacing) == ("ddim", "cosine", "trailing")
