@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffx.errors import CheckpointError, ModelNotFoundError, elide
+from diffx.errors import CheckpointError, ModelNotFoundError
 from diffx.paths import DATA_DIR, EMBEDDED_MODEL_DIR
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -149,7 +149,7 @@ def resolve_model_source(model: str | Path | None = None) -> ModelSource:
         path = MODEL_ALIASES.get(str(model), Path(model).expanduser())
         if not path.exists():
             raise ModelNotFoundError(
-                f"{where} {elide(str(model), 60)}: no such file or folder; point it at a .ckpt/.safetensors file "
+                f"{where} {model}: no such file or folder; point it at a .ckpt/.safetensors file "
                 "(SD 1.x, 2.x or SDXL), a diffusers folder or a diffx folder, or use 'embedded'"
             )
         return _model_source(path)
