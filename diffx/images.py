@@ -18,6 +18,7 @@ from torch import Tensor
 from diffx.errors import InputImageError
 
 MASK_THRESHOLD = 0.5  # a mask pixel whose grey level is >= this repaints
+MAX_PICTURE_SIDE = 8192  # the largest input picture side read (as large as any generation: MAX_SIDE)
 
 
 class MaskWarning(UserWarning):
@@ -58,6 +59,14 @@ def repaint_mask(mask: Image.Image | np.ndarray | Tensor) -> Tensor:
     return (levels >= MASK_THRESHOLD).float()[None, None]
 
 
+def _check_picture_size(path: Path, size: tuple[int, int]) -> None:
+    """Refuse, from the file's header alone, a picture no generation could use (and whose pixels would not fit)."""
+    width, height = size
+    if width < 1 or height < 1 or max(width, height) > MAX_PICTURE_SIDE:
+        raise InputImageError(f"image {path} is {width}x{height}; pass a picture of 1 to {MAX_PICTURE_SIDE} pixels "
+                              "a side")
+
+
 def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Image.Image:
     """Read an image file as RGB, optionally resized to `size` = (width, height) with Lanczos filtering.
 
@@ -67,8 +76,16 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     if not path.is_file():
         raise InputImageError(f"no image file at {path}; check the path")
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
+        with warnings.catch_warnings():
+            # Pillow warns about (and refuses) pictures it takes for decompression bombs, in two lines of its own;
+            # the size is checked from the header below, before a pixel is decoded.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                _check_picture_size(path, opened.size)
+                image = ImageOps.exif_transpose(opened).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputImageError(f"image {path} claims to be over {Image.MAX_IMAGE_PIXELS:,} pixels; pass a picture "
+                              f"of at most {MAX_PICTURE_SIDE} pixels a side") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         reason = "not an image format Pillow can read" if isinstance(err, UnidentifiedImageError) else err
         raise InputImageError(f"cannot read image {path} ({reason}); pass a PNG or JPEG file") from None

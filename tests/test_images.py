@@ -1,5 +1,8 @@
 """Input pictures: image and mask files, picture <-> tensor conversions (diffx/images.py)."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +85,23 @@ def test_mask_that_selects_nothing_or_everything_warns(tmp_path, colour, says):
     Image.new("RGB", (8, 8), colour).save(tmp_path / "m.png")
     with pytest.warns(MaskWarning, match=says):
         load_mask(tmp_path / "m.png", (8, 8))
+
+
+def png_claiming(tmp_path, width: int, height: int) -> str:
+    """A 1x1 PNG whose header says `width` x `height` (IHDR patched, its CRC recomputed): a decompression bomb."""
+    path = tmp_path / f"claims_{width}x{height}.png"
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height follow its 4-byte type
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("side, says", [(30_000, "claims to be over"), (9_000, "is 9000x9000")])
+def test_pictures_too_large_are_one_clear_error_before_decoding(tmp_path, recwarn, side, says):
+    with pytest.raises(InputImageError, match=says):
+        load_image(png_claiming(tmp_path, side, side))
+    with pytest.raises(InputImageError, match=says):
+        load_mask(png_claiming(tmp_path, side, side), (side, side))
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
 MAX_SIDE = 8192  # larger pictures would not fit in any memory
+# A model draws sides up to this many times its training size; beyond, a U-Net repeats its objects across the
+# canvas, and the run takes minutes without a word (the 128 px embedded model asked for 8192 px).
+MAX_NATIVE_SCALE = 4
 DEFAULT_STRENGTH = 0.8  # image-to-image without --strength or --t: diffusers' default
 
 
@@ -141,10 +144,17 @@ def resolve_settings(model: StableDiffusion, settings: GenerationSettings | Reso
     for name in ("strength", "guidance_rescale"):
         if not 0.0 <= getattr(resolved, name) <= 1.0:
             raise InvalidArgumentError(f"{name} must be between 0 and 1, got {getattr(resolved, name)}")
+    if resolved.prompt and not resolved.prompt.strip():
+        raise InvalidArgumentError("the prompt is only spaces; give words, or an empty prompt for an unconditional "
+                                   "sample")
     multiple = size_multiple(model)
     for name, value in (("height", resolved.height), ("width", resolved.width)):
         if value > MAX_SIDE:
             raise InvalidArgumentError(f"{name} {value} is more than {MAX_SIDE} pixels; pick a smaller --size")
+        if value > MAX_NATIVE_SCALE * size:
+            raise InvalidArgumentError(
+                f"{name} {value} is more than {MAX_NATIVE_SCALE}x this model's {size} px (it would run for long and "
+                f"draw repeats); pick --size {MAX_NATIVE_SCALE * size} or less")
         if value <= 0 or value % multiple:
             raise InvalidArgumentError(
                 f"{name} {value} is not a positive multiple of {multiple}; "

@@ -86,3 +86,11 @@ def test_guided_is_guidance_not_one(tiny_model):
 def test_names_in_any_case(tiny_model):
     resolved = resolve_settings(tiny_model, GenerationSettings(sampler="DDIM", schedule="Cosine", spacing="TRAILING"))
     assert (resolved.sampler, resolved.schedule, resolved.spacing) == ("ddim", "cosine", "trailing")
+
+
+def test_a_prompt_of_only_spaces_and_a_size_far_past_the_models(tiny_model):
+    with pytest.raises(InvalidArgumentError, match="the prompt is only spaces"):
+        resolve_settings(tiny_model, GenerationSettings(prompt="   "))
+    assert resolve_settings(tiny_model, GenerationSettings(height=256)).height == 256  # 4x the tiny model's 64 px
+    with pytest.raises(InvalidArgumentError, match="more than 4x this model's 64 px.*pick --size 256 or less"):
+        resolve_settings(tiny_model, GenerationSettings(height=260))
