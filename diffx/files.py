@@ -114,14 +114,22 @@ def mp4_available() -> bool:
 
 def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False,
                   animation: str | os.PathLike | None = None, picture: str | os.PathLike | None = None) -> None:
-    """Fail before any work if an output (`paths`, `animation` and `picture`) exists (without `force`), is
-    a folder, or its folder is not writable, if `animation` is not a .gif/.mp4 (or an .mp4 without the
-    imageio-ffmpeg package), or if `picture` is not a .png/.jpg/.webp. `None`s (outputs not asked for)
+    """Fail before any work if two outputs are one file, if an output (`paths`, `animation` and `picture`) exists
+    (without `force`), is a folder, or its folder is not writable, if `animation` is not a .gif/.mp4 (or an .mp4
+    without the imageio-ffmpeg package), or if `picture` is not a .png/.jpg/.webp. `None`s (outputs not asked for)
     are skipped."""
     if animation is not None and animation_format(animation) == ".mp4" and not mp4_available():
         raise OutputPathError("writing MP4 needs ffmpeg: run `pip install imageio-ffmpeg`, or write a GIF instead")
     paths = [picture, *paths]
-    for path in (Path(p) for p in [animation, *paths] if p is not None):
+    outputs = [Path(p) for p in [animation, *paths] if p is not None]
+    seen: dict[Path, Path] = {}
+    for path in outputs:  # two outputs of one command on one file: the second would overwrite the first
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise OutputPathError(f"two outputs are both {path}; give each output (and --out's companions such as "
+                                  "<out>_attention.png) its own name")
+        seen[key] = path
+    for path in outputs:
         if path.is_dir():
             raise OutputPathError(f"output path {path} is a folder; give a file name")
         if path.exists() and not force:

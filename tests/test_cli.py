@@ -330,3 +330,9 @@ def test_typos_lists_and_long_values_give_short_clear_lines(run):
     result = run("cfg-sweep", "--scales", "x" * 5000)
     refused(result, "--scales", "expected floats separated by commas")
     assert len(result.stderr.strip()) <= 300
+
+
+def test_colliding_outputs_are_refused_before_the_run(run):
+    refused(run("trace", "--prompt", "a red circle", "--out", "t.png", "--save-trace", "t_attention.png"),
+            "two outputs are both t_attention.png")
+    refused(run("render", "saved.safetensors", "--out", "r.png", "--convergence", "r.png"), "two outputs are both")

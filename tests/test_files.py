@@ -114,3 +114,12 @@ def test_a_file_that_appears_while_writing_is_not_overwritten(tmp_path):
             target.write_bytes(b"theirs")  # another writer finished first, after our up-front check
     assert target.read_bytes() == b"theirs" and sorted(tmp_path.iterdir()) == [target]
 
+
+
+def test_two_outputs_on_one_file_are_refused_up_front(tmp_path):
+    out = tmp_path / "out.png"
+    with pytest.raises(OutputPathError, match="two outputs are both"):
+        check_outputs([companion_path(out, "attention"), tmp_path / "out_attention.png"], picture=out)
+    with pytest.raises(OutputPathError, match="two outputs are both"):
+        check_outputs([str(out)], picture=tmp_path / "." / "out.png")
+    assert not list(tmp_path.iterdir())
