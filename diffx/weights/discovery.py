@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,10 @@ class ModelSource:
     path: Path
     format: str
     description: str
+
+
+class SkippedModelWarning(UserWarning):
+    """An entry of the Hugging Face cache that is not a model diffx can read was passed over (the message names it)."""
 
 
 def read_json(path: Path) -> dict:
@@ -77,7 +82,8 @@ def _model_source(path: Path) -> ModelSource:
     elif kind == "diffusers":
         description = "diffusers folder"
     else:
-        description = f"diffx folder ({read_json(path / 'config.json').get('name', '?')})"
+        config = read_json(path / "config.json")
+        description = f"diffx folder ({config.get('name', '?') if isinstance(config, dict) else '?'})"
     return ModelSource(path=path, format=kind, description=description)
 
 
@@ -116,9 +122,13 @@ def _hub_cache_models() -> list[Path]:
     for cache in hub_cache_dirs():
         for index in sorted(cache.glob("models--*/snapshots/*/model_index.json")):
             try:
-                pipeline = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-            except (OSError, json.JSONDecodeError):
+                entry = json.loads(index.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                entry = None
+            if not isinstance(entry, dict):  # one damaged entry must not stop every command that looks for a model
+                warnings.warn(SkippedModelWarning(f"skipped {index}: not a readable model_index.json"), stacklevel=2)
                 continue
+            pipeline = entry.get("_class_name")
             snapshot = index.parent
             has_weights = any((snapshot / "unet" / name).is_file() for name in COMPONENT_WEIGHT_FILES)
             if pipeline in SD_PIPELINES and has_weights:

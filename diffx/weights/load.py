@@ -36,6 +36,7 @@ from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.weights.architecture import UNUSED_KEYS, recognise
+from diffx.weights.config_schema import read_model_config
 from diffx.weights.diffusers_layout import (
     config_from_diffusers,
     open_clip_from_transformers,
@@ -43,7 +44,7 @@ from diffx.weights.diffusers_layout import (
     unet_from_diffusers,
     vae_from_diffusers,
 )
-from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
+from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, resolve_model_source
 from diffx.weights.safe_pickle import load_torch_zip
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
@@ -215,12 +216,13 @@ def load_model(
         config, state_dict = _read_diffusers(path)
         tokenizer = _tokenizer_near(path / "tokenizer")
     else:
-        config = ModelConfig.from_dict(read_json(path / "config.json"))
+        config = read_model_config(path / "config.json")
         state_dict = read_state_dict(path / "model.safetensors")
         tokenizer = _tokenizer_near(path)
     if config.scheduler.prediction_type not in PREDICTION_TYPES:
         raise CheckpointError(f"{path}: model {config.name!r} predicts {config.scheduler.prediction_type!r}; "
                               f"diffx runs {' and '.join(PREDICTION_TYPES)} models")
+    _check_weights(path, state_dict)
     # Cast first (a no-op when the file already has `dtype`), then hand the tensors to the modules.
     state_dict = {key: t.to(dtype) if t.is_floating_point() else t for key, t in state_dict.items()}
     model = build_without_weights(config, tokenizer, str(path))
@@ -231,6 +233,20 @@ def load_model(
     return model.to(device=device).eval()
 
 
+def _check_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse a learned weight stored as integers and any weight holding NaN or ±inf, naming the tensor: a damaged
+    file otherwise loads silently and draws noise (or fails deep inside a layer)."""
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            if key.endswith((".weight", ".bias")):
+                raise CheckpointError(f"{path}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')}; a weight "
+                                      "must be floating point (the file is damaged or not a model)")
+            continue
+        if tensor.numel() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values; the file is damaged "
+                                  "(re-download or re-export it)")
+
+
 def describe_architecture(source: ModelSource) -> str:
     """What a model found on disk is, in a few words (the `diffx models` column): the family recognised from
     a single file's tensors, or from a folder's config; for a file diffx cannot load, why."""
@@ -238,7 +254,7 @@ def describe_architecture(source: ModelSource) -> str:
         if source.format == "single-file":
             return recognise(_modern_text_keys(read_shapes(source.path)), v_prediction_hint(source.path)).summary()
         config = config_from_diffusers(source.path) if source.format == "diffusers" else \
-            ModelConfig.from_dict(read_json(source.path / "config.json"))
+            read_model_config(source.path / "config.json")
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
     family = "SDXL" if config.text_encoder_2 is not None else \

@@ -10,7 +10,7 @@ from diffx.errors import ModelNotFoundError
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
 from diffx.weights import discovery
-from diffx.weights.discovery import find_models, resolve_model_source
+from diffx.weights.discovery import SkippedModelWarning, find_models, resolve_model_source
 from diffx.weights.load import save_model
 
 
@@ -59,3 +59,14 @@ def test_discovery_order(tmp_path, isolated, monkeypatch):
     monkeypatch.setenv("DIFFX_MODEL", str(tmp_path / "gone.ckpt"))
     with pytest.raises(ModelNotFoundError, match="DIFFX_MODEL .*gone.ckpt: no such file"):
         resolve_model_source()
+
+
+def test_a_damaged_cache_entry_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    """One stray model_index.json in the Hugging Face cache must not break every command run without --model."""
+    snapshot = tmp_path / "hub" / "models--someone--thing" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("[1, 2]")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.warns(SkippedModelWarning, match="skipped .*model_index.json"):
+        found = find_models()
+    assert snapshot not in [source.path for source in found]

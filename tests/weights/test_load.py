@@ -396,3 +396,36 @@ def test_building_for_a_checkpoint_skips_random_init_and_restores_it_after():
         assert nn.init.normal_(torch.zeros(2)).eq(0).all()  # a no-op while building
     assert nn.init.normal_ is normal and not nn.Linear(3, 2).weight.is_meta
     assert nn.init.normal_(torch.zeros(1000)).std() > 0.5
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({"image_size": "512"}, r"config.json.image_size is \"512\"; it must be int"),
+    ({"unet": {"channel_mult": [1, "2"]}}, r"config.json.unet.channel_mult is \[1, \"2\"\]"),
+    ({"extra": 1}, "fields diffx does not know: 'extra'"),
+])
+def test_a_damaged_folder_config_is_one_line(tmp_path, original, damage, message):
+    folder = save_model(build(tiny()), tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in damage.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(folder)
+    for whole in ({}, [1, 2]):
+        (folder / "config.json").write_text(json.dumps(whole))
+        with pytest.raises(CheckpointError, match="lacks 'name'|is list, not an object"):
+            load_model(folder)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda t: t.fill_(float("nan")), "holds NaN or infinite values"),
+    (lambda t: t.to(torch.int32), "is int32; a weight must be floating point"),
+])
+def test_damaged_weights_are_refused_by_name(tmp_path, spoil, message):
+    folder = save_model(build(tiny()), tmp_path / "model")
+    tensors = load_file(folder / "model.safetensors")
+    key = next(k for k in tensors if k.endswith("out.2.weight"))
+    tensors[key] = spoil(tensors[key].clone())
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"tensor {key} {message}".replace(".", r"\.")):
+        load_model(folder)
