@@ -153,6 +153,30 @@ def _check_settings(path: Path, settings: dict) -> None:
              "metadata settings")
 
 
+def _check_values(path: Path, meta: dict, tensors: dict[str, Tensor], steps: int) -> None:
+    """What the shapes cannot say: no empty tensor, no NaN or ±inf (pictures drawn from them would be garbage),
+    ᾱ in (0, 1] and monotone over the steps, σ ≥ 0, and as many steps as a text-to-image run of the settings makes."""
+    for key, tensor in tensors.items():
+        if tensor.numel() == 0:
+            raise _fail(path, f"tensor {key} is empty (shape {tuple(tensor.shape)})")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise _fail(path, f"tensor {key} holds NaN or infinite values")
+    abar, sigmas = tensors["alphas_cumprod"].double(), tensors["sigmas"].double()
+    if not ((abar > 0) & (abar <= 1)).all():
+        raise _fail(path, "alphas_cumprod must lie in (0, 1] (ᾱ is a fraction of the signal kept)")
+    steps_up = abar[1:] - abar[:-1]
+    if not ((steps_up >= 0).all() or (steps_up <= 0).all()):
+        raise _fail(path, "alphas_cumprod must move one way over the steps (denoising up, inversion down)")
+    if (sigmas < 0).any():
+        raise _fail(path, "sigmas must be >= 0")
+    settings = meta.get("settings", {})
+    if meta.get("mode") == "text2img" and isinstance(settings.get("steps"), int):
+        expected = 2 * settings["steps"] - 1 if settings.get("sampler") == "heun" else settings["steps"]
+        if steps != expected:
+            raise _fail(path, f"it holds {steps} steps but its settings ({settings['steps']} "
+                              f"{settings.get('sampler')} steps) make {expected}")
+
+
 def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
     """Every tensor's presence, dtype and shape against the others and the metadata (see `Trace`)."""
     unknown = sorted(key for key in set(tensors) - KNOWN_TENSORS if not LAYER_TENSOR.fullmatch(key))
@@ -164,6 +188,7 @@ def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
     steps = tensors["timesteps"].shape[0]
     if steps < 1:
         raise _fail(path, "it holds no steps")
+    _check_values(path, meta, tensors, steps)
 
     def expect(key: str, shape: tuple[int | None, ...], what: str) -> None:
         actual = tuple(tensors[key].shape)

@@ -525,6 +525,19 @@ def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
         "self maps without grid": ({"meta": without(meta, "self_attention_grid")}, "come together, one is missing"),
         "self maps of another grid": ({"meta": changed(meta, [8, 8], "self_attention_grid")},
                                       "tensor self_attention_maps has shape"),
+        "latents with NaN": ({"tensors": {"latents": tensors["latents"] * float("nan")}},
+                             "tensor latents holds NaN or infinite values"),
+        "eps with inf": ({"tensors": {"eps": tensors["eps"] + float("inf")}}, "tensor eps holds NaN or infinite"),
+        "alpha_cumprod negative": ({"tensors": {"alphas_cumprod": -tensors["alphas_cumprod"]}},
+                                   r"must lie in \(0, 1\]"),
+        "alpha_cumprod NaN": ({"tensors": {"alphas_cumprod": tensors["alphas_cumprod"] * float("nan")}},
+                              "tensor alphas_cumprod holds NaN"),
+        "alpha_cumprod back and forth": ({"tensors": {"alphas_cumprod": tensors["alphas_cumprod"][[0, 2, 1]]}},
+                                         "must move one way"),
+        "sigmas negative": ({"tensors": {"sigmas": -tensors["sigmas"]}}, "sigmas must be >= 0"),
+        "image of zero size": ({"tensors": {"image": tensors["image"][:0]}}, "tensor image is empty"),
+        "fewer steps than the settings": ({"meta": changed(meta, steps + 1, "settings", "steps")},
+                                          f"it holds {steps} steps but its settings"),
     }
 
 
