@@ -241,3 +241,6 @@ def test_train_passes_the_prediction_type_and_zero_snr_to_training(tmp_path, mon
     assert refused.exit_code == 2 and len(lines) == 1
     assert lines[0] == "error: prediction type 'sample' is not one of: epsilon, v_prediction"
     assert not (tmp_path / "run2").exists()
+    ill_posed = CliRunner().invoke(app, ["train", "--out-dir", str(tmp_path / "run3"), "--zero-snr"])
+    assert ill_posed.exit_code == 2 and "needs --prediction-type v_prediction" in ill_posed.stderr
+    assert not (tmp_path / "run3").exists()

@@ -68,9 +68,10 @@ def attention(
 
     Example: diffx attention --prompt "a red circle and a blue square" --heads --layer up.4 --out layers.png
     """
+    from diffx.pipeline.settings import resolve_settings
     from diffx.trace.record import load_trace
     from diffx.trace.record import save_trace as write_trace
-    from diffx.views.attention import explorer_options, write_attention_views
+    from diffx.views.attention import check_new_run, explorer_options, write_attention_views
 
     if trace_file is not None and prompt:
         raise InvalidArgumentError("--trace explores a saved run, --prompt makes a new one; give one of them")
@@ -87,8 +88,9 @@ def attention(
     if trace_file is not None:
         recorded = load_trace(trace_file)
     else:
-        generation = run_generation(model.load(), sampling.settings(prompt, guidance), InitImageChoice(),
-                                    explorer_options(heads))
+        loaded, settings = model.load(), sampling.settings(prompt, guidance)
+        check_new_run(loaded, resolve_settings(loaded, settings), layer, where)
+        generation = run_generation(loaded, settings, InitImageChoice(), explorer_options(heads))
         recorded = generation.traces[0]
     written = write_attention_views(recorded, out, layer, step, where, force)
     if save_trace is not None:

@@ -20,13 +20,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from diffx.errors import InvalidArgumentError
+from diffx.errors import InvalidArgumentError, elide
 from diffx.files import check_outputs, companion_path
+from diffx.models.attention import AttentionLayer
 from diffx.render import caption_bar, make_grid, normalize_maps, overlay, save_png, upscale
 from diffx.render.attention import (
     component_grey,
@@ -35,9 +37,14 @@ from diffx.render.attention import (
     mark_pixel,
     self_attention_components,
 )
+from diffx.trace.attention import layer_labels
 from diffx.trace.record import Trace
 from diffx.trace.tracer import DEFAULT_RECORD, TraceOptions
 from diffx.views.steps import ATTENTION_ALPHA, attention_legend, format_timestep, prompt_title, step_indices
+
+if TYPE_CHECKING:
+    from diffx.models.stable_diffusion import StableDiffusion
+    from diffx.pipeline.settings import ResolvedSettings
 
 EXPLORER_PANEL = 128  # pixels per panel: grids of 10+ layers × 10+ tokens stay readable on a screen
 PADDING_NOTE = ("% = the token's share of the attention mass; ⟨padding⟩ = 1 − Σ of the kept tokens: "
@@ -121,6 +128,20 @@ def steps_grid(trace: Trace, layer: str | int | None = None, steps: Sequence[int
     rows = [(step_title(trace, i), trace.token_maps(i, which)) for i in step_indices(trace.num_steps, steps)]
     title = f"{prompt_title(trace)}: {layer_title(trace, which)} over the denoising steps"
     return token_rows(trace, rows, title, panel)
+
+
+def check_new_run(model: StableDiffusion, settings: ResolvedSettings, layer: str | int | None,
+                  pixel: tuple[int, int] | None) -> None:
+    """`layer` and `pixel` of an explorer run checked against the model's cross-attention layers and the picture's
+    size before the generation runs (a typo must not cost a whole run)."""
+    names = [module.layer_name for part in model.modules().values() for module in part.modules()
+             if isinstance(module, AttentionLayer) and module.kind == "cross"]
+    labels = layer_labels(names)
+    if layer is not None and str(layer) not in {*labels, *names, *map(str, range(len(names)))}:
+        raise InvalidArgumentError(f"unknown layer {elide(str(layer), 30)}; choose one of: {', '.join(labels)}")
+    if pixel is not None and not (0 <= pixel[0] < settings.width and 0 <= pixel[1] < settings.height):
+        raise InvalidArgumentError(f"pixel {pixel} is outside the {settings.width}×{settings.height} picture; "
+                                   f"pick x in 0…{settings.width - 1} and y in 0…{settings.height - 1}")
 
 
 def check_pixel(trace: Trace, pixel: tuple[int, int] | None) -> tuple[int, int]:

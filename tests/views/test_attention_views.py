@@ -149,3 +149,16 @@ def test_cli_attention_guidance_rescale_reaches_the_run(tiny_model_dir, tmp_path
     assert not torch.equal(plain.tensors["image"], rescaled.tensors["image"])
     refused = runner.invoke(app, ["attention", *fast, "--guidance-rescale", "1.5", "--out", "bad.png"])
     assert refused.exit_code == 2 and "guidance_rescale must be between 0 and 1" in refused.stderr, refused.stderr
+
+
+def test_a_layer_or_pixel_typo_is_refused_before_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    """--layer and --pixel are checked against the model and the picture size before any step runs."""
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    monkeypatch.setattr("diffx.pipeline.generation._generate_one", lambda *args, **kwargs: ran.append(1))
+    base = ["attention", "--prompt", PROMPT, "--model", str(tiny_model_dir), "--steps", "2", "--size", "32"]
+    for extra, message in ((["--layer", "nosuch"], "unknown layer 'nosuch'; choose one of: down.0"),
+                           (["--pixel", "999,999"], "pixel (999, 999) is outside the 32×32 picture")):
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert not ran and not list(tmp_path.iterdir())
