@@ -198,6 +198,9 @@ def write_attention_views(trace: Trace, out: str | os.PathLike, layer: str | int
     over the steps, `<out>_heads.png` that layer's heads when the trace holds them (default layer: the
     first of the largest grid), `<out>_self.png` the self-attention view when recorded. `step` (1-based)
     and `pixel` as in `layer_grid` and `self_attention_view`. Every argument is checked before any work."""
+    if not trace.attention_layers:
+        raise InvalidArgumentError("the trace holds no per-layer attention maps (`diffx trace` keeps the aggregate "
+                                   "only); record one with `diffx attention --save-trace`")
     check_step(trace, step)
     which = None if layer is None else trace.layer_index(layer)
     has_heads = any(key.startswith("head_attention.") for key in trace.tensors)

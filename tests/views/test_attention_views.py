@@ -162,3 +162,9 @@ def test_a_layer_or_pixel_typo_is_refused_before_the_run(tiny_model_dir, tmp_pat
         result = CliRunner().invoke(app, [*base, *extra])
         assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert not ran and not list(tmp_path.iterdir())
+
+
+def test_a_trace_without_layer_maps_is_one_clear_line(plain, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="holds no per-layer attention maps"):
+        write_attention_views(plain, tmp_path / "a.png")
+    assert not list(tmp_path.iterdir())
