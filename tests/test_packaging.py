@@ -3,8 +3,10 @@ embedded model (the repository's data/, shipped as the package diffx._data), and
 from a directory outside the checkout.
 
 The wheel is built once from a copy of the sources (so the checkout gets no build/ folder), installed with
-`--no-deps` into a fresh venv that sees this machine's packages (`--system-site-packages`: CPU torch from the
-local wheel, numpy, …), and its `diffx` and `python -m diffx` run from a temporary directory.
+`--no-deps` into a fresh venv that sees the running interpreter's packages (CPU torch from the local wheel, numpy,
+…: a .pth file lists its site-packages, so this works whether the tests run in a plain Python or in a venv, where
+`--system-site-packages` would show the *base* interpreter's packages instead), and its `diffx` and
+`python -m diffx` run from a temporary directory.
 """
 
 import ast
@@ -13,8 +15,10 @@ import importlib.util
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -63,8 +67,12 @@ def wheel(source, tmp_path_factory) -> Path:
 def venv(wheel, tmp_path_factory) -> Path:
     """A fresh venv with the wheel installed (its own copy of diffx, whatever this machine has installed)."""
     env_dir = tmp_path_factory.mktemp("venv")
-    run(sys.executable, "-m", "venv", "--system-site-packages", env_dir)
+    run(sys.executable, "-m", "venv", env_dir)
     python = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
+    # The running interpreter's packages, venv or not (a line of a .pth file is a path added to sys.path).
+    ours = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+    (Path(purelib) / "machine_packages.pth").write_text("".join(f"{path}\n" for path in ours))
     run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel)
     return env_dir
 
