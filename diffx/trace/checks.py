@@ -177,6 +177,43 @@ def _check_values(path: Path, meta: dict, tensors: dict[str, Tensor], steps: int
                               f"{settings.get('sampler')} steps) make {expected}")
 
 
+PREVIEW_KEYS = ("factors", "bias", "hidden_weight", "hidden_bias")  # latent_to_rgb_fast's keyword arguments
+
+
+def _check_preview(path: Path, preview: object, channels: int | None) -> None:
+    """meta["latent_preview"]: None, or arrays that `render.latent_to_rgb_fast` can apply to a C-channel latent —
+    factors (C, 3) and bias (3,), or with a hidden layer hidden_weight (C, H), hidden_bias (H,), factors (H, 3)."""
+    if preview is None:
+        return
+    if not isinstance(preview, dict) or set(preview) - set(PREVIEW_KEYS):
+        raise _fail(path, f"latent_preview should be an object of {', '.join(PREVIEW_KEYS)}")
+    arrays = {}
+    for key, value in preview.items():
+        if value is None:
+            continue
+        try:
+            arrays[key] = torch.as_tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise _fail(path, f"latent_preview {key} should be numbers in nested lists") from None
+        if not torch.isfinite(arrays[key]).all():
+            raise _fail(path, f"latent_preview {key} holds NaN or infinite values")
+    shapes = {key: tuple(array.shape) for key, array in arrays.items()}
+    hidden = shapes.get("hidden_weight")
+    first = hidden[0] if hidden and len(hidden) == 2 else None
+    width = hidden[1] if first is not None else channels
+    wanted = {"factors": (width, 3), "bias": (3,)}
+    if "hidden_weight" in shapes:
+        wanted |= {"hidden_weight": (channels, width), "hidden_bias": (width,)}
+        if "hidden_bias" not in shapes:
+            raise _fail(path, "latent_preview has hidden_weight without hidden_bias")
+    for key, shape in shapes.items():
+        want = wanted.get(key)
+        if want is None or len(shape) != len(want) or any(w not in (None, got) for w, got in zip(want, shape,
+                                                                                                 strict=True)):
+            raise _fail(path, f"latent_preview {key} has shape {shape}, which does not fit a {channels or 'C'}-channel "
+                              "latent")
+
+
 def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
     """Every tensor's presence, dtype and shape against the others and the metadata (see `Trace`)."""
     unknown = sorted(key for key in set(tensors) - KNOWN_TENSORS if not LAYER_TENSOR.fullmatch(key))
@@ -198,6 +235,8 @@ def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
 
     for key in ("sigmas", "alphas_cumprod"):
         expect(key, (steps,), f"one value per step, as timesteps has {steps}")
+    latents = next((tensors[key] for key in LATENT_KEYS if key in tensors and tensors[key].ndim == 4), None)
+    _check_preview(path, meta.get("latent_preview"), None if latents is None else latents.shape[1])
     latent = None
     for key in (k for k in LATENT_KEYS if k in tensors):
         expect(key, (steps, None, None, None) if latent is None else (steps, *latent), f"{steps} steps of latents")

@@ -538,6 +538,13 @@ def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
         "image of zero size": ({"tensors": {"image": tensors["image"][:0]}}, "tensor image is empty"),
         "fewer steps than the settings": ({"meta": changed(meta, steps + 1, "settings", "steps")},
                                           f"it holds {steps} steps but its settings"),
+        "preview as a string": ({"meta": changed(meta, "0", "latent_preview")}, "latent_preview should be an object"),
+        "preview with a stray key": ({"meta": changed(meta, {"": 0}, "latent_preview")},
+                                     "latent_preview should be an object"),
+        "preview factors of another latent": ({"meta": changed(meta, {"factors": [[1, 2, 3]]}, "latent_preview")},
+                                              r"latent_preview factors has shape \(1, 3\)"),
+        "preview factors not numbers": ({"meta": changed(meta, {"factors": "abc"}, "latent_preview")},
+                                        "latent_preview factors should be numbers"),
     }
 
 
