@@ -88,7 +88,8 @@ def attention(
     if trace_file is not None:
         recorded = load_trace(trace_file)
     else:
-        loaded, settings = model.load(), sampling.settings(prompt, guidance)
+        settings = sampling.settings(prompt, guidance)
+        loaded = model.load()
         check_new_run(loaded, resolve_settings(loaded, settings), layer, where)
         generation = run_generation(loaded, settings, InitImageChoice(), explorer_options(heads))
         recorded = generation.traces[0]

@@ -130,8 +130,8 @@ def cfg_sweep(
     check_outputs([html], force, gif, picture=out)
     weights = parse_list(scales, float, "--scales")
     chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps is not None else None
-    loaded = model.load()
     settings = sampling.settings(prompt)
+    loaded = model.load()
     with StepProgress(runs=len(weights)) as progress:
         record = TraceOptions() if html is not None else experiments.TRACE_RECORD_X0
         sweep = experiments.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress, record=record)
@@ -173,8 +173,8 @@ def compare(
     check_outputs([], force, picture=out)
     x_axis = experiments.parse_axis(x)
     y_axis = experiments.parse_axis(y) if y else None
-    loaded = model.load()
     settings = sampling.settings(prompt, guidance)
+    loaded = model.load()
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:
         comparison = experiments.compare(loaded, settings, x_axis, y_axis, progress)
     save_png(comparison.grid, out, force)

@@ -89,8 +89,9 @@ def denoise(
     grid_path = companion_path(out, "steps")
     check_frame_ms(frame_ms)
     check_outputs([grid_path], force, gif, picture=out)
+    settings = sampling.settings(prompt, guidance)
     loaded = model.load()
-    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, views.TRACE_RECORD_STEPS)
+    generation = run_generation(loaded, settings, init, views.TRACE_RECORD_STEPS)
     trace = generation.traces[0]
     grid = views.denoise_grid(trace, preview=preview, model=loaded)
     frames = views.denoise_frames(trace, preview, loaded) if gif is not None else None
@@ -134,10 +135,11 @@ def trace(
     gif, out = animation_and_image(gif, out, Path("trace"))
     check_frame_ms(frame_ms)
     check_outputs([companion_path(out, "attention"), save_trace, html], force, gif, picture=out)
+    settings = sampling.settings(prompt, guidance)
     loaded = model.load()
     # When x̂0 is shown decoded, the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
     decoded = views.resolve_preview(preview, model=loaded) == "vae"
-    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(),
+    generation = run_generation(loaded, settings, init, TraceOptions(),
                                 decode_every=1 if decoded else 0)
     recorded = generation.traces[0]
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)

@@ -134,13 +134,17 @@ class SamplingChoice:
     guidance_rescale: GuidanceRescaleOpt = 0.0
 
     def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
-        from diffx.pipeline.settings import GenerationSettings
+        """The settings these options and `prompt`, `guidance` give, checked as far as they can be without the model
+        (`check_settings`): call it before loading one."""
+        from diffx.pipeline.settings import GenerationSettings, check_settings
 
         width, height = parse_size(self.size)
-        return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
-                                  steps=self.steps, guidance=guidance, sampler=self.sampler, schedule=self.schedule,
-                                  spacing=self.spacing, karras=self.karras, seed=self.seed,
-                                  guidance_rescale=self.guidance_rescale)
+        settings = GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
+                                      steps=self.steps, guidance=guidance, sampler=self.sampler,
+                                      schedule=self.schedule, spacing=self.spacing, karras=self.karras, seed=self.seed,
+                                      guidance_rescale=self.guidance_rescale)
+        check_settings(settings)
+        return settings
 
 
 @dataclass(frozen=True)
