@@ -90,7 +90,7 @@ def attention(
     else:
         settings = sampling.settings(prompt, guidance)
         loaded = model.load()
-        check_new_run(loaded, resolve_settings(loaded, settings), layer, where)
+        check_new_run(loaded, resolve_settings(loaded, settings), layer, where, step)
         generation = run_generation(loaded, settings, InitImageChoice(), explorer_options(heads))
         recorded = generation.traces[0]
     written = write_attention_views(recorded, out, layer, step, where, force)

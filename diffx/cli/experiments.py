@@ -72,6 +72,7 @@ def noise(
     """
     from diffx.experiments import sweeps as experiments
     from diffx.images import load_image
+    from diffx.pipeline.settings import check_side
     from diffx.render import save_animation, save_png
 
     out = out or Path("noise.png")
@@ -79,14 +80,17 @@ def noise(
     check_frame_ms(frame_ms)
     check_outputs([plot_path], force, gif, picture=out)
     schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
-    loaded = model.load() if latent or model.model else None
+    timestep_list = parse_list(timesteps, int, "--timesteps")
     width, height = parse_size(size)
-    if width is None and latent:
-        width = height = loaded.config.image_size
+    loaded = model.load() if latent or model.model else None
+    if loaded is None:
+        model.check()  # a bad --device or --dtype is refused also when no model is needed
+    if latent:
+        side = loaded.config.image_size
+        width, height = check_side(loaded, "width", width or side), check_side(loaded, "height", height or side)
     picture = load_image(image, None if width is None else (width, height))
     if width is None:
         picture.thumbnail((NOISE_MAX_SIDE, NOISE_MAX_SIDE))
-    timestep_list = parse_list(timesteps, int, "--timesteps")
     result = experiments.noise_views(picture, schedule_names, timestep_list, latent_space=latent, model=loaded,
                                      seed=seed, sampler=sampler, steps=steps, spacing=spacing, karras=karras)
     save_png(result.grid, out, force)

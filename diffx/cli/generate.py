@@ -28,8 +28,7 @@ from diffx.cli.options import (
     option_groups,
 )
 from diffx.cli.progress import StepProgress
-from diffx.errors import OutputPathError
-from diffx.files import check_outputs, companion_path, picture_format
+from diffx.files import check_outputs, companion_path, named_file, picture_format
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -54,8 +53,8 @@ def animation_and_image(gif: Path | None, out: Path | None, stem: Path) -> tuple
     """The animation and picture paths of `trace`/`render`: each defaults to the other's name
     (out.gif ↔ out.png), both to `stem` with .gif/.png."""
     for path in (gif, out):
-        if path is not None and path.name in ("", "."):
-            raise OutputPathError(f"output path {str(path)!r} has no file name; give one like out.png")
+        if path is not None:
+            named_file(path)
     gif = gif or (out.with_suffix(".gif") if out else stem.with_suffix(".gif"))
     return gif, out or gif.with_suffix(".png")
 
@@ -186,6 +185,7 @@ def render(
     check_outputs([companion_path(out, "attention"), convergence], force, gif, picture=out)
     if convergence is not None:
         picture_format(convergence)
+    model.check()  # before the trace is read: a model is loaded only for some traces
     recorded = load_trace(trace_file)
     chart = trace_convergence_chart(recorded) if convergence is not None else None
     needs_model = preview == "vae" and views.missing_decodes(recorded)

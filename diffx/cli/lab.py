@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffx.cli.core import ERR, OUT, print_written
 from diffx.cli.options import ForceOpt, FrameMsOpt, OutOpt, SeedOpt, check_frame_ms, parse_list
 from diffx.errors import InvalidArgumentError
+from diffx.files import named_file
 
 DEFAULT_GUIDANCE = "0,1,2,4,8"
 
@@ -80,12 +81,12 @@ def lab(
     check_frame_ms(frame_ms)
     if guidance is not None and out is None:
         raise InvalidArgumentError("--guidance draws <out>_guidance.png; add --out lab.png (or drop --guidance)")
-    gif = gif or (out.with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> spiral.gif
+    gif = gif or (named_file(out).with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> .gif
+    weights = parse_list(DEFAULT_GUIDANCE if guidance is None else guidance, float, "--guidance")
+    # run_lab checks it all before training.
     job = LabJob(data=data, samplers=tuple(item.strip() for item in samplers.split(",") if item.strip()),
-                 steps=steps, schedule=schedule, guidance=tuple(parse_list(guidance or DEFAULT_GUIDANCE, float,
-                                                                           "--guidance")),
-                 gif=gif, out=out, force=force, seed=seed, particles=particles, frame_ms=frame_ms,
-                 train=LabTrainConfig(steps=train_steps))  # run_lab checks it all before training
+                 steps=steps, schedule=schedule, guidance=tuple(weights), gif=gif, out=out, force=force, seed=seed,
+                 particles=particles, frame_ms=frame_ms, train=LabTrainConfig(steps=train_steps))
     with LabProgressBar() as progress:
         result = run_lab(job, progress)
     print_written(result.written)

@@ -24,6 +24,7 @@ from diffx.cli.core import ERR
 from diffx.errors import InvalidArgumentError, check_choice, elide
 
 if TYPE_CHECKING:
+    from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
 
@@ -98,17 +99,34 @@ class ModelChoice:
     weights: WeightsOpt = "ema"
     config: ConfigOpt = None
 
+    def check(self) -> None:
+        """Check --device, --dtype, --weights, --config and a given --model without loading: for commands that
+        load a model only for some runs (`render`, `noise`), so that a bad value is refused in every run."""
+        from diffx.devices import resolve_device, resolve_dtype
+        from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.load import WEIGHT_CHOICES
+
+        self._preset()
+        resolve_dtype(self.dtype, resolve_device(self.device))
+        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        if self.model is not None:
+            resolve_model_source(self.model)
+
+    def _preset(self) -> "ModelConfig | None":
+        """The architecture preset --config names (None: read it from the file)."""
+        from diffx.models.configs import PRESETS
+
+        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
+        return None if preset is None else PRESETS[preset]()
+
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
-        from diffx.errors import check_choice
-        from diffx.models.configs import PRESETS
         from diffx.weights.discovery import resolve_model_source
         from diffx.weights.load import load_model
 
-        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
-        config = None if preset is None else PRESETS[preset]()
+        config = self._preset()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
         precision = resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path))

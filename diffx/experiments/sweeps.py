@@ -16,7 +16,7 @@ from diffx.images import image_to_tensor, tensor_to_image
 from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.denoiser import grid_for, schedule_for
 from diffx.pipeline.generation import Generation, generate
-from diffx.pipeline.settings import GenerationSettings, resolve_settings
+from diffx.pipeline.settings import GenerationSettings, check_seed, resolve_settings
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
@@ -83,7 +83,8 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
         raise InvalidArgumentError("noising in latent space needs a model's VAE; pass a model (--model)")
     tables = {name: schedule_for(model, name) if model else NoiseSchedule.create(name, num_train_timesteps)
               for name in schedules}
-    generator = torch.Generator().manual_seed(seed)
+    marked, plot_title = _visited(model, tables[schedules[0]], sampler, steps, spacing, karras)  # checked first
+    generator = torch.Generator().manual_seed(check_seed(seed))
     if latent_space:
         factor = model.config.vae.downsample_factor
         width, height = to_pil(image).size
@@ -131,17 +132,24 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
                           row_labels=kinds if latent_space else None, col_labels=list(tables), cell_size=size)
         frames.append(caption_bar(frame, f"t={t}"))
 
-    marked, plot_title = None, None
-    if sampler is not None:
-        config = model.config if model else None
-        steps = steps or (config.default_steps if config else 50)
-        spacing = spacing or (config.scheduler.timestep_spacing if config else "leading")
-        offset = config.scheduler.steps_offset if config else 1
-        visits = sampling_grid(GridSpec(sampler, steps, spacing, karras), tables[schedules[0]], steps_offset=offset)
-        marked = [round(t) for t in visits.model_timesteps()]
-        plot_title = f"timesteps {sampler} visits in {steps} steps ({spacing} spacing{', Karras σ' if karras else ''})"
     plot = plot_schedules({name: s.alphas_cumprod for name, s in tables.items()}, marked, plot_title)
     return NoiseViews(grid=grid, frames=frames, schedule_plot=plot)
+
+
+def _visited(model: StableDiffusion | None, schedule: NoiseSchedule, sampler: str | None, steps: int | None,
+             spacing: str | None, karras: bool) -> tuple[list[int] | None, str | None]:
+    """The timesteps `sampler` visits on `schedule` and the plot's title saying so; (None, None) without one.
+    Names in any case, as `resolve_settings` reads them."""
+    if sampler is None:
+        return None, None
+    config = model.config if model else None
+    sampler = sampler.lower()
+    steps = steps if steps is not None else (config.default_steps if config else 50)
+    spacing = (spacing if spacing is not None else config.scheduler.timestep_spacing if config else "leading").lower()
+    offset = config.scheduler.steps_offset if config else 1
+    visits = sampling_grid(GridSpec(sampler, steps, spacing, karras), schedule, steps_offset=offset)
+    title = f"timesteps {sampler} visits in {steps} steps ({spacing} spacing{', Karras σ' if karras else ''})"
+    return [round(t) for t in visits.model_timesteps()], title
 
 
 @dataclass
@@ -272,6 +280,9 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     for row in combos:
         for cell in row:
             cell.resolved(model)
+    for name in (x_name, y_name):  # a value an axis replaces is checked too: a typo must not pass unnoticed
+        if name is not None and getattr(settings, name) is not None:
+            replace(combos[0][0], **{name: getattr(settings, name)}).resolved(model)
 
     evaluations = [0]
 
