@@ -65,29 +65,48 @@ def check_traces(traces: Sequence[Trace] | Trace) -> list[Trace]:
     return traces
 
 
+def step_frames(trace: Trace, step: int, decoded: np.ndarray | None = None) -> dict:
+    """Every frame and number of one step of `trace` (0-based `step`): "info" (t, σ, ᾱ), "frames" (x_t, x̂0, ε̂,
+    ε_c − ε_u as data: URIs, those recorded), "decoded" (whether x̂0 is the VAE decode `decoded`, else the latent
+    preview) and "heat" (scale → one heatmap per word, or None without attention).
+
+    The report's columns are these steps in a row; the live page (`diffx.studio`) sends each as it arrives.
+    """
+    tensors = trace.tensors
+    frames: dict[str, str] = {}
+    if "x0" in tensors:
+        x0 = fit_picture(decoded) if decoded is not None else latent_preview(trace, "x0", step)
+        frames["x0"] = data_uri(x0)
+        if "latents" in tensors:
+            frames["xt"] = data_uri(xt_pictures(trace, [step], [x0])[0])
+    elif "latents" in tensors:
+        frames["xt"] = data_uri(latent_preview(trace, "latents", step))
+    if "eps" in tensors:
+        frames["eps"] = data_uri(visualize_noise(tensors["eps"][step]))
+    if "eps_cond" in tensors and "eps_uncond" in tensors:
+        frames["guide"] = data_uri(visualize_noise(tensors["eps_cond"][step].float() -
+                                                   tensors["eps_uncond"][step].float()))
+    heat = None
+    if "attention" in tensors:
+        heat = {scale: [data_uri(heatmap(values, 0.0, 1.0, cmap=COLORMAP))
+                        for values in normalize_maps(trace.word_maps(step), scale)] for scale in NORMALIZE_SCALES}
+    return {"info": _step_info(trace, step), "frames": frames, "decoded": decoded is not None, "heat": heat}
+
+
 def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None) -> dict:
     """Every frame and number one column of the page shows, for each step (lists indexed by step)."""
     tensors = trace.tensors
-    steps = range(trace.num_steps)
-    frames: dict[str, list[str]] = {}
     # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
     # Another model's traces are never decoded with `model`: the column says so instead.
     decoded = trace.decoded_steps()
     mismatch = model_mismatch(trace.meta, model) if model is not None and "x0" in tensors else None
     if model is not None and "x0" in tensors and not mismatch:
-        decoded = dict(enumerate(trace.decoded_x0(steps, model)))
-    if "x0" in tensors:
-        x0 = [fit_picture(decoded[s]) if s in decoded else latent_preview(trace, "x0", s) for s in steps]
-        frames["x0"] = [data_uri(picture) for picture in x0]
-        if "latents" in tensors:
-            frames["xt"] = [data_uri(picture) for picture in xt_pictures(trace, list(steps), x0)]
-    elif "latents" in tensors:
-        frames["xt"] = [data_uri(latent_preview(trace, "latents", s)) for s in steps]
-    if "eps" in tensors:
-        frames["eps"] = [data_uri(visualize_noise(tensors["eps"][s])) for s in steps]
-    if "eps_cond" in tensors and "eps_uncond" in tensors:
-        frames["guide"] = [data_uri(visualize_noise(tensors["eps_cond"][s].float() - tensors["eps_uncond"][s].float()))
-                           for s in steps]
+        decoded = dict(enumerate(trace.decoded_x0(range(trace.num_steps), model)))
+    steps = [step_frames(trace, s, decoded.get(s)) for s in range(trace.num_steps)]
+    heat = None
+    if steps[0]["heat"] is not None:  # scale -> word -> step
+        heat = {scale: [[step["heat"][scale][word] for step in steps] for word in range(len(trace.words))]
+                for scale in NORMALIZE_SCALES}
     return {
         "label": label,
         "model": model_description(trace),
@@ -95,25 +114,16 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "guidance": trace.settings.guidance,
         "colour": COLUMN_COLOURS[index % len(COLUMN_COLOURS)],
         "words": trace.words,
-        "info": [_step_info(trace, s) for s in steps],
-        "frames": frames,
-        "x0_decoded": [s in decoded for s in steps],
+        "info": [step["info"] for step in steps],
+        "frames": {key: [step["frames"][key] for step in steps] for key in steps[0]["frames"]},
+        "x0_decoded": [step["decoded"] for step in steps],
         "x0_label": X0_LABELS["vae"] if len(decoded) == trace.num_steps else
         X0_LABELS["fast"] if not decoded else "x̂0 (VAE decode where stored, else latent preview)",
-        "heat": _attention_frames(trace) if "attention" in tensors else None,
+        "heat": heat,
         "layers": _layer_frames(trace) if "attention" in tensors else [],
         "aspect": _aspect(trace),
         "image": data_uri(fit_picture(tensors["image"].numpy())) if "image" in tensors else None,
     }
-
-
-def _attention_frames(trace: Trace) -> dict[str, list[list[str]]]:
-    """The DAAM heatmaps, scale -> word -> step, for both colour scales of `normalize_maps`.
-
-    "word": each word's map stretched to its own range (its shape is always visible); "shared": one
-    range over all words of the step (a word that gets little attention stays dark).
-    """
-    return _heat_frames([trace.word_maps(step) for step in range(trace.num_steps)], NORMALIZE_SCALES)
 
 
 def _heat_frames(per_step: Sequence[Tensor], scales: Sequence[str]) -> dict[str, list[list[str]]]:

@@ -109,6 +109,14 @@ def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion |
                   TEMPLATE_PATH.read_text(encoding="utf-8"))
 
 
+def report_style() -> str:
+    """The report page's stylesheet (its `<style>` element's text, colour bar filled in), which the live page
+    (`diffx.studio`) uses too, so the two look alike."""
+    template = TEMPLATE_PATH.read_text(encoding="utf-8")
+    style = template[template.index("<style>") + len("<style>"):template.index("</style>")]
+    return style.replace("__COLORBAR__", colorbar_css())
+
+
 def write_report(traces: Sequence[Trace] | Trace, path: str | Path, force: bool = False,
                  model: StableDiffusion | None = None) -> Path:
     """Write the interactive HTML report of `traces` to `path` and return the path.

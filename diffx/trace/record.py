@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 from torch import Tensor
 
 import diffx
@@ -215,17 +215,28 @@ def tokens_from_dict(record: dict, written: str) -> TokenizedPrompt:
     )
 
 
-def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
-    """Write `trace` as one safetensors file; metadata (settings and tokens as JSON) goes into its header."""
+def _file_parts(trace: Trace) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and the header of `trace`'s file: metadata (settings and tokens as JSON) goes into the header."""
     tensors = {key: value.contiguous() for key, value in trace.tensors.items()}
     settings = trace.settings
     meta = {**trace.meta, "version": TRACE_VERSION, "prompt": settings.prompt,
             "negative_prompt": settings.negative_prompt, "tokens": token_dict(trace.tokens),
             "negative_tokens": token_dict(trace.negative_tokens), "settings": settings.as_dict()}
-    header = {"format": TRACE_FORMAT, "diffx_trace": json.dumps(meta)}
+    return tensors, {"format": TRACE_FORMAT, "diffx_trace": json.dumps(meta)}
+
+
+def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
+    """Write `trace` as one safetensors file; metadata (settings and tokens as JSON) goes into its header."""
+    tensors, header = _file_parts(trace)
     with atomic_output(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return Path(path)
+
+
+def trace_bytes(trace: Trace) -> bytes:
+    """The bytes `save_trace` would write (a download made in memory, e.g. by `diffx.studio`)."""
+    tensors, header = _file_parts(trace)
+    return save(tensors, metadata=header)
 
 
 def load_trace(path: str | Path) -> Trace:
