@@ -158,9 +158,12 @@ def head_frames(trace: Trace) -> int:
     return count if count <= HEAD_FRAMES_MAX else 0
 
 
-def data_uri(picture: np.ndarray) -> str:
-    """A uint8 (H, W, 3) picture as a lossy-WebP data: URI."""
+def data_uri(picture: np.ndarray, lossless: bool = False) -> str:
+    """A uint8 (H, W, 3) picture as a data: URI: lossy WebP, or PNG (`lossless`, every pixel kept)."""
     buffer = io.BytesIO()
+    if lossless:
+        Image.fromarray(picture).save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
     Image.fromarray(picture).save(buffer, format="WEBP", quality=WEBP_QUALITY, method=4)
     return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 

@@ -13,7 +13,7 @@ from diffx.errors import InvalidArgumentError, elide
 from diffx.experiments.prompt_to_prompt import Edit, check_fraction, prompt_to_prompt
 from diffx.experiments.prompt_to_prompt_views import edit_title
 from diffx.pipeline.settings import ResolvedSettings
-from diffx.report.columns import data_uri, fit_picture
+from diffx.report.columns import data_uri
 from diffx.sampling.samplers import StepRecord
 from diffx.studio.engine import MAX_PROMPT_CHARS
 from diffx.studio.runs import Emit
@@ -76,7 +76,7 @@ def edit_work(model: StableDiffusion, request: EditRequest) -> Callable[[Emit, C
         edit = prompt_to_prompt(model, request.settings, request.target, tau=request.tau,
                                 self_tau=request.self_tau, reweight=request.reweight, progress=progress)
         title, subtitle = edit_title(edit)
-        pictures = {name: data_uri(fit_picture(getattr(edit, name).images[0])) for name in RUNS}
+        pictures = {name: data_uri(getattr(edit, name).images[0], lossless=True) for name in RUNS}
         emit("edit", {"title": title, "subtitle": subtitle, "pictures": pictures, "to": request.target,
                       "tau": request.tau, "self_tau": request.self_tau})
         return edit
