@@ -167,6 +167,11 @@ function draw() {
           on its own scale` : caption, key !== "x0" || !step.decoded, heat));
       }
     }
+    if (column.image) {  // the run's result: its final latent decoded, the very pixels `diffx denoise` writes
+      panels.append(frame(column.image, "result", "the final image (x_0 decoded), as diffx denoise writes it", false,
+                          null));
+      panels.lastChild.classList.add("result");
+    }
     box.append(panels);
     area.append(box);
     for (const marker of document.querySelectorAll(`[data-marker-col="0"]`)) {
