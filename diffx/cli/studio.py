@@ -26,7 +26,7 @@ def studio(
 
     Example: diffx studio --open
     """
-    from diffx.studio.serve import check_address, serve
+    from diffx.studio.server import check_address, serve
 
     check_view_options(preview)
     check_address(host, port)  # before the model loads: a busy port costs nothing
