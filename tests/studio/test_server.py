@@ -54,3 +54,40 @@ def test_another_host_is_served_after_a_warning(tiny_model, no_server):
     serve_module.serve(tiny_model, "0.0.0.0", 7862, token=False, say=lines.append)
     assert lines[0].startswith("warning: serving on 0.0.0.0") and no_server[0]["host"] == "0.0.0.0"
     assert lines[1].endswith("http://127.0.0.1:7862/  (Ctrl-C stops it)")  # no token asked for: none in the URL
+
+
+def test_ctrl_c_stops_the_server_cleanly_even_mid_run(tiny_model_dir, tmp_path):
+    """A real `diffx studio` process: a run in progress, then SIGINT: the process ends by itself, exit 0."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "diffx", "studio", "--model", str(tiny_model_dir), "--port",
+                                str(port), "--no-token"], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert "diffx studio: open" in process.stderr.readline()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/runs", method="POST",
+                                         data=json.dumps({"client": "t", "settings": {"steps": 500}}).encode(),
+                                         headers={"content-type": "application/json"})
+        for _ in range(100):  # uvicorn may take a moment after the line is printed
+            try:
+                run_id = json.loads(urllib.request.urlopen(request, timeout=10).read())["id"]
+                break
+            except OSError:
+                time.sleep(0.1)
+        events = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs/{run_id}/events", timeout=30)
+        while not events.readline().startswith(b"event: step"):
+            pass  # the run is under way
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()

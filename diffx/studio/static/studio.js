@@ -140,6 +140,7 @@ function draw() {
   $("step").max = String(total);
   $("step").value = String(shownStep + 1);
   $("step-label").textContent = `step ${shownStep + 1} / ${total} (${arrived} arrived)`;
+  $("progress").style.width = `${100 * arrived / total}%`;  // a slow model's steps take seconds each
   const area = $("columns");
   area.classList.toggle("multi", columns.length > 1);
   area.innerHTML = "";
