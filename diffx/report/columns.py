@@ -87,9 +87,10 @@ def step_frames(trace: Trace, step: int, decoded: np.ndarray | None = None) -> d
         frames["guide"] = data_uri(visualize_noise(tensors["eps_cond"][step].float() -
                                                    tensors["eps_uncond"][step].float()))
     heat = None
-    if "attention" in tensors:
+    if "attention" in tensors:  # an empty prompt has no words, so no maps
+        maps = trace.word_maps(step)
         heat = {scale: [data_uri(heatmap(values, 0.0, 1.0, cmap=COLORMAP))
-                        for values in normalize_maps(trace.word_maps(step), scale)] for scale in NORMALIZE_SCALES}
+                        for values in (normalize_maps(maps, scale) if len(maps) else [])] for scale in NORMALIZE_SCALES}
     return {"info": _step_info(trace, step), "frames": frames, "decoded": decoded is not None, "heat": heat}
 
 

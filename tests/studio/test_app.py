@@ -159,3 +159,10 @@ def test_closing_the_event_stream_cancels_the_run(client):
         import time
         time.sleep(0.02)
     assert run.state == "cancelled" and sum(kind == "step" for kind, _ in run.events) < 200
+
+
+def test_an_empty_prompt_runs_unconditionally_with_no_words(client):
+    run_id = client.post("/api/runs", json={"client": "empty", "settings": {**SETTINGS, "prompt": ""}}).json()["id"]
+    events = _events(client, run_id)
+    assert events[-1][0] == "done" and dict(events)["start"]["words"] == []
+    assert all(data["heat"] == {"word": [], "shared": []} for kind, data in events if kind == "step")

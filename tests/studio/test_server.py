@@ -84,8 +84,10 @@ def test_ctrl_c_stops_the_server_cleanly_even_mid_run(tiny_model_dir, tmp_path):
             except OSError:
                 time.sleep(0.1)
         events = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs/{run_id}/events", timeout=30)
-        while not events.readline().startswith(b"event: step"):
-            pass  # the run is under way
+        line = b""
+        while not line.startswith(b"event: step"):  # the run is under way once a step arrives
+            line = events.readline()
+            assert line and not line.startswith(b"event: failed"), line
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
         assert "Traceback" not in process.stderr.read()
