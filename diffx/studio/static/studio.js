@@ -31,7 +31,8 @@ function formSettings() {
   const settings = {};
   for (const name of FIELDS) {
     const value = $(name).value;
-    if (value === "" && name !== "prompt" && name !== "negative_prompt") continue;
+    // An empty field is the model's default; an empty negative prompt is "none", as the CLI without the option.
+    if (value === "" && name !== "prompt") continue;
     settings[name] = NUMBERS.has(name) ? Number(value) : value;
   }
   return settings;
