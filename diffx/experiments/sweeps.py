@@ -14,7 +14,7 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.images import image_to_tensor, tensor_to_image
 from diffx.pipeline.codec import decode_latents, encode_image
-from diffx.pipeline.denoiser import grid_for, schedule_for
+from diffx.pipeline.denoiser import grid_for, schedule_from_config
 from diffx.pipeline.generation import Generation, generate
 from diffx.pipeline.settings import GenerationSettings, resolve_settings
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
@@ -38,6 +38,7 @@ from diffx.views.steps import (
 )
 
 if TYPE_CHECKING:
+    from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
 
 
@@ -55,33 +56,38 @@ class NoiseViews:
     grid: Image.Image  # rows: schedules (latent space: preview and decode rows), columns: timesteps
     frames: list[Image.Image]  # x_0 → x_T, one column per schedule
     schedule_plot: Image.Image  # ᾱ_t, √ᾱ_t, √(1 − ᾱ_t), log-SNR; the sampler's timesteps marked
+    visits: list[int] | None = None  # the timesteps the sampler calls the model at, marked on the plot
 
 
 def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
                 timesteps: Sequence[int] = (0, 100, 250, 500, 750, 999), latent_space: bool = False,
                 model: StableDiffusion | None = None, seed: int = 0, sampler: str | None = None,
                 steps: int | None = None, spacing: str | None = None, karras: bool = False,
-                num_frames: int = NOISE_FRAMES, panel: int | None = None) -> NoiseViews:
+                num_frames: int = NOISE_FRAMES, panel: int | None = None,
+                config: ModelConfig | None = None) -> NoiseViews:
     """The forward process x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4) applied to `image`.
 
     One ε (drawn from `seed`) serves every schedule and timestep, so the pictures differ only by the
     schedule. In latent space (needs `model`) the image is VAE-encoded, noised as a latent, and shown both
     VAE-decoded and as the mixture √ᾱ x_0 + √(1 − ᾱ) ε in the fast preview's colours, scaled to fit
-    (`render.latents.noisy_picture`, as the trace's x_t). With a model, its own training schedule is used for the
-    schedule of the same name. `sampler` (+ `steps`, `spacing`, `karras`, default: the model's or SD1.5's)
-    marks the timesteps that sampler visits on the schedule plot.
+    (`render.latents.noisy_picture`, as the trace's x_t). With a model — or only its `config`
+    (`weights.load.read_config`: no weights needed in pixel space) — its own training schedule is used for the
+    schedule of the same name, and the others are rescaled to zero terminal SNR if its is. `sampler` (+ `steps`,
+    `spacing`, `karras`, default: the model's scheduler's, else SD1.5's: 50 steps, leading) marks the timesteps
+    that sampler visits on the schedule plot, whose title names the spacing and whose scheduler it is.
     """
     if not schedules:
         raise InvalidArgumentError("no schedules given; choose from: " + ", ".join(BETA_SCHEDULES))
     for name in schedules:
         check_choice("schedule", name, BETA_SCHEDULES)
-    num_train_timesteps = model.config.scheduler.num_train_timesteps if model else 1000
+    config = model.config if model is not None else config
+    num_train_timesteps = config.scheduler.num_train_timesteps if config else 1000
     for t in timesteps:
         if not 0 <= t < num_train_timesteps:
             raise InvalidArgumentError(f"timestep {t} is out of range; pick 0 to {num_train_timesteps - 1}")
     if latent_space and model is None:
         raise InvalidArgumentError("noising in latent space needs a model's VAE; pass a model (--model)")
-    tables = {name: schedule_for(model, name) if model else NoiseSchedule.create(name, num_train_timesteps)
+    tables = {name: schedule_from_config(config.scheduler, name) if config else NoiseSchedule.create(name)
               for name in schedules}
     generator = torch.Generator().manual_seed(seed)
     if latent_space:
@@ -118,9 +124,10 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
             cells.append([x_0] + [fit_panel(p, size, smooth=is_picture) for p in row])
             row_labels.append(f"{name} · {kind}" if kind else name)
     space = " in latent space" if latent_space else ""
+    scheduler = _scheduler_phrase(config)
     # t counts noising steps from 0: x_t at t = 0 is already one step of noise (ᾱ_0 < 1), so x_0 comes first.
     grid = make_grid(cells, row_labels=row_labels, col_labels=["x_0 (the picture)"] + [f"t={t}" for t in timesteps],
-                     cell_size=size, title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space}")
+                     cell_size=size, title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space} · {scheduler}")
 
     frame_ts = sorted({round(float(t)) for t in np.linspace(0, num_train_timesteps - 1, max(2, num_frames))})
     columns = [pictures(schedule, frame_ts) for schedule in tables.values()]  # [schedule][kind][frame]
@@ -131,17 +138,25 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
                           row_labels=kinds if latent_space else None, col_labels=list(tables), cell_size=size)
         frames.append(caption_bar(frame, f"t={t}"))
 
-    marked, plot_title = None, None
+    marked, plot_title = None, scheduler
     if sampler is not None:
-        config = model.config if model else None
         steps = steps or (config.default_steps if config else 50)
         spacing = spacing or (config.scheduler.timestep_spacing if config else "leading")
         offset = config.scheduler.steps_offset if config else 1
         visits = sampling_grid(GridSpec(sampler, steps, spacing, karras), tables[schedules[0]], steps_offset=offset)
         marked = [round(t) for t in visits.model_timesteps()]
-        plot_title = f"timesteps {sampler} visits in {steps} steps ({spacing} spacing{', Karras σ' if karras else ''})"
+        plot_title = (f"timesteps {sampler} visits in {steps} steps: t = {marked[0]} … {marked[-1]} ({spacing} "
+                      f"spacing{', Karras σ' if karras else ''})\n{plot_title}")
     plot = plot_schedules({name: s.alphas_cumprod for name, s in tables.items()}, marked, plot_title)
-    return NoiseViews(grid=grid, frames=frames, schedule_plot=plot)
+    return NoiseViews(grid=grid, frames=frames, schedule_plot=plot, visits=marked)
+
+
+def _scheduler_phrase(config: ModelConfig | None) -> str:
+    """Whose scheduler the noise views follow, in words: the model's (and whether its β end at zero SNR) or SD's."""
+    if config is None:
+        return "SD's scheduler (no model given)"
+    rescaled = ", every β schedule rescaled to zero terminal SNR" if config.scheduler.rescale_betas_zero_snr else ""
+    return f"{config.name}'s scheduler{rescaled}"
 
 
 @dataclass
