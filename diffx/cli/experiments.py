@@ -164,8 +164,8 @@ def compare(
 ) -> None:
     """Compare settings: one image per combination of two of them, everything else fixed.
 
-    Writes a labelled grid (--out, default compare.png) with the number of model evaluations of each
-    cell (the cost that compares across machines).
+    Writes a labelled grid (--out, default compare.png) with the U-Net evaluations of each cell, counted
+    as they run (guidance runs the U-Net twice per model call): the cost that compares across machines.
 
     Example: diffx compare --prompt "a red circle" --x sampler=ddim,euler,dpmpp_2m --y steps=5,10,25
     """

@@ -16,12 +16,13 @@ from diffx.images import image_to_tensor, tensor_to_image
 from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.denoiser import grid_for, schedule_from_config
 from diffx.pipeline.generation import Generation, generate
+from diffx.pipeline.observers import ImageRun, Observer
 from diffx.pipeline.settings import GenerationSettings, resolve_settings
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
 from diffx.sampling.grids import GridSpec, sampling_grid
-from diffx.sampling.samplers import StepCallback, StepRecord
+from diffx.sampling.samplers import StepCallback
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
 from diffx.trace.tracer import TraceOptions, generate_traced
 from diffx.views.steps import (
@@ -257,10 +258,35 @@ def parse_axis(text: str) -> tuple[str, list]:
 
 @dataclass
 class Comparison:
-    """What `compare` makes: the grid and the generations, rows × columns (y values × x values)."""
+    """What `compare` makes: the grid and the generations, rows × columns (y values × x values), and what each
+    cell cost: the denoiser's calls and the U-Net evaluations they ran (two per call under guidance)."""
 
     grid: Image.Image
     generations: list[list[Generation]]
+    model_calls: list[list[int]]
+    unet_evaluations: list[list[int]]
+
+
+class EvaluationCounter:
+    """Counts, over one generation, the denoiser's calls and the U-Net evaluations they run: the CFG denoiser runs
+    the network on [uncond; cond] — two evaluations, one batch — when guidance w ≠ 1, and on cond alone at w = 1
+    (Ho & Salimans 2022, eq. 6). Its guidance hook hears which branches ran (ε_u is None when only one did)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.unet = 0
+
+    def observer(self, run: ImageRun | None = None) -> Observer:
+        return Observer(on_guidance=self.heard)
+
+    def heard(self, eps_uncond: torch.Tensor | None, eps_cond: torch.Tensor) -> None:
+        self.calls += 1
+        self.unet += 1 if eps_uncond is None else 2
+
+    def label(self) -> str:
+        """"50 U-Net evaluations" and, under guidance, a second line "= 25 model calls × 2"."""
+        doubled = f"\n= {self.calls} model calls × 2" if self.unet != self.calls else ""
+        return f"{self.unet} U-Net evaluations{doubled}"
 
 
 def compare(model: StableDiffusion, settings: GenerationSettings,
@@ -270,7 +296,8 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     """One image per combination of two settings (any of COMPARE_AXES), everything else fixed.
 
     Columns follow `x` = (setting, values), rows `y` (None = one row). Each cell is labelled with its
-    number of model evaluations (NFE), the cost that compares across machines; wall times mostly measure load.
+    number of U-Net evaluations, counted as they run (`EvaluationCounter`: Heun calls the model twice per step,
+    guidance runs the U-Net twice per call), the cost that compares across machines; wall times mostly measure load.
     """
     x_name, x_values = x
     y_name, y_values = y if y is not None else (None, [None])
@@ -288,26 +315,24 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
         for cell in row:
             cell.resolved(model)
 
-    evaluations = [0]
-
-    def count(record: StepRecord) -> None:
-        evaluations[0] += 1
-        if progress is not None:
-            progress(record)
-
-    generations, cell_labels = [], []
+    generations, counters = [], []
     for row in combos:
         generations.append([])
-        cell_labels.append([])
+        counters.append([])
         for cell in row:
-            evaluations[0] = 0
-            generations[-1].append(generate(model, cell, progress=count))
-            cell_labels[-1].append(f"{evaluations[0]} model evaluations")
+            counter = EvaluationCounter()
+            generations[-1].append(generate(model, cell, observe=counter.observer, progress=progress))
+            counters[-1].append(counter)
     height, width = generations[0][0].images[0].shape[:2]
     size = panel_size(width, height, panel)
+    guided = any(counter.unet != counter.calls for row in counters for counter in row)
+    prompt = f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)"
+    note = " · guidance runs the U-Net twice per model call: with the prompt and without" if guided else ""
     grid = make_grid([[fit_panel(g.images[0], size, smooth=True) for g in row] for row in generations],
                      row_labels=[str(v) for v in y_values] if y_name else None,
-                     col_labels=[str(v) for v in x_values], cell_labels=cell_labels,
-                     title=f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)",
-                     x_axis_title=x_name, y_axis_title=y_name, cell_size=size)
-    return Comparison(grid=grid, generations=generations)
+                     col_labels=[str(v) for v in x_values],
+                     cell_labels=[[counter.label() for counter in row] for row in counters],
+                     title=prompt + note, x_axis_title=x_name, y_axis_title=y_name, cell_size=size)
+    return Comparison(grid=grid, generations=generations,
+                      model_calls=[[counter.calls for counter in row] for row in counters],
+                      unet_evaluations=[[counter.unet for counter in row] for row in counters])

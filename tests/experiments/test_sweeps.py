@@ -127,6 +127,21 @@ def test_compare_grid_and_cells(model):
         experiments.compare(model, _settings(), x=("sampler", ["ddim", "plms"]), y=None)
 
 
+def test_compare_counts_the_unet_evaluations_guidance_runs(model):
+    """Guidance (w ≠ 1) runs the U-Net on [uncond; cond] at every model call: two evaluations per call, counted as
+    they run; w = 1 runs it once. Heun calls the model 2N − 1 times."""
+    rows = []
+    hook = model.unet.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    try:
+        result = experiments.compare(model, _settings(sampler="heun"), x=("guidance", [1.0, 3.0]), y=None, panel=32)
+    finally:
+        hook.remove()
+    calls = 2 * STEPS - 1
+    assert result.model_calls == [[calls, calls]]
+    assert result.unet_evaluations == [[calls, 2 * calls]]
+    assert sum(rows) == sum(result.unet_evaluations[0])  # one image per cell: a batch row is one evaluation
+
+
 def test_noise_views_latent_preview_uses_the_models_bias(model):
     """The fast preview row of `noise --latent` uses the model's fitted factors *and* bias (one reader)."""
     picture = Image.new("RGB", (32, 32), (200, 40, 40))
