@@ -136,6 +136,28 @@ def test_noise_pixel_and_latent(run, fast, tmp_path):
     refused(run("noise", "photo.png", "--out", "bad.png", "--timesteps", "0,1000"), "timestep 1000")
 
 
+def test_noise_plot_takes_the_models_spacing_from_its_config_alone(run, tmp_path, monkeypatch):
+    """Without --latent, `noise` reads the model's config.json (the embedded model samples trailing, t = 999 … 39)
+    and never its weights."""
+    from diffx.experiments import sweeps
+    from diffx.weights import load
+
+    def no_weights(path):
+        raise AssertionError(f"read the weights {path}")
+
+    monkeypatch.setattr(load, "read_state_dict", no_weights)
+    results, views = [], sweeps.noise_views
+
+    def kept(*args, **kwargs):
+        results.append(views(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(sweeps, "noise_views", kept)
+    picture(tmp_path / "photo.png", (24, 24))
+    ok(run("noise", "photo.png", "--model", "embedded", "--sampler", "ddim", "--steps", 25, "--timesteps", "999"))
+    assert results[0].visits[0] == 999 and results[0].visits[-1] == 39
+
+
 def test_cfg_sweep_and_compare(run, fast):
     ok(run("cfg-sweep", "-p", "a red circle", "--scales", "1,7.5", "--rows-steps", "1,2", "--gif", "cfg.gif", *fast))
     assert frames("cfg.gif")[0] == STEPS + 1  # every step, then the results

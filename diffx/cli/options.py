@@ -24,6 +24,7 @@ from diffx.cli.core import ERR
 from diffx.errors import InvalidArgumentError, check_choice, elide
 
 if TYPE_CHECKING:
+    from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
 
@@ -102,19 +103,29 @@ class ModelChoice:
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
-        from diffx.errors import check_choice
-        from diffx.models.configs import PRESETS
         from diffx.weights.discovery import resolve_model_source
         from diffx.weights.load import load_model
 
-        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
-        config = None if preset is None else PRESETS[preset]()
+        config = self.preset()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
         precision = resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path))
         with ERR.status(f"loading {source.path}"):
             return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
+
+    def preset(self) -> "ModelConfig | None":
+        """The `--config` preset, checked (None without one)."""
+        from diffx.models.configs import PRESETS
+
+        return None if self.config is None else PRESETS[check_choice("--config preset", self.config, tuple(PRESETS))]()
+
+    def read_config(self) -> "ModelConfig":
+        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights."""
+        from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.load import read_config
+
+        return read_config(resolve_model_source(self.model), self.preset())
 
 
 @dataclass(frozen=True)

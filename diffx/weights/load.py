@@ -247,14 +247,30 @@ def _check_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
                                   "(re-download or re-export it)")
 
 
+def read_config(source: ModelSource, config: ModelConfig | None = None) -> ModelConfig:
+    """A model's configuration without its weights (what `load_model` builds it from): a diffx folder's
+    config.json, a diffusers folder's configs, or a single file's architecture recognised from its tensors' names
+    and shapes (a .safetensors header; `config`, given, instead, as `load_model` takes it)."""
+    if source.format == "single-file":
+        if config is not None:
+            return config
+        shapes = _modern_text_keys(read_shapes(source.path))
+        try:
+            return recognise(shapes, v_prediction_hint(source.path)).config
+        except CheckpointError as error:
+            raise CheckpointError(f"{source.path}: {error}") from None
+    if source.format == "diffusers":
+        return config_from_diffusers(source.path)
+    return read_model_config(source.path / "config.json")
+
+
 def describe_architecture(source: ModelSource) -> str:
     """What a model found on disk is, in a few words (the `diffx models` column): the family recognised from
     a single file's tensors, or from a folder's config; for a file diffx cannot load, why."""
     try:
         if source.format == "single-file":
             return recognise(_modern_text_keys(read_shapes(source.path)), v_prediction_hint(source.path)).summary()
-        config = config_from_diffusers(source.path) if source.format == "diffusers" else \
-            read_model_config(source.path / "config.json")
+        config = read_config(source)
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
     family = "SDXL" if config.text_encoder_2 is not None else \
