@@ -3,8 +3,8 @@
 A GIF plays at its own pace; this page lets a learner stop the denoising loop at any step and look
 inside it: the model input x_t, the predicted final image x̂0, the guided noise ε̂, the guidance
 direction ε_c − ε_u, where each prompt word attends (DAAM maps, Tang et al. 2023), the step's t, σ, ᾱ
-and its place on the noise schedule — for several traces side by side (e.g. a guidance sweep), all
-driven by one slider.
+(σ = √((1−ᾱ)/ᾱ), as everywhere in diffx) and its place on the noise schedule — for several traces side
+by side (e.g. a guidance sweep), all driven by one slider.
 
 Every picture is computed here, in Python, with `diffx.render`; the page's JavaScript only swaps
 precomputed images, moves the schedule marker and toggles classes. The file references nothing

@@ -140,7 +140,9 @@ def loop_section(traces: list[Trace], columns: list[dict], charts_svg: str) -> s
         '<section class="card" aria-labelledby="loop-title"><h2 id="loop-title">Inside the denoising loop</h2>'
         '<p class="note">Drag the slider, press ← / → (Home / End), or play. At every step the sampler feeds x_t '
         "to the U-Net, which predicts the noise ε̂; removing it gives x̂0, the model's current guess of the "
-        "final image. Latent pictures are shown at the latent resolution, one square per latent pixel, and "
+        "final image. Above the panels: the step's timestep t, its noise level σ = √((1−ᾱ)/ᾱ) (x_t / √ᾱ = "
+        "x̂0 + σ ε̂) and ᾱ; x_t itself scales the noise by √(1−ᾱ). "
+        "Latent pictures are shown at the latent resolution, one square per latent pixel, and "
         "stored losslessly, as are the attention maps: their colours are the model's numbers. Pictures at the "
         "image size (VAE decodes of x̂0, x_t drawn over them, the final image) are lossy WebP, like photos.</p>"
         f'{controls}<div class="loop-body"><div class="columns{" multi" if len(columns) > 1 else ""}">'
