@@ -12,15 +12,16 @@ matplotlib and the models are imported inside the commands, so `diffx --help` an
 - info.py: tokens, models, report · train.py: train · attention.py: attention (the explorer)
 - trajectories.py: paths · lab.py: lab (the 2-D diffusion lab) · edit.py: edit, weights (editing attention)
 - invert.py: invert (DDIM inversion) · predict.py: predict (ε̂, v̂ and x̂0 of one step)
+- tour.py: tour (the README's tour: every stop's command, then the index page)
 """
 
-from diffx.cli import attention, edit, experiments, generate, info, invert, lab, predict, train, trajectories
+from diffx.cli import attention, edit, experiments, generate, info, invert, lab, predict, tour, train, trajectories
 from diffx.cli.core import app, command
 
 __all__ = ["app"]
 
 # The commands, in the order `diffx --help` lists them.
-for function in (experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
+for function in (tour.tour, experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
                  edit.edit, edit.weights, invert.invert, experiments.cfg_sweep, experiments.compare, predict.predict,
                  trajectories.paths, lab.lab, info.tokens, info.models, train.train, info.report):
     command(function)

@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
@@ -24,9 +24,12 @@ from diffx.cli.core import ERR
 from diffx.errors import InvalidArgumentError, check_choice, elide
 
 if TYPE_CHECKING:
+    import torch
+
     from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
+    from diffx.weights.discovery import ModelSource
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False,
@@ -89,6 +92,15 @@ HtmlOpt = Annotated[Path | None, typer.Option(
     show_default=False)]
 
 
+class CheckedModelChoice(NamedTuple):
+    """A `ModelChoice` resolved (`ModelChoice.check`): what `load_model` is given."""
+
+    source: "ModelSource"
+    device: "torch.device"
+    dtype: "torch.dtype"
+    config: "ModelConfig | None"
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     """--model, --device, --dtype, --weights, --config: which weights, on which device, in which precision."""
@@ -99,17 +111,26 @@ class ModelChoice:
     weights: WeightsOpt = "ema"
     config: ConfigOpt = None
 
+    def check(self) -> "CheckedModelChoice":
+        """Every choice resolved and checked without reading weights: the model's source (default: $DIFFX_MODEL,
+        else the embedded model), the device, the dtype, the --weights choice and the --config preset."""
+        from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
+        from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.load import WEIGHT_CHOICES
+
+        config = self.preset()
+        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        source = resolve_model_source(self.model)
+        target = resolve_device(self.device)
+        return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
+                                  config)
+
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken."""
-        from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
-        from diffx.weights.discovery import resolve_model_source
         from diffx.weights.load import load_model
 
-        config = self.preset()
-        source = resolve_model_source(self.model)
-        target = resolve_device(self.device)
-        precision = resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path))
+        source, target, precision, config = self.check()
         with ERR.status(f"loading {source.path}"):
             return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
