@@ -188,6 +188,17 @@ def test_truncated_prompt_is_one_yellow_warning(run, fast):
     assert len(warnings) == 1 and "77 tokens" in warnings[0]
 
 
+def test_negative_prompt_given_empty_is_not_no_negative_prompt(run, fast):
+    """`--negative-prompt ""` reaches the settings as "" (SDXL encodes it), no option as None (SDXL: zeros, as
+    diffusers); the trace records which."""
+    from diffx.trace import load_trace
+
+    ok(run("trace", "-p", "a red circle", "--save-trace", "none.trace", *fast))
+    ok(run("trace", "-p", "a red circle", "--negative-prompt", "", "--save-trace", "empty.trace", "--out", "e.png",
+           *fast))
+    assert [load_trace(name).settings.negative_prompt for name in ("none.trace", "empty.trace")] == [None, ""]
+
+
 def test_tokens(run):
     result = ok(run("tokens", "a red circle"))
     assert "circle</w>" in result.stdout and "7117" in result.stdout and "5 of 77 tokens" in result.stdout

@@ -42,7 +42,10 @@ ConfigOpt = Annotated[str | None, typer.Option(
     help="A single file's architecture preset when the file cannot say (e.g. sd21-base: SD 2.x 512-base, ε; "
          "sd21-v: 768-v). Default: read from the file.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
-NegativeOpt = Annotated[str, typer.Option(help="What to steer away from (the unconditional half of CFG).")]
+NegativeOpt = Annotated[str | None, typer.Option(
+    help='What to steer away from (the unconditional half of CFG). Default: none (SDXL then uses zeros, as '
+         'diffusers; --negative-prompt "" encodes the empty text).',
+    show_default=False)]
 SamplerOpt = Annotated[str | None, typer.Option(
     help="ddpm, ddim, euler, euler_a, heun or dpmpp_2m. Default: the model's.", show_default=False)]
 ScheduleOpt = Annotated[str | None, typer.Option(
@@ -123,7 +126,7 @@ class SamplingChoice:
     --guidance-rescale: how to sample, everything but the prompt and the guidance weight (cfg-sweep sweeps
     that one)."""
 
-    negative_prompt: NegativeOpt = ""
+    negative_prompt: NegativeOpt = None
     sampler: SamplerOpt = None
     schedule: ScheduleOpt = None
     spacing: SpacingOpt = None
