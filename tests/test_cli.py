@@ -15,7 +15,7 @@ from diffx.cli import app
 from diffx.sampling.grids import SAMPLERS
 
 STEPS = 2
-MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config")
+MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config", "--prediction-type")
 GUIDED = ("denoise", "trace", "attention", "edit", "weights", "cfg-sweep", "compare", "predict", "paths", "invert")
 
 
@@ -210,6 +210,17 @@ def test_truncated_prompt_is_one_yellow_warning(run, fast):
     assert len(warnings) == 1 and "77 tokens" in warnings[0]
 
 
+def test_negative_prompt_given_empty_is_not_no_negative_prompt(run, fast):
+    """`--negative-prompt ""` reaches the settings as "" (SDXL encodes it), no option as None (SDXL: zeros, as
+    diffusers); the trace records which."""
+    from diffx.trace import load_trace
+
+    ok(run("trace", "-p", "a red circle", "--save-trace", "none.trace", *fast))
+    ok(run("trace", "-p", "a red circle", "--negative-prompt", "", "--save-trace", "empty.trace", "--out", "e.png",
+           *fast))
+    assert [load_trace(name).settings.negative_prompt for name in ("none.trace", "empty.trace")] == [None, ""]
+
+
 def test_tokens(run):
     result = ok(run("tokens", "a red circle"))
     assert "circle</w>" in result.stdout and "7117" in result.stdout and "5 of 77 tokens" in result.stdout
@@ -308,14 +319,15 @@ def test_help_has_no_bool_metavar_and_paragraphs_wrap_at_the_terminal(run, monke
 
 def test_shared_options_are_the_same_in_every_command():
     """Issue #30: a command that loads a model takes the whole model group, one that samples with guidance takes
-    --guidance-rescale, and each of those options has one help text in every command."""
+    --guidance-rescale, and each of those options has one help text in every command that takes it as such (train,
+    which loads no model, has its own --prediction-type: what the model it makes learns to predict)."""
     helps: dict[str, set[str]] = {}
     for name, command in typer.main.get_command(app).commands.items():
         options = {flag: param.help for param in command.params for flag in param.opts}
         assert "--model" not in options or set(MODEL_GROUP) <= options.keys(), name
         assert name not in GUIDED or "--guidance-rescale" in options, name
         for flag in (*MODEL_GROUP, "--guidance-rescale"):
-            if flag in options:
+            if flag in options and (flag != "--prediction-type" or "--model" in options):
                 helps.setdefault(flag, set()).add(options[flag])
     assert all(len(texts) == 1 for texts in helps.values()), helps
 
@@ -336,14 +348,16 @@ def checkpoint(tiny_model_dir, tmp_path_factory):
     ["invert", "in.png", "--no-sweep"],
     ["paths", "--samplers", "ddim", "--reference", "ddim:3"],
 ])
-def test_weights_and_config_reach_the_model_load(run, checkpoint, tmp_path, command):
+def test_weights_config_and_prediction_type_reach_the_model_load(run, checkpoint, tmp_path, command):
     picture(tmp_path / "in.png")
     args = [*command, "--model", checkpoint, "--steps", STEPS, "--size", 32, "--device", "cpu"]
     refused(run(*args, "--config", "sd3"), "sd3", "sd15")
     refused(run(*args, "--weights", "both"), "unknown weights 'both'; choose one of: ema, main")
+    refused(run(*args, "--prediction-type", "x0"), "unknown prediction type 'x0'; choose one of: epsilon, v_prediction")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.png"]
-    notes = ok(run(*args, "--config", "tiny", "--weights", "main")).stderr
+    notes = ok(run(*args, "--config", "tiny", "--weights", "main", "--prediction-type", "V_PREDICTION")).stderr
     assert "the tiny config as given" in notes and "the main U-Net weights (--weights main" in notes, notes
+    assert "predicts v_prediction (as given)" in notes, notes
 
 
 def test_typos_lists_and_long_values_give_short_clear_lines(run):

@@ -243,5 +243,5 @@ def load_trace(path: str | Path) -> Trace:
     meta = check_trace_file(path, header, tensors)
     return Trace(settings=ResolvedSettings(**meta["settings"]),
                  tokens=tokens_from_dict(meta["tokens"], meta["prompt"]),
-                 negative_tokens=tokens_from_dict(meta["negative_tokens"], meta["negative_prompt"]),
+                 negative_tokens=tokens_from_dict(meta["negative_tokens"], meta["negative_prompt"] or ""),
                  meta={key: value for key, value in meta.items() if key not in TYPED_FIELDS}, tensors=tensors)
