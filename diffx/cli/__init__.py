@@ -12,7 +12,7 @@ matplotlib and the models are imported inside the commands, so `diffx --help` an
 - info.py: tokens, models, report · train.py: train · attention.py: attention (the explorer)
 - trajectories.py: paths · lab.py: lab (the 2-D diffusion lab) · edit.py: edit, weights (editing attention)
 - invert.py: invert (DDIM inversion) · predict.py: predict (ε̂, v̂ and x̂0 of one step)
-- studio.py: studio (the live page)
+- studio.py: studio (the live page) · tour.py: tour (the README's tour: every stop's command, then the index page)
 """
 
 from diffx.cli import (
@@ -25,6 +25,7 @@ from diffx.cli import (
     lab,
     predict,
     studio,
+    tour,
     train,
     trajectories,
 )
@@ -33,7 +34,7 @@ from diffx.cli.core import app, command
 __all__ = ["app"]
 
 # The commands, in the order `diffx --help` lists them.
-for function in (experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
+for function in (tour.tour, experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
                  edit.edit, edit.weights, invert.invert, experiments.cfg_sweep, experiments.compare, predict.predict,
                  trajectories.paths, lab.lab, info.tokens, info.models, train.train, info.report, studio.studio):
     command(function)

@@ -84,7 +84,8 @@ def edit(
     factors = parse_reweight(reweight)
     check_fraction("tau", tau)
     check_fraction("self-attention tau", self_tau)
-    for text, what in ((prompt, "prompt"), (to or "", "edit prompt"), (sampling.negative_prompt, "negative prompt")):
+    negative = sampling.negative_prompt or ""
+    for text, what in ((prompt, "prompt"), (to or "", "edit prompt"), (negative, "negative prompt")):
         parse_weights(text, what)  # syntax errors before the model loads
     out = out or Path("edit.png")
     check_outputs([], force, gif, picture=out)
@@ -125,7 +126,7 @@ def weights(
     from diffx.views.tables import tokens_table
 
     parse_weights(prompt)
-    parse_weights(sampling.negative_prompt, "negative prompt")
+    parse_weights(sampling.negative_prompt or "", "negative prompt")
     out = out or Path("weights.png")
     check_outputs([], force, picture=out)
     view = weights_view(model.load(), sampling.settings(prompt, guidance))

@@ -2,7 +2,7 @@
 
 Each `…Opt` alias is one option's definition (flag, help, default display), the same meaning in every
 command that takes it. Options that travel together are declared once, as the fields of a group
-dataclass: `ModelChoice` (--model/--device/--dtype), `SamplingChoice` (--negative-prompt … --size) and
+dataclass: `ModelChoice` (--model … --prediction-type), `SamplingChoice` (--negative-prompt … --size) and
 `InitImageChoice` (--image/--t/--strength/--mask). A command takes a whole group as one parameter, and
 `option_groups` lists the group's fields in the signature Typer reads:
 
@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
@@ -24,8 +24,12 @@ from diffx.cli.core import ERR
 from diffx.errors import InvalidArgumentError, check_choice, elide
 
 if TYPE_CHECKING:
+    import torch
+
+    from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
+    from diffx.weights.discovery import ModelSource
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False,
@@ -41,8 +45,15 @@ ConfigOpt = Annotated[str | None, typer.Option(
     "--config", show_default=False,
     help="A single file's architecture preset when the file cannot say (e.g. sd21-base: SD 2.x 512-base, ε; "
          "sd21-v: 768-v). Default: read from the file.")]
+PredictionTypeOpt = Annotated[str | None, typer.Option(
+    "--prediction-type", show_default=False,
+    help="What the model predicts, epsilon or v_prediction, whatever its files say (e.g. ε for an SD 2.x file of "
+         "a size no preset has and no .yaml beside it). Default: the model's.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
-NegativeOpt = Annotated[str, typer.Option(help="What to steer away from (the unconditional half of CFG).")]
+NegativeOpt = Annotated[str | None, typer.Option(
+    help='What to steer away from (the unconditional half of CFG). Default: none (SDXL then uses zeros, as '
+         'diffusers; --negative-prompt "" encodes the empty text).',
+    show_default=False)]
 SamplerOpt = Annotated[str | None, typer.Option(
     help="ddpm, ddim, euler, euler_a, heun or dpmpp_2m. Default: the model's.", show_default=False)]
 ScheduleOpt = Annotated[str | None, typer.Option(
@@ -88,33 +99,65 @@ HtmlOpt = Annotated[Path | None, typer.Option(
     show_default=False)]
 
 
+class CheckedModelChoice(NamedTuple):
+    """A `ModelChoice` resolved (`ModelChoice.check`): what `load_model` is given."""
+
+    source: "ModelSource"
+    device: "torch.device"
+    dtype: "torch.dtype"
+    config: "ModelConfig | None"
+
+
 @dataclass(frozen=True)
 class ModelChoice:
-    """--model, --device, --dtype, --weights, --config: which weights, on which device, in which precision."""
+    """--model, --device, --dtype, --weights, --config, --prediction-type: which weights, on which device, in which
+    precision, predicting what."""
 
     model: ModelOpt = None
     device: DeviceOpt = "auto"
     dtype: DtypeOpt = "auto"
     weights: WeightsOpt = "ema"
     config: ConfigOpt = None
+    prediction_type: PredictionTypeOpt = None
+
+    def check(self) -> "CheckedModelChoice":
+        """Every choice resolved and checked without reading weights: the model's source (default: $DIFFX_MODEL,
+        else the embedded model), the device, the dtype, the --weights choice and the --config preset."""
+        from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
+        from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.load import WEIGHT_CHOICES
+
+        config = self.preset()
+        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        source = resolve_model_source(self.model)
+        target = resolve_device(self.device)
+        return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
+                                  config)
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
-        `note:` line on stderr says what was recognised and which weights were taken."""
-        from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
-        from diffx.errors import check_choice
-        from diffx.models.configs import PRESETS
-        from diffx.weights.discovery import resolve_model_source
+        `note:` line on stderr says what was recognised and which weights were taken. `--prediction-type` is
+        checked where the Python API checks it, in `load_model`."""
         from diffx.weights.load import load_model
 
-        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
-        config = None if preset is None else PRESETS[preset]()
-        source = resolve_model_source(self.model)
-        target = resolve_device(self.device)
-        precision = resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path))
+        source, target, precision, config = self.check()
         with ERR.status(f"loading {source.path}"):
             return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
+                              prediction_type=self.prediction_type,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
+
+    def preset(self) -> "ModelConfig | None":
+        """The `--config` preset, checked (None without one)."""
+        from diffx.models.configs import PRESETS
+
+        return None if self.config is None else PRESETS[check_choice("--config preset", self.config, tuple(PRESETS))]()
+
+    def read_config(self) -> "ModelConfig":
+        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights."""
+        from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.load import read_config
+
+        return read_config(resolve_model_source(self.model), self.preset())
 
 
 @dataclass(frozen=True)
@@ -123,7 +166,7 @@ class SamplingChoice:
     --guidance-rescale: how to sample, everything but the prompt and the guidance weight (cfg-sweep sweeps
     that one)."""
 
-    negative_prompt: NegativeOpt = ""
+    negative_prompt: NegativeOpt = None
     sampler: SamplerOpt = None
     schedule: ScheduleOpt = None
     spacing: SpacingOpt = None

@@ -3,7 +3,8 @@
 Parses, calls, prints. Each option is parsed by a `_number`/`_folder` parser that raises a `DiffxError` (one
 `error:` line naming the option, exit 2) instead of click's usage box; the numbers each option takes are
 `TrainConfig`'s (`diffx.embedded.config.NUMBERS`). `TrainConfig.for_world` builds the config and
-`check_train_inputs` checks paths, the model to continue from and the device before the scene pool is rendered.
+`check_train_inputs` checks paths, the model to continue from, the device and the files --out-dir would resume
+from before the scene pool is rendered.
 """
 
 import contextlib
@@ -120,7 +121,8 @@ def train(
 
     Resumes from whatever --out-dir holds; writes loss curves and sample grids there at every
     checkpoint. With --export, the EMA weights become a model folder that --model accepts (--force to
-    replace one). Every option and path is checked before any work. Launched by torchrun (e.g.
+    replace one). Every option and path, and every file --out-dir would resume from, is checked before
+    any work. Launched by torchrun (e.g.
     torchrun --nproc_per_node 2 -m diffx train ...), it trains data-parallel: one process per GPU (NCCL) or
     per CPU group (gloo), --batch and --vae-batch split evenly among them.
 

@@ -171,9 +171,10 @@ class TrainConfig:
             raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "
                                        f"{', '.join(PREDICTION_TYPES)}")
         if model.scheduler.rescale_betas_zero_snr and model.scheduler.prediction_type == "epsilon":
-            # At t = T, ᾱ = 0: an ε-model's x̂0 = (x_t − σ ε̂) / α divides by α = 0 and its target ε = x_T is the input.
+            # At t = T, ᾱ = 0: an ε-model's x̂0 = (x_t − √(1 − ᾱ) ε̂) / √ᾱ divides by 0 and its target ε = x_T is
+            # the input.
             raise InvalidArgumentError("zero terminal SNR (--zero-snr) needs --prediction-type v_prediction: at "
-                                       "t = T an ε-model's x̂0 divides by α = 0")
+                                       "t = T an ε-model's x̂0 divides by √ᾱ = 0")
         factor = model.vae.downsample_factor
         if self.vae_crop > model.image_size or self.vae_crop % factor:
             raise InvalidArgumentError(f"vae_crop must be a multiple of the VAE's factor {factor} and at most the "

@@ -36,7 +36,9 @@ class GenerationSettings:
     """
 
     prompt: str = ""
-    negative_prompt: str = ""
+    # None: no negative prompt, which SDXL base answers with zeros for the unconditional branch; "" is encoded like
+    # any text (diffusers' StableDiffusionXLPipeline: `negative_prompt is None and force_zeros_for_empty_prompt`).
+    negative_prompt: str | None = None
     height: int | None = None
     width: int | None = None
     steps: int | None = None
@@ -65,7 +67,7 @@ class ResolvedSettings:
     """
 
     prompt: str
-    negative_prompt: str
+    negative_prompt: str | None  # None: none given (see `GenerationSettings`)
     height: int
     width: int
     steps: int

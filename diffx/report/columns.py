@@ -1,5 +1,6 @@
 """The data behind the report page (`diffx.report`): one "column" of precomputed frames per trace —
-x_t, x̂0, ε̂, ε_c − ε_u and attention heatmaps as WebP data URIs — and the schedule charts' markers."""
+x_t, x̂0, ε̂, ε_c − ε_u and attention heatmaps as data: URIs (lossless, but for pictures at the image
+size: see `data_uri`) — and the schedule charts' markers."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
 
+# Quality of the lossy WebP pictures (`data_uri(..., lossy=True)`): VAE decodes and x_t drawn over them.
 WEBP_QUALITY = 75
 
 
@@ -38,7 +40,7 @@ DECODED_SIZE = 256  # longest side of VAE-decoded pictures in the page, in pixel
 COLORMAP = "viridis"
 
 
-# Per-head heatmaps in one page at most (~160 B each at 16×16, up to ~2 kB at 64×64): the embedded
+# Per-head heatmaps in one page at most (~210 B each at 16×16, up to ~6 kB at 64×64): the embedded
 # model's 25 steps × 7 words × 40 heads (7,000) fit; SD1.5's 50 × 12 × 128 (76,800) are left out.
 HEAD_FRAMES_MAX = 20_000
 
@@ -76,9 +78,10 @@ def step_frames(trace: Trace, step: int, decoded: np.ndarray | None = None) -> d
     frames: dict[str, str] = {}
     if "x0" in tensors:
         x0 = fit_picture(decoded) if decoded is not None else latent_preview(trace, "x0", step)
-        frames["x0"] = data_uri(x0)
+        # A decode is a picture at the image size, and so is x_t drawn over it: lossy; latent previews are exact.
+        frames["x0"] = data_uri(x0, lossy=decoded is not None)
         if "latents" in tensors:
-            frames["xt"] = data_uri(xt_pictures(trace, [step], [x0])[0])
+            frames["xt"] = data_uri(xt_pictures(trace, [step], [x0])[0], lossy=decoded is not None)
     elif "latents" in tensors:
         frames["xt"] = data_uri(latent_preview(trace, "latents", step))
     if "eps" in tensors:
@@ -123,7 +126,7 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "heat": heat,
         "layers": _layer_frames(trace) if "attention" in tensors else [],
         "aspect": _aspect(trace),
-        "image": data_uri(fit_picture(tensors["image"].numpy())) if "image" in tensors else None,
+        "image": data_uri(fit_picture(tensors["image"].numpy()), lossy=True) if "image" in tensors else None,
     }
 
 
@@ -159,14 +162,32 @@ def head_frames(trace: Trace) -> int:
     return count if count <= HEAD_FRAMES_MAX else 0
 
 
-def data_uri(picture: np.ndarray, lossless: bool = False) -> str:
-    """A uint8 (H, W, 3) picture as a data: URI: lossy WebP, or PNG (`lossless`, every pixel kept)."""
+def data_uri(picture: np.ndarray, lossy: bool = False) -> str:
+    """A uint8 (H, W, 3) picture as a data: URI: lossless (the smaller of PNG and lossless WebP), or lossy WebP.
+
+    Lossless is the default because most panels are numbers drawn as colours — ε̂ and ε_c − ε_u with channels
+    1–3 as R, G, B, latent previews, attention heatmaps — and the page must show the numbers the renderer
+    drew. Lossy WebP (VP8) keeps colour at half resolution (4:2:0 chroma), which on a 16×16 latent mixes each
+    pixel's channels with its neighbours': on the embedded model's page, R and B of ε̂ correlated 0.51–0.53
+    with what `visualize_noise` drew, B of ε_c − ε_u 0.16, and heatmaps read back up to 0.3 off on their
+    0–1 scale. `lossy=True` is for pictures at the image size (VAE decodes of x̂0, x_t drawn over them, the
+    final image): there one latent pixel spans 8×8 image pixels, larger than a 2×2 chroma cell, so the
+    colours survive (x_t's channels correlate 0.94–0.96), and a lossless decode costs ~10× the bytes (the
+    embedded model's x̂0: 9.3 kB a frame instead of 0.9 kB).
+    """
+    if lossy:
+        return _encoded(picture, "WEBP", quality=WEBP_QUALITY, method=4)
+    # PNG wins on tiny noisy frames (a 16×16 ε̂: 852 B against 1,002 B), lossless WebP on the rest (its
+    # colour-indexing transform stores a 256-colour heatmap at a byte a pixel: 16×16, 502 B against 852 B).
+    return min(_encoded(picture, "PNG", optimize=True), _encoded(picture, "WEBP", lossless=True, quality=50, method=2),
+               key=len)
+
+
+def _encoded(picture: np.ndarray, image_format: str, **options: object) -> str:
+    """`picture` saved by Pillow in `image_format` with `options`, as a base64 data: URI."""
     buffer = io.BytesIO()
-    if lossless:
-        Image.fromarray(picture).save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    Image.fromarray(picture).save(buffer, format="WEBP", quality=WEBP_QUALITY, method=4)
-    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.fromarray(picture).save(buffer, format=image_format, **options)
+    return f"data:image/{image_format.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def fit_picture(picture: np.ndarray, size: int = DECODED_SIZE) -> np.ndarray:

@@ -3,16 +3,20 @@
 A GIF plays at its own pace; this page lets a learner stop the denoising loop at any step and look
 inside it: the model input x_t, the predicted final image x̂0, the guided noise ε̂, the guidance
 direction ε_c − ε_u, where each prompt word attends (DAAM maps, Tang et al. 2023), the step's t, σ, ᾱ
-and its place on the noise schedule — for several traces side by side (e.g. a guidance sweep), all
-driven by one slider.
+(σ = √((1−ᾱ)/ᾱ), as everywhere in diffx) and its place on the noise schedule — for several traces side
+by side (e.g. a guidance sweep), all driven by one slider.
 
 Every picture is computed here, in Python, with `diffx.render`; the page's JavaScript only swaps
 precomputed images, moves the schedule marker and toggles classes. The file references nothing
 outside itself (CSS, script and images as data: URIs are inline), so it opens from disk with no server
 and no network.
 
-Size — a 50-step, 512 px SD1.5 trace stays well under 10 MB (tests/report/test_report.py measures it):
-- pictures are lossy WebP at quality 75 (Pillow), base64-encoded in data: URIs (+33 %);
+Size — a 50-step, 512 px SD1.5 trace stays under 12 MB even when every tensor is random
+(tests/report/test_report.py measures it):
+- pictures are base64-encoded in data: URIs (+33 %); the panels whose colours are numbers (ε̂, ε_c − ε_u,
+  latent previews, attention heatmaps) losslessly, as the smaller of PNG and lossless WebP, so the page
+  shows exactly what `diffx.render` drew; pictures at the image size (VAE decodes of x̂0, x_t drawn over
+  them, the final image) as lossy WebP at quality 75 (`report_columns.data_uri` says why each);
 - latent-grid pictures (x_t and x̂0 previews, ε̂, ε_c − ε_u) stay at the latent resolution (64×64 for
   SD1.5) and the browser enlarges them with `image-rendering: pixelated`, which also shows honestly
   how coarse the latent grid is;
@@ -20,19 +24,19 @@ Size — a 50-step, 512 px SD1.5 trace stays well under 10 MB (tests/report/test
   downscaled to at most 256 px (`DECODED_SIZE`);
 - attention maps are stored as coloured heatmaps at the attention grid's resolution (64×64) and laid
   over x̂0 by the browser (CSS opacity) rather than baked into one overlay per word: one x̂0 frame
-  serves every word, and a heatmap frame costs ~3 kB even for random maps, far less for real ones.
-Measured on random tensors (the worst case for compression), base64 included, per step: 10 kB for the
-four latent pictures, 36 kB for a decoded x̂0, and 7 kB per prompt word for its two heatmaps; a 50-step
-512 px trace with a 12-word prompt and x̂0 decoded at every step gives 6.8 MB. Real attention maps are
-smooth and compress to a fraction of that.
+  serves every word.
+Measured on random tensors (the worst case for compression), base64 included, per step: 33 kB for ε̂ and
+ε_c − ε_u, 19 kB for x_t and 36 kB for x̂0 (decoded), and 12 kB per prompt word for its two heatmaps; a
+50-step 512 px trace with a 12-word prompt and x̂0 decoded at every step gives 11.5 MB. Real attention maps
+are smooth and compress to a fraction of that.
 
 Traces from `diffx attention` add a layer menu (and a head menu): every layer's heatmap per word and
 step at the layer's own grid, on the per-word scale only (one scale halves the frames). Measured on the
-embedded model (25 steps, 7 words, 10 layers of 4 heads): 0.14 MB without them, 0.41 MB with the layers
-(~155 B a heatmap), 1.53 MB with the heads too. Per-head heatmaps are left out of pages that would
-carry more than `report_columns.HEAD_FRAMES_MAX` (20,000) of them, as SD1.5's 50 steps × 12 words ×
-128 heads would; its 9,600 per-layer heatmaps (five of its sixteen layers at 64×64) add an estimated
-10 MB (not measured).
+embedded model (25 steps, 7 words, 10 layers of 4 heads, x̂0 decoded at every step): 0.31 MB without
+them, 0.68 MB with the layers (~210 B a heatmap), 2.15 MB with the heads too. Per-head heatmaps are left
+out of pages that would carry more than `report_columns.HEAD_FRAMES_MAX` (20,000) of them, as SD1.5's
+50 steps × 12 words × 128 heads would; its 9,600 per-layer heatmaps (five of its sixteen layers at
+64×64) add an estimated 20 MB (not measured).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def edit_work(model: StableDiffusion, request: EditRequest) -> Callable[[Emit, C
         edit = prompt_to_prompt(model, request.settings, request.target, tau=request.tau,
                                 self_tau=request.self_tau, reweight=request.reweight, progress=progress)
         title, subtitle = edit_title(edit)
-        pictures = {name: data_uri(getattr(edit, name).images[0], lossless=True) for name in RUNS}
+        pictures = {name: data_uri(getattr(edit, name).images[0]) for name in RUNS}
         emit("edit", {"title": title, "subtitle": subtitle, "pictures": pictures, "to": request.target,
                       "tau": request.tau, "self_tau": request.self_tau})
         return edit

@@ -135,7 +135,7 @@ def generation_work(model: StableDiffusion, settings: ResolvedSettings, preview:
         streamer = StepStreamer(model, chosen, emit, check, model_identity(model))
         with torch.inference_mode():
             generation = generate_traced(model, settings, after_step=streamer)
-        emit("image", {"image": data_uri(generation.images[0], lossless=True)})  # the very pixels of `diffx denoise`
+        emit("image", {"image": data_uri(generation.images[0])})  # the very pixels of `diffx denoise`
         return generation.traces[0]
 
     return work

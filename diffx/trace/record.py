@@ -64,7 +64,7 @@ class Trace:
     "prediction_type", "latent_scaling_factor", "latent_preview", "versions"; with per-layer detail
     "attention_layers", with self-attention maps "self_attention_grid".
     Tensors (S = model evaluations, h×w = latent grid, K = prompt tokens incl. start/end):
-      timesteps, sigmas, alphas_cumprod (S,); latents (S, 4, h, w) the model input x_t;
+      timesteps, sigmas (σ = √((1−ᾱ)/ᾱ)), alphas_cumprod (S,); latents (S, 4, h, w) the model input x_t;
       eps (S, 4, h, w) guided ε̂; eps_uncond, eps_cond (S, 4, h, w); x0 (S, 4, h, w) predicted x̂0;
       attention (S, K, a, a') cross-attention per token; negative_attention likewise for the negative
       prompt; self_attention (S, a, a') entropy of self-attention per query pixel;
@@ -254,5 +254,5 @@ def load_trace(path: str | Path) -> Trace:
     meta = check_trace_file(path, header, tensors)
     return Trace(settings=ResolvedSettings(**meta["settings"]),
                  tokens=tokens_from_dict(meta["tokens"], meta["prompt"]),
-                 negative_tokens=tokens_from_dict(meta["negative_tokens"], meta["negative_prompt"]),
+                 negative_tokens=tokens_from_dict(meta["negative_tokens"], meta["negative_prompt"] or ""),
                  meta={key: value for key, value in meta.items() if key not in TYPED_FIELDS}, tensors=tensors)
