@@ -38,12 +38,16 @@ if TYPE_CHECKING:
 
 
 def run_generation(model: "StableDiffusion", settings: "GenerationSettings", init: InitImageChoice,
-                   record: "TraceOptions", decode_every: int = 0) -> "TracedGeneration":
-    """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar."""
+                   record: "TraceOptions", preview: str | None = None) -> "TracedGeneration":
+    """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar. When the
+    views will show x̂0 VAE-decoded (`preview` resolves to "vae"), the trace keeps a decode of every step's x̂0,
+    so a saved trace is drawn again (`render`, `report`, `attention --trace`) the same way without a model."""
     from dataclasses import replace
 
     from diffx.trace.tracer import generate_traced
+    from diffx.views.steps import resolve_preview
 
+    decode_every = 1 if preview is not None and resolve_preview(preview, model=model) == "vae" else 0
     settings = replace(settings, strength=init.strength, timestep=init.t)
     with StepProgress() as progress:
         return generate_traced(model, settings, init_image=init.image, mask=init.mask, options=record,
@@ -135,10 +139,7 @@ def trace(
     check_frame_ms(frame_ms)
     check_outputs([companion_path(out, "attention"), save_trace, html], force, gif, picture=out)
     loaded = model.load()
-    # When x̂0 is shown decoded, the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
-    decoded = views.resolve_preview(preview, model=loaded) == "vae"
-    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(),
-                                decode_every=1 if decoded else 0)
+    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(), preview)
     recorded = generation.traces[0]
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
     if save_trace is not None:
@@ -146,7 +147,7 @@ def trace(
     if html is not None:
         from diffx.report.page import write_report
 
-        written.append(write_report(recorded, html, force, model=loaded))
+        written.append(write_report(recorded, html, force, model=loaded, preview=preview))
     print_written(written)
 
 

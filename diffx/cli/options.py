@@ -13,7 +13,7 @@ dataclass: `ModelChoice` (--model/--device/--dtype), `SamplingChoice` (--negativ
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,6 +26,7 @@ from diffx.errors import InvalidArgumentError, check_choice, elide
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
+    from diffx.trace.record import Trace
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False,
@@ -115,6 +116,13 @@ class ModelChoice:
         with ERR.status(f"loading {source.path}"):
             return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
+
+    def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":
+        """The model for drawing saved `traces`: loaded only when --preview is vae and a trace lacks some VAE
+        decode of x̂0 (--preview auto draws what the traces hold: their decodes, else the latent preview)."""
+        from diffx.views.steps import missing_decodes
+
+        return self.load() if preview == "vae" and any(missing_decodes(trace) for trace in traces) else None
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,15 @@ def trace_panel_size(trace: Trace, panel: int | None) -> tuple[int, int]:
     return panel_size(width, height, panel)
 
 
+def x0_panels(trace: Trace, indices: Sequence[int], preview: str, model: StableDiffusion | None,
+              size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
+    """x̂0 at 0-based step `indices` as panels of `size` (decodes scaled smoothly, the latent preview with its
+    squares), and their label: "x̂0 (VAE decode)" or "x̂0 (latent preview)"."""
+    preview = resolve_preview(preview, trace, model)
+    pictures = x0_pictures(trace, indices, preview, model)
+    return [fit_panel(p, size, smooth=preview == "vae") for p in pictures], X0_LABELS[preview]
+
+
 def _step_pictures(trace: Trace, indices: list[int], preview: str, model: StableDiffusion | None,
                    size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """x_t and x̂0 pictures at `indices`, both at panel `size`, and the x̂0 label."""
