@@ -76,9 +76,26 @@ def test_trace_writes_gif_image_attention_grid_and_trace(run, fast):
     assert f"{STEPS}/{STEPS}" in result.stderr  # the progress bar goes to stderr
 
     # Re-rendered from the file, without a model: the same frames.
-    ok(run("render", "out/run.trace", "--gif", "again/run.gif", "--attn-scale", "word"))
+    ok(run("render", "out/run.trace", "--gif", "again/run.gif", "--out", "again/run.png", "--attn-scale", "word"))
     assert frames("again/run.gif") == (count, size)
     assert np.array_equal(np.asarray(Image.open("again/run.png")), np.asarray(Image.open("out/run.png")))
+
+
+def test_render_writes_what_it_is_asked(run, fast, tmp_path):
+    """Each output option names one thing (--out with its attention grid); with none, what `trace` writes."""
+    ok(run("trace", "-p", "a red circle", "--gif", "t.gif", "--save-trace", "saved.safetensors", *fast))
+    before = {path.name for path in tmp_path.iterdir()}
+
+    def new_files(*args: str) -> set[str]:
+        ok(run("render", "saved.safetensors", *args))
+        written = {path.name for path in tmp_path.iterdir()} - before
+        before.update(written)
+        return written
+
+    assert new_files("--convergence", "conv.png") == {"conv.png"}
+    assert new_files("--gif", "only.gif") == {"only.gif"}
+    assert new_files("--out", "only.png") == {"only.png", "only_attention.png"}
+    assert new_files() == {"saved.gif", "saved.png", "saved_attention.png"}  # no output named: the default
 
 
 def test_existing_outputs_need_force(run, fast):

@@ -324,20 +324,22 @@ def denoise_grid(trace: Trace, steps: Sequence[int] | None = None, preview: str 
                       size)
 
 
-def write_trace_views(trace: Trace, animation: str | os.PathLike, image: str | os.PathLike,
+def write_trace_views(trace: Trace, animation: str | os.PathLike | None, image: str | os.PathLike | None,
                       preview: str = "auto", attn_scale: str = "word", model: StableDiffusion | None = None,
                       frame_ms: int = 100, force: bool = False, panel: int | None = None) -> list[Path]:
-    """Write the trace's frames as an animation, the final image, and (when the prompt has words) the
-    word × timestep attention grid as `<image>_attention.png`. Returns the paths written."""
-    attention = "attention" in trace.tensors and bool(trace.words)
+    """Write the trace's frames as `animation`, and the final image as `image` with (when the prompt has words)
+    the word × timestep attention grid as `<image>_attention.png`. `animation` None: no frames; `image` None:
+    neither the image nor its grid. Returns the paths written."""
+    attention = image is not None and "attention" in trace.tensors and bool(trace.words)
     grid_path = companion_path(image, "attention") if attention else None
     check_outputs([image, grid_path], force, animation)
     _require(trace, "image")
-    frames = trace_frames(trace, preview, attn_scale, model, panel)
+    frames = trace_frames(trace, preview, attn_scale, model, panel) if animation is not None else None
     grid = attention_grid(trace, attn_scale=attn_scale, preview=preview, model=model, panel=panel) if attention \
         else None
-    written = [save_animation(frames, animation, frame_ms, force),
-               save_png(trace.tensors["image"].numpy(), image, force)]
+    written = [] if frames is None else [save_animation(frames, animation, frame_ms, force)]
+    if image is not None:
+        written.append(save_png(trace.tensors["image"].numpy(), image, force))
     if grid is not None:
         written.append(save_png(grid, grid_path, force))
     return written
