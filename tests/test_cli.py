@@ -274,6 +274,19 @@ def test_report_command_writes_html_from_saved_traces(run, fast, tmp_path):
     assert again.exit_code == 2 and "--force" in again.stderr
 
 
+def test_report_draws_x0_with_preview(run, fast, tiny_model_dir):
+    """--preview as in every command: auto shows the decodes a trace holds (a trace made with --preview fast has
+    none: the latent preview), vae decodes what the trace lacks with the --model that made it."""
+    ok(run("trace", "-p", "a red circle", *fast, "--gif", "d.gif", "--save-trace", "decoded.trace"))
+    ok(run("trace", "-p", "a red circle", *fast, "--gif", "f.gif", "--save-trace", "fast.trace", "--preview", "fast"))
+    for trace_file, label in (("decoded.trace", "x̂0 (VAE decode)"), ("fast.trace", "x̂0 (latent preview)")):
+        ok(run("report", trace_file, "--html", f"{trace_file}.html"))  # --preview auto
+        assert f'"x0_label": "{label}"' in open(f"{trace_file}.html", encoding="utf-8").read()
+    refused(run("report", "fast.trace", "--preview", "vae", "--html", "v.html", "--model", "nowhere"), "nowhere")
+    ok(run("report", "fast.trace", "--preview", "vae", "--html", "v.html", "--model", tiny_model_dir))
+    assert '"x0_label": "x̂0 (VAE decode)"' in open("v.html", encoding="utf-8").read()
+
+
 @pytest.mark.parametrize("bad", [["--lr", "0"], ["--attention-loss", "-1"], ["--checkpoint-every", "0"]])
 def test_train_rejects_bad_settings_before_any_work(run, tmp_path, bad):
     result = run("train", "--out-dir", tmp_path / "run", *bad)
