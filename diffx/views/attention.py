@@ -165,7 +165,7 @@ def steps_grid(trace: Trace, layer: str | int | None = None, steps: Sequence[int
                panel: int = EXPLORER_PANEL, preview: str = "auto", model: StableDiffusion | None = None
                ) -> Image.Image:
     """One layer (None = the aggregate) over the steps (rows; default 8 spread over the run) × token columns,
-    each row over its own step's x̂0 (`preview`), so at t = 999 no object shows yet."""
+    each row over its own step's x̂0 (`preview`): at t = 999 the objects have not formed yet."""
     which = None if layer is None else trace.layer_index(layer)
     rows = [(step_title(trace, i), trace.token_maps(i, which), i) for i in step_indices(trace.num_steps, steps)]
     title = f"{prompt_title(trace)}: {layer_title(trace, which)} over the denoising steps"
