@@ -13,7 +13,7 @@ dataclass: `ModelChoice` (--model … --prediction-type), `SamplingChoice` (--ne
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NamedTuple
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
+    from diffx.trace.record import Trace
     from diffx.weights.discovery import ModelSource
 
 ModelOpt = Annotated[str | None, typer.Option(
@@ -158,6 +159,13 @@ class ModelChoice:
         from diffx.weights.load import read_config
 
         return read_config(resolve_model_source(self.model), self.preset())
+
+    def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":
+        """The model for drawing saved `traces`: loaded only when --preview is vae and a trace lacks some VAE
+        decode of x̂0 (--preview auto draws what the traces hold: their decodes, else the latent preview)."""
+        from diffx.views.steps import missing_decodes
+
+        return self.load() if preview == "vae" and any(missing_decodes(trace) for trace in traces) else None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
 from diffx.trace.record import Trace
 from diffx.views.attention import layer_title
-from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, xt_pictures
+from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, resolve_preview, x0_pictures, xt_pictures
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -67,24 +67,24 @@ def check_traces(traces: Sequence[Trace] | Trace) -> list[Trace]:
     return traces
 
 
-def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None) -> dict:
-    """Every frame and number one column of the page shows, for each step (lists indexed by step)."""
+def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None, preview: str = "auto") -> dict:
+    """Every frame and number one column of the page shows, for each step (lists indexed by step); x̂0 drawn
+    with `preview` as every view draws it (`resolve_preview`)."""
     tensors = trace.tensors
-    steps = range(trace.num_steps)
+    steps = list(range(trace.num_steps))
     frames: dict[str, list[str]] = {}
-    # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
-    # Another model's traces are never decoded with `model`: the column says so instead.
-    decoded = trace.decoded_steps()
+    # Another model's traces are never decoded with `model` (under "auto" they get the latent preview unless
+    # they stored their decodes; "vae" is refused): the column says so.
     mismatch = model_mismatch(trace.meta, model) if model is not None and "x0" in tensors else None
-    if model is not None and "x0" in tensors and not mismatch:
-        decoded = dict(enumerate(trace.decoded_x0(steps, model)))
+    shown = resolve_preview(preview, trace, None if mismatch else model) if "x0" in tensors else "fast"
     if "x0" in tensors:
-        x0 = [fit_picture(decoded[s]) if s in decoded else latent_preview(trace, "x0", s) for s in steps]
+        decoded = shown == "vae"
+        x0 = x0_pictures(trace, steps, shown, model)
+        x0 = [fit_picture(picture) for picture in x0] if decoded else x0
         # A decode is a picture at the image size, and so is x_t drawn over it: lossy; latent previews are exact.
-        frames["x0"] = [data_uri(picture, lossy=s in decoded) for s, picture in zip(steps, x0, strict=True)]
+        frames["x0"] = [data_uri(picture, lossy=decoded) for picture in x0]
         if "latents" in tensors:
-            frames["xt"] = [data_uri(picture, lossy=s in decoded)
-                            for s, picture in zip(steps, xt_pictures(trace, list(steps), x0), strict=True)]
+            frames["xt"] = [data_uri(picture, lossy=decoded) for picture in xt_pictures(trace, steps, x0)]
     elif "latents" in tensors:
         frames["xt"] = [data_uri(latent_preview(trace, "latents", s)) for s in steps]
     if "eps" in tensors:
@@ -101,9 +101,8 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "words": trace.words,
         "info": [_step_info(trace, s) for s in steps],
         "frames": frames,
-        "x0_decoded": [s in decoded for s in steps],
-        "x0_label": X0_LABELS["vae"] if len(decoded) == trace.num_steps else
-        X0_LABELS["fast"] if not decoded else "x̂0 (VAE decode where stored, else latent preview)",
+        "x0_decoded": [shown == "vae"] * trace.num_steps,
+        "x0_label": X0_LABELS[shown],
         "heat": _attention_frames(trace) if "attention" in tensors else None,
         "layers": _layer_frames(trace) if "attention" in tensors else [],
         "aspect": _aspect(trace),
