@@ -85,8 +85,6 @@ def train(
     pool_size: Annotated[int, typer.Option(parser=_number("--pool-size", "pool_size"),
                                            help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
     seed: Annotated[int, typer.Option(parser=_number("--seed", "seed"), help="Random seed.")] = 0,
-    threads: Annotated[int, typer.Option(parser=_number("--threads", "threads"),
-                                         help="CPU threads (0 = torch's default).")] = 0,
     device: DeviceOpt = "auto",
     attention_loss: Annotated[float, typer.Option(
         parser=_number("--attention-loss", "attention_loss"),
@@ -137,7 +135,7 @@ def train(
     config = TrainConfig.for_world(world, prediction_type, zero_snr, exact_captions, out_dir=str(out_dir),
                                    vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
                                    unet_steps=unet_steps, unet_batch=batch, unet_lr=lr, pool_size=pool_size,
-                                   seed=seed, threads=threads, device=device, checkpoint_every=checkpoint_every,
+                                   seed=seed, device=device, checkpoint_every=checkpoint_every,
                                    attention_loss=attention_loss, init_from=init_from,
                                    object_counts=_shares(object_counts))
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written

@@ -101,7 +101,7 @@ class TrainConfig:
     attention_loss: float = 0.0  # weight of the attention-grounding loss (diffx.embedded.grounding); 0 = plain SD
     ema_decay: float = 0.999
     checkpoint_every: int = 100
-    threads: int = 0  # 0: leave torch's default
+    threads: int = 0  # 0: leave the process's count (`diffx train` sets it from --threads, diffx.threads)
     device: str = "auto"  # "auto": CUDA (or MPS) when present, else CPU
     init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world-2), VAE kept as is
     world: str = "shapes"  # what the model learns from: diffx.embedded.worlds ("shapes" v1, "shapes2" v2)
