@@ -82,8 +82,10 @@ def train(
     batch: Annotated[int, typer.Option(parser=_number("--batch", "unet_batch"), help="U-Net batch size.")] = 64,
     lr: Annotated[float, typer.Option(parser=_number("--lr", "unet_lr"),
                                       help="U-Net peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
-    pool_size: Annotated[int, typer.Option(parser=_number("--pool-size", "pool_size"),
-                                           help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
+    pool_size: Annotated[int, typer.Option(
+        parser=_number("--pool-size", "pool_size"),
+        help="Scenes rendered once and reused (captions re-drawn), at most: a run that draws fewer pictures (steps x "
+             "batch of either stage) renders, encodes and keeps only those.")] = 30000,
     seed: Annotated[int, typer.Option(parser=_number("--seed", "seed"), help="Random seed.")] = 0,
     device: DeviceOpt = "auto",
     attention_loss: Annotated[float, typer.Option(
