@@ -95,6 +95,11 @@ PreviewOpt = Annotated[str, typer.Option(
 AttnScaleOpt = Annotated[str, typer.Option(
     help="Attention heatmaps: word (each map scaled to its own maximum) or shared (one range for all words "
          "and steps, brightness comparable).")]
+# A string, checked by diffx.threads like $DIFFX_THREADS, so both are refused with the same line.
+ThreadsOpt = Annotated[str | None, typer.Option(
+    "--threads", metavar="<int>", show_default=False,
+    help="CPU threads torch computes with, 1 to the CPU count. Default: $DIFFX_THREADS, else OMP_NUM_THREADS "
+         "if set, else the physical cores (one fewer from 3 on, left to the rest of the machine).")]
 HtmlOpt = Annotated[Path | None, typer.Option(
     help="Also write an interactive, self-contained HTML report (slider, panels, clickable words).",
     show_default=False)]
@@ -230,6 +235,25 @@ def option_groups(command: Callable) -> Callable:
 
     run.__signature__ = signature.replace(parameters=options)
     run.__annotations__ = {param.name: param.annotation for param in options}
+    return run
+
+
+def with_threads(command: Callable) -> Callable:
+    """Give `command` the `--threads` option (`ThreadsOpt`): before the command runs, the count is checked and
+    set (`diffx.threads.resolve_threads`, `use_threads`), so every command that computes with torch takes it
+    the same way."""
+    signature = inspect.signature(command)
+    option = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ThreadsOpt)
+
+    @functools.wraps(command)
+    def run(*, threads: str | None = None, **values):
+        from diffx.threads import resolve_threads, use_threads
+
+        use_threads(resolve_threads(threads))
+        return command(**values)
+
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])
+    run.__annotations__ = {**getattr(command, "__annotations__", {}), "threads": ThreadsOpt}
     return run
 
 
