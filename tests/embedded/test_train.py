@@ -98,6 +98,8 @@ def test_a_toy_run_keeps_what_it_draws_and_counts_the_seconds_outside_its_steps(
     def slow_preview(model, path):
         time.sleep(1.0)
 
+    torch.set_num_threads(1)  # a tiny run: a second thread only waits on a busy machine (conftest restores it)
+
     config = TrainConfig(out_dir=str(tmp_path), vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=3,
                          checkpoint_every=2, device="cpu")
     _, summary = train(config, slow_preview)
