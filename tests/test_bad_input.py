@@ -109,6 +109,12 @@ def _cases() -> list[tuple[str, list[str]]]:
         add("report", ["report", value, "--html", "r.html"])
     for value in ["existing.html", "afile/r.html", "afolder"]:
         add("report", ["report", "notatrace.safetensors", "--html", value])
+    drawing_x0 = {name: commands[name] for name in ("denoise", "trace", "cfg-sweep")}
+    drawing_x0.update(attention=loaders["attention"], invert=loaders["invert"], render=render,
+                      report=["report", "notatrace.safetensors", "--html", "r.html"])
+    for name, base in drawing_x0.items():  # every command that draws x̂0 takes --preview, checked first
+        for value in ["sharp", ""]:
+            add(name, [*base, "--preview", value])
     return cases
 
 

@@ -76,9 +76,26 @@ def test_trace_writes_gif_image_attention_grid_and_trace(run, fast):
     assert f"{STEPS}/{STEPS}" in result.stderr  # the progress bar goes to stderr
 
     # Re-rendered from the file, without a model: the same frames.
-    ok(run("render", "out/run.trace", "--gif", "again/run.gif", "--attn-scale", "word"))
+    ok(run("render", "out/run.trace", "--gif", "again/run.gif", "--out", "again/run.png", "--attn-scale", "word"))
     assert frames("again/run.gif") == (count, size)
     assert np.array_equal(np.asarray(Image.open("again/run.png")), np.asarray(Image.open("out/run.png")))
+
+
+def test_render_writes_what_it_is_asked(run, fast, tmp_path):
+    """Each output option names one thing (--out with its attention grid); with none, what `trace` writes."""
+    ok(run("trace", "-p", "a red circle", "--gif", "t.gif", "--save-trace", "saved.safetensors", *fast))
+    before = {path.name for path in tmp_path.iterdir()}
+
+    def new_files(*args: str) -> set[str]:
+        ok(run("render", "saved.safetensors", *args))
+        written = {path.name for path in tmp_path.iterdir()} - before
+        before.update(written)
+        return written
+
+    assert new_files("--convergence", "conv.png") == {"conv.png"}
+    assert new_files("--gif", "only.gif") == {"only.gif"}
+    assert new_files("--out", "only.png") == {"only.png", "only_attention.png"}
+    assert new_files() == {"saved.gif", "saved.png", "saved_attention.png"}  # no output named: the default
 
 
 def test_existing_outputs_need_force(run, fast):
@@ -288,6 +305,19 @@ def test_report_command_writes_html_from_saved_traces(run, fast, tmp_path):
     assert page.lower().startswith("<!doctype html>") and "red" in page
     again = run("report", trace_file, "--html", html)
     assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_report_draws_x0_with_preview(run, fast, tiny_model_dir):
+    """--preview as in every command: auto shows the decodes a trace holds (a trace made with --preview fast has
+    none: the latent preview), vae decodes what the trace lacks with the --model that made it."""
+    ok(run("trace", "-p", "a red circle", *fast, "--gif", "d.gif", "--save-trace", "decoded.trace"))
+    ok(run("trace", "-p", "a red circle", *fast, "--gif", "f.gif", "--save-trace", "fast.trace", "--preview", "fast"))
+    for trace_file, label in (("decoded.trace", "x̂0 (VAE decode)"), ("fast.trace", "x̂0 (latent preview)")):
+        ok(run("report", trace_file, "--html", f"{trace_file}.html"))  # --preview auto
+        assert f'"x0_label": "{label}"' in open(f"{trace_file}.html", encoding="utf-8").read()
+    refused(run("report", "fast.trace", "--preview", "vae", "--html", "v.html", "--model", "nowhere"), "nowhere")
+    ok(run("report", "fast.trace", "--preview", "vae", "--html", "v.html", "--model", tiny_model_dir))
+    assert '"x0_label": "x̂0 (VAE decode)"' in open("v.html", encoding="utf-8").read()
 
 
 @pytest.mark.parametrize("bad", [["--lr", "0"], ["--attention-loss", "-1"], ["--checkpoint-every", "0"]])

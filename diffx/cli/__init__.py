@@ -6,7 +6,7 @@ line `error: …` and exits with code 2; `diffx --debug <command> …` shows the
 matplotlib and the models are imported inside the commands, so `diffx --help` answers at once.
 
 - core.py: the app, its `--debug` option, errors and warnings, `command` (registration)
-- options.py: the shared options and the option groups (model, sampling, input picture)
+- options.py: the shared options, the option groups (model, sampling, input picture) and --threads
 - progress.py: the per-step progress bar
 - generate.py: denoise, trace, render · experiments.py: noise, cfg-sweep, compare
 - info.py: tokens, models, report · train.py: train · attention.py: attention (the explorer)
@@ -30,11 +30,13 @@ from diffx.cli import (
     trajectories,
 )
 from diffx.cli.core import app, command
+from diffx.cli.options import with_threads
 
 __all__ = ["app"]
 
-# The commands, in the order `diffx --help` lists them.
+# The commands, in the order `diffx --help` lists them; those that compute with torch take --threads
+# (tokens and models only look things up).
 for function in (tour.tour, experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
                  edit.edit, edit.weights, invert.invert, experiments.cfg_sweep, experiments.compare, predict.predict,
                  trajectories.paths, lab.lab, info.tokens, info.models, train.train, info.report, studio.studio):
-    command(function)
+    command(function if function in (info.tokens, info.models) else with_threads(function))

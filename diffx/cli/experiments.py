@@ -145,7 +145,7 @@ def cfg_sweep(
     if html is not None:
         from diffx.report.page import write_report
 
-        write_report([g.traces[0] for g in sweep.generations], html, force, model=loaded)
+        write_report([g.traces[0] for g in sweep.generations], html, force, model=loaded, preview=preview)
     print_written([out, gif, html])
 
 

@@ -13,7 +13,7 @@ dataclass: `ModelChoice` (--model … --prediction-type), `SamplingChoice` (--ne
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NamedTuple
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
+    from diffx.trace.record import Trace
     from diffx.weights.discovery import ModelSource
 
 ModelOpt = Annotated[str | None, typer.Option(
@@ -94,6 +95,11 @@ PreviewOpt = Annotated[str, typer.Option(
 AttnScaleOpt = Annotated[str, typer.Option(
     help="Attention heatmaps: word (each map scaled to its own maximum) or shared (one range for all words "
          "and steps, brightness comparable).")]
+# A string, checked by diffx.threads like $DIFFX_THREADS, so both are refused with the same line.
+ThreadsOpt = Annotated[str | None, typer.Option(
+    "--threads", metavar="<int>", show_default=False,
+    help="CPU threads torch computes with, 1 to the CPU count. Default: $DIFFX_THREADS, else OMP_NUM_THREADS "
+         "if set, else the physical cores (one fewer from 3 on, left to the rest of the machine).")]
 HtmlOpt = Annotated[Path | None, typer.Option(
     help="Also write an interactive, self-contained HTML report (slider, panels, clickable words).",
     show_default=False)]
@@ -159,6 +165,13 @@ class ModelChoice:
 
         return read_config(resolve_model_source(self.model), self.preset())
 
+    def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":
+        """The model for drawing saved `traces`: loaded only when --preview is vae and a trace lacks some VAE
+        decode of x̂0 (--preview auto draws what the traces hold: their decodes, else the latent preview)."""
+        from diffx.views.steps import missing_decodes
+
+        return self.load() if preview == "vae" and any(missing_decodes(trace) for trace in traces) else None
+
 
 @dataclass(frozen=True)
 class SamplingChoice:
@@ -222,6 +235,25 @@ def option_groups(command: Callable) -> Callable:
 
     run.__signature__ = signature.replace(parameters=options)
     run.__annotations__ = {param.name: param.annotation for param in options}
+    return run
+
+
+def with_threads(command: Callable) -> Callable:
+    """Give `command` the `--threads` option (`ThreadsOpt`): before the command runs, the count is checked and
+    set (`diffx.threads.resolve_threads`, `use_threads`), so every command that computes with torch takes it
+    the same way."""
+    signature = inspect.signature(command)
+    option = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ThreadsOpt)
+
+    @functools.wraps(command)
+    def run(*, threads: str | None = None, **values):
+        from diffx.threads import resolve_threads, use_threads
+
+        use_threads(resolve_threads(threads))
+        return command(**values)
+
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])
+    run.__annotations__ = {**getattr(command, "__annotations__", {}), "threads": ThreadsOpt}
     return run
 
 

@@ -83,11 +83,11 @@ def train(
     batch: Annotated[int, typer.Option(parser=_number("--batch", "unet_batch"), help="U-Net batch size.")] = 64,
     lr: Annotated[float, typer.Option(parser=_number("--lr", "unet_lr"),
                                       help="U-Net peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
-    pool_size: Annotated[int, typer.Option(parser=_number("--pool-size", "pool_size"),
-                                           help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
+    pool_size: Annotated[int, typer.Option(
+        parser=_number("--pool-size", "pool_size"),
+        help="Scenes rendered once and reused (captions re-drawn), at most: a run that draws fewer pictures (steps x "
+             "batch of either stage) renders, encodes and keeps only those.")] = 30000,
     seed: Annotated[int, typer.Option(parser=_number("--seed", "seed"), help="Random seed.")] = 0,
-    threads: Annotated[int, typer.Option(parser=_number("--threads", "threads"),
-                                         help="CPU threads (0 = torch's default).")] = 0,
     device: DeviceOpt = "auto",
     attention_loss: Annotated[float, typer.Option(
         parser=_number("--attention-loss", "attention_loss"),
@@ -139,7 +139,7 @@ def train(
     config = TrainConfig.for_world(world, prediction_type, zero_snr, exact_captions, out_dir=str(out_dir),
                                    vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
                                    unet_steps=unet_steps, unet_batch=batch, unet_lr=lr, pool_size=pool_size,
-                                   seed=seed, threads=threads, device=device, checkpoint_every=checkpoint_every,
+                                   seed=seed, device=device, checkpoint_every=checkpoint_every,
                                    attention_loss=attention_loss, init_from=init_from,
                                    object_counts=_shares(object_counts))
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written

@@ -24,7 +24,7 @@ from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
 from diffx.trace.record import Trace
 from diffx.views.attention import layer_title
-from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, xt_pictures
+from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, resolve_preview, x0_pictures, xt_pictures
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -97,19 +97,20 @@ def step_frames(trace: Trace, step: int, decoded: np.ndarray | None = None) -> d
     return {"info": _step_info(trace, step), "frames": frames, "decoded": decoded is not None, "heat": heat}
 
 
-def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None) -> dict:
-    """Every frame and number one column of the page shows, for each step (lists indexed by step)."""
+def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None, preview: str = "auto") -> dict:
+    """Every frame and number one column of the page shows, for each step (lists indexed by step); x̂0 drawn
+    with `preview` as every view draws it (`resolve_preview`)."""
     tensors = trace.tensors
-    # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
-    # Another model's traces are never decoded with `model`: the column says so instead.
-    decoded = trace.decoded_steps()
+    steps = list(range(trace.num_steps))
+    # Another model's traces are never decoded with `model` (under "auto" they get the latent preview unless
+    # they stored their decodes; "vae" is refused): the column says so.
     mismatch = model_mismatch(trace.meta, model) if model is not None and "x0" in tensors else None
-    if model is not None and "x0" in tensors and not mismatch:
-        decoded = dict(enumerate(trace.decoded_x0(range(trace.num_steps), model)))
-    steps = [step_frames(trace, s, decoded.get(s)) for s in range(trace.num_steps)]
+    shown = resolve_preview(preview, trace, None if mismatch else model) if "x0" in tensors else "fast"
+    decodes = x0_pictures(trace, steps, shown, model) if shown == "vae" else [None] * len(steps)
+    per_step = [step_frames(trace, s, decodes[s]) for s in steps]
     heat = None
-    if steps[0]["heat"] is not None:  # scale -> word -> step
-        heat = {scale: [[step["heat"][scale][word] for step in steps] for word in range(len(trace.words))]
+    if per_step[0]["heat"] is not None:  # scale -> word -> step
+        heat = {scale: [[step["heat"][scale][word] for step in per_step] for word in range(len(trace.words))]
                 for scale in NORMALIZE_SCALES}
     return {
         "label": label,
@@ -118,11 +119,10 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "guidance": trace.settings.guidance,
         "colour": COLUMN_COLOURS[index % len(COLUMN_COLOURS)],
         "words": trace.words,
-        "info": [step["info"] for step in steps],
-        "frames": {key: [step["frames"][key] for step in steps] for key in steps[0]["frames"]},
-        "x0_decoded": [step["decoded"] for step in steps],
-        "x0_label": X0_LABELS["vae"] if len(decoded) == trace.num_steps else
-        X0_LABELS["fast"] if not decoded else "x̂0 (VAE decode where stored, else latent preview)",
+        "info": [step["info"] for step in per_step],
+        "frames": {key: [step["frames"][key] for step in per_step] for key in per_step[0]["frames"]},
+        "x0_decoded": [shown == "vae"] * trace.num_steps,
+        "x0_label": X0_LABELS[shown],
         "heat": heat,
         "layers": _layer_frames(trace) if "attention" in tensors else [],
         "aspect": _aspect(trace),

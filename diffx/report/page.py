@@ -20,8 +20,8 @@ Size — a 50-step, 512 px SD1.5 trace stays under 12 MB even when every tensor 
 - latent-grid pictures (x_t and x̂0 previews, ε̂, ε_c − ε_u) stay at the latent resolution (64×64 for
   SD1.5) and the browser enlarges them with `image-rendering: pixelated`, which also shows honestly
   how coarse the latent grid is;
-- VAE-decoded x̂0 frames (from the trace's `decode_every`, or decoded here when `model` is given) are
-  downscaled to at most 256 px (`DECODED_SIZE`);
+- VAE-decoded x̂0 frames (with `preview` "vae", or "auto" as every command resolves it: from the trace's
+  `decode_every`, the rest decoded here by `model`) are downscaled to at most 256 px (`DECODED_SIZE`);
 - attention maps are stored as coloured heatmaps at the attention grid's resolution (64×64) and laid
   over x̂0 by the browser (CSS opacity) rather than baked into one overlay per word: one x̂0 frame
   serves every word.
@@ -75,10 +75,11 @@ if TYPE_CHECKING:
 TEMPLATE_PATH = Path(__file__).with_name("template.html")
 
 
-def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion | None = None) -> str:
+def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion | None = None,
+                       preview: str = "auto") -> str:
     """The report page as one HTML string. See `write_report`."""
     traces = check_traces(traces)
-    columns = [column_data(trace, index, column_label(traces, trace, index), model)
+    columns = [column_data(trace, index, column_label(traces, trace, index), model, preview)
                for index, trace in enumerate(traces)]
     charts_svg = schedule_charts_html(traces, columns)
     words = traces[0].words
@@ -122,22 +123,24 @@ def report_style() -> str:
 
 
 def write_report(traces: Sequence[Trace] | Trace, path: str | Path, force: bool = False,
-                 model: StableDiffusion | None = None) -> Path:
+                 model: StableDiffusion | None = None, preview: str = "auto") -> Path:
     """Write the interactive HTML report of `traces` to `path` and return the path.
 
     This is what `diffx report TRACE --html out.html` and `--html` on `diffx trace` / `diffx cfg-sweep`
     call, e.g. `write_report([load_trace(p) for p in paths], "out.html", force=True)`.
 
     `traces`: one trace, or several with the same number of steps (e.g. the traces of a guidance sweep),
-    shown as side-by-side columns driven by one timestep slider. `model` (optional): the model that
-    made the traces; when given, x̂0 is VAE-decoded at every step the trace did not decode itself
-    (otherwise those steps show the latent preview). `force`: overwrite an existing file.
+    shown as side-by-side columns driven by one timestep slider. `preview`: how x̂0 is drawn, as in every
+    view (`views.steps.resolve_preview`): "vae" decodes (the trace's stored decodes, the other steps decoded
+    with `model`, the model that made the traces), "fast" the latent preview, "auto" decodes when the trace
+    holds every decode or `model`'s decoder is cheap. A trace of another model than `model` is not decoded
+    with it (its column says so). `force`: overwrite an existing file.
     The page shows the pipeline with the run's settings, the tokens and the 77-token window, and per
     step x_t, x̂0, ε̂, ε_c − ε_u, the selected words' attention over x̂0 and the schedule position.
     Raises InvalidArgumentError for no traces or traces of different lengths, OutputPathError when
     `path` exists (without `force`) or cannot be written.
     """
-    page = render_report_html(traces, model=model)
+    page = render_report_html(traces, model=model, preview=preview)
     with atomic_output(path, force=force) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Path(path)

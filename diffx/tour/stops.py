@@ -85,10 +85,12 @@ HEART = "a yellow heart above a blue circle"  # the quick start's prompt, traced
 STOPS: tuple[Stop, ...] = (
     Stop(
         "trace", "Tracing one generation",
-        ("Each panel says what it shows: on this model x̂0 is the real VAE decode (`--preview auto` decodes whenever "
-         "the decoder is cheap; on SD1.5 it switches to the fast latent preview and the panels say \"latent "
-         "preview\"), and x_t is drawn as the mixture it is, √ᾱ x̂0 + √(1 − ᾱ) ε̂, so you can watch the picture "
-         "come out of the noise.",),
+        ('Each panel says what it shows: on this model x̂0 is the real VAE decode (`--preview auto` decodes '
+         'whenever the decoder is cheap; on SD1.5 it switches to the fast latent preview and the panels say '
+         '"latent preview"; every command that draws x̂0, the HTML pages included, takes `--preview auto|fast|vae`'
+         ' with that one rule), and x_t is drawn as the mixture it is, √ᾱ x̂0 + √(1 − ᾱ) ε̂, so you can watch the '
+         "picture come out of the noise. x_t is the sampler's state, each step's input: at the last step it is "
+         "still visibly noisy, and the result is that step's x̂0 (the GIF's frames say so).",),
         (TourFile("trace.gif", f'trace of "{HEART}"'), TourFile("trace.png", "the result"),
          TourFile("trace.safetensors", "the trace itself, every step's tensors: `diffx render` and `diffx report` "
                                        "read it")),
@@ -196,15 +198,16 @@ STOPS: tuple[Stop, ...] = (
     Stop(
         "attention-explorer", "The attention explorer: every layer, head and step",
         ("`diffx attention` records each cross-attention layer's map at its own grid (mean over heads; `--heads` "
-         "keeps every head, 8× the size) and the self-attention of the 16×16 layers. The grid: the DAAM aggregate "
+         'keeps every head, 8× the size) and the self-attention of the 16×16 layers. The grid: the DAAM aggregate '
          "on top, then the U-Net's layers in the order they run, columns the start token, each word (a word of "
-         "several BPE tokens = the mean of its tokens), the end token and the padding, each with its share of the "
-         "attention mass. Notice where the mass goes — 65–99 % to the padding positions (89 % in the aggregate), "
-         "words get a few percent — and that the 8×8 layers bind \"yellow\" and \"heart\" to the heart and \"blue\" "
-         "and \"circle\" to the circle, the 4×4 ones only to the quarter of the picture it lies in, while the 16×16 "
-         "ones are sharper and noisier. `<out>_steps.png` shows a `--layer` over the steps, `<out>_heads.png` its "
-         "heads, `<out>_self.png` where a `--pixel` looks and the first principal components of self-attention "
-         "(prompt-to-prompt style):",),
+         'several BPE tokens = the mean of its tokens), the end token and the padding, each with its share of the '
+         'attention mass. Notice where the mass goes — 65–99 % to the padding positions (89 % in the aggregate), '
+         'words get a few percent — and that the 8×8 layers bind "yellow" and "heart" to the heart and "blue" and '
+         '"circle" to the circle, the 4×4 ones only to the quarter of the picture it lies in, while the 16×16 ones'
+         " are sharper and noisier. `<out>_steps.png` shows a `--layer` over the steps, each step's maps over that"
+         " step's own x̂0 (at t = 999 the heart and the circle are not there yet), `<out>_heads.png` its heads, "
+         '`<out>_self.png` where a `--pixel` looks and the first principal components of self-attention (prompt-'
+         'to-prompt style):',),
         (TourFile("attention_layers.png", "attention per layer"),
          TourFile("attention_layers_steps.png", "the layer up.4 over the steps"),
          TourFile("attention_layers_heads.png", "the heads of up.4"),

@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 from diffx.cli import app
 from diffx.models.configs import shapes_world
 
-# option -> does 0 fail? (seed, threads and attention-loss accept 0)
+# option -> does 0 fail? (seed and attention-loss accept 0); the TrainConfig field each sets: test_config.py.
+# --threads, every command's option (tests/test_threads.py), is among PATH_CASES' other checks.
 NUMERIC = {"--vae-steps": True, "--unet-steps": True, "--batch": True, "--lr": True, "--pool-size": True,
-           "--seed": False, "--threads": False, "--attention-loss": False, "--checkpoint-every": True,
+           "--seed": False, "--attention-loss": False, "--checkpoint-every": True,
            "--vae-batch": True, "--vae-crop": True}
 BAD_NUMBERS = {"nan": "nan", "inf": "inf", "-inf": "-inf", "negative": "-1", "huge": "1e400",
                "huge-int": "1" + "0" * 30, "non-numeric": "abc", "empty": ""}
@@ -45,6 +46,7 @@ PATH_CASES = [
     ("--exact-captions on v1", ["--exact-captions"], "--exact-captions"),
     ("--device empty", ["--device", ""], "device"),
     ("--device unknown", ["--device", "tpu"], "device"),
+    *[(f"--threads {value or 'empty'}", ["--threads", value], "--threads") for value in ("0", "-1", "abc", "", "1e9")],
 ]
 if not torch.cuda.is_available():
     PATH_CASES.append(("--device unavailable", ["--device", "cuda:7"], "cuda"))

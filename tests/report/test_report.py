@@ -273,11 +273,22 @@ def test_heatmaps_follow_each_words_attention_and_the_colour_scale(sweep):
     assert darkest < 0.5 * decode_data_uri(heat["word"][3][1]).astype(float).sum(-1).max()
 
 
-def test_model_decodes_the_steps_the_trace_did_not(model):
-    trace = generate_traced(model, GenerationSettings(prompt="a blue square", steps=5),
-                     decode_every=3).traces[0]
-    assert page_data(render_report_html(trace))["columns"][0]["x0_decoded"] == [True, False, False, True, True]
-    assert page_data(render_report_html(trace, model=model))["columns"][0]["x0_decoded"] == [True] * 5
+def test_the_page_draws_x0_as_every_view_does(model):
+    """One rule for x̂0 (`resolve_preview`): "auto" decodes when the trace holds every decode or the model's
+    decoder is cheap (the tiny model's is), else every step gets the latent preview — never a mix; "vae"
+    without a model names the steps the trace did not decode."""
+    trace = generate_traced(model, GenerationSettings(prompt="a blue square", steps=5), decode_every=3).traces[0]
+
+    def column(**options) -> dict:
+        return page_data(render_report_html(trace, **options))["columns"][0]
+
+    assert sorted(trace.decoded_steps()) == [0, 3, 4]
+    alone, decoded, fast = column(), column(model=model), column(model=model, preview="fast")
+    assert alone["x0_decoded"] == [False] * 5 and alone["x0_label"] == "x̂0 (latent preview)"
+    assert decoded["x0_decoded"] == [True] * 5 and decoded["x0_label"] == "x̂0 (VAE decode)"
+    assert fast["x0_decoded"] == [False] * 5 and fast["frames"]["x0"] == alone["frames"]["x0"]
+    with pytest.raises(InvalidArgumentError, match="no VAE decode of x̂0 at step 2, 3; pass --model"):
+        render_report_html(trace, preview="vae")
 
 
 def test_the_tokens_card_names_the_models_pad_token(model):

@@ -48,10 +48,10 @@ def test_predict_and_the_trace_frames_give_a_step_the_same_sigma(tiny_model, mon
     monkeypatch.setattr(prediction, "make_grid", lambda rows, **kw: (grids.append(kw), Image.new("RGB", (8, 8)))[1])
     monkeypatch.setattr(prediction, "caption_bar", lambda picture, text: (captions.append(text), picture)[1])
     prediction_view(trace, [2], preview="fast")
-    monkeypatch.setattr(steps, "caption_bar", lambda picture, text: (captions.append(text), to_pil(picture))[1])
+    monkeypatch.setattr(steps, "caption_bar", lambda picture, text, **_: (captions.append(text), to_pil(picture))[1])
     steps.trace_frames(trace, preview="fast")
-    (legend, *frame_captions), row_label = captions, grids[0]["row_labels"][0]
-    frame_caption = frame_captions[1]  # step 2's
+    (legend, *frame_lines), row_label = captions, grids[0]["row_labels"][0]
+    frame_caption = [line for line in frame_lines if line.startswith("step ")][1]  # step 2's (notes between)
     alpha_cumprod = float(trace.tensors["alphas_cumprod"][1])
     sigma = f"σ={((1 - alpha_cumprod) / alpha_cumprod) ** 0.5:.3g}"
     assert frame_caption.endswith(sigma) and frame_caption.startswith("step 2/")
