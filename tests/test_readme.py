@@ -1,8 +1,9 @@
 """The README's commands work as written: run in order in an empty folder, as a newcomer would after the
 quick start, every `diffx` command of its bash blocks succeeds on the embedded model.
 
-Left out, each for its own reason: `diffx train` (minutes to hours; tests/embedded covers it) and `diffx tour` (every
-command of the tour again, minutes; tests/test_tour.py runs it with --quick)."""
+Left out, each for its own reason: `diffx train` (minutes to hours; tests/embedded covers it), `diffx tour` (every
+command of the tour again, minutes; tests/test_tour.py runs it with --quick) and `diffx studio` (a server that runs
+until Ctrl-C; tests/studio drives it in a real browser)."""
 
 import re
 import shlex
@@ -31,7 +32,7 @@ def readme_commands() -> list[str]:
 
 
 def runnable(command: str) -> bool:
-    return not command.startswith(("diffx train", "diffx tour"))
+    return not command.startswith(("diffx train", "diffx tour", "diffx studio"))
 
 
 def test_the_readme_names_the_commands_a_newcomer_runs():
