@@ -273,19 +273,30 @@ def _check_unet_state(saved: object, model: StableDiffusion) -> None:
     _check_state(found["state"])
 
 
-def _check_pool(saved: object, pool_size: int, model: ModelConfig) -> None:
-    """`saved` is the pool `scene_pool` would render: (pool_size, 3, H, W) uint8 at the model's image size."""
+def _rows(value: object, label: str) -> int:
+    """The first dimension of `value` (a pool of n scenes may hold any n: it grows on a resume that draws more,
+    and a run that draws fewer takes its first rows), at least 1; the full checks follow in `_check_tensor`."""
+    if not isinstance(value, torch.Tensor) or value.ndim == 0 or len(value) == 0:
+        raise _Unusable(f"{label} is not a tensor with one row per pool scene")
+    return len(value)
+
+
+def _check_pool(saved: object, model: ModelConfig) -> None:
+    """`saved` is a pool `scene_pool` rendered: (n, 3, H, W) uint8 at the model's image size (any n: `scene_pool`
+    renders the scenes a file lacks and takes the first ones of a larger file, as `pool_render` may write)."""
     size = model.image_size
-    _check_tensor(saved, "pool tensor", (pool_size, 3, size, size), torch.uint8)
+    _check_tensor(saved, "pool tensor", (_rows(saved, "pool tensor"), 3, size, size), torch.uint8)
 
 
-def _check_latents(saved: object, pool_size: int, model: ModelConfig) -> None:
-    """`saved` is what `encode_pool` writes: the pool's posterior means and stds, (pool_size, C, h, w) each."""
+def _check_latents(saved: object, model: ModelConfig) -> None:
+    """`saved` is what `pool_latents` writes: the pool's posterior means and stds, (n, C, h, w) each (any n, as the
+    pool)."""
     if not isinstance(saved, tuple | list) or len(saved) != 2:
         raise _Unusable("not a pair of tensors (the pool's posterior means and stds)")
     side = model.image_size // model.vae.downsample_factor
+    rows = _rows(saved[0], "means tensor")
     for name, tensor in zip(("means", "stds"), saved, strict=True):
-        _check_tensor(tensor, f"{name} tensor", (pool_size, model.vae.embed_dim, side, side), torch.float32)
+        _check_tensor(tensor, f"{name} tensor", (rows, model.vae.embed_dim, side, side), torch.float32)
 
 
 def _check_settings(path: Path, config: TrainConfig, model: ModelConfig) -> None:
@@ -321,8 +332,8 @@ def check_training_folder(config: TrainConfig) -> None:
     meta = functools.cache(lambda: build_without_weights(model))  # ~0.3 s, only when a checkpoint is there
     checks: dict[str, Callable[[Path], None]] = {  # the settings first: another run's explain what follows
         CONFIG_FILE: lambda path: _check_settings(path, config, model),
-        POOL_FILE: lambda path: _check_pool(_load(path), config.pool_size, model),
-        LATENTS_FILE: lambda path: _check_latents(_load(path), config.pool_size, model),
+        POOL_FILE: lambda path: _check_pool(_load(path), model),
+        LATENTS_FILE: lambda path: _check_latents(_load(path), model),
         VAE_CHECKPOINT: lambda path: _check_vae_state(_load(path), meta()),
         UNET_CHECKPOINT: lambda path: _check_unet_state(_load(path), meta()),
     }

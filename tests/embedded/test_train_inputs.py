@@ -197,8 +197,6 @@ FOLDER_CASES = {
     "another world": ("train_config.json", None, ["--world", "shapes2"], "world 'shapes'"),
     "another prediction type": ("train_config.json", None, ["--prediction-type", "v_prediction"],
                                 "prediction_type"),
-    "pool of another size, no settings": ("pool.pt", lambda p, _: (p.with_name("train_config.json").unlink(), _replace(
-        p, torch.load(p, weights_only=True)[:2])), [], "has shape [2, 3, 64, 64], training uses [4, 3, 64, 64]"),
 }
 
 
