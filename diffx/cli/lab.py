@@ -20,7 +20,8 @@ DEFAULT_GUIDANCE = "0,1,2,4,8"
 
 
 class LabProgressBar:
-    """One rich bar per stage of `run_lab` (each training run, writing the GIF), with the running loss."""
+    """One rich bar per stage of `run_lab` (each training run, writing the GIF), with the running loss; shown from
+    the first stage on, so an error before it (a bad value) prints alone, with no blank line."""
 
     def __init__(self) -> None:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -28,14 +29,15 @@ class LabProgressBar:
         self.tasks: dict[str, int] = {}
 
     def __enter__(self) -> "LabProgressBar":
-        self.bar.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.bar.stop()
+        if self.tasks:
+            self.bar.stop()
 
     def __call__(self, stage: str, done: int, total: int, loss: float) -> None:
         if stage not in self.tasks:
+            self.bar.start()  # a no-op after the first stage
             self.tasks[stage] = self.bar.add_task(stage, total=total, loss="")
         shown = "" if math.isnan(loss) else f"loss {loss:.3f}"
         self.bar.update(self.tasks[stage], completed=done, loss=shown)

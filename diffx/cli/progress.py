@@ -20,7 +20,8 @@ class RateColumn(ProgressColumn):
 
 class StepProgress:
     """A rich progress bar on stderr fed by the pipeline's per-step callback: one bar per run (a run
-    starts when a step record with index 0 arrives), showing step i/N, the timestep, it/s and ETA."""
+    starts when a step record with index 0 arrives), showing step i/N, the timestep, it/s and ETA. The bar
+    appears with the first step, so an error before it (a bad value) prints alone, with no blank line."""
 
     def __init__(self, runs: int = 1):
         self.runs, self.run, self.task = runs, 0, None
@@ -28,14 +29,15 @@ class StepProgress:
                             TextColumn("t={task.fields[t]}"), RateColumn(), TimeRemainingColumn(), console=ERR)
 
     def __enter__(self) -> "StepProgress":
-        self.bar.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.bar.stop()
+        if self.run:
+            self.bar.stop()
 
     def __call__(self, record: "StepRecord") -> None:
         if record.index == 0:
+            self.bar.start()  # the first run's first step shows the bar; later starts do nothing
             self.run += 1
             label = f"run {self.run}/{self.runs}" if self.runs > 1 else "denoising"
             self.task = self.bar.add_task(label, total=record.num_steps, t="")
