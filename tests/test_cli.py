@@ -402,3 +402,15 @@ def test_colliding_outputs_are_refused_before_the_run(run):
     refused(run("trace", "--prompt", "a red circle", "--out", "t.png", "--save-trace", "t_attention.png"),
             "two outputs are both t_attention.png")
     refused(run("render", "saved.safetensors", "--out", "r.png", "--convergence", "r.png"), "two outputs are both")
+
+
+def test_a_progress_bar_left_before_its_first_step_prints_nothing(capsys):
+    """#31: an error raised before the first step (a bad value found late) prints its `error:` line alone — rich's
+    stop() of a bar that showed nothing used to print an empty line before it."""
+    from diffx.cli.lab import LabProgressBar
+    from diffx.cli.progress import StepProgress
+
+    for bar in (StepProgress(), LabProgressBar()):
+        with pytest.raises(ValueError), bar:
+            raise ValueError("refused before any step")
+    assert capsys.readouterr().err == ""
