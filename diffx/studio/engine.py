@@ -108,10 +108,13 @@ class StepStreamer:
     emit: Emit
     check: Callable[[], None]
     identity: dict
+    meta: dict | None = None
 
     def __call__(self, run: ImageRun, tracer: Tracer) -> None:
         self.check()
-        step = tracer.latest(run, trace_meta(self.model, run, self.identity))
+        if self.meta is None:  # the same for every step of the run: made once, not 25 times
+            self.meta = trace_meta(self.model, run, self.identity)
+        step = tracer.latest(run, self.meta)
         decoded = None
         if self.preview == "vae":
             decoded = fit_picture(decode_latents(self.model, step.tensors["x0"])[0])

@@ -128,7 +128,7 @@ class RunManager:
         self._worker.join(timeout=30)
 
     def with_model(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` while no run uses the model (a download drawn with it waits for the current step)."""
+        """`function(*args)` while no run uses the model (a download drawn with it waits until the current run ends)."""
         with self._model_lock:
             return function(*args)
 
