@@ -66,8 +66,8 @@ def empty_prompt_x0(model: StableDiffusion, schedule: NoiseSchedule, latents: to
     x_t = q_sample(schedule, latents, step, noise)  # (n, 4, h, w)
     context = encode_text(model, [tokenize(model, "")]).expand(len(latents), -1, -1)
     eps = make_denoiser(model, context, None, 1.0, schedule=schedule)(x_t, step)
-    alpha, sigma = (float(s) for s in vp_scales(schedule, step))
-    return decode_latents(model, x0_from_eps(eps, x_t, alpha, sigma))
+    signal_scale, noise_scale = (float(s) for s in vp_scales(schedule, step))  # √ᾱ, √(1 − ᾱ)
+    return decode_latents(model, x0_from_eps(eps, x_t, signal_scale, noise_scale))
 
 
 def hit_rate(world: World, pictures: list[np.ndarray], cells: list[str]) -> float:

@@ -37,6 +37,15 @@ def tiny_model():
     return build(tiny()).eval()
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A command sets torch's thread count (--threads, diffx.threads): put it back after each test, so that no
+    test runs with the count another one left."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-goldens", action="store_true",
                      help="rewrite tests/golden/*.png from the embedded model instead of comparing with them")

@@ -15,7 +15,7 @@ from diffx.cli import app
 from diffx.sampling.grids import SAMPLERS
 
 STEPS = 2
-MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config")
+MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config", "--prediction-type")
 GUIDED = ("denoise", "trace", "attention", "edit", "weights", "cfg-sweep", "compare", "predict", "paths", "invert")
 
 
@@ -76,9 +76,26 @@ def test_trace_writes_gif_image_attention_grid_and_trace(run, fast):
     assert f"{STEPS}/{STEPS}" in result.stderr  # the progress bar goes to stderr
 
     # Re-rendered from the file, without a model: the same frames.
-    ok(run("render", "out/run.trace", "--gif", "again/run.gif", "--attn-scale", "word"))
+    ok(run("render", "out/run.trace", "--gif", "again/run.gif", "--out", "again/run.png", "--attn-scale", "word"))
     assert frames("again/run.gif") == (count, size)
     assert np.array_equal(np.asarray(Image.open("again/run.png")), np.asarray(Image.open("out/run.png")))
+
+
+def test_render_writes_what_it_is_asked(run, fast, tmp_path):
+    """Each output option names one thing (--out with its attention grid); with none, what `trace` writes."""
+    ok(run("trace", "-p", "a red circle", "--gif", "t.gif", "--save-trace", "saved.safetensors", *fast))
+    before = {path.name for path in tmp_path.iterdir()}
+
+    def new_files(*args: str) -> set[str]:
+        ok(run("render", "saved.safetensors", *args))
+        written = {path.name for path in tmp_path.iterdir()} - before
+        before.update(written)
+        return written
+
+    assert new_files("--convergence", "conv.png") == {"conv.png"}
+    assert new_files("--gif", "only.gif") == {"only.gif"}
+    assert new_files("--out", "only.png") == {"only.png", "only_attention.png"}
+    assert new_files() == {"saved.gif", "saved.png", "saved_attention.png"}  # no output named: the default
 
 
 def test_existing_outputs_need_force(run, fast):
@@ -138,6 +155,28 @@ def test_noise_pixel_and_latent(run, fast, tmp_path):
     refused(run("noise", "photo.png", "--out", "bad.png", "--timesteps", "0,1000"), "timestep 1000")
 
 
+def test_noise_plot_takes_the_models_spacing_from_its_config_alone(run, tmp_path, monkeypatch):
+    """Without --latent, `noise` reads the model's config.json (the embedded model samples trailing, t = 999 … 39)
+    and never its weights."""
+    from diffx.experiments import sweeps
+    from diffx.weights import load
+
+    def no_weights(path):
+        raise AssertionError(f"read the weights {path}")
+
+    monkeypatch.setattr(load, "read_state_dict", no_weights)
+    results, views = [], sweeps.noise_views
+
+    def kept(*args, **kwargs):
+        results.append(views(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(sweeps, "noise_views", kept)
+    picture(tmp_path / "photo.png", (24, 24))
+    ok(run("noise", "photo.png", "--model", "embedded", "--sampler", "ddim", "--steps", 25, "--timesteps", "999"))
+    assert results[0].visits[0] == 999 and results[0].visits[-1] == 39
+
+
 def test_cfg_sweep_and_compare(run, fast):
     ok(run("cfg-sweep", "-p", "a red circle", "--scales", "1,7.5", "--rows-steps", "1,2", "--gif", "cfg.gif", *fast))
     assert frames("cfg.gif")[0] == STEPS + 1  # every step, then the results
@@ -188,6 +227,17 @@ def test_truncated_prompt_is_one_yellow_warning(run, fast):
     result = ok(run("denoise", "-p", " ".join(["red"] * 80), *fast))
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "77 tokens" in warnings[0]
+
+
+def test_negative_prompt_given_empty_is_not_no_negative_prompt(run, fast):
+    """`--negative-prompt ""` reaches the settings as "" (SDXL encodes it), no option as None (SDXL: zeros, as
+    diffusers); the trace records which."""
+    from diffx.trace import load_trace
+
+    ok(run("trace", "-p", "a red circle", "--save-trace", "none.trace", *fast))
+    ok(run("trace", "-p", "a red circle", "--negative-prompt", "", "--save-trace", "empty.trace", "--out", "e.png",
+           *fast))
+    assert [load_trace(name).settings.negative_prompt for name in ("none.trace", "empty.trace")] == [None, ""]
 
 
 def test_tokens(run):
@@ -259,6 +309,19 @@ def test_report_command_writes_html_from_saved_traces(run, fast, tmp_path):
     assert again.exit_code == 2 and "--force" in again.stderr
 
 
+def test_report_draws_x0_with_preview(run, fast, tiny_model_dir):
+    """--preview as in every command: auto shows the decodes a trace holds (a trace made with --preview fast has
+    none: the latent preview), vae decodes what the trace lacks with the --model that made it."""
+    ok(run("trace", "-p", "a red circle", *fast, "--gif", "d.gif", "--save-trace", "decoded.trace"))
+    ok(run("trace", "-p", "a red circle", *fast, "--gif", "f.gif", "--save-trace", "fast.trace", "--preview", "fast"))
+    for trace_file, label in (("decoded.trace", "x̂0 (VAE decode)"), ("fast.trace", "x̂0 (latent preview)")):
+        ok(run("report", trace_file, "--html", f"{trace_file}.html"))  # --preview auto
+        assert f'"x0_label": "{label}"' in open(f"{trace_file}.html", encoding="utf-8").read()
+    refused(run("report", "fast.trace", "--preview", "vae", "--html", "v.html", "--model", "nowhere"), "nowhere")
+    ok(run("report", "fast.trace", "--preview", "vae", "--html", "v.html", "--model", tiny_model_dir))
+    assert '"x0_label": "x̂0 (VAE decode)"' in open("v.html", encoding="utf-8").read()
+
+
 @pytest.mark.parametrize("bad", [["--lr", "0"], ["--attention-loss", "-1"], ["--checkpoint-every", "0"]])
 def test_train_rejects_bad_settings_before_any_work(run, tmp_path, bad):
     result = run("train", "--out-dir", tmp_path / "run", *bad)
@@ -288,14 +351,15 @@ def test_help_has_no_bool_metavar_and_paragraphs_wrap_at_the_terminal(run, monke
 
 def test_shared_options_are_the_same_in_every_command():
     """Issue #30: a command that loads a model takes the whole model group, one that samples with guidance takes
-    --guidance-rescale, and each of those options has one help text in every command."""
+    --guidance-rescale, and each of those options has one help text in every command that takes it as such (train,
+    which loads no model, has its own --prediction-type: what the model it makes learns to predict)."""
     helps: dict[str, set[str]] = {}
     for name, command in typer.main.get_command(app).commands.items():
         options = {flag: param.help for param in command.params for flag in param.opts}
         assert "--model" not in options or set(MODEL_GROUP) <= options.keys(), name
         assert name not in GUIDED or "--guidance-rescale" in options, name
         for flag in (*MODEL_GROUP, "--guidance-rescale"):
-            if flag in options:
+            if flag in options and (flag != "--prediction-type" or "--model" in options):
                 helps.setdefault(flag, set()).add(options[flag])
     assert all(len(texts) == 1 for texts in helps.values()), helps
 
@@ -316,14 +380,16 @@ def checkpoint(tiny_model_dir, tmp_path_factory):
     ["invert", "in.png", "--no-sweep"],
     ["paths", "--samplers", "ddim", "--reference", "ddim:3"],
 ])
-def test_weights_and_config_reach_the_model_load(run, checkpoint, tmp_path, command):
+def test_weights_config_and_prediction_type_reach_the_model_load(run, checkpoint, tmp_path, command):
     picture(tmp_path / "in.png")
     args = [*command, "--model", checkpoint, "--steps", STEPS, "--size", 32, "--device", "cpu"]
     refused(run(*args, "--config", "sd3"), "sd3", "sd15")
     refused(run(*args, "--weights", "both"), "unknown weights 'both'; choose one of: ema, main")
+    refused(run(*args, "--prediction-type", "x0"), "unknown prediction type 'x0'; choose one of: epsilon, v_prediction")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.png"]
-    notes = ok(run(*args, "--config", "tiny", "--weights", "main")).stderr
+    notes = ok(run(*args, "--config", "tiny", "--weights", "main", "--prediction-type", "V_PREDICTION")).stderr
     assert "the tiny config as given" in notes and "the main U-Net weights (--weights main" in notes, notes
+    assert "predicts v_prediction (as given)" in notes, notes
 
 
 def test_typos_lists_and_long_values_give_short_clear_lines(run):
@@ -338,3 +404,15 @@ def test_colliding_outputs_are_refused_before_the_run(run):
     refused(run("trace", "--prompt", "a red circle", "--out", "t.png", "--save-trace", "t_attention.png"),
             "two outputs are both t_attention.png")
     refused(run("render", "saved.safetensors", "--out", "r.png", "--convergence", "r.png"), "two outputs are both")
+
+
+def test_a_progress_bar_left_before_its_first_step_prints_nothing(capsys):
+    """#31: an error raised before the first step (a bad value found late) prints its `error:` line alone — rich's
+    stop() of a bar that showed nothing used to print an empty line before it."""
+    from diffx.cli.lab import LabProgressBar
+    from diffx.cli.progress import StepProgress
+
+    for bar in (StepProgress(), LabProgressBar()):
+        with pytest.raises(ValueError), bar:
+            raise ValueError("refused before any step")
+    assert capsys.readouterr().err == ""

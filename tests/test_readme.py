@@ -1,9 +1,9 @@
 """The README's commands work as written: run in order in an empty folder, as a newcomer would after the
 quick start, every `diffx` command of its bash blocks succeeds on the embedded model.
 
-Left out, each for its own reason: `diffx train` (minutes to hours; tests/embedded covers it) and the lines
-that regenerate the docs' own pictures (they write into docs/images/ and are `docs/tour.sh`'s job).
-"""
+Left out, each for its own reason: `diffx train` (minutes to hours; tests/embedded covers it), `diffx tour` (every
+command of the tour again, minutes; tests/test_tour.py runs it with --quick) and `diffx studio` (a server that runs
+until Ctrl-C; tests/studio drives it in a real browser)."""
 
 import re
 import shlex
@@ -32,7 +32,7 @@ def readme_commands() -> list[str]:
 
 
 def runnable(command: str) -> bool:
-    return not command.startswith("diffx train") and "docs/images" not in command
+    return not command.startswith(("diffx train", "diffx tour", "diffx studio"))
 
 
 def test_the_readme_names_the_commands_a_newcomer_runs():

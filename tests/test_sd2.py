@@ -10,6 +10,7 @@ the *inverse* of diffusers' own LDM converters (`convert_ldm_unet_checkpoint`, `
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from safetensors.torch import save_file
 
-from diffx.models.configs import ModelConfig
+from diffx.models.configs import ModelConfig, SchedulerConfig
 from diffx.models.open_clip import OPEN_CLIP_PREFIX
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.pipeline.generation import generate
@@ -40,6 +41,13 @@ from tests.pipeline.test_generation import PROMPT, SIZE, assert_same_image
 SD2_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                  "num_train_timesteps": 1000, "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False,
                  "prediction_type": "v_prediction", "timestep_spacing": "leading"}
+# Its model_index.json, without the safety checker and feature extractor: the components `from_single_file` loads.
+SD2_INDEX = {"_class_name": "StableDiffusionPipeline", "requires_safety_checker": False,
+             **{name: [library, cls] for name, library, cls in (
+                 ("unet", "diffusers", "UNet2DConditionModel"), ("vae", "diffusers", "AutoencoderKL"),
+                 ("scheduler", "diffusers", "DDIMScheduler"), ("text_encoder", "transformers", "CLIPTextModel"),
+                 ("tokenizer", "transformers", "CLIPTokenizer"), ("safety_checker", None, None),
+                 ("feature_extractor", None, None), ("image_encoder", None, None))}}
 
 
 def reference_models(config: ModelConfig, seed: int = 0) -> dict[str, torch.nn.Module]:
@@ -113,7 +121,7 @@ def test_single_file_from_diffusers_loads_and_matches(sd2_file):
 
 def sd2_folder(folder: Path, models: dict[str, torch.nn.Module]) -> Path:
     return write_diffusers_folder(folder, models, {"tokenizer": "!"}, {"_class_name": "DDIMScheduler", **SD2_SCHEDULER},
-                                  {"_class_name": "StableDiffusionPipeline"})
+                                  SD2_INDEX)
 
 
 def test_diffusers_folder_loads_the_same_model(sd2_file, tmp_path):
@@ -157,3 +165,37 @@ def test_v_prediction_text_to_image_matches_stable_diffusion_pipeline(sd2_file, 
     assert_same_image(model, ours, theirs)
     diff = np.abs(ours.images[0] / 255.0 - theirs).max()
     print(f"SD2 v-prediction DDIM text-to-image: max |diffx - diffusers| = {diff:.2e} (uint8 vs float)")
+
+
+@pytest.mark.filterwarnings("ignore:`prediction_type` is deprecated:FutureWarning")  # diffusers' own, for 1.0
+def test_prediction_type_epsilon_loads_the_file_as_from_single_file_does(sd2_file, tmp_path):
+    """`load_model(..., prediction_type="epsilon")` on the SD2-shaped file of no preset's size, which is recognised
+    as 768-v (v) without a .yaml: ε, and, as for a .yaml saying so, 512-base's 64-latent size and attention not
+    upcast to fp32. diffusers' `from_single_file(..., prediction_type="epsilon")` on the same file loads the same
+    weights with a scheduler predicting ε, and draws the same picture (DDIM, CFG 7.5, 4 steps, the same seed) once
+    its scheduler's β are SD's: with `prediction_type` and no LDM .yaml, its legacy scheduler path
+    (`single_file_utils._legacy_load_scheduler`) sets beta_start 0.02 and beta_end 0.085."""
+    path, models, _ = sd2_file
+    notes = []
+    model = load_model(path, prediction_type="Epsilon", note=notes.append)
+    expected = small_sd2()
+    assert model.config == replace(expected, unet=replace(expected.unet, upcast_attention=False),
+                                   scheduler=SchedulerConfig(prediction_type="epsilon"), image_size=64 * 2)
+    assert notes[0].endswith("; predicts epsilon (as given)") and "768-v" not in notes[0], notes
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(path), config=str(sd2_folder(tmp_path / "sd2", models)), prediction_type="epsilon",
+        local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    assert all(torch.equal(tensor, models["unet"].state_dict()[key]) for key, tensor in pipe.unet.state_dict().items())
+    assert (pipe.scheduler.config.beta_start, pipe.scheduler.config.beta_end) == (0.02, 0.085)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, beta_start=0.00085, beta_end=0.012)
+    pipe.tokenizer.model_max_length = 77
+    pipe.set_progress_bar_config(disable=True)
+    settings = GenerationSettings(prompt=PROMPT, steps=4, guidance=7.5, sampler="ddim", height=SIZE, width=SIZE,
+                                  seed=5)
+    ours = generate(model, settings)
+    theirs = pipe(prompt=PROMPT, num_inference_steps=4, guidance_scale=7.5, height=SIZE, width=SIZE,
+                  generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+    assert_same_image(model, ours, theirs)
+    # The override matters: the file as recognised (v) draws another picture.
+    assert np.abs(generate(load_model(path), settings).images[0] / 255.0 - theirs).max() > 5 / 255

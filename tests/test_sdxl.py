@@ -12,6 +12,7 @@ tests/models/inverse_conversion.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,14 +164,15 @@ def diffusers_sdxl_pipeline(models: dict[str, torch.nn.Module], folder: Path) ->
     return pipe
 
 
-@pytest.mark.parametrize("negative_prompt", [None, "blurry"], ids=["zeros-for-empty", "negative"])
+@pytest.mark.parametrize("negative_prompt", [None, "", "blurry"], ids=["none-zeros", "empty-encoded", "negative"])
 def test_text_to_image_matches_stable_diffusion_xl_pipeline(sdxl_file, tmp_path, negative_prompt):
     """The file loaded by diffx vs diffusers' SDXL pipeline on the models it was written from: DDIM, CFG 5, 4 steps,
-    32 px, the same seed; without a negative prompt (diffusers' `force_zeros_for_empty_prompt`: zeros for the
-    unconditional context and pooled embedding) and with one (both encoders run on it)."""
+    32 px, the same seed; without a negative prompt (None: diffusers' `force_zeros_for_empty_prompt`, zeros for the
+    unconditional context and pooled embedding), with "" given (encoded: diffusers 0.42's `encode_prompt` zeros
+    only `negative_prompt is None`) and with a text (both encoders run on them)."""
     path, models, _ = sdxl_file
     model: StableDiffusion = load_model(path)
-    settings = GenerationSettings(prompt=PROMPT, negative_prompt=negative_prompt or "", steps=4, guidance=5.0,
+    settings = GenerationSettings(prompt=PROMPT, negative_prompt=negative_prompt, steps=4, guidance=5.0,
                                   sampler="ddim", height=SIZE, width=SIZE, seed=5)
     ours = generate(model, settings)
     pipe = diffusers_sdxl_pipeline(models, tmp_path)
@@ -180,9 +182,9 @@ def test_text_to_image_matches_stable_diffusion_xl_pipeline(sdxl_file, tmp_path,
     assert_same_image(model, ours, theirs)
     diff = np.abs(decoded_floats(model, ours.latents) - theirs).max()
     print(f"SDXL DDIM text-to-image ({negative_prompt=}): max |diffx - diffusers| = {diff:.2e} (floats)")
-    if negative_prompt is None:  # the zeros matter: the encoded "" would give another picture
-        model.config.force_zeros_for_empty_prompt = False
-        assert np.abs(generate(model, settings).images[0] / 255.0 - theirs).max() > 5 / 255
+    if not negative_prompt:  # zeros and the encoded "" give different pictures: each case tells them apart
+        other = generate(model, replace(settings, negative_prompt="" if negative_prompt is None else None))
+        assert np.abs(other.images[0] / 255.0 - theirs).max() > 5 / 255
 
 
 @pytest.mark.parametrize("pipeline_class, strength", [(StableDiffusionXLImg2ImgPipeline, 0.6),

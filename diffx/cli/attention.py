@@ -14,8 +14,10 @@ from diffx.cli.options import (
     InitImageChoice,
     ModelChoice,
     OutOpt,
+    PreviewOpt,
     PromptOpt,
     SamplingChoice,
+    check_view_options,
     option_groups,
 )
 from diffx.errors import InvalidArgumentError
@@ -57,6 +59,7 @@ def attention(
     sampling: SamplingChoice = SamplingChoice(),
     guidance: GuidanceOpt = None,
     model: ModelChoice = ModelChoice(),
+    preview: PreviewOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
     """Explore cross- and self-attention: per layer, per head, per step, beside DAAM's aggregate.
@@ -65,6 +68,7 @@ def attention(
     own resolution, columns = start token, words, end token, padding, each with its share of the
     attention), <out>_steps.png (--layer over the steps), <out>_heads.png (with --heads: that layer's
     heads) and <out>_self.png (where --pixel looks, and the first principal components of self-attention).
+    A step's maps lie over that step's x̂0 (--preview), the mean over all steps over the final image.
 
     Example: diffx attention --prompt "a red circle and a blue square" --heads --layer up.4 --out layers.png
     """
@@ -73,6 +77,7 @@ def attention(
     from diffx.trace.record import save_trace as write_trace
     from diffx.views.attention import check_new_run, explorer_options, write_attention_views
 
+    check_view_options(preview)
     if trace_file is not None and prompt:
         raise InvalidArgumentError("--trace explores a saved run, --prompt makes a new one; give one of them")
     if trace_file is not None and heads:
@@ -87,17 +92,18 @@ def attention(
     check_outputs([*companions, save_trace, html], force, picture=out)
     if trace_file is not None:
         recorded = load_trace(trace_file)
+        loaded = model.load_to_decode(preview, [recorded])
     else:
         settings = sampling.settings(prompt, guidance)
         loaded = model.load()
         check_new_run(loaded, resolve_settings(loaded, settings), layer, where, step)
-        generation = run_generation(loaded, settings, InitImageChoice(), explorer_options(heads))
+        generation = run_generation(loaded, settings, InitImageChoice(), explorer_options(heads), preview)
         recorded = generation.traces[0]
-    written = write_attention_views(recorded, out, layer, step, where, force)
+    written = write_attention_views(recorded, out, layer, step, where, force, preview, loaded)
     if save_trace is not None:
         written.append(write_trace(recorded, save_trace, force))
     if html is not None:
         from diffx.report.page import write_report
 
-        written.append(write_report(recorded, html, force))
+        written.append(write_report(recorded, html, force, model=loaded, preview=preview))
     print_written(written)

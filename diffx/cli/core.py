@@ -21,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from diffx import __version__
 from diffx.errors import DiffxError, error_line
+from diffx.threads import set_wait_policy
 
 OUT = Console(highlight=False)  # results
 ERR = Console(stderr=True, highlight=False)  # progress, warnings, errors
@@ -42,6 +43,7 @@ class DiffxGroup(TyperGroup):
         return _plain_placeholders(ctx, super().get_params(ctx))  # `diffx --help`: `--debug`, not `--debug <bool>`
 
     def invoke(self, ctx: typer.Context):
+        set_wait_policy()  # before the command's options are parsed: some parsers load torch
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:

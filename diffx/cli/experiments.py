@@ -66,7 +66,8 @@ def noise(
 
     Writes x_t at the chosen timesteps, one row per schedule (--out, default noise.png), the schedule
     curves with the timesteps a --sampler visits marked (<out>_schedules.png), and with --gif an
-    animation from x_0 to x_T.
+    animation from x_0 to x_T. The schedules, spacing and steps follow the model's scheduler (its config
+    alone: the weights are read only with --latent).
 
     Example: diffx noise photo.png --out noise.png --gif noise.gif --sampler ddim --steps 25
     """
@@ -82,17 +83,17 @@ def noise(
     schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
     timestep_list = parse_list(timesteps, int, "--timesteps")
     width, height = parse_size(size)
-    loaded = model.load() if latent or model.model else None
-    if loaded is None:
-        model.check()  # a bad --device or --dtype is refused also when no model is needed
+    loaded = model.load() if latent else None
+    config = loaded.config if loaded else model.read_config()  # pixel space needs the scheduler, not the weights
     if latent:
-        side = loaded.config.image_size
-        width, height = check_side(loaded, "width", width or side), check_side(loaded, "height", height or side)
+        width, height = (check_side(loaded, "width", width or config.image_size),
+                         check_side(loaded, "height", height or config.image_size))
     picture = load_image(image, None if width is None else (width, height))
     if width is None:
         picture.thumbnail((NOISE_MAX_SIDE, NOISE_MAX_SIDE))
     result = experiments.noise_views(picture, schedule_names, timestep_list, latent_space=latent, model=loaded,
-                                     seed=seed, sampler=sampler, steps=steps, spacing=spacing, karras=karras)
+                                     seed=seed, sampler=sampler, steps=steps, spacing=spacing, karras=karras,
+                                     config=config)
     save_png(result.grid, out, force)
     save_png(result.schedule_plot, plot_path, force)
     if gif is not None:
@@ -146,7 +147,7 @@ def cfg_sweep(
     if html is not None:
         from diffx.report.page import write_report
 
-        write_report([g.traces[0] for g in sweep.generations], html, force, model=loaded)
+        write_report([g.traces[0] for g in sweep.generations], html, force, model=loaded, preview=preview)
     print_written([out, gif, html])
 
 
@@ -165,8 +166,8 @@ def compare(
 ) -> None:
     """Compare settings: one image per combination of two of them, everything else fixed.
 
-    Writes a labelled grid (--out, default compare.png) with the number of model evaluations of each
-    cell (the cost that compares across machines).
+    Writes a labelled grid (--out, default compare.png) with the U-Net evaluations of each cell, counted
+    as they run (guidance runs the U-Net twice per model call): the cost that compares across machines.
 
     Example: diffx compare --prompt "a red circle" --x sampler=ddim,euler,dpmpp_2m --y steps=5,10,25
     """

@@ -37,12 +37,16 @@ if TYPE_CHECKING:
 
 
 def run_generation(model: "StableDiffusion", settings: "GenerationSettings", init: InitImageChoice,
-                   record: "TraceOptions", decode_every: int = 0) -> "TracedGeneration":
-    """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar."""
+                   record: "TraceOptions", preview: str | None = None) -> "TracedGeneration":
+    """Text → image, or image → image / inpainting when --image is given, traced, with a progress bar. When the
+    views will show x̂0 VAE-decoded (`preview` resolves to "vae"), the trace keeps a decode of every step's x̂0,
+    so a saved trace is drawn again (`render`, `report`, `attention --trace`) the same way without a model."""
     from dataclasses import replace
 
     from diffx.trace.tracer import generate_traced
+    from diffx.views.steps import resolve_preview
 
+    decode_every = 1 if preview is not None and resolve_preview(preview, model=model) == "vae" else 0
     settings = replace(settings, strength=init.strength, timestep=init.t)
     with StepProgress() as progress:
         return generate_traced(model, settings, init_image=init.image, mask=init.mask, options=record,
@@ -50,8 +54,8 @@ def run_generation(model: "StableDiffusion", settings: "GenerationSettings", ini
 
 
 def animation_and_image(gif: Path | None, out: Path | None, stem: Path) -> tuple[Path, Path]:
-    """The animation and picture paths of `trace`/`render`: each defaults to the other's name
-    (out.gif ↔ out.png), both to `stem` with .gif/.png."""
+    """The animation and picture paths of `trace` (and of `render` when no output is named): each defaults to
+    the other's name (out.gif ↔ out.png), both to `stem` with .gif/.png."""
     for path in (gif, out):
         if path is not None:
             named_file(path)
@@ -136,10 +140,7 @@ def trace(
     check_outputs([companion_path(out, "attention"), save_trace, html], force, gif, picture=out)
     settings = sampling.settings(prompt, guidance)
     loaded = model.load()
-    # When x̂0 is shown decoded, the trace keeps a VAE decode of every x̂0, so `diffx render` needs no model later.
-    decoded = views.resolve_preview(preview, model=loaded) == "vae"
-    generation = run_generation(loaded, settings, init, TraceOptions(),
-                                decode_every=1 if decoded else 0)
+    generation = run_generation(loaded, settings, init, TraceOptions(), preview)
     recorded = generation.traces[0]
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
     if save_trace is not None:
@@ -147,7 +148,7 @@ def trace(
     if html is not None:
         from diffx.report.page import write_report
 
-        written.append(write_report(recorded, html, force, model=loaded))
+        written.append(write_report(recorded, html, force, model=loaded, preview=preview))
     print_written(written)
 
 
@@ -160,7 +161,7 @@ def render(
     preview: PreviewOpt = "auto",
     attn_scale: AttnScaleOpt = "word",
     convergence: Annotated[Path | None, typer.Option(
-        help="Also write the trace's convergence chart (PNG): how far x̂0 still moves from the last x̂0, and "
+        help="Write the trace's convergence chart (PNG): how far x̂0 still moves from the last x̂0, and "
              "the step length, against model evaluations (log scale).", show_default=False)] = None,
     model: ModelChoice = ModelChoice(),
     frame_ms: FrameMsOpt = 100,
@@ -168,8 +169,10 @@ def render(
 ) -> None:
     """Re-render the views of a saved trace, without running the model.
 
-    Writes the same files as `diffx trace` (default: named after the trace file), and with --convergence
-    its convergence chart. A model is loaded only for --preview vae when the trace holds no VAE decodes of
+    Writes what the output options name, nothing else: --gif the animation, --out the final image with its
+    word × timestep attention grid (<out>_attention.png), --convergence the convergence chart. With none of
+    them it writes what `diffx trace` writes, named after the trace file (TRACE.gif, TRACE.png,
+    TRACE_attention.png). A model is loaded only for --preview vae when the trace holds no VAE decodes of
     x̂0 (--preview auto then shows the latent preview, and says so on every panel).
 
     Example: diffx render out.safetensors --gif again.gif --attn-scale word
@@ -180,16 +183,17 @@ def render(
     from diffx.views import steps as views
 
     check_view_options(preview, attn_scale)
-    gif, out = animation_and_image(gif, out, trace_file)
+    if all(path is None for path in (gif, out, convergence)):
+        gif, out = animation_and_image(gif, out, trace_file)
     check_frame_ms(frame_ms)
-    check_outputs([companion_path(out, "attention"), convergence], force, gif, picture=out)
+    check_outputs([None if out is None else companion_path(out, "attention"), convergence], force, gif, picture=out)
     if convergence is not None:
         picture_format(convergence)
     model.check()  # before the trace is read: a model is loaded only for some traces
     recorded = load_trace(trace_file)
     chart = trace_convergence_chart(recorded) if convergence is not None else None
-    needs_model = preview == "vae" and views.missing_decodes(recorded)
-    loaded = model.load() if needs_model else None
+    drawn = gif is not None or out is not None
+    loaded = model.load_to_decode(preview, [recorded]) if drawn else None
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
     if chart is not None:
         written.append(save_png(chart, convergence, force))

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from diffx.cli.core import OUT
-from diffx.cli.options import ForceOpt
+from diffx.cli.options import ForceOpt, ModelChoice, PreviewOpt, check_view_options, option_groups
 
 
 def tokens(
@@ -46,14 +46,20 @@ def models() -> None:
     OUT.print(cpu_description())
 
 
+@option_groups
 def report(
     trace_files: Annotated[list[Path], typer.Argument(help="Trace files (several: columns side by side).",
                                                       show_default=False)],
     html: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    preview: PreviewOpt = "auto",
+    model: ModelChoice = ModelChoice(),
     force: ForceOpt = False,
 ) -> None:
     """Write an interactive HTML page for saved traces: a step slider, x_t / x̂0 / ε̂ / guidance panels,
     clickable words with their attention maps, and the schedule with the current step marked.
+
+    A model is loaded only for --preview vae when a trace holds no VAE decodes of x̂0 (--preview auto then
+    shows the latent preview, and says so on the page).
 
     Example: diffx report out.safetensors --html out.html
     """
@@ -61,6 +67,8 @@ def report(
     from diffx.report.page import write_report
     from diffx.trace.record import load_trace
 
+    check_view_options(preview)
     check_outputs([html], force)
-    written = write_report([load_trace(path) for path in trace_files], html, force)
+    traces = [load_trace(path) for path in trace_files]
+    written = write_report(traces, html, force, model=model.load_to_decode(preview, traces), preview=preview)
     OUT.print(f"wrote {written}")

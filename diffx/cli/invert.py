@@ -48,7 +48,7 @@ def invert(
     sweep_guidance: Annotated[str, typer.Option(
         help="Guidance weights of the PSNR chart (one line each), comma-separated.")] = "1,3,7.5",
     sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Draw the PSNR chart (the slow part).")] = True,
-    negative_prompt: NegativeOpt = "",
+    negative_prompt: NegativeOpt = None,
     spacing: SpacingOpt = None,
     seed: SeedOpt = 0,
     size: SizeOpt = None,

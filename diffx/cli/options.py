@@ -2,7 +2,7 @@
 
 Each `…Opt` alias is one option's definition (flag, help, default display), the same meaning in every
 command that takes it. Options that travel together are declared once, as the fields of a group
-dataclass: `ModelChoice` (--model/--device/--dtype), `SamplingChoice` (--negative-prompt … --size) and
+dataclass: `ModelChoice` (--model … --prediction-type), `SamplingChoice` (--negative-prompt … --size) and
 `InitImageChoice` (--image/--t/--strength/--mask). A command takes a whole group as one parameter, and
 `option_groups` lists the group's fields in the signature Typer reads:
 
@@ -13,10 +13,10 @@ dataclass: `ModelChoice` (--model/--device/--dtype), `SamplingChoice` (--negativ
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
@@ -24,9 +24,13 @@ from diffx.cli.core import ERR
 from diffx.errors import InvalidArgumentError, check_choice, elide
 
 if TYPE_CHECKING:
+    import torch
+
     from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
     from diffx.pipeline.settings import GenerationSettings
+    from diffx.trace.record import Trace
+    from diffx.weights.discovery import ModelSource
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False,
@@ -42,8 +46,15 @@ ConfigOpt = Annotated[str | None, typer.Option(
     "--config", show_default=False,
     help="A single file's architecture preset when the file cannot say (e.g. sd21-base: SD 2.x 512-base, ε; "
          "sd21-v: 768-v). Default: read from the file.")]
+PredictionTypeOpt = Annotated[str | None, typer.Option(
+    "--prediction-type", show_default=False,
+    help="What the model predicts, epsilon or v_prediction, whatever its files say (e.g. ε for an SD 2.x file of "
+         "a size no preset has and no .yaml beside it). Default: the model's.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
-NegativeOpt = Annotated[str, typer.Option(help="What to steer away from (the unconditional half of CFG).")]
+NegativeOpt = Annotated[str | None, typer.Option(
+    help='What to steer away from (the unconditional half of CFG). Default: none (SDXL then uses zeros, as '
+         'diffusers; --negative-prompt "" encodes the empty text).',
+    show_default=False)]
 SamplerOpt = Annotated[str | None, typer.Option(
     help="ddpm, ddim, euler, euler_a, heun or dpmpp_2m. Default: the model's.", show_default=False)]
 ScheduleOpt = Annotated[str | None, typer.Option(
@@ -84,55 +95,82 @@ PreviewOpt = Annotated[str, typer.Option(
 AttnScaleOpt = Annotated[str, typer.Option(
     help="Attention heatmaps: word (each map scaled to its own maximum) or shared (one range for all words "
          "and steps, brightness comparable).")]
+# A string, checked by diffx.threads like $DIFFX_THREADS, so both are refused with the same line.
+ThreadsOpt = Annotated[str | None, typer.Option(
+    "--threads", metavar="<int>", show_default=False,
+    help="CPU threads torch computes with, 1 to the CPU count. Default: $DIFFX_THREADS, else OMP_NUM_THREADS "
+         "if set, else the physical cores (one fewer from 3 on, left to the rest of the machine).")]
 HtmlOpt = Annotated[Path | None, typer.Option(
     help="Also write an interactive, self-contained HTML report (slider, panels, clickable words).",
     show_default=False)]
 
 
+class CheckedModelChoice(NamedTuple):
+    """A `ModelChoice` resolved (`ModelChoice.check`): what `load_model` is given."""
+
+    source: "ModelSource"
+    device: "torch.device"
+    dtype: "torch.dtype"
+    config: "ModelConfig | None"
+
+
 @dataclass(frozen=True)
 class ModelChoice:
-    """--model, --device, --dtype, --weights, --config: which weights, on which device, in which precision."""
+    """--model, --device, --dtype, --weights, --config, --prediction-type: which weights, on which device, in which
+    precision, predicting what."""
 
     model: ModelOpt = None
     device: DeviceOpt = "auto"
     dtype: DtypeOpt = "auto"
     weights: WeightsOpt = "ema"
     config: ConfigOpt = None
+    prediction_type: PredictionTypeOpt = None
 
-    def check(self) -> None:
-        """Check --device, --dtype, --weights, --config and a given --model without loading: for commands that
-        load a model only for some runs (`render`, `noise`), so that a bad value is refused in every run."""
-        from diffx.devices import resolve_device, resolve_dtype
+    def check(self) -> "CheckedModelChoice":
+        """Every choice resolved and checked without reading weights: the model's source (default: $DIFFX_MODEL,
+        else the embedded model), the device, the dtype, the --weights choice and the --config preset."""
+        from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.weights.discovery import resolve_model_source
         from diffx.weights.load import WEIGHT_CHOICES
 
-        self._preset()
-        resolve_dtype(self.dtype, resolve_device(self.device))
+        config = self.preset()
         check_choice("weights", self.weights, WEIGHT_CHOICES)
-        if self.model is not None:
-            resolve_model_source(self.model)
-
-    def _preset(self) -> "ModelConfig | None":
-        """The architecture preset --config names (None: read it from the file)."""
-        from diffx.models.configs import PRESETS
-
-        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
-        return None if preset is None else PRESETS[preset]()
+        source = resolve_model_source(self.model)
+        target = resolve_device(self.device)
+        return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
+                                  config)
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
-        `note:` line on stderr says what was recognised and which weights were taken."""
-        from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
-        from diffx.weights.discovery import resolve_model_source
+        `note:` line on stderr says what was recognised and which weights were taken. `--prediction-type` is
+        checked where the Python API checks it, in `load_model`."""
         from diffx.weights.load import load_model
 
-        config = self._preset()
-        source = resolve_model_source(self.model)
-        target = resolve_device(self.device)
-        precision = resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path))
+        source, target, precision, config = self.check()
         with ERR.status(f"loading {source.path}"):
             return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
+                              prediction_type=self.prediction_type,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
+
+    def preset(self) -> "ModelConfig | None":
+        """The `--config` preset, checked (None without one)."""
+        from diffx.models.configs import PRESETS
+
+        return None if self.config is None else PRESETS[check_choice("--config preset", self.config, tuple(PRESETS))]()
+
+    def read_config(self) -> "ModelConfig":
+        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights."""
+        from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.load import read_config
+
+        return read_config(resolve_model_source(self.model), self.preset())
+
+    def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":
+        """The model for drawing saved `traces`: loaded only when --preview is vae and a trace lacks some VAE
+        decode of x̂0 (--preview auto draws what the traces hold: their decodes, else the latent preview)."""
+        from diffx.views.steps import missing_decodes
+
+        return self.load() if preview == "vae" and any(missing_decodes(trace) for trace in traces) else None
 
 
 @dataclass(frozen=True)
@@ -141,7 +179,7 @@ class SamplingChoice:
     --guidance-rescale: how to sample, everything but the prompt and the guidance weight (cfg-sweep sweeps
     that one)."""
 
-    negative_prompt: NegativeOpt = ""
+    negative_prompt: NegativeOpt = None
     sampler: SamplerOpt = None
     schedule: ScheduleOpt = None
     spacing: SpacingOpt = None
@@ -201,6 +239,25 @@ def option_groups(command: Callable) -> Callable:
 
     run.__signature__ = signature.replace(parameters=options)
     run.__annotations__ = {param.name: param.annotation for param in options}
+    return run
+
+
+def with_threads(command: Callable) -> Callable:
+    """Give `command` the `--threads` option (`ThreadsOpt`): before the command runs, the count is checked and
+    set (`diffx.threads.resolve_threads`, `use_threads`), so every command that computes with torch takes it
+    the same way."""
+    signature = inspect.signature(command)
+    option = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ThreadsOpt)
+
+    @functools.wraps(command)
+    def run(*, threads: str | None = None, **values):
+        from diffx.threads import resolve_threads, use_threads
+
+        use_threads(resolve_threads(threads))
+        return command(**values)
+
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])
+    run.__annotations__ = {**getattr(command, "__annotations__", {}), "threads": ThreadsOpt}
     return run
 
 

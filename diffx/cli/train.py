@@ -3,7 +3,8 @@
 Parses, calls, prints. Each option is parsed by a `_number`/`_folder` parser that raises a `DiffxError` (one
 `error:` line naming the option, exit 2) instead of click's usage box; the numbers each option takes are
 `TrainConfig`'s (`diffx.embedded.config.NUMBERS`). `TrainConfig.for_world` builds the config and
-`check_train_inputs` checks paths, the model to continue from and the device before the scene pool is rendered.
+`check_train_inputs` checks paths, the model to continue from, the device and the files --out-dir would resume
+from before the scene pool is rendered.
 """
 
 import contextlib
@@ -82,11 +83,11 @@ def train(
     batch: Annotated[int, typer.Option(parser=_number("--batch", "unet_batch"), help="U-Net batch size.")] = 64,
     lr: Annotated[float, typer.Option(parser=_number("--lr", "unet_lr"),
                                       help="U-Net peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
-    pool_size: Annotated[int, typer.Option(parser=_number("--pool-size", "pool_size"),
-                                           help="Scenes rendered once and reused (captions re-drawn).")] = 30000,
+    pool_size: Annotated[int, typer.Option(
+        parser=_number("--pool-size", "pool_size"),
+        help="Scenes rendered once and reused (captions re-drawn), at most: a run that draws fewer pictures (steps x "
+             "batch of either stage) renders, encodes and keeps only those.")] = 30000,
     seed: Annotated[int, typer.Option(parser=_number("--seed", "seed"), help="Random seed.")] = 0,
-    threads: Annotated[int, typer.Option(parser=_number("--threads", "threads"),
-                                         help="CPU threads (0 = torch's default).")] = 0,
     device: DeviceOpt = "auto",
     attention_loss: Annotated[float, typer.Option(
         parser=_number("--attention-loss", "attention_loss"),
@@ -120,7 +121,8 @@ def train(
 
     Resumes from whatever --out-dir holds; writes loss curves and sample grids there at every
     checkpoint. With --export, the EMA weights become a model folder that --model accepts (--force to
-    replace one). Every option and path is checked before any work. Launched by torchrun (e.g.
+    replace one). Every option and path, and every file --out-dir would resume from, is checked before
+    any work. Launched by torchrun (e.g.
     torchrun --nproc_per_node 2 -m diffx train ...), it trains data-parallel: one process per GPU (NCCL) or
     per CPU group (gloo), --batch and --vae-batch split evenly among them.
 
@@ -137,7 +139,7 @@ def train(
     config = TrainConfig.for_world(world, prediction_type, zero_snr, exact_captions, out_dir=str(out_dir),
                                    vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
                                    unet_steps=unet_steps, unet_batch=batch, unet_lr=lr, pool_size=pool_size,
-                                   seed=seed, threads=threads, device=device, checkpoint_every=checkpoint_every,
+                                   seed=seed, device=device, checkpoint_every=checkpoint_every,
                                    attention_loss=attention_loss, init_from=init_from,
                                    object_counts=_shares(object_counts))
     check_train_inputs(config, export, force)  # before the pool is rendered or anything is written

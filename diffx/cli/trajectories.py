@@ -42,7 +42,7 @@ def paths(
         help="The stand-in for the exact ODE solution, SAMPLER:STEPS, a sampler that adds no noise.")
     ] = "dpmpp_2m:200",
     out: OutOpt = None,
-    negative_prompt: NegativeOpt = "",
+    negative_prompt: NegativeOpt = None,
     schedule: ScheduleOpt = None,
     spacing: Annotated[str | None, typer.Option(
         help="Timestep spacing: leading, trailing or linspace. Default: trailing, which starts every step count "

@@ -36,7 +36,8 @@ def _run_lines(runs: list[dict]) -> list[str]:
         vae, unet = run["vae"], run["unet"]
         continued = f", continued from `{settings['init_from']}`" if settings.get("init_from") else ""
         world = settings.get("world", "shapes")  # runs recorded before there were two worlds trained on v1
-        lines.append(f"- Run {number}{continued}: {settings['pool_size']} rendered scenes of the {world!r} world "
+        scenes = run.get("pool_scenes", settings["pool_size"])  # runs recorded before toy pools: all of them
+        lines.append(f"- Run {number}{continued}: {scenes} rendered scenes of the {world!r} world "
                      f"(seed {settings['seed']}).")
         if get_world(world).noisy_captions:
             rates = CaptionNoise.from_dict(settings.get("caption_noise", {})).to_dict()
@@ -52,14 +53,23 @@ def _run_lines(runs: list[dict]) -> list[str]:
                 f"  - VAE: {vae['steps']} steps, batch {settings['vae_batch']}, {settings['vae_crop']}x"
                 f"{settings['vae_crop']} crops, L1 with object pixels weighted x{settings['shape_pixel_weight']} "
                 f"+ KL x{settings['vae_kl_weight']}; final loss {vae['final_loss']:.4f}; "
-                f"{vae['seconds'] / 60:.1f} min on {vae['hardware']}.")
+                f"{_time_words(vae)} on {vae['hardware']}.")
         if unet["final_loss"] is not None:
             lines.append(
                 f"  - Text encoder + U-Net: {unet['steps']} steps, batch {settings['unet_batch']}, AdamW lr "
                 f"{settings['unet_lr']} (warm-up, cosine), EMA {settings['ema_decay']}, caption dropout "
                 f"{settings['caption_dropout']}{_target_words(settings)}{_grounding_words(settings, unet)}; "
-                f"final L_simple {unet['final_loss']:.4f}; {unet['seconds'] / 60:.1f} min on {unet['hardware']}.")
+                f"final L_simple {unet['final_loss']:.4f}; {_time_words(unet)} on {unet['hardware']}.")
     return lines
+
+
+def _time_words(stage: dict) -> str:
+    """A stage's two clocks (`history.run_record`); a run recorded before there were two has its step time."""
+    steps = stage.get("step_seconds", stage.get("seconds"))
+    if "wall_seconds" not in stage:
+        return f"{steps / 60:.1f} min in training steps"
+    return (f"{steps / 60:.1f} min in training steps, {stage['wall_seconds'] / 60:.1f} min in all (with the pool, "
+            "loss curves, preview pictures and checkpoints)")
 
 
 def _target_words(settings: dict) -> str:

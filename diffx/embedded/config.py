@@ -86,7 +86,7 @@ class TrainConfig:
 
     out_dir: str = "runs/shapes-world"
     seed: int = 0
-    pool_size: int = 30000  # scenes rendered once; captions are re-drawn every time a scene is used
+    pool_size: int = 30000  # the most scenes rendered once (`pool_scenes`); captions are re-drawn at every use
     vae_steps: int = 3000
     vae_batch: int = 32
     vae_crop: int = 32  # the VAE is convolutional: training on crops is 4x cheaper and sees the same edges
@@ -101,7 +101,7 @@ class TrainConfig:
     attention_loss: float = 0.0  # weight of the attention-grounding loss (diffx.embedded.grounding); 0 = plain SD
     ema_decay: float = 0.999
     checkpoint_every: int = 100
-    threads: int = 0  # 0: leave torch's default
+    threads: int = 0  # 0: leave the process's count (`diffx train` sets it from --threads, diffx.threads)
     device: str = "auto"  # "auto": CUDA (or MPS) when present, else CPU
     init_from: str | None = None  # a model folder to continue from (e.g. data/shapes-world-2), VAE kept as is
     world: str = "shapes"  # what the model learns from: diffx.embedded.worlds ("shapes" v1, "shapes2" v2)
@@ -131,6 +131,13 @@ class TrainConfig:
         model.scheduler = model.scheduler.trained_for(prediction_type, zero_snr)
         return cls(world=world, caption_noise=EXACT_CAPTIONS.to_dict() if exact_captions else {},
                    model=model.to_dict(), **settings)
+
+    @property
+    def pool_scenes(self) -> int:
+        """The scenes the pool holds: `pool_size`, or as many pictures as the run can draw if fewer — the VAE
+        stage draws vae_steps × vae_batch, the U-Net stage unet_steps × unet_batch — so a toy run renders,
+        encodes and stores what it can use (20 + 20 steps at the default batches: 1280 scenes, not 30000)."""
+        return min(self.pool_size, max(self.vae_steps * self.vae_batch, self.unet_steps * self.unet_batch))
 
     def captions(self) -> CaptionNoise:
         """The caption-noise settings training draws captions with (the world's own for v1: exact)."""
@@ -171,9 +178,10 @@ class TrainConfig:
             raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "
                                        f"{', '.join(PREDICTION_TYPES)}")
         if model.scheduler.rescale_betas_zero_snr and model.scheduler.prediction_type == "epsilon":
-            # At t = T, ᾱ = 0: an ε-model's x̂0 = (x_t − σ ε̂) / α divides by α = 0 and its target ε = x_T is the input.
+            # At t = T, ᾱ = 0: an ε-model's x̂0 = (x_t − √(1 − ᾱ) ε̂) / √ᾱ divides by 0 and its target ε = x_T is
+            # the input.
             raise InvalidArgumentError("zero terminal SNR (--zero-snr) needs --prediction-type v_prediction: at "
-                                       "t = T an ε-model's x̂0 divides by α = 0")
+                                       "t = T an ε-model's x̂0 divides by √ᾱ = 0")
         factor = model.vae.downsample_factor
         if self.vae_crop > model.image_size or self.vae_crop % factor:
             raise InvalidArgumentError(f"vae_crop must be a multiple of the VAE's factor {factor} and at most the "
@@ -182,10 +190,14 @@ class TrainConfig:
 
 @dataclass
 class TrainState:
-    """What a stage needs to resume: step, losses, and the generator states."""
+    """What a stage needs to resume: step, losses, and the generator states; and its two clocks, every sitting
+    summed: `seconds` in the training steps alone, `wall_seconds` from the start of the stage's work (the
+    VAE's: rendering the pool; the U-Net's: encoding it) to its last checkpoint, loss curves, preview
+    pictures and checkpoints included."""
 
     step: int = 0
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    wall_seconds: float = 0.0
     hardware: str = ""
     grounding_losses: list[float] = field(default_factory=list)  # U-Net stage with attention_loss > 0

@@ -46,11 +46,12 @@ def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = 
     out, folder = Path(out_dir), Path(folder)
     model, states = model_from_checkpoints(out)
     train_config = load_train_config(out)
-    _, images = scene_pool(TrainConfig(**{**train_config, "out_dir": str(out)}))
+    config = TrainConfig(**{**train_config, "out_dir": str(out)})
+    _, images = scene_pool(config)
     fit_preview(model, images)
     model.source = "embedded shapes-world model"
     save_model(model, folder, dtype=torch.float16)
-    runs = [*read_runs(out), run_record(train_config, states)]
+    runs = [*read_runs(out), run_record(train_config, states, config.pool_scenes)]
     write_runs(folder, runs)
     write_model_card(folder, model, runs, scores)
     return model

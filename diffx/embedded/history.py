@@ -13,22 +13,27 @@ from diffx.files import atomic_output, write_atomic
 HISTORY_FILE = "training.json"
 
 
-def run_record(train_config: dict, states: dict) -> dict:
+def run_record(train_config: dict, states: dict, pool_scenes: int | None = None) -> dict:
     """One training run for the history: its settings (without the model config, but with its U-Net's target
-    and schedule: `prediction_type`, `zero_snr`) and, per stage, the steps
-    reached, the seconds spent, the final loss (mean of the last 100 steps) and the hardware."""
+    and schedule: `prediction_type`, `zero_snr`) and, per stage, the steps reached, the seconds spent in
+    training steps (`step_seconds`) and in all (`wall_seconds`: with the pool, loss curves, previews and
+    checkpoints; `TrainState`), the final loss (mean of the last 100 steps) and the hardware; and
+    `pool_scenes`, the scenes its pool held (`TrainConfig.pool_scenes`), when given. Runs recorded before
+    there were two clocks have `seconds`: their step seconds; before toy pools, no `pool_scenes`: `pool_size`."""
     settings = {key: value for key, value in train_config.items() if key != "model"}
     scheduler = train_config.get("model", {}).get("scheduler", {})
     if scheduler:  # what the U-Net learnt to predict, on which schedule: the model config is not kept per run
         settings["prediction_type"] = scheduler["prediction_type"]
         settings["zero_snr"] = scheduler["rescale_betas_zero_snr"]
-    stages = {name: {"steps": state["step"], "seconds": round(state["seconds"]),
+    stages = {name: {"steps": state["step"], "step_seconds": round(state["seconds"]),
+                     "wall_seconds": round(state.get("wall_seconds", 0.0)),
                      "final_loss": float(np.mean(state["losses"][-100:])) if state["losses"] else None,
                      "hardware": state.get("hardware", "")}
               for name, state in states.items()}
     if states["unet"].get("grounding_losses"):
         stages["unet"]["final_grounding_loss"] = float(np.mean(states["unet"]["grounding_losses"][-100:]))
-    return {"settings": settings, **stages}
+    pool = {} if pool_scenes is None else {"pool_scenes": pool_scenes}
+    return {"settings": settings, **pool, **stages}
 
 
 def read_runs(folder: str | Path) -> list[dict]:

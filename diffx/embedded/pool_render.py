@@ -36,14 +36,14 @@ def _render_chunk(world: str, size: int, scenes: list) -> np.ndarray:
 
 
 def render_pool(config: TrainConfig, workers: int = 0) -> Path:
-    """Write `config`'s scene pool (N, 3, H, W) uint8 to its training folder with `workers` processes
-    (0: one per CPU), unless the file is there already. Returns its path."""
+    """Write `config`'s scene pool (its `pool_scenes` pictures, (N, 3, H, W) uint8) to its training folder with
+    `workers` processes (0: one per CPU), unless the file is there already. Returns its path."""
     path = Path(config.out_dir) / POOL_FILE
     if path.exists():
         return path
     world = get_world(config.world)
     rng = np.random.default_rng([TRAIN_STREAM, config.seed, POOL_STREAM_INDEX])
-    scenes = [world.make_scene(rng) for _ in range(config.pool_size)]
+    scenes = [world.make_scene(rng) for _ in range(config.pool_scenes)]
     size = ModelConfig.from_dict(config.model).image_size
     workers = workers or os.cpu_count() or 1
     chunk = max(1, -(-len(scenes) // (workers * 4)))

@@ -49,7 +49,7 @@ from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, to
 from diffx.embedded.hardware import describe_hardware, joined_hardware
 from diffx.embedded.history import copy_history, run_record
 from diffx.embedded.optim import ema_decay, learning_rate, swapped_in
-from diffx.embedded.pool import scene_pool, scene_weights, to_unit
+from diffx.embedded.pool import pool_latents, scene_pool, scene_weights, to_unit
 from diffx.embedded.preflight import check_train_inputs
 from diffx.embedded.previews import vae_preview
 from diffx.embedded.shapes import TRAIN_STREAM
@@ -93,10 +93,18 @@ def recent_loss(losses: list[float], label: str = "loss", window: int = 50) -> s
 
 
 def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], float],
-          checkpoint_fn: Callable[[], None], every: int, device: torch.device, ranks: Ranks) -> None:
+          checkpoint_fn: Callable[[Callable[[], None]], None], every: int, device: torch.device, ranks: Ranks,
+          started: float) -> None:
     """Run `step_fn(step)` from `state.step` to `total`, with progress and periodic checkpoints (both on rank 0
-    alone in a data-parallel run)."""
+    alone in a data-parallel run). Two clocks: `state.seconds` counts the steps alone (the s/step shown),
+    `state.wall_seconds` everything since `started` (this sitting's start of the stage) — `checkpoint_fn` is
+    given the function that sets it and calls it after drawing its pictures, before it saves."""
     main = ranks.main
+    wall_before = state.wall_seconds  # the sittings before this one
+
+    def stamp_wall_clock() -> None:
+        state.wall_seconds = wall_before + time.perf_counter() - started
+
     if state.step < total:
         state.hardware = joined_hardware(state.hardware, describe_hardware(device, ranks))
     with _progress(disable=not main) as progress:
@@ -110,15 +118,17 @@ def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], flo
             progress.update(task, completed=state.step, loss=recent_loss(state.losses),
                             rate=f"{state.step / max(state.seconds, 1e-9):.2f} it/s")
             if main and (state.step % every == 0 or state.step == total):
-                checkpoint_fn()
+                checkpoint_fn(stamp_wall_clock)
                 shown = filter(None, (recent_loss(state.losses), recent_loss(state.grounding_losses, "grounding")))
                 progress.console.log(f"{name} step {state.step}/{total} {' '.join(shown)} "
-                                     f"({state.seconds / state.step:.2f} s/step)")
+                                     f"({state.seconds / state.step:.2f} s/step in steps, "
+                                     f"{state.wall_seconds / 60:.1f} min in all)")
 
 
-def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor, ranks: Ranks = Ranks()
-              ) -> TrainState:
-    """Stage 1: reconstruction (L1, object pixels weighted) + KL(q(z|x) || N(0, I)) (Kingma & Welling)."""
+def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor, ranks: Ranks = Ranks(),
+              started: float | None = None) -> TrainState:
+    """Stage 1: reconstruction (L1, object pixels weighted) + KL(q(z|x) || N(0, I)) (Kingma & Welling).
+    `started`: when the stage's work began (`time.perf_counter()`, default now), for its wall clock."""
     out = Path(config.out_dir)
     vae = model.vae.train()
     device = model.device
@@ -156,49 +166,41 @@ def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor,
         optimizer.step()
         return float(rec_loss.detach())
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                     "generator": generator.get_state(), "state": asdict(state)})
+    def checkpoint(stamp_wall_clock: Callable[[], None]) -> None:
         save_png(plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
                                  title="VAE reconstruction loss"), out / "vae_loss.png", force=True)
         vae_preview(model, images[:8], out / "vae_samples.png")
+        stamp_wall_clock()
+        save_checkpoint(ckpt, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                     "generator": generator.get_state(), "state": asdict(state)})
 
-    _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every, device, ranks)
+    _loop("VAE", config.vae_steps, state, step, checkpoint, config.checkpoint_every, device, ranks,
+          time.perf_counter() if started is None else started)
     vae.eval()
     return state
 
 
-@torch.no_grad()
-def latent_scaling_factor(model: StableDiffusion, images: torch.Tensor, count: int = 2048) -> float:
-    """1 / std of posterior samples, so scaled latents have unit variance (as SD's 0.18215 was chosen)."""
-    generator = torch.Generator().manual_seed(0)
-    device = model.device
-    latents = [model.vae.encode(to_unit(images[i:i + 256].to(device))).sample(generator).cpu()
-               for i in range(0, min(count, len(images)), 256)]
-    return float(1.0 / torch.cat(latents).std())
-
-
-@torch.no_grad()
-def encode_pool(model: StableDiffusion, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every pool picture, so stage 2 never runs the encoder again."""
-    means, stds = [], []
-    device = model.device
-    for i in range(0, len(images), 512):
-        posterior = model.vae.encode(to_unit(images[i:i + 512].to(device)))
-        means.append(posterior.mean.cpu())
-        stds.append(posterior.std.cpu())
-    return torch.cat(means), torch.cat(stds)
+def latent_scaling_factor(latent_mean: torch.Tensor, latent_std: torch.Tensor, count: int = 2048) -> float:
+    """1 / std of posterior samples z = mean + std · ε of the first `count` pool pictures (from their latents,
+    `pool.pool_latents`: the encoder runs once per picture), so scaled latents have unit variance (as SD's
+    0.18215 was chosen)."""
+    mean, std = latent_mean[:count], latent_std[:count]  # (n, 4, h, w)
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0), dtype=mean.dtype)
+    return float(1.0 / (mean + std * noise).std())
 
 
 def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
                latent_mean: torch.Tensor, latent_std: torch.Tensor,
                preview: Callable[[StableDiffusion, Path], None] | None = None,
-               masks: list[np.ndarray] | None = None, ranks: Ranks = Ranks()) -> TrainState:
+               masks: list[np.ndarray] | None = None, ranks: Ranks = Ranks(), started: float | None = None
+               ) -> TrainState:
     """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept.
 
     Captions are drawn afresh every time a scene is used (`World.caption`, with `config.captions()`).
     With `masks` (each scene's object masks at the latent size) and `config.attention_loss` > 0,
-    the attention-grounding loss (diffx.embedded.grounding) is added with that weight."""
+    the attention-grounding loss (diffx.embedded.grounding) is added with that weight. `started`: when the
+    stage's work began (`time.perf_counter()`, default now: the pool's latents are made before), for its
+    wall clock."""
     out = Path(config.out_dir)
     model_config = ModelConfig.from_dict(config.model)
     schedule = NoiseSchedule.from_config(model_config.scheduler)
@@ -268,19 +270,21 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         return float(loss.detach())
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt, {"text_encoder": model.text_encoder.state_dict(), "unet": model.unet.state_dict(),
-                     "optimizer": optimizer.state_dict(), "ema": ema, "generator": generator.get_state(),
-                     "model_config": json.dumps(model.config.to_dict()),
-                     "rng": json.dumps(rng.bit_generator.state), "state": asdict(state)})
+    def checkpoint(stamp_wall_clock: Callable[[], None]) -> None:
         curve = plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
                                 title=f"U-Net loss (L_simple, {prediction_type} target)")
         save_png(curve, out / "unet_loss.png", force=True)
         if preview is not None:
             with swapped_in(params, ema):
                 preview(model, out / f"samples_{state.step:06d}.png")
+        stamp_wall_clock()
+        save_checkpoint(ckpt, {"text_encoder": model.text_encoder.state_dict(), "unet": model.unet.state_dict(),
+                     "optimizer": optimizer.state_dict(), "ema": ema, "generator": generator.get_state(),
+                     "model_config": json.dumps(model.config.to_dict()),
+                     "rng": json.dumps(rng.bit_generator.state), "state": asdict(state)})
 
-    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every, device, ranks)
+    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every, device, ranks,
+          time.perf_counter() if started is None else started)
     with torch.no_grad():
         for shadow, p in zip(ema, params, strict=True):
             p.copy_(shadow)
@@ -295,6 +299,7 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     summary (steps, losses, wall time, hardware) for the model card. Under torchrun every rank calls this and
     gets its (identical) model; rank 0 alone writes."""
     check_train_inputs(config)  # every argument and output path, before the pool is rendered
+    started = time.perf_counter()  # the VAE stage's clock: the pool it renders first is part of it
     ranks = from_environment()
     for option, batch in (("--vae-batch", config.vae_batch), ("--batch", config.unet_batch)):
         ranks.share(batch, option)  # raises now, before any work, unless the batch splits evenly
@@ -319,26 +324,21 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         torch.backends.cudnn.allow_tf32 = True
     model.to(device)
 
-    vae_state = train_vae(model, config, images, ranks)
+    vae_state = train_vae(model, config, images, ranks, started)
+    unet_started = time.perf_counter()  # the U-Net stage's clock: its pool latents are part of it
     for p in model.vae.parameters():
         p.requires_grad_(False)
-    model.config.vae.scaling_factor = latent_scaling_factor(model, images)
+    latent_mean, latent_std = pool_latents(model, images, out / LATENTS_FILE, write=ranks.main)
+    model.config.vae.scaling_factor = latent_scaling_factor(latent_mean, latent_std)
     config.model = model.config.to_dict()
-    latents_file = out / LATENTS_FILE
-    if latents_file.exists():
-        latent_mean, latent_std = torch.load(latents_file, weights_only=True)
-    else:
-        latent_mean, latent_std = encode_pool(model, images)
-        if ranks.main:
-            save_checkpoint(latents_file, (latent_mean, latent_std))
     masks = None
     if config.attention_loss > 0:
         side = model_config.image_size // model_config.vae.downsample_factor
         masks = [get_world(config.world).object_masks(scene, side) for scene in scenes]
-    unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview, masks, ranks)
+    unet_state = train_unet(model, config, scenes, latent_mean, latent_std, preview, masks, ranks, unet_started)
     stop(ranks)
     summary = {name: record for name, record in run_record(asdict(config), {
-        "vae": asdict(vae_state), "unet": asdict(unet_state)}).items() if name != "settings"}
+        "vae": asdict(vae_state), "unet": asdict(unet_state)}, config.pool_scenes).items() if name != "settings"}
     summary["latent_scaling_factor"] = model.config.vae.scaling_factor
     return model, summary
 

@@ -96,7 +96,7 @@ def round_trip_figure(trip: RoundTrip, sweep: RoundTripSweep | None = None, pane
 
 
 def traced_round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "", steps: int = 50,
-                      guidance: float = 1.0, *, negative_prompt: str = "", spacing: str | None = None,
+                      guidance: float = 1.0, *, negative_prompt: str | None = None, spacing: str | None = None,
                       schedule: str | None = None, seed: int = 0, guidance_rescale: float = 0.0,
                       progress: StepCallback | None = None) -> tuple[RoundTrip, Trace]:
     """`inversion.round_trip` with a `Tracer` listening to the inversion: the trip and the trace of its climb."""

@@ -14,14 +14,15 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.images import image_to_tensor, tensor_to_image
 from diffx.pipeline.codec import decode_latents, encode_image
-from diffx.pipeline.denoiser import grid_for, schedule_for
+from diffx.pipeline.denoiser import grid_for, schedule_from_config
 from diffx.pipeline.generation import Generation, generate
+from diffx.pipeline.observers import ImageRun, Observer
 from diffx.pipeline.settings import GenerationSettings, check_seed, resolve_settings
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
 from diffx.sampling.grids import GridSpec, sampling_grid
-from diffx.sampling.samplers import StepCallback, StepRecord
+from diffx.sampling.samplers import StepCallback
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
 from diffx.trace.tracer import TraceOptions, generate_traced
 from diffx.views.steps import (
@@ -38,6 +39,7 @@ from diffx.views.steps import (
 )
 
 if TYPE_CHECKING:
+    from diffx.models.configs import ModelConfig
     from diffx.models.stable_diffusion import StableDiffusion
 
 
@@ -55,35 +57,40 @@ class NoiseViews:
     grid: Image.Image  # rows: schedules (latent space: preview and decode rows), columns: timesteps
     frames: list[Image.Image]  # x_0 → x_T, one column per schedule
     schedule_plot: Image.Image  # ᾱ_t, √ᾱ_t, √(1 − ᾱ_t), log-SNR; the sampler's timesteps marked
+    visits: list[int] | None = None  # the timesteps the sampler calls the model at, marked on the plot
 
 
 def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
                 timesteps: Sequence[int] = (0, 100, 250, 500, 750, 999), latent_space: bool = False,
                 model: StableDiffusion | None = None, seed: int = 0, sampler: str | None = None,
                 steps: int | None = None, spacing: str | None = None, karras: bool = False,
-                num_frames: int = NOISE_FRAMES, panel: int | None = None) -> NoiseViews:
+                num_frames: int = NOISE_FRAMES, panel: int | None = None,
+                config: ModelConfig | None = None) -> NoiseViews:
     """The forward process x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4) applied to `image`.
 
     One ε (drawn from `seed`) serves every schedule and timestep, so the pictures differ only by the
     schedule. In latent space (needs `model`) the image is VAE-encoded, noised as a latent, and shown both
     VAE-decoded and as the mixture √ᾱ x_0 + √(1 − ᾱ) ε in the fast preview's colours, scaled to fit
-    (`render.latents.noisy_picture`, as the trace's x_t). With a model, its own training schedule is used for the
-    schedule of the same name. `sampler` (+ `steps`, `spacing`, `karras`, default: the model's or SD1.5's)
-    marks the timesteps that sampler visits on the schedule plot.
+    (`render.latents.noisy_picture`, as the trace's x_t). With a model — or only its `config`
+    (`weights.load.read_config`: no weights needed in pixel space) — its own training schedule is used for the
+    schedule of the same name, and the others are rescaled to zero terminal SNR if its is. `sampler` (+ `steps`,
+    `spacing`, `karras`, default: the model's scheduler's, else SD1.5's: 50 steps, leading) marks the timesteps
+    that sampler visits on the schedule plot, whose title names the spacing and whose scheduler it is.
     """
     if not schedules:
         raise InvalidArgumentError("no schedules given; choose from: " + ", ".join(BETA_SCHEDULES))
     for name in schedules:
         check_choice("schedule", name, BETA_SCHEDULES)
-    num_train_timesteps = model.config.scheduler.num_train_timesteps if model else 1000
+    config = model.config if model is not None else config
+    num_train_timesteps = config.scheduler.num_train_timesteps if config else 1000
     for t in timesteps:
         if not 0 <= t < num_train_timesteps:
             raise InvalidArgumentError(f"timestep {t} is out of range; pick 0 to {num_train_timesteps - 1}")
     if latent_space and model is None:
         raise InvalidArgumentError("noising in latent space needs a model's VAE; pass a model (--model)")
-    tables = {name: schedule_for(model, name) if model else NoiseSchedule.create(name, num_train_timesteps)
+    tables = {name: schedule_from_config(config.scheduler, name) if config else NoiseSchedule.create(name)
               for name in schedules}
-    marked, plot_title = _visited(model, tables[schedules[0]], sampler, steps, spacing, karras)  # checked first
+    marked, plot_title = _visited(config, tables[schedules[0]], sampler, steps, spacing, karras)  # checked first
     generator = torch.Generator().manual_seed(check_seed(seed))
     if latent_space:
         factor = model.config.vae.downsample_factor
@@ -119,9 +126,10 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
             cells.append([x_0] + [fit_panel(p, size, smooth=is_picture) for p in row])
             row_labels.append(f"{name} · {kind}" if kind else name)
     space = " in latent space" if latent_space else ""
+    scheduler = _scheduler_phrase(config)
     # t counts noising steps from 0: x_t at t = 0 is already one step of noise (ᾱ_0 < 1), so x_0 comes first.
     grid = make_grid(cells, row_labels=row_labels, col_labels=["x_0 (the picture)"] + [f"t={t}" for t in timesteps],
-                     cell_size=size, title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space}")
+                     cell_size=size, title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space} · {scheduler}")
 
     frame_ts = sorted({round(float(t)) for t in np.linspace(0, num_train_timesteps - 1, max(2, num_frames))})
     columns = [pictures(schedule, frame_ts) for schedule in tables.values()]  # [schedule][kind][frame]
@@ -133,23 +141,32 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
         frames.append(caption_bar(frame, f"t={t}"))
 
     plot = plot_schedules({name: s.alphas_cumprod for name, s in tables.items()}, marked, plot_title)
-    return NoiseViews(grid=grid, frames=frames, schedule_plot=plot)
+    return NoiseViews(grid=grid, frames=frames, schedule_plot=plot, visits=marked)
 
 
-def _visited(model: StableDiffusion | None, schedule: NoiseSchedule, sampler: str | None, steps: int | None,
-             spacing: str | None, karras: bool) -> tuple[list[int] | None, str | None]:
-    """The timesteps `sampler` visits on `schedule` and the plot's title saying so; (None, None) without one.
-    Names in any case, as `resolve_settings` reads them."""
+def _scheduler_phrase(config: ModelConfig | None) -> str:
+    """Whose scheduler the noise views follow, in words: the model's (and whether its β end at zero SNR) or SD's."""
+    if config is None:
+        return "SD's scheduler (no model given)"
+    rescaled = ", every β schedule rescaled to zero terminal SNR" if config.scheduler.rescale_betas_zero_snr else ""
+    return f"{config.name}'s scheduler{rescaled}"
+
+
+def _visited(config: ModelConfig | None, schedule: NoiseSchedule, sampler: str | None, steps: int | None,
+             spacing: str | None, karras: bool) -> tuple[list[int] | None, str]:
+    """The timesteps `sampler` visits on `schedule` and the plot's title saying so and whose scheduler it is
+    (without a sampler: None and the scheduler alone). Names in any case, as `resolve_settings` reads them."""
+    scheduler = _scheduler_phrase(config)
     if sampler is None:
-        return None, None
-    config = model.config if model else None
+        return None, scheduler
     sampler = sampler.lower()
     steps = steps if steps is not None else (config.default_steps if config else 50)
     spacing = (spacing if spacing is not None else config.scheduler.timestep_spacing if config else "leading").lower()
     offset = config.scheduler.steps_offset if config else 1
     visits = sampling_grid(GridSpec(sampler, steps, spacing, karras), schedule, steps_offset=offset)
-    title = f"timesteps {sampler} visits in {steps} steps ({spacing} spacing{', Karras σ' if karras else ''})"
-    return [round(t) for t in visits.model_timesteps()], title
+    marked = [round(t) for t in visits.model_timesteps()]
+    return marked, (f"timesteps {sampler} visits in {steps} steps: t = {marked[0]} … {marked[-1]} ({spacing} "
+                    f"spacing{', Karras σ' if karras else ''})\n{scheduler}")
 
 
 @dataclass
@@ -250,10 +267,35 @@ def parse_axis(text: str) -> tuple[str, list]:
 
 @dataclass
 class Comparison:
-    """What `compare` makes: the grid and the generations, rows × columns (y values × x values)."""
+    """What `compare` makes: the grid and the generations, rows × columns (y values × x values), and what each
+    cell cost: the denoiser's calls and the U-Net evaluations they ran (two per call under guidance)."""
 
     grid: Image.Image
     generations: list[list[Generation]]
+    model_calls: list[list[int]]
+    unet_evaluations: list[list[int]]
+
+
+class EvaluationCounter:
+    """Counts, over one generation, the denoiser's calls and the U-Net evaluations they run: the CFG denoiser runs
+    the network on [uncond; cond] — two evaluations, one batch — when guidance w ≠ 1, and on cond alone at w = 1
+    (Ho & Salimans 2022, eq. 6). Its guidance hook hears which branches ran (ε_u is None when only one did)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.unet = 0
+
+    def observer(self, run: ImageRun | None = None) -> Observer:
+        return Observer(on_guidance=self.heard)
+
+    def heard(self, eps_uncond: torch.Tensor | None, eps_cond: torch.Tensor) -> None:
+        self.calls += 1
+        self.unet += 1 if eps_uncond is None else 2
+
+    def label(self) -> str:
+        """"50 U-Net evaluations" and, under guidance, a second line "= 25 model calls × 2"."""
+        doubled = f"\n= {self.calls} model calls × 2" if self.unet != self.calls else ""
+        return f"{self.unet} U-Net evaluations{doubled}"
 
 
 def compare(model: StableDiffusion, settings: GenerationSettings,
@@ -263,7 +305,8 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     """One image per combination of two settings (any of COMPARE_AXES), everything else fixed.
 
     Columns follow `x` = (setting, values), rows `y` (None = one row). Each cell is labelled with its
-    number of model evaluations (NFE), the cost that compares across machines; wall times mostly measure load.
+    number of U-Net evaluations, counted as they run (`EvaluationCounter`: Heun calls the model twice per step,
+    guidance runs the U-Net twice per call), the cost that compares across machines; wall times mostly measure load.
     """
     x_name, x_values = x
     y_name, y_values = y if y is not None else (None, [None])
@@ -284,26 +327,24 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
         if name is not None and getattr(settings, name) is not None:
             replace(combos[0][0], **{name: getattr(settings, name)}).resolved(model)
 
-    evaluations = [0]
-
-    def count(record: StepRecord) -> None:
-        evaluations[0] += 1
-        if progress is not None:
-            progress(record)
-
-    generations, cell_labels = [], []
+    generations, counters = [], []
     for row in combos:
         generations.append([])
-        cell_labels.append([])
+        counters.append([])
         for cell in row:
-            evaluations[0] = 0
-            generations[-1].append(generate(model, cell, progress=count))
-            cell_labels[-1].append(f"{evaluations[0]} model evaluations")
+            counter = EvaluationCounter()
+            generations[-1].append(generate(model, cell, observe=counter.observer, progress=progress))
+            counters[-1].append(counter)
     height, width = generations[0][0].images[0].shape[:2]
     size = panel_size(width, height, panel)
+    guided = any(counter.unet != counter.calls for row in counters for counter in row)
+    prompt = f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)"
+    note = " · guidance runs the U-Net twice per model call: with the prompt and without" if guided else ""
     grid = make_grid([[fit_panel(g.images[0], size, smooth=True) for g in row] for row in generations],
                      row_labels=[str(v) for v in y_values] if y_name else None,
-                     col_labels=[str(v) for v in x_values], cell_labels=cell_labels,
-                     title=f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)",
-                     x_axis_title=x_name, y_axis_title=y_name, cell_size=size)
-    return Comparison(grid=grid, generations=generations)
+                     col_labels=[str(v) for v in x_values],
+                     cell_labels=[[counter.label() for counter in row] for row in counters],
+                     title=prompt + note, x_axis_title=x_name, y_axis_title=y_name, cell_size=size)
+    return Comparison(grid=grid, generations=generations,
+                      model_calls=[[counter.calls for counter in row] for row in counters],
+                      unet_evaluations=[[counter.unet for counter in row] for row in counters])

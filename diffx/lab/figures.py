@@ -31,8 +31,31 @@ ARROW_GRID = 15  # arrows per side of the score-field panels
 TRAILS = 10  # particles whose paths are drawn
 
 
+# Why a sampler's grid differs from the others' at the same step count (`diffx.sampling.grids`).
+OWN_GRID_REASONS = {"dpmpp_2m": "N + 1 points spaced, the last dropped, as diffusers does"}
+
+
 def sampler_kind(sampler: str) -> str:
     return "ancestral (SDE)" if sampler in ANCESTRAL else "ODE"
+
+
+def _timestep_span(timesteps: Sequence[float]) -> str:
+    """"961, 921 … 1": the first two and the last of a grid's timesteps."""
+    shown = [f"{t:.0f}" for t in timesteps]
+    return ", ".join(shown) if len(shown) <= 3 else f"{shown[0]}, {shown[1]} … {shown[-1]}"
+
+
+def grid_note(runs: Sequence[LabRun]) -> str | None:
+    """The line that says which samplers step on another grid than the first run's (so their panels show another t
+    at the same step), and why; None when every run visits the same timesteps."""
+    first = runs[0].timesteps[:-1]  # the last entry is the sample's 0
+    own = [run for run in runs if run.timesteps[:-1] != first]
+    if not own:
+        return None
+    steps_on = ", ".join(f"{run.sampler} steps on t = {_timestep_span(run.timesteps[:-1])}"
+                       f"{f' ({OWN_GRID_REASONS[run.sampler]})' if run.sampler in OWN_GRID_REASONS else ''}"
+                       for run in own)
+    return f"{steps_on}; the others on t = {_timestep_span(first)}"
 
 
 def forward_marginal(schedule: NoiseSchedule, x0: Tensor, t: float, seed: int = 0) -> Tensor:
@@ -92,9 +115,11 @@ def _rows(cells: list, labels: list[str], columns: int) -> tuple[list[list], lis
 def reverse_frames(trained: TrainedLab, runs: Sequence[LabRun], x0: Tensor, labels: Tensor, columns: int = 4,
                    on_frame: Callable[[int, int], None] | None = None) -> list[Image.Image]:
     """One frame per step: q(x_t) of the data coloured by class, the learned score field at t, and each
-    sampler's particles (from the same x_T) over the grey cloud of q(x_t) at its own t, with trails.
+    sampler's particles (from the same x_T) over the grey cloud of q(x_t) at its own t, with trails; a sampler
+    whose grid is not the first's is named, with its grid, under the frame (`grid_note`).
     `on_frame(done, total)` is called after each frame is drawn."""
     schedule, steps = trained.schedule, len(runs[0].path) - 1
+    note = grid_note(runs)
     trail_colors = class_colors(np.arange(TRAILS))
     frames = []
     for i in range(steps + 1):
@@ -116,10 +141,11 @@ def reverse_frames(trained: TrainedLab, runs: Sequence[LabRun], x0: Tensor, labe
             cell_labels.append(f"{run.sampler} · {sampler_kind(run.sampler)}\n{where} · {run.nfe[i]} NFE")
         grid_cells, grid_labels = _rows(cells, cell_labels, columns)
         title = f"{trained.data.name} · {schedule.beta_schedule} β · {steps} steps · step {i}/{steps}"
-        frame = make_grid(grid_cells, cell_labels=grid_labels, title=title, font_size=13)
-        frames.append(_with_key(frame, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
-                                f"samplers: {len(x0)} particles from one x_T (blue) over q(x_t) at their t (grey); "
-                                f"lines: the paths of {TRAILS} of them"))
+        frame = _with_key(make_grid(grid_cells, cell_labels=grid_labels, title=title, font_size=13),
+                          trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
+                          f"samplers: {len(x0)} particles from one x_T (blue) over q(x_t) at their t (grey); "
+                          f"lines: the paths of {TRAILS} of them")
+        frames.append(frame if note is None else caption_bar(frame, note, font_size=13))
         if on_frame is not None:
             on_frame(i + 1, steps + 1)
     return _uniform_size(frames)

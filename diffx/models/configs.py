@@ -160,7 +160,7 @@ class ModelConfig:
     default_sampler: str = "ddim"
     default_steps: int = 50
     default_guidance: float = 7.5
-    # SDXL (diffusers' default): an empty negative prompt conditions the unconditional branch on zeros.
+    # SDXL (diffusers' default): no negative prompt (None, not "") conditions the unconditional branch on zeros.
     force_zeros_for_empty_prompt: bool = False
 
     def to_dict(self) -> dict:

@@ -6,9 +6,10 @@
   embedding and the size/crop micro-conditioning (`diffx.models.sdxl.micro_conditioning`). Like diffusers'
   `StableDiffusionXLPipeline` called without `original_size`, `crops_coords_top_left` or `target_size`, the
   original and target sizes are the output's (height, width) and the crop (0, 0), for both branches. With
-  `force_zeros_for_empty_prompt` (SDXL base's `model_index.json`, and the pipeline's default) an empty negative
-  prompt gives the unconditional branch zeros for both its context and its pooled embedding, not the encoding
-  of "".
+  `force_zeros_for_empty_prompt` (SDXL base's `model_index.json`, and the pipeline's default) a run without a
+  negative prompt gives the unconditional branch zeros for both its context and its pooled embedding; a negative
+  prompt given as "" is encoded, as diffusers 0.42's `encode_prompt` does (`zero_out_negative_prompt =
+  negative_prompt is None and self.config.force_zeros_for_empty_prompt`).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def encode_text(model: StableDiffusion, prompts: Sequence[TokenizedPrompt]) -> T
 
 @torch.no_grad()
 def prompt_conditioning(model: StableDiffusion, tokens: Sequence[TokenizedPrompt], negative_tokens: TokenizedPrompt,
-                        guided: bool, size: tuple[int, int], empty_negative: bool) -> Conditioning:
+                        guided: bool, size: tuple[int, int], no_negative: bool) -> Conditioning:
     """Both branches' conditioning for a batch of B prompts sharing one negative prompt; `guided`: w != 1 (the
-    unconditional branch runs), `size`: the output's (height, width), `empty_negative`: the negative prompt is ""
-    (SDXL may then use zeros). The negative prompt is encoded once and repeated for the B images."""
+    unconditional branch runs), `size`: the output's (height, width), `no_negative`: no negative prompt was given
+    (None, not ""; SDXL may then use zeros, see the module docstring). The negative prompt is encoded once and
+    repeated for the B images."""
     batch = len(tokens)
     if model.config.text_encoder_2 is None:
         uncond = encode_text(model, [negative_tokens]).expand(batch, -1, -1) if guided else None
@@ -72,7 +74,7 @@ def prompt_conditioning(model: StableDiffusion, tokens: Sequence[TokenizedPrompt
     context, pooled = _encode(model, tokens, pooled=True)  # (B, 77, 2048), (B, 1280)
     if not guided:
         context_uncond, pooled_uncond = None, None
-    elif empty_negative and model.config.force_zeros_for_empty_prompt:
+    elif no_negative and model.config.force_zeros_for_empty_prompt:
         context_uncond, pooled_uncond = torch.zeros_like(context), torch.zeros_like(pooled)
     else:
         context_uncond, pooled_uncond = (part.expand(batch, *part.shape[1:])

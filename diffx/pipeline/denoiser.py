@@ -72,9 +72,10 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
     Without an unconditional context (guidance exactly 1) only ε_c is computed.
     Both halves run as one batch [uncond; cond], as diffusers does. The network and what it predicts come from
     the model's family (`diffx.pipeline.families`). Guidance (and its rescale φ, `rescale_guidance`) works on what
-    the network predicts; its parameterization then turns that into ε̂ at t's α, σ in `schedule` (default: the
-    model's own) — a v-prediction model's v̂ becomes ε̂ = σ x_t + α v̂ — so every sampler, the tracer and the
-    views see ε̂ whatever the model predicts. `observer` hears both (as ε̂) and watches the network's attention.
+    the network predicts; its parameterization then turns that into ε̂ at t's scales √ᾱ, √(1 − ᾱ) in `schedule`
+    (default: the model's own) — a v-prediction model's v̂ becomes ε̂ = √(1 − ᾱ) x_t + √ᾱ v̂ — so every sampler, the
+    tracer and the views see ε̂ whatever the model predicts. `observer` hears both (as ε̂) and watches the network's
+    attention.
     `added_*`: SDXL's vector y of each branch (`diffx.pipeline.conditioning`).
     """
     dtype = model.dtype
@@ -86,8 +87,8 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
 
     def eps_model(x_in: Tensor, t: Tensor) -> Tensor:
         batch = x_in.shape[0]
-        alpha, sigma = (float(s) for s in vp_scales(schedule, t))
-        x_net, t_net = parameterization.network_input(x_in, t, alpha, sigma)  # a flow network's x_s and s·T
+        signal_scale, noise_scale = (float(s) for s in vp_scales(schedule, t))  # √ᾱ, √(1 − ᾱ)
+        x_net, t_net = parameterization.network_input(x_in, t, signal_scale, noise_scale)  # a flow network's x_s, s·T
         if context_uncond is None:
             out_uncond, out_cond = None, family.network(model, x_net.to(dtype), t_net, context_cond, added_cond).float()
             out = out_cond
@@ -100,7 +101,7 @@ def make_denoiser(model: StableDiffusion, context_cond: Tensor, context_uncond: 
         x_t = x_in[:, :latent_channels].float()
 
         def to_eps(output: Tensor | None) -> Tensor | None:
-            return None if output is None else parameterization.to_eps(output, x_t, alpha, sigma)
+            return None if output is None else parameterization.to_eps(output, x_t, signal_scale, noise_scale)
 
         if observer.on_guidance is not None:
             observer.on_guidance(to_eps(out_uncond), to_eps(out_cond))

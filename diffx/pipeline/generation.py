@@ -180,8 +180,9 @@ def _generate_batch(model: StableDiffusion, runs: list[ResolvedSettings], progre
     the initial noise, drawn per seed as alone)."""
     settings = runs[0]
     conditioning = family_of(model).conditioning(model, [tokenize(model, run.prompt) for run in runs],
-                                       tokenize(model, settings.negative_prompt, "negative prompt"), settings.guided,
-                                       (settings.height, settings.width), not settings.negative_prompt)
+                                       tokenize(model, settings.negative_prompt or "", "negative prompt"),
+                                       settings.guided, (settings.height, settings.width),
+                                       settings.negative_prompt is None)
     noise = torch.cat([torch.randn(_latent_shape(model, settings), generator=torch.Generator().manual_seed(run.seed))
                        for run in runs]).to(model.device)
     denoiser = settings_denoiser(model, settings, conditioning)
@@ -194,10 +195,10 @@ def _generate_one(model: StableDiffusion, settings: ResolvedSettings, index: int
     """One image: its conditioning, its random draws in diffusers' order, its observer, the sampler."""
     family = family_of(model)
     tokens = tokenize(model, settings.prompt)
-    negative_tokens = tokenize(model, settings.negative_prompt, "negative prompt")
+    negative_tokens = tokenize(model, settings.negative_prompt or "", "negative prompt")
     # Guidance 1 is ε_c alone: the unconditional branch is skipped, observed or not (observing never changes numbers).
     conditioning = family.conditioning(model, [tokens], negative_tokens, settings.guided,
-                                       (settings.height, settings.width), not settings.negative_prompt)
+                                       (settings.height, settings.width), settings.negative_prompt is None)
     latent_shape = _latent_shape(model, settings)
     mode = "text2img" if init_image is None else ("inpaint" if mask is not None else "img2img")
     observer = observe(ImageRun(index, settings, mode, tokens, negative_tokens, latent_shape)) \

@@ -94,7 +94,7 @@ def psnr(picture: np.ndarray, reference: np.ndarray) -> float:
 
 def inversion_settings(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
                        steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, *,
-                       negative_prompt: str = "", spacing: str | None = None, schedule: str | None = None,
+                       negative_prompt: str | None = None, spacing: str | None = None, schedule: str | None = None,
                        seed: int = 0, guidance_rescale: float = 0.0) -> ResolvedSettings:
     """The DDIM settings of an inversion of `image`, resolved and checked (its size must suit the model; the
     guidance rescale φ, as `generate` applies it, 0 to 1)."""
@@ -110,17 +110,17 @@ def _observed_denoiser(model: StableDiffusion, settings: ResolvedSettings, mode:
                        observe: Observe | None) -> tuple[Callable[[Tensor, Tensor], Tensor], Observer]:
     """ε̂(x_t, t) for the settings' prompt and guidance (only ε_c at w = 1), as `generate` samples with it
     (SDXL's size conditioning included), and the observer `observe` gives this run."""
-    tokens, negative_tokens = tokenize(model, settings.prompt), tokenize(model, settings.negative_prompt)
+    tokens, negative_tokens = tokenize(model, settings.prompt), tokenize(model, settings.negative_prompt or "")
     observer = observe(ImageRun(0, settings, mode, tokens, negative_tokens, tuple(latent_shape))) \
         if observe is not None else Observer()
     conditioning = family_of(model).conditioning(model, [tokens], negative_tokens, settings.guided,
-                                       (settings.height, settings.width), not settings.negative_prompt)
+                                       (settings.height, settings.width), settings.negative_prompt is None)
     return settings_denoiser(model, settings, conditioning, observer), observer
 
 
 @torch.no_grad()
 def invert(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "", steps: int = DEFAULT_STEPS,
-           guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str = "", spacing: str | None = None,
+           guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str | None = None, spacing: str | None = None,
            schedule: str | None = None, seed: int = 0, guidance_rescale: float = 0.0, observe: Observe | None = None,
            progress: StepCallback | None = None) -> Inversion:
     """Find the x_T from which DDIM (η = 0, `steps` steps, guidance `guidance` with rescale φ =
@@ -158,7 +158,7 @@ def reconstruct(model: StableDiffusion, inversion: Inversion, observe: Observe |
 
 
 def round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
-               steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str = "",
+               steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, *, negative_prompt: str | None = None,
                spacing: str | None = None, schedule: str | None = None, seed: int = 0, guidance_rescale: float = 0.0,
                observe: Observe | None = None, progress: StepCallback | None = None) -> RoundTrip:
     """`invert` then `reconstruct` with the same settings, and the error of the trip (see `RoundTrip`).
@@ -189,7 +189,7 @@ def check_sweep(steps: Sequence[int], guidances: Sequence[float], num_train_time
 
 def round_trip_sweep(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "",
                      steps: Sequence[int] = (10, 25, 50), guidances: Sequence[float] = (1.0, 3.0, 7.5), *,
-                     negative_prompt: str = "", spacing: str | None = None, schedule: str | None = None,
+                     negative_prompt: str | None = None, spacing: str | None = None, schedule: str | None = None,
                      seed: int = 0, guidance_rescale: float = 0.0,
                      progress: StepCallback | None = None) -> RoundTripSweep:
     """A `round_trip` of `image` at every (guidance, steps) pair, each with rescale φ = `guidance_rescale`: the

@@ -38,7 +38,9 @@ class GenerationSettings:
     """
 
     prompt: str = ""
-    negative_prompt: str = ""
+    # None: no negative prompt, which SDXL base answers with zeros for the unconditional branch; "" is encoded like
+    # any text (diffusers' StableDiffusionXLPipeline: `negative_prompt is None and force_zeros_for_empty_prompt`).
+    negative_prompt: str | None = None
     height: int | None = None
     width: int | None = None
     steps: int | None = None
@@ -67,7 +69,7 @@ class ResolvedSettings:
     """
 
     prompt: str
-    negative_prompt: str
+    negative_prompt: str | None  # None: none given (see `GenerationSettings`)
     height: int
     width: int
     steps: int
@@ -162,7 +164,8 @@ def check_settings(settings: GenerationSettings | ResolvedSettings) -> None:
         if numbers[name] is not None and not 0.0 <= numbers[name] <= 1.0:
             raise InvalidArgumentError(f"{name} must be between 0 and 1, got {numbers[name]}")
     check_prompt(settings.prompt)
-    check_prompt(settings.negative_prompt, "negative prompt", "leave it empty (plain guidance)")
+    if settings.negative_prompt is not None:  # None: no negative prompt
+        check_prompt(settings.negative_prompt, "negative prompt", "leave it out (plain guidance)")
 
 
 def resolve_settings(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings) -> ResolvedSettings:

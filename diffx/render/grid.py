@@ -110,6 +110,19 @@ def fit_text(
         size = max(min_font_size, int(size * 0.85))
 
 
+def balanced_columns(count: int, most: int, least: int = 1) -> int:
+    """How many columns (`least` to `most`) to wrap `count` panels into: first a width whose last row is not a
+    lone panel under fuller rows, where one exists; then the fewest rows; then the fewest empty cells; then the
+    narrowest. 7 panels, 4 to 6 a row: 4 + 3 (not 6 + 1); 12: 6 + 6; 13: 5 + 5 + 3."""
+    least = max(1, least)
+
+    def cost(columns: int) -> tuple[bool, int, int]:
+        rows = -(-count // columns)  # ceil
+        return rows > 1 and count - (rows - 1) * columns == 1, rows, rows * columns - count
+
+    return min(range(least, max(least, most) + 1), key=cost)
+
+
 def _check_count(name: str, labels: Sequence | None, expected: int) -> None:
     if labels is not None and len(labels) != expected:
         raise ValueError(f"{name} has {len(labels)} entries for {expected} {name.split('_')[0]}s")
@@ -222,13 +235,18 @@ def caption_bar(image: PictureLike, text: str, font_size: int | None = None) -> 
     return canvas
 
 
+def note_font_size(width: int, height: int) -> int:
+    """The font size of a note line under a frame of `width` × `height`: smaller than its caption, within [11, 24]."""
+    return max(11, min(24, round((width * height) ** 0.5 / 34)))
+
+
 def legend_bar(image: PictureLike, ramp: PictureLike, low: str, high: str, note: str,
                font_size: int | None = None) -> Image.Image:
     """Add a colour legend under a frame: `low` [ramp] `high` on one line, `note` (what the scale means)
     on the next. `ramp` is a colour bar picture (see `colormap.colorbar`), stretched to a third of the width."""
     picture = to_pil(image)
     width, height = picture.size
-    font_size = font_size or max(11, min(24, round((width * height) ** 0.5 / 34)))
+    font_size = font_size or note_font_size(width, height)
     font = load_font(font_size)
     pad = max(2, font_size // 3)
     line = _line_height(font)

@@ -27,7 +27,8 @@ SD15_LATENT_RGB_FACTORS = torch.tensor(
     ]
 )
 
-# Standardized noise is shown over +-NOISE_DISPLAY_SIGMAS: values beyond saturate to 0 or 255.
+# Standardized noise is shown over ±NOISE_DISPLAY_SIGMAS standard deviations (a statistics σ, not the noise
+# level σ = √((1 − ᾱ)/ᾱ) of the schedules): values beyond saturate to 0 or 255.
 NOISE_DISPLAY_SIGMAS = 2.5
 
 
@@ -129,8 +130,9 @@ def noisy_picture(x0_rgb: torch.Tensor, eps: torch.Tensor, alpha_cumprod: float)
     `x0_rgb`: the predicted clean image (3, H, W) in [-1, 1] (a VAE decode or the latent preview);
     `eps`: the predicted noise (C >= 3, h, w), its first three channels drawn as R, G, B (as
     `visualize_noise` does) at the image size. The mixture is divided by √ᾱ + NOISE_DISPLAY_SIGMAS · √(1 − ᾱ),
-    so pure noise (ᾱ = 0) shows at ±NOISE_DISPLAY_SIGMAS σ, the clean image (ᾱ = 1) as itself, and in
-    between the picture emerges from noise without clipping more than the noise's own far tail. The
+    so pure noise (ᾱ = 0) shows at ±NOISE_DISPLAY_SIGMAS standard deviations, the clean image (ᾱ = 1) as
+    itself, and in between the picture emerges from noise without clipping more than the noise's own far
+    tail. The
     latent x_t itself cannot be shown this way: a linear preview multiplies its unit noise by the
     preview's steep factors and clips.
     """

@@ -1,8 +1,9 @@
 """Matplotlib figures of how samplers travel: error against model evaluations, and latent paths in 2-D.
 
-Pure: arrays in (one `PathLine` per sampler), a PIL image out. The log-y "error vs NFE" panels follow
-Karras et al. 2022 (fig. 2) and Lu et al. 2022 (DPM-Solver++, fig. 3); the path picture draws 2-D
-coordinates (e.g. a PCA projection) with the shared start and every end labelled.
+Pure: arrays in (one `PathLine` per sampler), a PIL image (or the path picture's matplotlib Figure) out. The log-y
+"error vs NFE" panels follow Karras et al. 2022 (fig. 2) and Lu et al. 2022 (DPM-Solver++, fig. 3); the path picture
+draws 2-D coordinates (e.g. a PCA projection) with the shared start and every end labelled, labels of ends that
+meet stacked in a column beside them (`stack_labels`), measured with the renderer's own font metrics.
 """
 
 import textwrap
@@ -10,7 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Annotation, Text
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from diffx.errors import InvalidArgumentError
@@ -72,16 +77,76 @@ def plot_convergence(reference_error: Sequence[PathLine] | None, x0_change: Sequ
     return figure_to_image(figure)
 
 
-def _end_label_offsets(ends: np.ndarray, span: float) -> list[int]:
-    """Vertical text offsets (points) so that labels of ends closer than 4% of the plot apart stack, not overlap."""
-    offsets: list[int] = []
-    for i, end in enumerate(ends):
-        near = [offsets[j] for j in range(i) if np.linalg.norm(ends[j] - end) < 0.04 * span]
-        offsets.append(min(set(range(0, -13 * (len(near) + 1), -13)) - set(near)))
-    return offsets
+LABEL_PAD_PT = 8  # from an end's marker to its label
+LABEL_GAP_PT = 1.5  # between stacked labels
+LABEL_PLACEMENTS = 4  # passes of measuring and placing the end labels (each wider x range moves the ends)
 
 
-def plot_paths(lines: Sequence[PathLine], variance_share: Sequence[float], title: str = "") -> Image.Image:
+def stack_labels(anchors: np.ndarray, sizes: np.ndarray, pad: float, gap: float) -> np.ndarray:
+    """Lower-left corners (n, 2) of label boxes of `sizes` (n, 2: width, height) put right of their `anchors` (n, 2),
+    so that no two boxes meet (display units, y up).
+
+    Each label starts beside its anchor, vertically centred, `pad` to its right. Labels whose boxes meet form a
+    cluster, laid out as one column: left of it `pad` right of the cluster's rightmost anchor (so it clears every
+    marker of the cluster), the labels in their anchors' top-to-bottom order, `gap` apart, the column centred on
+    the anchors' mean height. Clusters merge until no boxes meet (at most n − 1 merges).
+    """
+    anchors, sizes = np.asarray(anchors, dtype=float), np.asarray(sizes, dtype=float)
+    clusters = [[i] for i in range(len(anchors))]
+    while True:
+        corners = np.zeros_like(anchors)
+        for members in clusters:
+            order = sorted(members, key=lambda i: -anchors[i, 1])
+            top = anchors[members, 1].mean() + (sizes[members, 1].sum() + gap * (len(members) - 1)) / 2
+            for i in order:
+                corners[i] = anchors[members, 0].max() + pad, top - sizes[i, 1]
+                top -= sizes[i, 1] + gap
+        meeting = next(((a, b) for a in range(len(clusters)) for b in range(a + 1, len(clusters))
+                        if _boxes_meet(corners, sizes, clusters[a], clusters[b], gap)), None)
+        if meeting is None:
+            return corners
+        a, b = meeting
+        clusters[a] += clusters.pop(b)
+
+
+def _boxes_meet(corners: np.ndarray, sizes: np.ndarray, first: list[int], second: list[int], gap: float) -> bool:
+    """Whether a box of cluster `first` comes within `gap` of a box of cluster `second`."""
+    return any(corners[i, 0] < corners[j, 0] + sizes[j, 0] + gap and corners[j, 0] < corners[i, 0] + sizes[i, 0] + gap
+               and corners[i, 1] < corners[j, 1] + sizes[j, 1] + gap
+               and corners[j, 1] < corners[i, 1] + sizes[i, 1] + gap for i in first for j in second)
+
+
+def _place_end_labels(figure: Figure, ax: Axes, labels: Sequence[Annotation]) -> None:
+    """Move the end labels (annotations in offset points from their ends) apart with `stack_labels`, measured with
+    the Agg renderer's font metrics; a label moved away from its end gets a thin leader line to it. Where labels
+    would cross the axes' right edge the x range grows to hold them, and they are placed again (the constrained
+    layout and the new range move the ends); then the layout is frozen so they stay put."""
+    canvas = FigureCanvasAgg(figure)
+    to_px = figure.dpi / 72
+    for attempt in range(LABEL_PLACEMENTS):
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        anchors = ax.transData.transform([label.xy for label in labels])  # (n, 2) px
+        sizes = np.array([[box.width, box.height] for box in (_label_box(label, renderer) for label in labels)])
+        corners = stack_labels(anchors, sizes, LABEL_PAD_PT * to_px, LABEL_GAP_PT * to_px)
+        for label, anchor, corner, size in zip(labels, anchors, corners, sizes, strict=True):
+            offset = np.array([corner[0], corner[1] + size[1] / 2]) - anchor  # px to the left-middle of the box
+            label.xyann = tuple(offset / to_px)
+            label.arrow_patch.set_visible(bool(abs(offset[1]) > 1 or offset[0] > LABEL_PAD_PT * to_px + 1))
+        right = float((corners[:, 0] + sizes[:, 0]).max()) + LABEL_PAD_PT * to_px  # px the labels need
+        if right <= ax.bbox.x1 or attempt == LABEL_PLACEMENTS - 1:
+            break
+        ax.set_xlim(right=float(ax.transData.inverted().transform((right, 0))[0]))
+    figure.set_layout_engine("none")
+
+
+def _label_box(label: Annotation, renderer: RendererAgg) -> Bbox:
+    """The display box of an annotation's text alone (without its leader line), as `renderer` measures it."""
+    label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)
+
+
+def paths_figure(lines: Sequence[PathLine], variance_share: Sequence[float], title: str = "") -> Figure:
     """2-D paths (x, y per point, first point the shared start), each point a dot, every end labelled with its
     line's name; `variance_share` is the fraction of variance along each axis (PCA), written on the axes.
     Lines with an `image` get it shown, labelled, in a row under the plot."""
@@ -99,13 +164,14 @@ def plot_paths(lines: Sequence[PathLine], variance_share: Sequence[float], title
         else:
             ax.plot(line.x, line.y, color=line.colour, linestyle="--" if line.dashed else "-", linewidth=1.4,
                     marker="o", markersize=2.5, label=line.label)
-    ends = np.array([[line.x[-1], line.y[-1]] for line in lines])
-    everything = np.concatenate([np.column_stack([line.x, line.y]) for line in lines])
-    span = float(np.ptp(everything, axis=0).max()) or 1.0
-    for line, end, offset in zip(lines, ends, _end_label_offsets(ends, span), strict=True):
+    labels = []
+    for line in lines:
+        end = (line.x[-1], line.y[-1])
         ax.plot(*end, marker="s", markersize=7, color=line.colour, markeredgecolor="black")
-        ax.annotate(f"end: {line.label.split(' (')[0]}", end, xytext=(8, offset), textcoords="offset points",
-                    fontsize=8, color=line.colour, va="center")
+        labels.append(ax.annotate(f"end: {line.label.split(' (')[0]}", end, xytext=(LABEL_PAD_PT, 0),
+                                  textcoords="offset points", fontsize=8, color=line.colour, va="center",
+                                  arrowprops={"arrowstyle": "-", "color": line.colour, "linewidth": 0.6,
+                                              "shrinkA": 1, "shrinkB": 4, "relpos": (0, 0.5)}))
     start = np.array([lines[0].x[0], lines[0].y[0]])
     ax.plot(*start, marker="*", markersize=16, color="black")
     ax.annotate("start: x_T (the same noise for every sampler)", start, xytext=(10, -4), textcoords="offset points",
@@ -124,4 +190,10 @@ def plot_paths(lines: Sequence[PathLine], variance_share: Sequence[float], title
         thumb.text(1.05, 0.5, "results\n(VAE decode)", transform=thumb.transAxes, fontsize=8, va="center")
     if title:
         figure.suptitle("\n".join(textwrap.wrap(title, int(12 * figure.get_figwidth()))), fontsize=10)
-    return figure_to_image(figure)
+    _place_end_labels(figure, ax, labels)
+    return figure
+
+
+def plot_paths(lines: Sequence[PathLine], variance_share: Sequence[float], title: str = "") -> Image.Image:
+    """`paths_figure` as a picture."""
+    return figure_to_image(paths_figure(lines, variance_share, title))

@@ -1,5 +1,6 @@
 """The data behind the report page (`diffx.report`): one "column" of precomputed frames per trace —
-x_t, x̂0, ε̂, ε_c − ε_u and attention heatmaps as WebP data URIs — and the schedule charts' markers."""
+x_t, x̂0, ε̂, ε_c − ε_u and attention heatmaps as data: URIs (lossless, but for pictures at the image
+size: see `data_uri`) — and the schedule charts' markers."""
 
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
 from diffx.trace.record import Trace
 from diffx.views.attention import layer_title
-from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, xt_pictures
+from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, resolve_preview, x0_pictures, xt_pictures
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
 
+# Quality of the lossy WebP pictures (`data_uri(..., lossy=True)`): VAE decodes and x_t drawn over them.
 WEBP_QUALITY = 75
 
 
@@ -38,7 +40,7 @@ DECODED_SIZE = 256  # longest side of VAE-decoded pictures in the page, in pixel
 COLORMAP = "viridis"
 
 
-# Per-head heatmaps in one page at most (~160 B each at 16×16, up to ~2 kB at 64×64): the embedded
+# Per-head heatmaps in one page at most (~210 B each at 16×16, up to ~6 kB at 64×64): the embedded
 # model's 25 steps × 7 words × 40 heads (7,000) fit; SD1.5's 50 × 12 × 128 (76,800) are left out.
 HEAD_FRAMES_MAX = 20_000
 
@@ -65,29 +67,51 @@ def check_traces(traces: Sequence[Trace] | Trace) -> list[Trace]:
     return traces
 
 
-def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None) -> dict:
-    """Every frame and number one column of the page shows, for each step (lists indexed by step)."""
+def step_frames(trace: Trace, step: int, decoded: np.ndarray | None = None) -> dict:
+    """Every frame and number of one step of `trace` (0-based `step`): "info" (t, σ, ᾱ), "frames" (x_t, x̂0, ε̂,
+    ε_c − ε_u as data: URIs, those recorded), "decoded" (whether x̂0 is the VAE decode `decoded`, else the latent
+    preview) and "heat" (scale → one heatmap per word, or None without attention).
+
+    The report's columns are these steps in a row; the live page (`diffx.studio`) sends each as it arrives.
+    """
     tensors = trace.tensors
-    steps = range(trace.num_steps)
-    frames: dict[str, list[str]] = {}
-    # VAE decodes of x̂0: the trace's own, and with a model every other step too (else the latent preview).
-    # Another model's traces are never decoded with `model`: the column says so instead.
-    decoded = trace.decoded_steps()
-    mismatch = model_mismatch(trace.meta, model) if model is not None and "x0" in tensors else None
-    if model is not None and "x0" in tensors and not mismatch:
-        decoded = dict(enumerate(trace.decoded_x0(steps, model)))
+    frames: dict[str, str] = {}
     if "x0" in tensors:
-        x0 = [fit_picture(decoded[s]) if s in decoded else latent_preview(trace, "x0", s) for s in steps]
-        frames["x0"] = [data_uri(picture) for picture in x0]
+        x0 = fit_picture(decoded) if decoded is not None else latent_preview(trace, "x0", step)
+        # A decode is a picture at the image size, and so is x_t drawn over it: lossy; latent previews are exact.
+        frames["x0"] = data_uri(x0, lossy=decoded is not None)
         if "latents" in tensors:
-            frames["xt"] = [data_uri(picture) for picture in xt_pictures(trace, list(steps), x0)]
+            frames["xt"] = data_uri(xt_pictures(trace, [step], [x0])[0], lossy=decoded is not None)
     elif "latents" in tensors:
-        frames["xt"] = [data_uri(latent_preview(trace, "latents", s)) for s in steps]
+        frames["xt"] = data_uri(latent_preview(trace, "latents", step))
     if "eps" in tensors:
-        frames["eps"] = [data_uri(visualize_noise(tensors["eps"][s])) for s in steps]
+        frames["eps"] = data_uri(visualize_noise(tensors["eps"][step]))
     if "eps_cond" in tensors and "eps_uncond" in tensors:
-        frames["guide"] = [data_uri(visualize_noise(tensors["eps_cond"][s].float() - tensors["eps_uncond"][s].float()))
-                           for s in steps]
+        frames["guide"] = data_uri(visualize_noise(tensors["eps_cond"][step].float() -
+                                                   tensors["eps_uncond"][step].float()))
+    heat = None
+    if "attention" in tensors:  # an empty prompt has no words, so no maps
+        maps = trace.word_maps(step)
+        heat = {scale: [data_uri(heatmap(values, 0.0, 1.0, cmap=COLORMAP))
+                        for values in (normalize_maps(maps, scale) if len(maps) else [])] for scale in NORMALIZE_SCALES}
+    return {"info": _step_info(trace, step), "frames": frames, "decoded": decoded is not None, "heat": heat}
+
+
+def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | None, preview: str = "auto") -> dict:
+    """Every frame and number one column of the page shows, for each step (lists indexed by step); x̂0 drawn
+    with `preview` as every view draws it (`resolve_preview`)."""
+    tensors = trace.tensors
+    steps = list(range(trace.num_steps))
+    # Another model's traces are never decoded with `model` (under "auto" they get the latent preview unless
+    # they stored their decodes; "vae" is refused): the column says so.
+    mismatch = model_mismatch(trace.meta, model) if model is not None and "x0" in tensors else None
+    shown = resolve_preview(preview, trace, None if mismatch else model) if "x0" in tensors else "fast"
+    decodes = x0_pictures(trace, steps, shown, model) if shown == "vae" else [None] * len(steps)
+    per_step = [step_frames(trace, s, decodes[s]) for s in steps]
+    heat = None
+    if per_step[0]["heat"] is not None:  # scale -> word -> step
+        heat = {scale: [[step["heat"][scale][word] for step in per_step] for word in range(len(trace.words))]
+                for scale in NORMALIZE_SCALES}
     return {
         "label": label,
         "model": model_description(trace),
@@ -95,25 +119,15 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "guidance": trace.settings.guidance,
         "colour": COLUMN_COLOURS[index % len(COLUMN_COLOURS)],
         "words": trace.words,
-        "info": [_step_info(trace, s) for s in steps],
-        "frames": frames,
-        "x0_decoded": [s in decoded for s in steps],
-        "x0_label": X0_LABELS["vae"] if len(decoded) == trace.num_steps else
-        X0_LABELS["fast"] if not decoded else "x̂0 (VAE decode where stored, else latent preview)",
-        "heat": _attention_frames(trace) if "attention" in tensors else None,
+        "info": [step["info"] for step in per_step],
+        "frames": {key: [step["frames"][key] for step in per_step] for key in per_step[0]["frames"]},
+        "x0_decoded": [shown == "vae"] * trace.num_steps,
+        "x0_label": X0_LABELS[shown],
+        "heat": heat,
         "layers": _layer_frames(trace) if "attention" in tensors else [],
         "aspect": _aspect(trace),
-        "image": data_uri(fit_picture(tensors["image"].numpy())) if "image" in tensors else None,
+        "image": data_uri(fit_picture(tensors["image"].numpy()), lossy=True) if "image" in tensors else None,
     }
-
-
-def _attention_frames(trace: Trace) -> dict[str, list[list[str]]]:
-    """The DAAM heatmaps, scale -> word -> step, for both colour scales of `normalize_maps`.
-
-    "word": each word's map stretched to its own range (its shape is always visible); "shared": one
-    range over all words of the step (a word that gets little attention stays dark).
-    """
-    return _heat_frames([trace.word_maps(step) for step in range(trace.num_steps)], NORMALIZE_SCALES)
 
 
 def _heat_frames(per_step: Sequence[Tensor], scales: Sequence[str]) -> dict[str, list[list[str]]]:
@@ -148,11 +162,32 @@ def head_frames(trace: Trace) -> int:
     return count if count <= HEAD_FRAMES_MAX else 0
 
 
-def data_uri(picture: np.ndarray) -> str:
-    """A uint8 (H, W, 3) picture as a lossy-WebP data: URI."""
+def data_uri(picture: np.ndarray, lossy: bool = False) -> str:
+    """A uint8 (H, W, 3) picture as a data: URI: lossless (the smaller of PNG and lossless WebP), or lossy WebP.
+
+    Lossless is the default because most panels are numbers drawn as colours — ε̂ and ε_c − ε_u with channels
+    1–3 as R, G, B, latent previews, attention heatmaps — and the page must show the numbers the renderer
+    drew. Lossy WebP (VP8) keeps colour at half resolution (4:2:0 chroma), which on a 16×16 latent mixes each
+    pixel's channels with its neighbours': on the embedded model's page, R and B of ε̂ correlated 0.51–0.53
+    with what `visualize_noise` drew, B of ε_c − ε_u 0.16, and heatmaps read back up to 0.3 off on their
+    0–1 scale. `lossy=True` is for pictures at the image size (VAE decodes of x̂0, x_t drawn over them, the
+    final image): there one latent pixel spans 8×8 image pixels, larger than a 2×2 chroma cell, so the
+    colours survive (x_t's channels correlate 0.94–0.96), and a lossless decode costs ~10× the bytes (the
+    embedded model's x̂0: 9.3 kB a frame instead of 0.9 kB).
+    """
+    if lossy:
+        return _encoded(picture, "WEBP", quality=WEBP_QUALITY, method=4)
+    # PNG wins on tiny noisy frames (a 16×16 ε̂: 852 B against 1,002 B), lossless WebP on the rest (its
+    # colour-indexing transform stores a 256-colour heatmap at a byte a pixel: 16×16, 502 B against 852 B).
+    return min(_encoded(picture, "PNG", optimize=True), _encoded(picture, "WEBP", lossless=True, quality=50, method=2),
+               key=len)
+
+
+def _encoded(picture: np.ndarray, image_format: str, **options: object) -> str:
+    """`picture` saved by Pillow in `image_format` with `options`, as a base64 data: URI."""
     buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="WEBP", quality=WEBP_QUALITY, method=4)
-    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.fromarray(picture).save(buffer, format=image_format, **options)
+    return f"data:image/{image_format.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def fit_picture(picture: np.ndarray, size: int = DECODED_SIZE) -> np.ndarray:

@@ -56,7 +56,7 @@ def pipeline_section(traces: list[Trace]) -> str:
     value = {key: html.escape(_settings_value(traces, key)) for key in
              ("sampler", "schedule", "spacing", "steps", "guidance", "seed", "eta", "strength")}
     image = traces[0].tensors.get("image")
-    result = (f'<img src="{data_uri(fit_picture(image.numpy(), 144))}" alt="the final image of the run">'
+    result = (f'<img src="{data_uri(fit_picture(image.numpy(), 144), lossy=True)}" alt="the final image of the run">'
               if image is not None else "")
     mode = meta.get("mode", "text2img")
     karras = " (Karras σ)" if all(trace.settings.karras for trace in traces) else ""  # only where every run used it
@@ -140,7 +140,11 @@ def loop_section(traces: list[Trace], columns: list[dict], charts_svg: str) -> s
         '<section class="card" aria-labelledby="loop-title"><h2 id="loop-title">Inside the denoising loop</h2>'
         '<p class="note">Drag the slider, press ← / → (Home / End), or play. At every step the sampler feeds x_t '
         "to the U-Net, which predicts the noise ε̂; removing it gives x̂0, the model's current guess of the "
-        "final image. Latent pictures are shown at the latent resolution, one square per latent pixel.</p>"
+        "final image. Above the panels: the step's timestep t, its noise level σ = √((1−ᾱ)/ᾱ) (x_t / √ᾱ = "
+        "x̂0 + σ ε̂) and ᾱ; x_t itself scales the noise by √(1−ᾱ). "
+        "Latent pictures are shown at the latent resolution, one square per latent pixel, and "
+        "stored losslessly, as are the attention maps: their colours are the model's numbers. Pictures at the "
+        "image size (VAE decodes of x̂0, x_t drawn over them, the final image) are lossy WebP, like photos.</p>"
         f'{controls}<div class="loop-body"><div class="columns{" multi" if len(columns) > 1 else ""}">'
         f'{column_html}</div>'
         f'<aside class="side" aria-label="noise schedule"><h2>Where this step sits on the schedule</h2>'

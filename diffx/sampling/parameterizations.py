@@ -1,15 +1,16 @@
 """What a network predicts, and how that becomes the ε̂ every sampler walks with.
 
 The samplers (and the tracer and the views) work in one currency: the variance-preserving state
-x_t = α x_0 + σ ε (α² + σ² = 1) and the noise estimate ε̂. A *parameterization* is the exchange rate between that
+x_t = √ᾱ x_0 + √(1 − ᾱ) ε and the noise estimate ε̂. A *parameterization* is the exchange rate between that
 and what a network was trained on:
 
 * ε-prediction (Ho et al. 2020): the network sees x_t and t and predicts ε; ε̂ is its output.
-* v-prediction (Salimans & Ho 2022, eq. 11): it predicts v = α ε − σ x_0; ε̂ = σ x_t + α v̂.
+* v-prediction (Salimans & Ho 2022, eq. 11): it predicts v = √ᾱ ε − √(1 − ᾱ) x_0; ε̂ = √(1 − ᾱ) x_t + √ᾱ v̂.
 * rectified flow (Liu et al. 2022; Esser et al. 2024, "Scaling Rectified Flow Transformers", eq. 2-3): the
   network sees the straight-line mix x_s = (1 − s) x_0 + s ε at time s ∈ [0, 1] and predicts the velocity
-  v = ε − x_0. The same point of the same path is the VP state scaled: s = σ / (α + σ) and x_s = x_t / (α + σ),
-  so the network is given x_t / (α + σ) at time s·T, and ε̂ = x_s + (1 − s) v̂.
+  v = ε − x_0. The same point of the same path is the VP state scaled by k = 1/(√ᾱ + √(1 − ᾱ)):
+  s = k √(1 − ᾱ) = σ / (1 + σ) with σ = √((1 − ᾱ)/ᾱ), and x_s = k x_t, so the network is given k x_t at
+  time s·T, and ε̂ = x_s + (1 − s) v̂.
 
 Because every parameterization is exchanged into ε̂ at the VP state, any sampler runs any network: a flow model
 on a DDIM grid, an ε-model on Euler's.
@@ -41,20 +42,22 @@ class Parameterization:
     def __post_init__(self) -> None:
         check_choice("prediction type", self.name, PARAMETERIZATIONS)
 
-    def network_input(self, x_t: torch.Tensor, t: torch.Tensor, alpha: float,
-                      sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the network is given for the VP state x_t at timestep t (α, σ its scales): (input, time).
+    def network_input(self, x_t: torch.Tensor, t: torch.Tensor, signal_scale: float,
+                      noise_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the network is given for the VP state x_t at timestep t (its scales √ᾱ, √(1 − ᾱ)): (input, time).
 
-        ε and v networks see x_t and t themselves; a flow network sees x_s = x_t / (α + σ) at time s·T.
+        ε and v networks see x_t and t themselves; a flow network sees x_s = x_t / (√ᾱ + √(1 − ᾱ)) at time s·T.
         """
         if self.name != "flow":
             return x_t, t
-        s = sigma / (alpha + sigma)
-        return x_t / (alpha + sigma), torch.as_tensor(s * self.num_train_timesteps, dtype=t.dtype, device=t.device)
+        s = noise_scale / (signal_scale + noise_scale)
+        return (x_t / (signal_scale + noise_scale),
+                torch.as_tensor(s * self.num_train_timesteps, dtype=t.dtype, device=t.device))
 
-    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """The ε̂ the network's `output` stands for, at the VP state x_t (α, σ its scales)."""
+    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, signal_scale: float,
+               noise_scale: float) -> torch.Tensor:
+        """The ε̂ the network's `output` stands for, at the VP state x_t (its scales √ᾱ, √(1 − ᾱ))."""
         if self.name != "flow":
-            return eps_from_prediction(output, x_t, alpha, sigma, self.name)
-        s = sigma / (alpha + sigma)
-        return x_t / (alpha + sigma) + (1 - s) * output  # ε = x_s + (1 − s) v
+            return eps_from_prediction(output, x_t, signal_scale, noise_scale, self.name)
+        s = noise_scale / (signal_scale + noise_scale)
+        return x_t / (signal_scale + noise_scale) + (1 - s) * output  # ε = x_s + (1 − s) v

@@ -8,6 +8,9 @@ The denoiser contract, for every sampler:
 a 0-dim float32 timestep (fractional for Karras sigmas). Classifier-free guidance belongs to the
 caller: wrap the U-Net in a function that runs both branches and mixes them.
 
+Notation: σ is always the σ-space noise level √((1-ᾱ)/ᾱ) (Karras et al. 2022); the VP scales are written
+√ᾱ and √(1-ᾱ) (the papers' α_t, σ_t), and a paper's other σ's get other letters.
+
 Every sampler walks a `Grid` built once before the loop (`diffx.sampling.grids.sampling_grid`: the model's
 timestep and the state's σ at every step). Two families, with the states diffusers keeps:
 
@@ -103,8 +106,9 @@ def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, varianc
                 callback: StepCallback | None = None) -> torch.Tensor:
     """Ancestral sampling, DDPM Algorithm 2, on a subsequence of timesteps t → t' (diffusers' DDPMScheduler).
 
-    x_{t'} = μ̃(x_t, x̂_0) + σ z with μ̃ from DDPM eq. 7 using ᾱ_t / ᾱ_{t'} in place of α_t, and
-    σ² = β̃ ("fixed_small", eq. 7) or β ("fixed_large"). As in diffusers, noise is added whenever t > 0.
+    x_{t'} = μ̃(x_t, x̂_0) + √v z with μ̃ from DDPM eq. 7 using ᾱ_t / ᾱ_{t'} in place of α_t, and the step's
+    variance v = β̃ ("fixed_small", eq. 7) or β ("fixed_large") (the paper's σ_t²). As in diffusers, noise is
+    added whenever t > 0.
     """
     check_choice("variance", variance, VARIANCES)
     schedule = grid.schedule
@@ -142,8 +146,9 @@ def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, eta: fl
                 callback: StepCallback | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), stride T // steps as in diffusers' DDIMScheduler:
 
-    x_{t'} = √ᾱ_{t'} x̂_0 + √(1 - ᾱ_{t'} - σ_t²) ε_θ + σ_t z,
-    σ_t = η √((1 - ᾱ_{t'}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t'})   (eq. 16; η = 0 deterministic, η = 1 DDPM).
+    x_{t'} = √ᾱ_{t'} x̂_0 + √(1 - ᾱ_{t'} - s_t²) ε_θ + s_t z,
+    s_t = η √((1 - ᾱ_{t'}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t'})   (the paper's σ_t, eq. 16; η = 0 deterministic,
+    η = 1 DDPM).
     """
     if eta < 0:
         raise InvalidArgumentError(f"eta must be >= 0, got {eta}")
@@ -172,20 +177,21 @@ def sample_ddim(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, eta: fl
     return x
 
 
-def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """σ-space σ → VP (α_t, σ_t) = (1/√(σ² + 1), σ/√(σ² + 1)), so that x_t = α_t x_0 + σ_t ε."""
-    alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-    return alpha_t, sigma * alpha_t
+def _vp_scales(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ-space σ → the VP scales (√ᾱ, √(1-ᾱ)) = (1/√(σ² + 1), σ/√(σ² + 1)) of x_t = √ᾱ x_0 + √(1-ᾱ) ε."""
+    signal = 1 / ((sigma**2 + 1) ** 0.5)
+    return signal, sigma * signal
 
 
 def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *,
                     init_latent: torch.Tensor | None = None,
                     callback: StepCallback | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), multistep second order in λ = log(α_t/σ_t).
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), multistep second order in the half log-SNR
+    λ = log(√ᾱ/√(1-ᾱ)) = −log σ.
 
     With h = λ_{t'} - λ_t and D = x̂_0 (first step and last step: first order, which is DDIM),
-    or D = x̂_0 + (x̂_0 - x̂_0^{prev}) / (2 r), r = h_prev / h (later steps):
-    x_{t'} = (σ_{t'}/σ_t) x_t - α_{t'} (e^{-h} - 1) D.
+    or D = x̂_0 + (x̂_0 - x̂_0^{prev}) / (2 r), r = h_prev / h (later steps), and n = √(1-ᾱ) (the paper's σ_t):
+    x_{t'} = (n_{t'}/n_t) x_t - √ᾱ_{t'} (e^{-h} - 1) D.
     Matches diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2).
     """
     timesteps, sigmas = grid.timesteps, grid.sigmas.to(noise.device)
@@ -193,27 +199,27 @@ def sample_dpmpp_2m(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *,
     if init_latent is None:
         x = noise
     else:
-        alpha_t, sigma_t = _alpha_sigma(sigmas[start_index])
-        x = alpha_t * init_latent + sigma_t * noise
+        signal_t, noise_t = _vp_scales(sigmas[start_index])
+        x = signal_t * init_latent + noise_t * noise
     x0_pred_prev = None
     for i in range(start_index, steps):
-        alpha_s0, sigma_s0 = _alpha_sigma(sigmas[i])
-        alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
-        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
-        lambda_t = torch.log(alpha_t) - torch.log(sigma_t)  # +∞ at σ = 0: e^{-h} = 0, x_{t'} = D
+        signal_s0, noise_s0 = _vp_scales(sigmas[i])
+        signal_t, noise_t = _vp_scales(sigmas[i + 1])
+        lambda_s0 = torch.log(signal_s0) - torch.log(noise_s0)
+        lambda_t = torch.log(signal_t) - torch.log(noise_t)  # +∞ at σ = 0: e^{-h} = 0, x_{t'} = D
         h = lambda_t - lambda_s0
 
         eps_pred = _predict_eps(eps_model, x, timesteps[i])
-        x0_pred = (x - sigma_s0 * eps_pred) / alpha_s0
+        x0_pred = (x - noise_s0 * eps_pred) / signal_s0
         if x0_pred_prev is None or i == steps - 1:
-            x_next = (sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0_pred
+            x_next = (noise_t / noise_s0) * x - (signal_t * (torch.exp(-h) - 1.0)) * x0_pred
         else:
-            alpha_s1, sigma_s1 = _alpha_sigma(sigmas[i - 1])
-            h_0 = lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))
+            signal_s1, noise_s1 = _vp_scales(sigmas[i - 1])
+            h_0 = lambda_s0 - (torch.log(signal_s1) - torch.log(noise_s1))
             r0 = h_0 / h
             D0, D1 = x0_pred, (1.0 / r0) * (x0_pred - x0_pred_prev)
-            x_next = ((sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * D0
-                      - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1)
+            x_next = ((noise_t / noise_s0) * x - (signal_t * (torch.exp(-h) - 1.0)) * D0
+                      - 0.5 * (signal_t * (torch.exp(-h) - 1.0)) * D1)
         _report(callback, i - start_index, steps - start_index, timesteps[i], sigmas[i], x, x, eps_pred,
                 x0_pred, x_next, sigmas[i + 1])
         x, x0_pred_prev = x_next, x0_pred

@@ -215,16 +215,19 @@ def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: 
 # ---------------------------------------------------------------------------------------------
 # What the model predicts: ε or v (Salimans & Ho 2022, "Progressive Distillation", sec. 4 and appendix D)
 #
-# With α = √ᾱ_t and σ = √(1 − ᾱ_t) (α² + σ² = 1), x_t = α x_0 + σ ε and the velocity is v = α ε − σ x_0.
-# The three are one rotation apart: x_0 = α x_t − σ v, ε = σ x_t + α v. An ε-model's x̂0 = (x_t − σ ε̂)/α
-# blows up as α → 0; a v-model's does not, which is why zero-terminal-SNR schedules need v.
+# x_t = √ᾱ x_0 + √(1 − ᾱ) ε, and the velocity is v = √ᾱ ε − √(1 − ᾱ) x_0 (the paper's α_t, σ_t are our √ᾱ_t,
+# √(1 − ᾱ_t); in diffx σ always means √((1 − ᾱ)/ᾱ), the σ-space noise level). The scales' squares sum to 1, so
+# the three are one rotation apart: x_0 = √ᾱ x_t − √(1 − ᾱ) v, ε = √(1 − ᾱ) x_t + √ᾱ v. An ε-model's
+# x̂0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ blows up as ᾱ → 0; a v-model's does not, which is why zero-terminal-SNR
+# schedules need v.
 
 
 def vp_scales(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """α = √ᾱ_t and σ = √(1 − ᾱ_t) at timestep(s) t, float64 of t's shape.
+    """The VP scales (√ᾱ_t, √(1 − ᾱ_t)) of x_t = √ᾱ x_0 + √(1 − ᾱ) ε at timestep(s) t, float64 of t's shape.
 
     At a whole t, ᾱ_t from the table; between (Karras sigmas give fractional t) ᾱ = 1/(σ_t² + 1) with
-    log σ_t interpolated linearly — the inverse of `sigma_to_t`, so a σ-space sampler's σ comes back.
+    log σ_t interpolated linearly — the inverse of `sigma_to_t`, so a σ-space sampler's σ comes back
+    (σ = √((1 − ᾱ)/ᾱ), the ratio of the two scales).
     """
     t = t.detach().double().cpu()
     log_sigmas = schedule.sigmas.double().log()
@@ -239,30 +242,32 @@ def _unknown_prediction(prediction_type: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"unknown prediction type {prediction_type!r}; choose epsilon or v_prediction")
 
 
-def velocity(x0: torch.Tensor, eps: torch.Tensor, alpha: float | torch.Tensor, sigma: float | torch.Tensor
-             ) -> torch.Tensor:
-    """v = α ε − σ x_0: the velocity of x_t along the circle x_t = α x_0 + σ ε (Salimans & Ho 2022, eq. 11)."""
-    return alpha * eps - sigma * x0
+def velocity(x0: torch.Tensor, eps: torch.Tensor, signal_scale: float | torch.Tensor,
+             noise_scale: float | torch.Tensor) -> torch.Tensor:
+    """v = √ᾱ ε − √(1 − ᾱ) x_0: the velocity of x_t along the circle x_t = √ᾱ x_0 + √(1 − ᾱ) ε (Salimans & Ho
+    2022, eq. 11), given `signal_scale` √ᾱ and `noise_scale` √(1 − ᾱ)."""
+    return signal_scale * eps - noise_scale * x0
 
 
-def eps_from_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float,
+def eps_from_prediction(output: torch.Tensor, x_t: torch.Tensor, signal_scale: float, noise_scale: float,
                         prediction_type: str) -> torch.Tensor:
-    """The noise estimate ε̂ a model's output stands for: itself for "epsilon", σ x_t + α v̂ for "v_prediction"."""
+    """The noise estimate ε̂ a model's output stands for: itself for "epsilon", √(1 − ᾱ) x_t + √ᾱ v̂ for
+    "v_prediction" (`signal_scale` √ᾱ, `noise_scale` √(1 − ᾱ))."""
     if prediction_type == "epsilon":
         return output
     if prediction_type == "v_prediction":
-        return sigma * x_t + alpha * output
+        return noise_scale * x_t + signal_scale * output
     raise _unknown_prediction(prediction_type)
 
 
-def x0_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-    """x̂0 = (x_t − σ ε̂) / α (DDPM eq. 15)."""
-    return (x_t - sigma * eps) / alpha
+def x0_from_eps(eps: torch.Tensor, x_t: torch.Tensor, signal_scale: float, noise_scale: float) -> torch.Tensor:
+    """x̂0 = (x_t − √(1 − ᾱ) ε̂) / √ᾱ (DDPM eq. 15), `signal_scale` √ᾱ, `noise_scale` √(1 − ᾱ)."""
+    return (x_t - noise_scale * eps) / signal_scale
 
 
-def v_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-    """v̂ = α ε̂ − σ x̂0 with x̂0 = (x_t − σ ε̂)/α, i.e. (ε̂ − σ x_t)/α."""
-    return velocity(x0_from_eps(eps, x_t, alpha, sigma), eps, alpha, sigma)
+def v_from_eps(eps: torch.Tensor, x_t: torch.Tensor, signal_scale: float, noise_scale: float) -> torch.Tensor:
+    """v̂ = √ᾱ ε̂ − √(1 − ᾱ) x̂0 with x̂0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ, i.e. (ε̂ − √(1 − ᾱ) x_t)/√ᾱ."""
+    return velocity(x0_from_eps(eps, x_t, signal_scale, noise_scale), eps, signal_scale, noise_scale)
 
 
 def training_loss(eps_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],

@@ -14,7 +14,7 @@ the package would be imported again half-made (an import cycle).
 """
 
 from diffx.trace.checks import TRACE_FORMAT, TRACE_VERSION, model_identity
-from diffx.trace.record import Trace, load_trace, save_trace, trace_meta
+from diffx.trace.record import Trace, load_trace, save_trace, trace_bytes, trace_meta
 from diffx.trace.tracer import (
     DEFAULT_RECORD,
     RECORDABLE,
@@ -39,5 +39,6 @@ __all__ = [
     "load_trace",
     "model_identity",
     "save_trace",
+    "trace_bytes",
     "trace_meta",
 ]

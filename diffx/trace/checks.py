@@ -9,7 +9,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, get_type_hints
+from typing import TYPE_CHECKING, get_args, get_type_hints
 
 import torch
 from torch import Tensor
@@ -106,7 +106,8 @@ def check_header(path: Path, header: dict) -> dict:
         raise _fail(path, "its diffx_trace metadata is not a JSON object")
     if meta.get("version") != TRACE_VERSION:
         raise _fail(path, f"its metadata has version {meta.get('version')!r}, expected {TRACE_VERSION}")
-    _require(path, meta, {"mode": str, "prompt": str, "negative_prompt": str, "tokens": dict,
+    # negative_prompt: null when none was given (`GenerationSettings`)
+    _require(path, meta, {"mode": str, "prompt": str, "negative_prompt": (str, type(None)), "tokens": dict,
                           "negative_tokens": dict, "model": dict, "settings": dict}, "metadata")
     for key in ("tokens", "negative_tokens"):
         _check_tokens(path, meta[key], key)
@@ -144,13 +145,14 @@ def _check_tokens(path: Path, tokens: dict, key: str) -> None:
 
 
 def _check_settings(path: Path, settings: dict) -> None:
-    """The settings hold `ResolvedSettings`' fields, each of its type; a float may be written as an int."""
+    """The settings hold `ResolvedSettings`' fields, each of its type (`str | None`: either); a float may be written
+    as an int."""
     hints = get_type_hints(ResolvedSettings)
     unknown = sorted(set(settings) - set(hints))
     if unknown:
         raise _fail(path, f"metadata settings has unknown fields {', '.join(unknown)}")
-    _require(path, settings, {name: (int, float) if kind is float else kind for name, kind in hints.items()},
-             "metadata settings")
+    _require(path, settings, {name: (int, float) if kind is float else get_args(kind) or kind
+                              for name, kind in hints.items()}, "metadata settings")
 
 
 def _check_values(path: Path, meta: dict, tensors: dict[str, Tensor], steps: int) -> None:

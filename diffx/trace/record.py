@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 from torch import Tensor
 
 import diffx
@@ -64,7 +64,7 @@ class Trace:
     "prediction_type", "latent_scaling_factor", "latent_preview", "versions"; with per-layer detail
     "attention_layers", with self-attention maps "self_attention_grid".
     Tensors (S = model evaluations, h×w = latent grid, K = prompt tokens incl. start/end):
-      timesteps, sigmas, alphas_cumprod (S,); latents (S, 4, h, w) the model input x_t;
+      timesteps, sigmas (σ = √((1−ᾱ)/ᾱ)), alphas_cumprod (S,); latents (S, 4, h, w) the model input x_t;
       eps (S, 4, h, w) guided ε̂; eps_uncond, eps_cond (S, 4, h, w); x0 (S, 4, h, w) predicted x̂0;
       attention (S, K, a, a') cross-attention per token; negative_attention likewise for the negative
       prompt; self_attention (S, a, a') entropy of self-attention per query pixel;
@@ -215,17 +215,28 @@ def tokens_from_dict(record: dict, written: str) -> TokenizedPrompt:
     )
 
 
-def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
-    """Write `trace` as one safetensors file; metadata (settings and tokens as JSON) goes into its header."""
+def _file_parts(trace: Trace) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and the header of `trace`'s file: metadata (settings and tokens as JSON) goes into the header."""
     tensors = {key: value.contiguous() for key, value in trace.tensors.items()}
     settings = trace.settings
     meta = {**trace.meta, "version": TRACE_VERSION, "prompt": settings.prompt,
             "negative_prompt": settings.negative_prompt, "tokens": token_dict(trace.tokens),
             "negative_tokens": token_dict(trace.negative_tokens), "settings": settings.as_dict()}
-    header = {"format": TRACE_FORMAT, "diffx_trace": json.dumps(meta)}
+    return tensors, {"format": TRACE_FORMAT, "diffx_trace": json.dumps(meta)}
+
+
+def save_trace(trace: Trace, path: str | Path, force: bool = False) -> Path:
+    """Write `trace` as one safetensors file; metadata (settings and tokens as JSON) goes into its header."""
+    tensors, header = _file_parts(trace)
     with atomic_output(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return Path(path)
+
+
+def trace_bytes(trace: Trace) -> bytes:
+    """The bytes `save_trace` would write (a download made in memory, e.g. by `diffx.studio`)."""
+    tensors, header = _file_parts(trace)
+    return save(tensors, metadata=header)
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -243,5 +254,5 @@ def load_trace(path: str | Path) -> Trace:
     meta = check_trace_file(path, header, tensors)
     return Trace(settings=ResolvedSettings(**meta["settings"]),
                  tokens=tokens_from_dict(meta["tokens"], meta["prompt"]),
-                 negative_tokens=tokens_from_dict(meta["negative_tokens"], meta["negative_prompt"]),
+                 negative_tokens=tokens_from_dict(meta["negative_tokens"], meta["negative_prompt"] or ""),
                  meta={key: value for key, value in meta.items() if key not in TYPED_FIELDS}, tensors=tensors)

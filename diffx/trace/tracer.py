@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ from diffx.errors import InvalidArgumentError, check_choice
 from diffx.models.attention import AttentionLayer
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.generation import Generation, generate
-from diffx.pipeline.observers import ImageRun, Observer
+from diffx.pipeline.observers import ImageRun, Observer, chain_callbacks
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings
 from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.trace.attention import daam_aggregate, layer_labels, layer_token_maps
@@ -194,6 +194,14 @@ class Tracer:
         """The per-step tensors recorded so far under `key` (empty if none)."""
         return self._steps.get(key, [])
 
+    def latest(self, run: ImageRun, meta: dict) -> Trace:
+        """A one-step `Trace` of the step recorded last: what a live view (`diffx.studio`) draws as each step
+        arrives, with the same functions that draw a finished trace."""
+        tensors = {key: torch.tensor(values[-1:], dtype=torch.float32) for key, values in self._scalars.items()}
+        tensors.update({key: values[-1][None] for key, values in self._steps.items()})
+        return Trace(settings=run.settings, tokens=run.tokens, negative_tokens=run.negative_tokens, meta=meta,
+                     tensors=tensors)
+
     def _add(self, key: str, value: Tensor) -> None:
         self._steps.setdefault(key, []).append(value.detach().to("cpu", torch.float16))
 
@@ -221,19 +229,28 @@ class TracedGeneration(Generation):
     traces: list[Trace] = field(default_factory=list)
 
 
+AfterStep = Callable[[ImageRun, Tracer], None]  # called once a step is recorded: the run and its tracer
+
+
 class TraceCollector:
     """An `observe` factory (`diffx.pipeline.observers`) that gives every image a `Tracer` and keeps each run
-    with its tracer, in order: what `generate_traced`, the inversion's trace and prompt-to-prompt listen with."""
+    with its tracer, in order: what `generate_traced`, the inversion's trace and prompt-to-prompt listen with.
+    `after_step(run, tracer)`, if given, is called after the tracer has recorded each step (a live view)."""
 
-    def __init__(self, options: TraceOptions | None = None):
+    def __init__(self, options: TraceOptions | None = None, after_step: AfterStep | None = None):
         self.options = options
+        self.after_step = after_step
         self.runs: list[tuple[ImageRun, Tracer]] = []
 
     def __call__(self, run: ImageRun) -> Observer:
         tracer = Tracer(run.latent_shape[-2:], self.options, num_tokens=run.tokens.num_tokens,
                         num_negative_tokens=run.negative_tokens.num_tokens)
         self.runs.append((run, tracer))
-        return tracer.observer()
+        observer = tracer.observer()
+        if self.after_step is not None:
+            after_step = self.after_step
+            observer.on_step = chain_callbacks(tracer.on_step, lambda _record: after_step(run, tracer))
+        return observer
 
 
 def generate_traced(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings, *,
@@ -241,13 +258,14 @@ def generate_traced(model: StableDiffusion, settings: GenerationSettings | Resol
                     init_image: Image.Image | np.ndarray | None = None,
                     mask: Image.Image | np.ndarray | torch.Tensor | None = None,
                     options: TraceOptions | None = None, decode_every: int = 0,
-                    progress: StepCallback | None = None) -> TracedGeneration:
+                    progress: StepCallback | None = None, after_step: AfterStep | None = None) -> TracedGeneration:
     """`diffx.pipeline.generate` with a `Tracer` listening to every image (the same images, bit for bit).
 
     `options`: what to record (default `TraceOptions()`). `decode_every`: also VAE-decode the predicted
     x̂0 at steps 0, N, 2N, … and the last into the trace (for pictures that need no model later).
+    `after_step(run, tracer)`: called after each step is recorded (see `TraceCollector`).
     """
-    collect = TraceCollector(options)
+    collect = TraceCollector(options, after_step)
     generation = generate(model, settings, prompts=prompts, seeds=seeds, init_image=init_image, mask=mask,
                           observe=collect, progress=progress)
     traces, identity = [], model_identity(model)

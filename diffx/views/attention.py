@@ -7,6 +7,10 @@ of the encoder, "mid 8×8" the bottleneck's, "up.8 64×64" the decoder's last. E
 over its heads, drawn at its own resolution with one square per grid cell; the aggregate is DAAM's
 (Tang et al. 2023): every layer upsampled (bicubic) to the largest grid and averaged.
 
+Under the maps, in grey: at one step (a row of `steps_grid`, `--step`), that step's own x̂0 — what the network
+predicts then, so at t = 999 the objects have not appeared yet — drawn with the chosen `preview` (a VAE decode
+or the latent preview, `views.steps.resolve_preview`); for the mean over all steps, the final image.
+
 Columns: the start token, each prompt word, the end token and the padding. A word of several BPE tokens
 is the mean of its tokens' maps (DAAM's rule). Under each panel: the token's share of the attention mass
 (the mean of its map over the query pixels; each pixel's 77 weights sum to 1). Most of the mass goes
@@ -38,10 +42,20 @@ from diffx.render.attention import (
     mark_pixel,
     self_attention_components,
 )
+from diffx.render.grid import TITLE_SCALE, font_size_for
 from diffx.trace.attention import layer_labels
 from diffx.trace.record import Trace
 from diffx.trace.tracer import DEFAULT_RECORD, TraceOptions
-from diffx.views.steps import ATTENTION_ALPHA, attention_legend, format_timestep, prompt_title, step_indices
+from diffx.views.steps import (
+    ATTENTION_ALPHA,
+    attention_legend,
+    fit_panel,
+    format_timestep,
+    prompt_title,
+    resolve_preview,
+    step_indices,
+    x0_panels,
+)
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -80,55 +94,83 @@ def check_step(trace: Trace, step: int | None) -> int | None:
     return None if step is None else step_indices(trace.num_steps, [step])[0]
 
 
-def token_rows(trace: Trace, rows: Sequence[tuple[str, Tensor]], title: str, panel: int = EXPLORER_PANEL
-               ) -> Image.Image:
-    """A grid of token-column panels: one row per (label, (K, r, c) maps), columns from
-    `Trace.token_columns`; each map stretched to its own maximum over the final image in grey."""
+def backgrounds(trace: Trace, steps: Sequence[int | None], size: tuple[int, int], preview: str = "auto",
+                model: StableDiffusion | None = None) -> tuple[list[np.ndarray], str]:
+    """The pictures under attention maps, at panel `size`: for each 0-based step its own x̂0 (`preview`: auto,
+    fast or vae, as `views.steps.x0_pictures`), for None (a mean over all steps) the final image; and the x̂0
+    label ("x̂0 (VAE decode)", "x̂0 (latent preview)"; "" when every step is None)."""
     if "image" not in trace.tensors:
         raise InvalidArgumentError("the trace has no final image to draw attention over; record a full trace")
-    picture = np.asarray(Image.fromarray(trace.tensors["image"].numpy()).resize((panel, panel),
-                                                                               Image.Resampling.BILINEAR))
+    indices = sorted({step for step in steps if step is not None})
+    x0, x0_label = x0_panels(trace, indices, preview, model, size) if indices else ([], "")
+    final = fit_panel(trace.tensors["image"].numpy(), size, smooth=True)
+    return [final if step is None else x0[indices.index(step)] for step in steps], x0_label
+
+
+def _under(steps: Sequence[int | None], x0_label: str) -> str:
+    """What the rows' maps are drawn over, for a caption."""
+    if all(step is None for step in steps):
+        return "maps over the final image, in grey"
+    if len(set(steps)) == 1:
+        return f"maps over that step's {x0_label}, in grey"
+    return f"maps over each row's own step's {x0_label}, in grey"
+
+
+def token_rows(trace: Trace, rows: Sequence[tuple[str, Tensor, int | None]], title: str, panel: int = EXPLORER_PANEL,
+               preview: str = "auto", model: StableDiffusion | None = None) -> Image.Image:
+    """A grid of token-column panels: one row per (label, (K, r, c) maps, 0-based step or None for a mean over
+    the steps), columns from `Trace.token_columns`; each map stretched to its own maximum over, in grey, the
+    row's step's x̂0 (with `preview`) or the final image (`backgrounds`; a caption says which)."""
+    size = (panel, panel)
+    steps = [step for _, _, step in rows]
+    pictures, x0_label = backgrounds(trace, steps, size, preview, model)
     cells, cell_labels, labels = [], [], []
-    for _, maps in rows:
+    for (_, maps, _), picture in zip(rows, pictures, strict=True):
         labels, columns = trace.token_columns(maps)
         shown = normalize_maps(columns, "word")  # (columns, r, c) in [0, 1]
-        cells.append([overlay(picture, grid_heat(m, (panel, panel)), ATTENTION_ALPHA, grey=True) for m in shown])
+        cells.append([overlay(picture, grid_heat(m, size), ATTENTION_ALPHA, grey=True) for m in shown])
         cell_labels.append([f"{100 * float(m.mean()):.1f}%" for m in columns])
-    grid = make_grid(cells, row_labels=[label for label, _ in rows], col_labels=labels, cell_labels=cell_labels,
-                     title=title, cell_size=(panel, panel))
-    return attention_legend(caption_bar(grid, PADDING_NOTE), "word")
+    grid = make_grid(cells, row_labels=[label for label, _, _ in rows], col_labels=labels, cell_labels=cell_labels,
+                     title=title, cell_size=size)
+    under = caption_bar(grid, _under(steps, x0_label), font_size=round(TITLE_SCALE * font_size_for(*size)))
+    return attention_legend(caption_bar(under, PADDING_NOTE), "word")
 
 
-def layer_grid(trace: Trace, step: int | None = None, panel: int = EXPLORER_PANEL) -> Image.Image:
+def layer_grid(trace: Trace, step: int | None = None, panel: int = EXPLORER_PANEL, preview: str = "auto",
+               model: StableDiffusion | None = None) -> Image.Image:
     """Rows: the DAAM aggregate, then every recorded layer in U-Net order ("down.0 16×16" …); columns:
-    start, words, end, padding. `step`: 1-based, or None = the mean over all steps."""
+    start, words, end, padding. `step`: 1-based (the maps over that step's x̂0, drawn with `preview`), or
+    None = the mean over all steps (over the final image)."""
     index = check_step(trace, step)
-    rows = [(layer_title(trace, None), trace.token_maps(index))]
-    rows += [(layer_title(trace, i), trace.token_maps(index, i)) for i in range(len(trace.attention_layers))]
+    rows = [(layer_title(trace, None), trace.token_maps(index), index)]
+    rows += [(layer_title(trace, i), trace.token_maps(index, i), index) for i in range(len(trace.attention_layers))]
     if len(rows) == 1:
         trace.layer_index(0)  # says how to record per-layer maps
     title = f"{prompt_title(trace)}: cross-attention per layer (mean over heads), {step_title(trace, index)}"
-    return token_rows(trace, rows, title, panel)
+    return token_rows(trace, rows, title, panel, preview, model)
 
 
-def head_grid(trace: Trace, layer: str | int, step: int | None = None, panel: int = EXPLORER_PANEL) -> Image.Image:
-    """One layer's heads (rows: their mean, then head 1 … H) × token columns, at `step` (1-based) or the
-    mean over all steps."""
+def head_grid(trace: Trace, layer: str | int, step: int | None = None, panel: int = EXPLORER_PANEL,
+              preview: str = "auto", model: StableDiffusion | None = None) -> Image.Image:
+    """One layer's heads (rows: their mean, then head 1 … H) × token columns, at `step` (1-based; over its
+    x̂0) or the mean over all steps (over the final image)."""
     index, which = check_step(trace, step), trace.layer_index(layer)
     heads = trace.attention_layers[which]["heads"]
-    rows = [(f"{layer_title(trace, which)} mean of {heads} heads", trace.token_maps(index, which))]
-    rows += [(f"head {h + 1}", trace.token_maps(index, which, h)) for h in range(heads)]
+    rows = [(f"{layer_title(trace, which)} mean of {heads} heads", trace.token_maps(index, which), index)]
+    rows += [(f"head {h + 1}", trace.token_maps(index, which, h), index) for h in range(heads)]
     title = f"{prompt_title(trace)}: layer {layer_title(trace, which)} per head, {step_title(trace, index)}"
-    return token_rows(trace, rows, title, panel)
+    return token_rows(trace, rows, title, panel, preview, model)
 
 
 def steps_grid(trace: Trace, layer: str | int | None = None, steps: Sequence[int] | None = None,
-               panel: int = EXPLORER_PANEL) -> Image.Image:
-    """One layer (None = the aggregate) over the steps (rows; default 8 spread over the run) × token columns."""
+               panel: int = EXPLORER_PANEL, preview: str = "auto", model: StableDiffusion | None = None
+               ) -> Image.Image:
+    """One layer (None = the aggregate) over the steps (rows; default 8 spread over the run) × token columns,
+    each row over its own step's x̂0 (`preview`): at t = 999 the objects have not formed yet."""
     which = None if layer is None else trace.layer_index(layer)
-    rows = [(step_title(trace, i), trace.token_maps(i, which)) for i in step_indices(trace.num_steps, steps)]
+    rows = [(step_title(trace, i), trace.token_maps(i, which), i) for i in step_indices(trace.num_steps, steps)]
     title = f"{prompt_title(trace)}: {layer_title(trace, which)} over the denoising steps"
-    return token_rows(trace, rows, title, panel)
+    return token_rows(trace, rows, title, panel, preview, model)
 
 
 def check_new_run(model: StableDiffusion, settings: ResolvedSettings, layer: str | int | None,
@@ -160,11 +202,13 @@ def check_pixel(trace: Trace, pixel: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def self_attention_view(trace: Trace, pixel: tuple[int, int] | None = None, step: int | None = None,
-                        panel: int = 192) -> Image.Image:
-    """Where one pixel looks and what self-attention groups: the final image with the query pixel marked,
+                        panel: int = 192, preview: str = "auto", model: StableDiffusion | None = None
+                        ) -> Image.Image:
+    """Where one pixel looks and what self-attention groups: the picture with the query pixel marked,
     its self-attention row as a heatmap over the picture in grey, the first three principal components
     as one RGB picture and each one in grey (prompt-to-prompt notebook style). `pixel`: (x, y) in the
-    final image (default: the centre); `step`: 1-based, or None = the mean over all steps."""
+    final image (default: the centre); `step`: 1-based (the picture is that step's x̂0, drawn with `preview`),
+    or None = the mean over all steps (the picture is the final image)."""
     if "self_attention_maps" not in trace.tensors:
         raise InvalidArgumentError("the trace has no self_attention_maps; record them with "
                                    "TraceOptions(record=(..., 'self_attention_maps')) or `diffx attention`")
@@ -176,11 +220,11 @@ def self_attention_view(trace: Trace, pixel: tuple[int, int] | None = None, step
     height, width = trace.tensors["image"].shape[:2]
     query = (y * rows // height) * cols + x * cols // width  # the grid cell holding the pixel
     size = (panel, round(panel * height / width))
-    picture = np.asarray(Image.fromarray(trace.tensors["image"].numpy()).resize(size, Image.Resampling.BILINEAR))
+    (picture,), x0_label = backgrounds(trace, [index], size, preview, model)
     where = (x + 0.5) / width, (y + 0.5) / height
     row = normalize_maps(matrix[query].reshape(1, rows, cols), "word")[0]
     components, shares = self_attention_components(matrix, rows, cols)
-    panels = [(mark_pixel(picture, *where), f"final image, query pixel ({x}, {y})"),
+    panels = [(mark_pixel(picture, *where), f"{x0_label or 'final image'}, query pixel ({x}, {y})"),
               (mark_pixel(overlay(picture, grid_heat(row, size), ATTENTION_ALPHA, grey=True), *where),
                f"where ({x}, {y}) looks: its {rows}×{cols} row, own max")]
     if len(components) == 3:
@@ -195,12 +239,15 @@ def self_attention_view(trace: Trace, pixel: tuple[int, int] | None = None, step
 
 def write_attention_views(trace: Trace, out: str | os.PathLike, layer: str | int | None = None,
                           step: int | None = None, pixel: tuple[int, int] | None = None,
-                          force: bool = False) -> list[Path]:
+                          force: bool = False, preview: str = "auto", model: StableDiffusion | None = None
+                          ) -> list[Path]:
     """Write the explorer's pictures of `trace` and return their paths:
     `out` the layer grid (`layer_grid`), `<out>_steps.png` the chosen `layer` (default: the aggregate)
     over the steps, `<out>_heads.png` that layer's heads when the trace holds them (default layer: the
     first of the largest grid), `<out>_self.png` the self-attention view when recorded. `step` (1-based)
-    and `pixel` as in `layer_grid` and `self_attention_view`. Every argument is checked before any work."""
+    and `pixel` as in `layer_grid` and `self_attention_view`; a step's maps lie over its x̂0, drawn with
+    `preview` (auto, fast or vae; `model` decodes what the trace did not store). Every argument is checked
+    before any work."""
     if not trace.attention_layers:
         raise InvalidArgumentError("the trace holds no per-layer attention maps (`diffx trace` keeps the aggregate "
                                    "only); record one with `diffx attention --save-trace`")
@@ -215,11 +262,13 @@ def write_attention_views(trace: Trace, out: str | os.PathLike, layer: str | int
              "heads": companion_path(out, "heads") if has_heads else None,
              "self": companion_path(out, "self") if has_self else None}
     check_outputs([paths["steps"], paths["heads"], paths["self"]], force, picture=paths["grid"])
-    pictures = {"grid": layer_grid(trace, step), "steps": steps_grid(trace, which)}
+    preview = resolve_preview(preview, trace, model)
+    pictures = {"grid": layer_grid(trace, step, preview=preview, model=model),
+                "steps": steps_grid(trace, which, preview=preview, model=model)}
     if has_heads:
-        pictures["heads"] = head_grid(trace, heads_layer, step)
+        pictures["heads"] = head_grid(trace, heads_layer, step, preview=preview, model=model)
     if has_self:
-        pictures["self"] = self_attention_view(trace, pixel, step)
+        pictures["self"] = self_attention_view(trace, pixel, step, preview=preview, model=model)
     return [save_png(picture, paths[key], force) for key, picture in pictures.items()]
 
 

@@ -44,6 +44,7 @@ from diffx.render import (
     visualize_noise,
 )
 from diffx.render.colormap import NORMALIZE_SCALES
+from diffx.render.grid import balanced_columns, note_font_size
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
 from diffx.trace.record import Trace
@@ -64,7 +65,10 @@ ATTENTION_NOTES = {"word": "each word's map scaled to its own maximum (shapes co
 PANEL_RANGE = (192, 256)  # default panel width: the image width, clamped to this range
 ATTENTION_ALPHA = 0.6  # heatmap opacity over the picture
 GRID_STEPS = 8  # grids over steps show this many steps by default
-WORDS_PER_ROW = 6  # attention tiles per frame row (more words wrap to further rows)
+WORDS_PER_ROW = 6  # panels per frame row at most, unless the step's own panels are more
+# Under every trace frame: x_t stays visibly noisy to the end (at t = 39, √(1−ᾱ) = 0.2 of unit noise), because it is
+# the last step's input; that step's x̂0 is the result (the final image, up to ᾱ_0 ≈ 0.999 for DDIM).
+XT_NOTE = "x_t is the sampler's state (each step's input, still noisy at the last step); the result is the last x̂0"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,6 +214,15 @@ def trace_panel_size(trace: Trace, panel: int | None) -> tuple[int, int]:
     return panel_size(width, height, panel)
 
 
+def x0_panels(trace: Trace, indices: Sequence[int], preview: str, model: StableDiffusion | None,
+              size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
+    """x̂0 at 0-based step `indices` as panels of `size` (decodes scaled smoothly, the latent preview with its
+    squares), and their label: "x̂0 (VAE decode)" or "x̂0 (latent preview)"."""
+    preview = resolve_preview(preview, trace, model)
+    pictures = x0_pictures(trace, indices, preview, model)
+    return [fit_panel(p, size, smooth=preview == "vae") for p in pictures], X0_LABELS[preview]
+
+
 def _step_pictures(trace: Trace, indices: list[int], preview: str, model: StableDiffusion | None,
                    size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """x_t and x̂0 pictures at `indices`, both at panel `size`, and the x̂0 label."""
@@ -219,11 +232,21 @@ def _step_pictures(trace: Trace, indices: list[int], preview: str, model: Stable
     return xt, [fit_panel(p, size, smooth=preview == "vae") for p in x0], X0_LABELS[preview]
 
 
+def pack_rows(main: list, tiles: list, most: int = WORDS_PER_ROW) -> list[list]:
+    """A frame's rows: the step's own panels `main` (x_t, x̂0, ε̂, …) on the first, the word tiles wrapped
+    below in rows of one width (`render.grid.balanced_columns`: 7 words under 4 panels are 4 + 3, not 6 + 1),
+    so no word stands alone on a row when another width avoids it; all on one row when they fit `most`."""
+    if len(main) + len(tiles) <= most:
+        return [main + tiles]
+    columns = balanced_columns(len(tiles), most=max(most, len(main)), least=len(main))
+    return [main, *(tiles[start:start + columns] for start in range(0, len(tiles), columns))]
+
+
 def trace_frames(trace: Trace, preview: str = "auto", attn_scale: str = "word",
                  model: StableDiffusion | None = None, panel: int | None = None) -> list[Image.Image]:
     """One frame per recorded step: x_t, x̂0, ε̂, ε_c − ε_u (when recorded) and one attention heatmap
-    per prompt word over the x̂0 picture in grey, with a caption "step i/N · t=… · σ=…" and a colour bar.
-    Frames share one size."""
+    per prompt word over the x̂0 picture in grey (`pack_rows`), with a caption "step i/N · t=… · σ=…", a line
+    saying where the result is (`XT_NOTE`) and a colour bar. Frames share one size."""
     _require(trace, "latents", "x0")
     indices = list(range(trace.num_steps))
     size = trace_panel_size(trace, panel)
@@ -239,13 +262,10 @@ def trace_frames(trace: Trace, preview: str = "auto", attn_scale: str = "word",
         if has_guidance:
             main.append((visualize_noise(tensors["eps_cond"][i].float() - tensors["eps_uncond"][i].float()),
                          "ε_c − ε_u (latent)"))
-        rows = [main]
-        if maps is not None:
-            tiles = [(overlay(x0[i], maps[i, w], ATTENTION_ALPHA, grey=True), f"“{word}”")
-                     for w, word in enumerate(trace.words)]
-            per_row = max(len(main), min(len(tiles), WORDS_PER_ROW))
-            rows += [tiles[start:start + per_row] for start in range(0, len(tiles), per_row)]
-        frame = caption_bar(_labelled_panels(rows, size), step_caption(trace, i))
+        tiles = [] if maps is None else [(overlay(x0[i], maps[i, w], ATTENTION_ALPHA, grey=True), f"“{word}”")
+                                         for w, word in enumerate(trace.words)]
+        frame = caption_bar(_labelled_panels(pack_rows(main, tiles), size), step_caption(trace, i))
+        frame = caption_bar(frame, XT_NOTE, font_size=note_font_size(*frame.size))
         frames.append(attention_legend(frame, attn_scale) if maps is not None else frame)
     return frames
 
@@ -304,20 +324,22 @@ def denoise_grid(trace: Trace, steps: Sequence[int] | None = None, preview: str 
                       size)
 
 
-def write_trace_views(trace: Trace, animation: str | os.PathLike, image: str | os.PathLike,
+def write_trace_views(trace: Trace, animation: str | os.PathLike | None, image: str | os.PathLike | None,
                       preview: str = "auto", attn_scale: str = "word", model: StableDiffusion | None = None,
                       frame_ms: int = 100, force: bool = False, panel: int | None = None) -> list[Path]:
-    """Write the trace's frames as an animation, the final image, and (when the prompt has words) the
-    word × timestep attention grid as `<image>_attention.png`. Returns the paths written."""
-    attention = "attention" in trace.tensors and bool(trace.words)
+    """Write the trace's frames as `animation`, and the final image as `image` with (when the prompt has words)
+    the word × timestep attention grid as `<image>_attention.png`. `animation` None: no frames; `image` None:
+    neither the image nor its grid. Returns the paths written."""
+    attention = image is not None and "attention" in trace.tensors and bool(trace.words)
     grid_path = companion_path(image, "attention") if attention else None
     check_outputs([image, grid_path], force, animation)
     _require(trace, "image")
-    frames = trace_frames(trace, preview, attn_scale, model, panel)
+    frames = trace_frames(trace, preview, attn_scale, model, panel) if animation is not None else None
     grid = attention_grid(trace, attn_scale=attn_scale, preview=preview, model=model, panel=panel) if attention \
         else None
-    written = [save_animation(frames, animation, frame_ms, force),
-               save_png(trace.tensors["image"].numpy(), image, force)]
+    written = [] if frames is None else [save_animation(frames, animation, frame_ms, force)]
+    if image is not None:
+        written.append(save_png(trace.tensors["image"].numpy(), image, force))
     if grid is not None:
         written.append(save_png(grid, grid_path, force))
     return written

@@ -313,7 +313,7 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
             for name in SchedulerConfig.__dataclass_fields__
         }),
         image_size=unet.get("sample_size", 64) * vae_config.downsample_factor,
-        # SDXL: diffusers' defaults (Euler, guidance 5, zeros for an empty negative prompt unless the folder says)
+        # SDXL: diffusers' defaults (Euler, guidance 5, zeros without a negative prompt unless the folder says)
         **({"default_sampler": "euler", "default_guidance": 5.0,
             "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True)} if sdxl else {}),
     )

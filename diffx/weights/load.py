@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -136,8 +137,10 @@ def _modern_text_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             **{prefix + "text_model." + key.removeprefix(prefix): state_dict[key] for key in old}}
 
 
-def _read_single_file(path: Path, config: ModelConfig | None, choice: str) -> tuple[ModelConfig, dict, str]:
-    """The config (given, or recognised from the tensors), the weights, and a note on what was recognised."""
+def _read_single_file(path: Path, config: ModelConfig | None, choice: str,
+                      prediction: str | None) -> tuple[ModelConfig, dict, str]:
+    """The config (given, or recognised from the tensors and the prediction type `prediction` when known, else
+    `v_prediction_hint`), the weights, and a note on what was recognised."""
     state_dict, taken = _select_weights(_modern_text_keys(read_state_dict(path)), choice)
     # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids, OpenCLIP's
     # contrastive head, which SD2 does not use: `UNUSED_KEYS`) are not weights of diffx's modules.
@@ -146,7 +149,8 @@ def _read_single_file(path: Path, config: ModelConfig | None, choice: str) -> tu
         note = f"the {config.name} config as given"
     else:
         try:
-            recognised = recognise({key: tuple(t.shape) for key, t in state_dict.items()}, v_prediction_hint(path))
+            v_prediction = v_prediction_hint(path) if prediction is None else prediction == "v_prediction"
+            recognised = recognise({key: tuple(t.shape) for key, t in state_dict.items()}, v_prediction)
         except CheckpointError as error:
             raise CheckpointError(f"{path}: {error}") from None
         config, note = recognised.config, f"recognised {recognised.summary()}"
@@ -197,20 +201,30 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     weights: str = "ema",
     config: ModelConfig | None = None,
+    prediction_type: str | None = None,
     note: Callable[[str], None] | None = None,
 ) -> StableDiffusion:
     """Load a model from a checkpoint file, a diffusers folder or a diffx folder (see `resolve_model_source`).
 
     A single file's architecture is recognised from its tensors (`diffx.architecture.recognise`) unless
     `config` gives it. `weights`: "ema" takes the U-Net's EMA weights when a single file holds both (as
-    CompVis' scripts do), "main" the others. `note(line)` hears, for a single file, one line saying what
-    was recognised and which weights were taken (a folder's config says it already).
+    CompVis' scripts do), "main" the others. `prediction_type` ("epsilon" or "v_prediction", any case; None:
+    what the model says) overrides what the U-Net predicts, for any form, as diffusers'
+    `from_single_file(..., prediction_type=...)` sets its scheduler's: the model's scheduler config says it,
+    whatever the files or `config` say. For a single file it also stands for an LDM .yaml's `parameterization`
+    (`v_prediction_hint`), the one thing beside the tensors that tells SD2.x's 512-base (ε) from 768-v (v), so
+    that recognition gives that variant's default size and attention precision too. `note(line)` hears, for a
+    single file, one line saying what was recognised and which weights were taken (a folder's config says it
+    already).
     """
+    # Before anything is read: a typo fails at once, not after a multi-gigabyte file.
+    prediction = None if prediction_type is None else \
+        check_choice("prediction type", prediction_type.lower(), PREDICTION_TYPES)
     found = source if isinstance(source, ModelSource) else resolve_model_source(source)
     path = found.path
     check_choice("weights", weights, WEIGHT_CHOICES)
     if found.format == "single-file":
-        config, state_dict, what = _read_single_file(path, config, weights)
+        config, state_dict, what = _read_single_file(path, config, weights, prediction)
         tokenizer = _tokenizer_near(path.parent, path.parent / "tokenizer")
     elif found.format == "diffusers":
         config, state_dict = _read_diffusers(path)
@@ -219,6 +233,8 @@ def load_model(
         config = read_model_config(path / "config.json")
         state_dict = read_state_dict(path / "model.safetensors")
         tokenizer = _tokenizer_near(path)
+    if prediction is not None:  # a new config: the caller's `config` stays as it was
+        config = replace(config, scheduler=replace(config.scheduler, prediction_type=prediction))
     if config.scheduler.prediction_type not in PREDICTION_TYPES:
         raise CheckpointError(f"{path}: model {config.name!r} predicts {config.scheduler.prediction_type!r}; "
                               f"diffx runs {' and '.join(PREDICTION_TYPES)} models")
@@ -229,7 +245,8 @@ def load_model(
     model.load_original_state_dict(state_dict)
     del state_dict
     if note is not None and found.format == "single-file":
-        note(f"{path.name}: {what}; predicts {config.scheduler.prediction_type}")
+        given = "" if prediction is None else " (as given)"
+        note(f"{path.name}: {what}; predicts {config.scheduler.prediction_type}{given}")
     return model.to(device=device).eval()
 
 
@@ -247,14 +264,30 @@ def _check_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
                                   "(re-download or re-export it)")
 
 
+def read_config(source: ModelSource, config: ModelConfig | None = None) -> ModelConfig:
+    """A model's configuration without its weights (what `load_model` builds it from): a diffx folder's
+    config.json, a diffusers folder's configs, or a single file's architecture recognised from its tensors' names
+    and shapes (a .safetensors header; `config`, given, instead, as `load_model` takes it)."""
+    if source.format == "single-file":
+        if config is not None:
+            return config
+        shapes = _modern_text_keys(read_shapes(source.path))
+        try:
+            return recognise(shapes, v_prediction_hint(source.path)).config
+        except CheckpointError as error:
+            raise CheckpointError(f"{source.path}: {error}") from None
+    if source.format == "diffusers":
+        return config_from_diffusers(source.path)
+    return read_model_config(source.path / "config.json")
+
+
 def describe_architecture(source: ModelSource) -> str:
     """What a model found on disk is, in a few words (the `diffx models` column): the family recognised from
     a single file's tensors, or from a folder's config; for a file diffx cannot load, why."""
     try:
         if source.format == "single-file":
             return recognise(_modern_text_keys(read_shapes(source.path)), v_prediction_hint(source.path)).summary()
-        config = config_from_diffusers(source.path) if source.format == "diffusers" else \
-            read_model_config(source.path / "config.json")
+        config = read_config(source)
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
     family = "SDXL" if config.text_encoder_2 is not None else \

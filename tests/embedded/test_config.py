@@ -51,7 +51,7 @@ def test_train_config_accepts_the_edges_of_each_range(good):
 
 
 OPTION_FIELDS = {"--vae-steps": "vae_steps", "--unet-steps": "unet_steps", "--batch": "unet_batch",
-                 "--lr": "unet_lr", "--pool-size": "pool_size", "--seed": "seed", "--threads": "threads",
+                 "--lr": "unet_lr", "--pool-size": "pool_size", "--seed": "seed",
                  "--attention-loss": "attention_loss", "--checkpoint-every": "checkpoint_every",
                  "--vae-batch": "vae_batch", "--vae-crop": "vae_crop"}
 # The CLI table's bad values (tests/embedded/test_train_inputs.py) as a Python caller would pass them.

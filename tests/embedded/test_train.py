@@ -3,16 +3,25 @@ one-line refusals, and the training folder's files. (The end-to-end run, resume 
 `diffx train` in tests/test_cli.py.)"""
 
 import math
+import time
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from diffx.cli import app
-from diffx.embedded.checkpoints import CONFIG_FILE, load_train_config, save_checkpoint, save_train_config
+from diffx.embedded.checkpoints import (
+    CONFIG_FILE,
+    UNET_CHECKPOINT,
+    VAE_CHECKPOINT,
+    load_train_config,
+    save_checkpoint,
+    save_train_config,
+)
 from diffx.embedded.config import TrainConfig
 from diffx.embedded.history import HISTORY_FILE, copy_history, read_runs, write_runs
-from diffx.embedded.train import _object_weight, recent_loss, train
+from diffx.embedded.pool import POOL_FILE
+from diffx.embedded.train import _object_weight, latent_scaling_factor, recent_loss, train
 from diffx.errors import InvalidArgumentError
 
 
@@ -22,6 +31,13 @@ def test_object_pixels_weigh_more_than_the_background():
     weight = _object_weight(images, 10.0)
     assert weight.shape == (1, 1, 4, 4)
     assert weight[0, 0, 1:3, 1:3].eq(10.0).all() and weight.sum() == 4 * 10 + 12
+
+
+def test_the_latent_scale_comes_from_the_pool_latents_without_encoding_again():
+    """1 / std of z = mean + std · ε: from the posterior's mean and std the pool latents already hold."""
+    mean, std = torch.zeros(3000, 4, 4, 4), torch.full((3000, 4, 4, 4), 2.0)
+    assert latent_scaling_factor(mean, std) == pytest.approx(0.5, rel=0.01)  # the first 2048 pictures' samples
+    assert latent_scaling_factor(mean + 5.0, std, count=10) == latent_scaling_factor(mean, std, count=10)
 
 
 def test_progress_shows_the_recent_mean_loss_and_nothing_before_the_first():
@@ -73,3 +89,24 @@ def test_history_is_copied_and_read_back(tmp_path):
     copy_history(source, dest)
     assert (dest / HISTORY_FILE).read_bytes() == (source / HISTORY_FILE).read_bytes()
     assert read_runs(dest) == [{"settings": {}, "vae": {}, "unet": {}}]
+
+
+def test_a_toy_run_keeps_what_it_draws_and_counts_the_seconds_outside_its_steps(tmp_path):
+    """Issue #32: a 20 + 20-step run rendered, encoded and stored a 30,000-scene pool, and its training.json
+    said 135 s for a U-Net stage of 9 minutes: the steps alone. The pool now holds what the run draws, and each
+    stage has two clocks: the steps, and everything (here: a preview that takes a second at the checkpoint)."""
+    def slow_preview(model, path):
+        time.sleep(1.0)
+
+    torch.set_num_threads(1)  # a tiny run: a second thread only waits on a busy machine (conftest restores it)
+
+    config = TrainConfig(out_dir=str(tmp_path), vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=3,
+                         checkpoint_every=2, device="cpu")
+    _, summary = train(config, slow_preview)
+    assert summary["pool_scenes"] == 6 and len(torch.load(tmp_path / POOL_FILE, weights_only=True)) == 6
+    unet = torch.load(tmp_path / UNET_CHECKPOINT, weights_only=True)["state"]
+    assert unet["wall_seconds"] >= unet["seconds"] + 1.0
+    vae = torch.load(tmp_path / VAE_CHECKPOINT, weights_only=True)["state"]
+    assert vae["wall_seconds"] > vae["seconds"] > 0  # with the pool's rendering and the reconstructions drawn
+    assert summary["unet"]["step_seconds"] == round(unet["seconds"])
+    assert summary["unet"]["wall_seconds"] == round(unet["wall_seconds"])

@@ -10,11 +10,13 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError
 from diffx.experiments import sweeps as experiments
 from diffx.models.stable_diffusion import StableDiffusion
+from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline.codec import encode_image
 from diffx.pipeline.denoiser import schedule_for
 from diffx.pipeline.generation import generate
 from diffx.render import latent_to_rgb_fast
 from diffx.sampling.schedules import q_sample
+from diffx.weights.config_schema import read_model_config
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
 
@@ -40,6 +42,20 @@ def test_noise_views_pixel_space():
         experiments.noise_views(picture, latent_space=True)
     with pytest.raises(InvalidArgumentError, match="unknown schedule"):
         experiments.noise_views(picture, schedules=("quadratic",))
+
+
+def test_noise_views_follow_the_scheduler_of_the_model_config_given():
+    """The embedded model samples with trailing spacing on a zero-terminal-SNR schedule: its config alone (no
+    weights) gives the plot its spacing and the rows its schedules; without one, SD's scheduler (leading)."""
+    picture = Image.new("RGB", (16, 16), (200, 40, 40))
+    config = read_model_config(EMBEDDED_MODEL_DIR / "config.json")
+    ours = experiments.noise_views(picture, ("scaled_linear",), (999,), sampler="ddim", steps=25, num_frames=2,
+                                   config=config)
+    assert ours.visits[0] == 999 and ours.visits[-1] == 39  # trailing: what `diffx denoise` runs
+    sd = experiments.noise_views(picture, ("scaled_linear",), (999,), sampler="ddim", steps=25, num_frames=2)
+    assert sd.visits[0] == 961 and sd.visits[-1] == 1  # leading, steps_offset 1
+    # x_999 is pure noise under zero terminal SNR (ᾱ_T ≈ 0), still a little picture under SD's schedule.
+    assert not np.array_equal(np.asarray(ours.grid), np.asarray(sd.grid))
 
 
 def test_noise_views_latent_space_has_preview_and_decode_rows(model):
@@ -109,6 +125,21 @@ def test_compare_grid_and_cells(model):
         experiments.compare(model, _settings(), x=("steps", [1]), y=("steps", [2]))
     with pytest.raises(InvalidArgumentError, match="unknown sampler"):  # checked before any generation
         experiments.compare(model, _settings(), x=("sampler", ["ddim", "plms"]), y=None)
+
+
+def test_compare_counts_the_unet_evaluations_guidance_runs(model):
+    """Guidance (w ≠ 1) runs the U-Net on [uncond; cond] at every model call: two evaluations per call, counted as
+    they run; w = 1 runs it once. Heun calls the model 2N − 1 times."""
+    rows = []
+    hook = model.unet.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    try:
+        result = experiments.compare(model, _settings(sampler="heun"), x=("guidance", [1.0, 3.0]), y=None, panel=32)
+    finally:
+        hook.remove()
+    calls = 2 * STEPS - 1
+    assert result.model_calls == [[calls, calls]]
+    assert result.unet_evaluations == [[calls, 2 * calls]]
+    assert sum(rows) == sum(result.unet_evaluations[0])  # one image per cell: a batch row is one evaluation
 
 
 def test_noise_views_latent_preview_uses_the_models_bias(model):

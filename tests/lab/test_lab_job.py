@@ -4,11 +4,16 @@ refuses every bad argument and output path before any work, writing nothing."""
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from diffx.errors import InputImageError, InvalidArgumentError, OutputPathError
+from diffx.lab.figures import grid_note
 from diffx.lab.job import LabJob, run_lab
+from diffx.lab.model import LabModel
+from diffx.lab.sampling import run_sampler
 from diffx.lab.train import LabTrainConfig
+from diffx.sampling.schedules import NoiseSchedule
 
 QUICK = LabTrainConfig(steps=60, batch=128, width=32, depth=1)
 
@@ -30,6 +35,19 @@ def test_run_lab_writes_the_gif_and_the_figures(tmp_path):
     for name in ("lab.png", "lab_schedules.png", "lab_guidance.png"):
         with Image.open(tmp_path / name) as picture:
             assert picture.width >= 2 * 200  # at least two 200-px panels side by side
+
+
+def test_a_sampler_on_its_own_grid_is_named_under_the_frame():
+    """At 25 leading steps DDIM visits t = 961, 921 … 1 and DPM++ 2M t = 951, 913 … 39 (diffusers spaces its
+    N + 1 points and drops the last): step 13 shows t = 441 against 457, and the frame says why."""
+    noise = torch.zeros(4, 2)
+    schedule = NoiseSchedule.create("linear")
+    model = LabModel(num_classes=2, width=8, depth=1)
+    runs = [run_sampler(model, schedule, sampler, 25, noise) for sampler in ("ddim", "euler", "dpmpp_2m")]
+    assert runs[0].timesteps[13] == 441 and runs[2].timesteps[13] == 457
+    assert grid_note(runs) == ("dpmpp_2m steps on t = 951, 913 … 39 (N + 1 points spaced, the last dropped, as "
+                               "diffusers does); the others on t = 961, 921 … 1")
+    assert grid_note(runs[:2]) is None  # DDIM and Euler share the grid
 
 
 def _bad(tmp_path: Path, **changes) -> LabJob:

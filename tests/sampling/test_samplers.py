@@ -34,8 +34,10 @@ def fake_eps(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.tanh(x_in) + 0.01 * t / 1000 * torch.sin(x_in) + 0.02 * x_in * (t / 1000) ** 2
 
 
-def make_scheduler(sampler: str, spacing: str, karras: bool, variance: str):
+def make_scheduler(sampler: str, spacing: str, karras: bool, variance: str, schedule: NoiseSchedule | None = None):
     config = dict(SD15, timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
+    if schedule is not None:  # another schedule's β, e.g. rescaled to zero terminal SNR
+        config["trained_betas"] = schedule.betas.tolist()
     if sampler == "ddpm":
         return DDPMScheduler.from_config(dict(config, variance_type=variance))
     if sampler == "ddim":
@@ -49,9 +51,9 @@ def make_scheduler(sampler: str, spacing: str, karras: bool, variance: str):
 
 
 def run_diffusers(sampler, steps, noise, *, spacing="leading", karras=False, eta=0.0, variance="fixed_small",
-                  init_latent=None, strength=None, seed=None):
+                  init_latent=None, strength=None, seed=None, schedule=None):
     """diffusers' StableDiffusion(Img2Img)Pipeline denoising loop; returns per-step records and the result."""
-    scheduler = make_scheduler(sampler, spacing, karras, variance)
+    scheduler = make_scheduler(sampler, spacing, karras, variance, schedule)
     scheduler.set_timesteps(steps)
     if sampler == "euler_a" and karras:
         # EulerAncestralDiscreteScheduler has no Karras option: give it EulerDiscrete's Karras grid.
@@ -89,10 +91,11 @@ def make_grid(sampler, steps, *, spacing="leading", karras=False, strength=None,
                          strength=strength)
 
 
-def run_diffx(sampler, steps, noise, *, seed=None, spacing="leading", karras=False, strength=None, **kwargs):
+def run_diffx(sampler, steps, noise, *, seed=None, spacing="leading", karras=False, strength=None, schedule=None,
+              **kwargs):
     records: list[StepRecord] = []
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    grid = make_grid(sampler, steps, spacing=spacing, karras=karras, strength=strength)
+    grid = make_grid(sampler, steps, spacing=spacing, karras=karras, strength=strength, schedule=schedule)
     result = sample(fake_eps, noise, grid, generator=generator, callback=records.append, **kwargs)
     return result, records
 
@@ -152,6 +155,17 @@ def test_other_spacings(sampler, spacing):
 def test_img2img(sampler, strength):
     records = assert_same_trajectory(sampler, 10, strength=strength, seed=7)
     assert len(records) == (2 * int(10 * strength) - 1 if sampler == "heun" else int(10 * strength))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+@pytest.mark.parametrize("steps", [5, 25])
+def test_sigma_samplers_on_the_zero_terminal_snr_grid(sampler, steps):
+    """The embedded model's grid: β rescaled to zero terminal SNR, trailing, so the first step starts at σ = 4096
+    (ᾱ_T clipped to 2⁻²⁴) and falls to σ = 7.4 (5 steps) or 51.6 (25). diffusers' Heun, given the same β, takes
+    the same steps: its trapezoid correction over that first step is Heun's method, not a diffx bug."""
+    schedule = NoiseSchedule.create("scaled_linear", zero_terminal_snr=True)
+    records = assert_same_trajectory(sampler, steps, spacing="trailing", schedule=schedule)
+    assert records[0].timestep == 999 and records[0].sigma == pytest.approx(4096, rel=1e-4)
 
 
 def test_sd15_ddim_visits_leading_timesteps():

@@ -469,6 +469,10 @@ def malformed_cases(meta: dict, tensors: dict) -> dict[str, tuple[dict, str]]:
                                                                                        "is a str"),
         "bool for an int setting": ({"meta": changed(meta, True, "settings", "seed")}, "'seed' should be a int, "
                                                                                        "is a bool"),
+        "negative prompt a number": ({"meta": changed(meta, 3, "negative_prompt")},
+                                     "'negative_prompt' should be a str or NoneType, is a int"),
+        "negative prompt setting a list": ({"meta": changed(meta, [], "settings", "negative_prompt")},
+                                           "settings field 'negative_prompt' should be a str or NoneType, is a list"),
         "int for a bool setting": ({"meta": changed(meta, 1, "settings", "karras")}, "'karras' should be a bool"),
         "unknown setting": ({"meta": changed(meta, 2, "settings", "clip_skip")}, "settings has unknown fields "
                                                                                  "clip_skip"),

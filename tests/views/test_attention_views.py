@@ -14,7 +14,10 @@ from diffx.errors import InvalidArgumentError, OutputPathError
 from diffx.pipeline.settings import GenerationSettings
 from diffx.trace.record import Trace, load_trace
 from diffx.trace.tracer import generate_traced
+from diffx.views import attention as attention_views
+from diffx.views import steps as views
 from diffx.views.attention import (
+    EXPLORER_PANEL,
     explorer_options,
     head_grid,
     layer_grid,
@@ -23,6 +26,8 @@ from diffx.views.attention import (
     steps_grid,
     write_attention_views,
 )
+from diffx.views.steps import fit_panel, x0_panels
+from tests.report.test_report import page_data
 
 PROMPT = "a red cuboid"
 
@@ -90,6 +95,51 @@ def load_trace_without_heads(trace: Trace) -> Trace:
     return replace(trace, tensors={k: v for k, v in trace.tensors.items() if not k.startswith("head_")})
 
 
+def _pictures_under_maps(monkeypatch, view) -> list[np.ndarray]:
+    """The pictures `view()` lays attention maps over, in order (one per panel, rows first)."""
+    seen = []
+    real_overlay = attention_views.overlay
+    monkeypatch.setattr(attention_views, "overlay", lambda picture, *args, **kwargs: seen.append(picture) or
+                        real_overlay(picture, *args, **kwargs))
+    view()
+    return seen
+
+
+@pytest.mark.parametrize("preview", ["fast", "vae"])
+def test_a_steps_maps_lie_over_that_steps_x0(tiny_model, explored, monkeypatch, preview):
+    """Step 1's maps lie over step 1's x̂0 (drawn with the chosen preview), not over the final picture; the
+    mean over all steps over the final image."""
+    size = (EXPLORER_PANEL, EXPLORER_PANEL)
+    columns = len(explored.token_columns(explored.token_maps(0))[0])
+    (first, last), label = x0_panels(explored, [0, 2], preview, tiny_model, size)
+    final = fit_panel(explored.tensors["image"].numpy(), size, smooth=True)
+    assert not np.array_equal(first, final)
+    under = _pictures_under_maps(monkeypatch, lambda: steps_grid(explored, steps=[1, 3], preview=preview,
+                                                                 model=tiny_model))
+    assert len(under) == 2 * columns
+    assert all(np.array_equal(picture, first) for picture in under[:columns])
+    assert all(np.array_equal(picture, last) for picture in under[columns:])
+    (alone,), _ = x0_panels(explored, [0], preview, tiny_model, size)  # decoded alone: the rounding of a batch of 1
+    under = _pictures_under_maps(monkeypatch, lambda: layer_grid(explored, 1, preview=preview, model=tiny_model))
+    assert all(np.array_equal(picture, alone) for picture in under)
+    under = _pictures_under_maps(monkeypatch, lambda: layer_grid(explored, preview=preview, model=tiny_model))
+    assert all(np.array_equal(picture, final) for picture in under)
+    assert label == {"fast": "x̂0 (latent preview)", "vae": "x̂0 (VAE decode)"}[preview]
+
+
+def test_a_caption_says_what_the_maps_lie_over(explored, monkeypatch):
+    captions = []
+    real_caption_bar = attention_views.caption_bar
+    monkeypatch.setattr(attention_views, "caption_bar", lambda picture, text, **kwargs: captions.append(text) or
+                        real_caption_bar(picture, text, **kwargs))
+    steps_grid(explored, preview="fast")
+    layer_grid(explored, 2, preview="fast")
+    layer_grid(explored, preview="fast")
+    assert captions[::2] == ["maps over each row's own step's x̂0 (latent preview), in grey",
+                             "maps over that step's x̂0 (latent preview), in grey",
+                             "maps over the final image, in grey"]
+
+
 def test_write_attention_views(explored, tmp_path):
     out = tmp_path / "layers.png"
     written = write_attention_views(explored, out, layer="up.1", step=2, pixel=(5, 30))
@@ -115,6 +165,9 @@ def test_cli_attention_new_run_and_saved_trace(tiny_model_dir, tmp_path, monkeyp
     trace = load_trace("t.safetensors")
     assert len(trace.attention_layers) == 7 and "head_attention.6" in trace.tensors
     assert 'id="layer"' in (tmp_path / "r.html").read_text() and 'id="head"' in (tmp_path / "r.html").read_text()
+    # x̂0 as `trace` shows it: --preview auto decodes the tiny model's cheap decoder, and the trace keeps the decodes.
+    assert page_data((tmp_path / "r.html").read_text())["columns"][0]["x0_label"] == "x̂0 (VAE decode)"
+    assert views.missing_decodes(trace) == []
     again = runner.invoke(app, ["attention", "--trace", "t.safetensors", "--out", "b.png", "--step", "2",
                                 "--pixel", "3,4"])
     assert again.exit_code == 0, again.output + repr(again.exception)
@@ -129,9 +182,14 @@ def test_cli_attention_new_run_and_saved_trace(tiny_model_dir, tmp_path, monkeyp
         refused = runner.invoke(app, ["attention", *args, "--out", "c.png"])
         assert refused.exit_code == 2, (args, refused.output)
         assert refused.stderr.strip().startswith("error: ") and message in refused.stderr, refused.stderr
+    fast_page = runner.invoke(app, ["attention", *saved, "--out", "f.png", "--preview", "fast", "--html", "f.html"])
+    assert fast_page.exit_code == 0, fast_page.output + repr(fast_page.exception)
+    assert page_data((tmp_path / "f.html").read_text())["columns"][0]["x0_label"] == "x̂0 (latent preview)"
+    bad = runner.invoke(app, ["attention", *saved, "--out", "g.png", "--preview", "sharp"])
+    assert bad.exit_code == 2 and "unknown preview 'sharp'; choose one of: auto, fast, vae" in bad.stderr, bad.stderr
     exists = runner.invoke(app, ["attention", *saved, "--out", "a.png"])
     assert exists.exit_code == 2 and "exists" in exists.stderr
-    assert not list(tmp_path.glob("c*"))
+    assert not list(tmp_path.glob("c*")) and not list(tmp_path.glob("g*"))
     assert torch.equal(load_trace("t.safetensors").tensors["attention"], trace.tensors["attention"])
 
 

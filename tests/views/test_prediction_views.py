@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 from diffx.cli import app
 from diffx.models.configs import tiny
 from diffx.pipeline.conditioning import encode_text, tokenize
+from diffx.render.image import to_pil
 from diffx.sampling.schedules import v_from_eps
 from diffx.trace.tracer import TraceOptions, generate_traced
+from diffx.views import prediction, steps
 from diffx.views.prediction import default_steps, prediction_view
 from tests.tiny import tiny_settings
 
@@ -35,6 +37,29 @@ def test_v_from_the_traced_eps_is_what_a_v_model_output(tiny_model):
         assert (derived - output).abs().max() < 2e-2  # the trace stores fp16
     view = prediction_view(trace, [1, trace.num_steps], preview="fast")
     assert isinstance(view, Image.Image) and view.width > 4 * 64
+
+
+def test_predict_and_the_trace_frames_give_a_step_the_same_sigma(tiny_model, monkeypatch):
+    """σ is √((1−ᾱ)/ᾱ) in every picture: the predict view's row for a step prints the σ the trace frame's caption
+    prints for it, writes the noise scale √(1−ᾱ) as such, and its caption line says which is which."""
+    trace = generate_traced(tiny_model, tiny_settings(guidance=1.0),
+                            options=TraceOptions(record=("latents", "eps", "x0"))).traces[0]
+    grids, captions = [], []
+    monkeypatch.setattr(prediction, "make_grid", lambda rows, **kw: (grids.append(kw), Image.new("RGB", (8, 8)))[1])
+    monkeypatch.setattr(prediction, "caption_bar", lambda picture, text: (captions.append(text), picture)[1])
+    prediction_view(trace, [2], preview="fast")
+    monkeypatch.setattr(steps, "caption_bar", lambda picture, text, **_: (captions.append(text), to_pil(picture))[1])
+    steps.trace_frames(trace, preview="fast")
+    (legend, *frame_lines), row_label = captions, grids[0]["row_labels"][0]
+    frame_caption = [line for line in frame_lines if line.startswith("step ")][1]  # step 2's (notes between)
+    alpha_cumprod = float(trace.tensors["alphas_cumprod"][1])
+    sigma = f"σ={((1 - alpha_cumprod) / alpha_cumprod) ** 0.5:.3g}"
+    assert frame_caption.endswith(sigma) and frame_caption.startswith("step 2/")
+    assert row_label.startswith(frame_caption) and row_label.count("σ") == 1
+    assert f"√(1−ᾱ)={(1 - alpha_cumprod) ** 0.5:.3f}" in row_label and f"√ᾱ={alpha_cumprod ** 0.5:.3f}" in row_label
+    assert legend.startswith("σ = √((1−ᾱ)/ᾱ); x_t = √ᾱ x̂0 + √(1−ᾱ) ε̂")
+    assert not any("σ" in label for labels in grids[0]["cell_labels"] for label in labels)
+    assert "±2.5 standard deviations" in grids[0]["title"]
 
 
 def test_default_steps_are_first_middle_last():

@@ -58,12 +58,26 @@ def test_trace_frames_one_per_step_same_size(traced):
     assert not np.array_equal(np.asarray(frames[0]), np.asarray(frames[-1]))
 
 
-def test_trace_frames_wrap_word_tiles_into_rows(model, traced):
-    many_words = generate_traced(model, _settings(prompt="one two three four five six seven eight")).traces[0]
-    few, many = views.trace_frames(traced, panel=64)[0], views.trace_frames(many_words, panel=64)[0]
-    # 3 words fit under the 4 main panels; 8 words wrap at WORDS_PER_ROW = 6: wider and one row taller.
-    assert many.width > few.width
-    assert many.height > few.height
+def test_trace_frames_pack_word_maps_without_a_lone_row(model, traced, monkeypatch):
+    """7 word maps under the 4 step panels: rows of 4, 4 and 3, not 4, 6 and a lone map beside a large empty
+    area; a lone row is avoided for any prompt up to 60 words, and the frames say where the result is."""
+    assert [len(row) for row in views.pack_rows(list("abcd"), list(range(7)))] == [4, 4, 3]
+    for main in (2, 3, 4):  # x_t and x̂0; + ε̂; + ε_c − ε_u
+        for words in range(61):
+            rows = views.pack_rows(list(range(main)), list(range(words)))
+            assert sum(map(len, rows)) == main + words and rows[0][:main] == list(range(main))
+            assert len(rows) == 1 or min(map(len, rows)) >= 2, (main, words, [len(row) for row in rows])
+    seven = generate_traced(model, _settings(prompt="one two three four five six seven")).traces[0]
+    assert len(seven.words) == 7 and len(traced.words) == 3
+    captions = []
+    real_caption_bar = views.caption_bar
+    monkeypatch.setattr(views, "caption_bar", lambda frame, text, **kw: captions.append(text) or
+                        real_caption_bar(frame, text, **kw))
+    few, many = views.trace_frames(traced, panel=64)[0], views.trace_frames(seven, panel=64)[0]
+    # 3 words: 4 + 3; 7 words: 4 + 4 + 3 — as wide (4 panels), one row taller.
+    assert many.width == few.width < 5 * 64
+    assert many.height - few.height > 64
+    assert captions.count(views.XT_NOTE) == 2 * STEPS and "the result is the last x̂0" in views.XT_NOTE
 
 
 def test_attention_scale_changes_the_heatmaps(traced):

@@ -281,6 +281,27 @@ def test_prediction_type_is_read_from_every_layout(tmp_path, original):
     assert "\n" not in str(error.value)
 
 
+def test_prediction_type_given_overrides_every_layout(tmp_path, original):
+    """`prediction_type`, in any case, is what the loaded model's scheduler config says, whatever a single file's
+    recognition, a given `config` (left unchanged), a diffusers scheduler config or a diffx config.json say; the
+    note says it was given. Anything else is one line naming the choices, before the model is looked for."""
+    model = build(tiny())
+    model.load_original_state_dict(dict(original))
+    write_diffusers_folder(tmp_path / "diffusers", tiny(), original, "safetensors")
+    single = save_safetensors(original, tmp_path / "tiny.safetensors")
+    given, notes = tiny(), []
+    for source, config in ((single, None), (single, given), (tmp_path / "diffusers", None),
+                           (save_model(model, tmp_path / "diffx", dtype=torch.float32), None)):
+        loaded = load_model(source, config=config, prediction_type="V_Prediction", note=notes.append)
+        assert loaded.config.scheduler.prediction_type == "v_prediction", source
+        assert_same_weights(loaded, original)
+    assert given.scheduler.prediction_type == "epsilon"
+    assert len(notes) == 2 and all(note.endswith("; predicts v_prediction (as given)") for note in notes), notes
+    with pytest.raises(InvalidArgumentError, match=r"^unknown prediction type 'x0'; choose one of: epsilon, "
+                                                   r"v_prediction$"):
+        load_model(tmp_path / "no-such-model", prediction_type="X0")
+
+
 def test_rename_rules_invert_diffusers_converters_at_sd15_size():
     """Meta tensors: every diffusers name maps back to the very tensor object it came from."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint

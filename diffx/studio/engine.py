@@ -1,0 +1,144 @@
+"""What the studio runs: a page's request checked into `ResolvedSettings` (the same checks as the CLI's), and
+the generation that streams each step to the page as it is computed, drawn by the report's own components
+(`diffx.report.columns.step_frames`), so the live page and the saved report never show a step differently.
+
+The run is `diffx.trace.generate_traced` with a tracer listening — the same numbers as `diffx trace`, bit for
+bit — plus a hook after every step that turns the step just recorded into the page's frames.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from diffx.errors import InvalidArgumentError, elide
+from diffx.pipeline.codec import decode_latents
+from diffx.pipeline.denoiser import grid_for, schedule_for
+from diffx.pipeline.observers import ImageRun
+from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
+from diffx.render.charts import schedule_charts
+from diffx.report.columns import COLUMN_COLOURS, data_uri, fit_picture, step_frames
+from diffx.studio.runs import Emit
+from diffx.trace.checks import model_identity
+from diffx.trace.record import Trace, trace_meta
+from diffx.trace.tracer import Tracer, generate_traced
+from diffx.views.steps import X0_LABELS, resolve_preview
+
+if TYPE_CHECKING:
+    from diffx.models.stable_diffusion import StableDiffusion
+
+MAX_PROMPT_CHARS = 2000  # far more than CLIP's 77 tokens read; the page says which words were cut
+# The settings a page may send, with their types; anything else in a request is refused by name.
+KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+FIELDS: dict[str, type] = {"prompt": str, "negative_prompt": str, "sampler": str, "steps": int, "guidance": float,
+                           "schedule": str, "spacing": str, "seed": int, "karras": bool, "eta": float,
+                           "guidance_rescale": float}
+# The CLI option that sets each field, for the command line the page shows.
+OPTIONS = {"negative_prompt": "--negative-prompt", "sampler": "--sampler", "steps": "--steps",
+           "guidance": "--guidance", "schedule": "--schedule", "spacing": "--spacing", "seed": "--seed",
+           "guidance_rescale": "--guidance-rescale"}
+
+
+def parse_settings(model: StableDiffusion, request: object) -> ResolvedSettings:
+    """A page's JSON settings → `ResolvedSettings`, every value checked as the CLI checks it (one-line errors)."""
+    if not isinstance(request, dict):
+        raise InvalidArgumentError("the request must be a JSON object of settings, such as {\"prompt\": \"a cat\"}")
+    unknown = sorted(set(request) - set(FIELDS))
+    if unknown:
+        raise InvalidArgumentError(f"unknown setting {elide(unknown[0], 30)}; the settings are {', '.join(FIELDS)}")
+    values = {}
+    for name, value in request.items():
+        kind = FIELDS[name]
+        if value is None:
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidArgumentError(f"{name} must be {KIND_NAMES[kind]}, got {elide(str(value), 30)}")
+        if kind is float and not math.isfinite(value):
+            raise InvalidArgumentError(f"{name} must be a finite number, got {value}")
+        if kind is str and len(value) > MAX_PROMPT_CHARS:
+            raise InvalidArgumentError(f"{name} has {len(value)} characters; the text encoder reads 77 tokens, "
+                                       f"so keep it under {MAX_PROMPT_CHARS}")
+        values[name] = value
+    return resolve_settings(model, GenerationSettings(**values))
+
+
+def command_line(settings: ResolvedSettings, model_arg: str | None) -> str:
+    """The `diffx trace` command that makes the same run (defaults the model fills in are left out)."""
+    parts = ["diffx", "trace", "--prompt", settings.prompt]
+    for name, option in OPTIONS.items():
+        value = getattr(settings, name)
+        if name == "negative_prompt" and not value or name == "guidance_rescale" and not value:
+            continue
+        parts += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    if settings.karras:
+        parts.append("--karras")
+    if model_arg:
+        parts += ["--model", model_arg]
+    parts += ["--gif", "trace.gif", "--html", "trace.html"]
+    return shlex.join(parts)
+
+
+def schedule_chart(model: StableDiffusion, settings: ResolvedSettings) -> tuple[str, dict]:
+    """The report's schedule charts for the steps this run will visit, and each step's marker positions."""
+    schedule = schedule_for(model, settings.schedule)
+    timesteps = np.asarray(grid_for(model, settings).model_timesteps(), dtype=np.float64)
+    train_abar = schedule.alphas_cumprod.double().numpy()
+    visited = np.interp(timesteps, np.arange(len(train_abar)), train_abar)
+    svg, markers = schedule_charts({settings.schedule: train_abar}, [(timesteps, visited)], COLUMN_COLOURS[:1])
+    return svg, markers[0]
+
+
+@dataclass
+class StepStreamer:
+    """The hook after every step: the step just recorded → the page's frames, sent with `emit`.
+
+    `check` raises `RunCancelled` once the run was cancelled, so a cancelled run stops at its next step.
+    """
+
+    model: StableDiffusion
+    preview: str  # "vae" or "fast", resolved once per run
+    emit: Emit
+    check: Callable[[], None]
+    identity: dict
+    meta: dict | None = None
+
+    def __call__(self, run: ImageRun, tracer: Tracer) -> None:
+        self.check()
+        if self.meta is None:  # the same for every step of the run: made once, not 25 times
+            self.meta = trace_meta(self.model, run, self.identity)
+        step = tracer.latest(run, self.meta)
+        decoded = None
+        if self.preview == "vae":
+            decoded = fit_picture(decode_latents(self.model, step.tensors["x0"])[0])
+        index = len(tracer.recorded("x0")) - 1
+        self.emit("step", {"index": index, **step_frames(step, 0, decoded)})
+
+
+def generation_work(model: StableDiffusion, settings: ResolvedSettings, preview: str = "auto",
+                    model_arg: str | None = None) -> Callable[[Emit, Callable[[], None]], Trace]:
+    """The studio run for `settings`: emits "start" (the plan: words, steps, chart, command line, x̂0 label),
+    one "step" per sampler step and "image" (the final picture); returns the run's `Trace`."""
+    chosen = resolve_preview(preview, model=model)
+    chart, markers = schedule_chart(model, settings)
+
+    def work(emit: Emit, check: Callable[[], None]) -> Trace:
+        tokens = model.tokenizer.encode(settings.prompt)
+        emit("start", {"steps": settings.steps, "words": tokens.words, "cut": tokens.truncated_text,
+                       "chart": chart, "markers": markers, "command": command_line(settings, model_arg),
+                       "x0_label": X0_LABELS[chosen], "settings": settings.as_dict(),
+                       "aspect": f"{settings.width} / {settings.height}"})
+        streamer = StepStreamer(model, chosen, emit, check, model_identity(model))
+        with torch.inference_mode():
+            generation = generate_traced(model, settings, after_step=streamer)
+        emit("image", {"image": data_uri(generation.images[0])})  # the very pixels of `diffx denoise`
+        return generation.traces[0]
+
+    return work
