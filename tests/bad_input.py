@@ -4,10 +4,12 @@ A `Case` is one command line with one bad value. `check_refused` runs it in a wo
 `fill_folder` (good and bad pictures, files that exist, a folder, a plain file) and asserts what every case must
 give: exit code 2, exactly one `error:` line on stderr of at most 300 characters (nothing before it, not even a
 blank line), no traceback, and every file in the folder as it was. The work is made to fail if it starts (the
-U-Net, the VAE's encoder, the lab's training, the forward process of `noise`): a bad value is refused before.
+U-Net, the VAE's encoder, the lab's training, the forward process of `noise`, the studio's server): a bad value
+is refused before.
 """
 
 import functools
+import socket
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -29,6 +31,7 @@ STEPS = ["0", "-1", "abc", "", "100000"]
 SIZES = ["0", "-32", "abc", "", "1000000", "33", "8192"]
 CHOICES = ["nope", ""]  # a name that is not one (any case of a valid one, e.g. DDIM, is accepted)
 FRAME_MS = ["0", "-1", "abc"]
+THREADS = ["0", "-1", "abc", "", "1e9"]  # not a count; more threads than CPUs
 OUTPUTS = ["existing.png", "afile/o.png", "afolder", "o.bmp", ""]
 ANIMATIONS = ["existing.gif", "afile/o.gif", "afolder", "o.txt", "o.mp4"]
 FILES = ["existing.html", "afile/o.html", "afolder", ""]  # --html, --save-trace, … (any suffix)
@@ -44,6 +47,15 @@ WEIGHTS = ["both", ""]
 CONFIGS = ["sd3", ""]
 GENERATION = ["--steps", "2", "--size", "32", "--device", "cpu"]  # fast, valid settings for the tiny model
 MODEL, TRACE = "{model}", "{trace}"  # in a case's arguments: the tiny model's folder, a trace of it (conftest.py)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now (the studio's valid base must not be refused as "in use")."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 # A valid command line of each command (bar lab's, tokens' and train's); a case adds one bad value (the last wins),
 # and it must be that value which is refused: any other run would write files, which the case does not allow.
 BASES = {
@@ -61,10 +73,13 @@ BASES = {
     "paths": ["paths", "--samplers", "ddim", "--reference", "ddim:3", "--steps", "2", "--size", "32", "--device",
               "cpu"],
     "report": ["report", TRACE],
+    "studio": ["studio", "--port", str(free_port()), "--device", "cpu"],  # valid: it would serve (made to fail)
+    "tour": ["tour", "newtour", "--quick", "--device", "cpu"],  # valid: it would run the tour's commands
 }
-# The commands that load a model for every run get the tiny one (the others load one only when asked for).
+# The commands that load a model for every run get the tiny one (the others load one only when asked for; the
+# tour passes it on to its commands).
 MODEL_COMMANDS = ("denoise", "trace", "attention", "edit", "weights", "invert", "cfg-sweep", "compare", "predict",
-                  "paths")
+                  "paths", "studio", "tour")
 
 
 class Case(NamedTuple):
@@ -143,6 +158,8 @@ def fill_folder(folder: Path) -> None:
     (folder / "notpicture.png").write_bytes(b"not a picture")
     (folder / "notatrace.safetensors").write_bytes(b"not a trace")
     (folder / "afolder").mkdir()
+    (folder / "oldtour").mkdir()  # a folder holding a file of the tour (`diffx tour oldtour` without --force)
+    (folder / "oldtour" / "noise.png").write_bytes(b"keep me")
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -161,11 +178,13 @@ def check_refused(case: Case, folder: Path, monkeypatch: pytest.MonkeyPatch, mod
     """Run `case` in `folder` (filled here) and assert it is refused in one line, before any work, writing nothing."""
     monkeypatch.chdir(folder)
     monkeypatch.delenv("DIFFX_MODEL", raising=False)
+    monkeypatch.delenv("DIFFX_THREADS", raising=False)
     monkeypatch.setattr("diffx.files.mp4_available", lambda: False)
     monkeypatch.setattr("diffx.models.unet.UNet.forward", _no_work("the U-Net"))
     monkeypatch.setattr("diffx.models.vae.AutoencoderKL.encode", _no_work("the VAE encoder"))
     monkeypatch.setattr("diffx.lab.job.train_lab_model", _no_work("the lab's training"))
     monkeypatch.setattr("diffx.experiments.sweeps.q_sample", _no_work("the forward process"))
+    monkeypatch.setattr("diffx.studio.server.serve", _no_work("the studio's server"))
     fill_folder(folder)
     before = _snapshot(folder)
     args = [{MODEL: str(model_dir), TRACE: str(trace_file)}.get(arg, arg) for arg in case.args]

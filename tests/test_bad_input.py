@@ -25,6 +25,7 @@ from tests.bad_input import (
     PROMPTS,
     SIZES,
     STEPS,
+    THREADS,
     WEIGHTS,
     Table,
     check_refused,
@@ -42,7 +43,8 @@ SHARED = {
     "--prompt": PROMPTS, "--negative-prompt": PROMPTS, "--steps": STEPS, "--size": SIZES, "--seed": INTS,
     "--guidance": FLOATS, "--guidance-rescale": [*FLOATS, "1.5"], "--sampler": CHOICES, "--schedule": CHOICES,
     "--spacing": CHOICES, "--model": MODELS, "--device": DEVICES, "--dtype": DTYPES, "--weights": WEIGHTS,
-    "--config": CONFIGS, "--preview": CHOICES, "--attn-scale": CHOICES, "--frame-ms": FRAME_MS,
+    "--config": CONFIGS, "--prediction-type": CHOICES, "--preview": CHOICES, "--attn-scale": CHOICES,
+    "--frame-ms": FRAME_MS, "--threads": THREADS,
 }
 # Options of these names that mean something else in a command, or need another base: in its own table.
 OWN = {("paths", "--steps"), ("noise", "--steps"), ("noise", "--sampler"), ("noise", "--spacing"),

@@ -2,7 +2,9 @@
 
 Pictures (--image, --mask, the IMAGE of invert and noise, lab --data) are given missing, as a folder, as a file
 that is not a picture and as a PNG whose header claims 30000x30000 pixels; trace files missing, as a folder or as
-a file that is not a trace; lists, pixels, layers, steps and fractions out of range or unreadable.
+a file that is not a trace; lists, pixels, layers, steps and fractions out of range or unreadable; the model
+options also where no model is loaded (noise in pixel space, attention on a saved trace); the studio's address
+(never served: the harness makes the server fail) and the tour's folder.
 """
 
 import pytest
@@ -17,12 +19,17 @@ from tests.bad_input import (
     MODEL,
     PICTURES,
     PROMPTS,
+    THREADS,
+    TRACE,
     TRACES,
     Table,
     check_refused,
 )
 
 FRACTIONS = [*FLOATS, "1.5"]
+# A bad value of each model option, for runs that load no model: refused all the same (ModelChoice.check).
+UNLOADED_MODEL_OPTIONS = {"--model": "missing-model", "--device": "tpu", "--dtype": "fp64", "--weights": "both",
+                          "--config": "sd3", "--prediction-type": "nope"}
 INT_LISTS = ["0", "-1", "abc", "", "1,,2", "100000"]
 
 
@@ -52,6 +59,8 @@ def _explorers(cases: Table) -> None:
     cases.add(["attention", *GENERATION], "--trace", TRACES)
     cases.add(["attention", *GENERATION], "--trace", ["notatrace.safetensors"], "--prompt", "a red circle")
     cases.add(["attention"], "--trace", ["notatrace.safetensors"], "--heads")  # --heads records in a new run
+    for option, value in UNLOADED_MODEL_OPTIONS.items():  # no model is loaded to draw a saved trace
+        cases.add(["attention"], option, [value], "--trace", TRACE)
     cases.add(attention, "--layer", ["nope", "99", "-1", ""])
     cases.add(attention, "--step", ["0", "-1", "abc", "3"])
     cases.add(attention, "--pixel", ["abc", "1", "-1,0", "32,0", "0,32", "1,2,3", "", "1.5,2"])
@@ -91,6 +100,8 @@ def _noise_and_lab(cases: Table) -> None:
     cases.add(noise, "--steps", ["0", "-1", "abc", "", "100000"], *with_sampler)
     cases.add(noise, "--spacing", CHOICES, *with_sampler)
     cases.add(noise, "--sampler", ["ddim"], "--karras")  # Karras σ apply to σ samplers only
+    for option, value in UNLOADED_MODEL_OPTIONS.items():  # pixel space reads the model's scheduler, not its weights
+        cases.add(noise, option, [value], *with_sampler)
     lab = ["lab"]
     cases.add(lab, "--data", ["nope", "black.png", *PICTURES])  # black: no density
     cases.add(lab, "--samplers", ["nope", "", ",", "ddim,ddim"])
@@ -102,6 +113,16 @@ def _noise_and_lab(cases: Table) -> None:
     cases.add(lab, "--particles", ["0", "1", "-1", "100001", "abc", ""])
     cases.add(lab, "--seed", INTS)
     cases.add(lab, "--frame-ms", FRAME_MS)
+    cases.add(lab, "--threads", THREADS)
+
+
+def _studio_and_tour(cases: Table) -> None:
+    """studio's address (checked before the model loads) and the tour's folder."""
+    studio = BASES["studio"]
+    cases.add(studio, "--port", ["0", "70000", "-1", "abc", ""])
+    # An unknown name, an empty one, and an address of another machine (it cannot be bound here).
+    cases.add(studio, "--host", ["no-such-host.invalid", "", "8.8.8.8"])
+    cases.argument("tour", "OUT_DIR", ["afile", "afile/tour", "oldtour"], "--quick")  # a file; under one; a tour
 
 
 def _cases() -> Table:
@@ -109,6 +130,7 @@ def _cases() -> Table:
     _generation(cases)
     _explorers(cases)
     _noise_and_lab(cases)
+    _studio_and_tour(cases)
     return cases
 
 

@@ -128,13 +128,15 @@ class ModelChoice:
 
     def check(self) -> "CheckedModelChoice":
         """Every choice resolved and checked without reading weights: the model's source (default: $DIFFX_MODEL,
-        else the embedded model), the device, the dtype, the --weights choice and the --config preset."""
+        else the embedded model), the device, the dtype, the --weights choice, the --config preset and the
+        --prediction-type."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.weights.discovery import resolve_model_source
-        from diffx.weights.load import WEIGHT_CHOICES
+        from diffx.weights.load import WEIGHT_CHOICES, check_prediction_type
 
         config = self.preset()
         check_choice("weights", self.weights, WEIGHT_CHOICES)
+        check_prediction_type(self.prediction_type)
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
         return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
@@ -142,8 +144,7 @@ class ModelChoice:
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
-        `note:` line on stderr says what was recognised and which weights were taken. `--prediction-type` is
-        checked where the Python API checks it, in `load_model`."""
+        `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.weights.load import load_model
 
         source, target, precision, config = self.check()
@@ -159,11 +160,12 @@ class ModelChoice:
         return None if self.config is None else PRESETS[check_choice("--config preset", self.config, tuple(PRESETS))]()
 
     def read_config(self) -> "ModelConfig":
-        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights."""
-        from diffx.weights.discovery import resolve_model_source
+        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights;
+        every choice is checked as `check` checks it, so a bad one is refused also where no weights are read."""
         from diffx.weights.load import read_config
 
-        return read_config(resolve_model_source(self.model), self.preset())
+        source, _, _, config = self.check()
+        return read_config(source, config)
 
     def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":
         """The model for drawing saved `traces`: loaded only when --preview is vae and a trace lacks some VAE
