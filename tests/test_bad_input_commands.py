@@ -27,7 +27,8 @@ from tests.bad_input import (
 )
 
 FRACTIONS = [*FLOATS, "1.5"]
-# A bad value of each model option, for runs that load no model: refused all the same (ModelChoice.check).
+# A bad value of each model option, for runs that load no model: refused all the same (ModelChoice.check_given,
+# read_config).
 UNLOADED_MODEL_OPTIONS = {"--model": "missing-model", "--device": "tpu", "--dtype": "fp64", "--weights": "both",
                           "--config": "sd3", "--prediction-type": "nope"}
 INT_LISTS = ["0", "-1", "abc", "", "1,,2", "100000"]

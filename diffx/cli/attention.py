@@ -91,7 +91,7 @@ def attention(
     companions = [companion_path(out, name) for name in ("steps", "heads", "self")]
     check_outputs([*companions, save_trace, html], force, picture=out)
     if trace_file is not None:
-        model.check()  # before the trace is read: a model is loaded only for some traces
+        model.check_given()  # before the trace is read: a model is loaded only for some traces
         recorded = load_trace(trace_file)
         loaded = model.load_to_decode(preview, [recorded])
     else:

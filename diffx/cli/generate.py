@@ -189,7 +189,7 @@ def render(
     check_outputs([None if out is None else companion_path(out, "attention"), convergence], force, gif, picture=out)
     if convergence is not None:
         picture_format(convergence)
-    model.check()  # before the trace is read: a model is loaded only for some traces
+    model.check_given()  # before the trace is read: a model is loaded only for some traces
     recorded = load_trace(trace_file)
     chart = trace_convergence_chart(recorded) if convergence is not None else None
     drawn = gif is not None or out is not None

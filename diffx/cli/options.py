@@ -132,15 +132,33 @@ class ModelChoice:
         --prediction-type."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.weights.discovery import resolve_model_source
-        from diffx.weights.load import WEIGHT_CHOICES, check_prediction_type
 
-        config = self.preset()
-        check_choice("weights", self.weights, WEIGHT_CHOICES)
-        check_prediction_type(self.prediction_type)
+        config = self._choices()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
         return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
                                   config)
+
+    def check_given(self) -> None:
+        """The choices given checked as `check` checks them, the default model not looked for: for runs that load a
+        model only for some inputs (render, report, attention --trace), which otherwise need no $DIFFX_MODEL."""
+        from diffx.devices import resolve_device, resolve_dtype
+
+        if self.model is not None:
+            self.check()
+            return
+        self._choices()
+        resolve_dtype(self.dtype, resolve_device(self.device))
+
+    def _choices(self) -> "ModelConfig | None":
+        """--weights and --prediction-type checked; the --config preset, checked (None without one)."""
+        from diffx.models.configs import PRESETS
+        from diffx.weights.load import WEIGHT_CHOICES, check_prediction_type
+
+        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
+        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        check_prediction_type(self.prediction_type)
+        return None if preset is None else PRESETS[preset]()
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
@@ -152,12 +170,6 @@ class ModelChoice:
             return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
                               prediction_type=self.prediction_type,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
-
-    def preset(self) -> "ModelConfig | None":
-        """The `--config` preset, checked (None without one)."""
-        from diffx.models.configs import PRESETS
-
-        return None if self.config is None else PRESETS[check_choice("--config preset", self.config, tuple(PRESETS))]()
 
     def read_config(self) -> "ModelConfig":
         """The configuration of the model `load` would load (its scheduler, default steps…), without its weights;
