@@ -197,7 +197,7 @@ def test_cfg_sweep_and_compare(run, fast):
     (["--guidance", "-1"], ["guidance must be >= 0"]),
     (["--size", "30"], ["not a positive multiple of 4", "try 32"]),
     (["--size", "big"], ["--size 'big'", "WIDTHxHEIGHT"]),
-    (["--preview", "slow"], ["unknown preview", "fast, vae"]),
+    (["--preview", "slow"], ["unknown preview", "fast, tiny, vae"]),
     (["--karras", "--sampler", "ddim"], ["Karras"]),
 ])
 def test_bad_options_are_one_line_errors(run, fast, options, fragments):

@@ -206,7 +206,7 @@ def cfg_sweep(model: StableDiffusion, settings: GenerationSettings, scales: Sequ
     results = [fit_panel(g.images[0], size, smooth=True) for g in generations]
     all_steps = list(range(first.num_steps))
     preview = resolve_preview(preview, first, model)
-    x0 = [[fit_panel(p, size, smooth=preview == "vae") for p in x0_pictures(trace, all_steps, preview, model)]
+    x0 = [[fit_panel(p, size, smooth=preview != "fast") for p in x0_pictures(trace, all_steps, preview, model)]
           for trace in traces]
 
     rows, row_labels = [results], ["result"]

@@ -87,7 +87,7 @@ STOPS: tuple[Stop, ...] = (
         "trace", "Tracing one generation",
         ('Each panel says what it shows: on this model x̂0 is the real VAE decode (`--preview auto` decodes '
          'whenever the decoder is cheap; on SD1.5 it switches to the fast latent preview and the panels say '
-         '"latent preview"; every command that draws x̂0, the HTML pages included, takes `--preview auto|fast|vae`'
+         '"latent preview"; every command that draws x̂0, the HTML pages included, takes `--preview auto|fast|tiny|vae`'
          ' with that one rule), and x_t is drawn as the mixture it is, √ᾱ x̂0 + √(1 − ᾱ) ε̂, so you can watch the '
          "picture come out of the noise. x_t is the sampler's state, each step's input: at the last step it is "
          "still visibly noisy, and the result is that step's x̂0 (the GIF's frames say so).",),
