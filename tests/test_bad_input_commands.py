@@ -4,7 +4,7 @@ Pictures (--image, --mask, the IMAGE of invert and noise, lab --data) are given 
 that is not a picture and as a PNG whose header claims 30000x30000 pixels; trace files missing, as a folder or as
 a file that is not a trace; lists, pixels, layers, steps and fractions out of range or unreadable; the model
 options also where no model is loaded (noise in pixel space, attention on a saved trace); the studio's address
-(never served: the harness makes the server fail) and the tour's folder.
+(never served: the harness makes the server fail), the tour's folder and train-preview's model folder.
 """
 
 import pytest
@@ -117,13 +117,21 @@ def _noise_and_lab(cases: Table) -> None:
     cases.add(lab, "--threads", THREADS)
 
 
-def _studio_and_tour(cases: Table) -> None:
-    """studio's address (checked before the model loads) and the tour's folder."""
+def _studio_tour_and_train_preview(cases: Table) -> None:
+    """studio's address (checked before the model loads), the tour's folder and train-preview's inputs."""
     studio = BASES["studio"]
     cases.add(studio, "--port", ["0", "70000", "-1", "abc", ""])
     # An unknown name, an empty one, and an address of another machine (it cannot be bound here).
     cases.add(studio, "--host", ["no-such-host.invalid", "", "8.8.8.8"])
     cases.argument("tour", "OUT_DIR", ["afile", "afile/tour", "oldtour"], "--quick")  # a file; under one; a tour
+    small = ("--runs", "1", "--steps", "1")
+    preview = ["train-preview", MODEL, *small]  # valid: it would sample the tiny model (made to fail)
+    cases.argument("train-preview", "MODEL_DIR", ["missing-model", "afolder", "afile", ""], *small)
+    cases.add(preview, "--world", CHOICES)
+    for option in ("--runs", "--steps"):
+        cases.add(preview, option, ["0", "-1", "abc", "", "100001"])
+    cases.add(preview, "--seed", INTS)
+    cases.add(preview, "--threads", THREADS)
 
 
 def _cases() -> Table:
@@ -131,7 +139,7 @@ def _cases() -> Table:
     _generation(cases)
     _explorers(cases)
     _noise_and_lab(cases)
-    _studio_and_tour(cases)
+    _studio_tour_and_train_preview(cases)
     return cases
 
 

@@ -26,7 +26,7 @@ from diffx.errors import InvalidArgumentError, elide
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.models.tiny_decoder import TinyDecoder, TinyDecoderConfig
 from diffx.pipeline.codec import decode_latents
-from diffx.pipeline.settings import GenerationSettings
+from diffx.pipeline.settings import GenerationSettings, check_seed
 from diffx.trace.tracer import TraceOptions, generate_traced
 from diffx.weights.tiny_decoder import TINY_DECODER_FILE, write_tiny_decoder
 
@@ -55,6 +55,7 @@ class PreviewTraining:
                 raise InvalidArgumentError(f"preview training {name} must be 1 to 100000, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise InvalidArgumentError(f"preview training learning rate must be in (0, 1], got {self.lr}")
+        check_seed(self.seed)  # torch's generator takes it (-1 or 2**64 failed after all the sampling)
 
 
 def sampler_latents(model: StableDiffusion, world: World, runs: int, seed: int,
