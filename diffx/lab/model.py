@@ -63,7 +63,8 @@ class LabModel(nn.Module):
         t = t.expand(batch) if t.dim() == 0 else t  # the samplers pass one 0-dim t for the whole batch
         if labels is None:
             labels = torch.full((batch,), self.null_class, dtype=torch.long, device=x_t.device)
-        h = self.input(x_t) + self.time(timestep_embedding(t, self.time_dim)) + self.label(labels)  # (B, width)
+        emb = timestep_embedding(t, self.time_dim).to(x_t.dtype)  # fp32; a float64 copy of the model gets float64
+        h = self.input(x_t) + self.time(emb) + self.label(labels)  # (B, width)
         for block in self.blocks:
             h = h + block(h)
         return self.output(h)  # (B, width) -> (B, 2)
