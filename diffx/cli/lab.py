@@ -69,7 +69,7 @@ def lab(
     force: ForceOpt = False,
     objective: Annotated[str, typer.Option(
         help="diffusion (an ε-model), flow (flow matching: a velocity model, as SD3 and Flux) or both, trained alike "
-             "on the same data; with flow, --out is the flow's figure.")] = "diffusion",
+             "on the same data; with flow or both, --out is the flow's figure.")] = "diffusion",
     shift: Annotated[float, typer.Option(
         help="The flow samplers' time shift t → s·t/(1+(s−1)·t) (SD3 uses 3); with --objective flow or both.")] = 1.0,
     reflow: Annotated[bool, typer.Option(

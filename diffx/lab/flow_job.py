@@ -88,15 +88,15 @@ def run_flow_part(job: FlowSettings, data: PointDistribution, x0: Tensor, noise:
     ends = (x0, initial_noise(len(x0), job.seed + 5))  # p_t's clouds in the GIF
     panels = [FlowPanel("flow Euler", euler, ends), FlowPanel("flow Heun", heun, ends)]
     paths = [("flow Euler · flow (v)", euler.path), ("flow Heun · flow (v)", heun.path)]
-    if diffusion is not None:
-        ddim = run_sampler(diffusion.model, diffusion.schedule, "ddim", job.steps, noise)
-        paths.insert(0, ("DDIM · diffusion (ε)", straight_line_path(ddim, diffusion.schedule)))
+    straightness = {"flow_euler": path_straightness(euler.path)}
+    if diffusion is not None:  # its DDIM path from the same x_T, in the flow's units
+        ddim = straight_line_path(run_sampler(diffusion.model, diffusion.schedule, "ddim", job.steps, noise),
+                                  diffusion.schedule)
+        paths.insert(0, ("DDIM · diffusion (ε)", ddim))
+        straightness = {"ddim": path_straightness(ddim), **straightness}
     euler64, ddim64, gap = equivalence_gap(trained.model, times, noise)
     result = FlowResult(sliced_wasserstein={run.sampler: sliced_wasserstein(run.samples, x0) for run in (euler, heun)},
-                        straightness={"flow_euler": path_straightness(euler.path)}, equivalence_gap=gap,
-                        losses=trained.losses)
-    if diffusion is not None:
-        result.straightness = {"ddim": path_straightness(paths[0][1]), **result.straightness}
+                        straightness=straightness, equivalence_gap=gap, losses=trained.losses)
     outcome = FlowOutcome(trained=trained, panels=panels, result=result, paths=paths, equivalence=(euler64, ddim64))
     outcome.few_step_runs["flow"] = _few_steps(trained, job, noise, euler)
     if job.reflow:

@@ -106,7 +106,6 @@ class LabJob:
         check_outputs([self.gif], self.force)
         return get_distribution(self.data)
 
-
     def _check_objective(self) -> None:
         """The objective, and the options that belong to one objective only."""
         check_choice("objective", self.objective, OBJECTIVES)

@@ -5,6 +5,8 @@ through the same sinusoidal embedding (`models.unet.timestep_embedding`, Vaswani
 class through a learned embedding with one extra "null" class — the unconditional branch of
 classifier-free guidance (Ho & Salimans 2022, §3.2), trained by dropping labels to the null class.
 
+flow.py trains the very same network to predict the flow-matching velocity ε − x_0 instead (told t · 1000).
+
 `guided_eps` turns it into the samplers' denoiser `eps_model(x_t, t)`, so every sampler in
 `diffx.samplers` runs on it unchanged: ε̂ = ε_θ(x_t, t, ∅) + w (ε_θ(x_t, t, c) − ε_θ(x_t, t, ∅)).
 """
