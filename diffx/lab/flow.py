@@ -1,7 +1,7 @@
 """Flow matching in the lab: the same MLP trained to predict a velocity, and sampled by Euler and Heun steps in t.
 
 Rectified flow (Liu et al. 2022, "Flow Straight and Fast", eq. 1) and flow matching (Lipman et al. 2023) join data
-and noise by straight lines, the path SD3, SD3.5 and Flux are trained on (Esser et al. 2024, eq. 2-3 and §3.1):
+and noise by straight lines, the path SD3, SD3.5 and Flux are trained on (Esser et al. 2024, §2-3):
 
     x_t = (1 − t) x_0 + t ε,   t ∈ [0, 1],   dx_t/dt = v = ε − x_0
 
@@ -53,9 +53,9 @@ def flow_interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
 
 def flow_matching_loss(model: LabModel, x0: Tensor, labels: Tensor | None, generator: torch.Generator,
                        noise: Tensor | None = None) -> Tensor:
-    """L_FM = E ‖(ε − x_0) − v_θ(x_t, t, c)‖² with t ~ U[0, 1] (Lipman et al. 2023, eq. 23 for the straight
-    path; Esser et al. 2024, eq. 3 with uniform t). `noise` None: fresh ε ~ N(0, I); given: the ε paired with each
-    x_0 (reflow). Returns the scalar mean squared error."""
+    """L_FM = E ‖(ε − x_0) − v_θ(x_t, t, c)‖² with t ~ U[0, 1] (Lipman et al. 2023: their optimal-transport
+    path with σ_min = 0; Esser et al. 2024, §2, with t uniform rather than their logit-normal). `noise` None: fresh
+    ε ~ N(0, I); given: the ε paired with each x_0 (reflow). Returns the scalar mean squared error."""
     t = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype)  # (B,)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
@@ -88,9 +88,9 @@ def check_shift(shift: float) -> float:
 def flow_times(steps: int, shift: float = 1.0) -> Tensor:
     """The N + 1 times t_0 = 1 > t_1 > … > t_N = 0 of an N-step flow sampler, float64 (N + 1,).
 
-    Evenly spaced u = 1 − i/N, then shifted: t = s u / (1 + (s − 1) u) (Esser et al. 2024, eq. 23, with s = √(m/n);
-    diffusers' FlowMatchEulerDiscreteScheduler `shift`). s > 1 spends more of the steps at high noise, where a
-    large picture still has its layout to settle; s = 1 is the plain uniform grid.
+    Evenly spaced u = 1 − i/N, then shifted: t = s u / (1 + (s − 1) u) (Esser et al. 2024, §5.3.2: s = √(m/n) for
+    m pixels trained at n; diffusers' FlowMatchEulerDiscreteScheduler `shift`). s > 1 spends more of the steps at
+    high noise, where a large picture still has its layout to settle; s = 1 is the plain uniform grid.
     """
     if steps < 1:
         raise InvalidArgumentError(f"flow steps must be at least 1, got {steps}")

@@ -1,5 +1,5 @@
-"""Reflow (Liu et al. 2022, "Flow Straight and Fast", §2.2 and Algorithm 1): straighten a flow by training it again
-on its own couplings.
+"""Reflow (Liu et al. 2022, "Flow Straight and Fast", the Reflow step of Algorithm 1): straighten a flow by training
+it again on its own couplings.
 
 A flow model trained on independent pairs (x_0 from the data, ε from the noise) learns an ODE whose paths bend: the
 straight lines of the training pairs cross, and the learned velocity averages over every line through a point.
