@@ -33,7 +33,7 @@ from diffx.weights.tiny_decoder import TINY_DECODER_FILE, write_tiny_decoder
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # The decoder's widths from the latent's resolution up: on the embedded model (f8, 16x16 latents) these give
 # ~12 ms a decode on one core against the VAE's ~95 ms, at a PSNR of ~30 dB to it (see `fidelity`).
-WIDTHS = (64, 48, 32, 24, 16, 16)
+WIDTHS = (96, 64, 48, 32, 24, 16)
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ class PreviewTraining:
     """How to distil: `runs` generations to learn from, `steps` Adam steps of `batch` crops of `crop`² latent
     pixels, learning rate `lr` decaying to 5 %."""
 
-    runs: int = 96
-    steps: int = 2000
+    runs: int = 64
+    steps: int = 6000
     batch: int = 16
     crop: int = 8
     lr: float = 2e-3
@@ -55,6 +55,8 @@ class PreviewTraining:
                 raise InvalidArgumentError(f"preview training {name} must be 1 to 100000, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise InvalidArgumentError(f"preview training learning rate must be in (0, 1], got {self.lr}")
+        if self.channels is not None and not (self.channels and all(1 <= w <= 1024 for w in self.channels)):
+            raise InvalidArgumentError(f"tiny decoder widths must be 1 to 1024 each, got {self.channels}")
         check_seed(self.seed)  # torch's generator takes it (-1 or 2**64 failed after all the sampling)
 
 
@@ -144,7 +146,7 @@ def train_preview(folder: Path, world: str = "shapes2", config: PreviewTraining 
     from diffx.embedded.worlds import get_world
     from diffx.files import check_outputs
     from diffx.weights.discovery import resolve_model_source
-    from diffx.weights.load import load_model
+    from diffx.weights.load import load_model, read_config
 
     chosen = get_world(world)
     source = resolve_model_source(folder)
@@ -152,6 +154,11 @@ def train_preview(folder: Path, world: str = "shapes2", config: PreviewTraining 
         raise InvalidArgumentError(f"{elide(str(folder), 80)} is a {source.format} model; train-preview writes into "
                                    "a diffx model folder (such as data/shapes-world-2)")
     path = source.path / TINY_DECODER_FILE
+    levels = len(read_config(source).vae.ch_mult) - 1  # the VAE's ×2 steps: one width each
+    if config.channels is not None and len(config.channels) != levels:
+        raise InvalidArgumentError(f"give {levels} width{'s' * (levels != 1)} for this model's ×{2**levels} VAE "
+                                   f"(one per ×2), not {len(config.channels)}, e.g. --widths "
+                                   f"{','.join(map(str, WIDTHS[:levels]))}")
     check_outputs([path], force)
     model = load_model(source)
     decoder, notes = distil_preview_decoder(model, chosen, config, progress)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from diffx.errors import InvalidArgumentError
 from diffx.lab.data import PointDistribution
@@ -20,6 +21,7 @@ from diffx.lab.model import LabModel, one_thread
 from diffx.sampling.schedules import NoiseSchedule, training_loss
 
 TrainProgress = Callable[[int, int, float], None]  # (step done, total steps, running loss)
+LabLoss = Callable[[LabModel, torch.Generator], Tensor]  # one batch's loss, its random numbers from the generator
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,28 @@ def train_lab_model(data: PointDistribution, schedule: NoiseSchedule, config: La
     torch.manual_seed(seed)  # the initial weights
     generator = torch.Generator().manual_seed(seed)
     model = LabModel(data.num_classes, width=config.width, depth=config.depth)
+
+    def l_simple(model: LabModel, generator: torch.Generator) -> Tensor:
+        x0, labels = labelled_batch(data, config, model.null_class, generator)
+        return training_loss(model, schedule, x0, labels, generator)
+
+    losses = fit(model, l_simple, config, generator, progress)
+    return TrainedLab(model=model, schedule=schedule, data=data, losses=losses)
+
+
+def labelled_batch(data: PointDistribution, config: LabTrainConfig, null_class: int,
+                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A fresh batch of the data, (batch, 2) points and (batch,) labels, each label dropped to ∅ with
+    p = label_dropout (so one network also learns the unconditional branch)."""
+    x0, labels = data.sample(config.batch, generator)
+    dropped = torch.rand(config.batch, generator=generator) < config.label_dropout
+    return x0, torch.where(dropped, torch.full_like(labels, null_class), labels)
+
+
+def fit(model: LabModel, loss: LabLoss, config: LabTrainConfig, generator: torch.Generator,
+        progress: TrainProgress | None = None) -> list[float]:
+    """`config.steps` Adam steps on `loss(model, generator)`, the learning rate decayed on a cosine; returns the loss
+    per step and leaves the model in eval mode. One loop for every objective the lab trains (ε, flow, reflow)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)  # one kernel per step
     # Cosine decay to 5% of the peak: the last steps average out the noise of the small batches.
     decay = torch.optim.lr_scheduler.LambdaLR(
@@ -66,23 +90,14 @@ def train_lab_model(data: PointDistribution, schedule: NoiseSchedule, config: La
     losses, running = [], None
     with one_thread():
         for step in range(config.steps):
-            losses.append(_train_step(model, optimizer, data, schedule, config, generator))
+            value = loss(model, generator)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            losses.append(value.item())
             decay.step()
             running = losses[-1] if running is None else 0.98 * running + 0.02 * losses[-1]
             if progress is not None:
                 progress(step + 1, config.steps, running)
     model.eval()
-    return TrainedLab(model=model, schedule=schedule, data=data, losses=losses)
-
-
-def _train_step(model: LabModel, optimizer: torch.optim.Optimizer, data: PointDistribution,
-                schedule: NoiseSchedule, config: LabTrainConfig, generator: torch.Generator) -> float:
-    """One Adam step on L_simple over a fresh batch, its labels dropped to ∅ with p = label_dropout."""
-    x0, labels = data.sample(config.batch, generator)  # (batch, 2), (batch,)
-    dropped = torch.rand(config.batch, generator=generator) < config.label_dropout
-    labels = torch.where(dropped, torch.full_like(labels, model.null_class), labels)
-    loss = training_loss(model, schedule, x0, labels, generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return losses
