@@ -115,6 +115,9 @@ def _noise_and_lab(cases: Table) -> None:
     cases.add(lab, "--seed", INTS)
     cases.add(lab, "--frame-ms", FRAME_MS)
     cases.add(lab, "--threads", THREADS)
+    cases.add(lab, "--objective", CHOICES)
+    cases.add(lab, "--shift", [*FLOATS, "0"], "--objective", "flow")
+    cases.add(lab, "--shift", ["3"])  # the flow model's, not diffusion's
 
 
 def _studio_tour_and_train_preview(cases: Table) -> None:
@@ -131,6 +134,7 @@ def _studio_tour_and_train_preview(cases: Table) -> None:
     for option in ("--runs", "--steps"):
         cases.add(preview, option, ["0", "-1", "abc", "", "100001"])
     cases.add(preview, "--seed", INTS)
+    cases.add(preview, "--widths", ["", "0", "-1", "abc", "1,,2", "2000", "8,8,8,8,8,8,8"])  # 7: not the VAE's ×2s
     cases.add(preview, "--threads", THREADS)
 
 

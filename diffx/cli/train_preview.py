@@ -35,7 +35,7 @@ def train_preview(
     from diffx.embedded.tiny_decoder import PreviewTraining, train_preview
 
     config = PreviewTraining(runs=runs, steps=steps, seed=seed,
-                             channels=tuple(parse_list(widths, int, "--widths")) if widths else None)
+                             channels=None if widths is None else tuple(parse_list(widths, int, "--widths")))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=ERR)
     tasks: dict[str, int] = {}
