@@ -272,7 +272,7 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     common = ["train", "--out-dir", out_dir, "--vae-steps", 2, "--batch", 4, "--pool-size", 8]
     ok(run(*common, "--unet-steps", 1))
     assert (out_dir / "unet_state.pt").exists() and (out_dir / "vae_samples.png").exists()
-    ok(run(*common, "--unet-steps", 2, "--export", export))
+    ok(run(*common, "--unet-steps", 2, "--export", export, "--no-previews"))  # the grids: drawn by the first run
     state = torch.load(out_dir / "unet_state.pt", weights_only=True)["state"]
     assert state["step"] == 2 and len(state["losses"]) == 2  # resumed at step 1, did one more
     model = load_model(export)
@@ -282,7 +282,7 @@ def test_train_resumes_and_exports_a_loadable_model(run, tmp_path):
     again = tmp_path / "again"
     ok(run("train", "--out-dir", again, "--init-from", export, "--vae-steps", 2, "--unet-steps", 1,
            "--batch", 4, "--pool-size", 8, "--lr", 1e-3, "--device", "cpu", "--attention-loss", 0.01,
-           "--export", export, "--force"))
+           "--export", export, "--force", "--no-previews"))
     vae_before = torch.load(out_dir / "vae_state.pt", weights_only=True)["vae"]
     vae_after = torch.load(again / "vae_state.pt", weights_only=True)["vae"]
     assert all(torch.equal(vae_before[k].half().float(), vae_after[k]) for k in vae_before)
