@@ -66,6 +66,22 @@ def forward_marginal(schedule: NoiseSchedule, x0: Tensor, t: float, seed: int = 
     return q_sample(schedule, x0, torch.tensor(int(round(t))), noise)
 
 
+def arrow_starts() -> Tensor:
+    """Where a field's arrows start: an ARROW_GRID x ARROW_GRID grid over the view, (G², 2) float32."""
+    side = np.linspace(-VIEW.extent, VIEW.extent, ARROW_GRID + 2)[1:-1]
+    return torch.from_numpy(np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)).float()
+
+
+def scaled_arrows(vectors: Tensor, full: float | None = None) -> tuple[np.ndarray, float]:
+    """Vectors (G², 2) at `arrow_starts` as arrows: a vector of length `full` (default: the 90th percentile of
+    the lengths) is 0.9 grid cells long, longer ones are clipped there. Returns (arrows (G², 2), full)."""
+    norms = vectors.norm(dim=1, keepdim=True)  # (G², 1)
+    full = max(float(norms.quantile(0.9)) if full is None else full, 1e-12)
+    direction = vectors / norms.clamp(min=1e-12)  # (G², 2) unit vectors
+    cell = 2 * VIEW.extent / (ARROW_GRID + 1)
+    return (direction * (norms.clamp(max=full) / full) * 0.9 * cell).numpy(), full
+
+
 @torch.no_grad()
 def score_field(model: LabModel, schedule: NoiseSchedule, t: float) -> tuple[np.ndarray, np.ndarray, float]:
     """The learned score s(x_t) = −ε̂/√(1 − ᾱ_t) ≈ ∇ log q(x_t) (denoising score matching, Vincent 2011:
@@ -75,16 +91,12 @@ def score_field(model: LabModel, schedule: NoiseSchedule, t: float) -> tuple[np.
     Near the data at small t the score is huge where it points back onto the data and small elsewhere,
     so arrows are scaled to the 90th percentile of |s| (= 0.9 grid cells) and longer ones are clipped there.
     """
-    side = np.linspace(-VIEW.extent, VIEW.extent, ARROW_GRID + 2)[1:-1]
-    starts = torch.from_numpy(np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)).float()  # (G², 2)
+    starts = arrow_starts()
     index = int(round(t))
     with one_thread():
         score = -model(starts, torch.tensor(float(index))) / schedule.sqrt_one_minus_alphas_cumprod[index]
-    norms = score.norm(dim=1, keepdim=True)  # (G², 1)
-    full = max(float(norms.quantile(0.9)), 1e-12)
-    direction = score / norms.clamp(min=1e-12)  # (G², 2) unit vectors
-    arrows = direction * (norms.clamp(max=full) / full) * 0.9 * (side[1] - side[0])
-    return starts.numpy(), arrows.numpy(), full
+    arrows, full = scaled_arrows(score)
+    return starts.numpy(), arrows, full
 
 
 def _uniform_size(frames: list[Image.Image]) -> list[Image.Image]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor, nn
 
 from diffx.errors import InvalidArgumentError
 from diffx.lab.data import PointDistribution
@@ -59,6 +60,14 @@ def train_lab_model(data: PointDistribution, schedule: NoiseSchedule, config: La
     torch.manual_seed(seed)  # the initial weights
     generator = torch.Generator().manual_seed(seed)
     model = LabModel(data.num_classes, width=config.width, depth=config.depth)
+    losses = optimise(model, lambda: _l_simple(model, data, schedule, config, generator), config, progress)
+    return TrainedLab(model=model, schedule=schedule, data=data, losses=losses)
+
+
+def optimise(model: nn.Module, batch_loss: Callable[[], Tensor], config: LabTrainConfig,
+             progress: TrainProgress | None = None) -> list[float]:
+    """`config.steps` Adam steps on `batch_loss()` (a fresh batch's loss each call), the learning rate decayed
+    along a cosine; returns the loss per step and leaves `model` in eval mode. Every lab network trains here."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)  # one kernel per step
     # Cosine decay to 5% of the peak: the last steps average out the noise of the small batches.
     decay = torch.optim.lr_scheduler.LambdaLR(
@@ -66,23 +75,23 @@ def train_lab_model(data: PointDistribution, schedule: NoiseSchedule, config: La
     losses, running = [], None
     with one_thread():
         for step in range(config.steps):
-            losses.append(_train_step(model, optimizer, data, schedule, config, generator))
+            loss = batch_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
             decay.step()
+            losses.append(loss.item())
             running = losses[-1] if running is None else 0.98 * running + 0.02 * losses[-1]
             if progress is not None:
                 progress(step + 1, config.steps, running)
     model.eval()
-    return TrainedLab(model=model, schedule=schedule, data=data, losses=losses)
+    return losses
 
 
-def _train_step(model: LabModel, optimizer: torch.optim.Optimizer, data: PointDistribution,
-                schedule: NoiseSchedule, config: LabTrainConfig, generator: torch.Generator) -> float:
-    """One Adam step on L_simple over a fresh batch, its labels dropped to ∅ with p = label_dropout."""
+def _l_simple(model: LabModel, data: PointDistribution, schedule: NoiseSchedule, config: LabTrainConfig,
+              generator: torch.Generator) -> Tensor:
+    """L_simple over a fresh batch, its labels dropped to ∅ with p = label_dropout."""
     x0, labels = data.sample(config.batch, generator)  # (batch, 2), (batch,)
     dropped = torch.rand(config.batch, generator=generator) < config.label_dropout
     labels = torch.where(dropped, torch.full_like(labels, model.null_class), labels)
-    loss = training_loss(model, schedule, x0, labels, generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return training_loss(model, schedule, x0, labels, generator)

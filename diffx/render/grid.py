@@ -216,6 +216,17 @@ def make_grid(
     return canvas
 
 
+def stack_pictures(pictures: Sequence[PictureLike]) -> Image.Image:
+    """Pictures one under the other, centred, on white."""
+    images = [to_pil(picture) for picture in pictures]
+    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), BACKGROUND)
+    top = 0
+    for image in images:
+        canvas.paste(image, ((canvas.width - image.width) // 2, top))
+        top += image.height
+    return canvas
+
+
 def caption_bar(image: PictureLike, text: str, font_size: int | None = None) -> Image.Image:
     """Add a one-line caption under a frame, e.g. "step 12/25 · t=521 · σ=1.83".
 
