@@ -55,6 +55,10 @@ def lab(
     guidance: Annotated[str | None, typer.Option(
         help=f"With --out: guidance weights w for <out>_guidance.png, comma-separated. Default: {DEFAULT_GUIDANCE}.",
         show_default=False)] = None,
+    lessons: Annotated[str | None, typer.Option(
+        help="With --out: lessons to add, comma-separated: classifier (<out>_classifier.png: classifier guidance "
+             "beside classifier-free guidance) and variance (<out>_variance.png: the learned reverse variance).",
+        show_default=False)] = None,
     gif: Annotated[Path | None, typer.Option(
         help="The animation of the reverse process (.gif). Default: --out's name with .gif, else lab.gif.",
         show_default=False)] = None,
@@ -71,21 +75,26 @@ def lab(
     real model; the samplers of diffx run on it unchanged. The GIF shows, step by step, the forward process
     q(x_t | x_0), the learned score field and each sampler's particles with their paths, ODE and ancestral
     side by side. With --out it also writes the forward process and score field over t (--out), linear vs
-    cosine β over step counts (<out>_schedules.png) and classifier-free guidance over w (<out>_guidance.png).
+    cosine β over step counts (<out>_schedules.png) and classifier-free guidance over w (<out>_guidance.png);
+    --lessons classifier,variance adds a noisy classifier's guidance beside CFG's implicit classifier
+    (<out>_classifier.png) and a model that learns its reverse variance Σ_θ (<out>_variance.png).
 
-    Example: diffx lab --data spiral --steps 20 --gif spiral.gif --out spiral.png
+    Example: diffx lab --data spiral --steps 20 --gif spiral.gif --out spiral.png --lessons classifier,variance
     """
     from diffx.lab import LabJob, LabTrainConfig, run_lab
 
     check_frame_ms(frame_ms)
     if guidance is not None and out is None:
         raise InvalidArgumentError("--guidance draws <out>_guidance.png; add --out lab.png (or drop --guidance)")
+    lesson_names = () if lessons is None else tuple(item.strip() for item in lessons.split(",") if item.strip())
+    if lessons is not None and not lesson_names:
+        raise InvalidArgumentError("--lessons is empty; name classifier, variance or both (comma-separated)")
     gif = gif or (out.with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> spiral.gif
     job = LabJob(data=data, samplers=tuple(item.strip() for item in samplers.split(",") if item.strip()),
                  steps=steps, schedule=schedule, guidance=tuple(parse_list(guidance or DEFAULT_GUIDANCE, float,
                                                                            "--guidance")),
                  gif=gif, out=out, force=force, seed=seed, particles=particles, frame_ms=frame_ms,
-                 train=LabTrainConfig(steps=train_steps))  # run_lab checks it all before training
+                 train=LabTrainConfig(steps=train_steps), lessons=lesson_names)  # run_lab checks it all first
     with LabProgressBar() as progress:
         result = run_lab(job, progress)
     print_written(result.written)
@@ -95,3 +104,6 @@ def lab(
     if result.spread:
         spreads = " ".join(f"w={weight:g}:{value:.3f}" for weight, value in result.spread.items())
         OUT.print(f"per-class spread under guidance: {spreads}", soft_wrap=True)
+    for lesson, measured in result.lessons.items():
+        OUT.print(f"{lesson} lesson: " + " ".join(f"{key}={value:.3f}" for key, value in measured.items()),
+                  soft_wrap=True)

@@ -6,7 +6,8 @@
 
 Writes `gif` (the reverse process, one frame per step) and, with `out`, three pictures: `out` (the forward
 process and the learned score field over t), `<out>_schedules.png` (linear vs cosine β × step count) and
-`<out>_guidance.png` (classifier-free guidance over w).
+`<out>_guidance.png` (classifier-free guidance over w); and one `<out>_<lesson>.png` per lesson asked for
+(`lab.lessons`: classifier guidance beside CFG, the learned variance).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.files import check_outputs, companion_path
 from diffx.lab.data import PointDistribution, get_distribution
 from diffx.lab.figures import ANCESTRAL, forward_and_field, guidance_sweep, reverse_frames, schedules_and_steps
+from diffx.lab.lessons import LessonContext, check_lesson_data, check_lessons, run_lesson
 from diffx.lab.metrics import class_spread, sliced_wasserstein
 from diffx.lab.model import LabModel
 from diffx.lab.sampling import LabRun, initial_noise, run_sampler
@@ -55,13 +57,15 @@ class LabJob:
     particles: int = 1000
     frame_ms: int = 160
     train: LabTrainConfig = field(default_factory=LabTrainConfig)
+    lessons: tuple[str, ...] = ()  # of `lessons.LESSONS`, each drawn to <out>_<lesson>.png
 
     @property
     def outputs(self) -> list[Path | None]:
-        """Every file the job writes (None where not asked for)."""
+        """Every file the job writes (None where not asked for): the GIF, the three figures, then the lessons'."""
         if self.out is None:
             return [self.gif, None, None, None]
-        return [self.gif, self.out, companion_path(self.out, "schedules"), companion_path(self.out, "guidance")]
+        return [self.gif, self.out, companion_path(self.out, "schedules"), companion_path(self.out, "guidance"),
+                *(companion_path(self.out, lesson) for lesson in self.lessons)]
 
     def check(self) -> PointDistribution:
         """Every argument and output path, before any work; returns the data (a mask file is read here)."""
@@ -87,21 +91,26 @@ class LabJob:
             raise InvalidArgumentError("nothing to write; give a GIF path, an --out picture, or both")
         if self.gif is not None and Path(self.gif).suffix.lower() != ".gif":
             raise InvalidArgumentError(f"the lab animation is a GIF; name it .gif, not {Path(self.gif).name!r}")
+        check_lessons(self.lessons, self.out)
         check_outputs(self.outputs[2:], self.force, picture=self.out)
         check_outputs([self.gif], self.force)
-        return get_distribution(self.data)
+        data = get_distribution(self.data)
+        check_lesson_data(self.lessons, data)
+        return data
 
 
 @dataclass
 class LabResult:
     """What a lab run wrote and measured: SW₁ to the data per sampler (at `steps`), the untrained model's
-    SW₁ (first sampler), and the guided classes' RMS spread per guidance weight (with `out`)."""
+    SW₁ (first sampler), the guided classes' RMS spread per guidance weight (with `out`), and each lesson's
+    measurements (`lessons.LessonResult.measured`)."""
 
     written: list[Path]
     sliced_wasserstein: dict[str, float]
     untrained_sliced_wasserstein: float
     spread: dict[float, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    lessons: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _report(progress: LabProgress | None, stage: str) -> Callable[[int, int, float], None] | None:
@@ -144,9 +153,10 @@ def run_lab(job: LabJob, progress: LabProgress | None = None) -> LabResult:
 
 def _write_figures(job: LabJob, trained: TrainedLab, noise: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor],
                    result: LabResult, progress: LabProgress | None) -> list[Path]:
-    """`out` (forward process and score field), `<out>_schedules.png` and `<out>_guidance.png`."""
+    """`out` (forward process and score field), `<out>_schedules.png`, `<out>_guidance.png` and `<out>_<lesson>.png`
+    per lesson (its measurements into `result.lessons`)."""
     x0, data_labels = data
-    _, out, schedules_path, guidance_path = job.outputs
+    _, out, schedules_path, guidance_path = job.outputs[:4]
     ode = [sampler for sampler in job.samplers if sampler not in ANCESTRAL]
     sampler = (ode or list(job.samplers))[0]
     models = {trained.schedule.beta_schedule: trained}
@@ -161,6 +171,13 @@ def _write_figures(job: LabJob, trained: TrainedLab, noise: torch.Tensor, data: 
         run = run_sampler(trained.model, trained.schedule, sampler, job.steps, noise, labels=labels, guidance=weight)
         guided.append((weight, run))
         result.spread[weight] = class_spread(run.samples, labels)
-    return [save_png(forward_and_field(trained, x0, data_labels), out, job.force),
-            save_png(schedules_and_steps(compared, x0), schedules_path, job.force),
-            save_png(guidance_sweep(trained, guided, x0), guidance_path, job.force)]
+    written = [save_png(forward_and_field(trained, x0, data_labels), out, job.force),
+               save_png(schedules_and_steps(compared, x0), schedules_path, job.force),
+               save_png(guidance_sweep(trained, guided, x0), guidance_path, job.force)]
+    context = LessonContext(trained, x0, noise, sampler, job.steps, job.guidance, job.train, job.seed,
+                            None if progress is None else lambda stage: _report(progress, stage))
+    for lesson, path in zip(job.lessons, job.outputs[4:], strict=True):
+        taught = run_lesson(lesson, context)
+        result.lessons[lesson] = taught.measured
+        written.append(save_png(taught.picture, path, job.force))
+    return written
