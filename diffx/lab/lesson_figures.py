@@ -96,7 +96,8 @@ def classifier_figure(data: PointDistribution, schedule: NoiseSchedule, target: 
         col_labels.append(f"t={pair.t} · ᾱ={pair.alpha_cumprod:.3f} · cos {pair.cosine:.2f}\n"
                           f"full arrow: |∇| ≥ {full:.3g}")
     class_name = data.class_names[target]
-    field_grid = make_grid(rows, row_labels=["classifier ∇ log f_φ(y | x_t)", "CFG's implicit −(ε_c − ε_∅)/√(1−ᾱ)"],
+    field_grid = make_grid(rows, row_labels=["the noisy classifier's\n∇ log f_φ(y | x_t)",
+                                             "CFG's implicit classifier\n−(ε_c − ε_∅)/√(1−ᾱ)"],
                            col_labels=col_labels, font_size=13,
                            title=f"{data.name}: ∇ log p(y = {class_name} | x_t) two ways, one arrow scale per t; "
                                  "cos = their mean cosine similarity over q(x_t)'s points (grey)")
@@ -105,8 +106,9 @@ def classifier_figure(data: PointDistribution, schedule: NoiseSchedule, target: 
     spreads = [[f"class spread {class_spread(run.samples, run.labels):.3f}" for run in row] for row in
                ([pair.free for pair in runs], [pair.guided for pair in runs])]
     first = runs[0].free
-    sample_grid = make_grid(samples, row_labels=["classifier-free ε_∅ + w (ε_c − ε_∅)",
-                                                 "classifier ε_∅ − √(1−ᾱ) w ∇ log f_φ"],
+    # Each row label's first line is its widest, so the formula under it is never broken.
+    sample_grid = make_grid(samples, row_labels=["classifier-free guidance (CFG)\nε_∅ + w (ε_c − ε_∅)",
+                                                 "classifier guidance, by f_φ\nε_∅ − √(1−ᾱ) w ∇ log f_φ"],
                             col_labels=[f"w = {pair.weight:g}" for pair in runs], cell_labels=spreads, font_size=13,
                             title=f"the same x_T guided both ways ({first.sampler}, {len(first.path) - 1} steps), "
                                   "coloured by the class asked for, over the data (grey)")

@@ -167,7 +167,8 @@ def make_grid(
     col_blocks = [fit_text(label, cell_w, font_size) for label in col_labels] if col_labels else []
     row_blocks = []
     if row_labels:
-        natural_width = max(load_font(font_size).getlength(label) for label in row_labels)
+        # Measured line by line: a label may hold "\n", which the font's layout cannot measure.
+        natural_width = max(load_font(font_size).getlength(line) for label in row_labels for line in label.split("\n"))
         row_label_w = round(min(natural_width, max(cell_w, 4 * font_size)))
         row_blocks = [fit_text(label, row_label_w, font_size, max_lines=3) for label in row_labels]
     cell_blocks = [[fit_text(label, cell_w, font_size) for label in row] for row in (cell_labels or [])]
