@@ -63,7 +63,8 @@ def lab(
         help="The animation of the reverse process (.gif). Default: --out's name with .gif, else lab.gif.",
         show_default=False)] = None,
     out: OutOpt = None,
-    train_steps: Annotated[int, typer.Option(help="Training steps (Adam, 1024 fresh points each).")] = 750,
+    train_steps: Annotated[int, typer.Option(
+        help="Training steps of each network the run trains (Adam, 1024 fresh points each).")] = 750,
     particles: Annotated[int, typer.Option(help="Points per panel, 2-100000.")] = 1000,
     seed: SeedOpt = 0,
     frame_ms: FrameMsOpt = 160,
