@@ -70,12 +70,12 @@ def previous_alphas_cumprod(schedule: NoiseSchedule) -> Tensor:
     return torch.cat([torch.ones(1), schedule.alphas_cumprod[:-1]])
 
 
-def hybrid_loss(model: LabModel, schedule: NoiseSchedule, x0: Tensor, generator: torch.Generator) -> Tensor:
+def hybrid_loss(model: VarianceNetwork, schedule: NoiseSchedule, x0: Tensor, generator: torch.Generator) -> Tensor:
     """L_simple + λ T E_t[L_t] (Nichol & Dhariwal eq. 16) on a batch x0 (B, 2), one random t per point.
 
     L_t is the Gaussian KL from the true posterior N(μ̃(x_t, x_0), β̃_t) to N(μ_θ, Σ_θ) per coordinate,
     ½ (log Σ_θ − log β̃_t + β̃_t/Σ_θ + (μ̃ − μ_θ)²/Σ_θ − 1), with μ_θ from the detached ε̂; at t = 0 it is
-    −log N(x_0; μ_θ, Σ_θ). β̃_0 = 0, so log β̃ is clipped at β̃_1 there, as in their code."""
+    −log N(x_0; μ_θ, Σ_θ), with β̃_0 = 0 clipped at β̃_1 in Σ_θ (`training_variances`), as in their code."""
     batch = x0.shape[0]
     t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
@@ -83,9 +83,10 @@ def hybrid_loss(model: LabModel, schedule: NoiseSchedule, x0: Tensor, generator:
     eps, v = split_output(model(x_t, t.float()))
     alpha_t = schedule.alphas_cumprod[t][:, None]  # (B, 1)
     alpha_prev = previous_alphas_cumprod(schedule)[t][:, None]
-    _, true_mean, beta, beta_tilde = ddpm_posterior(alpha_t, alpha_prev, x_t, noise)  # x̂0 from ε itself is x_0
+    _, true_mean, _, _ = ddpm_posterior(alpha_t, alpha_prev, x_t, noise)  # x̂0 from ε itself is x_0
     _, mean, _, _ = ddpm_posterior(alpha_t, alpha_prev, x_t, eps.detach())  # the stop-gradient on μ_θ
-    beta_tilde = torch.where(t[:, None] == 0, _beta_tilde_1(schedule), beta_tilde)
+    betas, beta_tildes = training_variances(schedule)
+    beta, beta_tilde = betas[t][:, None], beta_tildes[t][:, None]  # (B, 1)
     log_variance = interpolated_log_variance(v, beta, beta_tilde)  # (B, 2)
     kl = 0.5 * (log_variance - torch.log(beta_tilde) + (beta_tilde + (true_mean - mean) ** 2)
                 * torch.exp(-log_variance) - 1)
@@ -94,10 +95,11 @@ def hybrid_loss(model: LabModel, schedule: NoiseSchedule, x0: Tensor, generator:
     return F.mse_loss(eps, noise) + VLB_WEIGHT * schedule.num_train_timesteps * vlb.mean()
 
 
-def _beta_tilde_1(schedule: NoiseSchedule) -> Tensor:
-    """β̃_1, the posterior variance of the second step: what stands in for β̃_0 = 0 in a logarithm."""
-    alphas_cumprod = schedule.alphas_cumprod
-    return (1 - alphas_cumprod[0]) / (1 - alphas_cumprod[1]) * schedule.betas[1]
+def training_variances(schedule: NoiseSchedule) -> tuple[Tensor, Tensor]:
+    """β_t and β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) β_t of the 1000-step chain, (T,) each; β̃_0 = 0 (x_0 is known after
+    the first step) is clipped at β̃_1, so its logarithm is finite, as Nichol & Dhariwal clip it."""
+    beta_tilde = (1 - previous_alphas_cumprod(schedule)) / (1 - schedule.alphas_cumprod) * schedule.betas
+    return schedule.betas, torch.cat([beta_tilde[1:2], beta_tilde[1:]])
 
 
 def train_variance_model(data: PointDistribution, schedule: NoiseSchedule, config: LabTrainConfig = LabTrainConfig(),
@@ -115,12 +117,6 @@ def train_variance_model(data: PointDistribution, schedule: NoiseSchedule, confi
 def eps_head(model: VarianceNetwork) -> EpsModel:
     """The ε̂ half of a variance model, as the samplers' `eps_model(x_t, t)`: DDPM with a fixed variance on it."""
     return lambda x_t, t: split_output(model(x_t, t))[0]
-
-
-def training_variances(schedule: NoiseSchedule) -> tuple[Tensor, Tensor]:
-    """β_t and β̃_t of the 1000-step chain, (T,) each; β̃_0 = 0 clipped at β̃_1, as in `hybrid_loss`."""
-    beta_tilde = (1 - previous_alphas_cumprod(schedule)) / (1 - schedule.alphas_cumprod) * schedule.betas
-    return schedule.betas, torch.cat([_beta_tilde_1(schedule)[None], beta_tilde[1:]])
 
 
 def learned_fraction(v: Tensor, schedule: NoiseSchedule, t: int) -> Tensor:
