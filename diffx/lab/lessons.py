@@ -12,6 +12,7 @@ benchmarks/lab_lessons.py reports) and its picture.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from diffx.lab.data import PointDistribution
 from diffx.lab.figures import arrow_starts, forward_marginal
 from diffx.lab.lesson_figures import FieldPair, GuidedPair, VarianceCurves, classifier_figure, variance_figure
 from diffx.lab.metrics import class_spread, sliced_wasserstein
-from diffx.lab.model import one_thread
+from diffx.lab.model import LabModel, one_thread
 from diffx.lab.sampling import initial_noise, run_denoiser, run_sampler
 from diffx.lab.train import LabTrainConfig, TrainedLab, TrainProgress
 from diffx.lab.variance import (
@@ -120,17 +121,11 @@ def classifier_lesson(context: LessonContext) -> LessonResult:
     fields, measured = [], {}
     with one_thread():
         for t in FIELD_TIMESTEPS:
-            timestep = torch.tensor(float(t))
             marginal = forward_marginal(schedule, context.x0, t)  # (N, 2) points of q(x_t)
-
-            def both(points: Tensor, timestep: Tensor = timestep) -> tuple[Tensor, Tensor]:
-                labels = torch.full((len(points),), FIELD_CLASS)
-                return (classifier_gradient(classifier, points, timestep, labels),
-                        implicit_gradient(trained.model, schedule, points, timestep, labels))
-
-            cosine = mean_cosine(*both(marginal))
+            cosine = mean_cosine(*_both_fields(classifier, trained, marginal, t))
             measured[f"cos_t{t}"] = cosine
-            fields.append(FieldPair(t, float(schedule.alphas_cumprod[t]), marginal, *both(starts), cosine))
+            fields.append(FieldPair(t, float(schedule.alphas_cumprod[t]), marginal,
+                                    *_both_fields(classifier, trained, starts, t), cosine))
     labels = torch.arange(len(context.noise)) % trained.data.num_classes  # every class asked for equally often
     runs = []
     for weight in context.guidance:
@@ -143,6 +138,14 @@ def classifier_lesson(context: LessonContext) -> LessonResult:
         measured[f"spread_classifier_w{weight:g}"] = class_spread(guided.samples, labels)
     picture = classifier_figure(trained.data, schedule, FIELD_CLASS, fields, runs, context.x0)
     return LessonResult(picture, measured)
+
+
+def _both_fields(classifier: LabModel, trained: TrainedLab, points: Tensor, t: int) -> tuple[Tensor, Tensor]:
+    """At `points` (N, 2) and timestep t, towards FIELD_CLASS: the classifier's ∇ log f_φ(y | x_t) and CFG's
+    implicit −(ε_c − ε_∅)/√(1 − ᾱ_t), (N, 2) each."""
+    labels, timestep = torch.full((len(points),), FIELD_CLASS), torch.tensor(float(t))
+    return (classifier_gradient(classifier, points, timestep, labels),
+            implicit_gradient(trained.model, trained.schedule, points, timestep, labels))
 
 
 def variance_lesson(context: LessonContext) -> LessonResult:
@@ -177,8 +180,8 @@ def variance_curves(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSc
     Σ_θ and r per coordinate at `count` timesteps spread evenly in log t; on the CHART_STEPS respaced steps each
     mapping's Σ_θ at the QUANTILES over points and coordinates."""
     betas, beta_tildes = training_variances(schedule)
-    timesteps = sorted({round(float(t)) for t in torch.logspace(0, 3, count).clamp(max=schedule.num_train_timesteps
-                                                                                     - 1)})
+    total = schedule.num_train_timesteps
+    timesteps = sorted({min(round(float(t)), total - 1) for t in torch.logspace(0, math.log10(total), count)})
     sigma, fraction = [], []
     with one_thread():
         for t in timesteps:
