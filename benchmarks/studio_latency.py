@@ -1,33 +1,34 @@
-"""How live the studio is: the embedded model served by uvicorn on the loopback, driven over real HTTP and SSE.
+"""How live the studio is: `diffx studio` (the real command, in its own process, as a user starts it) serving the
+embedded model on the loopback, driven over real HTTP and SSE by this process (as a browser would be: another
+process).
 
-(a) Latency: a client posts a Run (default settings: 25 DDIM steps, x̂0 VAE-decoded at every step) and reads the
-    event stream; `first_step_s` is Run → the first step's event, `run_s` Run → the last step's (medians of
-    REPEATS, after a warm-up). Also printed: the same generation untraced, in-process (`generate`), for scale.
+(a) Latency: a client posts a Run (default settings: 25 DDIM steps, x̂0 drawn at every step with the studio's
+    live preview, `--preview`) and reads the event stream; `first_step_s` is Run → the first step's event,
+    `run_s` Run → the last step's (medians of REPEATS, after a warm-up).
 (b) Load: CLIENTS concurrent clients each start RUNS_PER_CLIENT runs one after another (bounded in count and in
     time: DEADLINE_S, loopback only) and read every stream to its end; every run must end "done" or, for the
     runs a client cancels on purpose (each client's last but one, cancelled after its first step), "cancelled".
-    The server's resident memory (this process's RSS) is sampled throughout; its peak must stay under RSS_BOUND_MB.
+    The server process's resident memory is sampled throughout; its peak must stay under RSS_BOUND_MB.
 
 Targets (issue #33), on 2 CPU cores: first step ≤ 0.3 s, run ≤ 1.5 s, 40/40 runs ok.
-Run from the repository root (pause other CPU work first):  python -m benchmarks.studio_latency
-The last line: `first_step_s=… run_s=… runs_ok=N/40 rss_mb=…`.
+Run from the repository root (pause other CPU work first):
+    python -m benchmarks.studio_latency [--preview auto|tiny|vae|fast] [--model M] [--skip-load]
+The last line: `first_step_s=… run_s=… runs_ok=N/40 rss_mb=… preview=…`.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import uvicorn
-
-from diffx.pipeline import GenerationSettings, generate
-from diffx.studio import create_app
-from diffx.weights import load_model
 
 REPEATS = 5
 CLIENTS = 8
@@ -37,21 +38,40 @@ RSS_BOUND_MB = 2048
 PROMPT = "a yellow heart above a blue circle"
 
 
-def rss_mb() -> float:
-    """This process's resident memory now (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int) -> float:
+    """Process `pid`'s resident memory now (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def start_server(model) -> tuple[uvicorn.Server, threading.Thread, int]:
-    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    return server, thread, server.servers[0].sockets[0].getsockname()[1]
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
+    """`diffx studio` in a process of its own; returns once it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "diffx", "studio", "--no-token", "--port", str(port), "--preview", args.preview]
+    if args.model:
+        command += ["--model", args.model]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"diffx studio stopped: {server.stderr.read()}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/")
+            connection.getresponse().read()
+            return server, port
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("diffx studio did not answer within 120 s")
 
 
 def post(port: int, path: str, body: dict) -> dict:
@@ -99,13 +119,13 @@ def latency(port: int) -> tuple[float, float]:
     return statistics.median(firsts), statistics.median(wholes)
 
 
-def load(port: int) -> tuple[int, float]:
-    """Returns how many of the CLIENTS × RUNS_PER_CLIENT runs ended as asked, and the peak RSS."""
-    peak, stop, deadline = [rss_mb()], threading.Event(), time.monotonic() + DEADLINE_S
+def load(port: int, pid: int) -> tuple[int, float]:
+    """Returns how many of the CLIENTS × RUNS_PER_CLIENT runs ended as asked, and the server's peak RSS."""
+    peak, stop, deadline = [rss_mb(pid)], threading.Event(), time.monotonic() + DEADLINE_S
 
     def sample() -> None:
         while not stop.wait(0.1):
-            peak.append(rss_mb())
+            peak.append(rss_mb(pid))
 
     def client(index: int) -> int:
         ok = 0
@@ -133,20 +153,21 @@ def load(port: int) -> tuple[int, float]:
 
 
 def main() -> None:
-    model = load_model(None)
-    start = time.perf_counter()
-    generate(model, GenerationSettings(prompt=PROMPT))
-    print(f"untraced generate(), in-process, for scale: {time.perf_counter() - start:.3f} s")
-    server, thread, port = start_server(model)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preview", default="auto", help="the studio's --preview (auto: its live default)")
+    parser.add_argument("--model", default=None, help="the studio's --model (default: the embedded model)")
+    parser.add_argument("--skip-load", action="store_true", help="only the latency part (a)")
+    args = parser.parse_args()
+    server, port = start_server(args)
     try:
         first, whole = latency(port)
-        ok, peak = load(port)
+        ok, peak = (0, rss_mb(server.pid)) if args.skip_load else load(port, server.pid)
     finally:
-        server.should_exit = True
-        thread.join(10)
-    total = CLIENTS * RUNS_PER_CLIENT
+        server.terminate()
+        server.wait(30)
+    total = 0 if args.skip_load else CLIENTS * RUNS_PER_CLIENT
     print(f"(b) {ok}/{total} runs ended as asked; peak RSS {peak:.0f} MB (bound {RSS_BOUND_MB} MB)")
-    print(f"first_step_s={first:.3f} run_s={whole:.3f} runs_ok={ok}/{total} rss_mb={peak:.0f}")
+    print(f"first_step_s={first:.3f} run_s={whole:.3f} runs_ok={ok}/{total} rss_mb={peak:.0f} preview={args.preview}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from diffx.errors import InvalidArgumentError, elide
@@ -110,3 +111,17 @@ def use_threads(threads: int | None) -> None:
 
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch computes on `count` threads inside the block (this thread's count, and the count of threads that
+    start computing meanwhile), on its earlier count after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -153,3 +153,17 @@ def test_the_users_openmp_settings_stay_and_a_loaded_torch_is_not_pretended_to(m
     set_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.delenv("OMP_WAIT_POLICY")
+
+
+def test_torch_threads_sets_the_count_inside_and_restores_it_after():
+    import torch
+
+    from diffx.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("the count comes back after an error too")
+    assert torch.get_num_threads() == before

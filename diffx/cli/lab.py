@@ -7,7 +7,7 @@ and each sampler's sliced Wasserstein distance to the data.
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -15,6 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffx.cli.core import ERR, OUT, print_written
 from diffx.cli.options import ForceOpt, FrameMsOpt, OutOpt, SeedOpt, check_frame_ms, parse_list
 from diffx.errors import InvalidArgumentError
+from diffx.files import named_file
+
+if TYPE_CHECKING:
+    from diffx.lab.flow_job import FlowResult
 
 DEFAULT_GUIDANCE = "0,1,2,4,8"
 
@@ -56,8 +60,9 @@ def lab(
         help=f"With --out: guidance weights w for <out>_guidance.png, comma-separated. Default: {DEFAULT_GUIDANCE}.",
         show_default=False)] = None,
     lessons: Annotated[str | None, typer.Option(
-        help="With --out: lessons to add, comma-separated: classifier (<out>_classifier.png: classifier guidance "
-             "beside classifier-free guidance) and variance (<out>_variance.png: the learned reverse variance).",
+        help="With --out (the diffusion objective): lessons to add, comma-separated: classifier (<out>_classifier.png: "
+             "classifier guidance beside classifier-free guidance) and variance (<out>_variance.png: the learned "
+             "reverse variance).",
         show_default=False)] = None,
     gif: Annotated[Path | None, typer.Option(
         help="The animation of the reverse process (.gif). Default: --out's name with .gif, else lab.gif.",
@@ -69,6 +74,14 @@ def lab(
     seed: SeedOpt = 0,
     frame_ms: FrameMsOpt = 160,
     force: ForceOpt = False,
+    objective: Annotated[str, typer.Option(
+        help="diffusion (an ε-model), flow (flow matching: a velocity model, as SD3 and Flux) or both, trained alike "
+             "on the same data; with flow or both, --out is the flow's figure.")] = "diffusion",
+    shift: Annotated[float, typer.Option(
+        help="The flow samplers' time shift t → s·t/(1+(s−1)·t) (SD3 uses 3); with --objective flow or both.")] = 1.0,
+    reflow: Annotated[bool, typer.Option(
+        "--reflow", help="With --objective flow or both: train the flow again on its own (x_T, sample) pairs, one "
+                         "reflow round (a GIF panel; <out>_reflow.png with --out).")] = False,
 ) -> None:
     """Train a tiny ε-model on 2-D points in seconds and watch every sampler carry noise back to the data.
 
@@ -79,6 +92,8 @@ def lab(
     cosine β over step counts (<out>_schedules.png) and classifier-free guidance over w (<out>_guidance.png);
     --lessons classifier,variance adds a noisy classifier's guidance beside CFG's implicit classifier
     (<out>_classifier.png) and a model that learns its reverse variance Σ_θ (<out>_variance.png).
+    --objective both also trains a flow-matching model and adds its particles under diffusion's, from the same x_T;
+    its --out figure puts the two models' paths side by side and runs the flow model through diffx's DDIM.
 
     Example: diffx lab --data spiral --steps 20 --gif spiral.gif --out spiral.png --lessons classifier,variance
     """
@@ -87,24 +102,44 @@ def lab(
     check_frame_ms(frame_ms)
     if guidance is not None and out is None:
         raise InvalidArgumentError("--guidance draws <out>_guidance.png; add --out lab.png (or drop --guidance)")
+    if guidance is not None and objective != "diffusion":
+        raise InvalidArgumentError("--guidance draws the diffusion model's <out>_guidance.png; drop --objective")
     lesson_names = () if lessons is None else tuple(item.strip() for item in lessons.split(",") if item.strip())
     if lessons is not None and not lesson_names:
         raise InvalidArgumentError("--lessons is empty; name classifier, variance or both (comma-separated)")
-    gif = gif or (out.with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> spiral.gif
+    gif = gif or (named_file(out).with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> .gif
+    weights = parse_list(DEFAULT_GUIDANCE if guidance is None else guidance, float, "--guidance")
+    # run_lab checks it all before training.
     job = LabJob(data=data, samplers=tuple(item.strip() for item in samplers.split(",") if item.strip()),
-                 steps=steps, schedule=schedule, guidance=tuple(parse_list(guidance or DEFAULT_GUIDANCE, float,
-                                                                           "--guidance")),
-                 gif=gif, out=out, force=force, seed=seed, particles=particles, frame_ms=frame_ms,
-                 train=LabTrainConfig(steps=train_steps), lessons=lesson_names)  # run_lab checks it all first
+                 steps=steps, schedule=schedule, guidance=tuple(weights), gif=gif, out=out, force=force, seed=seed,
+                 particles=particles, frame_ms=frame_ms, train=LabTrainConfig(steps=train_steps), objective=objective,
+                 shift=shift, reflow=reflow, lessons=lesson_names)
     with LabProgressBar() as progress:
         result = run_lab(job, progress)
     print_written(result.written)
-    distances = " ".join(f"{name}={value:.3f}" for name, value in result.sliced_wasserstein.items())
-    OUT.print(f"sliced Wasserstein SW₁ to the data at {steps} steps: {distances} "
-              f"(untrained model: {result.untrained_sliced_wasserstein:.3g})", soft_wrap=True)
+    if result.sliced_wasserstein:
+        OUT.print(f"sliced Wasserstein SW₁ to the data at {steps} steps: {_named(result.sliced_wasserstein)} "
+                  f"(untrained model: {result.untrained_sliced_wasserstein:.3g})", soft_wrap=True)
+    if result.flow is not None:
+        _print_flow(result.flow, steps)
     if result.spread:
         spreads = " ".join(f"w={weight:g}:{value:.3f}" for weight, value in result.spread.items())
         OUT.print(f"per-class spread under guidance: {spreads}", soft_wrap=True)
     for lesson, measured in result.lessons.items():
-        OUT.print(f"{lesson} lesson: " + " ".join(f"{key}={value:.3f}" for key, value in measured.items()),
-                  soft_wrap=True)
+        OUT.print(f"{lesson} lesson: {_named(measured)}", soft_wrap=True)
+
+
+def _named(values: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.3f}" for name, value in values.items())
+
+
+def _print_flow(flow: "FlowResult", steps: int) -> None:
+    """The flow model's measurements, one line each."""
+    OUT.print(f"flow matching SW₁ to the data at {steps} steps: {_named(flow.sliced_wasserstein)}", soft_wrap=True)
+    OUT.print(f"path length / distance between its ends (1 = straight, in the flow's units x_t = (1−t)x_0 + tε): "
+              f"{_named(flow.straightness)}", soft_wrap=True)
+    OUT.print(f"flow → ε̂ → diffx's DDIM over the flow's grid: max difference from flow Euler "
+              f"{flow.equivalence_gap:.1e} (float64, {steps} steps)", soft_wrap=True)
+    for name, distances in flow.few_steps.items():
+        counts = ", ".join(f"{count} step{'s' if count > 1 else ''} {value:.3f}" for count, value in distances.items())
+        OUT.print(f"{name} SW₁ at {counts}", soft_wrap=True)

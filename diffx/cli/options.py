@@ -91,7 +91,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existin
 FrameMsOpt = Annotated[int, typer.Option(help="Milliseconds per animation frame.")]
 PreviewOpt = Annotated[str, typer.Option(
     help="x̂0 pictures: auto (VAE decode when the decoder is cheap, as the embedded model's; else the "
-         "latent preview), fast (the latent preview: each latent pixel mapped to a colour) or vae (VAE decode).")]
+         "latent preview), fast (the latent preview: each latent pixel mapped to a colour), tiny (the model's "
+         "distilled preview decoder, ~5x cheaper than the VAE; the embedded model has one) or vae (VAE decode).")]
 AttnScaleOpt = Annotated[str, typer.Option(
     help="Attention heatmaps: word (each map scaled to its own maximum) or shared (one range for all words "
          "and steps, brightness comparable).")]
@@ -128,22 +129,41 @@ class ModelChoice:
 
     def check(self) -> "CheckedModelChoice":
         """Every choice resolved and checked without reading weights: the model's source (default: $DIFFX_MODEL,
-        else the embedded model), the device, the dtype, the --weights choice and the --config preset."""
+        else the embedded model), the device, the dtype, the --weights choice, the --config preset and the
+        --prediction-type."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.weights.discovery import resolve_model_source
-        from diffx.weights.load import WEIGHT_CHOICES
 
-        config = self.preset()
-        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        config = self._choices()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
         return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
                                   config)
 
+    def check_given(self) -> None:
+        """The choices given checked as `check` checks them, the default model not looked for: for runs that load a
+        model only for some inputs (render, report, attention --trace), which otherwise need no $DIFFX_MODEL."""
+        from diffx.devices import resolve_device, resolve_dtype
+
+        if self.model is not None:
+            self.check()
+            return
+        self._choices()
+        resolve_dtype(self.dtype, resolve_device(self.device))
+
+    def _choices(self) -> "ModelConfig | None":
+        """--weights and --prediction-type checked; the --config preset, checked (None without one)."""
+        from diffx.models.configs import PRESETS
+        from diffx.weights.load import WEIGHT_CHOICES, check_prediction_type
+
+        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
+        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        check_prediction_type(self.prediction_type)
+        return None if preset is None else PRESETS[preset]()
+
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
-        `note:` line on stderr says what was recognised and which weights were taken. `--prediction-type` is
-        checked where the Python API checks it, in `load_model`."""
+        `note:` line on stderr says what was recognised and which weights were taken."""
         from diffx.weights.load import load_model
 
         source, target, precision, config = self.check()
@@ -152,25 +172,20 @@ class ModelChoice:
                               prediction_type=self.prediction_type,
                               note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
 
-    def preset(self) -> "ModelConfig | None":
-        """The `--config` preset, checked (None without one)."""
-        from diffx.models.configs import PRESETS
-
-        return None if self.config is None else PRESETS[check_choice("--config preset", self.config, tuple(PRESETS))]()
-
     def read_config(self) -> "ModelConfig":
-        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights."""
-        from diffx.weights.discovery import resolve_model_source
+        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights;
+        every choice is checked as `check` checks it, so a bad one is refused also where no weights are read."""
         from diffx.weights.load import read_config
 
-        return read_config(resolve_model_source(self.model), self.preset())
+        source, _, _, config = self.check()
+        return read_config(source, config)
 
     def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":
-        """The model for drawing saved `traces`: loaded only when --preview is vae and a trace lacks some VAE
-        decode of x̂0 (--preview auto draws what the traces hold: their decodes, else the latent preview)."""
+        """The model for drawing saved `traces`: loaded for --preview tiny, and for vae when a trace lacks some
+        VAE decode of x̂0 (--preview auto draws what the traces hold: their decodes, else the latent preview)."""
         from diffx.views.steps import missing_decodes
 
-        return self.load() if preview == "vae" and any(missing_decodes(trace) for trace in traces) else None
+        return self.load() if preview == "tiny" or preview == "vae" and any(map(missing_decodes, traces)) else None
 
 
 @dataclass(frozen=True)
@@ -190,13 +205,17 @@ class SamplingChoice:
     guidance_rescale: GuidanceRescaleOpt = 0.0
 
     def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
-        from diffx.pipeline.settings import GenerationSettings
+        """The settings these options and `prompt`, `guidance` give, checked as far as they can be without the model
+        (`check_settings`): call it before loading one."""
+        from diffx.pipeline.settings import GenerationSettings, check_settings
 
         width, height = parse_size(self.size)
-        return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
-                                  steps=self.steps, guidance=guidance, sampler=self.sampler, schedule=self.schedule,
-                                  spacing=self.spacing, karras=self.karras, seed=self.seed,
-                                  guidance_rescale=self.guidance_rescale)
+        settings = GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
+                                      steps=self.steps, guidance=guidance, sampler=self.sampler,
+                                      schedule=self.schedule, spacing=self.spacing, karras=self.karras, seed=self.seed,
+                                      guidance_rescale=self.guidance_rescale)
+        check_settings(settings)
+        return settings
 
 
 @dataclass(frozen=True)

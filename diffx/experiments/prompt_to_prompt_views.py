@@ -83,7 +83,7 @@ def edit_frames(edit: Edit, preview: str = "auto", model: StableDiffusion | None
     size = trace_panel_size(traces[0], panel)
     preview = resolve_preview(preview, traces[0], model)
     indices = list(range(edit.num_steps))
-    x0 = [[fit_panel(p, size, smooth=preview == "vae") for p in x0_pictures(trace, indices, preview, model)]
+    x0 = [[fit_panel(p, size, smooth=preview != "fast") for p in x0_pictures(trace, indices, preview, model)]
           for trace in traces]
     frames = []
     for i in indices:

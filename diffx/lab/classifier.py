@@ -17,7 +17,7 @@ unconditional model, 1 the conditional one (for a perfect classifier), more shar
 unconditional branch ε_∅, so the only difference between the two is the classifier.
 
 The classifier is the lab's MLP trunk with K class logits (`LabModel(num_classes=0, outputs=K)`: it is told no
-class), trained with cross-entropy by the same loop as the ε-model (`train.optimise`).
+class), trained with cross-entropy by the same loop as the ε-model (`train.fit`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import Tensor
 from diffx.errors import InvalidArgumentError, check_finite
 from diffx.lab.data import PointDistribution
 from diffx.lab.model import LabModel
-from diffx.lab.train import LabTrainConfig, TrainProgress, optimise
+from diffx.lab.train import LabTrainConfig, TrainProgress, fit
 from diffx.sampling.samplers import EpsModel
 from diffx.sampling.schedules import NoiseSchedule, q_sample, vp_scales
 
@@ -45,13 +45,13 @@ def train_classifier(data: PointDistribution, schedule: NoiseSchedule, config: L
     generator = torch.Generator().manual_seed(seed)
     classifier = LabModel(num_classes=0, width=config.width, depth=config.depth, outputs=data.num_classes)
 
-    def batch_loss() -> Tensor:
+    def cross_entropy(classifier: LabModel, generator: torch.Generator) -> Tensor:
         x0, labels = data.sample(config.batch, generator)  # (batch, 2), (batch,)
         t = torch.randint(0, schedule.num_train_timesteps, (config.batch,), generator=generator)
         x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=generator))
         return F.cross_entropy(classifier(x_t, t.float()), labels)  # −log f_φ(y | x_t, t), averaged
 
-    optimise(classifier, batch_loss, config, progress)
+    fit(classifier, cross_entropy, config, generator, progress)
     return classifier
 
 

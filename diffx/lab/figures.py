@@ -67,39 +67,38 @@ def forward_marginal(schedule: NoiseSchedule, x0: Tensor, t: float, seed: int = 
 
 
 def arrow_starts() -> Tensor:
-    """Where a field's arrows start: an ARROW_GRID x ARROW_GRID grid over the view, (G², 2) float32."""
+    """The ARROW_GRID² points (G², 2) a field is drawn at: a square grid inside the view, off its edges."""
     side = np.linspace(-VIEW.extent, VIEW.extent, ARROW_GRID + 2)[1:-1]
     return torch.from_numpy(np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)).float()
 
 
-def scaled_arrows(vectors: Tensor, full: float | None = None) -> tuple[np.ndarray, float]:
-    """Vectors (G², 2) at `arrow_starts` as arrows: a vector of length `full` (default: the 90th percentile of
-    the lengths) is 0.9 grid cells long, longer ones are clipped there. Returns (arrows (G², 2), full)."""
+def scaled_arrows(starts: Tensor, vectors: Tensor, full: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """A field's vectors (G², 2) at `starts` as arrows to draw: (starts, arrows, |vector| of a full-length arrow).
+
+    Near the data the fields are huge where they point back onto it and small elsewhere, so arrows are scaled to
+    the 90th percentile of |vector| (or to `full`, to share one scale between fields) = 0.9 grid cells, and longer
+    ones are clipped there."""
     norms = vectors.norm(dim=1, keepdim=True)  # (G², 1)
     full = max(float(norms.quantile(0.9)) if full is None else full, 1e-12)
     direction = vectors / norms.clamp(min=1e-12)  # (G², 2) unit vectors
     cell = 2 * VIEW.extent / (ARROW_GRID + 1)
-    return (direction * (norms.clamp(max=full) / full) * 0.9 * cell).numpy(), full
+    arrows = direction * (norms.clamp(max=full) / full) * 0.9 * cell
+    return starts.numpy(), arrows.numpy(), full
 
 
 @torch.no_grad()
 def score_field(model: LabModel, schedule: NoiseSchedule, t: float) -> tuple[np.ndarray, np.ndarray, float]:
     """The learned score s(x_t) = −ε̂/√(1 − ᾱ_t) ≈ ∇ log q(x_t) (denoising score matching, Vincent 2011:
     ∇ log q(x_t | x_0) = −ε/√(1 − ᾱ_t), so the ε-model's regression target is a scaled score) on an
-    ARROW_GRID² grid: (starts (G², 2), arrows (G², 2), |s| of a full-length arrow).
-
-    Near the data at small t the score is huge where it points back onto the data and small elsewhere,
-    so arrows are scaled to the 90th percentile of |s| (= 0.9 grid cells) and longer ones are clipped there.
-    """
+    ARROW_GRID² grid: (starts (G², 2), arrows (G², 2), |s| of a full-length arrow), see `scaled_arrows`."""
     starts = arrow_starts()
     index = int(round(t))
     with one_thread():
         score = -model(starts, torch.tensor(float(index))) / schedule.sqrt_one_minus_alphas_cumprod[index]
-    arrows, full = scaled_arrows(score)
-    return starts.numpy(), arrows, full
+    return scaled_arrows(starts, score)
 
 
-def _uniform_size(frames: list[Image.Image]) -> list[Image.Image]:
+def uniform_size(frames: list[Image.Image]) -> list[Image.Image]:
     """Pad frames onto white canvases of the largest size, so an animation's frames all match."""
     width, height = max(f.width for f in frames), max(f.height for f in frames)
     padded = []
@@ -110,7 +109,7 @@ def _uniform_size(frames: list[Image.Image]) -> list[Image.Image]:
     return padded
 
 
-def _with_key(grid: Image.Image, names: Sequence[str], colors: np.ndarray, note: str | None = None) -> Image.Image:
+def with_key(grid: Image.Image, names: Sequence[str], colors: np.ndarray, note: str | None = None) -> Image.Image:
     """The grid with a colour key of the classes under it, then an optional note line."""
     key = color_key(names, colors, grid.width)
     canvas = Image.new("RGB", (grid.width, grid.height + key.height), (255, 255, 255))
@@ -153,14 +152,14 @@ def reverse_frames(trained: TrainedLab, runs: Sequence[LabRun], x0: Tensor, labe
             cell_labels.append(f"{run.sampler} · {sampler_kind(run.sampler)}\n{where} · {run.nfe[i]} NFE")
         grid_cells, grid_labels = _rows(cells, cell_labels, columns)
         title = f"{trained.data.name} · {schedule.beta_schedule} β · {steps} steps · step {i}/{steps}"
-        frame = _with_key(make_grid(grid_cells, cell_labels=grid_labels, title=title, font_size=13),
-                          trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
-                          f"samplers: {len(x0)} particles from one x_T (blue) over q(x_t) at their t (grey); "
-                          f"lines: the paths of {TRAILS} of them")
+        frame = with_key(make_grid(grid_cells, cell_labels=grid_labels, title=title, font_size=13),
+                         trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
+                         f"samplers: {len(x0)} particles from one x_T (blue) over q(x_t) at their t (grey); "
+                         f"lines: the paths of {TRAILS} of them")
         frames.append(frame if note is None else caption_bar(frame, note, font_size=13))
         if on_frame is not None:
             on_frame(i + 1, steps + 1)
-    return _uniform_size(frames)
+    return uniform_size(frames)
 
 
 def forward_and_field(trained: TrainedLab, x0: Tensor, labels: Tensor,
@@ -180,7 +179,7 @@ def forward_and_field(trained: TrainedLab, x0: Tensor, labels: Tensor,
                      cell_labels=[[""] * len(timesteps), field_labels], font_size=13,
                      title=f"{trained.data.name} · {schedule.beta_schedule} β: the forward process and the learned "
                            "score field over t")
-    return _with_key(grid, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)))
+    return with_key(grid, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)))
 
 
 def schedules_and_steps(runs: dict[str, list[LabRun]], x0: Tensor) -> Image.Image:
@@ -206,5 +205,5 @@ def guidance_sweep(trained: TrainedLab, runs: Sequence[tuple[float, LabRun]], x0
     grid = make_grid([cells], col_labels=[f"w = {w:g}" for w, _ in runs], cell_labels=[labels], font_size=13,
                      title=f"{trained.data.name}: classifier-free guidance ε̂ = ε_∅ + w (ε_c − ε_∅), "
                            f"{runs[0][1].sampler}, coloured by the class asked for")
-    return _with_key(grid, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
-                     "class spread: RMS distance of a class's samples to their mean (w = 0 ignores the class)")
+    return with_key(grid, trained.data.class_names, class_colors(np.arange(trained.data.num_classes)),
+                    "class spread: RMS distance of a class's samples to their mean (w = 0 ignores the class)")

@@ -8,6 +8,11 @@ Writes `gif` (the reverse process, one frame per step) and, with `out`, three pi
 process and the learned score field over t), `<out>_schedules.png` (linear vs cosine β × step count) and
 `<out>_guidance.png` (classifier-free guidance over w); and one `<out>_<lesson>.png` per lesson asked for
 (`lab.lessons`: classifier guidance beside CFG, the learned variance).
+
+`objective` "flow" trains a flow-matching model instead, "both" the two on the same data and budget
+(flow_job.py): the GIF then shows the flow's samplers under diffusion's, from the same x_T, and `out` is the flow's
+comparison figure (with `reflow`, `<out>_reflow.png` too). The lessons are the diffusion figures' (objective
+"diffusion" only).
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.files import check_outputs, companion_path
 from diffx.lab.data import PointDistribution, get_distribution
 from diffx.lab.figures import ANCESTRAL, forward_and_field, guidance_sweep, reverse_frames, schedules_and_steps
+from diffx.lab.flow import check_shift
+from diffx.lab.flow_figures import flow_frames, stack_frames
+from diffx.lab.flow_job import DEFAULT_SHIFT, OBJECTIVES, FlowOutcome, FlowResult, flow_figures, run_flow_part
 from diffx.lab.lessons import LessonContext, check_lesson_data, check_lessons, run_lesson
 from diffx.lab.metrics import class_spread, sliced_wasserstein
 from diffx.lab.model import LabModel
@@ -57,11 +66,17 @@ class LabJob:
     particles: int = 1000
     frame_ms: int = 160
     train: LabTrainConfig = field(default_factory=LabTrainConfig)
-    lessons: tuple[str, ...] = ()  # of `lessons.LESSONS`, each drawn to <out>_<lesson>.png
+    objective: str = "diffusion"  # or "flow", "both" (flow_job.py)
+    shift: float = DEFAULT_SHIFT  # the flow samplers' time shift (SD3's)
+    reflow: bool = False  # one reflow round of the flow model
+    lessons: tuple[str, ...] = ()  # of `lessons.LESSONS`, each drawn to <out>_<lesson>.png (diffusion only)
 
     @property
     def outputs(self) -> list[Path | None]:
-        """Every file the job writes (None where not asked for): the GIF, the three figures, then the lessons'."""
+        """Every file the job writes (None where not asked for): the GIF, then `out` and its companions —
+        diffusion's schedules and guidance figures and the lessons', or with a flow objective the reflow figure."""
+        if self.objective != "diffusion":
+            return [self.gif, self.out, companion_path(self.out, "reflow") if self.out and self.reflow else None]
         if self.out is None:
             return [self.gif, None, None, None]
         return [self.gif, self.out, companion_path(self.out, "schedules"), companion_path(self.out, "guidance"),
@@ -92,25 +107,41 @@ class LabJob:
         if self.gif is not None and Path(self.gif).suffix.lower() != ".gif":
             raise InvalidArgumentError(f"the lab animation is a GIF; name it .gif, not {Path(self.gif).name!r}")
         check_lessons(self.lessons, self.out)
+        self._check_objective()
         check_outputs(self.outputs[2:], self.force, picture=self.out)
         check_outputs([self.gif], self.force)
         data = get_distribution(self.data)
         check_lesson_data(self.lessons, data)
         return data
 
+    def _check_objective(self) -> None:
+        """The objective, and the options that belong to one objective only."""
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_shift(self.shift)
+        if self.objective != "diffusion" and self.lessons:
+            raise InvalidArgumentError("--lessons teach with the diffusion model's figures; drop them, or use "
+                                       "--objective diffusion")
+        if self.objective == "diffusion" and (self.reflow or self.shift != DEFAULT_SHIFT):
+            raise InvalidArgumentError("--shift and --reflow are the flow model's; add --objective flow (or both)")
+        if self.objective == "flow" and (self.samplers != DEFAULT_SAMPLERS or self.schedule != "linear"):
+            raise InvalidArgumentError("--samplers and --schedule are the diffusion model's; the flow runs flow Euler "
+                                       "and Heun: drop them, or use --objective both")
+
 
 @dataclass
 class LabResult:
     """What a lab run wrote and measured: SW₁ to the data per sampler (at `steps`), the untrained model's
-    SW₁ (first sampler), the guided classes' RMS spread per guidance weight (with `out`), and each lesson's
-    measurements (`lessons.LessonResult.measured`)."""
+    SW₁ (first sampler), the guided classes' RMS spread per guidance weight (with `out`) and each lesson's
+    measurements (`lessons.LessonResult.measured`) — the diffusion model's (empty and None without one) — and
+    with a flow objective the flow's measurements."""
 
     written: list[Path]
     sliced_wasserstein: dict[str, float]
-    untrained_sliced_wasserstein: float
+    untrained_sliced_wasserstein: float | None
     spread: dict[float, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     lessons: dict[str, dict[str, float]] = field(default_factory=dict)
+    flow: FlowResult | None = None
 
 
 def _report(progress: LabProgress | None, stage: str) -> Callable[[int, int, float], None] | None:
@@ -130,25 +161,52 @@ def _untrained_sw(job: LabJob, trained: TrainedLab, noise: torch.Tensor, x0: tor
     return sliced_wasserstein(run.samples, x0)
 
 
+def _frames_done(progress: LabProgress | None, stage: str) -> Callable[[int, int], None] | None:
+    return None if progress is None else (lambda done, total: progress(stage, done, total, math.nan))
+
+
 def run_lab(job: LabJob, progress: LabProgress | None = None) -> LabResult:
-    """Check `job`, train the model (and, with `out`, one per compared schedule), sample, draw and write."""
+    """Check `job`, train the model(s) of its objective (and, with `out`, one per compared schedule), sample, draw
+    and write."""
     data = job.check()
     x0, labels = data.sample(job.particles, torch.Generator().manual_seed(job.seed + 1))  # (N, 2), (N,)
     noise = initial_noise(job.particles, job.seed + 2)  # the x_T every sampler starts from
-    trained = _train(job, data, job.schedule, progress)
-    runs = [run_sampler(trained.model, trained.schedule, sampler, job.steps, noise, seed=job.seed + 3)
-            for sampler in job.samplers]
-    distances = {run.sampler: sliced_wasserstein(run.samples, x0) for run in runs}
-    result = LabResult(written=[], sliced_wasserstein=distances, losses=trained.losses,
-                       untrained_sliced_wasserstein=_untrained_sw(job, trained, noise, x0))
+    result = LabResult(written=[], sliced_wasserstein={}, untrained_sliced_wasserstein=None)
+    trained, runs = None, []
+    if job.objective != "flow":
+        trained = _train(job, data, job.schedule, progress)
+        runs = [run_sampler(trained.model, trained.schedule, sampler, job.steps, noise, seed=job.seed + 3)
+                for sampler in job.samplers]
+        result.sliced_wasserstein = {run.sampler: sliced_wasserstein(run.samples, x0) for run in runs}
+        result.losses, result.untrained_sliced_wasserstein = trained.losses, _untrained_sw(job, trained, noise, x0)
+    flow = None
+    if job.objective != "diffusion":
+        flow = run_flow_part(job, data, x0, noise, trained, lambda stage: _report(progress, stage))
+        result.flow = flow.result
     if job.gif is not None:
-        on_frame = None if progress is None else (
-            lambda done, total: progress("drawing the GIF frames", done, total, math.nan))
-        frames = reverse_frames(trained, runs, x0, labels, on_frame=on_frame)
+        frames = _gif_frames(job, trained, runs, flow, (x0, labels), progress)
         result.written.append(save_gif(frames, job.gif, duration_ms=job.frame_ms, hold_last_ms=2500, force=job.force))
-    if job.out is not None:
+    if job.out is not None and flow is None:
         result.written += _write_figures(job, trained, noise, (x0, labels), result, progress)
+    elif job.out is not None:
+        pictures = flow_figures(job, flow, data, x0, noise)
+        result.written += [save_png(picture, path, job.force)
+                           for picture, path in zip(pictures, [p for p in job.outputs[1:] if p], strict=True)]
     return result
+
+
+def _gif_frames(job: LabJob, trained: TrainedLab | None, runs: list[LabRun], flow: FlowOutcome | None,
+                data: tuple[torch.Tensor, torch.Tensor], progress: LabProgress | None) -> list[Image.Image]:
+    """The GIF's frames: diffusion's samplers, the flow's, or diffusion's above the flow's (one x_T for all)."""
+    x0, labels = data
+    frames = None
+    if trained is not None:
+        frames = reverse_frames(trained, runs, x0, labels, on_frame=_frames_done(progress, "drawing the GIF frames"))
+    if flow is None:
+        return frames
+    flow_part = flow_frames(flow.trained.model, flow.trained.data, flow.panels, labels, job.shift,
+                            on_frame=_frames_done(progress, "drawing the flow's GIF frames"))
+    return flow_part if frames is None else stack_frames(frames, flow_part)
 
 
 def _write_figures(job: LabJob, trained: TrainedLab, noise: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor],

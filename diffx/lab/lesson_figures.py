@@ -86,13 +86,13 @@ def classifier_figure(data: PointDistribution, schedule: NoiseSchedule, target: 
     (grey), arrows on one scale per column (its 90th-percentile length = a full arrow, longer ones clipped).
     Bottom: samples under classifier-free (row 1) and classifier (row 2) guidance per w, coloured by the class
     asked for, over the data (grey), each with its class spread."""
-    starts = arrow_starts().numpy()
+    starts = arrow_starts()
     rows: list[list[Image.Image]] = [[], []]
     col_labels = []
     for pair in fields:
         full = float(torch.cat([pair.classifier, pair.implicit]).norm(dim=1).quantile(0.9))
         for row, vectors in zip(rows, (pair.classifier, pair.implicit), strict=True):
-            row.append(points_panel(VIEW, ghost=pair.marginal, arrows=(starts, scaled_arrows(vectors, full)[0])))
+            row.append(points_panel(VIEW, ghost=pair.marginal, arrows=scaled_arrows(starts, vectors, full)[:2]))
         col_labels.append(f"t={pair.t} · ᾱ={pair.alpha_cumprod:.3f} · cos {pair.cosine:.2f}\n"
                           f"full arrow: |∇| ≥ {full:.3g}")
     class_name = data.class_names[target]

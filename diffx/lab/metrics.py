@@ -37,3 +37,12 @@ def class_spread(points: Tensor, labels: Tensor) -> float:
         members = points[labels == label]  # (n_k, 2)
         spreads.append(float(((members - members.mean(dim=0)) ** 2).sum(dim=1).mean().sqrt()))
     return sum(spreads) / len(spreads)
+
+
+def path_straightness(path: Tensor) -> float:
+    """How straight the particles travel: the mean over particles of (length of its path) / (distance between the
+    path's ends), for a path (S + 1, N, 2) of S steps. 1 when every particle moves on a straight line (a path
+    integrated exactly by one Euler step); a particle that bends away and comes back scores high."""
+    length = (path[1:] - path[:-1]).norm(dim=-1).sum(dim=0)  # (N,) the polyline through the S + 1 states
+    chord = (path[-1] - path[0]).norm(dim=-1).clamp(min=1e-12)  # (N,)
+    return float((length / chord).mean())

@@ -5,6 +5,8 @@ through the same sinusoidal embedding (`models.unet.timestep_embedding`, Vaswani
 class through a learned embedding with one extra "null" class — the unconditional branch of
 classifier-free guidance (Ho & Salimans 2022, §3.2), trained by dropping labels to the null class.
 
+flow.py trains the very same network to predict the flow-matching velocity ε − x_0 instead (told t · 1000).
+
 `guided_eps` turns it into the samplers' denoiser `eps_model(x_t, t)`, so every sampler in
 `diffx.samplers` runs on it unchanged: ε̂ = ε_θ(x_t, t, ∅) + w (ε_θ(x_t, t, c) − ε_θ(x_t, t, ∅)).
 """
@@ -68,7 +70,8 @@ class LabModel(nn.Module):
         t = t.expand(batch) if t.dim() == 0 else t  # the samplers pass one 0-dim t for the whole batch
         if labels is None:
             labels = torch.full((batch,), self.null_class, dtype=torch.long, device=x_t.device)
-        h = self.input(x_t) + self.time(timestep_embedding(t, self.time_dim)) + self.label(labels)  # (B, width)
+        emb = timestep_embedding(t, self.time_dim).to(x_t.dtype)  # fp32; a float64 copy of the model gets float64
+        h = self.input(x_t) + self.time(emb) + self.label(labels)  # (B, width)
         for block in self.blocks:
             h = h + block(h)
         return self.output(h)  # (B, width) -> (B, outputs)

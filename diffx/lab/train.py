@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffx.errors import InvalidArgumentError
 from diffx.lab.data import PointDistribution
@@ -21,6 +21,7 @@ from diffx.lab.model import LabModel, one_thread
 from diffx.sampling.schedules import NoiseSchedule, training_loss
 
 TrainProgress = Callable[[int, int, float], None]  # (step done, total steps, running loss)
+LabLoss = Callable[[LabModel, torch.Generator], Tensor]  # one batch's loss, its random numbers from the generator
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,29 @@ def train_lab_model(data: PointDistribution, schedule: NoiseSchedule, config: La
     torch.manual_seed(seed)  # the initial weights
     generator = torch.Generator().manual_seed(seed)
     model = LabModel(data.num_classes, width=config.width, depth=config.depth)
-    losses = optimise(model, lambda: _l_simple(model, data, schedule, config, generator), config, progress)
+
+    def l_simple(model: LabModel, generator: torch.Generator) -> Tensor:
+        x0, labels = labelled_batch(data, config, model.null_class, generator)
+        return training_loss(model, schedule, x0, labels, generator)
+
+    losses = fit(model, l_simple, config, generator, progress)
     return TrainedLab(model=model, schedule=schedule, data=data, losses=losses)
 
 
-def optimise(model: nn.Module, batch_loss: Callable[[], Tensor], config: LabTrainConfig,
-             progress: TrainProgress | None = None) -> list[float]:
-    """`config.steps` Adam steps on `batch_loss()` (a fresh batch's loss each call), the learning rate decayed
-    along a cosine; returns the loss per step and leaves `model` in eval mode. Every lab network trains here."""
+def labelled_batch(data: PointDistribution, config: LabTrainConfig, null_class: int,
+                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A fresh batch of the data, (batch, 2) points and (batch,) labels, each label dropped to ∅ with
+    p = label_dropout (so one network also learns the unconditional branch)."""
+    x0, labels = data.sample(config.batch, generator)
+    dropped = torch.rand(config.batch, generator=generator) < config.label_dropout
+    return x0, torch.where(dropped, torch.full_like(labels, null_class), labels)
+
+
+def fit(model: LabModel, loss: LabLoss, config: LabTrainConfig, generator: torch.Generator,
+        progress: TrainProgress | None = None) -> list[float]:
+    """`config.steps` Adam steps on `loss(model, generator)`, the learning rate decayed on a cosine; returns the loss
+    per step and leaves the model in eval mode. One loop for every network the lab trains (ε, flow, reflow, the noisy
+    classifier, the learned-variance model)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)  # one kernel per step
     # Cosine decay to 5% of the peak: the last steps average out the noise of the small batches.
     decay = torch.optim.lr_scheduler.LambdaLR(
@@ -75,23 +91,14 @@ def optimise(model: nn.Module, batch_loss: Callable[[], Tensor], config: LabTrai
     losses, running = [], None
     with one_thread():
         for step in range(config.steps):
-            loss = batch_loss()
+            value = loss(model, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
+            losses.append(value.item())
             decay.step()
-            losses.append(loss.item())
             running = losses[-1] if running is None else 0.98 * running + 0.02 * losses[-1]
             if progress is not None:
                 progress(step + 1, config.steps, running)
     model.eval()
     return losses
-
-
-def _l_simple(model: LabModel, data: PointDistribution, schedule: NoiseSchedule, config: LabTrainConfig,
-              generator: torch.Generator) -> Tensor:
-    """L_simple over a fresh batch, its labels dropped to ∅ with p = label_dropout."""
-    x0, labels = data.sample(config.batch, generator)  # (batch, 2), (batch,)
-    dropped = torch.rand(config.batch, generator=generator) < config.label_dropout
-    labels = torch.where(dropped, torch.full_like(labels, model.null_class), labels)
-    return training_loss(model, schedule, x0, labels, generator)

@@ -43,7 +43,7 @@ from torch import Tensor
 from diffx.errors import check_choice
 from diffx.lab.data import PointDistribution
 from diffx.lab.model import LabModel, one_thread
-from diffx.lab.train import LabTrainConfig, TrainProgress, optimise
+from diffx.lab.train import LabTrainConfig, TrainProgress, fit
 from diffx.sampling.grids import GridSpec, sampling_grid
 from diffx.sampling.samplers import EpsModel, ddpm_posterior
 from diffx.sampling.schedules import NoiseSchedule, q_sample
@@ -109,8 +109,11 @@ def train_variance_model(data: PointDistribution, schedule: NoiseSchedule, confi
     torch.manual_seed(seed)  # the initial weights
     generator = torch.Generator().manual_seed(seed)
     model = LabModel(num_classes=0, width=config.width, depth=config.depth, outputs=4)
-    optimise(model, lambda: hybrid_loss(model, schedule, data.sample(config.batch, generator)[0], generator),
-             config, progress)
+
+    def l_hybrid(model: LabModel, generator: torch.Generator) -> Tensor:
+        return hybrid_loss(model, schedule, data.sample(config.batch, generator)[0], generator)
+
+    fit(model, l_hybrid, config, generator, progress)
     return model
 
 

@@ -24,6 +24,7 @@ from diffx.models.configs import TEXT_LAYOUTS, ModelConfig
 from diffx.models.fast_cpu import FAST_DTYPE, use_channels_last, use_packed_convolutions
 from diffx.models.open_clip import OPEN_CLIP_PREFIX, OpenClipTextEncoder
 from diffx.models.sdxl import SDXL_PREFIX, SdxlTextEncoders
+from diffx.models.tiny_decoder import TinyDecoder
 from diffx.models.tokenizer import END_TOKEN, ClipTokenizer
 from diffx.models.unet import UNet
 from diffx.models.vae import AutoencoderKL
@@ -50,6 +51,8 @@ class StableDiffusion:
     unet: UNet
     vae: AutoencoderKL
     source: str
+    # Optional: a distilled decoder for cheap x̂0 previews (`models.tiny_decoder`); fp32 always, it is tiny.
+    tiny_decoder: TinyDecoder | None = None
 
     @property
     def device(self) -> torch.device:
@@ -76,6 +79,8 @@ class StableDiffusion:
         and the convolutions run on prepacked weights."""
         for module in self.modules().values():
             module.to(device=device, dtype=dtype)
+        if self.tiny_decoder is not None:
+            self.tiny_decoder.to(device=device)
         if self.device.type == "cpu" and self.dtype == FAST_DTYPE:
             use_channels_last(self.modules().values())
             use_packed_convolutions(self.modules().values())

@@ -77,3 +77,14 @@ def decode_latents(model: StableDiffusion, latents: Tensor, batch: int = DECODE_
             model.vae.to(model.dtype)
     return pictures
 
+
+
+@torch.no_grad()
+def decode_tiny(model: StableDiffusion, latents: Tensor) -> list[np.ndarray]:
+    """Scaled latents (N, C, h, w) → pictures (H, W, 3) uint8 through the model's tiny preview decoder
+    (`models.tiny_decoder`: an approximation of the VAE's decode at a fraction of its cost; fp32)."""
+    if model.tiny_decoder is None:
+        raise ValueError(f"{model.config.name} has no tiny preview decoder")
+    device = next(model.tiny_decoder.parameters()).device
+    pictures = model.tiny_decoder(latents.float().to(device)).float()  # (N, C, h, w) -> (N, 3, H, W)
+    return [tensor_to_image(picture.clamp(-1, 1)) for picture in pictures]

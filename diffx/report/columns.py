@@ -106,7 +106,7 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
     # they stored their decodes; "vae" is refused): the column says so.
     mismatch = model_mismatch(trace.meta, model) if model is not None and "x0" in tensors else None
     shown = resolve_preview(preview, trace, None if mismatch else model) if "x0" in tensors else "fast"
-    decodes = x0_pictures(trace, steps, shown, model) if shown == "vae" else [None] * len(steps)
+    decodes = x0_pictures(trace, steps, shown, model) if shown != "fast" else [None] * len(steps)
     per_step = [step_frames(trace, s, decodes[s]) for s in steps]
     heat = None
     if per_step[0]["heat"] is not None:  # scale -> word -> step
@@ -121,7 +121,7 @@ def column_data(trace: Trace, index: int, label: str, model: StableDiffusion | N
         "words": trace.words,
         "info": [step["info"] for step in per_step],
         "frames": {key: [step["frames"][key] for step in per_step] for key in per_step[0]["frames"]},
-        "x0_decoded": [shown == "vae"] * trace.num_steps,
+        "x0_decoded": [shown != "fast"] * trace.num_steps,
         "x0_label": X0_LABELS[shown],
         "heat": heat,
         "layers": _layer_frames(trace) if "attention" in tensors else [],

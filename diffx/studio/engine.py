@@ -9,26 +9,27 @@ bit — plus a hook after every step that turns the step just recorded into the 
 from __future__ import annotations
 
 import math
+import queue
 import shlex
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from diffx.errors import InvalidArgumentError, elide
-from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.denoiser import grid_for, schedule_for
 from diffx.pipeline.observers import ImageRun
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
 from diffx.render.charts import schedule_charts
 from diffx.report.columns import COLUMN_COLOURS, data_uri, fit_picture, step_frames
 from diffx.studio.runs import Emit
+from diffx.threads import torch_threads
 from diffx.trace.checks import model_identity
 from diffx.trace.record import Trace, trace_meta
 from diffx.trace.tracer import Tracer, generate_traced
-from diffx.views.steps import X0_LABELS, resolve_preview
+from diffx.views.steps import X0_LABELS, resolve_preview, x0_pictures
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -96,37 +97,75 @@ def schedule_chart(model: StableDiffusion, settings: ResolvedSettings) -> tuple[
     return svg, markers[0]
 
 
-@dataclass
 class StepStreamer:
     """The hook after every step: the step just recorded → the page's frames, sent with `emit`.
 
-    `check` raises `RunCancelled` once the run was cancelled, so a cancelled run stops at its next step.
+    Drawing a step (decoding its x̂0, encoding the panels) runs on a thread of its own, beside the sampler: while
+    the network computes step k + 1, step k is drawn on another core, so a run takes about as long as its
+    denoising alone instead of denoising plus drawing (when drawing costs less than a step: the tiny decoder,
+    latent previews; a VAE decode costs more, and then the run waits for the drawing instead). While a decoder
+    draws, the sampler gives up one of its CPU threads to it (`threads`; on the embedded model one thread
+    computes a step about as fast as two), none to latent previews (mostly PNG encoding, while a large model
+    needs every thread). Steps reach the page in order; the run's end waits for the last one. `check` raises
+    `RunCancelled` once the run was cancelled, so it stops at its next step, its queued steps dropped.
     """
 
-    model: StableDiffusion
-    preview: str  # "vae" or "fast", resolved once per run
-    emit: Emit
-    check: Callable[[], None]
-    identity: dict
-    meta: dict | None = None
+    def __init__(self, model: StableDiffusion, preview: str, emit: Emit, check: Callable[[], None], identity: dict):
+        self.model, self.preview, self.emit, self.check, self.identity = model, preview, emit, check, identity
+        self.meta: dict | None = None
+        self._drawn = 0
+        # (sampler, drawing) CPU threads out of this thread's count, read here, before the drawing thread starts
+        # (it sets its own count, and a thread that has not computed yet would take that one).
+        total = torch.get_num_threads()
+        self.threads = (max(1, total - 1), 1) if preview != "fast" else (total, 1)
+        self._steps: queue.Queue[Trace | None] = queue.Queue()
+        self._failure: BaseException | None = None
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._draw_steps, name="diffx-studio-frames", daemon=True)
+
+    def __enter__(self) -> StepStreamer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self._cancelled.set()  # the run failed or was cancelled: its remaining steps are not drawn
+        self._steps.put(None)
+        self._thread.join()
+        if self._failure is not None and kind is None:
+            raise self._failure
 
     def __call__(self, run: ImageRun, tracer: Tracer) -> None:
         self.check()
+        if self._failure is not None:
+            raise self._failure
         if self.meta is None:  # the same for every step of the run: made once, not 25 times
             self.meta = trace_meta(self.model, run, self.identity)
-        step = tracer.latest(run, self.meta)
-        decoded = None
-        if self.preview == "vae":
-            decoded = fit_picture(decode_latents(self.model, step.tensors["x0"])[0])
-        index = len(tracer.recorded("x0")) - 1
-        self.emit("step", {"index": index, **step_frames(step, 0, decoded)})
+        self._steps.put(tracer.latest(run, self.meta))
+
+    def _draw(self, step: Trace) -> None:
+        """Emit one step's frames (steps are drawn in the order they come, so the count is the step's index)."""
+        decoded = None if self.preview == "fast" else fit_picture(x0_pictures(step, [0], self.preview, self.model)[0])
+        self.emit("step", {"index": self._drawn, **step_frames(step, 0, decoded)})
+        self._drawn += 1
+
+    def _draw_steps(self) -> None:
+        torch.set_num_threads(self.threads[1])
+        while (step := self._steps.get()) is not None:
+            if self._cancelled.is_set() or self._failure is not None:
+                continue
+            try:
+                with torch.inference_mode():
+                    self._draw(step)
+            except BaseException as error:  # noqa: BLE001 - handed to the sampler's thread, which raises it
+                self._failure = error
 
 
 def generation_work(model: StableDiffusion, settings: ResolvedSettings, preview: str = "auto",
                     model_arg: str | None = None) -> Callable[[Emit, Callable[[], None]], Trace]:
     """The studio run for `settings`: emits "start" (the plan: words, steps, chart, command line, x̂0 label),
     one "step" per sampler step and "image" (the final picture); returns the run's `Trace`."""
-    chosen = resolve_preview(preview, model=model)
+    chosen = resolve_preview(preview, model=model, live=True)
     chart, markers = schedule_chart(model, settings)
 
     def work(emit: Emit, check: Callable[[], None]) -> Trace:
@@ -135,8 +174,8 @@ def generation_work(model: StableDiffusion, settings: ResolvedSettings, preview:
                        "chart": chart, "markers": markers, "command": command_line(settings, model_arg),
                        "x0_label": X0_LABELS[chosen], "settings": settings.as_dict(),
                        "aspect": f"{settings.width} / {settings.height}"})
-        streamer = StepStreamer(model, chosen, emit, check, model_identity(model))
-        with torch.inference_mode():
+        with StepStreamer(model, chosen, emit, check, model_identity(model)) as streamer, torch_threads(
+                streamer.threads[0]), torch.inference_mode():
             generation = generate_traced(model, settings, after_step=streamer)
         emit("image", {"image": data_uri(generation.images[0])})  # the very pixels of `diffx denoise`
         return generation.traces[0]

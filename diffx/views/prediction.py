@@ -74,7 +74,7 @@ def prediction_view(trace: Trace, steps: Sequence[int] | None = None, preview: s
         signal_scale, noise_scale = alpha_cumprod**0.5, (1 - alpha_cumprod) ** 0.5
         eps = tensors["eps"][i].float()
         v = v_from_eps(eps, tensors["latents"][i].float(), signal_scale, noise_scale)
-        smooth = preview == "vae"  # decoded pictures scale smoothly; latent grids keep their squares
+        smooth = preview != "fast"  # decoded pictures scale smoothly; latent grids keep their squares
         rows.append([fit_panel(xt[row], size, smooth), fit_panel(x0[row], size, smooth),
                      fit_panel(visualize_noise(eps), size), fit_panel(visualize_noise(v), size)])
         labels.append([xt_label(trace), X0_LABELS[preview],

@@ -28,7 +28,7 @@ from PIL import Image
 from diffx.errors import InvalidArgumentError, check_choice
 from diffx.files import check_outputs, companion_path
 from diffx.images import image_to_tensor
-from diffx.pipeline.codec import decoder_gflops
+from diffx.pipeline.codec import decode_tiny, decoder_gflops
 from diffx.render import (
     caption_bar,
     colorbar,
@@ -53,11 +53,11 @@ from diffx.trace.tracer import TraceOptions
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
-PREVIEWS = ("auto", "fast", "vae")
+PREVIEWS = ("auto", "fast", "tiny", "vae")
 # --preview auto decodes x̂0 with the VAE when one image costs at most this: the embedded model's decoder
 # (7.7 GFLOPs at 128 px) is decoded, SD1.5's (2,480 GFLOPs at 512 px) gets the latent preview.
 AUTO_DECODE_GFLOPS = 10.0
-X0_LABELS = {"vae": "x̂0 (VAE decode)", "fast": "x̂0 (latent preview)"}
+X0_LABELS = {"vae": "x̂0 (VAE decode)", "tiny": "x̂0 (tiny decoder ≈ VAE)", "fast": "x̂0 (latent preview)"}
 XT_LABEL = "x_t = √ᾱ x̂0 + √(1−ᾱ) ε̂"
 ATTENTION_SCALES = NORMALIZE_SCALES
 ATTENTION_NOTES = {"word": "each word's map scaled to its own maximum (shapes compare, brightness does not)",
@@ -132,12 +132,22 @@ def missing_decodes(trace: Trace) -> list[int]:
     return [index + 1 for index in range(trace.num_steps) if index not in stored]
 
 
-def resolve_preview(preview: str, trace: Trace | None = None, model: StableDiffusion | None = None) -> str:
-    """"fast" or "vae" for `preview`; "auto" is "vae" when the trace holds every decode or `model`'s decoder
-    costs at most AUTO_DECODE_GFLOPS per image, else "fast"."""
+def resolve_preview(preview: str, trace: Trace | None = None, model: StableDiffusion | None = None,
+                    live: bool = False) -> str:
+    """"fast", "tiny" or "vae" for `preview`; "auto" is "vae" when the trace holds every decode or `model`'s
+    decoder costs at most AUTO_DECODE_GFLOPS per image, else "fast". "tiny" (the model's distilled preview
+    decoder, `models.tiny_decoder`) needs a `model` that has one. `live` (a page that decodes every step as it
+    arrives, `diffx.studio`): "auto" is "tiny" when `model` has a tiny decoder — there the decode is paid at
+    every step, while the user waits."""
     check_choice("preview", preview, PREVIEWS)
+    if preview == "tiny" and (model is None or model.tiny_decoder is None):
+        name = "no model was loaded" if model is None else f"{model.config.name} has none"
+        raise InvalidArgumentError(f"--preview tiny draws x̂0 with the model's tiny preview decoder, but {name}; "
+                                   "use --preview vae or fast (or make one: diffx train-preview)")
     if preview != "auto":
         return preview
+    if live and model is not None and model.tiny_decoder is not None:
+        return "tiny"
     if trace is not None and "x0" in trace.tensors and not missing_decodes(trace):
         return "vae"
     if model is not None:
@@ -156,6 +166,8 @@ def x0_pictures(trace: Trace, indices: Sequence[int], preview: str = "auto",
     _require(trace, "x0")
     if preview == "fast":
         return [latent_preview(trace, "x0", i) for i in indices]
+    if preview == "tiny":
+        return decode_tiny(model, trace.tensors["x0"][list(indices)])
     return trace.decoded_x0(indices, model)
 
 
@@ -220,7 +232,7 @@ def x0_panels(trace: Trace, indices: Sequence[int], preview: str, model: StableD
     squares), and their label: "x̂0 (VAE decode)" or "x̂0 (latent preview)"."""
     preview = resolve_preview(preview, trace, model)
     pictures = x0_pictures(trace, indices, preview, model)
-    return [fit_panel(p, size, smooth=preview == "vae") for p in pictures], X0_LABELS[preview]
+    return [fit_panel(p, size, smooth=preview != "fast") for p in pictures], X0_LABELS[preview]
 
 
 def _step_pictures(trace: Trace, indices: list[int], preview: str, model: StableDiffusion | None,
@@ -228,8 +240,8 @@ def _step_pictures(trace: Trace, indices: list[int], preview: str, model: Stable
     """x_t and x̂0 pictures at `indices`, both at panel `size`, and the x̂0 label."""
     preview = resolve_preview(preview, trace, model)
     x0 = x0_pictures(trace, indices, preview, model)
-    xt = [fit_panel(p, size, smooth=preview == "vae") for p in xt_pictures(trace, indices, x0)]
-    return xt, [fit_panel(p, size, smooth=preview == "vae") for p in x0], X0_LABELS[preview]
+    xt = [fit_panel(p, size, smooth=preview != "fast") for p in xt_pictures(trace, indices, x0)]
+    return xt, [fit_panel(p, size, smooth=preview != "fast") for p in x0], X0_LABELS[preview]
 
 
 def pack_rows(main: list, tiles: list, most: int = WORDS_PER_ROW) -> list[list]:
@@ -295,7 +307,7 @@ def attention_grid(trace: Trace, steps: Sequence[int] | None = None, attn_scale:
     maps = attention_maps(trace, indices, attn_scale)  # (S, W, a, a')
     size = trace_panel_size(trace, panel)
     preview = resolve_preview(preview, trace, model)
-    x0 = [fit_panel(p, size, smooth=preview == "vae") for p in x0_pictures(trace, indices, preview, model)]
+    x0 = [fit_panel(p, size, smooth=preview != "fast") for p in x0_pictures(trace, indices, preview, model)]
     rows = [(f"“{word}”", [overlay(x0[s], maps[s, w], ATTENTION_ALPHA, grey=True) for s in range(len(indices))])
             for w, word in enumerate(trace.words)]
     title = f"{prompt_title(trace)}: cross-attention per word over {X0_LABELS[preview]}"

@@ -47,6 +47,7 @@ from diffx.weights.diffusers_layout import (
 )
 from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, resolve_model_source
 from diffx.weights.safe_pickle import load_torch_zip
+from diffx.weights.tiny_decoder import TINY_DECODER_FILE, read_tiny_decoder, write_tiny_decoder
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
 EMA_PREFIX = "model_ema."
@@ -194,6 +195,12 @@ def _read_diffusers(folder: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     }
 
 
+def check_prediction_type(prediction_type: str | None) -> str | None:
+    """`prediction_type` in lower case if diffx runs it ("epsilon" or "v_prediction"; None: what the model says)."""
+    return None if prediction_type is None else check_choice("prediction type", prediction_type.lower(),
+                                                             PREDICTION_TYPES)
+
+
 def load_model(
     source: str | Path | ModelSource | None = None,
     *,
@@ -218,11 +225,11 @@ def load_model(
     already).
     """
     # Before anything is read: a typo fails at once, not after a multi-gigabyte file.
-    prediction = None if prediction_type is None else \
-        check_choice("prediction type", prediction_type.lower(), PREDICTION_TYPES)
+    prediction = check_prediction_type(prediction_type)
     found = source if isinstance(source, ModelSource) else resolve_model_source(source)
     path = found.path
     check_choice("weights", weights, WEIGHT_CHOICES)
+    tiny_decoder = None  # a diffx folder's optional preview decoder
     if found.format == "single-file":
         config, state_dict, what = _read_single_file(path, config, weights, prediction)
         tokenizer = _tokenizer_near(path.parent, path.parent / "tokenizer")
@@ -233,6 +240,8 @@ def load_model(
         config = read_model_config(path / "config.json")
         state_dict = read_state_dict(path / "model.safetensors")
         tokenizer = _tokenizer_near(path)
+        tiny = path / TINY_DECODER_FILE
+        tiny_decoder = read_tiny_decoder(tiny, config.vae) if tiny.is_file() else None
     if prediction is not None:  # a new config: the caller's `config` stays as it was
         config = replace(config, scheduler=replace(config.scheduler, prediction_type=prediction))
     if config.scheduler.prediction_type not in PREDICTION_TYPES:
@@ -243,6 +252,7 @@ def load_model(
     state_dict = {key: t.to(dtype) if t.is_floating_point() else t for key, t in state_dict.items()}
     model = build_without_weights(config, tokenizer, str(path))
     model.load_original_state_dict(state_dict)
+    model.tiny_decoder = tiny_decoder
     del state_dict
     if note is not None and found.format == "single-file":
         given = "" if prediction is None else " (as given)"
@@ -296,7 +306,8 @@ def describe_architecture(source: ModelSource) -> str:
 
 
 def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Write `model` as a diffx folder: model.safetensors (original keys, floats as `dtype`) + config.json."""
+    """Write `model` as a diffx folder: model.safetensors (original keys, floats as `dtype`) + config.json, and
+    tiny_decoder.safetensors when the model has one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -309,4 +320,6 @@ def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = 
     config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
     with atomic_output(folder / "config.json", force=True) as tmp:
         tmp.write_text(config_text, encoding="utf-8")
+    if model.tiny_decoder is not None:
+        write_tiny_decoder(model.tiny_decoder, folder / TINY_DECODER_FILE, force=True)
     return folder

@@ -45,6 +45,21 @@ def test_lab_writes_the_gif_and_reports_the_distances(run, tmp_path):
     (["--lessons", "variance,variance", "--out", "lab.png"], "name one twice"),
     (["--lessons", " , ", "--out", "lab.png"], "--lessons is empty"),
     (["--lessons", "", "--out", "lab.png"], "--lessons is empty"),
+    (["--objective", "score"], "unknown objective 'score'"),
+    (["--objective", ""], "unknown objective ''"),
+    (["--objective", "flow", "--shift", "nan"], "shift must be a finite number"),
+    (["--objective", "flow", "--shift", "inf"], "shift must be a finite number"),
+    (["--objective", "flow", "--shift", "-1"], "shift must be above 0"),
+    (["--objective", "flow", "--shift", "0"], "shift must be above 0"),
+    (["--objective", "flow", "--shift", "1e400"], "shift must be a finite number"),
+    (["--objective", "flow", "--shift", "abc"], "Invalid value for '--shift'"),
+    (["--shift", "3"], "--shift and --reflow are the flow model's; add --objective flow"),
+    (["--reflow"], "--shift and --reflow are the flow model's; add --objective flow"),
+    (["--objective", "flow", "--samplers", "ddim"], "--samplers and --schedule are the diffusion model's"),
+    (["--objective", "both", "--out", "lab.png", "--guidance", "1,2"], "--guidance draws the diffusion model's"),
+    (["--objective", "both", "--out", "lab.bmp"], "name it .png, .jpg or .webp"),
+    (["--objective", "flow", "--out", "lab.png", "--lessons", "classifier"], "--lessons teach with the diffusion"),
+    (["--objective", "both", "--out", "lab.png", "--lessons", "variance"], "--lessons teach with the diffusion"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(run, tmp_path, args, message):
     result = run(*args)
@@ -52,6 +67,17 @@ def test_bad_input_is_one_error_line_and_exit_2(run, tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_both_objectives_report_the_flow(run, tmp_path):
+    result = run(*QUICK, "--objective", "both", "--reflow", "--out", "flow.png")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "wrote flow.gif" in result.stdout and "wrote flow_reflow.png" in result.stdout
+    for line in ("sliced Wasserstein SW₁ to the data at 3 steps: ddim=", "flow matching SW₁ to the data at 3 steps: "
+                 "flow_euler=", "(1 = straight, in the flow's units x_t = (1−t)x_0 + tε): ddim=",
+                 "max difference from flow Euler", "reflow SW₁ at 1 step "):
+        assert line in result.stdout, line
+    assert (tmp_path / "flow.png").exists() and not (tmp_path / "flow_schedules.png").exists()
 
 
 def test_existing_output_needs_force(run, tmp_path):

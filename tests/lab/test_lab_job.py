@@ -1,6 +1,7 @@
 """lab/job.py: `run_lab` writes the GIF (one frame per step, one size, under 2 MB) and the --out figures, and
 refuses every bad argument and output path before any work, writing nothing."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,20 @@ def _bad(tmp_path: Path, **changes) -> LabJob:
     ({"out": Path("lab.tiff")}, InvalidArgumentError, "name it .png, .jpg or .webp"),
     ({"lessons": ("variance",)}, InvalidArgumentError, "--lessons draws <out>_variance.png; add --out"),
     ({"lessons": ("flow",), "out": Path("lab.png")}, InvalidArgumentError, "unknown lesson 'flow'"),
+    ({"objective": "score"}, InvalidArgumentError, "unknown objective 'score'; choose one of: diffusion, flow, both"),
+    ({"reflow": True}, InvalidArgumentError, "--shift and --reflow are the flow model's"),
+    ({"shift": 3.0}, InvalidArgumentError, "--shift and --reflow are the flow model's"),
+    *[({"objective": "flow", **changes}, InvalidArgumentError, message) for changes, message in [
+        ({"shift": math.nan}, "shift must be a finite number"),
+        ({"shift": math.inf}, "shift must be a finite number"),
+        ({"shift": 0.0}, "shift must be above 0"),
+        ({"shift": -3.0}, "shift must be above 0"),
+        ({"shift": 1e9}, "at most 100"),
+        ({"samplers": ("ddim",)}, "--samplers and --schedule are the diffusion model's"),
+        ({"schedule": "cosine"}, "--samplers and --schedule are the diffusion model's"),
+        ({"out": Path("flow.bmp")}, "name it .png, .jpg or .webp"),
+        ({"out": Path("flow.png"), "lessons": ("classifier",)}, "--lessons teach with the diffusion model's"),
+    ]],
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, changes, error, message):
     with pytest.raises(error, match=message):

@@ -186,7 +186,8 @@ def test_cli_attention_new_run_and_saved_trace(tiny_model_dir, tmp_path, monkeyp
     assert fast_page.exit_code == 0, fast_page.output + repr(fast_page.exception)
     assert page_data((tmp_path / "f.html").read_text())["columns"][0]["x0_label"] == "x̂0 (latent preview)"
     bad = runner.invoke(app, ["attention", *saved, "--out", "g.png", "--preview", "sharp"])
-    assert bad.exit_code == 2 and "unknown preview 'sharp'; choose one of: auto, fast, vae" in bad.stderr, bad.stderr
+    assert bad.exit_code == 2, bad.stderr
+    assert "unknown preview 'sharp'; choose one of: auto, fast, tiny, vae" in bad.stderr, bad.stderr
     exists = runner.invoke(app, ["attention", *saved, "--out", "a.png"])
     assert exists.exit_code == 2 and "exists" in exists.stderr
     assert not list(tmp_path.glob("c*")) and not list(tmp_path.glob("g*"))

@@ -212,3 +212,24 @@ def test_every_panel_has_a_label_that_says_what_it_shows(embedded, monkeypatch):
     seen.clear()
     views.trace_frames(trace, preview="fast")
     assert seen[0][1][0][1] == "x̂0 (latent preview)"
+
+
+def test_the_tiny_preview_needs_a_tiny_decoder_and_draws_with_it(model):
+    from diffx.models.tiny_decoder import TinyDecoder, TinyDecoderConfig
+    from diffx.pipeline.codec import decode_tiny
+
+    trace = generate_traced(model, _settings()).traces[0]
+    with pytest.raises(InvalidArgumentError, match="no tiny preview decoder|has none"):
+        views.resolve_preview("tiny", trace, model)
+    assert views.resolve_preview("auto", trace, model, live=True) == views.resolve_preview("auto", trace, model)
+    torch.manual_seed(0)
+    model.tiny_decoder = TinyDecoder(TinyDecoderConfig(4, (8,))).eval()
+    try:
+        assert views.resolve_preview("auto", trace, model, live=True) == "tiny"
+        assert views.resolve_preview("auto", trace, model) != "tiny"  # commands' auto is unchanged
+        pictures = views.x0_pictures(trace, [0, STEPS - 1], "tiny", model)
+        expected = decode_tiny(model, trace.tensors["x0"][[0, STEPS - 1]])
+        assert all(np.array_equal(a, b) for a, b in zip(pictures, expected, strict=True))
+        assert pictures[0].shape == (32, 32, 3)  # the image's size, not the latent's
+    finally:
+        model.tiny_decoder = None
