@@ -217,13 +217,13 @@ def make_grid(
     return canvas
 
 
-def stack_pictures(pictures: Sequence[PictureLike]) -> Image.Image:
-    """Pictures one under the other, centred, on white."""
+def stack_pictures(pictures: Sequence[PictureLike], centred: bool = True) -> Image.Image:
+    """Pictures one under the other on white, centred (or on the left edge, so rows that start alike line up)."""
     images = [to_pil(picture) for picture in pictures]
     canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), BACKGROUND)
     top = 0
     for image in images:
-        canvas.paste(image, ((canvas.width - image.width) // 2, top))
+        canvas.paste(image, ((canvas.width - image.width) // 2 if centred else 0, top))
         top += image.height
     return canvas
 
