@@ -151,7 +151,7 @@ def fill_folder(folder: Path) -> None:
     huge_png(folder / "huge.png")
     existing = ["existing.png", "existing.gif", "existing.html", "existing.pt"]
     companions = [f"{name}_{name}.png" for name in ("steps", "attention", "heads", "self", "schedules", "convergence",
-                                                    "guidance")]  # of --out steps.png, attention.png, …
+                                                    "guidance", "variance")]  # of --out steps.png, attention.png, …
     for name in [*existing, *companions]:
         (folder / name).write_bytes(b"keep me")
     (folder / "afile").write_bytes(b"a file, not a folder")

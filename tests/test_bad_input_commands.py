@@ -118,6 +118,11 @@ def _noise_and_lab(cases: Table) -> None:
     cases.add(lab, "--objective", CHOICES)
     cases.add(lab, "--shift", [*FLOATS, "0"], "--objective", "flow")
     cases.add(lab, "--shift", ["3"])  # the flow model's, not diffusion's
+    cases.add(lab, "--lessons", ["nope", "", ",", "variance,variance", "classifier,nope"], "--out", "lab.png")
+    cases.add(lab, "--lessons", ["classifier"])  # <out>_classifier.png: without --out it is lost
+    cases.add(lab, "--lessons", ["variance"], "--objective", "flow", "--out", "lab.png")  # diffusion's figures
+    cases.add(lab, "--lessons", ["classifier"], "--data", "picture.png", "--out", "lab.png")  # one class
+    cases.add(lab, "--lessons", ["variance"], "--out", "variance.png")  # variance_variance.png exists
 
 
 def _studio_tour_and_train_preview(cases: Table) -> None:
