@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_WHEEL_MB = 42  # the embedded model may weigh 40 MB (issue #14); the vocabulary and code ~1.5 MB
 SHIPPED = ["bpe_simple_vocab_16e6.txt.gz", "BPE_VOCAB_LICENSE.txt", "shapes-world-2/config.json",
            "shapes-world-2/model.safetensors", "shapes-world-2/MODEL_CARD.md", "shapes-world-2/guidance_curve.png",
-           "shapes-world-2/guidance_tuning.json", "shapes-world-2/training.json"]
+           "shapes-world-2/guidance_tuning.json", "shapes-world-2/training.json",
+           "shapes-world-2/tiny_decoder.safetensors"]
 
 
 def run(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:

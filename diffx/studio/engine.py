@@ -25,7 +25,7 @@ from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolv
 from diffx.render.charts import schedule_charts
 from diffx.report.columns import COLUMN_COLOURS, data_uri, fit_picture, step_frames
 from diffx.studio.runs import Emit
-from diffx.threads import torch_threads
+from diffx.threads import default_threads, torch_threads
 from diffx.trace.checks import model_identity
 from diffx.trace.record import Trace, trace_meta
 from diffx.trace.tracer import Tracer, generate_traced
@@ -71,8 +71,10 @@ def parse_settings(model: StableDiffusion, request: object) -> ResolvedSettings:
     return resolve_settings(model, GenerationSettings(**values))
 
 
-def command_line(settings: ResolvedSettings, model_arg: str | None) -> str:
-    """The `diffx trace` command that makes the same run (defaults the model fills in are left out)."""
+def command_line(settings: ResolvedSettings, model_arg: str | None, threads: int | None = None) -> str:
+    """The `diffx trace` command that makes the same run (defaults the model fills in are left out). `threads`: the
+    CPU threads the run's network computed with, named when the CLI would use another count — a float sum split
+    among other threads rounds differently, so the same pixels need the same count."""
     parts = ["diffx", "trace", "--prompt", settings.prompt]
     for name, option in OPTIONS.items():
         value = getattr(settings, name)
@@ -83,6 +85,8 @@ def command_line(settings: ResolvedSettings, model_arg: str | None) -> str:
         parts.append("--karras")
     if model_arg:
         parts += ["--model", model_arg]
+    if threads is not None and threads != default_threads():
+        parts += ["--threads", str(threads)]
     parts += ["--gif", "trace.gif", "--html", "trace.html"]
     return shlex.join(parts)
 
@@ -95,6 +99,14 @@ def schedule_chart(model: StableDiffusion, settings: ResolvedSettings) -> tuple[
     visited = np.interp(timesteps, np.arange(len(train_abar)), train_abar)
     svg, markers = schedule_charts({settings.schedule: train_abar}, [(timesteps, visited)], COLUMN_COLOURS[:1])
     return svg, markers[0]
+
+
+def drawing_threads(preview: str) -> tuple[int, int]:
+    """(sampler, drawing) CPU threads out of this thread's count: one goes to drawing when it decodes. Read in the
+    sampler's thread before the drawing thread starts (that one sets its own count, and a thread that has not
+    computed yet would take it)."""
+    total = torch.get_num_threads()
+    return (max(1, total - 1), 1) if preview != "fast" else (total, 1)
 
 
 class StepStreamer:
@@ -114,10 +126,7 @@ class StepStreamer:
         self.model, self.preview, self.emit, self.check, self.identity = model, preview, emit, check, identity
         self.meta: dict | None = None
         self._drawn = 0
-        # (sampler, drawing) CPU threads out of this thread's count, read here, before the drawing thread starts
-        # (it sets its own count, and a thread that has not computed yet would take that one).
-        total = torch.get_num_threads()
-        self.threads = (max(1, total - 1), 1) if preview != "fast" else (total, 1)
+        self.threads = drawing_threads(preview)
         self._steps: queue.Queue[Trace | None] = queue.Queue()
         self._failure: BaseException | None = None
         self._cancelled = threading.Event()
@@ -187,7 +196,8 @@ def generation_work(model: StableDiffusion, settings: ResolvedSettings, preview:
     def work(emit: Emit, check: Callable[[], None]) -> Trace:
         tokens = model.tokenizer.encode(settings.prompt)
         emit("start", {"steps": settings.steps, "words": tokens.words, "cut": tokens.truncated_text,
-                       "chart": chart, "markers": markers, "command": command_line(settings, model_arg),
+                       "chart": chart, "markers": markers,
+                       "command": command_line(settings, model_arg, drawing_threads(chosen)[0]),
                        "x0_label": X0_LABELS[chosen], "settings": settings.as_dict(),
                        "aspect": f"{settings.width} / {settings.height}"})
         with StepStreamer(model, chosen, emit, check, model_identity(model)) as streamer, torch_threads(
