@@ -1,0 +1,66 @@
+"""Random LoRA files for tests, named as kohya's sd-scripts and diffusers/PEFT name them, from reference models'
+own module names (diffusers' U-Net, transformers' CLIP), not from diffx's name table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+# The layers LoRA trainers adapt by default: attention projections, transformer in/out, feed-forward, CLIP's MLP.
+ATTENTION_LEAVES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                    "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+# LoCon: kohya's conv_dim adapts the ResBlocks' 3x3 convolutions too.
+CONV_LEAVES = ("conv1", "conv2")
+
+
+def adapted_layers(model: nn.Module, leaves: Iterable[str]) -> dict[str, nn.Linear | nn.Conv2d]:
+    """`model`'s Linear and Conv2d layers whose path ends with one of `leaves`, by path (a layer peft has wrapped,
+    and keeps wrapped after its adapter is deleted, by the wrapper's path)."""
+    leaves = tuple(leaves)
+    layers = {path.removesuffix(".base_layer"): module for path, module in model.named_modules()
+              if isinstance(module, nn.Linear | nn.Conv2d)}
+    return {path: module for path, module in layers.items() if path.endswith(leaves)}
+
+
+def random_pair(module: nn.Linear | nn.Conv2d, rank: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(down, up) for `module`: A (rank, in[, kh, kw]), B (out, rank[, 1, 1]), large enough to change outputs."""
+    if isinstance(module, nn.Conv2d):
+        kernel = tuple(module.kernel_size)
+        down = torch.randn(rank, module.in_channels, *kernel, generator=generator)
+        up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
+        fan_in = module.in_channels * kernel[0] * kernel[1]
+    else:
+        down = torch.randn(rank, module.in_features, generator=generator)
+        up = torch.randn(module.out_features, rank, generator=generator)
+        fan_in = module.in_features
+    return down / fan_in ** 0.5, up * 0.2 / rank ** 0.5
+
+
+def kohya_tensors(layers: dict[str, nn.Module], prefix: str, rank: int, alpha: float, seed: int,
+                  rename: dict[str, str] | None = None) -> dict[str, Tensor]:
+    """kohya's keys `<prefix><path with _ for .>.lora_down.weight` / `.lora_up.weight` / `.alpha` (`rename`: the
+    path each layer is named by in the file, when not its own)."""
+    generator, tensors = torch.Generator().manual_seed(seed), {}
+    for path, module in layers.items():
+        name = prefix + (rename or {}).get(path, path).replace(".", "_")
+        tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"] = random_pair(module, rank, generator)
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return tensors
+
+
+def peft_tensors(layers: dict[str, nn.Module], prefix: str, rank: int, seed: int) -> dict[str, Tensor]:
+    """diffusers/PEFT keys `<prefix><path>.lora_A.weight` / `.lora_B.weight` (no alpha: it is the rank)."""
+    generator, tensors = torch.Generator().manual_seed(seed), {}
+    for path, module in layers.items():
+        tensors[f"{prefix}{path}.lora_A.weight"], tensors[f"{prefix}{path}.lora_B.weight"] = \
+            random_pair(module, rank, generator)
+    return tensors
+
+
+def write_lora(path: Path, tensors: dict[str, Tensor]) -> Path:
+    save_file({key: t.contiguous() for key, t in tensors.items()}, str(path))
+    return path
