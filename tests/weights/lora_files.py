@@ -1,14 +1,19 @@
 """Random LoRA files for tests, named as kohya's sd-scripts and diffusers/PEFT name them, from reference models'
-own module names (diffusers' U-Net, transformers' CLIP), not from diffx's name table."""
+own module names (diffusers' U-Net, transformers' CLIP, SGM's paths), not from diffx's name table; and the
+comparison of diffx's LoRA with diffusers' (`lora_parity`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from diffusers.utils.peft_utils import delete_adapter_layers, scale_lora_layers
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from diffx.models.stable_diffusion import StableDiffusion
+from diffx.weights.lora_apply import apply_lora
 
 # The layers LoRA trainers adapt by default: attention projections, transformer in/out, feed-forward, CLIP's MLP.
 ATTENTION_LEAVES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
@@ -64,3 +69,38 @@ def peft_tensors(layers: dict[str, nn.Module], prefix: str, rank: int, seed: int
 def write_lora(path: Path, tensors: dict[str, Tensor]) -> Path:
     save_file({key: t.contiguous() for key, t in tensors.items()}, str(path))
     return path
+
+
+TOLERANCE = 2e-4
+Outputs = Callable[[StableDiffusion, dict[str, nn.Module]], dict[str, tuple[Tensor, Tensor]]]
+
+
+def lora_parity(model: StableDiffusion, theirs: dict[str, nn.Module], file: Path, outputs: Outputs,
+                pipeline: type) -> dict[str, float]:
+    """Max |diffx - diffusers| per output of `outputs(model, theirs)` ({name: (diffx's, diffusers')}) at scales 1
+    and 0.5, with `file` loaded by diffx (`apply_lora`) and by `pipeline`'s LoRA loader into diffusers' U-Net and
+    transformers' text encoders (peft backend), both taken off after. Fails if diffusers' outputs do not change
+    (a LoRA that loads nowhere) or if diffx's are not back to the first ones after `remove()`."""
+    before = outputs(model, theirs)
+    # unet_config: what diffusers maps SGM's block names (`input_blocks_4_1`) by, as `load_lora_weights` gives it.
+    state, alphas = pipeline.lora_state_dict(str(file), unet_config=theirs["unet"].config)
+    pipeline.load_lora_into_unet(state, alphas, unet=theirs["unet"], adapter_name="test")
+    for name in theirs:
+        if name.startswith("text_encoder"):
+            pipeline.load_lora_into_text_encoder(state, alphas, text_encoder=theirs[name], prefix=name,
+                                                 adapter_name="test")
+    applied = apply_lora(model, file)
+    diffs = {}
+    for scale in (1.0, 0.5):
+        if scale != 1.0:
+            applied.scale = scale
+            for module in theirs.values():
+                scale_lora_layers(module, scale)
+        for name, (ours, reference) in outputs(model, theirs).items():
+            assert (reference - before[name][1]).abs().max() > 100 * TOLERANCE, f"diffusers' {name} is unchanged"
+            diffs[f"{name} @ {scale:g}"] = float((ours - reference).abs().max())
+    applied.remove()
+    for module in theirs.values():
+        delete_adapter_layers(module, "test")
+    assert all(torch.equal(ours, before[name][0]) for name, (ours, _) in outputs(model, theirs).items())
+    return diffs

@@ -11,24 +11,22 @@ import pytest
 import torch
 import transformers
 from diffusers import StableDiffusionPipeline
-from diffusers.utils.peft_utils import delete_adapter_layers, scale_lora_layers
 
 from diffx.models.configs import sd15
 from diffx.models.stable_diffusion import StableDiffusion, build
-from diffx.weights.lora_apply import apply_lora
 from tests.models.ldm_configs import reference_unet
 from tests.models.sd2_models import randomise_norms
 from tests.models.test_clip import reference_config
 from tests.weights.lora_files import (
     ATTENTION_LEAVES,
     CONV_LEAVES,
+    TOLERANCE,
     adapted_layers,
     kohya_tensors,
+    lora_parity,
     peft_tensors,
     write_lora,
 )
-
-TOLERANCE = 2e-4
 
 
 @pytest.fixture(scope="module")
@@ -58,30 +56,6 @@ def outputs(model: StableDiffusion, theirs: dict[str, torch.nn.Module]) -> dict[
                 "text encoder": (model.text_encoder(ids), theirs["text_encoder"](input_ids=ids).last_hidden_state)}
 
 
-def lora_parity(model: StableDiffusion, theirs: dict[str, torch.nn.Module], file) -> dict[str, float]:
-    """Max |diffx - diffusers| per output at scales 1 and 0.5, with the file loaded in both (and taken off after)."""
-    before = outputs(model, theirs)
-    state, alphas = StableDiffusionPipeline.lora_state_dict(str(file))
-    StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet=theirs["unet"], adapter_name="test")
-    StableDiffusionPipeline.load_lora_into_text_encoder(state, alphas, text_encoder=theirs["text_encoder"],
-                                                        prefix="text_encoder", adapter_name="test")
-    applied = apply_lora(model, file)
-    diffs = {}
-    for scale in (1.0, 0.5):
-        if scale != 1.0:
-            applied.scale = scale
-            for module in theirs.values():
-                scale_lora_layers(module, scale)
-        for name, (ours, reference) in outputs(model, theirs).items():
-            assert (reference - before[name][1]).abs().max() > 100 * TOLERANCE, f"diffusers' {name} is unchanged"
-            diffs[f"{name} @ {scale:g}"] = float((ours - reference).abs().max())
-    applied.remove()
-    for module in theirs.values():
-        delete_adapter_layers(module, "test")
-    assert all(torch.equal(ours, before[name][0]) for name, (ours, _) in outputs(model, theirs).items())
-    return diffs
-
-
 def test_kohya_lora_with_locon_matches_diffusers(sd15_pair, tmp_path):
     model, theirs = sd15_pair
     unet_layers = adapted_layers(theirs["unet"], ATTENTION_LEAVES + CONV_LEAVES)
@@ -90,7 +64,7 @@ def test_kohya_lora_with_locon_matches_diffusers(sd15_pair, tmp_path):
     file = write_lora(tmp_path / "kohya.safetensors", {
         **kohya_tensors(unet_layers, "lora_unet_", rank=4, alpha=2.0, seed=1),
         **kohya_tensors(text_layers, "lora_te_text_model_", rank=8, alpha=4.0, seed=2)})
-    diffs = lora_parity(model, theirs, file)
+    diffs = lora_parity(model, theirs, file, outputs, StableDiffusionPipeline)
     print("SD1.5 kohya LoRA + LoCon vs diffusers:", {name: f"{d:.2e}" for name, d in diffs.items()})
     assert all(d <= TOLERANCE for d in diffs.values()), diffs
 
@@ -101,6 +75,6 @@ def test_peft_lora_matches_diffusers(sd15_pair, tmp_path):
         **peft_tensors(adapted_layers(theirs["unet"], ATTENTION_LEAVES), "unet.", rank=4, seed=3),
         **peft_tensors(adapted_layers(theirs["text_encoder"], ATTENTION_LEAVES), "text_encoder.text_model.", rank=4,
                        seed=4)})
-    diffs = lora_parity(model, theirs, file)
+    diffs = lora_parity(model, theirs, file, outputs, StableDiffusionPipeline)
     print("SD1.5 diffusers/PEFT LoRA vs diffusers:", {name: f"{d:.2e}" for name, d in diffs.items()})
     assert all(d <= TOLERANCE for d in diffs.values()), diffs
