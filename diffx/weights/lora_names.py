@@ -36,6 +36,8 @@ PART_PATTERNS = (
     (re.compile(r"(.+)\.(?:lora_down|lora_A|lora\.down|lora_linear_layer\.down)\.weight"), "down"),
     (re.compile(r"(.+)\.(?:lora_up|lora_B|lora\.up|lora_linear_layer\.up)\.weight"), "up"),
     (re.compile(r"(.+)\.alpha"), "alpha"),
+    (re.compile(r"(.+_lora)\.down\.weight"), "down"),  # diffusers' attention processors: `to_q_lora.down.weight`
+    (re.compile(r"(.+_lora)\.up\.weight"), "up"),
 )
 # diffusers' attention-processor LoRAs: `<attention>[.processor].to_q_lora` is the layer `<attention>.to_q`.
 PROCESSOR_LORA = re.compile(r"(.+?)(?:\.processor)?\.(to_[qkv]|to_out)_lora")

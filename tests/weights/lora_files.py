@@ -67,7 +67,7 @@ def peft_tensors(layers: dict[str, nn.Module], prefix: str, rank: int, seed: int
 
 
 def write_lora(path: Path, tensors: dict[str, Tensor]) -> Path:
-    save_file({key: t.contiguous() for key, t in tensors.items()}, str(path))
+    save_file({key: t.clone().contiguous() for key, t in tensors.items()}, str(path))
     return path
 
 

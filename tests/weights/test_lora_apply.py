@@ -1,10 +1,13 @@
-"""LoRA applied by diffx vs diffusers' peft backend, on random weights at SD1.5's real widths (reduced depth: one
-ResBlock per level and 2 CLIP blocks, to build two models on a 2-core CI machine): a kohya file (alpha ≠ rank,
-attention, feed-forward and LoCon 3x3 convolutions, text encoder) and a diffusers/PEFT one, at scales 1 and 0.5,
-compared on the U-Net's ε̂ and the text encoder's output."""
+"""LoRA applied on the fly (diffx.weights.lora_apply): against diffusers' peft backend, on random weights at
+SD1.5's real widths (reduced depth: one ResBlock per level and 2 CLIP blocks, to build two models on a 2-core CI
+machine): a kohya file (alpha ≠ rank, attention, feed-forward and LoCon 3x3 convolutions, text encoder) and a
+diffusers/PEFT one, at scales 1 and 0.5, compared on the U-Net's ε̂ and the text encoder's output; against the
+weights with ΔW merged (LoCon, diffusers' older processor keys, two LoRAs stacked); and every file checked before
+the model's weights are read."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -12,8 +15,11 @@ import torch
 import transformers
 from diffusers import StableDiffusionPipeline
 
+from diffx.errors import CheckpointError, InvalidArgumentError
 from diffx.models.configs import sd15
 from diffx.models.stable_diffusion import StableDiffusion, build
+from diffx.weights.lora import LoraSpec
+from diffx.weights.lora_apply import apply_lora, load_model_with_loras
 from tests.models.ldm_configs import reference_unet
 from tests.models.sd2_models import randomise_norms
 from tests.models.test_clip import reference_config
@@ -78,3 +84,72 @@ def test_peft_lora_matches_diffusers(sd15_pair, tmp_path):
     diffs = lora_parity(model, theirs, file, outputs, StableDiffusionPipeline)
     print("SD1.5 diffusers/PEFT LoRA vs diffusers:", {name: f"{d:.2e}" for name, d in diffs.items()})
     assert all(d <= TOLERANCE for d in diffs.values()), diffs
+
+
+def merged_copy(model: StableDiffusion, layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]]) -> StableDiffusion:
+    """A copy of `model` whose U-Net layers hold W + factor · B A (the update merged into the weight, as diffusers'
+    `fuse_lora` and kohya's merge write it: ΔW = (B.flatten(1) @ A.flatten(1)) reshaped to W's shape)."""
+    merged = copy.deepcopy(model)
+    with torch.no_grad():
+        for path, (down, up, factor) in layers.items():
+            weight = merged.unet.get_submodule(path).weight
+            weight += factor * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    return merged
+
+
+def test_locon_and_processor_names_equal_the_merged_weight_and_loras_stack(tiny_model, tmp_path):
+    """A 3x3 convolution's LoCon (A: the layer's kernel, B: 1x1) and diffusers' older `processor.to_out_lora` keys,
+    hooked on the fly, give what the weights with ΔW merged give; two files stack; scale changes take effect
+    without a reload; `remove()` restores the model."""
+    conv, out = "input_blocks.1.0.in_layers.2", "input_blocks.1.1.transformer_blocks.0.attn1.to_out.0"
+    conv_layer, out_layer = tiny_model.unet.get_submodule(conv), tiny_model.unet.get_submodule(out)
+    generator = torch.Generator().manual_seed(0)
+    conv_down = torch.randn(4, conv_layer.in_channels, 3, 3, generator=generator) * 0.1
+    conv_up = torch.randn(conv_layer.out_channels, 4, 1, 1, generator=generator) * 0.1
+    out_down = torch.randn(2, out_layer.in_features, generator=generator) * 0.1
+    out_up = torch.randn(out_layer.out_features, 2, generator=generator) * 0.1
+    locon = write_lora(tmp_path / "locon.safetensors", {
+        "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight": conv_down,
+        "lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight": conv_up,
+        "lora_unet_input_blocks_1_0_in_layers_2.alpha": torch.tensor(2.0)})
+    processor = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora"
+    old = write_lora(tmp_path / "old.safetensors", {f"{processor}.down.weight": out_down,
+                                                      f"{processor}.up.weight": out_up})
+    generator = torch.Generator().manual_seed(1)
+    x, t = torch.randn(1, 4, 8, 8, generator=generator), torch.tensor([500])
+    context = torch.randn(1, 77, tiny_model.config.unet.context_dim, generator=generator)
+    with torch.inference_mode():
+        before = tiny_model.unet(x, t, context)
+    clean = copy.deepcopy(tiny_model)  # before the hooks: a deep copy would take them along
+    first, second = apply_lora(tiny_model, locon, scale=0.5), apply_lora(tiny_model, old, scale=-1.5)
+    for scale in (0.5, 2.0):
+        first.scale = scale
+        expected = merged_copy(clean, {conv: (conv_down, conv_up, scale * 2.0 / 4),
+                                            out: (out_down, out_up, -1.5 * 2 / 2)})
+        with torch.inference_mode():
+            ours, theirs = tiny_model.unet(x, t, context), expected.unet(x, t, context)
+        assert (ours - before).abs().max() > 1e-2
+        assert (ours - theirs).abs().max() <= 1e-5, float((ours - theirs).abs().max())
+    first.remove()
+    second.remove()
+    with torch.inference_mode():
+        assert torch.equal(tiny_model.unet(x, t, context), before)
+
+
+def test_load_model_with_loras_checks_every_file_before_any_weight(tiny_model_dir, tmp_path, monkeypatch):
+    model = load_model_with_loras(tiny_model_dir, ())
+    layer = model.unet.get_submodule("input_blocks.1.1.transformer_blocks.0.attn2.to_k")
+    name = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
+    good = write_lora(tmp_path / "good.safetensors", {
+        f"{name}.lora_down.weight": torch.randn(2, layer.in_features),
+        f"{name}.lora_up.weight": torch.randn(layer.out_features, 2)})
+    bad = write_lora(tmp_path / "bad.safetensors", {f"{name}.lora_down.weight": torch.randn(2, layer.in_features)})
+    notes = []
+    loaded = load_model_with_loras(tiny_model_dir, [LoraSpec(good, 0.5)], note=notes.append)
+    assert loaded.source.endswith("+ LoRA good.safetensors:0.5")
+    assert notes == ["LoRA good.safetensors: 1 layers of the unet, rank 2, scale 0.5"]
+    monkeypatch.setattr("diffx.weights.lora_apply.load_model", lambda *args, **kwargs: pytest.fail("weights read"))
+    with pytest.raises(CheckpointError, match="has no up"):
+        load_model_with_loras(tiny_model_dir, [LoraSpec(good), LoraSpec(bad)])
+    with pytest.raises(InvalidArgumentError, match="within ±4"):
+        load_model_with_loras(tiny_model_dir, [LoraSpec(good, 5.0)])
