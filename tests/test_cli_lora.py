@@ -51,3 +51,16 @@ def test_a_bad_lora_is_refused_in_one_line_before_any_work(run, tmp_path, value,
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and problem in lines[0], result.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+def test_the_tour_passes_each_lora_on_with_its_absolute_path(tmp_path, monkeypatch):
+    from diffx.cli.options import ModelChoice
+    from diffx.cli.tour import model_options
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.safetensors", "b.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    choice = ModelChoice(lora=["a.safetensors", "b.safetensors:0.5"], prediction_type="epsilon")
+    folder = tmp_path.resolve()
+    assert model_options(choice) == [("--prediction-type", "epsilon"), ("--lora", f"{folder}/a.safetensors:1"),
+                                     ("--lora", f"{folder}/b.safetensors:0.5")]

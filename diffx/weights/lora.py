@@ -10,18 +10,21 @@ For a convolution (LoCon, kohya's "conv" LoRA) A is a convolution with the layer
 ΔW = B A (diffusers' `fuse_lora`, kohya's merge).
 
 Formats (names: `diffx.weights.lora_names`): kohya/A1111 `.safetensors` (`.lora_down.weight`, `.lora_up.weight`,
-`.alpha`), diffusers/PEFT (`.lora_A.weight`, `.lora_B.weight`; no alpha stored: alpha = r, as diffusers reads
-such files), diffusers' older `to_q_lora.down.weight` files, and `.pt`/`.bin` files read by the code-free
-unpickler (`diffx.weights.safe_pickle`). Every key must be part of a LoRA pair that fits one of the model's
-layers; anything else is refused in one line, never skipped.
+`.alpha`), diffusers/PEFT (`.lora_A.weight`, `.lora_B.weight`; alpha from the PEFT config diffusers stores in the
+header, else alpha = r, as diffusers reads such files), diffusers' older `to_q_lora.down.weight` files, and
+`.pt`/`.bin` files read by the code-free unpickler (`diffx.weights.safe_pickle`). Every key must be part of a
+LoRA pair that fits one of the model's layers; anything else is refused in one line, never skipped.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from diffx.errors import CheckpointError, InvalidArgumentError, check_finite, elide
@@ -126,6 +129,31 @@ def _check_pair(name: str, module: nn.Module, target: LoraTarget, parts: dict[st
     return None
 
 
+def peft_alphas(path: Path) -> dict[str, float]:
+    """alpha per component (`unet`, `text_encoder`, `text_encoder_2`) from the PEFT config that diffusers'
+    `save_lora_weights` stores in a .safetensors header (`lora_adapter_metadata`: `unet.lora_alpha`, ...); {} when
+    there is none. A config diffx does not follow (per-layer `rank_pattern` / `alpha_pattern`, DoRA, rsLoRA's
+    alpha / √r) is refused rather than read as plain LoRA."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    with safe_open(path, framework="pt", device="cpu") as file:
+        raw = (file.metadata() or {}).get("lora_adapter_metadata")
+    try:
+        config = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path.name}: its lora_adapter_metadata is not JSON; the file is damaged") from None
+    alphas = {}
+    for key, value in config.items():
+        component, _, field_name = key.rpartition(".")
+        if field_name in ("rank_pattern", "alpha_pattern", "use_dora", "use_rslora") and value:
+            raise CheckpointError(f"{path.name}: its PEFT config sets {key}; diffx reads plain LoRA only")
+        if field_name == "lora_alpha":
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise CheckpointError(f"{path.name}: its PEFT config's {key} is {value!r}, not a finite number")
+            alphas[component] = float(value)
+    return alphas
+
+
 def read_lora(path: str | Path, model: StableDiffusion) -> Lora:
     """The LoRA file at `path`, each of its layers matched to one of `model`'s and checked (`model` may be built
     without weights: only names and shapes are read from it). One `CheckpointError` names what does not fit: keys
@@ -147,14 +175,16 @@ def read_lora(path: str | Path, model: StableDiffusion) -> Lora:
             f"{path.name}: {len(unknown)} of {len(tensors)} keys name no LoRA layer of this {model.config.name} "
             f"model ({', '.join(unknown[:3])}); is it a LoRA for another family, or not a LoRA (LoHa, LoKr, DoRA "
             "are not read)?", 300))
-    layers = []
+    layers, config_alphas = [], peft_alphas(path)
     for name, parts in groups.items():
         target = targets[name]
         module = target.module(model)
         if problem := _check_pair(name, module, target, parts):
             raise CheckpointError(elide(f"{path.name}: {problem}; the file is damaged or for another model", 300))
         down, up = _as_matrices(module, parts["down"], parts["up"])
-        alpha = float(parts["alpha"]) if "alpha" in parts else float(down.shape[0])
+        # alpha: the file's own `.alpha` (kohya), else its PEFT config's for the component, else the rank (scale 1)
+        alpha = float(parts["alpha"]) if "alpha" in parts else config_alphas.get(name.split(".")[0],
+                                                                                 float(down.shape[0]))
         layers.append(LoraLayer(target, down.float(), up.float(), alpha / down.shape[0]))
     if len({layer.target for layer in layers}) != len(layers):
         raise CheckpointError(f"{path.name} holds two LoRAs for one layer (under two naming schemes); keep one")

@@ -66,8 +66,8 @@ def peft_tensors(layers: dict[str, nn.Module], prefix: str, rank: int, seed: int
     return tensors
 
 
-def write_lora(path: Path, tensors: dict[str, Tensor]) -> Path:
-    save_file({key: t.clone().contiguous() for key, t in tensors.items()}, str(path))
+def write_lora(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path:
+    save_file({key: t.clone().contiguous() for key, t in tensors.items()}, str(path), metadata=metadata)
     return path
 
 
@@ -83,12 +83,13 @@ def lora_parity(model: StableDiffusion, theirs: dict[str, nn.Module], file: Path
     (a LoRA that loads nowhere) or if diffx's are not back to the first ones after `remove()`."""
     before = outputs(model, theirs)
     # unet_config: what diffusers maps SGM's block names (`input_blocks_4_1`) by, as `load_lora_weights` gives it.
-    state, alphas = pipeline.lora_state_dict(str(file), unet_config=theirs["unet"].config)
-    pipeline.load_lora_into_unet(state, alphas, unet=theirs["unet"], adapter_name="test")
+    state, alphas, metadata = pipeline.lora_state_dict(str(file), unet_config=theirs["unet"].config,
+                                                       return_lora_metadata=True)
+    pipeline.load_lora_into_unet(state, alphas, unet=theirs["unet"], adapter_name="test", metadata=metadata)
     for name in theirs:
         if name.startswith("text_encoder"):
             pipeline.load_lora_into_text_encoder(state, alphas, text_encoder=theirs[name], prefix=name,
-                                                 adapter_name="test")
+                                                 adapter_name="test", metadata=metadata)
     applied = apply_lora(model, file)
     diffs = {}
     for scale in (1.0, 0.5):

@@ -3,6 +3,8 @@ one line before anything is applied (diffx.weights.lora, diffx.weights.lora_name
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -132,3 +134,19 @@ def test_a_lora_for_another_family_is_refused(tmp_path):
         "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.randn(768, RANK)})
     with pytest.raises(CheckpointError, match="2 of 2 keys name no LoRA layer of this sdxl-base model"):
         read_lora(file, sdxl)
+
+
+@pytest.mark.parametrize(("config", "problem"), [
+    ({"unet.lora_alpha": 8}, None), ({"unet.use_dora": True}, "sets unet.use_dora; diffx reads plain LoRA only"),
+    ({"unet.rank_pattern": {"to_q": 8}}, "sets unet.rank_pattern"), ({"unet.lora_alpha": "x"}, "not a finite number")])
+def test_the_peft_config_in_the_header_gives_alpha_or_is_refused(config, problem, tiny_model, tmp_path):
+    layer = tiny_model.unet.get_submodule("input_blocks.1.1.transformer_blocks.0.attn2.to_q")
+    name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q"
+    file = write_lora(tmp_path / "peft.safetensors", {f"{name}.lora_A.weight": torch.randn(RANK, layer.in_features),
+                                                      f"{name}.lora_B.weight": torch.randn(layer.out_features, RANK)},
+                      {"lora_adapter_metadata": json.dumps(config)})
+    if problem is None:
+        assert read_lora(file, tiny_model).layers[0].factor == 8 / RANK
+    else:
+        with pytest.raises(CheckpointError, match=problem):
+            read_lora(file, tiny_model)

@@ -8,6 +8,7 @@ the model's weights are read."""
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 
 import pytest
@@ -75,12 +76,19 @@ def test_kohya_lora_with_locon_matches_diffusers(sd15_pair, tmp_path):
     assert all(d <= TOLERANCE for d in diffs.values()), diffs
 
 
-def test_peft_lora_matches_diffusers(sd15_pair, tmp_path):
+# The PEFT config diffusers' `save_lora_weights` writes into the header: alpha ≠ rank, per component.
+PEFT_CONFIG = {"lora_adapter_metadata": json.dumps({
+    "unet.r": 4, "unet.lora_alpha": 8, "unet.target_modules": list(ATTENTION_LEAVES[:8]),
+    "text_encoder.r": 4, "text_encoder.lora_alpha": 2, "text_encoder.target_modules": list(ATTENTION_LEAVES[8:])})}
+
+
+@pytest.mark.parametrize("metadata", [None, PEFT_CONFIG], ids=["alpha=rank", "alpha-in-header"])
+def test_peft_lora_matches_diffusers(sd15_pair, tmp_path, metadata):
     model, theirs = sd15_pair
     file = write_lora(tmp_path / "peft.safetensors", {
         **peft_tensors(adapted_layers(theirs["unet"], ATTENTION_LEAVES), "unet.", rank=4, seed=3),
         **peft_tensors(adapted_layers(theirs["text_encoder"], ATTENTION_LEAVES), "text_encoder.text_model.", rank=4,
-                       seed=4)})
+                       seed=4)}, metadata)
     diffs = lora_parity(model, theirs, file, outputs, StableDiffusionPipeline)
     print("SD1.5 diffusers/PEFT LoRA vs diffusers:", {name: f"{d:.2e}" for name, d in diffs.items()})
     assert all(d <= TOLERANCE for d in diffs.values()), diffs
