@@ -43,6 +43,9 @@ class LoraSpec:
     path: Path
     scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # a str is taken too
+
     @classmethod
     def parse(cls, text: str) -> LoraSpec:
         """`FILE` or `FILE:scale` (the last colon starts the scale only when a number follows, so `C:\\x` stays a

@@ -46,8 +46,9 @@ TEXT_PROCESSOR_LEAVES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "
 
 @dataclass(frozen=True)
 class LoraTarget:
-    """One layer a LoRA can adapt: the component (`unet` or `text_encoder`), the module's path inside it, its
-    original checkpoint key (without `.weight`), and for OpenCLIP's stacked projection the output rows it owns."""
+    """One layer a LoRA can adapt: the component (`unet` or `text_encoder`), the module's path inside it (the original
+    checkpoint's key without its prefix and `.weight`), and for OpenCLIP's stacked projection the output rows it
+    owns."""
 
     component: str
     module_path: str
@@ -55,11 +56,6 @@ class LoraTarget:
 
     def module(self, model: StableDiffusion) -> nn.Module:
         return getattr(model, self.component).get_submodule(self.module_path)
-
-    def label(self, model: StableDiffusion) -> str:
-        """The layer's original checkpoint path, for messages (`model.diffusion_model.input_blocks.1.1.proj_in`)."""
-        rows = "" if self.rows is None else f"[{self.rows[0]}:{self.rows[1]}]"
-        return f"{model.prefixes()[self.component]}{self.module_path}{rows}"
 
 
 def split_lora_key(key: str) -> tuple[str, str] | None:

@@ -12,14 +12,25 @@ from diffusers.utils.peft_utils import delete_adapter_layers, scale_lora_layers
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from diffx.models.stable_diffusion import StableDiffusion
+from diffx.models.configs import ModelConfig
+from diffx.models.stable_diffusion import StableDiffusion, build
 from diffx.weights.lora_apply import apply_lora
+from tests.models.sd2_models import randomise_norms
 
 # The layers LoRA trainers adapt by default: attention projections, transformer in/out, feed-forward, CLIP's MLP.
 ATTENTION_LEAVES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                     "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 # LoCon: kohya's conv_dim adapts the ResBlocks' 3x3 convolutions too.
 CONV_LEAVES = ("conv1", "conv2")
+
+
+def random_model(config: ModelConfig) -> StableDiffusion:
+    """A diffx model of `config` with random weights (norms too: a swapped norm would show), in eval mode."""
+    torch.manual_seed(0)
+    model = build(config)
+    randomise_norms(model.unet)
+    randomise_norms(model.text_encoder, seed=1)
+    return model.eval()
 
 
 def adapted_layers(model: nn.Module, leaves: Iterable[str]) -> dict[str, nn.Linear | nn.Conv2d]:

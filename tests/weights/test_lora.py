@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffx.errors import CheckpointError, InvalidArgumentError
-from diffx.models.configs import sd15, sdxl_base
+from diffx.models.configs import sd15, sd21_base, sdxl_base
 from diffx.models.stable_diffusion import build_without_weights
 from diffx.weights.lora import LoraSpec, read_lora
 from diffx.weights.lora_names import LoraTarget, lora_targets, split_lora_key
@@ -55,6 +55,7 @@ def test_every_scheme_names_the_same_layer():
     with torch.device("meta"):
         sd = lora_targets(build_without_weights(sd15()))
         xl = lora_targets(build_without_weights(sdxl_base()))
+        sd2 = lora_targets(build_without_weights(sd21_base()))
     q = LoraTarget("unet", "input_blocks.1.1.transformer_blocks.0.attn1.to_q")
     assert sd["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"] == q
     assert sd["lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"] == q
@@ -76,6 +77,11 @@ def test_every_scheme_names_the_same_layer():
     assert xl["lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k"] == xl[
         "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k"]
     assert xl["lora_unet_label_emb_0_0"] == LoraTarget("unet", "label_emb.0.0")
+    # SD2: OpenCLIP ViT-H under the plain `lora_te_` / `text_encoder.` names.
+    assert sd2["lora_te_text_model_encoder_layers_0_self_attn_q_proj"] == LoraTarget(
+        "text_encoder", "transformer.resblocks.0.attn.in_proj", (0, 1024))
+    assert sd2["text_encoder.text_model.encoder.layers.22.self_attn.out_proj"] == LoraTarget(
+        "text_encoder", "transformer.resblocks.22.attn.out_proj")
 
 
 @pytest.mark.parametrize(("key", "split"), [
