@@ -33,6 +33,7 @@ from diffx.weights.load import read_state_dict
 from diffx.weights.lora_names import LoraTarget, lora_targets, split_lora_key
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+INTEGER_ALPHA = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 SCALE_LIMIT = 4.0  # |scale| beyond this drowns the model in the update: a typo, most likely
 
 
@@ -115,7 +116,8 @@ def _check_pair(name: str, module: nn.Module, target: LoraTarget, parts: dict[st
     if "down" not in parts or "up" not in parts:
         return f"{name} has no {'down (A)' if 'down' not in parts else 'up (B)'} matrix"
     for part, tensor in parts.items():
-        if not tensor.is_floating_point():
+        # kohya stores alpha = rank as an integer when no --network_alpha was given; A and B are learned floats
+        if not tensor.is_floating_point() and not (part == "alpha" and tensor.dtype in INTEGER_ALPHA):
             return f"{name}.{part} is {str(tensor.dtype).removeprefix('torch.')}, not floating point"
         if not torch.isfinite(tensor).all():
             return f"{name}.{part} holds NaN or infinite values"

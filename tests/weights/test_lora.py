@@ -104,6 +104,9 @@ def test_a_good_file_reads_and_pt_reads_as_safetensors(tiny_model, tmp_path):
     (layer,), (same,) = from_safetensors.layers, from_pt.layers
     assert layer.target == same.target and layer.factor == same.factor == 1.0 / RANK
     assert torch.equal(layer.down, same.down) and torch.equal(layer.up, same.up)
+    # kohya's alpha without --network_alpha: the rank, stored as an integer
+    tensors["lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_q.alpha"] = torch.tensor(RANK)
+    assert read_lora(write_lora(tmp_path / "int.safetensors", tensors), tiny_model).layers[0].factor == 1.0
 
 
 def broken(tensors: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
