@@ -20,7 +20,8 @@ import transformers
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from diffx.errors import CheckpointError, InvalidArgumentError
-from diffx.models.configs import sd15
+from diffx.models.configs import sd15, tiny
+from diffx.models.fast_cpu import FAST_DTYPE, PackedConv2d
 from diffx.models.sdxl import micro_conditioning
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.weights.lora import LoraSpec
@@ -231,3 +232,24 @@ def test_load_model_with_loras_checks_every_file_before_any_weight(tiny_model_di
         load_model_with_loras(tiny_model_dir, [LoraSpec(good), LoraSpec(bad)])
     with pytest.raises(InvalidArgumentError, match="within ±4"):
         load_model_with_loras(tiny_model_dir, [LoraSpec(good, 5.0)])
+
+
+def test_loras_follow_the_model_onto_the_cpu_fast_path(tmp_path):
+    """Attached in fp32, a LoRA (LoCon on 3x3 convolutions too) still adds its update once the model moves to bf16
+    with prepacked convolutions (`fast_cpu.PackedConv2d` keeps the hooks): the bf16 output is within a tenth of the
+    LoRA's effect of the fp32 one (bf16 rounds the whole network; a LoRA left off would miss by all of it)."""
+    model = random_model(tiny())
+    layers = adapted_layers(model.unet, ATTENTION_LEAVES + ("in_layers.2", "out_layers.3"))
+    file = write_lora(tmp_path / "lora.safetensors", kohya_tensors(layers, "lora_unet_", rank=4, alpha=2.0, seed=0))
+    generator = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 8, 8, generator=generator), torch.tensor([500])
+    context = torch.randn(1, 77, model.config.unet.context_dim, generator=generator)
+    with torch.inference_mode():
+        before = model.unet(x, t, context)
+        apply_lora(model, file)
+        fp32 = model.unet(x, t, context)
+        model.to(dtype=FAST_DTYPE)
+        assert isinstance(model.unet.get_submodule("input_blocks.1.0.in_layers.2"), PackedConv2d)
+        fast = model.unet(x.to(FAST_DTYPE), t, context.to(FAST_DTYPE)).float()
+    effect, error = (fp32 - before).abs().max(), (fast - fp32).abs().max()
+    assert error <= 0.1 * effect, (float(error), float(effect))  # without the hooks it would be the whole effect
