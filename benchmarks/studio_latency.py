@@ -4,7 +4,8 @@ process).
 
 (a) Latency: a client posts a Run (default settings: 25 DDIM steps, x̂0 drawn at every step with the studio's
     live preview, `--preview`) and reads the event stream; `first_step_s` is Run → the first step's event,
-    `run_s` Run → the last step's (medians of REPEATS, after a warm-up).
+    `run_s` Run → the last step's, `done_s` Run → the run's end (after a tiny-decoder preview: every step's x̂0
+    decoded again by the VAE, sent as "refine" events), medians of REPEATS, after a warm-up.
 (b) Load: CLIENTS concurrent clients each start RUNS_PER_CLIENT runs one after another (bounded in count and in
     time: DEADLINE_S, loopback only) and read every stream to its end; every run must end "done" or, for the
     runs a client cancels on purpose (each client's last but one, cancelled after its first step), "cancelled".
@@ -13,7 +14,7 @@ process).
 Targets (issue #33), on 2 CPU cores: first step ≤ 0.3 s, run ≤ 1.5 s, 40/40 runs ok.
 Run from the repository root (pause other CPU work first):
     python -m benchmarks.studio_latency [--preview auto|tiny|vae|fast] [--model M] [--skip-load]
-The last line: `first_step_s=… run_s=… runs_ok=N/40 rss_mb=… preview=…`.
+The last line: `first_step_s=… run_s=… done_s=… runs_ok=N/40 rss_mb=… preview=…`.
 """
 
 from __future__ import annotations
@@ -105,8 +106,10 @@ def follow(port: int, run_id: str, on_step=None) -> tuple[str, list[float]]:
         connection.close()
 
 
-def latency(port: int) -> tuple[float, float]:
-    firsts, wholes = [], []
+def latency(port: int) -> tuple[float, float, float]:
+    """Medians of Run → first step, Run → last step, and Run → done (after a tiny-decoder run: every step's x̂0
+    decoded again by the VAE, the "refine" events)."""
+    firsts, wholes, dones = [], [], []
     for repeat in range(REPEATS + 1):
         start = time.perf_counter()
         run_id = post(port, "/api/runs", {"client": "latency", "settings": {"prompt": PROMPT, "seed": repeat}})["id"]
@@ -115,8 +118,10 @@ def latency(port: int) -> tuple[float, float]:
         if repeat:  # the first run warms up
             firsts.append(arrivals[0] - start)
             wholes.append(arrivals[-1] - start)
-    print(f"(a) first step {', '.join(f'{t:.3f}' for t in firsts)} s; run {', '.join(f'{t:.3f}' for t in wholes)} s")
-    return statistics.median(firsts), statistics.median(wholes)
+            dones.append(time.perf_counter() - start)
+    print(f"(a) first step {', '.join(f'{t:.3f}' for t in firsts)} s; run {', '.join(f'{t:.3f}' for t in wholes)} s; "
+          f"done {', '.join(f'{t:.3f}' for t in dones)} s")
+    return statistics.median(firsts), statistics.median(wholes), statistics.median(dones)
 
 
 def load(port: int, pid: int) -> tuple[int, float]:
@@ -160,14 +165,15 @@ def main() -> None:
     args = parser.parse_args()
     server, port = start_server(args)
     try:
-        first, whole = latency(port)
+        first, whole, done = latency(port)
         ok, peak = (0, rss_mb(server.pid)) if args.skip_load else load(port, server.pid)
     finally:
         server.terminate()
         server.wait(30)
     total = 0 if args.skip_load else CLIENTS * RUNS_PER_CLIENT
     print(f"(b) {ok}/{total} runs ended as asked; peak RSS {peak:.0f} MB (bound {RSS_BOUND_MB} MB)")
-    print(f"first_step_s={first:.3f} run_s={whole:.3f} runs_ok={ok}/{total} rss_mb={peak:.0f} preview={args.preview}")
+    print(f"first_step_s={first:.3f} run_s={whole:.3f} done_s={done:.3f} runs_ok={ok}/{total} rss_mb={peak:.0f} "
+          f"preview={args.preview}")
 
 
 if __name__ == "__main__":

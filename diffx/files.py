@@ -86,11 +86,17 @@ def write_atomic(path: str | os.PathLike, write_fn: Callable[[Path], None], forc
     return Path(path)
 
 
+def named_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path, if it ends in a file name (not empty, not "."), else an error asking for one."""
+    path = Path(path)
+    if path.name in ("", "."):
+        raise OutputPathError(f"output path {str(path)!r} has no file name; give one like out.png")
+    return path
+
+
 def companion_path(path: str | os.PathLike, name: str) -> Path:
     """A file next to `path` named after it: companion_path("out.gif", "attention") = out_attention.png."""
-    path = Path(path)
-    if not path.name or path.name == ".":
-        raise OutputPathError(f"output path {str(path)!r} has no file name; give one like out.png")
+    path = named_file(path)
     return path.with_name(f"{path.stem}_{name}.png")
 
 
@@ -130,6 +136,7 @@ def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False
                                   "<out>_attention.png) its own name")
         seen[key] = path
     for path in outputs:
+        named_file(path)
         if path.is_dir():
             raise OutputPathError(f"output path {path} is a folder; give a file name")
         if path.exists() and not force:

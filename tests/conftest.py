@@ -15,6 +15,22 @@ def tiny_model_dir(tmp_path_factory):
     return save_model(build(tiny()), tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_trace_file(tiny_model_dir, tmp_path_factory):
+    """A trace of a 2-step, 32 px run of the tiny model with every layer's attention maps (`diffx attention
+    --save-trace`), for `render`, `report` and `attention --trace`."""
+    from typer.testing import CliRunner
+
+    from diffx.cli import app
+
+    folder = tmp_path_factory.mktemp("tiny-trace")
+    result = CliRunner().invoke(app, ["attention", "--prompt", "a red circle", "--steps", "2", "--size", "32",
+                                      "--device", "cpu", "--model", str(tiny_model_dir), "--out",
+                                      str(folder / "a.png"), "--save-trace", str(folder / "t.safetensors")])
+    assert result.exit_code == 0, result.output
+    return folder / "t.safetensors"
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     """A random-weight tiny model (seed 0), built once per test module, in eval mode."""

@@ -1,154 +1,89 @@
-"""Issue #13: no command can be made to write garbage, crash with a traceback or destroy a file.
+"""Issues #13 and #31: no command can be made to write garbage, crash with a traceback or destroy a file.
 
-Table-driven: every command × every numeric and path option it has × each class of bad value (NaN, ±inf,
-negative, zero, huge, non-numeric, empty, a file where a folder must be, an existing output without
---force, a wrong suffix). Each case must exit 2 with exactly one short `error:` line, no traceback, and
-leave every file in the working folder as it was."""
+Table-driven, in three files: the options many commands share (here: sampling, model and view options, each with
+its classes of bad value — NaN, ±inf, negative, zero, huge, non-numeric, empty, unknown names, unusable devices,
+prompts of spaces or 10,000 characters — on every command that takes it), each command's own options and inputs
+(test_bad_input_commands.py) and the outputs (test_bad_input_outputs.py: existing files, folders, suffixes,
+two outputs on one file). Each case must exit 2 with exactly one short `error:` line, before any work, and leave
+every file in the working folder as it was (tests/bad_input.py). The coverage test below holds the tables to
+every option of every command.
+"""
 
 import pytest
-from PIL import Image
-from typer.testing import CliRunner
 
-from diffx.cli import app
+from tests.bad_input import (
+    BASES,
+    CHOICES,
+    CONFIGS,
+    DEVICES,
+    DTYPES,
+    FLOATS,
+    FRAME_MS,
+    INTS,
+    LORAS,
+    MODEL,
+    MODELS,
+    PROMPTS,
+    SIZES,
+    STEPS,
+    THREADS,
+    WEIGHTS,
+    Table,
+    check_refused,
+    commands,
+    options_of,
+)
+from tests.embedded.test_train_inputs import CASES as TRAIN_CASES
+from tests.test_bad_input_commands import CASES as COMMAND_CASES
+from tests.test_bad_input_outputs import CASES as OUTPUT_CASES
 
-FLOATS = ["nan", "inf", "-inf", "-1", "1e400", "abc", ""]
-INTS = ["-1", "abc", "", "99999999999999999999999"]
-OUTPUTS = ["existing.png", "afile/o.png", "afolder", "o.bmp", ""]
-ANIMATIONS = ["existing.gif", "afile/o.gif", "afolder", "o.txt", "o.mp4"]
-INPUTS = ["missing.png", "afolder", "afile", "notpicture.png", ""]
+# noise loads the model it is given (here with --latent, where it matters), render only for some traces.
+SHARED_BASES = {**BASES, "noise": [*BASES["noise"], "--latent", "--model", MODEL, "--size", "32", "--device", "cpu"],
+                "render": [*BASES["render"], "--device", "cpu"]}
+SHARED = {
+    "--prompt": PROMPTS, "--negative-prompt": PROMPTS, "--steps": STEPS, "--size": SIZES, "--seed": INTS,
+    "--guidance": FLOATS, "--guidance-rescale": [*FLOATS, "1.5"], "--sampler": CHOICES, "--schedule": CHOICES,
+    "--spacing": CHOICES, "--model": MODELS, "--device": DEVICES, "--dtype": DTYPES, "--weights": WEIGHTS,
+    "--config": CONFIGS, "--prediction-type": CHOICES, "--preview": CHOICES, "--attn-scale": CHOICES,
+    "--frame-ms": FRAME_MS, "--threads": THREADS, "--lora": LORAS,
+}
+# Options of these names that mean something else in a command, or need another base: in its own table.
+OWN = {("paths", "--steps"), ("noise", "--steps"), ("noise", "--sampler"), ("noise", "--spacing"),
+       ("noise", "--size"), ("noise", "--seed")}
 
 
-def _cases() -> list[tuple[str, list[str]]]:
-    gen = ["--steps", "2", "--size", "32", "--device", "cpu"]
-    commands = {
-        "denoise": ["denoise", "--prompt", "a red circle", *gen],
-        "trace": ["trace", "--prompt", "a red circle", *gen],
-        "cfg-sweep": ["cfg-sweep", "--scales", "1,3", *gen],
-        "compare": ["compare", "--x", "sampler=ddim,euler", *gen],
-    }
-    cases = []
-
-    def add(name, args):
-        cases.append((f"{name}:{' '.join(args[-2:])}", args))
-
-    for name, base in commands.items():
-        for value in ["0", "-1", "abc", "", "100000"]:
-            add(name, [*base, "--steps", value])
-        for value in ["0", "-32", "abc", "", "1000000", "33"]:
-            add(name, [*base, "--size", value])
-        for value in INTS:
-            add(name, [*base, "--seed", value])
-        for value in OUTPUTS:
-            add(name, [*base, "--out", value])
-        add(name, [*base, "--sampler", "ddim", "--karras"])
-        for value in ["sd3", ""]:
-            add(name, [*base, "--config", value])
-        if name != "cfg-sweep":
-            for value in FLOATS:
-                add(name, [*base, "--guidance", value])
-        if name in ("denoise", "trace", "cfg-sweep"):
-            for value in ANIMATIONS:
-                add(name, [*base, "--gif", value])
-            for value in ["0", "-1", "abc"]:
-                add(name, [*base, "--frame-ms", value])
-        if name in ("denoise", "trace"):
-            for value in [*FLOATS, "0", "2"]:
-                add(name, [*base, "--image", "picture.png", "--strength", value])
-            for value in ["-1", "1000", "abc", "0"]:
-                add(name, [*base, "--image", "picture.png", "--t", value])
-            for value in INPUTS:
-                add(name, [*base, "--image", value])
-                add(name, [*base, "--image", "picture.png", "--mask", value])
-            add(name, [*base, "--image", "picture.png", "--mask", "small.png"])
-    loaders = {**commands, "attention": ["attention", "--prompt", "a red circle", *gen],
-               "invert": ["invert", "picture.png", "--no-sweep", *gen],
-               "paths": ["paths", "--samplers", "ddim", "--reference", "ddim:3", *gen]}
-    for name, base in loaders.items():
-        add(name, [*base, "--weights", "both"])
-        if name not in commands:
-            for value in ["sd3", ""]:
-                add(name, [*base, "--config", value])
-        for value in [*FLOATS, "1.5"]:
-            add(name, [*base, "--guidance-rescale", value])
-    for value in ["existing.html", "afile/r.html", "afolder"]:
-        add("trace", [*commands["trace"], "--html", value])
-        add("trace", [*commands["trace"], "--save-trace", value])
-        add("cfg-sweep", [*commands["cfg-sweep"], "--html", value])
-    for value in ["nan", "inf", "-inf", "1e400", "-1", "abc", "", "1,,nan"]:
-        add("cfg-sweep", [*commands["cfg-sweep"], "--scales", value])
-    for value in ["0", "abc", "", "999999"]:
-        add("cfg-sweep", [*commands["cfg-sweep"], "--rows-steps", value])
-    for value in ["guidance=nan,1", "guidance=inf", "guidance=1e400", "guidance=-1", "karras=maybe", "steps=a,b",
-                  "steps=0", "steps=", "", "bogus=1", "seed=-1", "sampler=nope"]:
-        add("compare", [*commands["compare"], "--x", value])
-    add("compare", [*commands["compare"], "--y", "sampler=ddim"])
-    noise = ["noise", "picture.png", "--timesteps", "0,500"]
-    for value in ["-1", "1000", "abc", ""]:
-        add("noise", [*noise, "--timesteps", value])
-    for value in ["", "bogus"]:
-        add("noise", [*noise, "--schedules", value])
-    for value in ["0", "-32", "abc", "1000000"]:
-        add("noise", [*noise, "--size", value])
-    for value in OUTPUTS:
-        add("noise", [*noise, "--out", value])
-    for value in ANIMATIONS:
-        add("noise", [*noise, "--gif", value])
-    for value in INPUTS:
-        add("noise", ["noise", value])
-    for value in ["-1", "0", "abc"]:
-        add("noise", [*noise, "--frame-ms", value])
-    render = ["render", "notatrace.safetensors"]
-    for value in OUTPUTS:
-        add("render", [*render, "--out", value])
-    for value in ANIMATIONS:
-        add("render", [*render, "--gif", value])
-    for value in ["-1", "0", "abc"]:
-        add("render", [*render, "--frame-ms", value])
-    for value in ["missing.safetensors", "afolder", "afile", "notatrace.safetensors"]:
-        add("render", ["render", value])
-        add("report", ["report", value, "--html", "r.html"])
-    for value in ["existing.html", "afile/r.html", "afolder"]:
-        add("report", ["report", "notatrace.safetensors", "--html", value])
-    drawing_x0 = {name: commands[name] for name in ("denoise", "trace", "cfg-sweep")}
-    drawing_x0.update(attention=loaders["attention"], invert=loaders["invert"], render=render,
-                      report=["report", "notatrace.safetensors", "--html", "r.html"])
-    for name, base in drawing_x0.items():  # every command that draws x̂0 takes --preview, checked first
-        for value in ["sharp", ""]:
-            add(name, [*base, "--preview", value])
+def _cases() -> Table:
+    cases = Table()
+    for command, base in SHARED_BASES.items():
+        options = options_of(command)
+        for option, values in SHARED.items():
+            if option in options and (command, option) not in OWN:
+                cases.add(base, option, values)
+        if "--karras" in options and "--sampler" in options and (command, "--sampler") not in OWN:
+            cases.add(base, "--sampler", ["ddim"], "--karras")  # Karras σ apply to σ samplers only
     return cases
 
 
 CASES = _cases()
 
-
-def _snapshot(folder) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+# Options (flags aside: they take no value) that no case gives a bad value, and why.
+EXEMPT: dict[tuple[str, str], str] = {}
 
 
-@pytest.mark.parametrize(("case", "args"), CASES, ids=[case for case, _ in CASES])
-def test_bad_input_is_refused_in_one_line(case, args, tmp_path, monkeypatch, tiny_model_dir):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DIFFX_MODEL", raising=False)
-    monkeypatch.setattr("diffx.files.mp4_available", lambda: False)
-    Image.new("RGB", (32, 32), (200, 40, 40)).save("picture.png")
-    Image.new("L", (8, 8), 255).save("small.png")
-    for name in ("existing.png", "existing.gif", "existing.html"):
-        (tmp_path / name).write_bytes(b"keep me")
-    (tmp_path / "afile").write_bytes(b"a file, not a folder")
-    (tmp_path / "notpicture.png").write_bytes(b"not a picture")
-    (tmp_path / "notatrace.safetensors").write_bytes(b"not a trace")
-    (tmp_path / "afolder").mkdir()
-    before = _snapshot(tmp_path)
-    model = [] if args[0] in ("noise", "render", "report") else ["--model", str(tiny_model_dir)]
-    result = CliRunner().invoke(app, [*args, *model])
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, (case, result.output, result.stderr, repr(result.exception))
-    assert len(lines) == 1 and lines[0].startswith("error: "), (case, result.stderr)
-    assert len(lines[0]) <= 300, lines[0]
-    assert "Traceback" not in result.output + result.stderr
-    assert _snapshot(tmp_path) == before, case
+@pytest.mark.parametrize("case", CASES, ids=[case.label for case in CASES])
+def test_bad_shared_option_is_refused_in_one_line(case, tmp_path, monkeypatch, tiny_model_dir, tiny_trace_file):
+    check_refused(case, tmp_path, monkeypatch, tiny_model_dir, tiny_trace_file)
 
 
-def test_case_count():
-    assert len(CASES) >= 250
+def test_every_option_of_every_command_has_a_bad_value_case():
+    covered = {(case.command, case.option) for case in [*CASES, *COMMAND_CASES, *OUTPUT_CASES]}
+    covered |= {("train", args[0]) for _, args, _ in TRAIN_CASES}
+    missing = [f"{command} {option}" for command in commands() for option, flag in options_of(command).items()
+               if not flag and (command, option) not in covered and (command, option) not in EXEMPT]
+    assert not missing, f"options without a bad-value case: {', '.join(missing)}"
+
+
+def test_the_tables_are_large_and_their_cases_named_apart():
+    assert len(CASES) >= 600 and len(COMMAND_CASES) >= 150 and len(OUTPUT_CASES) >= 150
+    labels = [case.label for case in [*CASES, *COMMAND_CASES, *OUTPUT_CASES]]
+    assert len(set(labels)) == len(labels), sorted({label for label in labels if labels.count(label) > 1})

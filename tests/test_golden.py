@@ -64,6 +64,7 @@ from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.grids import SAMPLERS
+from diffx.threads import torch_threads
 from diffx.trace.tracer import generate_traced
 from diffx.views.steps import trace_frames
 from diffx.weights.load import load_model
@@ -223,16 +224,6 @@ def perturbed_random_draws(scale: float = 1e-6) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @torch.no_grad()
 def perturbed_weights(model: StableDiffusion, scale: float = 1e-6) -> StableDiffusion:
     """A copy of `model` with every parameter p replaced by p (1 + scale ε), ε ~ N(0, 1) from a fixed seed."""
@@ -255,7 +246,7 @@ def measure(model: StableDiffusion) -> None:
     nudged = perturbed_weights(model)
     # name -> (model, settings change, context) for a case
     variants = {
-        "2 threads": lambda case: (model, case.settings, threads(2)),
+        "2 threads": lambda case: (model, case.settings, torch_threads(2)),
         "randn + 1e-6": lambda case: (model, case.settings, perturbed_random_draws()),
         "weights + 1e-6": lambda case: (nudged, case.settings, same),
         "1 step fewer": lambda case: (model, replace(case.settings, steps=model.config.default_steps - 1), same),
@@ -265,7 +256,7 @@ def measure(model: StableDiffusion) -> None:
     }
     print(f"{'case':16s}" + "".join(f"{name:>20s}" for name in variants) + "   (mean / p99 grey levels)")
     for case in CASES:
-        with threads(1):
+        with torch_threads(1):
             baseline = case.make(model, case.settings)
             cells = []
             for variant in variants.values():

@@ -91,11 +91,13 @@ def attention(
     companions = [companion_path(out, name) for name in ("steps", "heads", "self")]
     check_outputs([*companions, save_trace, html], force, picture=out)
     if trace_file is not None:
+        model.check_given()  # before the trace is read: a model is loaded only for some traces
         recorded = load_trace(trace_file)
         loaded = model.load_to_decode(preview, [recorded])
     else:
-        loaded, settings = model.load(), sampling.settings(prompt, guidance)
-        check_new_run(loaded, resolve_settings(loaded, settings), layer, where)
+        settings = sampling.settings(prompt, guidance)
+        loaded = model.load()
+        check_new_run(loaded, resolve_settings(loaded, settings), layer, where, step)
         generation = run_generation(loaded, settings, InitImageChoice(), explorer_options(heads), preview)
         recorded = generation.traces[0]
     written = write_attention_views(recorded, out, layer, step, where, force, preview, loaded)

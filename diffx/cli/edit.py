@@ -74,9 +74,8 @@ def edit(
 
     Example: diffx edit --prompt "a red circle" --to "a red square" --tau 0.6 --out edit.png
     """
-    from diffx.experiments.prompt_to_prompt import check_fraction, prompt_to_prompt
+    from diffx.experiments.prompt_to_prompt import check_edit_prompt, check_fraction, prompt_to_prompt
     from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture
-    from diffx.pipeline.prompt_weights import parse_weights
     from diffx.render import save_animation, save_png
 
     check_view_options(preview)
@@ -84,14 +83,14 @@ def edit(
     factors = parse_reweight(reweight)
     check_fraction("tau", tau)
     check_fraction("self-attention tau", self_tau)
-    negative = sampling.negative_prompt or ""
-    for text, what in ((prompt, "prompt"), (to or "", "edit prompt"), (negative, "negative prompt")):
-        parse_weights(text, what)  # syntax errors before the model loads
     out = out or Path("edit.png")
     check_outputs([], force, gif, picture=out)
+    settings = sampling.settings(prompt, guidance)  # the prompts are checked here and below, before the model loads
+    if to is not None:
+        check_edit_prompt(to)
     loaded = model.load()
     with StepProgress(runs=3) as progress:
-        result = prompt_to_prompt(loaded, sampling.settings(prompt, guidance), to, tau=tau, self_tau=self_tau,
+        result = prompt_to_prompt(loaded, settings, to, tau=tau, self_tau=self_tau,
                                   reweight=factors, progress=progress)
     picture = edit_picture(result)
     frames = edit_frames(result, preview, loaded) if gif is not None else None
@@ -121,15 +120,13 @@ def weights(
     """
     from diffx.cli.core import OUT
     from diffx.experiments.prompt_to_prompt_views import weights_view
-    from diffx.pipeline.prompt_weights import parse_weights
     from diffx.render import save_png
     from diffx.views.tables import tokens_table
 
-    parse_weights(prompt)
-    parse_weights(sampling.negative_prompt or "", "negative prompt")
     out = out or Path("weights.png")
     check_outputs([], force, picture=out)
-    view = weights_view(model.load(), sampling.settings(prompt, guidance))
+    settings = sampling.settings(prompt, guidance)
+    view = weights_view(model.load(), settings)
     OUT.print(tokens_table(view.tokens))
     save_png(view.picture, out, force)
     print_written([out])

@@ -73,6 +73,7 @@ def noise(
     """
     from diffx.experiments import sweeps as experiments
     from diffx.images import load_image
+    from diffx.pipeline.settings import check_side
     from diffx.render import save_animation, save_png
 
     out = out or Path("noise.png")
@@ -80,15 +81,16 @@ def noise(
     check_frame_ms(frame_ms)
     check_outputs([plot_path], force, gif, picture=out)
     schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
+    timestep_list = parse_list(timesteps, int, "--timesteps")
+    width, height = parse_size(size)
     loaded = model.load() if latent else None
     config = loaded.config if loaded else model.read_config()  # pixel space needs the scheduler, not the weights
-    width, height = parse_size(size)
-    if width is None and latent:
-        width = height = config.image_size
+    if latent:
+        width, height = (check_side(loaded, "width", width or config.image_size),
+                         check_side(loaded, "height", height or config.image_size))
     picture = load_image(image, None if width is None else (width, height))
     if width is None:
         picture.thumbnail((NOISE_MAX_SIDE, NOISE_MAX_SIDE))
-    timestep_list = parse_list(timesteps, int, "--timesteps")
     result = experiments.noise_views(picture, schedule_names, timestep_list, latent_space=latent, model=loaded,
                                      seed=seed, sampler=sampler, steps=steps, spacing=spacing, karras=karras,
                                      config=config)
@@ -133,8 +135,8 @@ def cfg_sweep(
     check_outputs([html], force, gif, picture=out)
     weights = parse_list(scales, float, "--scales")
     chosen_steps = parse_list(rows_steps, int, "--rows-steps") if rows_steps is not None else None
-    loaded = model.load()
     settings = sampling.settings(prompt)
+    loaded = model.load()
     with StepProgress(runs=len(weights)) as progress:
         record = TraceOptions() if html is not None else experiments.TRACE_RECORD_X0
         sweep = experiments.cfg_sweep(loaded, settings, weights, chosen_steps, preview, progress, record=record)
@@ -176,8 +178,8 @@ def compare(
     check_outputs([], force, picture=out)
     x_axis = experiments.parse_axis(x)
     y_axis = experiments.parse_axis(y) if y else None
-    loaded = model.load()
     settings = sampling.settings(prompt, guidance)
+    loaded = model.load()
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:
         comparison = experiments.compare(loaded, settings, x_axis, y_axis, progress)
     save_png(comparison.grid, out, force)

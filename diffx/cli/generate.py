@@ -28,8 +28,7 @@ from diffx.cli.options import (
     option_groups,
 )
 from diffx.cli.progress import StepProgress
-from diffx.errors import OutputPathError
-from diffx.files import check_outputs, companion_path, picture_format
+from diffx.files import check_outputs, companion_path, named_file, picture_format
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -54,17 +53,12 @@ def run_generation(model: "StableDiffusion", settings: "GenerationSettings", ini
                                decode_every=decode_every, progress=progress)
 
 
-def check_file_names(*paths: Path | None) -> None:
-    """Refuse an output path without a file name ("", ".", "folder/")."""
-    for path in paths:
-        if path is not None and path.name in ("", "."):
-            raise OutputPathError(f"output path {str(path)!r} has no file name; give one like out.png")
-
-
 def animation_and_image(gif: Path | None, out: Path | None, stem: Path) -> tuple[Path, Path]:
     """The animation and picture paths of `trace` (and of `render` when no output is named): each defaults to
     the other's name (out.gif ↔ out.png), both to `stem` with .gif/.png."""
-    check_file_names(gif, out)
+    for path in (gif, out):
+        if path is not None:
+            named_file(path)
     gif = gif or (out.with_suffix(".gif") if out else stem.with_suffix(".gif"))
     return gif, out or gif.with_suffix(".png")
 
@@ -98,8 +92,9 @@ def denoise(
     grid_path = companion_path(out, "steps")
     check_frame_ms(frame_ms)
     check_outputs([grid_path], force, gif, picture=out)
+    settings = sampling.settings(prompt, guidance)
     loaded = model.load()
-    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, views.TRACE_RECORD_STEPS)
+    generation = run_generation(loaded, settings, init, views.TRACE_RECORD_STEPS)
     trace = generation.traces[0]
     grid = views.denoise_grid(trace, preview=preview, model=loaded)
     frames = views.denoise_frames(trace, preview, loaded) if gif is not None else None
@@ -143,8 +138,9 @@ def trace(
     gif, out = animation_and_image(gif, out, Path("trace"))
     check_frame_ms(frame_ms)
     check_outputs([companion_path(out, "attention"), save_trace, html], force, gif, picture=out)
+    settings = sampling.settings(prompt, guidance)
     loaded = model.load()
-    generation = run_generation(loaded, sampling.settings(prompt, guidance), init, TraceOptions(), preview)
+    generation = run_generation(loaded, settings, init, TraceOptions(), preview)
     recorded = generation.traces[0]
     written = views.write_trace_views(recorded, gif, out, preview, attn_scale, loaded, frame_ms, force)
     if save_trace is not None:
@@ -187,13 +183,13 @@ def render(
     from diffx.views import steps as views
 
     check_view_options(preview, attn_scale)
-    check_file_names(gif, out, convergence)
     if all(path is None for path in (gif, out, convergence)):
         gif, out = animation_and_image(gif, out, trace_file)
     check_frame_ms(frame_ms)
     check_outputs([None if out is None else companion_path(out, "attention"), convergence], force, gif, picture=out)
     if convergence is not None:
         picture_format(convergence)
+    model.check_given()  # before the trace is read: a model is loaded only for some traces
     recorded = load_trace(trace_file)
     chart = trace_convergence_chart(recorded) if convergence is not None else None
     drawn = gif is not None or out is not None

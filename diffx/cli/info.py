@@ -69,6 +69,7 @@ def report(
 
     check_view_options(preview)
     check_outputs([html], force)
+    model.check_given()  # before the traces are read: a model is loaded only for some
     traces = [load_trace(path) for path in trace_files]
     written = write_report(traces, html, force, model=model.load_to_decode(preview, traces), preview=preview)
     OUT.print(f"wrote {written}")

@@ -70,6 +70,7 @@ def invert(
     from diffx.experiments.round_trip import inversion_frames, round_trip_figure, traced_round_trip
     from diffx.images import load_image, load_init_image
     from diffx.pipeline.inversion import check_sweep, inversion_settings, round_trip_sweep, save_inversion
+    from diffx.pipeline.settings import check_side
     from diffx.render import save_animation, save_png
 
     check_view_options(preview)
@@ -83,7 +84,8 @@ def invert(
     load_image(image)  # a missing or unreadable picture fails before the model loads
     loaded = model.load()
     side = loaded.config.image_size
-    picture, _ = load_init_image(image, (width or side, height or side))
+    wanted = check_side(loaded, "width", width or side), check_side(loaded, "height", height or side)  # before resizing
+    picture, _ = load_init_image(image, wanted)
     inversion_settings(loaded, picture, prompt, steps, guidance, negative_prompt=negative_prompt, spacing=spacing,
                        seed=seed, guidance_rescale=guidance_rescale)
     if sweep:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffx.cli.core import ERR, OUT, print_written
 from diffx.cli.options import ForceOpt, FrameMsOpt, OutOpt, SeedOpt, check_frame_ms, parse_list
 from diffx.errors import InvalidArgumentError
+from diffx.files import named_file
 
 if TYPE_CHECKING:
     from diffx.lab.flow_job import FlowResult
@@ -58,11 +59,17 @@ def lab(
     guidance: Annotated[str | None, typer.Option(
         help=f"With --out: guidance weights w for <out>_guidance.png, comma-separated. Default: {DEFAULT_GUIDANCE}.",
         show_default=False)] = None,
+    lessons: Annotated[str | None, typer.Option(
+        help="With --out (the diffusion objective): lessons to add, comma-separated: classifier (<out>_classifier.png: "
+             "classifier guidance beside classifier-free guidance) and variance (<out>_variance.png: the learned "
+             "reverse variance).",
+        show_default=False)] = None,
     gif: Annotated[Path | None, typer.Option(
         help="The animation of the reverse process (.gif). Default: --out's name with .gif, else lab.gif.",
         show_default=False)] = None,
     out: OutOpt = None,
-    train_steps: Annotated[int, typer.Option(help="Training steps (Adam, 1024 fresh points each).")] = 750,
+    train_steps: Annotated[int, typer.Option(
+        help="Training steps of each network the run trains (Adam, 1024 fresh points each).")] = 750,
     particles: Annotated[int, typer.Option(help="Points per panel, 2-100000.")] = 1000,
     seed: SeedOpt = 0,
     frame_ms: FrameMsOpt = 160,
@@ -82,11 +89,13 @@ def lab(
     real model; the samplers of diffx run on it unchanged. The GIF shows, step by step, the forward process
     q(x_t | x_0), the learned score field and each sampler's particles with their paths, ODE and ancestral
     side by side. With --out it also writes the forward process and score field over t (--out), linear vs
-    cosine β over step counts (<out>_schedules.png) and classifier-free guidance over w (<out>_guidance.png).
+    cosine β over step counts (<out>_schedules.png) and classifier-free guidance over w (<out>_guidance.png);
+    --lessons classifier,variance adds a noisy classifier's guidance beside CFG's implicit classifier
+    (<out>_classifier.png) and a model that learns its reverse variance Σ_θ (<out>_variance.png).
     --objective both also trains a flow-matching model and adds its particles under diffusion's, from the same x_T;
     its --out figure puts the two models' paths side by side and runs the flow model through diffx's DDIM.
 
-    Example: diffx lab --data spiral --steps 20 --gif spiral.gif --out spiral.png
+    Example: diffx lab --data spiral --steps 20 --gif spiral.gif --out spiral.png --lessons classifier,variance
     """
     from diffx.lab import LabJob, LabTrainConfig, run_lab
 
@@ -95,13 +104,16 @@ def lab(
         raise InvalidArgumentError("--guidance draws <out>_guidance.png; add --out lab.png (or drop --guidance)")
     if guidance is not None and objective != "diffusion":
         raise InvalidArgumentError("--guidance draws the diffusion model's <out>_guidance.png; drop --objective")
-    gif = gif or (out.with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> spiral.gif
+    lesson_names = () if lessons is None else tuple(item.strip() for item in lessons.split(",") if item.strip())
+    if lessons is not None and not lesson_names:
+        raise InvalidArgumentError("--lessons is empty; name classifier, variance or both (comma-separated)")
+    gif = gif or (named_file(out).with_suffix(".gif") if out is not None else Path("lab.gif"))  # spiral.png -> .gif
+    weights = parse_list(DEFAULT_GUIDANCE if guidance is None else guidance, float, "--guidance")
+    # run_lab checks it all before training.
     job = LabJob(data=data, samplers=tuple(item.strip() for item in samplers.split(",") if item.strip()),
-                 steps=steps, schedule=schedule, guidance=tuple(parse_list(guidance or DEFAULT_GUIDANCE, float,
-                                                                           "--guidance")),
-                 gif=gif, out=out, force=force, seed=seed, particles=particles, frame_ms=frame_ms,
-                 train=LabTrainConfig(steps=train_steps), objective=objective, shift=shift,
-                 reflow=reflow)  # run_lab checks it all before training
+                 steps=steps, schedule=schedule, guidance=tuple(weights), gif=gif, out=out, force=force, seed=seed,
+                 particles=particles, frame_ms=frame_ms, train=LabTrainConfig(steps=train_steps), objective=objective,
+                 shift=shift, reflow=reflow, lessons=lesson_names)
     with LabProgressBar() as progress:
         result = run_lab(job, progress)
     print_written(result.written)
@@ -113,6 +125,8 @@ def lab(
     if result.spread:
         spreads = " ".join(f"w={weight:g}:{value:.3f}" for weight, value in result.spread.items())
         OUT.print(f"per-class spread under guidance: {spreads}", soft_wrap=True)
+    for lesson, measured in result.lessons.items():
+        OUT.print(f"{lesson} lesson: {_named(measured)}", soft_wrap=True)
 
 
 def _named(values: dict[str, float]) -> str:

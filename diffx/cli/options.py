@@ -135,18 +135,19 @@ class ModelChoice:
     lora: LoraOpt = None
 
     def check(self) -> "CheckedModelChoice":
-        """Every choice resolved and checked without reading weights: the model's source (default: $DIFFX_MODEL,
-        else the embedded model), the device, the dtype, the --weights choice, the --config preset and each --lora
-        (the file there, the scale finite and in range; its keys are checked against the model in `load`)."""
+        """Every choice resolved and checked without reading the model's weights: its source (default: $DIFFX_MODEL,
+        else the embedded model), the device, the dtype, the --weights choice, the --config preset, the
+        --prediction-type and each --lora (the file there, the scale finite and in range, every key a layer of the
+        model's configuration: `read_loras`)."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.weights.discovery import resolve_model_source
-        from diffx.weights.load import WEIGHT_CHOICES
+        from diffx.weights.lora_apply import read_loras
 
-        config = self.preset()
-        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        config = self._choices()
         loras = self.lora_specs()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
+        read_loras(source, loras, config)
         return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
                                   config, loras)
 
@@ -156,11 +157,32 @@ class ModelChoice:
 
         return tuple(LoraSpec.parse(text) for text in self.lora or ())
 
+    def check_given(self) -> None:
+        """The choices given checked as `check` checks them, the default model not looked for unless a --lora must be
+        checked against it: for runs that load a model only for some inputs (render, report, attention --trace),
+        which otherwise need no $DIFFX_MODEL."""
+        from diffx.devices import resolve_device, resolve_dtype
+
+        if self.model is not None or self.lora:  # a LoRA is checked against the model `load` would load
+            self.check()
+            return
+        self._choices()
+        resolve_dtype(self.dtype, resolve_device(self.device))
+
+    def _choices(self) -> "ModelConfig | None":
+        """--weights and --prediction-type checked; the --config preset, checked (None without one)."""
+        from diffx.models.configs import PRESETS
+        from diffx.weights.load import WEIGHT_CHOICES, check_prediction_type
+
+        preset = None if self.config is None else check_choice("--config preset", self.config, tuple(PRESETS))
+        check_choice("weights", self.weights, WEIGHT_CHOICES)
+        check_prediction_type(self.prediction_type)
+        return None if preset is None else PRESETS[preset]()
+
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
         `note:` line on stderr says what was recognised and which weights were taken, one more per LoRA, whose keys
-        are checked against the model's configuration before its weights are read. `--prediction-type` is
-        checked where the Python API checks it, in `load_model`."""
+        are checked against the model's configuration before its weights are read."""
         from diffx.weights.lora_apply import load_model_with_loras
 
         source, target, precision, config, loras = self.check()
@@ -169,18 +191,13 @@ class ModelChoice:
                                          config=config, prediction_type=self.prediction_type,
                                          note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
 
-    def preset(self) -> "ModelConfig | None":
-        """The `--config` preset, checked (None without one)."""
-        from diffx.models.configs import PRESETS
-
-        return None if self.config is None else PRESETS[check_choice("--config preset", self.config, tuple(PRESETS))]()
-
     def read_config(self) -> "ModelConfig":
-        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights."""
-        from diffx.weights.discovery import resolve_model_source
+        """The configuration of the model `load` would load (its scheduler, default steps…), without its weights;
+        every choice is checked as `check` checks it, so a bad one is refused also where no weights are read."""
         from diffx.weights.load import read_config
 
-        return read_config(resolve_model_source(self.model), self.preset())
+        source, _, _, config, _ = self.check()
+        return read_config(source, config)
 
     def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":
         """The model for drawing saved `traces`: loaded for --preview tiny, and for vae when a trace lacks some
@@ -207,13 +224,17 @@ class SamplingChoice:
     guidance_rescale: GuidanceRescaleOpt = 0.0
 
     def settings(self, prompt: str, guidance: float | None = None) -> "GenerationSettings":
-        from diffx.pipeline.settings import GenerationSettings
+        """The settings these options and `prompt`, `guidance` give, checked as far as they can be without the model
+        (`check_settings`): call it before loading one."""
+        from diffx.pipeline.settings import GenerationSettings, check_settings
 
         width, height = parse_size(self.size)
-        return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
-                                  steps=self.steps, guidance=guidance, sampler=self.sampler, schedule=self.schedule,
-                                  spacing=self.spacing, karras=self.karras, seed=self.seed,
-                                  guidance_rescale=self.guidance_rescale)
+        settings = GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, width=width, height=height,
+                                      steps=self.steps, guidance=guidance, sampler=self.sampler,
+                                      schedule=self.schedule, spacing=self.spacing, karras=self.karras, seed=self.seed,
+                                      guidance_rescale=self.guidance_rescale)
+        check_settings(settings)
+        return settings
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ def predict(
 
     check_view_options(preview)
     check_outputs([], force, picture=out)
-    loaded = model.load()
     settings = sampling.settings(prompt, guidance)
+    loaded = model.load()
     steps = settings.resolved(loaded).steps
     step_indices(steps, step)  # a step past the run's end is refused before it runs
     with StepProgress() as progress:

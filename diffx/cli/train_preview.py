@@ -17,11 +17,11 @@ def train_preview(
              "tiny_decoder.safetensors, which every command then finds (--preview tiny; the studio's default).")],
     world: Annotated[str, typer.Option(help="The world the model learnt: shapes or shapes2 (its prompts).")
                      ] = "shapes2",
-    runs: Annotated[int, typer.Option(help="Generations whose every step's x̂0 it learns from (25 each).")] = 64,
-    steps: Annotated[int, typer.Option(help="Training steps (Adam, 16 crops each).")] = 6000,
+    runs: Annotated[int, typer.Option(help="Generations whose every step's x̂0 it learns from (25 each).")] = 96,
+    steps: Annotated[int, typer.Option(help="Training steps (Adam, 16 crops each).")] = 3000,
     widths: Annotated[str | None, typer.Option(
         help="The decoder's channel widths from the latent's resolution up, one per ×2, comma-separated "
-             "(default: 96,64,48 for an f8 VAE).", show_default=False)] = None,
+             "(default: 64,48,32 for an f8 VAE).", show_default=False)] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -35,7 +35,7 @@ def train_preview(
     from diffx.embedded.tiny_decoder import PreviewTraining, train_preview
 
     config = PreviewTraining(runs=runs, steps=steps, seed=seed,
-                             channels=tuple(parse_list(widths, int, "--widths")) if widths else None)
+                             channels=None if widths is None else tuple(parse_list(widths, int, "--widths")))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=ERR)
     tasks: dict[str, int] = {}

@@ -75,10 +75,10 @@ def paths(
     names = trajectories.check_samplers([name.strip() for name in samplers.split(",") if name.strip()])
     step_counts = parse_list(steps, int, "--steps") if steps is not None else None
     solve = trajectories.Reference.parse(reference)
-    loaded = model.load()
     sampling = SamplingChoice(negative_prompt=negative_prompt, schedule=schedule, spacing=spacing, karras=karras,
                               seed=seed, size=size, guidance_rescale=guidance_rescale)
     settings = sampling.settings(prompt, guidance)
+    loaded = model.load()
     with StepProgress(runs=1 + len(names) * (len(step_counts) if step_counts else 1)) as progress:
         result = trajectories.sampler_paths(loaded, settings, names, step_counts, solve, progress)
     save_png(trajectories.path_picture(result), out, force)

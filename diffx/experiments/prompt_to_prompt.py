@@ -44,7 +44,7 @@ from diffx.models.unet import CrossAttention
 from diffx.pipeline.conditioning import tokenize
 from diffx.pipeline.denoiser import grid_for
 from diffx.pipeline.observers import chain_callbacks
-from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
+from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, check_prompt, resolve_settings
 from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.trace.tracer import TracedGeneration, generate_traced
 
@@ -184,6 +184,11 @@ def check_fraction(name: str, value: float) -> float:
     return value
 
 
+def check_edit_prompt(target: str) -> str:
+    """`target`, the edit prompt, unless it is only spaces or its word weights do not parse."""
+    return check_prompt(target, "edit prompt", "leave --to out to edit the prompt itself")
+
+
 def record_source(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings, tau: float,
                   self_tau: float = 0.0, progress: StepCallback | None = None
                   ) -> tuple[TracedGeneration, AttentionRecorder]:
@@ -220,7 +225,7 @@ def prompt_to_prompt(model: StableDiffusion, settings: GenerationSettings | Reso
     the first `tau` of the model evaluations (and self-attention for the first `self_tau`).
     `reweight`: word of the edit prompt -> factor c on its injected maps. Everything is checked first."""
     settings = resolve_settings(model, settings)  # once: the three runs share it
-    target = settings.prompt if target is None else target
+    target = settings.prompt if target is None else check_edit_prompt(target)
     for name, value in (("tau", tau), ("self-attention tau", self_tau)):
         check_fraction(name, value)
     target_tokens = tokenize(model, target, "edit prompt")

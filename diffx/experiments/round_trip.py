@@ -10,7 +10,6 @@ per w. x_T is a latent, not a picture: its first three channels are drawn as R, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 from diffx.images import unit_range_to_uint8
 from diffx.pipeline.inversion import RoundTrip, RoundTripSweep, round_trip
 from diffx.render import caption_bar, colorbar, heatmap, legend_bar, make_grid
-from diffx.render.image import PictureLike
+from diffx.render.grid import stack_pictures
 from diffx.render.latents import NOISE_DISPLAY_SIGMAS
 from diffx.render.plots import plot_round_trip_psnr
 from diffx.sampling.samplers import StepCallback
@@ -45,17 +44,6 @@ def error_map(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-pixel mean |picture − reference| over RGB (H, W, 3 uint8 each), coloured from 0 to ERROR_RANGE."""
     difference = np.abs(picture.astype(np.float32) - reference.astype(np.float32)).mean(axis=2)  # (H, W)
     return heatmap(difference, 0.0, ERROR_RANGE, ERROR_COLORMAP)
-
-
-def _stack(pictures: Sequence[PictureLike]) -> Image.Image:
-    """Pictures one under the other, centred, on white."""
-    images = [picture if isinstance(picture, Image.Image) else Image.fromarray(picture) for picture in pictures]
-    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white")
-    top = 0
-    for image in images:
-        canvas.paste(image, ((canvas.width - image.width) // 2, top))
-        top += image.height
-    return canvas
 
 
 def round_trip_figure(trip: RoundTrip, sweep: RoundTripSweep | None = None, panel: int | None = None) -> Image.Image:
@@ -92,7 +80,7 @@ def round_trip_figure(trip: RoundTrip, sweep: RoundTripSweep | None = None, pane
     chart = plot_round_trip_psnr(sweep.steps, dict(zip(sweep.guidances, sweep.psnr().tolist(), strict=True)),
                                  target=TARGET_PSNR,
                                  title="round-trip PSNR against steps and guidance w\n(against the VAE decode of z_0)")
-    return _stack([figure, chart])
+    return stack_pictures([figure, chart])
 
 
 def traced_round_trip(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str = "", steps: int = 50,

@@ -17,7 +17,7 @@ from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.denoiser import grid_for, schedule_from_config
 from diffx.pipeline.generation import Generation, generate
 from diffx.pipeline.observers import ImageRun, Observer
-from diffx.pipeline.settings import GenerationSettings, resolve_settings
+from diffx.pipeline.settings import GenerationSettings, check_seed, resolve_settings
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
@@ -90,7 +90,8 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
         raise InvalidArgumentError("noising in latent space needs a model's VAE; pass a model (--model)")
     tables = {name: schedule_from_config(config.scheduler, name) if config else NoiseSchedule.create(name)
               for name in schedules}
-    generator = torch.Generator().manual_seed(seed)
+    marked, plot_title = _visited(config, tables[schedules[0]], sampler, steps, spacing, karras)  # checked first
+    generator = torch.Generator().manual_seed(check_seed(seed))
     if latent_space:
         factor = model.config.vae.downsample_factor
         width, height = to_pil(image).size
@@ -139,15 +140,6 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
                           row_labels=kinds if latent_space else None, col_labels=list(tables), cell_size=size)
         frames.append(caption_bar(frame, f"t={t}"))
 
-    marked, plot_title = None, scheduler
-    if sampler is not None:
-        steps = steps or (config.default_steps if config else 50)
-        spacing = spacing or (config.scheduler.timestep_spacing if config else "leading")
-        offset = config.scheduler.steps_offset if config else 1
-        visits = sampling_grid(GridSpec(sampler, steps, spacing, karras), tables[schedules[0]], steps_offset=offset)
-        marked = [round(t) for t in visits.model_timesteps()]
-        plot_title = (f"timesteps {sampler} visits in {steps} steps: t = {marked[0]} … {marked[-1]} ({spacing} "
-                      f"spacing{', Karras σ' if karras else ''})\n{plot_title}")
     plot = plot_schedules({name: s.alphas_cumprod for name, s in tables.items()}, marked, plot_title)
     return NoiseViews(grid=grid, frames=frames, schedule_plot=plot, visits=marked)
 
@@ -158,6 +150,23 @@ def _scheduler_phrase(config: ModelConfig | None) -> str:
         return "SD's scheduler (no model given)"
     rescaled = ", every β schedule rescaled to zero terminal SNR" if config.scheduler.rescale_betas_zero_snr else ""
     return f"{config.name}'s scheduler{rescaled}"
+
+
+def _visited(config: ModelConfig | None, schedule: NoiseSchedule, sampler: str | None, steps: int | None,
+             spacing: str | None, karras: bool) -> tuple[list[int] | None, str]:
+    """The timesteps `sampler` visits on `schedule` and the plot's title saying so and whose scheduler it is
+    (without a sampler: None and the scheduler alone). Names in any case, as `resolve_settings` reads them."""
+    scheduler = _scheduler_phrase(config)
+    if sampler is None:
+        return None, scheduler
+    sampler = sampler.lower()
+    steps = steps if steps is not None else (config.default_steps if config else 50)
+    spacing = (spacing if spacing is not None else config.scheduler.timestep_spacing if config else "leading").lower()
+    offset = config.scheduler.steps_offset if config else 1
+    visits = sampling_grid(GridSpec(sampler, steps, spacing, karras), schedule, steps_offset=offset)
+    marked = [round(t) for t in visits.model_timesteps()]
+    return marked, (f"timesteps {sampler} visits in {steps} steps: t = {marked[0]} … {marked[-1]} ({spacing} "
+                    f"spacing{', Karras σ' if karras else ''})\n{scheduler}")
 
 
 @dataclass
@@ -314,6 +323,9 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     for row in combos:
         for cell in row:
             cell.resolved(model)
+    for name in (x_name, y_name):  # a value an axis replaces is checked too: a typo must not pass unnoticed
+        if name is not None and getattr(settings, name) is not None:
+            replace(combos[0][0], **{name: getattr(settings, name)}).resolved(model)
 
     generations, counters = [], []
     for row in combos:

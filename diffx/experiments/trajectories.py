@@ -70,7 +70,7 @@ class Reference:
     def parse(cls, text: str) -> Reference:
         """"dpmpp_2m:200" → Reference("dpmpp_2m", 200)."""
         sampler, _, steps = text.partition(":")
-        if not steps.strip().isdigit():
+        if not steps.strip().isdigit() or int(steps) < 1:
             raise InvalidArgumentError(f"reference {text!r} is not SAMPLER:STEPS; write it like dpmpp_2m:200")
         return cls(check_choice("reference sampler", sampler.strip(), SAMPLERS), int(steps))
 

@@ -72,13 +72,14 @@ def arrow_starts() -> Tensor:
     return torch.from_numpy(np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)).float()
 
 
-def scaled_arrows(starts: Tensor, vectors: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+def scaled_arrows(starts: Tensor, vectors: Tensor, full: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """A field's vectors (G², 2) at `starts` as arrows to draw: (starts, arrows, |vector| of a full-length arrow).
 
     Near the data the fields are huge where they point back onto it and small elsewhere, so arrows are scaled to
-    the 90th percentile of |vector| (= 0.9 grid cells) and longer ones are clipped there."""
+    the 90th percentile of |vector| (or to `full`, to share one scale between fields) = 0.9 grid cells, and longer
+    ones are clipped there."""
     norms = vectors.norm(dim=1, keepdim=True)  # (G², 1)
-    full = max(float(norms.quantile(0.9)), 1e-12)
+    full = max(float(norms.quantile(0.9)) if full is None else full, 1e-12)
     direction = vectors / norms.clamp(min=1e-12)  # (G², 2) unit vectors
     cell = 2 * VIEW.extent / (ARROW_GRID + 1)
     arrows = direction * (norms.clamp(max=full) / full) * 0.9 * cell

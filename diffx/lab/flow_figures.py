@@ -23,7 +23,7 @@ from diffx.lab.flow import flow_interpolate, velocity
 from diffx.lab.metrics import path_straightness, sliced_wasserstein
 from diffx.lab.model import LabModel, one_thread
 from diffx.lab.sampling import LabRun
-from diffx.render.grid import caption_bar, make_grid
+from diffx.render.grid import caption_bar, make_grid, stack_pictures
 from diffx.render.points import class_colors, points_panel
 
 TRAIL_COLORS = class_colors(np.arange(TRAILS))
@@ -107,13 +107,7 @@ def flow_frames(model: LabModel, data: PointDistribution, panels: Sequence[FlowP
 
 def stack_frames(top: Sequence[Image.Image], bottom: Sequence[Image.Image]) -> list[Image.Image]:
     """Each frame of `top` above the same frame of `bottom` (diffusion's rows over the flow's), on white."""
-    frames = []
-    for upper, lower in zip(top, bottom, strict=True):
-        canvas = Image.new("RGB", (max(upper.width, lower.width), upper.height + lower.height), (255, 255, 255))
-        canvas.paste(upper, (0, 0))
-        canvas.paste(lower, (0, upper.height))
-        frames.append(canvas)
-    return frames
+    return [stack_pictures([upper, lower], centred=False) for upper, lower in zip(top, bottom, strict=True)]
 
 
 def flow_comparison(data: PointDistribution, x0: Tensor, paths: Sequence[tuple[str, Tensor]],

@@ -6,11 +6,13 @@
 
 Writes `gif` (the reverse process, one frame per step) and, with `out`, three pictures: `out` (the forward
 process and the learned score field over t), `<out>_schedules.png` (linear vs cosine β × step count) and
-`<out>_guidance.png` (classifier-free guidance over w).
+`<out>_guidance.png` (classifier-free guidance over w); and one `<out>_<lesson>.png` per lesson asked for
+(`lab.lessons`: classifier guidance beside CFG, the learned variance).
 
 `objective` "flow" trains a flow-matching model instead, "both" the two on the same data and budget
 (flow_job.py): the GIF then shows the flow's samplers under diffusion's, from the same x_T, and `out` is the flow's
-comparison figure (with `reflow`, `<out>_reflow.png` too).
+comparison figure (with `reflow`, `<out>_reflow.png` too). The lessons are the diffusion figures' (objective
+"diffusion" only).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from diffx.lab.figures import ANCESTRAL, forward_and_field, guidance_sweep, reve
 from diffx.lab.flow import check_shift
 from diffx.lab.flow_figures import flow_frames, stack_frames
 from diffx.lab.flow_job import DEFAULT_SHIFT, OBJECTIVES, FlowOutcome, FlowResult, flow_figures, run_flow_part
+from diffx.lab.lessons import LessonContext, check_lesson_data, check_lessons, run_lesson
 from diffx.lab.metrics import class_spread, sliced_wasserstein
 from diffx.lab.model import LabModel
 from diffx.lab.sampling import LabRun, initial_noise, run_sampler
@@ -66,16 +69,18 @@ class LabJob:
     objective: str = "diffusion"  # or "flow", "both" (flow_job.py)
     shift: float = DEFAULT_SHIFT  # the flow samplers' time shift (SD3's)
     reflow: bool = False  # one reflow round of the flow model
+    lessons: tuple[str, ...] = ()  # of `lessons.LESSONS`, each drawn to <out>_<lesson>.png (diffusion only)
 
     @property
     def outputs(self) -> list[Path | None]:
         """Every file the job writes (None where not asked for): the GIF, then `out` and its companions —
-        diffusion's schedules and guidance figures, or with a flow objective the reflow figure."""
+        diffusion's schedules and guidance figures and the lessons', or with a flow objective the reflow figure."""
         if self.objective != "diffusion":
             return [self.gif, self.out, companion_path(self.out, "reflow") if self.out and self.reflow else None]
         if self.out is None:
             return [self.gif, None, None, None]
-        return [self.gif, self.out, companion_path(self.out, "schedules"), companion_path(self.out, "guidance")]
+        return [self.gif, self.out, companion_path(self.out, "schedules"), companion_path(self.out, "guidance"),
+                *(companion_path(self.out, lesson) for lesson in self.lessons)]
 
     def check(self) -> PointDistribution:
         """Every argument and output path, before any work; returns the data (a mask file is read here)."""
@@ -101,15 +106,21 @@ class LabJob:
             raise InvalidArgumentError("nothing to write; give a GIF path, an --out picture, or both")
         if self.gif is not None and Path(self.gif).suffix.lower() != ".gif":
             raise InvalidArgumentError(f"the lab animation is a GIF; name it .gif, not {Path(self.gif).name!r}")
+        check_lessons(self.lessons, self.out)
         self._check_objective()
         check_outputs(self.outputs[2:], self.force, picture=self.out)
         check_outputs([self.gif], self.force)
-        return get_distribution(self.data)
+        data = get_distribution(self.data)
+        check_lesson_data(self.lessons, data)
+        return data
 
     def _check_objective(self) -> None:
         """The objective, and the options that belong to one objective only."""
         check_choice("objective", self.objective, OBJECTIVES)
         check_shift(self.shift)
+        if self.objective != "diffusion" and self.lessons:
+            raise InvalidArgumentError("--lessons teach with the diffusion model's figures; drop them, or use "
+                                       "--objective diffusion")
         if self.objective == "diffusion" and (self.reflow or self.shift != DEFAULT_SHIFT):
             raise InvalidArgumentError("--shift and --reflow are the flow model's; add --objective flow (or both)")
         if self.objective == "flow" and (self.samplers != DEFAULT_SAMPLERS or self.schedule != "linear"):
@@ -120,14 +131,16 @@ class LabJob:
 @dataclass
 class LabResult:
     """What a lab run wrote and measured: SW₁ to the data per sampler (at `steps`), the untrained model's
-    SW₁ (first sampler), and the guided classes' RMS spread per guidance weight (with `out`) — the diffusion
-    model's (empty and None without one) — and with a flow objective the flow's measurements."""
+    SW₁ (first sampler), the guided classes' RMS spread per guidance weight (with `out`) and each lesson's
+    measurements (`lessons.LessonResult.measured`) — the diffusion model's (empty and None without one) — and
+    with a flow objective the flow's measurements."""
 
     written: list[Path]
     sliced_wasserstein: dict[str, float]
     untrained_sliced_wasserstein: float | None
     spread: dict[float, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    lessons: dict[str, dict[str, float]] = field(default_factory=dict)
     flow: FlowResult | None = None
 
 
@@ -198,9 +211,10 @@ def _gif_frames(job: LabJob, trained: TrainedLab | None, runs: list[LabRun], flo
 
 def _write_figures(job: LabJob, trained: TrainedLab, noise: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor],
                    result: LabResult, progress: LabProgress | None) -> list[Path]:
-    """`out` (forward process and score field), `<out>_schedules.png` and `<out>_guidance.png`."""
+    """`out` (forward process and score field), `<out>_schedules.png`, `<out>_guidance.png` and `<out>_<lesson>.png`
+    per lesson (its measurements into `result.lessons`)."""
     x0, data_labels = data
-    _, out, schedules_path, guidance_path = job.outputs
+    _, out, schedules_path, guidance_path = job.outputs[:4]
     ode = [sampler for sampler in job.samplers if sampler not in ANCESTRAL]
     sampler = (ode or list(job.samplers))[0]
     models = {trained.schedule.beta_schedule: trained}
@@ -215,6 +229,13 @@ def _write_figures(job: LabJob, trained: TrainedLab, noise: torch.Tensor, data: 
         run = run_sampler(trained.model, trained.schedule, sampler, job.steps, noise, labels=labels, guidance=weight)
         guided.append((weight, run))
         result.spread[weight] = class_spread(run.samples, labels)
-    return [save_png(forward_and_field(trained, x0, data_labels), out, job.force),
-            save_png(schedules_and_steps(compared, x0), schedules_path, job.force),
-            save_png(guidance_sweep(trained, guided, x0), guidance_path, job.force)]
+    written = [save_png(forward_and_field(trained, x0, data_labels), out, job.force),
+               save_png(schedules_and_steps(compared, x0), schedules_path, job.force),
+               save_png(guidance_sweep(trained, guided, x0), guidance_path, job.force)]
+    context = LessonContext(trained, x0, noise, sampler, job.steps, job.guidance, job.train, job.seed,
+                            None if progress is None else lambda stage: _report(progress, stage))
+    for lesson, path in zip(job.lessons, job.outputs[4:], strict=True):
+        taught = run_lesson(lesson, context)
+        result.lessons[lesson] = taught.measured
+        written.append(save_png(taught.picture, path, job.force))
+    return written

@@ -42,9 +42,14 @@ class LabModel(nn.Module):
 
     h = W_in x + MLP(emb(t)) + E[c];  h ← h + MLP(SiLU(LayerNorm(h))) `depth` times;  ε̂ = W_out SiLU(h).
     The residual blocks keep the gradient path short, so a few thousand Adam steps are enough.
+
+    `outputs` is W_out's width: 2 for ε̂; the lessons reuse the same trunk with other heads — 4 for ε̂ and the
+    learned-variance interpolation v (`lab.variance`), K class logits for a noisy classifier with
+    num_classes = 0, told no class (`lab.classifier`).
     """
 
-    def __init__(self, num_classes: int = 1, width: int = 128, depth: int = 3, time_dim: int = 64):
+    def __init__(self, num_classes: int = 1, width: int = 128, depth: int = 3, time_dim: int = 64,
+                 outputs: int = 2):
         super().__init__()
         self.num_classes, self.time_dim = num_classes, time_dim
         self.input = nn.Linear(2, width)
@@ -53,14 +58,14 @@ class LabModel(nn.Module):
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
             for _ in range(depth))
-        self.output = nn.Sequential(nn.SiLU(), nn.Linear(width, 2))
+        self.output = nn.Sequential(nn.SiLU(), nn.Linear(width, outputs))
 
     @property
     def null_class(self) -> int:
         return self.num_classes
 
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        """(B, 2), (B,) or 0-dim t, (B,) labels or None (= the null class) -> ε̂ (B, 2)."""
+        """(B, 2), (B,) or 0-dim t, (B,) labels or None (= the null class) -> ε̂ (B, outputs)."""
         batch = x_t.shape[0]
         t = t.expand(batch) if t.dim() == 0 else t  # the samplers pass one 0-dim t for the whole batch
         if labels is None:
@@ -69,7 +74,7 @@ class LabModel(nn.Module):
         h = self.input(x_t) + self.time(emb) + self.label(labels)  # (B, width)
         for block in self.blocks:
             h = h + block(h)
-        return self.output(h)  # (B, width) -> (B, 2)
+        return self.output(h)  # (B, width) -> (B, outputs)
 
 
 def guided_eps(model: LabModel, labels: Tensor | None = None, guidance: float = 1.0) -> EpsModel:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffx.lab.model import LabModel, guided_eps, one_thread
 from diffx.sampling.grids import GridSpec, sampling_grid
-from diffx.sampling.samplers import StepRecord, sample
+from diffx.sampling.samplers import EpsModel, StepRecord, sample
 from diffx.sampling.schedules import NoiseSchedule
 
 
@@ -45,10 +45,20 @@ def initial_noise(n: int, seed: int) -> Tensor:
     return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
 
 
-@torch.no_grad()
 def run_sampler(model: LabModel, schedule: NoiseSchedule, sampler: str, steps: int, noise: Tensor, *,
                 labels: Tensor | None = None, guidance: float = 1.0, seed: int = 0) -> LabRun:
-    """Sample from `noise` (N, 2) with one of `samplers.SAMPLERS` and record the path.
+    """Sample from `noise` (N, 2) with one of `samplers.SAMPLERS` and record the path, guided by classifier-free
+    guidance of weight `guidance` towards `labels` (N,) (None: unconditional). See `run_denoiser`."""
+    return run_denoiser(guided_eps(model, labels, guidance), schedule, sampler, steps, noise, labels=labels,
+                        seed=seed)
+
+
+@torch.no_grad()
+def run_denoiser(eps_model: EpsModel, schedule: NoiseSchedule, sampler: str, steps: int, noise: Tensor, *,
+                 labels: Tensor | None = None, seed: int = 0, variance: str = "fixed_small") -> LabRun:
+    """Sample from `noise` (N, 2) with one of `samplers.SAMPLERS` over the denoiser `eps_model(x_t, t)` (any
+    guidance already inside it; `labels` only says what it was guided to) and record the path; `variance` is
+    DDPM's (`samplers.VARIANCES`).
 
     The state at a timestep is the VP input of the *last* model evaluation there: Heun evaluates each
     inner timestep twice, first at its Euler predictor, then at the corrected state it keeps.
@@ -63,7 +73,7 @@ def run_sampler(model: LabModel, schedule: NoiseSchedule, sampler: str, steps: i
 
     with one_thread():
         grid = sampling_grid(GridSpec(sampler, steps), schedule)
-        final = sample(guided_eps(model, labels, guidance), noise, grid, generator=torch.Generator().manual_seed(seed),
+        final = sample(eps_model, noise, grid, variance=variance, generator=torch.Generator().manual_seed(seed),
                        callback=record)
     timesteps = list(states)
     path = torch.stack([*states.values(), final])  # (S + 1, N, 2)

@@ -82,7 +82,8 @@ def labelled_batch(data: PointDistribution, config: LabTrainConfig, null_class: 
 def fit(model: LabModel, loss: LabLoss, config: LabTrainConfig, generator: torch.Generator,
         progress: TrainProgress | None = None) -> list[float]:
     """`config.steps` Adam steps on `loss(model, generator)`, the learning rate decayed on a cosine; returns the loss
-    per step and leaves the model in eval mode. One loop for every objective the lab trains (ε, flow, reflow)."""
+    per step and leaves the model in eval mode. One loop for every network the lab trains (ε, flow, reflow, the noisy
+    classifier, the learned-variance model)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)  # one kernel per step
     # Cosine decay to 5% of the peak: the last steps average out the noise of the small batches.
     decay = torch.optim.lr_scheduler.LambdaLR(

@@ -8,7 +8,8 @@ ComfyUI and A1111 use for their live previews. This is its decoder's shape, scal
 normalisation, no attention, ReLU residual blocks, nearest-neighbour upsampling; and, unlike TAESD, the last
 ×2 is a pixel shuffle, so no convolution runs at the full resolution (where a ×8 decoder spends most of its
 time). It is trained to imitate the model's own VAE decoder on the latents a sampler produces
-(`diffx.embedded.tiny_decoder`), so it draws what the VAE would draw, approximately and ~5× faster.
+(`diffx.embedded.tiny_decoder`), so it draws what the VAE would draw, approximately (the embedded model's:
+22 dB PSNR to the VAE; shapes and colours right, dots, stripes and flat backgrounds blurred) and 10× cheaper.
 
 Module paths are the keys of its `.safetensors` file; its channel widths are stored in that file's metadata.
 """

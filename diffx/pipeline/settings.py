@@ -4,7 +4,8 @@ entrance, into an immutable `ResolvedSettings` that everything below takes.
 `GenerationSettings` is what a caller writes (any `None` = the model's default); `resolve_settings(model,
 settings)` turns it into `ResolvedSettings` — the model's size, steps, guidance, sampler, schedule and spacing
 filled in, every value checked (one clear line naming the option and the fix), the image-to-image strength
-derived from `timestep` when that is given. The caller's object is never changed.
+derived from `timestep` when that is given. The caller's object is never changed. `check_settings` runs the checks
+that need no model alone, for a caller that has not loaded one yet.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.pipeline.families import family_of
+from diffx.pipeline.prompt_weights import parse_weights
 from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, SPACINGS, strength_for_timestep
 
@@ -100,6 +102,30 @@ def size_multiple(model: StableDiffusion) -> int:
     return family_of(model).size_multiple(model)
 
 
+def check_side(model: StableDiffusion, name: str, value: int) -> int:
+    """`value` (the picture's `name`, width or height) if `model` can draw it: at most MAX_SIDE pixels and
+    MAX_NATIVE_SCALE times the model's training size."""
+    size = model.config.image_size
+    if value > MAX_SIDE:
+        raise InvalidArgumentError(f"{name} {value} is more than {MAX_SIDE} pixels; pick a smaller --size")
+    if value > MAX_NATIVE_SCALE * size:
+        raise InvalidArgumentError(
+            f"{name} {value} is more than {MAX_NATIVE_SCALE}x this model's {size} px (it would run for long and "
+            f"draw repeats); pick --size {MAX_NATIVE_SCALE * size} or less")
+    return value
+
+
+def _or_default(value: str | int | None, default: str | int) -> str | int:
+    return default if value is None else value
+
+
+def check_seed(seed: int) -> int:
+    """`seed` if torch's generators take it (0 to 2**63 - 1), else an error naming --seed."""
+    if not 0 <= seed < 2**63:
+        raise InvalidArgumentError(f"seed must be between 0 and 2**63 - 1, got {seed}; give e.g. --seed 0")
+    return seed
+
+
 def _strength(settings: GenerationSettings | ResolvedSettings, num_train_timesteps: int) -> float:
     timestep = getattr(settings, "timestep", None)
     if timestep is not None and settings.strength is not None:
@@ -110,6 +136,38 @@ def _strength(settings: GenerationSettings | ResolvedSettings, num_train_timeste
     return DEFAULT_STRENGTH if settings.strength is None else settings.strength
 
 
+def check_prompt(text: str, name: str = "prompt", empty: str = "an empty prompt for an unconditional sample") -> str:
+    """`text` unless it is only spaces or its word weights do not parse (`empty`: what to give for no words)."""
+    if text and not text.strip():
+        raise InvalidArgumentError(f"the {name} is only spaces; give words, or {empty}")
+    parse_weights(text, name)
+    return text
+
+
+def check_settings(settings: GenerationSettings | ResolvedSettings) -> None:
+    """The checks that need no model, of the values `settings` gives (a None, the model's default, is checked by
+    `resolve_settings`, which runs these too): names, finite numbers and their ranges, the prompts. A caller runs
+    them before loading a model, so that a bad value costs no load."""
+    for name, valid in (("sampler", SAMPLERS), ("schedule", BETA_SCHEDULES), ("spacing", SPACINGS)):
+        if getattr(settings, name) is not None:
+            check_choice(name, getattr(settings, name).lower(), valid)  # names in any case: "DDIM" is ddim
+    numbers = {name: getattr(settings, name) for name in ("guidance", "strength", "eta", "guidance_rescale")}
+    for name, value in numbers.items():
+        if value is not None:
+            check_finite(name, value)
+    if settings.steps is not None and settings.steps < 1:
+        raise InvalidArgumentError(f"steps must be at least 1, got {settings.steps}")
+    check_seed(settings.seed)
+    if numbers["guidance"] is not None and numbers["guidance"] < 0:
+        raise InvalidArgumentError(f"guidance must be >= 0 (1 = no guidance), got {numbers['guidance']}")
+    for name in ("strength", "guidance_rescale"):
+        if numbers[name] is not None and not 0.0 <= numbers[name] <= 1.0:
+            raise InvalidArgumentError(f"{name} must be between 0 and 1, got {numbers[name]}")
+    check_prompt(settings.prompt)
+    if settings.negative_prompt is not None:  # None: no negative prompt
+        check_prompt(settings.negative_prompt, "negative prompt", "leave it out (plain guidance)")
+
+
 def resolve_settings(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings) -> ResolvedSettings:
     """`settings` with every default filled in from `model` and every value checked (see the module docstring)."""
     config = model.config
@@ -117,46 +175,25 @@ def resolve_settings(model: StableDiffusion, settings: GenerationSettings | Reso
     scheduler = config.scheduler
     resolved = ResolvedSettings(
         prompt=settings.prompt, negative_prompt=settings.negative_prompt,
-        height=settings.height or size, width=settings.width or size,
+        height=_or_default(settings.height, size), width=_or_default(settings.width, size),
         steps=config.default_steps if settings.steps is None else settings.steps,
         guidance=config.default_guidance if settings.guidance is None else settings.guidance,
-        # Names in any case: "DDIM" is ddim.
-        sampler=(settings.sampler or config.default_sampler).lower(),
-        schedule=(settings.schedule or scheduler.beta_schedule).lower(),
-        spacing=(settings.spacing or scheduler.timestep_spacing).lower(),
+        # Names in any case: "DDIM" is ddim. An empty name is not the default: check_settings refuses it.
+        sampler=_or_default(settings.sampler, config.default_sampler).lower(),
+        schedule=_or_default(settings.schedule, scheduler.beta_schedule).lower(),
+        spacing=_or_default(settings.spacing, scheduler.timestep_spacing).lower(),
         karras=settings.karras, eta=settings.eta, seed=settings.seed,
         strength=_strength(settings, scheduler.num_train_timesteps), guidance_rescale=settings.guidance_rescale)
-    check_choice("sampler", resolved.sampler, SAMPLERS)
-    check_choice("schedule", resolved.schedule, BETA_SCHEDULES)
-    check_choice("spacing", resolved.spacing, SPACINGS)
-    for name in ("guidance", "strength", "eta", "guidance_rescale"):
-        check_finite(name, getattr(resolved, name))
+    check_settings(resolved)
     if resolved.karras and resolved.sampler not in KARRAS_SAMPLERS:
         raise InvalidArgumentError(f"Karras sigmas (--karras) apply to {', '.join(KARRAS_SAMPLERS)}, "
                                    f"not {resolved.sampler}; drop --karras or pick one of those samplers")
-    if resolved.steps < 1:
-        raise InvalidArgumentError(f"steps must be at least 1, got {resolved.steps}")
     if resolved.steps > scheduler.num_train_timesteps:
         raise InvalidArgumentError(f"steps {resolved.steps} is more than the "
                                    f"{scheduler.num_train_timesteps} training timesteps; pick fewer")
-    if not 0 <= resolved.seed < 2**63:
-        raise InvalidArgumentError(f"seed must be between 0 and 2**63 - 1, got {resolved.seed}")
-    if resolved.guidance < 0:
-        raise InvalidArgumentError(f"guidance must be >= 0 (1 = no guidance), got {resolved.guidance}")
-    for name in ("strength", "guidance_rescale"):
-        if not 0.0 <= getattr(resolved, name) <= 1.0:
-            raise InvalidArgumentError(f"{name} must be between 0 and 1, got {getattr(resolved, name)}")
-    if resolved.prompt and not resolved.prompt.strip():
-        raise InvalidArgumentError("the prompt is only spaces; give words, or an empty prompt for an unconditional "
-                                   "sample")
     multiple = size_multiple(model)
     for name, value in (("height", resolved.height), ("width", resolved.width)):
-        if value > MAX_SIDE:
-            raise InvalidArgumentError(f"{name} {value} is more than {MAX_SIDE} pixels; pick a smaller --size")
-        if value > MAX_NATIVE_SCALE * size:
-            raise InvalidArgumentError(
-                f"{name} {value} is more than {MAX_NATIVE_SCALE}x this model's {size} px (it would run for long and "
-                f"draw repeats); pick --size {MAX_NATIVE_SCALE * size} or less")
+        check_side(model, name, value)
         if value <= 0 or value % multiple:
             raise InvalidArgumentError(
                 f"{name} {value} is not a positive multiple of {multiple}; "

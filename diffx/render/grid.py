@@ -167,7 +167,8 @@ def make_grid(
     col_blocks = [fit_text(label, cell_w, font_size) for label in col_labels] if col_labels else []
     row_blocks = []
     if row_labels:
-        natural_width = max(load_font(font_size).getlength(label) for label in row_labels)
+        # Measured line by line: a label may hold "\n", which the font's layout cannot measure.
+        natural_width = max(load_font(font_size).getlength(line) for label in row_labels for line in label.split("\n"))
         row_label_w = round(min(natural_width, max(cell_w, 4 * font_size)))
         row_blocks = [fit_text(label, row_label_w, font_size, max_lines=3) for label in row_labels]
     cell_blocks = [[fit_text(label, cell_w, font_size) for label in row] for row in (cell_labels or [])]
@@ -213,6 +214,17 @@ def make_grid(
                 canvas.paste(picture if picture.size == cell_size else picture.resize(cell_size), (x0, y0))
             if cell_blocks and col < len(cell_blocks[row]):
                 cell_blocks[row][col].draw(draw, (x0, y0 + cell_h, x0 + cell_w, y0 + cell_h + cell_label_h))
+    return canvas
+
+
+def stack_pictures(pictures: Sequence[PictureLike], centred: bool = True) -> Image.Image:
+    """Pictures one under the other on white, centred (or on the left edge, so rows that start alike line up)."""
+    images = [to_pil(picture) for picture in pictures]
+    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), BACKGROUND)
+    top = 0
+    for image in images:
+        canvas.paste(image, ((canvas.width - image.width) // 2 if centred else 0, top))
+        top += image.height
     return canvas
 
 

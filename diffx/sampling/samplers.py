@@ -101,6 +101,22 @@ def _vp_start(grid: Grid, noise: torch.Tensor, init_latent: torch.Tensor | None)
                                                       noise)
 
 
+def ddpm_posterior(alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor, x: torch.Tensor,
+                   eps_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One DDPM step t → t' on a subsequence of timesteps, from ᾱ_t and ᾱ_{t'} (1 past t = 0; scalars, or one per
+    sample shaped to broadcast against x): x̂0 (DDPM eq. 15), the posterior mean μ̃(x_t, x̂0) (eq. 7) and the step's
+    two variances, β = 1 − ᾱ_t/ᾱ_{t'} (the respaced β_t) and β̃ = (1 − ᾱ_{t'})/(1 − ᾱ_t) β (eq. 7), clamped at
+    1e-20 as diffusers does (it is 0 at the last step)."""
+    beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+    current_beta_t = 1 - current_alpha_t
+    x0_pred = (x - beta_prod_t**0.5 * eps_pred) / alpha_prod_t**0.5
+    mean = ((alpha_prod_t_prev**0.5 * current_beta_t) / beta_prod_t * x0_pred
+            + current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t * x)
+    beta_tilde = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)
+    return x0_pred, mean, current_beta_t, beta_tilde
+
+
 def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, variance: str = "fixed_small",
                 init_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 callback: StepCallback | None = None) -> torch.Tensor:
@@ -117,24 +133,12 @@ def sample_ddpm(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, varianc
     run = grid.timesteps[grid.start_index:].tolist()
     lands = grid.prev_timesteps[grid.start_index:].tolist()  # the next grid point, −1 after the last
     for i, (t, prev_t) in enumerate(zip(run, lands, strict=True)):
-        alpha_prod_t = alphas_cumprod[t]
         alpha_prod_t_prev = alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0, device=x.device)
-        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-
         eps_pred = _predict_eps(eps_model, x, t)
-        x0_pred = (x - beta_prod_t**0.5 * eps_pred) / alpha_prod_t**0.5  # DDPM eq. 15
-        # Posterior mean μ̃_t(x_t, x_0), DDPM eq. 7.
-        x_next = ((alpha_prod_t_prev**0.5 * current_beta_t) / beta_prod_t * x0_pred
-                  + current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t * x)
+        x0_pred, x_next, beta, beta_tilde = ddpm_posterior(alphas_cumprod[t], alpha_prod_t_prev, x, eps_pred)
         if t > 0:
             z = _randn(eps_pred, generator)
-            if variance == "fixed_small":  # β̃_t, clamped as diffusers does (it is 0 at the last step)
-                step_variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)
-            else:
-                step_variance = current_beta_t
-            x_next = x_next + step_variance**0.5 * z
+            x_next = x_next + (beta_tilde if variance == "fixed_small" else beta) ** 0.5 * z
         next_sigma = schedule.sigmas[prev_t] if prev_t >= 0 else 0.0
         _report(callback, i, len(run), t, schedule.sigmas[t], x, x, eps_pred, x0_pred, x_next, next_sigma)
         x = x_next

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from diffx.errors import InvalidArgumentError, elide
-from diffx.experiments.prompt_to_prompt import Edit, check_fraction, prompt_to_prompt
+from diffx.experiments.prompt_to_prompt import Edit, check_edit_prompt, check_fraction, prompt_to_prompt
 from diffx.experiments.prompt_to_prompt_views import edit_title
 from diffx.pipeline.settings import ResolvedSettings
 from diffx.report.columns import data_uri
@@ -49,6 +49,7 @@ def parse_edit(settings: ResolvedSettings, body: dict) -> EditRequest:
         raise InvalidArgumentError("to must be the edited prompt, e.g. the same prompt with one word changed")
     if len(target) > MAX_PROMPT_CHARS:
         raise InvalidArgumentError(f"the edited prompt has {len(target)} characters; keep it under {MAX_PROMPT_CHARS}")
+    check_edit_prompt(target)  # its word weights, as `diffx edit --to` checks them: before the run is queued
     reweight = body.get("reweight") or {}
     if not isinstance(reweight, dict) or not all(
             isinstance(word, str) and isinstance(factor, (int, float)) and not isinstance(factor, bool)

@@ -33,6 +33,7 @@ from torch import Tensor
 from diffx.errors import InvalidArgumentError, elide
 from diffx.files import check_outputs, companion_path
 from diffx.models.attention import AttentionLayer
+from diffx.pipeline.denoiser import grid_for
 from diffx.render import caption_bar, make_grid, normalize_maps, overlay, save_png, upscale
 from diffx.render.attention import (
     component_grey,
@@ -173,9 +174,9 @@ def steps_grid(trace: Trace, layer: str | int | None = None, steps: Sequence[int
 
 
 def check_new_run(model: StableDiffusion, settings: ResolvedSettings, layer: str | int | None,
-                  pixel: tuple[int, int] | None) -> None:
-    """`layer` and `pixel` of an explorer run checked against the model's cross-attention layers and the picture's
-    size before the generation runs (a typo must not cost a whole run)."""
+                  pixel: tuple[int, int] | None, step: int | None = None) -> None:
+    """`layer`, `pixel` and `step` (1-based) of an explorer run checked against the model's cross-attention layers,
+    the picture's size and the run's model evaluations before the generation runs (a typo must not cost a run)."""
     names = [module.layer_name for part in model.modules().values() for module in part.modules()
              if isinstance(module, AttentionLayer) and module.kind == "cross"]
     labels = layer_labels(names)
@@ -184,6 +185,8 @@ def check_new_run(model: StableDiffusion, settings: ResolvedSettings, layer: str
     if pixel is not None and not (0 <= pixel[0] < settings.width and 0 <= pixel[1] < settings.height):
         raise InvalidArgumentError(f"pixel {pixel} is outside the {settings.width}×{settings.height} picture; "
                                    f"pick x in 0…{settings.width - 1} and y in 0…{settings.height - 1}")
+    if step is not None:
+        step_indices(len(grid_for(model, settings).model_timesteps()), [step])  # the trace's steps: one per evaluation
 
 
 def check_pixel(trace: Trace, pixel: tuple[int, int] | None) -> tuple[int, int]:

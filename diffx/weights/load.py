@@ -195,6 +195,12 @@ def _read_diffusers(folder: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     }
 
 
+def check_prediction_type(prediction_type: str | None) -> str | None:
+    """`prediction_type` in lower case if diffx runs it ("epsilon" or "v_prediction"; None: what the model says)."""
+    return None if prediction_type is None else check_choice("prediction type", prediction_type.lower(),
+                                                             PREDICTION_TYPES)
+
+
 def load_model(
     source: str | Path | ModelSource | None = None,
     *,
@@ -219,8 +225,7 @@ def load_model(
     already).
     """
     # Before anything is read: a typo fails at once, not after a multi-gigabyte file.
-    prediction = None if prediction_type is None else \
-        check_choice("prediction type", prediction_type.lower(), PREDICTION_TYPES)
+    prediction = check_prediction_type(prediction_type)
     found = source if isinstance(source, ModelSource) else resolve_model_source(source)
     path = found.path
     check_choice("weights", weights, WEIGHT_CHOICES)

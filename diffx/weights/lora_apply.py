@@ -87,23 +87,27 @@ def apply_lora(model: StableDiffusion, path: str | Path, scale: float = 1.0) -> 
 
 
 
+def read_loras(source: ModelSource, loras: Sequence[LoraSpec], config: ModelConfig | None = None) -> list[Lora]:
+    """Each LoRA file checked (`LoraSpec.check`) and read against the configuration of the model at `source`
+    (`read_config`: a folder's config, a .safetensors header; `config` as `load_model` takes it) built without
+    weights, so a LoRA for another family or a damaged one fails in seconds, not after a multi-gigabyte load."""
+    for spec in loras:
+        spec.check()
+    if not loras:
+        return []
+    skeleton = build_without_weights(read_config(source, config))
+    return [read_lora(spec.path, skeleton) for spec in loras]
+
+
 def load_model_with_loras(source: str | Path | ModelSource | None, loras: Sequence[LoraSpec], *,
                           config: ModelConfig | None = None, note: Callable[[str], None] | None = None,
                           **options: Any) -> StableDiffusion:
-    """`load_model(source, config=config, note=note, **options)` with `loras` applied, each file checked first.
-
-    Before any weight is read, every LoRA file is matched against the model's configuration (`read_config`: a
-    folder's config, a .safetensors header) built without weights, so a LoRA for another family or a damaged one
-    fails in seconds, not after a multi-gigabyte load. The model's `source` then names the LoRAs and their scales
+    """`load_model(source, config=config, note=note, **options)` with `loras` applied, every file read and checked
+    first (`read_loras`), before any weight is read. The model's `source` then names the LoRAs and their scales
     (a trace records it); `note(line)` hears one line per LoRA.
     """
-    for spec in loras:
-        spec.check()
     found = source if isinstance(source, ModelSource) else resolve_model_source(source)
-    read = []
-    if loras:
-        skeleton = build_without_weights(read_config(found, config))
-        read = [read_lora(spec.path, skeleton) for spec in loras]
+    read = read_loras(found, loras, config)
     model = load_model(found, config=config, note=note, **options)
     for lora, spec in zip(read, loras, strict=True):
         attach_lora(model, lora, spec.scale)

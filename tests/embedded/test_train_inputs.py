@@ -46,6 +46,13 @@ PATH_CASES = [
     ("--exact-captions on v1", ["--exact-captions"], "--exact-captions"),
     ("--device empty", ["--device", ""], "device"),
     ("--device unknown", ["--device", "tpu"], "device"),
+    ("--device with a bad index", ["--device", "cpu:abc"], "device"),
+    ("--prediction-type unknown", ["--prediction-type", "x0"], "prediction"),
+    ("--prediction-type empty", ["--prediction-type", ""], "prediction"),
+    ("--object-counts not numbers", ["--object-counts", "a,b"], "--object-counts"),
+    ("--object-counts NaN", ["--object-counts", "nan,1"], "--object-counts"),
+    ("--object-counts negative", ["--object-counts", "-1,2"], "object_counts"),
+    ("--object-counts an empty value", ["--object-counts", "1,,2"], "--object-counts"),
     *[(f"--threads {value or 'empty'}", ["--threads", value], "--threads") for value in ("0", "-1", "abc", "", "1e9")],
 ]
 if not torch.cuda.is_available():

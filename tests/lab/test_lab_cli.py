@@ -40,6 +40,11 @@ def test_lab_writes_the_gif_and_reports_the_distances(run, tmp_path):
     (["--train-steps", "0"], "lab training steps must be 1 to"),
     (["--particles", "1"], "particles must be 2 to"),
     (["--frame-ms", "0"], "--frame-ms must be a positive number"),
+    (["--lessons", "classifier"], "--lessons draws <out>_classifier.png; add --out"),
+    (["--lessons", "classifier,nope", "--out", "lab.png"], "unknown lesson 'nope'"),
+    (["--lessons", "variance,variance", "--out", "lab.png"], "name one twice"),
+    (["--lessons", " , ", "--out", "lab.png"], "--lessons is empty"),
+    (["--lessons", "", "--out", "lab.png"], "--lessons is empty"),
     (["--objective", "score"], "unknown objective 'score'"),
     (["--objective", ""], "unknown objective ''"),
     (["--objective", "flow", "--shift", "nan"], "shift must be a finite number"),
@@ -53,6 +58,8 @@ def test_lab_writes_the_gif_and_reports_the_distances(run, tmp_path):
     (["--objective", "flow", "--samplers", "ddim"], "--samplers and --schedule are the diffusion model's"),
     (["--objective", "both", "--out", "lab.png", "--guidance", "1,2"], "--guidance draws the diffusion model's"),
     (["--objective", "both", "--out", "lab.bmp"], "name it .png, .jpg or .webp"),
+    (["--objective", "flow", "--out", "lab.png", "--lessons", "classifier"], "--lessons teach with the diffusion"),
+    (["--objective", "both", "--out", "lab.png", "--lessons", "variance"], "--lessons teach with the diffusion"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(run, tmp_path, args, message):
     result = run(*args)
@@ -83,6 +90,20 @@ def test_existing_output_needs_force(run, tmp_path):
     assert named.exit_code == 0, named.stderr
     assert "wrote spiral.gif" in named.stdout and (tmp_path / "lab.gif").read_bytes() == b"keep"
     assert run(*QUICK, "--force").exit_code == 0
+
+
+def test_lessons_print_their_measurements(run, tmp_path):
+    result = run(*QUICK, "--out", "lab.png", "--lessons", "classifier")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "wrote lab_classifier.png" in result.stdout
+    assert "classifier lesson: cos_t25=" in result.stdout and "spread_classifier_w8=" in result.stdout
+
+
+def test_the_classifier_lesson_needs_labelled_data(run, tmp_path):
+    Image.new("L", (8, 8), 255).save(tmp_path / "white.png")
+    result = run("--data", "white.png", "--out", "lab.png", "--lessons", "classifier")
+    assert result.exit_code == 2 and "the classifier lesson needs two classes or more" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["white.png"]
 
 
 def test_black_mask_is_refused(run, tmp_path):

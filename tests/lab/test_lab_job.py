@@ -73,6 +73,8 @@ def _bad(tmp_path: Path, **changes) -> LabJob:
     ({"gif": None}, InvalidArgumentError, "nothing to write"),
     ({"gif": Path("lab.mp4")}, InvalidArgumentError, "name it .gif"),
     ({"out": Path("lab.tiff")}, InvalidArgumentError, "name it .png, .jpg or .webp"),
+    ({"lessons": ("variance",)}, InvalidArgumentError, "--lessons draws <out>_variance.png; add --out"),
+    ({"lessons": ("flow",), "out": Path("lab.png")}, InvalidArgumentError, "unknown lesson 'flow'"),
     ({"objective": "score"}, InvalidArgumentError, "unknown objective 'score'; choose one of: diffusion, flow, both"),
     ({"reflow": True}, InvalidArgumentError, "--shift and --reflow are the flow model's"),
     ({"shift": 3.0}, InvalidArgumentError, "--shift and --reflow are the flow model's"),
@@ -85,6 +87,7 @@ def _bad(tmp_path: Path, **changes) -> LabJob:
         ({"samplers": ("ddim",)}, "--samplers and --schedule are the diffusion model's"),
         ({"schedule": "cosine"}, "--samplers and --schedule are the diffusion model's"),
         ({"out": Path("flow.bmp")}, "name it .png, .jpg or .webp"),
+        ({"out": Path("flow.png"), "lessons": ("classifier",)}, "--lessons teach with the diffusion model's"),
     ]],
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, changes, error, message):
@@ -93,8 +96,23 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, changes, error, mes
     assert list(tmp_path.iterdir()) == []
 
 
+def test_lessons_write_their_pictures_and_report_their_measurements(tmp_path):
+    job = LabJob(samplers=("ddim",), steps=3, particles=100, guidance=(0.0, 1.0), gif=None, out=tmp_path / "lab.png",
+                 train=QUICK, lessons=("variance", "classifier"))
+    result = run_lab(job)
+    assert result.written[-2:] == [tmp_path / "lab_variance.png", tmp_path / "lab_classifier.png"]
+    assert set(result.lessons) == {"variance", "classifier"}
+    assert "sw_10_learned_linear" in result.lessons["variance"] and "cos_t300" in result.lessons["classifier"]
+    # The classifier lesson's CFG row is the guidance figure's run: the same spreads.
+    assert result.lessons["classifier"]["spread_cfg_w1"] == result.spread[1.0]
+
+
 def test_outputs_are_never_overwritten_without_force(tmp_path):
     (tmp_path / "lab_guidance.png").write_bytes(b"keep")
     with pytest.raises(OutputPathError, match="already exists; pass --force"):
         run_lab(_bad(tmp_path, out=tmp_path / "lab.png"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab_guidance.png"]
+    (tmp_path / "lab_guidance.png").rename(tmp_path / "lab_variance.png")  # a lesson's picture is kept too
+    with pytest.raises(OutputPathError, match="lab_variance.png already exists; pass --force"):
+        run_lab(_bad(tmp_path, out=tmp_path / "lab.png", lessons=("classifier", "variance")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab_variance.png"]

@@ -104,6 +104,10 @@ def test_the_token_is_required(tiny_model):
     ({"client": "t", "settings": {"height": 64}}, "unknown setting"),
     ({"client": "t", "settings": {"seed": -1}}, "seed"),
     ({"client": "t", "settings": {"karras": True, "sampler": "ddim"}}, "karras"),
+    # check_settings, as the CLI's: an empty name is not the default, prompts of spaces or broken weights refused
+    ({"client": "t", "settings": {"sampler": ""}}, "sampler"),
+    ({"client": "t", "settings": {"negative_prompt": "   "}}, "negative prompt"),
+    ({"client": "t", "settings": {"prompt": "a (red circle"}}, "prompt"),
     ({"settings": {}}, "client"),
     ({"client": "t", "settings": "a cat"}, "JSON object"),
 ])
@@ -136,6 +140,8 @@ def test_an_edit_runs_prompt_to_prompt_on_a_finished_run(client):
     _events(client, run_id)
     bad = client.post("/api/edits", json={"client": "ed", "run": run_id, "to": "a blue circle", "tau": 2})
     assert bad.status_code == 400 and "tau" in bad.json()["error"]
+    bad = client.post("/api/edits", json={"client": "ed", "run": run_id, "to": "a [blue:0.5] circle"})
+    assert bad.status_code == 400 and "edit prompt" in bad.json()["error"]  # checked before the edit is queued
     edit_id = client.post("/api/edits", json={"client": "ed", "run": run_id, "to": "a blue circle",
                                               "tau": 0.6, "reweight": {"blue": 2}}).json()["id"]
     events = _events(client, edit_id)

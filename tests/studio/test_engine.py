@@ -35,14 +35,21 @@ def test_the_live_default_is_the_tiny_decoder_and_steps_arrive_in_order(model_wi
     assert dict(events)["start"]["x0_label"] == X0_LABELS["tiny"]
     steps = [data for kind, data in events if kind == "step"]
     assert [step["index"] for step in steps] == list(range(STEPS)) and all(step["decoded"] for step in steps)
-    assert [kind for kind, _ in events][-1] == "image"  # after every step: the run waits for its drawing
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("image") > max(i for i, kind in enumerate(kinds) if kind == "step")  # waits for its drawing
     assert trace.num_steps == STEPS and torch.get_num_threads() == threads
+    # Then every step's x̂0 again, as the VAE draws it, to replace the preview.
+    refined = [data for kind, data in events if kind == "refine"]
+    assert [data["index"] for data in refined] == list(range(STEPS)) and kinds[-1] == "refine"
+    assert all(data["x0_label"] == X0_LABELS["vae"] and data["decoded"] for data in refined)
+    assert refined[0]["frames"]["x0"] != steps[0]["frames"]["x0"]  # another decoder, another picture
 
 
 def test_without_a_tiny_decoder_the_live_default_is_as_the_cli_s(tiny_model):
     events, _ = _run(tiny_model)
     assert dict(events)["start"]["x0_label"] in (X0_LABELS["vae"], X0_LABELS["fast"])
     assert len([kind for kind, _ in events if kind == "step"]) == STEPS
+    assert "refine" not in dict(events)  # the steps were drawn as the CLI draws them already
 
 
 def test_a_cancelled_run_stops_at_its_next_step(model_with_decoder):

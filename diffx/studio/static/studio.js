@@ -41,7 +41,8 @@ function formSettings() {
 function listen(column, onEvent) {
   const source = new EventSource(`/api/runs/${column.id}/events`);
   column.source = source;
-  const kinds = ["queued", "running", "start", "step", "image", "progress", "edit", "done", "failed", "cancelled"];
+  const kinds = ["queued", "running", "start", "step", "refine", "image", "progress", "edit", "done", "failed",
+                 "cancelled"];
   for (const kind of kinds) {
     source.addEventListener(kind, (event) => {
       const data = JSON.parse(event.data);
@@ -66,6 +67,10 @@ function columnEvent(column, kind, data) {
     column.steps[data.index] = data;
     if (follow) shownStep = data.index;
     setStatus(`${column.label}: step ${data.index + 1} / ${column.start.steps}`);
+  }
+  if (kind === "refine") {  // after a tiny-decoder run: the step's x̂0 as the VAE draws it replaces the preview
+    column.steps[data.index] = data;
+    setStatus(`${column.label}: x̂0 decoded by the VAE, step ${data.index + 1} / ${column.start.steps}`);
   }
   if (kind === "image") column.image = data.image;
   if (kind === "failed") { showError(data.message); setStatus(`${column.label}: failed`); }
@@ -164,7 +169,7 @@ function draw() {
       for (const key of ["xt", "x0", "eps", "guide"]) {
         const [label, caption] = info.panels[key];
         const heat = key === "x0" && word !== null && step.heat ? step.heat.word[word] : null;
-        const title = key === "x0" ? column.start.x0_label : label;
+        const title = key === "x0" ? step.x0_label || column.start.x0_label : label;
         panels.append(frame(step.frames[key], title, heat ? `${caption}; attention of “${column.start.words[word]}”
           on its own scale` : caption, key !== "x0" || !step.decoded, heat));
       }

@@ -12,9 +12,9 @@ from diffx.models.tiny_decoder import TinyDecoder, TinyDecoderConfig
 from diffx.weights.load import load_model
 from diffx.weights.tiny_decoder import TINY_DECODER_FILE
 
-# The shipped decoder's held-out PSNR against the VAE, measured by `diffx train-preview` (its file's
-# metadata says the figure on 12 held-out runs), less a margin for these two runs.
-SHIPPED_PSNR_FLOOR_DB = 25.0
+# The shipped decoder's PSNR against the VAE: 22.1 dB on train-preview's 12 held-out runs (its file's metadata),
+# 24.1 dB on these two runs; an untrained or damaged decoder scores ~8 dB. The floor leaves a margin for float noise.
+SHIPPED_PSNR_FLOOR_DB = 21.0
 
 
 def test_the_decoder_learns_the_map_it_is_shown():
