@@ -44,6 +44,9 @@ DEVICES = ["cpu:abc", "tpu", "", "cuda:x", *([] if torch.cuda.is_available() els
            *([] if torch.backends.mps.is_available() else ["mps"])]
 DTYPES = ["fp64", "", "fp16"]  # fp16 on the CPU (every case runs with --device cpu)
 WEIGHTS = ["both", ""]
+# --lora: no file, a folder, no LoRA suffix, not a safetensors file, a scale not finite or out of ±4, empty
+LORAS = ["missing.safetensors", "afolder", "afile", "notatrace.safetensors", "picture.png", "afile.pt:nan",
+         "notatrace.safetensors:9", ""]
 CONFIGS = ["sd3", ""]
 GENERATION = ["--steps", "2", "--size", "32", "--device", "cpu"]  # fast, valid settings for the tiny model
 MODEL, TRACE = "{model}", "{trace}"  # in a case's arguments: the tiny model's folder, a trace of it (conftest.py)
@@ -155,6 +158,7 @@ def fill_folder(folder: Path) -> None:
     for name in [*existing, *companions]:
         (folder / name).write_bytes(b"keep me")
     (folder / "afile").write_bytes(b"a file, not a folder")
+    (folder / "afile.pt").write_bytes(b"not a pickle")
     (folder / "notpicture.png").write_bytes(b"not a picture")
     (folder / "notatrace.safetensors").write_bytes(b"not a trace")
     (folder / "afolder").mkdir()

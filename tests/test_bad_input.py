@@ -20,6 +20,7 @@ from tests.bad_input import (
     FLOATS,
     FRAME_MS,
     INTS,
+    LORAS,
     MODEL,
     MODELS,
     PROMPTS,
@@ -44,7 +45,7 @@ SHARED = {
     "--guidance": FLOATS, "--guidance-rescale": [*FLOATS, "1.5"], "--sampler": CHOICES, "--schedule": CHOICES,
     "--spacing": CHOICES, "--model": MODELS, "--device": DEVICES, "--dtype": DTYPES, "--weights": WEIGHTS,
     "--config": CONFIGS, "--prediction-type": CHOICES, "--preview": CHOICES, "--attn-scale": CHOICES,
-    "--frame-ms": FRAME_MS, "--threads": THREADS,
+    "--frame-ms": FRAME_MS, "--threads": THREADS, "--lora": LORAS,
 }
 # Options of these names that mean something else in a command, or need another base: in its own table.
 OWN = {("paths", "--steps"), ("noise", "--steps"), ("noise", "--sampler"), ("noise", "--spacing"),

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from diffx.pipeline.settings import GenerationSettings
     from diffx.trace.record import Trace
     from diffx.weights.discovery import ModelSource
+    from diffx.weights.lora import LoraSpec
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False,
@@ -50,6 +51,10 @@ PredictionTypeOpt = Annotated[str | None, typer.Option(
     "--prediction-type", show_default=False,
     help="What the model predicts, epsilon or v_prediction, whatever its files say (e.g. ε for an SD 2.x file of "
          "a size no preset has and no .yaml beside it). Default: the model's.")]
+LoraOpt = Annotated[list[str] | None, typer.Option(
+    "--lora", metavar="FILE[:SCALE]", show_default=False,
+    help="Apply a LoRA (kohya/A1111 or diffusers/PEFT .safetensors, LoCon, .pt) with a scale, -4 to 4 "
+         "(default 1); repeat to stack several. Checked against the model before its weights load.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
 NegativeOpt = Annotated[str | None, typer.Option(
     help='What to steer away from (the unconditional half of CFG). Default: none (SDXL then uses zeros, as '
@@ -113,12 +118,13 @@ class CheckedModelChoice(NamedTuple):
     device: "torch.device"
     dtype: "torch.dtype"
     config: "ModelConfig | None"
+    loras: "tuple[LoraSpec, ...]"
 
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """--model, --device, --dtype, --weights, --config, --prediction-type: which weights, on which device, in which
-    precision, predicting what."""
+    """--model, --device, --dtype, --weights, --config, --prediction-type, --lora: which weights, on which device, in
+    which precision, predicting what, adapted by which LoRAs."""
 
     model: ModelOpt = None
     device: DeviceOpt = "auto"
@@ -126,26 +132,38 @@ class ModelChoice:
     weights: WeightsOpt = "ema"
     config: ConfigOpt = None
     prediction_type: PredictionTypeOpt = None
+    lora: LoraOpt = None
 
     def check(self) -> "CheckedModelChoice":
-        """Every choice resolved and checked without reading weights: the model's source (default: $DIFFX_MODEL,
-        else the embedded model), the device, the dtype, the --weights choice, the --config preset and the
-        --prediction-type."""
+        """Every choice resolved and checked without reading the model's weights: its source (default: $DIFFX_MODEL,
+        else the embedded model), the device, the dtype, the --weights choice, the --config preset, the
+        --prediction-type and each --lora (the file there, the scale finite and in range, every key a layer of the
+        model's configuration: `read_loras`)."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.lora_apply import read_loras
 
         config = self._choices()
+        loras = self.lora_specs()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
+        read_loras(source, loras, config)
         return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
-                                  config)
+                                  config, loras)
+
+    def lora_specs(self) -> "tuple[LoraSpec, ...]":
+        """Each --lora FILE[:SCALE], parsed and checked (`LoraSpec.parse`)."""
+        from diffx.weights.lora import LoraSpec
+
+        return tuple(LoraSpec.parse(text) for text in self.lora or ())
 
     def check_given(self) -> None:
-        """The choices given checked as `check` checks them, the default model not looked for: for runs that load a
-        model only for some inputs (render, report, attention --trace), which otherwise need no $DIFFX_MODEL."""
+        """The choices given checked as `check` checks them, the default model not looked for unless a --lora must be
+        checked against it: for runs that load a model only for some inputs (render, report, attention --trace),
+        which otherwise need no $DIFFX_MODEL."""
         from diffx.devices import resolve_device, resolve_dtype
 
-        if self.model is not None:
+        if self.model is not None or self.lora:  # a LoRA is checked against the model `load` would load
             self.check()
             return
         self._choices()
@@ -163,21 +181,22 @@ class ModelChoice:
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
-        `note:` line on stderr says what was recognised and which weights were taken."""
-        from diffx.weights.load import load_model
+        `note:` line on stderr says what was recognised and which weights were taken, one more per LoRA, whose keys
+        are checked against the model's configuration before its weights are read."""
+        from diffx.weights.lora_apply import load_model_with_loras
 
-        source, target, precision, config = self.check()
+        source, target, precision, config, loras = self.check()
         with ERR.status(f"loading {source.path}"):
-            return load_model(source, device=target, dtype=precision, weights=self.weights, config=config,
-                              prediction_type=self.prediction_type,
-                              note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
+            return load_model_with_loras(source, loras, device=target, dtype=precision, weights=self.weights,
+                                         config=config, prediction_type=self.prediction_type,
+                                         note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
 
     def read_config(self) -> "ModelConfig":
         """The configuration of the model `load` would load (its scheduler, default steps…), without its weights;
         every choice is checked as `check` checks it, so a bad one is refused also where no weights are read."""
         from diffx.weights.load import read_config
 
-        source, _, _, config = self.check()
+        source, _, _, config, _ = self.check()
         return read_config(source, config)
 
     def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":

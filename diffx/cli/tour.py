@@ -15,15 +15,25 @@ from diffx.cli.options import ForceOpt, ModelChoice, option_groups
 from diffx.errors import DiffxError
 
 
-def model_options(model: ModelChoice) -> dict[str, str]:
-    """The model options given (those not at their defaults), to pass on to every command that takes them; a model
-    path made absolute (the page's commands run in the tour folder), an alias ("embedded") as given."""
+def model_options(model: ModelChoice) -> list[tuple[str, str]]:
+    """The model options given (those not at their defaults) as (option, value) pairs, to pass on to every command
+    that takes them; a repeated option (--lora) once per value; a model or LoRA path made absolute (the page's
+    commands run in the tour folder), an alias ("embedded") as given."""
     from diffx.weights.discovery import MODEL_ALIASES
 
-    given = {f"--{field.name}": getattr(model, field.name) for field in fields(ModelChoice)
-             if getattr(model, field.name) != field.default}
-    if "--model" in given and given["--model"] not in MODEL_ALIASES:
-        given["--model"] = str(Path(given["--model"]).expanduser().resolve())
+    given = []
+    for field in fields(ModelChoice):
+        value = getattr(model, field.name)
+        option = f"--{field.name.replace('_', '-')}"
+        if value == field.default:
+            continue
+        if option == "--model" and value not in MODEL_ALIASES:
+            value = str(Path(value).expanduser().resolve())
+        if option == "--lora":
+            given += [(option, str(spec.path.expanduser().resolve()) + f":{spec.scale:g}")
+                      for spec in model.lora_specs()]
+        else:
+            given.append((option, value))
     return given
 
 
@@ -50,7 +60,7 @@ def tour(
     from diffx.tour import STOPS, TourRun, check_tour_folder, write_index
 
     check_tour_folder(out_dir, force)
-    source, target, _, _ = model.check()  # a missing model, an unknown device or dtype: here, before any work
+    source, target, *_ = model.check()  # a missing model, an unknown device or dtype: here, before any work
     passed = model_options(model)
     group = ctx.parent.command
     commands, seconds = {}, {}
@@ -59,7 +69,7 @@ def tour(
             continue
         command = group.get_command(ctx.parent, stop.args[0])
         accepted = {option for param in command.params for option in param.opts}
-        extra = [item for option, value in passed.items() if option in accepted for item in (option, value)]
+        extra = [item for option, value in passed if option in accepted for item in (option, value)]
         commands[stop.name] = stop.command_line(quick, extra)
         ERR.rule(f"[bold]{number}/{len(STOPS)} · {escape(stop.title)}[/]", align="left")
         ERR.print(f"$ {escape(commands[stop.name])}", style="dim", soft_wrap=True)

@@ -43,6 +43,17 @@ from diffx.models.configs import TextEncoderConfig
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 
+class StackedProjection(nn.Module):
+    """x -> x W^T + b with W = [W_q; W_k; W_v] and b held by the attention (so the checkpoint keys stay
+    `attn.in_proj_weight` / `attn.in_proj_bias`, and this module has no tensors of its own). It makes the stacked
+    projection a module call, the place where hooks see it: a LoRA trained on transformers' q_proj, k_proj or
+    v_proj adds to one third of its output (`diffx.weights.lora_apply`)."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        # (B, N, width) -> (B, N, 3 * width)
+        return F.linear(x, weight, bias)
+
+
 class OpenClipAttention(AttentionLayer):
     """Causal multi-head self-attention with one stacked input projection (`nn.MultiheadAttention`'s layout)."""
 
@@ -54,12 +65,13 @@ class OpenClipAttention(AttentionLayer):
         width = config.hidden_size
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # rows: W_q, then W_k, then W_v
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.in_proj = StackedProjection()
         self.out_proj = nn.Linear(width, width)
         nn.init.normal_(self.in_proj_weight, std=width ** -0.5)
 
     def forward(self, x: Tensor) -> Tensor:
         # (B, 77, 1024) -> (B, 77, 3 * 1024) -> q, k, v each (B, 77, 1024)
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = self.in_proj(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         return self.out_proj(self.attend(q, k, v, self.heads, causal=True))
 
 

@@ -1,0 +1,136 @@
+"""Which diffx layer each key of a LoRA file adapts: the names LoRA trainers give layers, mapped to diffx's.
+
+A LoRA file names each adapted layer after the model it was trained on, in one of three schemes:
+
+- kohya / A1111 (`.safetensors` from sd-scripts): `lora_unet_<path>`, `lora_te_<path>` (SDXL: `lora_te1_`,
+  `lora_te2_`), the module path with its dots turned into underscores, where `<path>` is diffusers'
+  (`down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`) or, for SDXL files, the original SGM one
+  (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`); text encoders in transformers' names
+  (`text_model_encoder_layers_0_self_attn_q_proj`);
+- diffusers / PEFT: `unet.<diffusers path>`, `text_encoder.<transformers path>` (SDXL: and `text_encoder_2.`);
+- diffusers' older attention-processor files: `unet.<attention>.processor.to_q_lora`, `to_out_lora` (= `to_out.0`),
+  `text_encoder.<attention>.to_q_lora` (= `q_proj`) and `.lora_linear_layer.`.
+
+Underscores cannot be split back into dots unambiguously (`transformer_blocks` vs `input_blocks_4`), so the map
+runs the other way: every Linear and Conv2d of the model is listed under every name a scheme gives it, and a
+file's names are looked up there. diffx's module paths are the original checkpoint's; diffusers' are derived from
+them by the inverse of `diffusers_layout.unet_rename_rules`, transformers' names of OpenCLIP's layers by the
+inverse of `diffusers_layout.OPEN_CLIP_LEAVES`. OpenCLIP's stacked `in_proj` (W_q; W_k; W_v) is three targets,
+one third of its output rows each.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from diffx.models.open_clip import OpenClipTextEncoder, StackedProjection
+from diffx.models.stable_diffusion import StableDiffusion
+from diffx.models.unet import UNet
+from diffx.weights.diffusers_layout import OPEN_CLIP_LEAVES, rename_key, unet_rename_rules
+
+# The part of a LoRA pair a key holds, by how the key ends: down (A: in -> rank), up (B: rank -> out) or alpha.
+PART_PATTERNS = (
+    (re.compile(r"(.+)\.(?:lora_down|lora_A|lora\.down|lora_linear_layer\.down)\.weight"), "down"),
+    (re.compile(r"(.+)\.(?:lora_up|lora_B|lora\.up|lora_linear_layer\.up)\.weight"), "up"),
+    (re.compile(r"(.+)\.alpha"), "alpha"),
+    (re.compile(r"(.+_lora)\.down\.weight"), "down"),  # diffusers' attention processors: `to_q_lora.down.weight`
+    (re.compile(r"(.+_lora)\.up\.weight"), "up"),
+)
+# diffusers' attention-processor LoRAs: `<attention>[.processor].to_q_lora` is the layer `<attention>.to_q`.
+PROCESSOR_LORA = re.compile(r"(.+?)(?:\.processor)?\.(to_[qkv]|to_out)_lora")
+TEXT_PROCESSOR_LEAVES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """One layer a LoRA can adapt: the component (`unet` or `text_encoder`), the module's path inside it (the original
+    checkpoint's key without its prefix and `.weight`), and for OpenCLIP's stacked projection the output rows it
+    owns."""
+
+    component: str
+    module_path: str
+    rows: tuple[int, int] | None = None
+
+    def module(self, model: StableDiffusion) -> nn.Module:
+        return getattr(model, self.component).get_submodule(self.module_path)
+
+
+def split_lora_key(key: str) -> tuple[str, str] | None:
+    """`key` -> (the layer's name in its file's scheme, "down" / "up" / "alpha"); None for a key of no LoRA pair."""
+    for pattern, part in PART_PATTERNS:
+        if match := pattern.fullmatch(key):
+            name = match.group(1)
+            if processor := PROCESSOR_LORA.fullmatch(name):
+                attention, leaf = processor.groups()
+                text = attention.startswith("text_encoder")
+                name = f"{attention}.{TEXT_PROCESSOR_LEAVES[leaf] if text else leaf.replace('to_out', 'to_out.0')}"
+            return name, part
+    return None
+
+
+def _adaptable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear | nn.Conv2d | StackedProjection)
+
+
+def _unet_names(unet: UNet) -> dict[str, LoraTarget]:
+    inverse = {original: diffusers for diffusers, original in unet_rename_rules(unet.config).items()}
+    names = {}
+    for path, module in unet.named_modules():
+        if not _adaptable(module):
+            continue
+        target = LoraTarget("unet", path)
+        diffusers = rename_key(path + ".weight", inverse).removesuffix(".weight")
+        for name in ("lora_unet_" + path.replace(".", "_"), "lora_unet_" + diffusers.replace(".", "_"),
+                     "unet." + diffusers):
+            names[name] = target
+    return names
+
+
+def _transformers_paths(encoder: nn.Module, within: str) -> dict[str, LoraTarget]:
+    """transformers' path (`text_model.encoder.layers.0.self_attn.q_proj`) -> target, for a CLIP or OpenCLIP encoder
+    found at `within` inside the model's text encoder."""
+    paths = {}
+    for path, module in encoder.named_modules():
+        if not _adaptable(module):
+            continue
+        if not isinstance(encoder, OpenClipTextEncoder):  # CLIP: diffx's paths are transformers' already
+            paths[path] = LoraTarget("text_encoder", within + path)
+            continue
+        name = re.sub(r"^transformer\.resblocks\.(\d+)\.", r"text_model.encoder.layers.\1.", path)
+        if isinstance(module, StackedProjection):  # rows 0..w: W_q, w..2w: W_k, 2w..3w: W_v
+            width = encoder.config.hidden_size
+            for index, which in enumerate("qkv"):
+                paths[name.replace("attn.in_proj", f"self_attn.{which}_proj")] = LoraTarget(
+                    "text_encoder", within + path, (index * width, (index + 1) * width))
+            continue
+        for transformers, open_clip in OPEN_CLIP_LEAVES.items():
+            if name.endswith("." + open_clip):
+                name = name.removesuffix(open_clip) + transformers
+                break
+        paths[name] = LoraTarget("text_encoder", within + path)
+    return paths
+
+
+def _text_names(model: StableDiffusion) -> dict[str, LoraTarget]:
+    if model.config.text_encoder_2 is not None:  # SDXL: CLIP-L is te1 / text_encoder, bigG te2 / text_encoder_2
+        encoders = [(model.text_encoder.embedders[0].transformer, "embedders.0.transformer.", "te1", "text_encoder"),
+                    (model.text_encoder.embedders[1].model, "embedders.1.model.", "te2", "text_encoder_2")]
+    else:
+        encoders = [(model.text_encoder, "", "te", "text_encoder")]
+    names = {}
+    for encoder, within, kohya, diffusers in encoders:
+        for path, target in _transformers_paths(encoder, within).items():
+            # transformers >= 5.6 saves CLIPTextModel's keys without `text_model.`; PEFT files follow the model.
+            for name in (f"lora_{kohya}_" + path.replace(".", "_"), f"{diffusers}.{path}",
+                         f"{diffusers}.{path.removeprefix('text_model.')}"):
+                names[name] = target
+    return names
+
+
+def lora_targets(model: StableDiffusion) -> dict[str, LoraTarget]:
+    """Every name a LoRA file may give one of `model`'s adaptable layers -> that layer (works on a model built
+    without weights, so a file can be checked before any weight is read)."""
+    return {**_unet_names(model.unet), **_text_names(model)}
