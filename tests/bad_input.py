@@ -21,6 +21,7 @@ import pytest
 import torch
 import typer.main
 from PIL import Image
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from diffx.cli import app
@@ -47,6 +48,11 @@ WEIGHTS = ["both", ""]
 # --lora: no file, a folder, no LoRA suffix, not a safetensors file, a scale not finite or out of ±4, empty
 LORAS = ["missing.safetensors", "afolder", "afile", "notatrace.safetensors", "picture.png", "afile.pt:nan",
          "notatrace.safetensors:9", ""]
+# --embedding: no file, a folder, no embedding suffix, not a checkpoint, a bad token, a width not the model's, NaN,
+# a token the vocabulary has, an unknown layout, empty
+EMBEDDINGS = ["missing.pt", "afolder", "afile", "picture.png", "afile.pt", "notatrace.safetensors",
+              "nanemb.safetensors:a b", "wideemb.safetensors", "nanemb.safetensors", "knownemb.safetensors",
+              "twoemb.safetensors", "emptyemb.safetensors", ""]
 CONFIGS = ["sd3", ""]
 GENERATION = ["--steps", "2", "--size", "32", "--device", "cpu"]  # fast, valid settings for the tiny model
 MODEL, TRACE = "{model}", "{trace}"  # in a case's arguments: the tiny model's folder, a trace of it (conftest.py)
@@ -162,6 +168,11 @@ def fill_folder(folder: Path) -> None:
     (folder / "notpicture.png").write_bytes(b"not a picture")
     (folder / "notatrace.safetensors").write_bytes(b"not a trace")
     (folder / "afolder").mkdir()
+    save_file({"emb_params": torch.randn(1, 1024)}, folder / "wideemb.safetensors")  # SD2's width
+    save_file({"emb_params": torch.full((1, 32), float("nan"))}, folder / "nanemb.safetensors")
+    save_file({"cat</w>": torch.randn(32)}, folder / "knownemb.safetensors")
+    save_file({"a": torch.randn(32), "b": torch.randn(32)}, folder / "twoemb.safetensors")
+    save_file({"emb_params": torch.zeros(0, 32)}, folder / "emptyemb.safetensors")
     (folder / "oldtour").mkdir()  # a folder holding a file of the tour (`diffx tour oldtour` without --force)
     (folder / "oldtour" / "noise.png").write_bytes(b"keep me")
 

@@ -17,6 +17,7 @@ from tests.bad_input import (
     CONFIGS,
     DEVICES,
     DTYPES,
+    EMBEDDINGS,
     FLOATS,
     FRAME_MS,
     INTS,
@@ -46,6 +47,7 @@ SHARED = {
     "--spacing": CHOICES, "--model": MODELS, "--device": DEVICES, "--dtype": DTYPES, "--weights": WEIGHTS,
     "--config": CONFIGS, "--prediction-type": CHOICES, "--preview": CHOICES, "--attn-scale": CHOICES,
     "--frame-ms": FRAME_MS, "--threads": THREADS, "--lora": LORAS,
+    "--embedding": EMBEDDINGS,
 }
 # Options of these names that mean something else in a command, or need another base: in its own table.
 OWN = {("paths", "--steps"), ("noise", "--steps"), ("noise", "--sampler"), ("noise", "--spacing"),

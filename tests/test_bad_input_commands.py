@@ -12,6 +12,7 @@ import pytest
 from tests.bad_input import (
     BASES,
     CHOICES,
+    EMBEDDINGS,
     FLOATS,
     FRAME_MS,
     GENERATION,
@@ -84,6 +85,7 @@ def _explorers(cases: Table) -> None:
     cases.argument("render", "TRACE_FILE", TRACES)
     cases.argument("report", "TRACE_FILES", TRACES, "--html", "r.html")
     cases.argument("tokens", "PROMPT", PROMPTS[1:])
+    cases.add(["tokens", "a red circle"], "--embedding", [e for e in EMBEDDINGS if e != "wideemb.safetensors"])
 
 
 def _noise_and_lab(cases: Table) -> None:

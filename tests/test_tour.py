@@ -168,3 +168,15 @@ def test_a_second_tour_into_the_folder_is_refused_until_forced(quick_tour, run):
     before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     refused(run("tour", folder, "--quick"), "already exist", "--force")
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
+
+
+def test_the_tour_passes_each_embedding_on_with_its_absolute_path_and_token(tmp_path, monkeypatch):
+    from diffx.cli.options import ModelChoice
+    from diffx.cli.tour import model_options
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.pt", "b.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    choice = ModelChoice(embedding=["a.pt", "b.safetensors:<b>"])
+    folder = tmp_path.resolve()
+    assert model_options(choice) == [("--embedding", f"{folder}/a.pt"), ("--embedding", f"{folder}/b.safetensors:<b>")]

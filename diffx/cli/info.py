@@ -6,25 +6,29 @@ from typing import Annotated
 import typer
 
 from diffx.cli.core import OUT
-from diffx.cli.options import ForceOpt, ModelChoice, PreviewOpt, check_view_options, option_groups
+from diffx.cli.options import EmbeddingOpt, ForceOpt, ModelChoice, PreviewOpt, check_view_options, option_groups
 
 
 def tokens(
     prompt: Annotated[str, typer.Argument(help="The prompt to tokenize.", show_default=False)],
+    embedding: EmbeddingOpt = None,
 ) -> None:
     """Show how CLIP's tokenizer reads a prompt.
 
     Each word → its BPE tokens → their ids → their positions in the 77-token window, with the start,
     end and padding tokens and what the limit cuts off. Word weights ("a (red:1.3) circle", "[blue]")
     are read as the web UIs write them: the table shows the prompt without brackets and each word's weight.
+    With --embedding, the embedding's word reads as its new tokens (ids after the vocabulary's last).
 
     Example: diffx tokens "a (red:1.3) circle left of a blue square"
     """
     from diffx.models.tokenizer import ClipTokenizer
     from diffx.pipeline.prompt_weights import weighted_tokens
     from diffx.views.tables import tokens_table
+    from diffx.weights.embedding import EmbeddingSpec, embedding_tokenizer
 
-    OUT.print(tokens_table(weighted_tokens(ClipTokenizer.default(), prompt)))
+    specs = [EmbeddingSpec.parse(text) for text in embedding or ()]
+    OUT.print(tokens_table(weighted_tokens(embedding_tokenizer(ClipTokenizer.default(), specs), prompt)))
 
 
 def models() -> None:

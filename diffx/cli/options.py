@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from diffx.pipeline.settings import GenerationSettings
     from diffx.trace.record import Trace
     from diffx.weights.discovery import ModelSource
+    from diffx.weights.embedding import Embedding, EmbeddingSpec
     from diffx.weights.lora import LoraSpec
 
 ModelOpt = Annotated[str | None, typer.Option(
@@ -55,6 +56,10 @@ LoraOpt = Annotated[list[str] | None, typer.Option(
     "--lora", metavar="FILE[:SCALE]", show_default=False,
     help="Apply a LoRA (kohya/A1111 or diffusers/PEFT .safetensors, LoCon, .pt) with a scale, -4 to 4 "
          "(default 1); repeat to stack several. Checked against the model before its weights load.")]
+EmbeddingOpt = Annotated[list[str] | None, typer.Option(
+    "--embedding", metavar="FILE[:TOKEN]", show_default=False,
+    help="Load a textual inversion embedding (A1111 .pt/.safetensors, diffusers learned_embeds, SDXL clip_l/clip_g) "
+         "as the word TOKEN (default: the file's token, else <file stem>) to write in the prompt; repeatable.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="What to draw; empty = unconditional.")]
 NegativeOpt = Annotated[str | None, typer.Option(
     help='What to steer away from (the unconditional half of CFG). Default: none (SDXL then uses zeros, as '
@@ -119,12 +124,13 @@ class CheckedModelChoice(NamedTuple):
     dtype: "torch.dtype"
     config: "ModelConfig | None"
     loras: "tuple[LoraSpec, ...]"
+    embeddings: "tuple[Embedding, ...]"
 
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """--model, --device, --dtype, --weights, --config, --prediction-type, --lora: which weights, on which device, in
-    which precision, predicting what, adapted by which LoRAs."""
+    """--model, --device, --dtype, --weights, --config, --prediction-type, --lora, --embedding: which weights, on
+    which device, in which precision, predicting what, adapted by which LoRAs, knowing which new words."""
 
     model: ModelOpt = None
     device: DeviceOpt = "auto"
@@ -133,23 +139,27 @@ class ModelChoice:
     config: ConfigOpt = None
     prediction_type: PredictionTypeOpt = None
     lora: LoraOpt = None
+    embedding: EmbeddingOpt = None
 
     def check(self) -> "CheckedModelChoice":
         """Every choice resolved and checked without reading the model's weights: its source (default: $DIFFX_MODEL,
         else the embedded model), the device, the dtype, the --weights choice, the --config preset, the
         --prediction-type and each --lora (the file there, the scale finite and in range, every key a layer of the
-        model's configuration: `read_loras`)."""
+        model's configuration: `read_loras`) and each --embedding (read, of the model's width, its token new:
+        `read_embeddings`)."""
         from diffx.devices import model_bytes_on_disk, resolve_device, resolve_dtype
         from diffx.weights.discovery import resolve_model_source
+        from diffx.weights.embedding import read_embeddings
         from diffx.weights.lora_apply import read_loras
 
         config = self._choices()
+        embeddings = self.embedding_specs()
         loras = self.lora_specs()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
         read_loras(source, loras, config)
         return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
-                                  config, loras)
+                                  config, loras, tuple(read_embeddings(source, embeddings, config)))
 
     def lora_specs(self) -> "tuple[LoraSpec, ...]":
         """Each --lora FILE[:SCALE], parsed and checked (`LoraSpec.parse`)."""
@@ -157,13 +167,19 @@ class ModelChoice:
 
         return tuple(LoraSpec.parse(text) for text in self.lora or ())
 
+    def embedding_specs(self) -> "tuple[EmbeddingSpec, ...]":
+        """Each --embedding FILE[:TOKEN], parsed and checked (`EmbeddingSpec.parse`)."""
+        from diffx.weights.embedding import EmbeddingSpec
+
+        return tuple(EmbeddingSpec.parse(text) for text in self.embedding or ())
+
     def check_given(self) -> None:
-        """The choices given checked as `check` checks them, the default model not looked for unless a --lora must be
-        checked against it: for runs that load a model only for some inputs (render, report, attention --trace),
-        which otherwise need no $DIFFX_MODEL."""
+        """The choices given checked as `check` checks them, the default model not looked for unless a --lora or an
+        --embedding must be checked against it: for runs that load a model only for some inputs (render, report,
+        attention --trace), which otherwise need no $DIFFX_MODEL."""
         from diffx.devices import resolve_device, resolve_dtype
 
-        if self.model is not None or self.lora:  # a LoRA is checked against the model `load` would load
+        if self.model is not None or self.lora or self.embedding:  # checked against the model `load` would load
             self.check()
             return
         self._choices()
@@ -181,22 +197,30 @@ class ModelChoice:
 
     def load(self) -> "StableDiffusion":
         """`--model` (default: $DIFFX_MODEL, else the embedded model) on `--device` in `--dtype`; one
-        `note:` line on stderr says what was recognised and which weights were taken, one more per LoRA, whose keys
-        are checked against the model's configuration before its weights are read."""
+        `note:` line on stderr says what was recognised and which weights were taken, one more per LoRA and per
+        embedding, all checked against the model's configuration before its weights are read."""
+        from diffx.weights.embedding import attach_embedding
         from diffx.weights.lora_apply import load_model_with_loras
 
-        source, target, precision, config, loras = self.check()
+        source, target, precision, config, loras, embeddings = self.check()
+
+        def note(line: str) -> None:
+            ERR.print(f"note: {line}", soft_wrap=True, markup=False)
+
         with ERR.status(f"loading {source.path}"):
-            return load_model_with_loras(source, loras, device=target, dtype=precision, weights=self.weights,
-                                         config=config, prediction_type=self.prediction_type,
-                                         note=lambda line: ERR.print(f"note: {line}", soft_wrap=True, markup=False))
+            model = load_model_with_loras(source, loras, device=target, dtype=precision, weights=self.weights,
+                                          config=config, prediction_type=self.prediction_type, note=note)
+        for embedding in embeddings:
+            tokens = attach_embedding(model, embedding)
+            note(f"embedding {embedding.path.name}: {embedding.token} reads as {' '.join(tokens)}")
+        return model
 
     def read_config(self) -> "ModelConfig":
         """The configuration of the model `load` would load (its scheduler, default steps…), without its weights;
         every choice is checked as `check` checks it, so a bad one is refused also where no weights are read."""
         from diffx.weights.load import read_config
 
-        source, _, _, config, _ = self.check()
+        source, _, _, config, _, _ = self.check()
         return read_config(source, config)
 
     def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":

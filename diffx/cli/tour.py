@@ -17,8 +17,8 @@ from diffx.errors import DiffxError
 
 def model_options(model: ModelChoice) -> list[tuple[str, str]]:
     """The model options given (those not at their defaults) as (option, value) pairs, to pass on to every command
-    that takes them; a repeated option (--lora) once per value; a model or LoRA path made absolute (the page's
-    commands run in the tour folder), an alias ("embedded") as given."""
+    that takes them; a repeated option (--lora, --embedding) once per value; a model, LoRA or embedding path made
+    absolute (the page's commands run in the tour folder), an alias ("embedded") as given."""
     from diffx.weights.discovery import MODEL_ALIASES
 
     given = []
@@ -32,6 +32,9 @@ def model_options(model: ModelChoice) -> list[tuple[str, str]]:
         if option == "--lora":
             given += [(option, str(spec.path.expanduser().resolve()) + f":{spec.scale:g}")
                       for spec in model.lora_specs()]
+        elif option == "--embedding":
+            given += [(option, str(spec.path.expanduser().resolve()) + (f":{spec.token}" if spec.token else ""))
+                      for spec in model.embedding_specs()]
         else:
             given.append((option, value))
     return given

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from diffx.errors import check_choice
 from diffx.models.attention import AttentionLayer, name_attention_layers
 from diffx.models.configs import TextEncoderConfig
+from diffx.models.tokenizer import END_ID
 
 # Where this encoder's tensors sit in an SD2.x single file.
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
@@ -133,7 +134,8 @@ class OpenClipTextEncoder(nn.Module):
         context = self.ln_final(context) if self.config.final_norm else context
         if not pooled:
             return context, None
-        # The end token's position: the first occurrence of the largest id (`<|endoftext|>` is the last in CLIP's
-        # vocabulary), as open_clip's `text.argmax(dim=-1)`. (B, 77, width) -> (B, width) -> (B, projection_dim)
-        end = input_ids.argmax(dim=-1)
+        # The end token's position: its first occurrence. open_clip's `text.argmax(dim=-1)` finds the same while
+        # `<|endoftext|>` is the largest id, which textual inversion's added tokens (numbered after it) are not.
+        # (B, 77, width) -> (B, width) -> (B, projection_dim)
+        end = (input_ids == END_ID).int().argmax(dim=-1)
         return context, self.ln_final(x)[torch.arange(x.shape[0], device=x.device), end] @ self.text_projection

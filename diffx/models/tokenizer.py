@@ -154,6 +154,9 @@ class ClipTokenizer:
         self.byte_decoder = {char: b for b, char in self.byte_encoder.items()}
         # byte-mapped word -> its BPE tokens; the special tokens (plain ASCII) are their own single token.
         self.cache: dict[str, list[str]] = {START_TOKEN: [START_TOKEN], END_TOKEN: [END_TOKEN]}
+        # Textual inversion's words (`with_added_tokens`): "<tok>" -> its tokens ["<tok>", "<tok>_1", ...].
+        self.added: dict[str, list[str]] = {}
+        self.special_pattern = SPECIAL_TOKEN_PATTERN
 
     @classmethod
     def default(cls) -> ClipTokenizer:
@@ -202,6 +205,22 @@ class ClipTokenizer:
         twin.pad_token = pad_token
         return twin
 
+    def with_added_tokens(self, word: str, tokens: list[str]) -> ClipTokenizer:
+        """This tokenizer with a new `word` (textual inversion's "<tok>") that reads as `tokens`, new vocabulary
+        entries numbered after the last (as transformers' `add_tokens`). Like the special tokens, the word is found
+        in the prompt as written, before clean-up and BPE. The vocabulary is copied: this tokenizer is unchanged."""
+        taken = [token for token in {word, *tokens} if token in self.vocab or token in self.added]
+        if taken:
+            raise CheckpointError(f"token {taken[0]!r} is already in the tokenizer's vocabulary; "
+                                  "give the embedding another token: FILE:<name>")
+        twin = copy.copy(self)
+        twin.vocab = {**self.vocab, **{token: len(self.vocab) + i for i, token in enumerate(tokens)}}
+        twin.added = {**self.added, word: list(tokens)}
+        # Longest first, so that of two words where one starts the other the longer is found.
+        found = sorted([START_TOKEN, END_TOKEN, *twin.added], key=len, reverse=True)
+        twin.special_pattern = re.compile(f"({'|'.join(map(re.escape, found))})")
+        return twin
+
     def bpe(self, word: str) -> list[str]:
         """Byte-pair-encode one pre-tokenized word (already byte-mapped) into vocabulary tokens."""
         if word in self.cache:
@@ -227,15 +246,18 @@ class ClipTokenizer:
         return parts
 
     def split_words(self, prompt: str) -> list[str]:
-        """The prompt cut into words: special tokens as written, the rest cleaned and split by the regex."""
+        """The prompt cut into words: special and added tokens as written, the rest cleaned and split by the regex."""
         words: list[str] = []
         # re.split with a capture group alternates: text, special token, text, ...
-        for i, segment in enumerate(SPECIAL_TOKEN_PATTERN.split(prompt)):
+        for i, segment in enumerate(self.special_pattern.split(prompt)):
             words += [segment] if i % 2 else _word_pattern().findall(clean_text(segment))
         return words
 
     def word_tokens(self, word: str) -> list[str]:
-        """BPE tokens of one word: its UTF-8 bytes as `bytes_to_unicode` characters, then merged."""
+        """BPE tokens of one word: its UTF-8 bytes as `bytes_to_unicode` characters, then merged (an added word:
+        its own tokens)."""
+        if word in self.added:
+            return self.added[word]
         return self.bpe("".join(self.byte_encoder[b] for b in word.encode("utf-8")))
 
     def decode_tokens(self, tokens: list[str]) -> str:

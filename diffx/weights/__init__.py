@@ -6,20 +6,25 @@
 - load.py: `load_model` / `save_model` (EMA or main weights, fp16, folders and single files)
 - lora.py, lora_names.py, lora_apply.py: LoRA files read, matched to the model's layers, checked and applied on the
   fly (`load_model_with_loras`, `apply_lora`)
+- embedding.py: textual inversion embeddings read, checked and taught to the tokenizer and text encoder
+  (`load_embedding`)
 """
 
 from diffx.weights.architecture import recognise
 from diffx.weights.discovery import ModelSource, find_models, resolve_model_source
+from diffx.weights.embedding import EmbeddingSpec, load_embedding
 from diffx.weights.load import load_model, read_state_dict, save_model
 from diffx.weights.lora import LoraSpec
 from diffx.weights.lora_apply import AppliedLora, apply_lora, load_model_with_loras
 
 __all__ = [
     "AppliedLora",
+    "EmbeddingSpec",
     "LoraSpec",
     "ModelSource",
     "apply_lora",
     "find_models",
+    "load_embedding",
     "load_model",
     "load_model_with_loras",
     "read_state_dict",

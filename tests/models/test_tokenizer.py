@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from diffx.errors import DiffxError
+from diffx.errors import CheckpointError, DiffxError
 from diffx.models.tokenizer import (
     CONTEXT_LENGTH,
     END_ID,
@@ -205,3 +205,14 @@ def test_missing_files_raise_user_errors(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     with pytest.raises(DiffxError, match="lacks"):
         ClipTokenizer.from_folder(tmp_path)
+
+
+def test_an_added_word_reads_as_its_tokens_as_written_and_the_original_is_unchanged():
+    base = ClipTokenizer.default()
+    tokenizer = base.with_added_tokens("<cat>", ["<cat>", "<cat>_1"]).with_added_tokens("<cat>x", ["<cat>x"])
+    encoded = tokenizer.encode("a<cat> <cat>x dog")
+    assert encoded.tokens[1:6] == ["a</w>", "<cat>", "<cat>_1", "<cat>x", "dog</w>"]
+    assert encoded.ids[2:5] == [49408, 49409, 49410]
+    assert base.encode("a<cat>").tokens[1:5] == ["a</w>", "<</w>", "cat</w>", "></w>"] and not base.added
+    with pytest.raises(CheckpointError, match="already in the tokenizer"):
+        tokenizer.with_added_tokens("dog</w>", ["dog</w>"])
