@@ -15,7 +15,8 @@ from diffx.cli import app
 from diffx.sampling.grids import SAMPLERS
 
 STEPS = 2
-MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config", "--prediction-type")
+MODEL_GROUP = ("--model", "--device", "--dtype", "--weights", "--config", "--prediction-type", "--lora",
+               "--embedding")
 GUIDED = ("denoise", "trace", "attention", "edit", "weights", "cfg-sweep", "compare", "predict", "paths", "invert")
 
 
