@@ -1,5 +1,6 @@
 """Textual inversion: diffx's `load_embedding` against diffusers' `load_textual_inversion` on transformers' CLIP
-holding the same random weights (an SD1.5-width text encoder of 2 blocks), and each bad file refused in one line."""
+holding the same random weights (an SD1.5-width text encoder of 2 blocks; a tiny SDXL's two encoders), and each
+bad file refused in one line."""
 
 from dataclasses import replace
 
@@ -154,3 +155,36 @@ def test_denoise_takes_embeddings_and_names_each_in_a_note(tmp_path, monkeypatch
     assert "embedding style.safetensors: <s> reads as <s> <s>_1" in result.output
     result = CliRunner().invoke(app, [*args, "--embedding", "style.safetensors:<s>", "--out", "again.png"])
     assert result.exit_code == 2 and "already in the tokenizer" in result.output  # the same word twice
+
+
+def test_an_sdxl_embedding_encodes_as_diffusers_load_textual_inversion_encodes_it(tmp_path):
+    from diffx.weights.load import load_model
+    from tests.test_sdxl import diffusers_sdxl_pipeline, original_single_file, reference_models
+
+    models = reference_models(tiny_sdxl())
+    save_file(original_single_file(tiny_sdxl(), models), tmp_path / "sdxl.safetensors")
+    ours = load_model(tmp_path / "sdxl.safetensors")
+    generator = torch.Generator().manual_seed(3)
+    clip_l, clip_g = (torch.randn(3, width, generator=generator) for width in (64, 128))  # tiny SDXL's widths
+    save_file({"clip_l": clip_l, "clip_g": clip_g}, tmp_path / "style.safetensors")
+    pipe = diffusers_sdxl_pipeline(models, tmp_path)
+    pipe.load_textual_inversion(clip_l, token="<style>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(clip_g, token="<style>", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+
+    # SDXL's bigG config says eos_token_id 2, so transformers pools at the largest id: an added token's, not the end
+    # token's (transformers#24650, diffusers#10754). diffx pools at the end token; so does transformers told the id.
+    for module in pipe.text_encoder_2.modules():
+        if hasattr(module, "eos_token_id"):
+            module.eos_token_id = 49407
+
+    load_embedding(ours, tmp_path / "style.safetensors")
+
+    prompt = "a <style> cat on a table"
+    with torch.inference_mode():
+        context, pooled = ours.text_encoder.encode(ours.tokenizer([prompt]))
+        reference, _, reference_pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
+                                                               do_classifier_free_guidance=False)
+    diffs = [(context - reference).abs().max().item(), (pooled - reference_pooled).abs().max().item()]
+    print(f"SDXL 3-vector embedding: context max |diff| {diffs[0]:.2e}, pooled {diffs[1]:.2e}")
+    assert max(diffs) <= 1e-5
