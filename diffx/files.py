@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from diffx.errors import InvalidArgumentError, OutputPathError, check_choice
+from diffx.errors import InvalidArgumentError, OutputPathError, check_choice, elide
 
 ANIMATION_SUFFIXES = (".gif", ".mp4")
 PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # suffix → Pillow format
@@ -148,3 +148,13 @@ def check_outputs(paths: Sequence[str | os.PathLike | None], force: bool = False
             raise OutputPathError(f"cannot write to folder {folder}; choose a writable output path")
     if picture is not None:
         picture_format(picture)
+
+
+def check_option_file(option: str, path: Path, suffixes: Sequence[str], form: str) -> None:
+    """An input file an option names (`--lora`, `--embedding`): one of `suffixes` and there, else one error line
+    naming the option; `form` says what may follow the path (e.g. "optionally followed by :scale (…)")."""
+    name = elide(str(path), 80)
+    if path.suffix.lower() not in suffixes:
+        raise InvalidArgumentError(f"{option} {name}: expected a {', '.join(suffixes)} file, {form}")
+    if not path.is_file():
+        raise InvalidArgumentError(f"{option} {name}: no such file; check the path")

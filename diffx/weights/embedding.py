@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from diffx.errors import CheckpointError, InvalidArgumentError, elide
+from diffx.files import check_option_file
 from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
@@ -64,11 +65,8 @@ class EmbeddingSpec:
         if self.token is not None and not TOKEN_PATTERN.fullmatch(self.token):
             raise InvalidArgumentError(f"--embedding {name}:{elide(self.token, 40)!r}: the token must be printable "
                                        "ASCII without spaces, e.g. <my-style>")
-        if self.path.suffix.lower() not in EMBEDDING_SUFFIXES:
-            raise InvalidArgumentError(f"--embedding {name}: expected a {', '.join(EMBEDDING_SUFFIXES)} file, "
-                                       "optionally followed by :TOKEN (e.g. style.pt:<my-style>)")
-        if not self.path.is_file():
-            raise InvalidArgumentError(f"--embedding {name}: no such file; check the path")
+        check_option_file("--embedding", self.path, EMBEDDING_SUFFIXES,
+                          "optionally followed by :TOKEN (e.g. style.pt:<my-style>)")
 
 
 @dataclass(frozen=True)

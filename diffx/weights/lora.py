@@ -28,6 +28,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from diffx.errors import CheckpointError, InvalidArgumentError, check_finite, elide
+from diffx.files import check_option_file
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.weights.load import read_state_dict
 from diffx.weights.lora_names import LoraTarget, lora_targets, split_lora_key
@@ -65,11 +66,8 @@ class LoraSpec:
         if abs(self.scale) > SCALE_LIMIT:
             raise InvalidArgumentError(f"--lora {elide(str(self.path), 80)}:{self.scale:g}: the scale must be within "
                                        f"±{SCALE_LIMIT:g} (1 = as trained, 0.5 = half)")
-        if self.path.suffix.lower() not in LORA_SUFFIXES:
-            raise InvalidArgumentError(f"--lora {elide(str(self.path), 80)}: expected a {', '.join(LORA_SUFFIXES)} "
-                                       "file, optionally followed by :scale (e.g. style.safetensors:0.8)")
-        if not self.path.is_file():
-            raise InvalidArgumentError(f"--lora {elide(str(self.path), 80)}: no such file; check the path")
+        check_option_file("--lora", self.path, LORA_SUFFIXES,
+                          "optionally followed by :scale (e.g. style.safetensors:0.8)")
 
 
 @dataclass(frozen=True)
