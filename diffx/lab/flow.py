@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffx.errors import InvalidArgumentError, check_choice, check_finite
+from diffx.errors import InvalidArgumentError, check_choice
 from diffx.lab.data import PointDistribution
 from diffx.lab.model import LabModel, one_thread
 from diffx.lab.sampling import LabRun
 from diffx.lab.train import LabTrainConfig, TrainProgress, fit, labelled_batch
+from diffx.sampling.flow import check_shift, shift_times
 
 FLOW_TIME_SCALE = 1000.0  # the network sees t · 1000, as SD3's transformer does
 FLOW_SAMPLERS = ("flow_euler", "flow_heun")
-MAX_SHIFT = 100.0
 
 
 @dataclass
@@ -78,13 +78,6 @@ def train_flow_model(data: PointDistribution, config: LabTrainConfig = LabTrainC
     return TrainedFlow(model=model, data=data, losses=fit(model, loss, config, generator, progress))
 
 
-def check_shift(shift: float) -> float:
-    """`shift` if it is a usable time shift (finite, 0 < shift ≤ MAX_SHIFT), else a one-line error."""
-    if not 0 < check_finite("shift", shift) <= MAX_SHIFT:
-        raise InvalidArgumentError(f"shift must be above 0 and at most {MAX_SHIFT:g} (SD3 uses 3), got {shift:g}")
-    return shift
-
-
 def flow_times(steps: int, shift: float = 1.0) -> Tensor:
     """The N + 1 times t_0 = 1 > t_1 > … > t_N = 0 of an N-step flow sampler, float64 (N + 1,).
 
@@ -95,23 +88,12 @@ def flow_times(steps: int, shift: float = 1.0) -> Tensor:
     if steps < 1:
         raise InvalidArgumentError(f"flow steps must be at least 1, got {steps}")
     check_shift(shift)
-    u = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    return shift * u / (1 + (shift - 1) * u)
+    return shift_times(torch.linspace(1, 0, steps + 1, dtype=torch.float64), shift)
 
 
 def velocity(model: LabModel, x: Tensor, t: Tensor | float) -> Tensor:
     """v̂ = v_θ(x_t, t, ∅) for one time t ∈ [0, 1] shared by the batch (the unconditional branch)."""
     return model(x, torch.as_tensor(t * FLOW_TIME_SCALE, dtype=torch.float64))
-
-
-def x0_from_velocity(x_t: Tensor, t: float, v: Tensor) -> Tensor:
-    """x̂_0 = x_t − t v̂: follow the straight line from x_t back to t = 0."""
-    return x_t - t * v
-
-
-def eps_from_velocity(x_t: Tensor, t: float, v: Tensor) -> Tensor:
-    """ε̂ = x_t + (1 − t) v̂: follow the straight line from x_t on to t = 1."""
-    return x_t + (1 - t) * v
 
 
 @torch.no_grad()

@@ -29,7 +29,6 @@ from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.files import check_outputs, companion_path
 from diffx.lab.data import PointDistribution, get_distribution
 from diffx.lab.figures import ANCESTRAL, forward_and_field, guidance_sweep, reverse_frames, schedules_and_steps
-from diffx.lab.flow import check_shift
 from diffx.lab.flow_figures import flow_frames, stack_frames
 from diffx.lab.flow_job import DEFAULT_SHIFT, OBJECTIVES, FlowOutcome, FlowResult, flow_figures, run_flow_part
 from diffx.lab.lessons import LessonContext, check_lesson_data, check_lessons, run_lesson
@@ -38,6 +37,7 @@ from diffx.lab.model import LabModel
 from diffx.lab.sampling import LabRun, initial_noise, run_sampler
 from diffx.lab.train import LabTrainConfig, TrainedLab, train_lab_model
 from diffx.render.io import save_gif, save_png
+from diffx.sampling.flow import check_shift
 from diffx.sampling.grids import SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule
 

@@ -65,6 +65,8 @@ class Grid:
     σ-space samplers); `sigmas` (N + 1,) float32: σ = √((1 − ᾱ)/ᾱ) of the state at step i, and last the σ of the
     result (0 where the sampler ends clean; DDPM/DDIM end at their last t'); `prev_timesteps` (N,) int64, DDPM
     and DDIM only: the t' step i lands on (< 0: past t = 0). A run takes steps `start_index` … N − 1.
+    `flow_sigmas` (N + 1,) float32, rectified-flow grids only (`diffx.sampling.flow.flow_grid`): the flow time
+    s_i ∈ [0, 1] of the state x_s = (1 − s) x_0 + s ε at step i, ending in 0; `sigmas` then holds the VP σ of each.
     """
 
     sampler: str
@@ -75,6 +77,7 @@ class Grid:
     sigmas: torch.Tensor
     prev_timesteps: torch.Tensor | None = None
     start_index: int = 0
+    flow_sigmas: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -83,9 +86,9 @@ class Grid:
 
     @property
     def init_noise_sigma(self) -> float:
-        """How much the unit noise ε is scaled to start a σ-space sampler (1 for VP samplers): σ_max with linspace
-        or trailing spacing, √(σ_max² + 1) with leading spacing — diffusers' choice."""
-        if self.sampler not in SIGMA_SAMPLERS:
+        """How much the unit noise ε is scaled to start a σ-space sampler (1 for VP and flow samplers): σ_max with
+        linspace or trailing spacing, √(σ_max² + 1) with leading spacing — diffusers' choice."""
+        if self.sampler not in SIGMA_SAMPLERS or self.flow_sigmas is not None:  # a flow run starts at x_1 = ε
             return 1.0
         sigma_max = self.sigmas.max()
         return float(sigma_max if self.spacing in ("linspace", "trailing") else (sigma_max**2 + 1) ** 0.5)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from diffx.errors import check_choice
-from diffx.sampling.schedules import eps_from_prediction
+from diffx.sampling.schedules import ZERO_SNR_ALPHA_CUMPROD, eps_from_prediction
 
 PARAMETERIZATIONS = ("epsilon", "v_prediction", "flow")
 
@@ -60,4 +60,31 @@ class Parameterization:
         if self.name != "flow":
             return eps_from_prediction(output, x_t, signal_scale, noise_scale, self.name)
         s = noise_scale / (signal_scale + noise_scale)
-        return x_t / (signal_scale + noise_scale) + (1 - s) * output  # ε = x_s + (1 − s) v
+        return eps_from_velocity(x_t / (signal_scale + noise_scale), s, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rectified flow in its own units: x_s = (1 − s) x_0 + s ε, v = ε − x_0 (Esser et al. 2024, eq. 2-3 with
+# SD3's naming: s is the flow's σ ∈ [0, 1]). Two estimates follow from one v̂, with no division, so they hold
+# at s = 1 (pure noise), where the VP exchange's x̂0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ would be 0/0.
+
+
+def eps_from_velocity(x_s: torch.Tensor, s: float, v: torch.Tensor) -> torch.Tensor:
+    """ε̂ = x_s + (1 − s) v̂: the noise end of the straight line through x_s with direction v̂."""
+    return x_s + (1 - s) * v
+
+
+def x0_from_velocity(x_s: torch.Tensor, s: float, v: torch.Tensor) -> torch.Tensor:
+    """x̂0 = x_s − s v̂: the clean end of the same line (what SD3's scheduler calls `denoised`)."""
+    return x_s - s * v
+
+
+def flow_alpha_cumprod(s: torch.Tensor | float) -> torch.Tensor:
+    """ᾱ of the VP state x_s / n, n = √((1 − s)² + s²): (1 − s)² / ((1 − s)² + s²), float64.
+
+    x_s / n = √ᾱ x_0 + √(1 − ᾱ) ε is the same point of the same path in variance-preserving units. At s = 1
+    ᾱ would be 0 (σ = ∞); like a zero-terminal-SNR schedule it is held at ZERO_SNR_ALPHA_CUMPROD (σ ≈ 4096),
+    so the per-step records stay finite."""
+    s = torch.as_tensor(s, dtype=torch.float64)
+    alpha_cumprod = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+    return alpha_cumprod.clamp(min=ZERO_SNR_ALPHA_CUMPROD)

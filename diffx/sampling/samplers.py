@@ -32,12 +32,13 @@ device, in the order diffusers draws it, so a seed gives the same image as diffu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from diffx.errors import InvalidArgumentError, check_choice
+from diffx.sampling.flow import sample_flow_euler, sample_flow_heun
 from diffx.sampling.grids import Grid
+from diffx.sampling.records import StepCallback, StepRecord
 from diffx.sampling.schedules import q_sample
 
 VARIANCES = ("fixed_small", "fixed_large")
@@ -45,30 +46,6 @@ VARIANCES = ("fixed_small", "fixed_large")
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass
-class StepRecord:
-    """What one model evaluation saw and produced.
-
-    `x` is always the VP-space x_t (the model input); `state` is the sampler's own variable (x_t for VP
-    samplers, x_0 + σ ε for σ-space samplers) and `x_next` is the state after the step, i.e. the next
-    record's `state` (after the last step: the returned latent). `x_next` is the very tensor the sampler
-    continues from, so a callback may edit it in place (inpainting blends the known region back in).
-    """
-
-    index: int  # 0-based model evaluation
-    num_steps: int  # model evaluations in this run
-    timestep: float  # t given to the model
-    sigma: float  # σ = √((1 - ᾱ) / ᾱ) of the state
-    alpha_cumprod: float  # ᾱ = 1 / (σ² + 1)
-    x: torch.Tensor  # (B, C, H, W) VP model input x_t
-    state: torch.Tensor  # (B, C, H, W) the sampler's state before the step
-    eps_pred: torch.Tensor  # ε_θ(x_t, t)
-    x0_pred: torch.Tensor  # the x_0 estimate this step implies
-    x_next: torch.Tensor  # the state after the step
-    next_sigma: float  # σ of x_next (0 once the sampler has reached the clean latent)
-
-
-StepCallback = Callable[[StepRecord], None]
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -347,6 +324,8 @@ def sample(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, eta: float =
     step returns `init_latent` unchanged). `eta` is DDIM's, `variance` DDPM's, `generator` feeds the ancestral
     samplers (ddpm, euler_a, ddim with eta > 0). `post_step(record)` runs after every step, before `callback`,
     and may edit `record.x_next` in place (inpainting blends the known region back in); callbacks only watch.
+    On a flow grid (`grid.flow_sigmas`, `sampling.flow.flow_grid`) the model is a velocity model, (x_s, s·T) → v̂,
+    and Euler and Heun take rectified flow's steps.
     """
     if init_latent is None and grid.start_index:
         raise InvalidArgumentError("the grid starts part-way (image-to-image) but no init_latent was given")
@@ -360,6 +339,9 @@ def sample(eps_model: EpsModel, noise: torch.Tensor, grid: Grid, *, eta: float =
             if watch is not None:
                 watch(record)
 
+    if grid.flow_sigmas is not None:  # a rectified-flow grid: `eps_model` gives the velocity v̂ (sampling.flow)
+        flow_sampler = sample_flow_heun if grid.sampler == "heun" else sample_flow_euler
+        return flow_sampler(eps_model, noise, grid, init_latent=init_latent, callback=callback)
     if grid.sampler == "ddpm":
         return sample_ddpm(eps_model, noise, grid, variance=variance, init_latent=init_latent, generator=generator,
                            callback=callback)

@@ -11,16 +11,15 @@ from diffx.errors import InvalidArgumentError
 from diffx.lab.data import get_distribution
 from diffx.lab.flow import (
     FLOW_TIME_SCALE,
-    eps_from_velocity,
     flow_interpolate,
     flow_matching_loss,
     flow_times,
     run_flow,
     train_flow_model,
-    x0_from_velocity,
 )
 from diffx.lab.model import LabModel
 from diffx.lab.train import LabTrainConfig
+from diffx.sampling.parameterizations import eps_from_velocity, x0_from_velocity
 
 MEAN, STD = torch.tensor([1.0, -0.5]), 0.5  # the Gaussian data N(m, s² I) of the exact velocity field
 
