@@ -95,6 +95,10 @@ class VAEConfig:
     embed_dim: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
+    # SD3's VAE: its latents are centred before scaling, z_scaled = (z − shift_factor) · scaling_factor (SD3: 0.0609,
+    # 1.5305), and it has no 1x1 convs into and out of the latent space (diffusers' `use_quant_conv=False`).
+    shift_factor: float = 0.0
+    use_quant_conv: bool = True
     # Decode in fp32 when the model runs in fp16 (diffusers' `force_upcast`, which its SDXL pipeline honours):
     # SDXL's VAE overflows in fp16 and decodes to black or NaN pictures.
     force_upcast: bool = False
@@ -251,6 +255,12 @@ def sdxl_base() -> ModelConfig:
         default_guidance=5.0,
         force_zeros_for_empty_prompt=True,
     )
+
+
+def sd3_vae() -> VAEConfig:
+    """The 16-channel AutoencoderKL of SD3 and SD3.5 (Esser et al. 2024, §5.2.1: more latent channels, better
+    reconstructions): LDM's VAE with 16 latent channels, no quant convs, latents centred and scaled."""
+    return VAEConfig(z_channels=16, embed_dim=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False)
 
 
 def tiny() -> ModelConfig:

@@ -211,15 +211,18 @@ class DiagonalGaussian:
 
 
 class AutoencoderKL(nn.Module):
-    """Encoder + decoder with 1x1 convs into and out of the latent space (`quant_conv`, `post_quant_conv`)."""
+    """Encoder + decoder with 1x1 convs into and out of the latent space (`quant_conv`, `post_quant_conv`; SD3's
+    VAE has none)."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        # SD3's VAE has neither (its encoder's output is the posterior's moments): identities, no checkpoint keys.
+        quant = config.use_quant_conv
+        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1) if quant else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1) if quant else nn.Identity()
         name_attention_layers(self)
 
     def encode(self, x: Tensor) -> DiagonalGaussian:

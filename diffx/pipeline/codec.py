@@ -1,5 +1,5 @@
-"""The latent codec: pictures ↔ scaled latents through the VAE (z = scaling_factor · sample of q(z | x)), and what
-the decoder costs."""
+"""The latent codec: pictures ↔ scaled latents through the VAE (z = scaling_factor · (sample of q(z | x) −
+shift_factor); the shift is SD3's, 0 elsewhere), and what the decoder costs."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ DECODE_BATCH = 8  # VAE decodes per batch: bounds the decoder's memory
 @torch.no_grad()
 def encode_image(model: StableDiffusion, image: Image.Image | np.ndarray | Tensor,
                  generator: torch.Generator | None) -> Tensor:
-    """Picture → scaled latent z = scaling_factor · sample of q(z | x)  (image (H, W, 3) uint8 or PIL)."""
+    """Picture → scaled latent z = scaling_factor · (sample of q(z | x) − shift_factor)  (image (H, W, 3) uint8 or
+    PIL)."""
     x = image_to_tensor(image).to(model.device, model.dtype)
     posterior = model.vae.encode(x)
-    return posterior.sample(generator).float() * model.config.vae.scaling_factor
+    vae = model.config.vae
+    return (posterior.sample(generator).float() - vae.shift_factor) * vae.scaling_factor
 
 
 @torch.no_grad()
@@ -48,7 +50,7 @@ def decoder_gflops(model: StableDiffusion, height: int | None = None, width: int
         flops.append(2 * output.numel() * per_output)
 
     layers = [m for m in model.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-    layers += [model.vae.post_quant_conv]
+    layers += [m for m in [model.vae.post_quant_conv] if isinstance(m, torch.nn.Conv2d)]  # SD3's: an identity
     hooks = [layer.register_forward_hook(count) for layer in layers]
     try:
         model.vae.decode(torch.zeros(1, model.config.vae.embed_dim, 4, 4, device=model.device, dtype=model.dtype))
@@ -63,14 +65,15 @@ def decode_latents(model: StableDiffusion, latents: Tensor, batch: int = DECODE_
     """Scaled latents (N, C, h, w) → pictures (H, W, 3) uint8, `batch` at a time (fp32 for `force_upcast`)."""
     # SDXL's VAE overflows in fp16: it decodes in fp32 then (diffusers' SDXL pipeline upcasts it the same way).
     # Only then is the VAE cast, and cast back after; every other model decodes in its own dtype, untouched.
-    upcast = model.config.vae.force_upcast and model.dtype == torch.float16
+    vae = model.config.vae
+    upcast = vae.force_upcast and model.dtype == torch.float16
     dtype = torch.float32 if upcast else model.dtype
     if upcast:
         model.vae.to(dtype)
     try:
         pictures = []
         for chunk in latents.split(batch):
-            z = (chunk.float().to(model.device) / model.config.vae.scaling_factor).to(dtype)
+            z = (chunk.float().to(model.device) / vae.scaling_factor + vae.shift_factor).to(dtype)
             pictures += [tensor_to_image(image.clamp(-1, 1)) for image in model.vae.decode(z).float()]
     finally:
         if upcast:
