@@ -133,7 +133,12 @@ class ClipTextTransformer(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """CLIP text encoder: token ids (B, 77) -> last hidden state (B, 77, hidden), SD1.x's context."""
+    """CLIP text encoder: token ids (B, 77) -> last hidden state (B, 77, hidden), SD1.x's context.
+
+    With `projection_dim` (SD3's two CLIPs, transformers' `CLIPTextModelWithProjection`) it also gives the pooled
+    text feature, CLIP's contrastive embedding (Radford et al. 2021, fig. 3):
+    pooled = text_projection(final_layer_norm(x_L)[end token]), `text_projection` a bias-free Linear.
+    """
 
     checkpoint_prefix = "cond_stage_model.transformer."  # where an SD1.x single file keeps it
 
@@ -141,8 +146,28 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = config or TextEncoderConfig()
         self.text_model = ClipTextTransformer(self.config)
+        if self.config.projection_dim:
+            self.text_projection = nn.Linear(self.config.hidden_size, self.config.projection_dim, bias=False)
         name_attention_layers(self)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         # (B, 77) int64 -> (B, 77, hidden)
         return self.text_model(input_ids)
+
+    def encode(self, input_ids: Tensor, end_id: int) -> tuple[Tensor, Tensor]:
+        """(context (B, 77, hidden), pooled (B, projection_dim)): the used block's output as `forward` gives it,
+        and the projected end-token feature of the last block (every block runs). `end_id`: `<|endoftext|>`'s id,
+        whose first occurrence marks the end (transformers' choice for tokenizers that number it last or not)."""
+        text_model = self.text_model
+        x = text_model.embeddings(input_ids)
+        layers = text_model.encoder.layers
+        used = len(layers) - self.config.skipped_layers
+        context = x
+        for index, layer in enumerate(layers):
+            x = layer(x)
+            if index == used - 1:
+                context = x
+        context = text_model.final_layer_norm(context) if self.config.final_norm else context
+        end = (input_ids == end_id).int().argmax(dim=-1)
+        # (B, 77, hidden) -> (B, hidden) -> (B, projection_dim)
+        return context, self.text_projection(text_model.final_layer_norm(x)[torch.arange(x.shape[0]), end])

@@ -196,3 +196,24 @@ def test_sd15_original_checkpoint_through_diffusers_single_file_loader(tmp_path)
     assert max_abs_diff(ours, theirs, ids) <= 1e-4
     with torch.inference_mode():
         assert torch.equal(reloaded.eval()(ids), ours(ids))
+
+
+@pytest.mark.parametrize("act, width, heads", [("quick_gelu", 768, 12), ("gelu", 1280, 20)], ids=["clip-l", "big-g"])
+def test_projection_matches_clip_text_model_with_projection(act: str, width: int, heads: int) -> None:
+    """SD3's encoders (CLIP-L, bigG, both `CLIPTextModelWithProjection`) at real widths, 2 layers: the penultimate
+    hidden state without the final norm, and the pooled projection taken at the first end token."""
+    config = TextEncoderConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
+                               num_attention_heads=heads, hidden_act=act, skipped_layers=1, final_norm=False,
+                               projection_dim=width)
+    torch.manual_seed(0)
+    reference = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
+        hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2, num_attention_heads=heads,
+        hidden_act=act, projection_dim=width, eos_token_id=49407)).eval()
+    ours = TextEncoder(config).eval()
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items() if "position_ids" not in k})
+    ids = ClipTokenizer.default()(PROMPTS)
+    with torch.no_grad():
+        expected = reference(ids, output_hidden_states=True)
+        context, pooled = ours.encode(ids, end_id=49407)
+    torch.testing.assert_close(context, expected.hidden_states[-2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled, expected.text_embeds, atol=1e-5, rtol=0)
