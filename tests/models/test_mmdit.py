@@ -5,15 +5,19 @@ Parity runs each family's REAL width — SD3-medium (1536 wide, 24 heads), SD3.5
 24 and 38 (SD3.5-large's 8 B parameters are 32 GB per fp32 copy: they cannot be built twice on a 2-core CI
 machine). The reduced depths keep every kind of block: plain ones, MMDiT-X's dual-attention ones (SD3.5-medium:
 blocks 0 and 1, then a plain last one) and the pre-only last block. Random weights, the RMS norms' gains
-randomised too, go through `diffx.weights.sd3_layout`, so the tests also prove the key mapping. The full-depth
+randomised too, go through `diffx.weights.sd3_layout`, so the tests also prove the key mapping; diffusers' own
+converter of Stability's single files checks that diffx's module paths are those files' keys. The full-depth
 presets are built on the meta device and counted against diffusers' own meta-built models.
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from diffusers import SD3Transformer2DModel
+from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 from diffusers.models.embeddings import PatchEmbed
 from torch import Tensor, nn
 
@@ -51,11 +55,11 @@ def inputs(config: MMDiTConfig, height: int, width: int, text_tokens: int, batch
 
 
 def randomise_norms(model: nn.Module) -> None:
-    """Give every norm gain a random value (they start at 1), so a swapped ln_q / ln_k would show."""
+    """Give every QK-norm gain a random value (they start at 1), so a swapped ln_q / ln_k would show."""
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if ".norm" in name:
+            if re.search(r"\.(norm_(added_)?[qk]|ln_[qk])\.weight$", name):
                 parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
 
 
@@ -84,6 +88,29 @@ def test_real_width_matches_diffusers(name: str):
     # The same operations in the same order: fp32 agrees to rounding (measured: 0 for all three).
     assert (velocity - expected).abs().max().item() <= 1e-5
     assert expected.abs().max().item() > 0.1  # a real signal, not two zeros
+
+
+def test_module_paths_are_the_single_files_keys():
+    """diffusers' own converter of Stability's single files takes every tensor of diffx's state dict (prefixed
+    `model.diffusion_model.`, as the files hold them) and leaves none; the model it fills computes diffx's numbers."""
+    torch.manual_seed(0)
+    model = MMDiT(small()).eval()
+    randomise_norms(model)
+    single_file = {f"model.diffusion_model.{key}": value for key, value in model.state_dict().items()}
+    converted = convert_sd3_transformer_checkpoint_to_diffusers(single_file)
+    assert single_file == {}  # the converter pops what it reads: nothing of diffx's is left over
+    config = model.config
+    reference = SD3Transformer2DModel(
+        sample_size=config.sample_size, patch_size=config.patch_size, in_channels=config.in_channels,
+        num_layers=config.depth, attention_head_dim=config.head_dim, num_attention_heads=config.heads,
+        joint_attention_dim=config.context_dim, caption_projection_dim=config.width,
+        pooled_projection_dim=config.pooled_dim, out_channels=config.out_channels,
+        pos_embed_max_size=config.pos_embed_max_size, dual_attention_layers=config.dual_attention_layers,
+        qk_norm="rms_norm").eval()
+    reference.load_state_dict(converted, strict=True)
+    x, t, context, pooled = inputs(config, 10, 6, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, context, pooled), reference(x, context, pooled, t).sample)
 
 
 @pytest.mark.parametrize("name", list(HUB_CONFIGS))
