@@ -73,7 +73,8 @@ def observe_attention(observer: AttentionObserver) -> contextlib.AbstractContext
 
 
 class AttentionLayer(nn.Module):
-    """Base for modules that call `attend`: gives each a name and a kind ("self", "cross")."""
+    """Base for modules that call `attend`: gives each a name and a kind ("self", "cross", or "joint": MMDiT's
+    attention over image and text tokens together, image first)."""
 
     kind: str = "self"
     layer_name: str = ""
