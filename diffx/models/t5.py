@@ -205,7 +205,9 @@ class T5Stack(nn.Module):
     def __init__(self, config: T5Config, embed_tokens: nn.Embedding):
         super().__init__()
         self.embed_tokens = embed_tokens
-        self.block = nn.ModuleList(T5Block(config, has_relative_attention_bias=i == 0) for i in range(config.num_layers))
+        # Only the first block owns the relative position bias table; the others reuse its bias.
+        self.block = nn.ModuleList(T5Block(config, has_relative_attention_bias=i == 0)
+                                   for i in range(config.num_layers))
         self.final_layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:

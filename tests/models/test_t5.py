@@ -88,6 +88,8 @@ def test_small_with_attention_mask_matches_transformers():
     mask = (torch.arange(ids.shape[1]) <= 20).long().expand(2, -1).clone()
     mask[1] = 1
     assert max_abs_diff(ours, theirs, ids, mask) <= 1e-5
+    with torch.inference_mode():
+        assert not torch.allclose(ours(ids, mask)[0], ours(ids)[0])  # the mask did change row 0
     assert max_abs_diff(ours, theirs, ids) <= 1e-5
 
 
