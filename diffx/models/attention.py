@@ -81,8 +81,14 @@ class AttentionLayer(nn.Module):
     # Compute in fp32 whatever the weights' dtype (SD2-768: in fp16 its attention scores overflow).
     upcast: bool = False
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, heads: int, causal: bool = False) -> Tensor:
-        """Multi-head attention over (B, N, C) tensors -> (B, N_query, C), in the inputs' dtype."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, heads: int, causal: bool = False, *,
+               bias: Tensor | None = None, scale: float | None = None) -> Tensor:
+        """Multi-head attention over (B, N, C) tensors -> (B, N_query, C), in the inputs' dtype.
+
+        `bias` (B or 1, heads, N_query, N_key) is added to the scores before the softmax (T5's relative position
+        bias, a padding mask as large negatives); `scale` replaces 1/sqrt(head_dim) (T5 uses 1: Raffel et al. 2020
+        fold it into the initialisation of Q). Without them the numbers are exactly SDPA's defaults.
+        """
         batch, n_query, channels = q.shape
         dtype = q.dtype
         if self.upcast:
@@ -94,27 +100,47 @@ class AttentionLayer(nn.Module):
         probs = None
         if editor is not None and editor.edits(self, n_query):
             # (B, heads, N_query, N_key) @ (B, heads, N_key, head_dim) -> (B, heads, N_query, head_dim)
-            probs = editor.edit(self, attention_probs(q, k, causal))
+            probs = editor.edit(self, attention_probs(q, k, causal, bias=bias, scale=scale))
             out = probs.to(v.dtype) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            # Only given arguments are passed, so that every caller without them runs SDPA's defaults unchanged.
+            extra: dict[str, Any] = {}
+            if bias is not None:
+                extra["attn_mask"] = bias.to(q.dtype)  # SDPA adds a float mask to the scores
+            if scale is not None:
+                extra["scale"] = scale
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, **extra)
         observer = _observer.get()
         wanted = observer.wants(self) if observer is not None else False
         if wanted:
             rows = wanted if isinstance(wanted, slice) else slice(None)
             # An observer sees the probabilities that were used: the edited ones where an editor acted.
-            observer.observe(self, probs[rows] if probs is not None else attention_probs(q[rows], k[rows], causal))
+            row_bias = None if bias is None else _rows(bias, rows)
+            observer.observe(self, probs[rows] if probs is not None
+                             else attention_probs(q[rows], k[rows], causal, bias=row_bias, scale=scale))
         return out.transpose(1, 2).reshape(batch, n_query, channels).to(dtype)
 
 
-def attention_probs(q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
-    """softmax(Q K^T / sqrt(d)) for (B, heads, N, d) inputs -> (B, heads, N_query, N_key), in fp32."""
-    scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-1, -2)  # scale the smaller operand
+def attention_probs(q: Tensor, k: Tensor, causal: bool = False, *, bias: Tensor | None = None,
+                    scale: float | None = None) -> Tensor:
+    """softmax(scale Q K^T + bias) for (B, heads, N, d) inputs -> (B, heads, N_query, N_key), in fp32.
+
+    `scale` defaults to 1/sqrt(d); `bias` is (B or 1, heads, N_query, N_key), as `AttentionLayer.attend` takes it.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.float() * scale) @ k.float().transpose(-1, -2)  # scale the smaller operand
+    if bias is not None:
+        scores = scores + bias.float()
     if causal:
         n_query, n_key = scores.shape[-2:]
         mask = torch.ones(n_query, n_key, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(mask, float("-inf"))
     return scores.softmax(dim=-1)
+
+
+def _rows(bias: Tensor, rows: slice) -> Tensor:
+    """The batch rows of a bias that has one row per batch element; a bias shared by the batch (1, ...) as it is."""
+    return bias if bias.shape[0] == 1 else bias[rows]
 
 
 def name_attention_layers(model: nn.Module, prefix: str = "") -> None:

@@ -84,3 +84,20 @@ def test_editor_that_declines_leaves_the_numbers_alone():
         pass
     assert torch.equal(Layer().attend(q, k, v, HEADS), plain)  # the context is gone after the block
 
+
+
+def test_bias_and_scale_are_added_and_used_as_the_reference_formula():
+    """softmax(scale Q K^T + bias) V, with the bias per batch row or shared, in SDPA and in the probabilities."""
+    q, k, v = inputs()
+    qh, kh, vh = (x.reshape(3, -1, HEADS, WIDTH // HEADS).transpose(1, 2) for x in (q, k, v))
+    for rows in (3, 1):
+        bias = torch.randn(rows, HEADS, TOKENS, KEYS, generator=torch.Generator().manual_seed(rows))
+        probs = (qh @ kh.transpose(-1, -2) * 1.0 + bias).softmax(-1)
+        expected = (probs @ vh).transpose(1, 2).reshape(3, TOKENS, WIDTH)
+        with observe_attention(Recorder()) as recorder:
+            out = Layer().attend(q, k, v, HEADS, bias=bias, scale=1.0)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(recorder.probs[0], probs, atol=1e-6, rtol=1e-5)
+        with edit_attention(Editor(lambda probs: probs)):
+            edited = Layer().attend(q, k, v, HEADS, bias=bias, scale=1.0)
+        torch.testing.assert_close(edited, expected, atol=1e-5, rtol=1e-5)
