@@ -105,7 +105,8 @@ def relative_position_bucket(relative_position: Tensor, num_buckets: int, max_di
     buckets = (relative_position > 0).long() * half  # keys after the query: the upper half
     distance = relative_position.abs()
     max_exact = half // 2
-    # log(d / max_exact) / log(max_distance / max_exact) in [0, 1) spread over the remaining half - max_exact bins.
+    # log(d / max_exact) / log(max_distance / max_exact) grows from 0 at max_exact to 1 at max_distance, spread
+    # over the remaining half - max_exact bins; farther keys clamp to the last. (d < max_exact is not used.)
     log_bin = max_exact + (
         torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
     ).long()

@@ -124,7 +124,11 @@ def clean_text(text: str) -> str:
 
 @dataclass
 class TokenizedPrompt:
-    """One prompt as the text encoder sees it, with the map from token positions back to words."""
+    """One prompt as the text encoder sees it, with the map from token positions back to words.
+
+    CLIP's (this module): 77 positions, start + BPE tokens + end + padding. T5's (`t5_tokenizer.py`): 256 positions,
+    unigram pieces + `</s>` + `<pad>` padding, no start token; its words are the pre-tokenizer's pieces.
+    """
 
     prompt: str
     ids: list[int]  # CONTEXT_LENGTH ids: start, BPE tokens, end, padding
@@ -136,7 +140,7 @@ class TokenizedPrompt:
     truncated_text: str  # the same, decoded back to text
 
     def word_positions(self, word_index: int) -> list[int]:
-        """Token positions (0..76) that spell word `word_index` (several if BPE split the word)."""
+        """Token positions (CLIP: 0..76) that spell word `word_index` (several if the word was split)."""
         return [pos for pos, word in enumerate(self.word_ids) if word == word_index]
 
 
