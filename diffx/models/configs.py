@@ -139,6 +139,8 @@ class SchedulerConfig:
     steps_offset: int = 1
     prediction_type: str = "epsilon"
     rescale_betas_zero_snr: bool = False
+    # Rectified-flow models (beta_schedule "flow", SD3): the sampler's time shift s ↦ shift·s/(1 + (shift − 1)·s).
+    shift: float = 1.0
 
     def trained_for(self, prediction_type: str, zero_snr: bool) -> SchedulerConfig:
         """This schedule for a model trained to predict `prediction_type` ("epsilon" or "v_prediction"), with β

@@ -186,9 +186,12 @@ class ClipTokenizer:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ClipTokenizer:
-        """Build from an SD `tokenizer/` folder: `vocab.json` (token -> id) and `merges.txt`."""
+        """Build from an SD `tokenizer/` folder: `vocab.json` (token -> id) and `merges.txt`, or the one
+        `tokenizer.json` that transformers 5 saves instead (its BPE model holds the same vocabulary and merges)."""
         folder = Path(folder)
         vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+        if not vocab_file.is_file() and (folder / "tokenizer.json").is_file():
+            return cls._from_tokenizer_json(folder / "tokenizer.json")
         for file in (vocab_file, merges_file):
             if not file.is_file():
                 raise ModelNotFoundError(
@@ -198,6 +201,21 @@ class ClipTokenizer:
         lines = merges_file.read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
         return cls(vocab, merges)
+
+    @classmethod
+    def _from_tokenizer_json(cls, path: Path) -> ClipTokenizer:
+        """A Hugging Face `tokenizer.json` of CLIP's byte-level BPE: its `model.vocab` and `model.merges` (each
+        merge "a b" or ["a", "b"]); read as JSON, no code runs."""
+        try:
+            model = json.loads(path.read_text(encoding="utf-8"))["model"]
+            vocab, merges = model["vocab"], model["merges"]
+            if model.get("type") != "BPE" or not isinstance(vocab, dict):
+                raise TypeError(f"a {model.get('type')} model")
+            pairs = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in merges]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{path} is not CLIP's BPE tokenizer.json ({error}); give the model's "
+                                  "tokenizer folder") from None
+        return cls(vocab, pairs)
 
     def padded_with(self, pad_token: str) -> ClipTokenizer:
         """This tokenizer padding with `pad_token` instead (the vocabulary and BPE cache are shared)."""

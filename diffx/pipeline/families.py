@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffx.errors import InvalidArgumentError
 from diffx.pipeline.conditioning import prompt_conditioning
+from diffx.pipeline.sd3_conditioning import sd3_conditioning
 from diffx.sampling.parameterizations import Parameterization
 
 if TYPE_CHECKING:
@@ -84,4 +85,20 @@ STABLE_DIFFUSION = register_family(ModelFamily(
                                                     model.config.scheduler.num_train_timesteps),
     size_multiple=_unet_size_multiple,
     mask_conditioned=lambda model: model.config.unet.in_channels == 9,
+))
+
+
+def _mmdit(model: Any, x: Tensor, t: Tensor, context: Tensor, added: Tensor | None) -> Tensor:
+    """SD3's MMDiT: the velocity v̂ (B, 16, h, w) at time t = s · 1000; `added` is the pooled text (B, 2048)."""
+    return model.transformer(x, t.expand(x.shape[0]), context, added)
+
+
+SD3 = register_family(ModelFamily(
+    name="sd3",
+    conditioning=sd3_conditioning,
+    network=_mmdit,
+    parameterization=lambda model: Parameterization("flow", model.config.scheduler.num_train_timesteps),
+    # VAE factor × the MMDiT's patch: a side must be a whole number of patches.
+    size_multiple=lambda model: model.config.vae.downsample_factor * model.config.mmdit.patch_size,
+    mask_conditioned=lambda model: False,
 ))

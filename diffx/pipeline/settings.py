@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
 from diffx.pipeline.families import family_of
 from diffx.pipeline.prompt_weights import parse_weights
+from diffx.sampling.flow import FLOW_SAMPLERS, FLOW_SCHEDULE
 from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, SPACINGS, strength_for_timestep
 
@@ -148,7 +149,7 @@ def check_settings(settings: GenerationSettings | ResolvedSettings) -> None:
     """The checks that need no model, of the values `settings` gives (a None, the model's default, is checked by
     `resolve_settings`, which runs these too): names, finite numbers and their ranges, the prompts. A caller runs
     them before loading a model, so that a bad value costs no load."""
-    for name, valid in (("sampler", SAMPLERS), ("schedule", BETA_SCHEDULES), ("spacing", SPACINGS)):
+    for name, valid in (("sampler", SAMPLERS), ("schedule", (*BETA_SCHEDULES, FLOW_SCHEDULE)), ("spacing", SPACINGS)):
         if getattr(settings, name) is not None:
             check_choice(name, getattr(settings, name).lower(), valid)  # names in any case: "DDIM" is ddim
     numbers = {name: getattr(settings, name) for name in ("guidance", "strength", "eta", "guidance_rescale")}
@@ -168,6 +169,21 @@ def check_settings(settings: GenerationSettings | ResolvedSettings) -> None:
         check_prompt(settings.negative_prompt, "negative prompt", "leave it out (plain guidance)")
 
 
+def _check_flow(flow_model: bool, settings: ResolvedSettings) -> None:
+    """A rectified-flow model (SD3) runs on the flow schedule with a flow sampler, and nothing else does."""
+    if flow_model and settings.schedule != FLOW_SCHEDULE:
+        raise InvalidArgumentError(f"a rectified-flow model samples on the flow schedule, not {settings.schedule}; "
+                                   "leave --schedule out")
+    if not flow_model and settings.schedule == FLOW_SCHEDULE:
+        raise InvalidArgumentError("the flow schedule is for rectified-flow models (SD3); leave --schedule out")
+    if flow_model and settings.sampler not in FLOW_SAMPLERS:
+        raise InvalidArgumentError(f"a rectified-flow model samples with {' or '.join(FLOW_SAMPLERS)}, not "
+                                   f"{settings.sampler}; pass --sampler euler")
+    if flow_model and settings.karras:
+        raise InvalidArgumentError("Karras sigmas (--karras) are for diffusion schedules; a rectified-flow model "
+                                   "spaces its steps by its time shift: drop --karras")
+
+
 def resolve_settings(model: StableDiffusion, settings: GenerationSettings | ResolvedSettings) -> ResolvedSettings:
     """`settings` with every default filled in from `model` and every value checked (see the module docstring)."""
     config = model.config
@@ -185,6 +201,7 @@ def resolve_settings(model: StableDiffusion, settings: GenerationSettings | Reso
         karras=settings.karras, eta=settings.eta, seed=settings.seed,
         strength=_strength(settings, scheduler.num_train_timesteps), guidance_rescale=settings.guidance_rescale)
     check_settings(resolved)
+    _check_flow(scheduler.beta_schedule == FLOW_SCHEDULE, resolved)
     if resolved.karras and resolved.sampler not in KARRAS_SAMPLERS:
         raise InvalidArgumentError(f"Karras sigmas (--karras) apply to {', '.join(KARRAS_SAMPLERS)}, "
                                    f"not {resolved.sampler}; drop --karras or pick one of those samplers")

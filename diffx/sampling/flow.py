@@ -32,6 +32,7 @@ from diffx.sampling.parameterizations import eps_from_velocity, flow_alpha_cumpr
 from diffx.sampling.records import StepCallback, StepRecord
 from diffx.sampling.schedules import NoiseSchedule, check_steps
 
+FLOW_SCHEDULE = "flow"  # the schedule name of a rectified-flow model (its SchedulerConfig's beta_schedule)
 FLOW_SAMPLERS = ("euler", "heun")  # what a flow grid can be walked with: SD3's two schedulers
 MAX_SHIFT = 100.0
 
@@ -61,7 +62,7 @@ def flow_schedule(num_train_timesteps: int = 1000) -> NoiseSchedule:
     return NoiseSchedule(betas=(1 - alphas).float(), alphas=alphas.float(), alphas_cumprod=alphas_cumprod.float(),
                          sqrt_alphas_cumprod=alphas_cumprod.sqrt().float(),
                          sqrt_one_minus_alphas_cumprod=(1 - alphas_cumprod).sqrt().float(),
-                         sigmas=((1 - alphas_cumprod) / alphas_cumprod).sqrt().float(), beta_schedule="flow")
+                         sigmas=((1 - alphas_cumprod) / alphas_cumprod).sqrt().float(), beta_schedule=FLOW_SCHEDULE)
 
 
 def flow_grid(sampler: str, steps: int, shift: float = 1.0, num_train_timesteps: int = 1000,

@@ -212,7 +212,7 @@ def _not_supported(path: Path, family: str) -> CheckpointError:
     return CheckpointError(f"{path}: {unsupported_family(family)}")
 
 
-def _pad_token(folder: Path, open_clip: bool, tokenizer: str = "tokenizer") -> str:
+def pad_token_of(folder: Path, open_clip: bool, tokenizer: str = "tokenizer") -> str:
     """The tokenizer folder's pad token (SD2's and SDXL's `tokenizer_2` say "!"), else the family's."""
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         file = folder / tokenizer / name
@@ -238,7 +238,7 @@ def _unet_heads(folder: Path, unet: dict) -> dict:
     return {"num_head_channels": widths.pop()}
 
 
-def _text_config(text: dict, **fields: object) -> TextEncoderConfig:
+def text_config(text: dict, **fields: object) -> TextEncoderConfig:
     """A transformers CLIPTextConfig's sizes (its `projection_dim` only where `fields` says: SD2's is unused)."""
     sizes = {name: text[name] for name in TextEncoderConfig.__dataclass_fields__ if name in text and name not in fields}
     return TextEncoderConfig(**{**sizes, "projection_dim": 0, **fields})
@@ -257,11 +257,24 @@ def _sdxl_text(folder: Path, first: dict) -> dict:
     """SDXL's two encoders, both read at the penultimate block without the final norm; bigG projects the pooled
     output (`text_encoder_2`, a CLIPTextModelWithProjection)."""
     second = read_json(folder / "text_encoder_2" / "config.json")
-    return {"text_encoder": _text_config(first, layout="clip", pad_token=_pad_token(folder, False),
+    return {"text_encoder": text_config(first, layout="clip", pad_token=pad_token_of(folder, False),
                                          skipped_layers=1, final_norm=False),
-            "text_encoder_2": _text_config(second, layout="open_clip", skipped_layers=1, final_norm=False,
-                                           pad_token=_pad_token(folder, True, "tokenizer_2"),
+            "text_encoder_2": text_config(second, layout="open_clip", skipped_layers=1, final_norm=False,
+                                           pad_token=pad_token_of(folder, True, "tokenizer_2"),
                                            projection_dim=second["projection_dim"])}
+
+
+def vae_config_from_diffusers(vae: dict, force_upcast: bool = False) -> VAEConfig:
+    """A diffusers `vae/config.json`'s AutoencoderKL as diffx's `VAEConfig` (SD3's: 16 channels, a shift, no quant
+    convs). `force_upcast`: only diffusers' SDXL pipeline reads the file's, so the caller says."""
+    channels = vae["block_out_channels"]
+    return VAEConfig(
+        in_channels=vae.get("in_channels", 3), out_ch=vae.get("out_channels", 3), ch=channels[0],
+        ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=vae.get("layers_per_block", 2),
+        z_channels=vae.get("latent_channels", 4), embed_dim=vae.get("latent_channels", 4),
+        norm_num_groups=vae.get("norm_num_groups", 32), scaling_factor=vae.get("scaling_factor", 0.18215),
+        shift_factor=vae.get("shift_factor") or 0.0, use_quant_conv=vae.get("use_quant_conv", True),
+        force_upcast=force_upcast)
 
 
 def config_from_diffusers(folder: Path) -> ModelConfig:
@@ -282,20 +295,12 @@ def config_from_diffusers(folder: Path) -> ModelConfig:
                              if kind.startswith("CrossAttn"))
     index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     unet_channels = unet["block_out_channels"]
-    vae_channels = vae["block_out_channels"]
-    vae_config = VAEConfig(
-        in_channels=vae.get("in_channels", 3), out_ch=vae.get("out_channels", 3), ch=vae_channels[0],
-        ch_mult=tuple(c // vae_channels[0] for c in vae_channels),
-        num_res_blocks=vae.get("layers_per_block", 2),
-        z_channels=vae.get("latent_channels", 4), embed_dim=vae.get("latent_channels", 4),
-        norm_num_groups=vae.get("norm_num_groups", 32), scaling_factor=vae.get("scaling_factor", 0.18215),
-        force_upcast=sdxl and vae.get("force_upcast", True),  # only diffusers' SDXL pipeline reads it
-    )
+    vae_config = vae_config_from_diffusers(vae, force_upcast=sdxl and vae.get("force_upcast", True))
     defaults = SchedulerConfig()
     return ModelConfig(
         name=folder.name,
-        **(_sdxl_text(folder, text) if sdxl else {"text_encoder": _text_config(
-            text, layout="open_clip" if open_clip else "clip", pad_token=_pad_token(folder, open_clip))}),
+        **(_sdxl_text(folder, text) if sdxl else {"text_encoder": text_config(
+            text, layout="open_clip" if open_clip else "clip", pad_token=pad_token_of(folder, open_clip))}),
         unet=UNetConfig(
             in_channels=unet.get("in_channels", 4), out_channels=unet.get("out_channels", 4),
             model_channels=unet_channels[0], channel_mult=tuple(c // unet_channels[0] for c in unet_channels),

@@ -30,9 +30,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diffx.errors import CheckpointError, ModelNotFoundError, check_choice
+from diffx.errors import CheckpointError, ModelNotFoundError, check_choice, elide
 from diffx.files import atomic_output
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
+from diffx.models.sd3 import StableDiffusion3
 from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
@@ -45,8 +46,9 @@ from diffx.weights.diffusers_layout import (
     unet_from_diffusers,
     vae_from_diffusers,
 )
-from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, resolve_model_source
+from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
 from diffx.weights.safe_pickle import load_torch_zip
+from diffx.weights.sd3_load import is_sd3_folder, load_sd3_folder
 from diffx.weights.tiny_decoder import TINY_DECODER_FILE, read_tiny_decoder, write_tiny_decoder
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
@@ -170,10 +172,34 @@ def v_prediction_hint(path: Path) -> bool | None:
 
 
 def _component_state_dict(folder: Path) -> dict[str, Tensor]:
+    """A diffusers component's tensors: one weights file, or the shards its `*.index.json` names (a large
+    component, such as SD3's T5, is saved in pieces: `model-00001-of-00002.safetensors`, ...)."""
     for name in COMPONENT_WEIGHT_FILES:
         if (folder / name).is_file():
             return read_state_dict(folder / name)
+    for name in COMPONENT_WEIGHT_FILES:
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            return _sharded_state_dict(index)
     raise CheckpointError(f"{folder} holds no weights; expected one of: {', '.join(COMPONENT_WEIGHT_FILES)}")
+
+
+def _sharded_state_dict(index: Path) -> dict[str, Tensor]:
+    """The tensors of every shard an index file's `weight_map` names; each shard a file beside the index."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no weight_map; is the folder's index file damaged?")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:  # a name, never a path: an index must not point outside its folder
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise CheckpointError(f"{index} names the shard {shard!r}, not a file beside it; the index is damaged")
+    tensors = {}
+    for shard in shards:
+        tensors.update(read_state_dict(index.parent / shard))
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{index}: its shards lack {elide(', '.join(missing), 60)}; is a shard incomplete?")
+    return tensors
 
 
 def _read_diffusers(folder: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
@@ -210,8 +236,9 @@ def load_model(
     config: ModelConfig | None = None,
     prediction_type: str | None = None,
     note: Callable[[str], None] | None = None,
-) -> StableDiffusion:
-    """Load a model from a checkpoint file, a diffusers folder or a diffx folder (see `resolve_model_source`).
+) -> StableDiffusion | StableDiffusion3:
+    """Load a model from a checkpoint file, a diffusers folder or a diffx folder (see `resolve_model_source`);
+    an SD3 / SD3.5 diffusers folder gives a `StableDiffusion3` (`diffx.weights.sd3_load`).
 
     A single file's architecture is recognised from its tensors (`diffx.architecture.recognise`) unless
     `config` gives it. `weights`: "ema" takes the U-Net's EMA weights when a single file holds both (as
@@ -229,6 +256,8 @@ def load_model(
     found = source if isinstance(source, ModelSource) else resolve_model_source(source)
     path = found.path
     check_choice("weights", weights, WEIGHT_CHOICES)
+    if found.format == "diffusers" and is_sd3_folder(path):  # a second family: SD3's MMDiT and three encoders
+        return load_sd3_folder(path, _component_state_dict, device=device, dtype=dtype, prediction_type=prediction)
     tiny_decoder = None  # a diffx folder's optional preview decoder
     if found.format == "single-file":
         config, state_dict, what = _read_single_file(path, config, weights, prediction)
