@@ -33,7 +33,8 @@ def lora(
     blocks, middle, output blocks), and per text-encoder layer: the root of the sum of the layers' squares.
 
     The file is matched against --model (its configuration only: no weights are read); without --model, the
-    default model ($DIFFX_MODEL, else the embedded one) is tried first, then SD1.x, SD2.x and SDXL's layouts.
+    default model ($DIFFX_MODEL, else the embedded one) is tried first, then SD1.x, SD2.x, SDXL's and the embedded
+    model's layouts.
     The rest of the model group is checked as everywhere.
 
     Example: diffx lora style.safetensors:0.8 --out style_blocks.png

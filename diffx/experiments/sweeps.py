@@ -266,6 +266,8 @@ def parse_axis(text: str) -> tuple[str, list]:
     for item in items:
         try:
             value = kind(item)
+        except InvalidArgumentError:  # a reader's own check (a LoRA scale beyond ±4): its message says more
+            raise
         except ValueError:
             raise InvalidArgumentError(f"{name} takes a {AXIS_TYPES[kind]} per value, got {item!r}; "
                                        f"write it as {name}={_AXIS_EXAMPLES[name]}") from None

@@ -22,14 +22,15 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from diffx.errors import CheckpointError
-from diffx.models.configs import ModelConfig, sd15, sd21_base, sdxl_base
+from diffx.models.configs import ModelConfig, sd15, sd21_base, sdxl_base, shapes_world_2
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.weights.load import config_family, read_state_dict
 from diffx.weights.lora import Lora, LoraLayer, LoraSpec, read_lora
 from diffx.weights.lora_metadata import header_metadata, key_format, training_facts, trigger_words
 
-# The layouts a LoRA is matched against when no model is given, in this order (SD2.x 768-v and 512-base share one).
-LORA_FAMILIES: tuple[Callable[[], ModelConfig], ...] = (sd15, sd21_base, sdxl_base)
+# The layouts a LoRA is matched against when no model is given, in this order (SD2.x 768-v and 512-base share one;
+# shapes-world-2: the embedded model's).
+LORA_FAMILIES: tuple[Callable[[], ModelConfig], ...] = (sd15, sd21_base, sdxl_base, shapes_world_2)
 UNET_GROUPS = {"in": "U-Net input blocks (down)", "mid": "U-Net middle block", "out": "U-Net output blocks (up)",
                "other": "U-Net embeddings, final convolution"}
 TEXT_LAYER = re.compile(r"(?:layers|resblocks)\.(\d+)\.")
@@ -212,8 +213,8 @@ def inspect_lora(path: str | Path, model: StableDiffusion | Sequence[ModelConfig
     """Read the LoRA file at `path` and measure it at scale s (`LoraSpec.check`'s rules: finite, within ±4).
 
     `model`: a model to match it against (built without weights is enough: only names and shapes are read), or
-    configurations tried in turn, the first whose layers the file fits taken; None: SD1.x, SD2.x and SDXL's
-    (`LORA_FAMILIES`). A file that fits none is refused in one line (`CheckpointError`)."""
+    configurations tried in turn, the first whose layers the file fits taken; None: SD1.x, SD2.x, SDXL's and
+    the embedded model's (`LORA_FAMILIES`). A file that fits none is refused in one line (`CheckpointError`)."""
     spec = LoraSpec(Path(path), scale)
     spec.check()
     tensors = read_state_dict(spec.path)
