@@ -53,7 +53,8 @@ def lora(
     if model.model is not None:
         against = build_without_weights(config)
     else:
-        against = [config, *(family() for family in LORA_FAMILIES if family().name != config.name)]
+        families = [family() for family in LORA_FAMILIES]
+        against = [config, *(other for other in families if other.name != config.name)]
     report = inspect_lora(spec.path, against, spec.scale)
     if out is not None:
         from diffx.render import save_png

@@ -92,7 +92,7 @@ def applied_loras(model: StableDiffusion) -> list[AppliedLora]:
     owners: dict[int, AppliedLora] = {}
     for component in model.modules().values():
         for module in component.modules():
-            for hook in module._forward_hooks.values():
+            for hook in module._forward_hooks.values():  # torch has no public list of a module's hooks
                 if isinstance(hook, _LoraHook):
                     owners.setdefault(id(hook.owner), hook.owner)
     return list(owners.values())
