@@ -79,6 +79,7 @@ BASES = {
     "cfg-sweep": ["cfg-sweep", "--scales", "1,3", *GENERATION],
     "compare": ["compare", "--x", "sampler=ddim,euler", *GENERATION],
     "predict": ["predict", "--prompt", "a red circle", *GENERATION],
+    "lora": ["lora", "tinylora.safetensors"],  # valid: it would print the report (and write nothing)
     "paths": ["paths", "--samplers", "ddim", "--reference", "ddim:3", "--steps", "2", "--size", "32", "--device",
               "cpu"],
     "report": ["report", TRACE],
@@ -88,7 +89,7 @@ BASES = {
 # The commands that load a model for every run get the tiny one (the others load one only when asked for; the
 # tour passes it on to its commands).
 MODEL_COMMANDS = ("denoise", "trace", "attention", "edit", "weights", "invert", "cfg-sweep", "compare", "predict",
-                  "paths", "studio", "tour")
+                  "paths", "studio", "tour", "lora")
 
 
 class Case(NamedTuple):
@@ -173,6 +174,9 @@ def fill_folder(folder: Path) -> None:
     save_file({"cat</w>": torch.randn(32)}, folder / "knownemb.safetensors")
     save_file({"a": torch.randn(32), "b": torch.randn(32)}, folder / "twoemb.safetensors")
     save_file({"emb_params": torch.zeros(0, 32)}, folder / "emptyemb.safetensors")
+    layer = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_v"  # a LoRA of one of the tiny model's layers
+    save_file({f"{layer}.lora_down.weight": torch.randn(2, 32), f"{layer}.lora_up.weight": torch.randn(32, 2)},
+              folder / "tinylora.safetensors")
     (folder / "oldtour").mkdir()  # a folder holding a file of the tour (`diffx tour oldtour` without --force)
     (folder / "oldtour" / "noise.png").write_bytes(b"keep me")
 

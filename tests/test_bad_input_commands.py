@@ -53,6 +53,12 @@ def _generation(cases: Table) -> None:
     cases.add(compare, "--x", ["guidance=nan,1", "guidance=inf", "guidance=1e400", "guidance=-1", "karras=maybe",
                                "steps=a,b", "steps=0", "steps=", "", "bogus=1", "seed=-1", "sampler=nope"])
     cases.add(compare, "--y", ["sampler=ddim", "steps=0", "bogus=1", "=1"], "--x", "sampler=ddim,euler")
+    # the LoRA axes: without a --lora to vary; values not a scale within ±4, or not a section of the U-Net
+    cases.add(compare, "--x", ["lora=0,1", "lora-blocks=all,in"])
+    cases.add(compare, "--y", ["lora=0,1"], "--x", "sampler=ddim,euler")
+    cases.add(compare, "--x", ["lora=nan", "lora=9", "lora=abc", "lora=", "lora-blocks=down", "lora-blocks="],
+              "--lora", "tinylora.safetensors")
+    cases.add(compare, "--y", ["lora-blocks=nope", "lora=-inf"], "--lora", "tinylora.safetensors", "--x", "lora=0,1")
 
 
 def _explorers(cases: Table) -> None:
@@ -86,6 +92,10 @@ def _explorers(cases: Table) -> None:
     cases.argument("report", "TRACE_FILES", TRACES, "--html", "r.html")
     cases.argument("tokens", "PROMPT", PROMPTS[1:])
     cases.add(["tokens", "a red circle"], "--embedding", [e for e in EMBEDDINGS if e != "wideemb.safetensors"])
+    # lora's FILE[:SCALE]: no file, a folder, not a LoRA's suffix, not a checkpoint, a bad scale, keys of no layer
+    cases.argument("lora", "FILE", ["missing.safetensors", "afolder", "afile", "picture.png", "afile.pt",
+                                    "notatrace.safetensors", "tinylora.safetensors:nan", "tinylora.safetensors:9",
+                                    "wideemb.safetensors", ""])
 
 
 def _noise_and_lab(cases: Table) -> None:

@@ -29,6 +29,7 @@ OUTPUT_SUFFIXES = {
     "paths": {"--out": ".png"},
     "lab": {"--out": ".png", "--gif": ".gif"},
     "report": {"--html": ".html"},
+    "lora": {"--out": ".png"},
 }
 COMPANIONS = {"noise": ["schedules"], "denoise": ["steps"], "trace": ["attention"], "render": ["attention"],
               "attention": ["steps", "heads", "self"], "paths": ["convergence"], "lab": ["schedules", "guidance"]}

@@ -9,7 +9,8 @@ matplotlib and the models are imported inside the commands, so `diffx --help` an
 - options.py: the shared options, the option groups (model, sampling, input picture) and --threads
 - progress.py: the per-step progress bar
 - generate.py: denoise, trace, render · experiments.py: noise, cfg-sweep, compare
-- info.py: tokens, models, report · train.py: train · train_preview.py: train-preview (the tiny preview decoder)
+- info.py: tokens, models, report · lora.py: lora (a LoRA file inspected) · train.py: train
+- train_preview.py: train-preview (the tiny preview decoder)
 - attention.py: attention (the explorer)
 - trajectories.py: paths · lab.py: lab (the 2-D diffusion lab) · edit.py: edit, weights (editing attention)
 - invert.py: invert (DDIM inversion) · predict.py: predict (ε̂, v̂ and x̂0 of one step)
@@ -24,6 +25,7 @@ from diffx.cli import (
     info,
     invert,
     lab,
+    lora,
     predict,
     studio,
     tour,
@@ -40,6 +42,6 @@ __all__ = ["app"]
 # (tokens and models only look things up).
 for function in (tour.tour, experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
                  edit.edit, edit.weights, invert.invert, experiments.cfg_sweep, experiments.compare, predict.predict,
-                 trajectories.paths, lab.lab, info.tokens, info.models, train.train, train_preview.train_preview,
-                 info.report, studio.studio):
+                 trajectories.paths, lab.lab, info.tokens, info.models, lora.lora, train.train,
+                 train_preview.train_preview, info.report, studio.studio):
     command(function if function in (info.tokens, info.models) else with_threads(function))

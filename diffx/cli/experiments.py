@@ -155,7 +155,9 @@ def cfg_sweep(
 def compare(
     x: Annotated[str, typer.Option(
         "--x", help="Columns: SETTING=V1,V2,… with SETTING one of sampler, steps, schedule, guidance, seed, "
-                    "karras, spacing.")] = "sampler=ddim,euler,dpmpp_2m",
+                    "karras, spacing; with --lora also lora (its scale s, e.g. lora=0,0.5,1) and lora-blocks (the "
+                    "U-Net blocks it is kept to: all, in, mid, out; the text encoders keep it).")
+    ] = "sampler=ddim,euler,dpmpp_2m",
     y: Annotated[str | None, typer.Option("--y", help="Rows, written like --x.", show_default=False)] = None,
     prompt: PromptOpt = "",
     out: OutOpt = None,
@@ -168,16 +170,19 @@ def compare(
 
     Writes a labelled grid (--out, default compare.png) with the U-Net evaluations of each cell, counted
     as they run (guidance runs the U-Net twice per model call): the cost that compares across machines.
+    The lora and lora-blocks axes change how the --lora files run between cells, without reloading the model.
 
     Example: diffx compare --prompt "a red circle" --x sampler=ddim,euler,dpmpp_2m --y steps=5,10,25
     """
     from diffx.experiments import sweeps as experiments
+    from diffx.experiments.lora_axes import check_lora_axes
     from diffx.render import save_png
 
     out = out or Path("compare.png")
     check_outputs([], force, picture=out)
     x_axis = experiments.parse_axis(x)
     y_axis = experiments.parse_axis(y) if y else None
+    check_lora_axes((x_axis[0], y_axis[0] if y_axis else None), bool(model.lora))
     settings = sampling.settings(prompt, guidance)
     loaded = model.load()
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:

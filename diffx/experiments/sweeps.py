@@ -12,6 +12,15 @@ import torch
 from PIL import Image
 
 from diffx.errors import InvalidArgumentError, check_choice, check_finite
+from diffx.experiments.lora_axes import (
+    AXIS_TITLES,
+    LORA_AXES,
+    LORA_AXIS_TYPES,
+    LORA_EXAMPLES,
+    check_lora_axes,
+    lora_caption,
+    lora_state,
+)
 from diffx.images import image_to_tensor, tensor_to_image
 from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.denoiser import grid_for, schedule_from_config
@@ -37,6 +46,7 @@ from diffx.views.steps import (
     trace_panel_size,
     x0_pictures,
 )
+from diffx.weights.lora_apply import applied_loras
 
 if TYPE_CHECKING:
     from diffx.models.configs import ModelConfig
@@ -231,16 +241,16 @@ def _parse_bool(text: str) -> bool:
     return value in ("true", "1", "yes", "on")
 
 
-# Settings a comparison can vary, and how to read their values from text.
+# Settings a comparison can vary, and how to read their values from text; then the model's LoRAs (`lora_axes`).
 COMPARE_AXES: dict[str, Callable[[str], object]] = {
     "sampler": str, "steps": int, "schedule": str, "guidance": float, "seed": int, "karras": _parse_bool,
-    "spacing": str,
+    "spacing": str, **LORA_AXES,
 }
-AXIS_TYPES = {str: "name", int: "whole number", float: "number", _parse_bool: "true/false value"}
+AXIS_TYPES = {str: "name", int: "whole number", float: "number", _parse_bool: "true/false value", **LORA_AXIS_TYPES}
 
 
 _AXIS_EXAMPLES = {"sampler": "ddim,euler", "steps": "5,10,25", "schedule": "linear,cosine", "guidance": "1,7.5",
-                  "seed": "0,1,2", "karras": "false,true", "spacing": "leading,trailing"}
+                  "seed": "0,1,2", "karras": "false,true", "spacing": "leading,trailing", **LORA_EXAMPLES}
 
 
 def parse_axis(text: str) -> tuple[str, list]:
@@ -256,6 +266,8 @@ def parse_axis(text: str) -> tuple[str, list]:
     for item in items:
         try:
             value = kind(item)
+        except InvalidArgumentError:  # a reader's own check (a LoRA scale beyond ±4): its message says more
+            raise
         except ValueError:
             raise InvalidArgumentError(f"{name} takes a {AXIS_TYPES[kind]} per value, got {item!r}; "
                                        f"write it as {name}={_AXIS_EXAMPLES[name]}") from None
@@ -307,6 +319,7 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     Columns follow `x` = (setting, values), rows `y` (None = one row). Each cell is labelled with its
     number of U-Net evaluations, counted as they run (`EvaluationCounter`: Heun calls the model twice per step,
     guidance runs the U-Net twice per call), the cost that compares across machines; wall times mostly measure load.
+    The `lora` and `lora-blocks` axes vary the model's LoRAs (`lora_axes`: no reload; put back after).
     """
     x_name, x_values = x
     y_name, y_values = y if y is not None else (None, [None])
@@ -317,34 +330,44 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
             raise InvalidArgumentError(f"both axes vary {x_name}; choose two different settings")
     if not x_values or not y_values:
         raise InvalidArgumentError("each comparison axis needs at least one value")
-    # Check every combination before the first (slow) generation.
-    combos = [[replace(settings, **{x_name: xv, **({y_name: yv} if y_name else {})}) for xv in x_values]
-              for yv in y_values]
+    loras = applied_loras(model)
+    check_lora_axes((x_name, y_name), bool(loras))
+    # Check every combination before the first (slow) generation: its settings, and how its LoRAs run.
+    cells = [[{x_name: xv, **({y_name: yv} if y_name else {})} for xv in x_values] for yv in y_values]
+    combos = [[(replace(settings, **{k: v for k, v in cell.items() if k not in LORA_AXES}),
+                {k: v for k, v in cell.items() if k in LORA_AXES}) for cell in row] for row in cells]
     for row in combos:
-        for cell in row:
+        for cell, _ in row:
             cell.resolved(model)
     for name in (x_name, y_name):  # a value an axis replaces is checked too: a typo must not pass unnoticed
-        if name is not None and getattr(settings, name) is not None:
-            replace(combos[0][0], **{name: getattr(settings, name)}).resolved(model)
+        if name is not None and name not in LORA_AXES and getattr(settings, name) is not None:
+            replace(combos[0][0][0], **{name: getattr(settings, name)}).resolved(model)
 
     generations, counters = [], []
     for row in combos:
         generations.append([])
         counters.append([])
-        for cell in row:
+        for cell, lora_cell in row:
             counter = EvaluationCounter()
-            generations[-1].append(generate(model, cell, observe=counter.observer, progress=progress))
+            with lora_state(loras, lora_cell):
+                generations[-1].append(generate(model, cell, observe=counter.observer, progress=progress))
             counters[-1].append(counter)
     height, width = generations[0][0].images[0].shape[:2]
     size = panel_size(width, height, panel)
     guided = any(counter.unet != counter.calls for row in counters for counter in row)
     prompt = f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)"
     note = " · guidance runs the U-Net twice per model call: with the prompt and without" if guided else ""
+    if "lora-blocks" in (x_name, y_name):
+        note += " · lora-blocks: the text encoders' LoRA layers stay applied in every cell"
+
+    def labels(name: str, values: Sequence) -> list[str]:
+        return [lora_caption(name, v) if name in LORA_AXES else str(v) for v in values]
+
     grid = make_grid([[fit_panel(g.images[0], size, smooth=True) for g in row] for row in generations],
-                     row_labels=[str(v) for v in y_values] if y_name else None,
-                     col_labels=[str(v) for v in x_values],
+                     row_labels=labels(y_name, y_values) if y_name else None, col_labels=labels(x_name, x_values),
                      cell_labels=[[counter.label() for counter in row] for row in counters],
-                     title=prompt + note, x_axis_title=x_name, y_axis_title=y_name, cell_size=size)
+                     title=prompt + note, x_axis_title=AXIS_TITLES.get(x_name, x_name),
+                     y_axis_title=AXIS_TITLES.get(y_name, y_name), cell_size=size)
     return Comparison(grid=grid, generations=generations,
                       model_calls=[[counter.calls for counter in row] for row in counters],
                       unet_evaluations=[[counter.unet for counter in row] for row in counters])

@@ -4,6 +4,7 @@
 - attention.py: the attention explorer (per layer, head, step; self-attention)
 - prediction.py: the ε / v / x̂0 lesson (one step's predictions side by side)
 - tables.py: token and model tables (terminal and HTML)
+- lora.py: a LoRA file's report (`weights.lora_inspect`) as terminal tables and as a bar chart
 """
 
 from diffx.views.attention import (

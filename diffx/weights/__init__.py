@@ -6,6 +6,8 @@
 - load.py: `load_model` / `save_model` (EMA or main weights, fp16, folders and single files)
 - lora.py, lora_names.py, lora_apply.py: LoRA files read, matched to the model's layers, checked and applied on the
   fly (`load_model_with_loras`, `apply_lora`)
+- lora_inspect.py, lora_metadata.py: a LoRA file inspected — its metadata, trigger words, the layers it adapts and
+  its update strength ‖ΔW‖_F per U-Net block and text-encoder layer (`inspect_lora`)
 - embedding.py: textual inversion embeddings read, checked and taught to the tokenizer and text encoder
   (`load_embedding`)
 """
@@ -16,14 +18,17 @@ from diffx.weights.embedding import EmbeddingSpec, load_embedding
 from diffx.weights.load import load_model, read_state_dict, save_model
 from diffx.weights.lora import LoraSpec
 from diffx.weights.lora_apply import AppliedLora, apply_lora, load_model_with_loras
+from diffx.weights.lora_inspect import LoraReport, inspect_lora
 
 __all__ = [
     "AppliedLora",
     "EmbeddingSpec",
+    "LoraReport",
     "LoraSpec",
     "ModelSource",
     "apply_lora",
     "find_models",
+    "inspect_lora",
     "load_embedding",
     "load_model",
     "load_model_with_loras",

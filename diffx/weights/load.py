@@ -329,9 +329,13 @@ def describe_architecture(source: ModelSource) -> str:
         config = read_config(source)
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
-    family = "SDXL" if config.text_encoder_2 is not None else \
+    return f"{config_family(config)} ({config.name}), predicts {config.scheduler.prediction_type}"
+
+
+def config_family(config: ModelConfig) -> str:
+    """The family a configuration's architecture is of: SDXL (two text encoders), SD2.x (OpenCLIP) or SD1.x."""
+    return "SDXL" if config.text_encoder_2 is not None else \
         "SD2.x" if config.text_encoder.layout == "open_clip" else "SD1.x"
-    return f"{family} ({config.name}), predicts {config.scheduler.prediction_type}"
 
 
 def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:

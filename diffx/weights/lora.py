@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,25 +50,30 @@ class LoraSpec:
         object.__setattr__(self, "path", Path(self.path))  # a str is taken too
 
     @classmethod
-    def parse(cls, text: str) -> LoraSpec:
+    def parse(cls, text: str, option: str = "--lora") -> LoraSpec:
         """`FILE` or `FILE:scale` (the last colon starts the scale only when a number follows, so `C:\\x` stays a
-        path), checked: the file exists, its suffix is a LoRA file's, the scale is finite and in ±4."""
+        path), checked: the file exists, its suffix is a LoRA file's, the scale is finite and in ±4. `option`: what
+        the messages call the value (`diffx lora` takes it as its FILE argument)."""
         path, _, tail = text.rpartition(":")
         try:
             spec = cls(Path(path), float(tail)) if path else cls(Path(text))
         except ValueError:
             spec = cls(Path(text))
-        spec.check()
+        spec.check(option)
         return spec
 
-    def check(self) -> None:
+    def check(self, option: str = "--lora") -> None:
         """Before any work: the file is there and a LoRA file's kind; the scale finite and within ±4."""
-        check_finite("--lora scale", self.scale)
-        if abs(self.scale) > SCALE_LIMIT:
-            raise InvalidArgumentError(f"--lora {elide(str(self.path), 80)}:{self.scale:g}: the scale must be within "
-                                       f"±{SCALE_LIMIT:g} (1 = as trained, 0.5 = half)")
-        check_option_file("--lora", self.path, LORA_SUFFIXES,
+        check_finite(f"{option} scale", self.scale)
+        check_scale(f"{option} {elide(str(self.path), 80)}:{self.scale:g}", self.scale)
+        check_option_file(option, self.path, LORA_SUFFIXES,
                           "optionally followed by :scale (e.g. style.safetensors:0.8)")
+
+
+def check_scale(what: str, scale: float) -> None:
+    """A LoRA scale s within ±4 (`what`: how the message names it); beyond, the update drowns the model."""
+    if abs(scale) > SCALE_LIMIT:
+        raise InvalidArgumentError(f"{what}: the scale must be within ±{SCALE_LIMIT:g} (1 = as trained, 0.5 = half)")
 
 
 @dataclass(frozen=True)
@@ -157,13 +163,13 @@ def peft_alphas(path: Path) -> dict[str, float]:
     return alphas
 
 
-def read_lora(path: str | Path, model: StableDiffusion) -> Lora:
+def read_lora(path: str | Path, model: StableDiffusion, tensors: Mapping[str, Tensor] | None = None) -> Lora:
     """The LoRA file at `path`, each of its layers matched to one of `model`'s and checked (`model` may be built
     without weights: only names and shapes are read from it). One `CheckpointError` names what does not fit: keys
     of no known layer (how many, the first few), a half pair, an integer or non-finite tensor, a rank or a shape
-    that does not fit the layer."""
+    that does not fit the layer. `tensors`: the file's, read already (matching one file against several models)."""
     path = Path(path)
-    tensors = read_state_dict(path)
+    tensors = read_state_dict(path) if tensors is None else tensors
     targets = lora_targets(model)
     groups: dict[str, dict[str, Tensor]] = {}
     unknown = []
@@ -174,16 +180,16 @@ def read_lora(path: str | Path, model: StableDiffusion) -> Lora:
         else:
             groups.setdefault(split[0], {})[split[1]] = tensor
     if unknown:
-        raise CheckpointError(elide(
+        raise CheckpointError(
             f"{path.name}: {len(unknown)} of {len(tensors)} keys name no LoRA layer of this {model.config.name} "
             f"model ({', '.join(unknown[:3])}); is it a LoRA for another family, or not a LoRA (LoHa, LoKr, DoRA "
-            "are not read)?", 300))
+            "are not read)?")
     layers, config_alphas = [], peft_alphas(path)
     for name, parts in groups.items():
         target = targets[name]
         module = target.module(model)
         if problem := _check_pair(name, module, target, parts):
-            raise CheckpointError(elide(f"{path.name}: {problem}; the file is damaged or for another model", 300))
+            raise CheckpointError(f"{path.name}: {problem}; the file is damaged or for another model")
         down, up = _as_matrices(module, parts["down"], parts["up"])
         # alpha: the file's own `.alpha` (kohya), else its PEFT config's for the component, else the rank (scale 1)
         alpha = float(parts["alpha"]) if "alpha" in parts else config_alphas.get(name.split(".")[0],

@@ -28,14 +28,20 @@ from diffx.weights.discovery import ModelSource, resolve_model_source
 from diffx.weights.load import load_model, read_config
 from diffx.weights.lora import Lora, LoraLayer, LoraSpec, lora_summary, read_lora
 
+UNET_BLOCKS = ("all", "in", "mid", "out")  # `AppliedLora.unet_blocks`: the U-Net sections a LoRA may be kept to
+
 
 @dataclass
 class AppliedLora:
-    """A LoRA attached to a model's layers; `scale` (s) is read at every forward, so changing it needs no reload."""
+    """A LoRA attached to a model's layers; `scale` (s) and `unet_blocks` are read at every forward, so changing
+    them needs no reload. `unet_blocks`: "all", or the one U-Net section whose layers keep their update — "in"
+    (input blocks), "mid" (middle block), "out" (output blocks); the U-Net's other layers then add nothing, while
+    the text encoders' always do."""
 
     path: Path
     scale: float
     handles: list[RemovableHandle] = field(default_factory=list)
+    unet_blocks: str = "all"
 
     def remove(self) -> None:
         """Take the LoRA off every layer it adapts."""
@@ -50,10 +56,12 @@ class _LoraHook:
     def __init__(self, layer: LoraLayer, owner: AppliedLora, module: nn.Module):
         self.layer, self.owner = layer, owner
         self.convolution = module if isinstance(module, nn.Conv2d) else None
+        self.section = layer.target.unet_section
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        if self.owner.scale == 0:
-            return output
+        blocks = self.owner.unet_blocks
+        if self.owner.scale == 0 or self.section is not None and blocks != "all" and self.section != blocks:
+            return output  # the layer's own output, untouched: equal to the model without this LoRA
         x = args[0]
         # The update in the activations' dtype and device (bf16 on the CPU fast path), whatever the model moved to.
         down, up = self.layer.down.to(x), self.layer.up.to(x)
@@ -76,6 +84,18 @@ def attach_lora(model: StableDiffusion, lora: Lora, scale: float = 1.0) -> Appli
         module = layer.target.module(model)
         applied.handles.append(module.register_forward_hook(_LoraHook(layer, applied, module)))
     return applied
+
+
+def applied_loras(model: StableDiffusion) -> list[AppliedLora]:
+    """The LoRAs attached to `model` (by `attach_lora`, `apply_lora`, `load_model_with_loras`), found through their
+    hooks: the handles whose `scale` and `unet_blocks` an experiment changes between runs."""
+    owners: dict[int, AppliedLora] = {}
+    for component in model.modules().values():
+        for module in component.modules():
+            for hook in module._forward_hooks.values():  # torch has no public list of a module's hooks
+                if isinstance(hook, _LoraHook):
+                    owners.setdefault(id(hook.owner), hook.owner)
+    return list(owners.values())
 
 
 def apply_lora(model: StableDiffusion, path: str | Path, scale: float = 1.0) -> AppliedLora:

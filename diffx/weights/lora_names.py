@@ -39,6 +39,8 @@ PART_PATTERNS = (
     (re.compile(r"(.+_lora)\.down\.weight"), "down"),  # diffusers' attention processors: `to_q_lora.down.weight`
     (re.compile(r"(.+_lora)\.up\.weight"), "up"),
 )
+# The U-Net's three runs of blocks, by their module lists' names: a target's section (`LoraTarget.unet_section`).
+UNET_SECTIONS = {"input_blocks": "in", "middle_block": "mid", "output_blocks": "out"}
 # diffusers' attention-processor LoRAs: `<attention>[.processor].to_q_lora` is the layer `<attention>.to_q`.
 PROCESSOR_LORA = re.compile(r"(.+?)(?:\.processor)?\.(to_[qkv]|to_out)_lora")
 TEXT_PROCESSOR_LEAVES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
@@ -56,6 +58,15 @@ class LoraTarget:
 
     def module(self, model: StableDiffusion) -> nn.Module:
         return getattr(model, self.component).get_submodule(self.module_path)
+
+    @property
+    def unet_section(self) -> str | None:
+        """Where in the U-Net the layer runs: "in" (input blocks, the way down), "mid" (the middle block), "out"
+        (output blocks, the way up) or "other" (the time and class embeddings, the final convolution); None for a
+        text encoder's layer."""
+        if self.component != "unet":
+            return None
+        return UNET_SECTIONS.get(self.module_path.split(".")[0], "other")
 
 
 def split_lora_key(key: str) -> tuple[str, str] | None:

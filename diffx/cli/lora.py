@@ -1,0 +1,70 @@
+"""`diffx lora`: inspect a LoRA file — its metadata, the layers it adapts and its update strength per block."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffx.cli.core import ERR, OUT, print_written
+from diffx.cli.options import ForceOpt, ModelChoice, option_groups
+
+
+@option_groups
+def lora(
+    file: Annotated[str, typer.Argument(
+        metavar="FILE[:SCALE]", show_default=False,
+        help="The LoRA file (kohya/A1111 or diffusers/PEFT .safetensors, .pt, …), optionally followed by the scale "
+             "s its strengths are measured at, -4 to 4 (default 1).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", show_default=False,
+        help="Also draw ‖ΔW‖_F per U-Net block and text-encoder layer as a bar chart (.png, .jpg or .webp).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+    model: ModelChoice = ModelChoice(),
+    force: ForceOpt = False,
+) -> None:
+    """Inspect a LoRA file: what it says about itself and how strongly it changes each block.
+
+    Prints the key format (kohya / diffusers / PEFT), the base model family, ranks and alphas, the network module,
+    kohya's training metadata (ss_*: base model version, dim and alpha, output name, comment, steps, epochs,
+    resolution) and modelspec.*, the trigger words (the most frequent tags of ss_tag_frequency, with counts),
+    how many layers of each kind it adapts (U-Net attention, feed-forward, convolutions; text encoders), and the
+    strength of its update ‖ΔW‖_F = ‖s·(alpha/r)·B A‖_F per U-Net block, in the order the blocks run (input
+    blocks, middle, output blocks), and per text-encoder layer: the root of the sum of the layers' squares.
+
+    The file is matched against --model (its configuration only: no weights are read); without --model, the
+    default model ($DIFFX_MODEL, else the embedded one) is tried first, then SD1.x, SD2.x, SDXL's and the embedded
+    model's layouts.
+    The rest of the model group is checked as everywhere.
+
+    Example: diffx lora style.safetensors:0.8 --out style_blocks.png
+    """
+    from diffx.files import check_outputs
+    from diffx.models.stable_diffusion import build_without_weights
+    from diffx.views.lora import lora_chart, lora_tables
+    from diffx.weights.load import read_config
+    from diffx.weights.lora import LoraSpec
+    from diffx.weights.lora_inspect import LORA_FAMILIES, inspect_lora
+
+    check_outputs([], force, picture=out)
+    spec = LoraSpec.parse(file, "FILE")
+    checked = model.check()
+    config = read_config(checked.source, checked.config)
+    if model.model is not None:
+        against = build_without_weights(config)
+    else:
+        families = [family() for family in LORA_FAMILIES]
+        against = [config, *(other for other in families if other.name != config.name)]
+    report = inspect_lora(spec.path, against, spec.scale)
+    if out is not None:
+        from diffx.render import save_png
+
+        save_png(lora_chart(report), out, force)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        if out is not None:  # stdout holds the JSON alone
+            ERR.print(f"wrote {out}", soft_wrap=True)
+        return
+    for table in lora_tables(report):
+        OUT.print(table)
+    print_written([out])
