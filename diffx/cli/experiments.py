@@ -43,8 +43,10 @@ def noise(
     image: Annotated[Path, typer.Argument(help="The picture to noise (PNG, JPEG, …).", show_default=False)],
     out: OutOpt = None,
     gif: GifOpt = None,
-    schedules: Annotated[str, typer.Option(help="β schedules, comma-separated (grid rows).")] = (
-        "linear,scaled_linear,cosine"),
+    schedules: Annotated[str | None, typer.Option(
+        help="Schedules, comma-separated (grid rows): linear, scaled_linear, cosine (β schedules) and flow (the "
+             "straight line of rectified flow, SD3's). Default: the three β schedules; a flow model's: flow and "
+             "scaled_linear.", show_default=False)] = None,
     timesteps: Annotated[str, typer.Option(help="Timesteps, comma-separated (grid columns).")] = (
         "0,100,250,500,750,999"),
     latent: Annotated[bool, typer.Option("--latent", help="Noise the VAE latent (needs a model), not the pixels.")
@@ -80,11 +82,13 @@ def noise(
     plot_path = companion_path(out, "schedules")
     check_frame_ms(frame_ms)
     check_outputs([plot_path], force, gif, picture=out)
-    schedule_names = [name.strip() for name in schedules.split(",") if name.strip()]
+    schedule_names = None if schedules is None else [name.strip() for name in schedules.split(",") if name.strip()]
     timestep_list = parse_list(timesteps, int, "--timesteps")
     width, height = parse_size(size)
     loaded = model.load() if latent else None
     config = loaded.config if loaded else model.read_config()  # pixel space needs the scheduler, not the weights
+    if schedule_names is None:
+        schedule_names = list(experiments.default_noise_schedules(config))
     if latent:
         width, height = (check_side(loaded, "width", width or config.image_size),
                          check_side(loaded, "height", height or config.image_size))

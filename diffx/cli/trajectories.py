@@ -31,16 +31,17 @@ from diffx.files import check_outputs, companion_path
 @option_groups
 def paths(
     prompt: PromptOpt = "",
-    samplers: Annotated[str, typer.Option(
-        help="Samplers to run from the same x_T, comma-separated: ddpm, ddim, euler, euler_a, heun, dpmpp_2m.")
-    ] = "ddim,euler,euler_a,heun,dpmpp_2m",
+    samplers: Annotated[str | None, typer.Option(
+        help="Samplers to run from the same x_T, comma-separated: ddpm, ddim, euler, euler_a, heun, dpmpp_2m. "
+             "Default: ddim,euler,euler_a,heun,dpmpp_2m; a rectified-flow model's (SD3): euler,heun.",
+        show_default=False)] = None,
     steps: Annotated[str | None, typer.Option(
         help="Steps of each run. Several, comma-separated (5,10,25), add a panel with the error of each run's "
              "result against its model evaluations; paths and the other panels show the most. "
              "Default: the model's.", show_default=False)] = None,
-    reference: Annotated[str, typer.Option(
-        help="The stand-in for the exact ODE solution, SAMPLER:STEPS, a sampler that adds no noise.")
-    ] = "dpmpp_2m:200",
+    reference: Annotated[str | None, typer.Option(
+        help="The stand-in for the exact ODE solution, SAMPLER:STEPS, a sampler that adds no noise. "
+             "Default: dpmpp_2m:200; a rectified-flow model's: heun:200.", show_default=False)] = None,
     out: OutOpt = None,
     negative_prompt: NegativeOpt = None,
     schedule: ScheduleOpt = None,
@@ -72,14 +73,16 @@ def paths(
     out = out or Path("paths.png")
     chart_path = companion_path(out, "convergence")
     check_outputs([chart_path], force, picture=out)
-    names = trajectories.check_samplers([name.strip() for name in samplers.split(",") if name.strip()])
+    names = None if samplers is None else \
+        trajectories.check_samplers([name.strip() for name in samplers.split(",") if name.strip()])
     step_counts = parse_list(steps, int, "--steps") if steps is not None else None
-    solve = trajectories.Reference.parse(reference)
+    solve = None if reference is None else trajectories.Reference.parse(reference)
     sampling = SamplingChoice(negative_prompt=negative_prompt, schedule=schedule, spacing=spacing, karras=karras,
                               seed=seed, size=size, guidance_rescale=guidance_rescale)
     settings = sampling.settings(prompt, guidance)
     loaded = model.load()
-    with StepProgress(runs=1 + len(names) * (len(step_counts) if step_counts else 1)) as progress:
+    count = len(names) if names else len(trajectories.default_samplers(loaded))
+    with StepProgress(runs=1 + count * (len(step_counts) if step_counts else 1)) as progress:
         result = trajectories.sampler_paths(loaded, settings, names, step_counts, solve, progress)
     save_png(trajectories.path_picture(result), out, force)
     save_png(trajectories.convergence_chart(result), chart_path, force)

@@ -10,7 +10,16 @@
 from diffx.experiments.prompt_to_prompt import Edit, prompt_to_prompt
 from diffx.experiments.prompt_to_prompt_views import edit_frames, edit_picture, embedding_change, weights_view
 from diffx.experiments.round_trip import inversion_frames, round_trip_figure, traced_round_trip
-from diffx.experiments.sweeps import CfgSweep, Comparison, NoiseViews, cfg_sweep, compare, noise_views, parse_axis
+from diffx.experiments.sweeps import (
+    CfgSweep,
+    Comparison,
+    NoiseViews,
+    cfg_sweep,
+    compare,
+    default_noise_schedules,
+    noise_views,
+    parse_axis,
+)
 from diffx.experiments.trajectories import (
     SamplerPaths,
     convergence_chart,
@@ -27,6 +36,7 @@ __all__ = [
     "SamplerPaths",
     "cfg_sweep",
     "compare",
+    "default_noise_schedules",
     "convergence_chart",
     "edit_frames",
     "edit_picture",

@@ -30,6 +30,7 @@ from diffx.pipeline.settings import GenerationSettings, check_seed, resolve_sett
 from diffx.render import caption_bar, latent_to_rgb_fast, make_grid, plot_schedules, to_pil
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
+from diffx.sampling.flow import FLOW_SCHEDULE, flow_sample, flow_schedule
 from diffx.sampling.grids import GridSpec, sampling_grid
 from diffx.sampling.samplers import StepCallback
 from diffx.sampling.schedules import BETA_SCHEDULES, NoiseSchedule, q_sample
@@ -50,10 +51,12 @@ from diffx.weights.lora_apply import applied_loras
 
 if TYPE_CHECKING:
     from diffx.models.configs import ModelConfig
+    from diffx.models.sd3 import SD3Config
     from diffx.models.stable_diffusion import StableDiffusion
 
 
 NOISE_FRAMES = 20  # frames of the x_0 → x_T animation
+NOISE_SCHEDULES = (*BETA_SCHEDULES, FLOW_SCHEDULE)  # what `noise_views` draws: the β schedules and the flow path
 LATENT_MIXTURE_LABEL = "latent preview, scaled to fit"  # √ᾱ x_0 + √(1−ᾱ) ε in preview colours (`noisy_picture`)
 
 
@@ -68,6 +71,13 @@ class NoiseViews:
     frames: list[Image.Image]  # x_0 → x_T, one column per schedule
     schedule_plot: Image.Image  # ᾱ_t, √ᾱ_t, √(1 − ᾱ_t), log-SNR; the sampler's timesteps marked
     visits: list[int] | None = None  # the timesteps the sampler calls the model at, marked on the plot
+
+
+def default_noise_schedules(config: ModelConfig | SD3Config | None) -> tuple[str, ...]:
+    """The rows `diffx noise` draws when none are named: the β schedules, or a flow model's path beside SD's."""
+    if config is not None and config.scheduler.beta_schedule == FLOW_SCHEDULE:
+        return (FLOW_SCHEDULE, "scaled_linear")
+    return BETA_SCHEDULES
 
 
 def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
@@ -88,9 +98,9 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
     that sampler visits on the schedule plot, whose title names the spacing and whose scheduler it is.
     """
     if not schedules:
-        raise InvalidArgumentError("no schedules given; choose from: " + ", ".join(BETA_SCHEDULES))
+        raise InvalidArgumentError("no schedules given; choose from: " + ", ".join(NOISE_SCHEDULES))
     for name in schedules:
-        check_choice("schedule", name, BETA_SCHEDULES)
+        check_choice("schedule", name, NOISE_SCHEDULES)
     config = model.config if model is not None else config
     num_train_timesteps = config.scheduler.num_train_timesteps if config else 1000
     for t in timesteps:
@@ -98,8 +108,8 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
             raise InvalidArgumentError(f"timestep {t} is out of range; pick 0 to {num_train_timesteps - 1}")
     if latent_space and model is None:
         raise InvalidArgumentError("noising in latent space needs a model's VAE; pass a model (--model)")
-    tables = {name: schedule_from_config(config.scheduler, name) if config else NoiseSchedule.create(name)
-              for name in schedules}
+    tables = {name: schedule_from_config(config.scheduler, name) if config else
+              flow_schedule() if name == FLOW_SCHEDULE else NoiseSchedule.create(name) for name in schedules}
     marked, plot_title = _visited(config, tables[schedules[0]], sampler, steps, spacing, karras)  # checked first
     generator = torch.Generator().manual_seed(check_seed(seed))
     if latent_space:
@@ -120,7 +130,11 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
     def pictures(schedule: NoiseSchedule, ts: Sequence[int]) -> list[list[np.ndarray]]:
         """x_t for each t, as rows: [pixels] or [latent preview, VAE decode]."""
         t = torch.tensor(list(ts), dtype=torch.long)
-        x_t = q_sample(schedule, x0.expand(len(ts), -1, -1, -1), t, noise.expand(len(ts), -1, -1, -1))
+        if schedule.beta_schedule == FLOW_SCHEDULE:  # rectified flow's straight line (SD3), not the VP mixture
+            x_t = flow_sample(x0.expand(len(ts), -1, -1, -1), t, noise.expand(len(ts), -1, -1, -1),
+                              num_train_timesteps)
+        else:
+            x_t = q_sample(schedule, x0.expand(len(ts), -1, -1, -1), t, noise.expand(len(ts), -1, -1, -1))
         if not latent_space:
             return [[tensor_to_image(x.clamp(-1, 1)) for x in x_t]]
         return [[noisy_picture(x0_preview, noise[0], float(schedule.alphas_cumprod[step])) for step in ts],
@@ -134,12 +148,14 @@ def noise_views(image: PictureLike, schedules: Sequence[str] = BETA_SCHEDULES,
     for name, schedule in tables.items():
         for kind, row, is_picture, x_0 in zip(kinds, pictures(schedule, timesteps), smooth, clean, strict=True):
             cells.append([x_0] + [fit_panel(p, size, smooth=is_picture) for p in row])
-            row_labels.append(f"{name} · {kind}" if kind else name)
+            label = "flow: x_t = (1−s) x_0 + s ε, s = (t+1)/T" if name == FLOW_SCHEDULE else name
+            row_labels.append(f"{label} · {kind}" if kind else label)
     space = " in latent space" if latent_space else ""
     scheduler = _scheduler_phrase(config)
     # t counts noising steps from 0: x_t at t = 0 is already one step of noise (ᾱ_0 < 1), so x_0 comes first.
     grid = make_grid(cells, row_labels=row_labels, col_labels=["x_0 (the picture)"] + [f"t={t}" for t in timesteps],
-                     cell_size=size, title=f"forward process x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε{space} · {scheduler}")
+                     cell_size=size, title=f"forward process{space} · β schedules: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε · "
+                                           f"{scheduler}")
 
     frame_ts = sorted({round(float(t)) for t in np.linspace(0, num_train_timesteps - 1, max(2, num_frames))})
     columns = [pictures(schedule, frame_ts) for schedule in tables.values()]  # [schedule][kind][frame]

@@ -37,6 +37,7 @@ from diffx.pipeline.observers import ImageRun, Observer
 from diffx.pipeline.settings import GenerationSettings
 from diffx.render.charts import convergence_svg
 from diffx.render.paths import PathLine, plot_convergence, plot_paths
+from diffx.sampling.flow import FLOW_SCHEDULE
 from diffx.sampling.grids import SAMPLERS
 from diffx.sampling.samplers import StepCallback, StepRecord
 from diffx.trace.record import Trace
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
 DEFAULT_SAMPLERS = ("ddim", "euler", "euler_a", "heun", "dpmpp_2m")
+FLOW_DEFAULT_SAMPLERS = ("euler", "heun")  # a rectified-flow model's (its DDIM is its Euler)
 # Without --spacing every run uses trailing spacing, which starts every step count at t = T − 1: SD's
 # "leading" starts a short run lower down (25 steps: t = 961; 200 DPM++ steps: t = 801), and would treat
 # the same x_T as noise at different levels, i.e. solve different ODEs.
@@ -213,16 +215,28 @@ def check_samplers(samplers: Sequence[str]) -> list[str]:
     return list(samplers)
 
 
+def _flow(model: StableDiffusion) -> bool:
+    return model.config.scheduler.beta_schedule == FLOW_SCHEDULE
+
+
+def default_samplers(model: StableDiffusion) -> tuple[str, ...]:
+    """The samplers `sampler_paths` runs when none are named: a rectified-flow model's two, or DEFAULT_SAMPLERS."""
+    return FLOW_DEFAULT_SAMPLERS if _flow(model) else DEFAULT_SAMPLERS
+
+
 def sampler_paths(model: StableDiffusion, settings: GenerationSettings,
-                  samplers: Sequence[str] = DEFAULT_SAMPLERS, steps: Sequence[int] | None = None,
-                  reference: Reference = Reference(), progress: StepCallback | None = None) -> SamplerPaths:
+                  samplers: Sequence[str] | None = None, steps: Sequence[int] | None = None,
+                  reference: Reference | None = None, progress: StepCallback | None = None) -> SamplerPaths:
     """Run every sampler from the seed's x_T at each step count in `steps` (default: `settings.steps`, else
-    the model's), and the `reference` solve from the same x_T; measure each run (`Convergence`).
+    the model's), and the `reference` solve from the same x_T; measure each run (`Convergence`). Default samplers
+    and reference: DEFAULT_SAMPLERS and DPM-Solver++ at 200 steps; for a rectified-flow model (SD3) Euler and
+    Heun, and Heun at 200 steps.
 
     The prompt, guidance, seed, schedule and Karras setting come from `settings`; its spacing too, or
     `CONVERGENCE_SPACING` when it has none. Everything is checked before the first run.
     """
-    samplers = check_samplers(samplers)
+    samplers = check_samplers(samplers or default_samplers(model))
+    reference = reference or (Reference("heun") if _flow(model) else Reference())
     if not is_deterministic(reference.sampler, settings.eta):
         raise InvalidArgumentError(f"the reference {reference.sampler!r} adds noise at every step, so it solves "
                                    "no ODE; pick ddim, euler, heun or dpmpp_2m")

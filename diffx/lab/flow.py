@@ -30,9 +30,8 @@ from diffx.lab.data import PointDistribution
 from diffx.lab.model import LabModel, one_thread
 from diffx.lab.sampling import LabRun
 from diffx.lab.train import LabTrainConfig, TrainProgress, fit, labelled_batch
-from diffx.sampling.flow import check_shift, shift_times
+from diffx.sampling.flow import FLOW_TIME_SCALE, check_shift, shift_times
 
-FLOW_TIME_SCALE = 1000.0  # the network sees t · 1000, as SD3's transformer does
 FLOW_SAMPLERS = ("flow_euler", "flow_heun")
 
 

@@ -262,7 +262,18 @@ def sdxl_base() -> ModelConfig:
 def sd3_vae() -> VAEConfig:
     """The 16-channel AutoencoderKL of SD3 and SD3.5 (Esser et al. 2024, §5.2.1: more latent channels, better
     reconstructions): LDM's VAE with 16 latent channels, no quant convs, latents centred and scaled."""
-    return VAEConfig(z_channels=16, embed_dim=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False)
+    return VAEConfig(z_channels=16, embed_dim=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                     latent_rgb_factors=SD3_LATENT_RGB_FACTORS, latent_rgb_bias=(0.2394, 0.2135, 0.1925))
+
+
+# SD3's latent -> RGB preview: a linear fit of the 16 scaled latent channels to the decoded colours (ComfyUI's
+# `latent_formats.SD3`, the numbers its live previews use).
+SD3_LATENT_RGB_FACTORS = (
+    (-0.0922, -0.0175, 0.0749), (0.0311, 0.0633, 0.0954), (0.1994, 0.0927, 0.0458), (0.0856, 0.0339, 0.0902),
+    (0.0587, 0.0272, -0.0496), (-0.0006, 0.1104, 0.0309), (0.0978, 0.0306, 0.0427), (-0.0042, 0.1038, 0.1358),
+    (-0.0194, 0.0020, 0.0669), (-0.0488, 0.0130, -0.0268), (0.0922, 0.0988, 0.0951), (-0.0278, 0.0524, -0.0542),
+    (0.0332, 0.0456, 0.0895), (-0.0069, -0.0030, -0.0810), (-0.0596, -0.0465, -0.0293), (-0.1448, -0.1463, -0.1189),
+)
 
 
 def tiny() -> ModelConfig:

@@ -8,7 +8,8 @@ attention maps and decoded pictures. Everything that differs between kinds of mo
 - `parameterization`: what that output is (ε, v or a rectified-flow velocity) and what input and time the network
   expects — `diffx.sampling.parameterizations` turns it into the ε̂ every sampler walks with;
 - `size_multiple`: what the image sides must be multiples of;
-- `mask_conditioned`: whether the network takes [x_t, mask, masked-image latent] (an inpainting network).
+- `mask_conditioned`: whether the network takes [x_t, mask, masked-image latent] (an inpainting network);
+- `token_grid`: a transformer's grid of image tokens (patches) for a latent size, None for a U-Net.
 
 The latent codec is the model's `vae` (encode → posterior, decode) with `config.vae` (scaling factor, channels,
 downsampling), shared by every family (`diffx.pipeline.codec`). A model object names its family in `model.family`.
@@ -45,6 +46,10 @@ class ModelFamily:
     parameterization: Callable[[Any], Parameterization]
     size_multiple: Callable[[Any], int]
     mask_conditioned: Callable[[Any], bool]
+    # A transformer's image tokens: (rows, cols) of patches for a latent (h, w), the grid its joint attention's
+    # image queries lie on (the tracer splits the joint matrix with it); None for a U-Net, whose attention layers
+    # each have their own grid.
+    token_grid: Callable[[Any, tuple[int, int]], tuple[int, int] | None] = lambda model, latent: None
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -101,4 +106,6 @@ SD3 = register_family(ModelFamily(
     # VAE factor × the MMDiT's patch: a side must be a whole number of patches.
     size_multiple=lambda model: model.config.vae.downsample_factor * model.config.mmdit.patch_size,
     mask_conditioned=lambda model: False,
+    token_grid=lambda model, latent: (latent[0] // model.config.mmdit.patch_size,
+                                      latent[1] // model.config.mmdit.patch_size),
 ))

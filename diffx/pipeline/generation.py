@@ -201,7 +201,8 @@ def _generate_one(model: StableDiffusion, settings: ResolvedSettings, index: int
                                        (settings.height, settings.width), settings.negative_prompt is None)
     latent_shape = _latent_shape(model, settings)
     mode = "text2img" if init_image is None else ("inpaint" if mask is not None else "img2img")
-    observer = observe(ImageRun(index, settings, mode, tokens, negative_tokens, latent_shape)) \
+    token_grid = family.token_grid(model, latent_shape[-2:])
+    observer = observe(ImageRun(index, settings, mode, tokens, negative_tokens, latent_shape, token_grid)) \
         if observe is not None else Observer()
 
     inpainting_unet = mask is not None and family.mask_conditioned(model)

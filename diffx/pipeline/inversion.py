@@ -36,6 +36,7 @@ from diffx.pipeline.families import family_of
 from diffx.pipeline.observers import ImageRun, Observe, Observer, chain_callbacks
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
 from diffx.sampling.ddim_inversion import invert_ddim
+from diffx.sampling.flow import invert_flow
 from diffx.sampling.samplers import StepCallback, StepRecord, sample
 
 if TYPE_CHECKING:
@@ -138,10 +139,11 @@ def invert(model: StableDiffusion, image: Image.Image | np.ndarray, prompt: str 
 
     def keep(record: StepRecord) -> None:
         states.append(record.x_next[0].float().cpu())
-        timesteps.append(int(record.timestep))
+        timesteps.append(round(record.timestep))  # a flow grid's are fractional (s · 1000)
 
-    x_T = invert_ddim(denoiser, latent, grid_for(model, settings),
-                      callback=chain_callbacks(keep, observer.on_step, progress))
+    grid = grid_for(model, settings)
+    climb = invert_ddim if grid.flow_sigmas is None else invert_flow  # a flow model's run backwards (SD3)
+    x_T = climb(denoiser, latent, grid, callback=chain_callbacks(keep, observer.on_step, progress))
     return Inversion(settings=settings, latent=latent, x_T=x_T, timesteps=timesteps,
                      trajectory=torch.stack(states))
 

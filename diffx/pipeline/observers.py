@@ -28,6 +28,8 @@ class ImageRun:
     tokens: TokenizedPrompt
     negative_tokens: TokenizedPrompt
     latent_shape: tuple[int, int, int, int]  # (1, C, h, w) of the sampler's state
+    # (rows, cols) of a transformer's image tokens, the image part of its joint attention (families.token_grid)
+    token_grid: tuple[int, int] | None = None
 
 
 @dataclass

@@ -177,8 +177,11 @@ def _check_flow(flow_model: bool, settings: ResolvedSettings) -> None:
     if not flow_model and settings.schedule == FLOW_SCHEDULE:
         raise InvalidArgumentError("the flow schedule is for rectified-flow models (SD3); leave --schedule out")
     if flow_model and settings.sampler not in FLOW_SAMPLERS:
-        raise InvalidArgumentError(f"a rectified-flow model samples with {' or '.join(FLOW_SAMPLERS)}, not "
+        raise InvalidArgumentError(f"a rectified-flow model samples with {', '.join(FLOW_SAMPLERS)}, not "
                                    f"{settings.sampler}; pass --sampler euler")
+    if flow_model and settings.eta:
+        raise InvalidArgumentError(f"--eta {settings.eta:g} adds DDIM's noise, which a rectified-flow run has no "
+                                   "place for (its DDIM step is flow Euler's); leave --eta at 0")
     if flow_model and settings.karras:
         raise InvalidArgumentError("Karras sigmas (--karras) are for diffusion schedules; a rectified-flow model "
                                    "spaces its steps by its time shift: drop --karras")

@@ -14,9 +14,10 @@ from the largest to the smallest training σ, then shifted, s ↦ shift·s / (1 
 §5.3.2: more steps at high noise for large pictures; SD3 uses shift 3), then a final 0. diffusers' smallest σ is
 itself the shifted 1/T, so it is shifted twice; this is kept, since a seed must give diffusers' picture.
 
-The per-step record speaks the samplers' common language (`StepRecord`): `x` is the VP state x_s / n with
-n = √((1 − s)² + s²), whose ᾱ = (1 − s)²/n² (held at 2⁻²⁴ at s = 1, like a zero-terminal-SNR schedule); `state` and
-`x_next` are x_s. So the tracer and every view work on a flow run unchanged.
+The per-step record (`StepRecord`) holds what the network was given, x_s (its `x`, `state`), the line's two ends
+ε̂ and x̂0, and the step's σ and ᾱ in the samplers' common VP terms: x_s is the VP state scaled by
+n = √((1 − s)² + s²), whose ᾱ = (1 − s)²/n² (held at 2⁻²⁴ at s = 1, like a zero-terminal-SNR schedule). So the
+tracer records a flow run unchanged; views that draw the state say x_s (`views.steps.is_flow`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from diffx.sampling.parameterizations import eps_from_velocity, flow_alpha_cumpr
 from diffx.sampling.records import StepCallback, StepRecord
 from diffx.sampling.schedules import NoiseSchedule, check_steps
 
+FLOW_TIME_SCALE = 1000.0  # a flow network is told s · 1000, as SD3's transformer is (its timesteps' range)
 FLOW_SCHEDULE = "flow"  # the schedule name of a rectified-flow model (its SchedulerConfig's beta_schedule)
-FLOW_SAMPLERS = ("euler", "heun")  # what a flow grid can be walked with: SD3's two schedulers
+# What a flow grid can be walked with: SD3's two schedulers, and DDIM, whose deterministic step rebuilds the state
+# from its x̂0 and ε̂ as √ᾱ' x̂0 + √(1 − ᾱ') ε̂ — in flow units (1 − s') x̂0 + s' ε̂, exactly the Euler step (the
+# 2-D lab's `flow_ddim` shows the two agree to rounding). The stochastic samplers have no flow counterpart here.
+FLOW_SAMPLERS = ("euler", "heun", "ddim")
 MAX_SHIFT = 100.0
 
 # (x_s (B, C, h, w), s · T as a 0-dim float32) -> v̂ (B, C, h, w), classifier-free guidance applied by the caller
@@ -71,7 +76,7 @@ def flow_grid(sampler: str, steps: int, shift: float = 1.0, num_train_timesteps:
     network's timesteps s_i · T (float32, N) and the VP σ of each s; `strength` (image-to-image) starts the run
     at step ⌊N (1 − strength)⌋, as diffusers' SD3 image-to-image pipeline."""
     if sampler not in FLOW_SAMPLERS:
-        raise InvalidArgumentError(f"a flow model samples with {' or '.join(FLOW_SAMPLERS)} (rectified flow), "
+        raise InvalidArgumentError(f"a flow model samples with {', '.join(FLOW_SAMPLERS)} (rectified flow), "
                                    f"not {sampler}; pass --sampler euler")
     check_steps(steps, num_train_timesteps)
     check_shift(shift)
@@ -88,22 +93,15 @@ def flow_grid(sampler: str, steps: int, shift: float = 1.0, num_train_timesteps:
                 timesteps=flow_sigmas[:-1] * T, sigmas=vp_sigmas, start_index=start_index, flow_sigmas=flow_sigmas)
 
 
-def _vp_record_scales(s: float) -> tuple[float, float]:
-    """(n, ᾱ) of the flow point s: the VP state is x_s / n, n = √((1 − s)² + s²)."""
-    alpha_cumprod = float(flow_alpha_cumprod(s))
-    return ((1 - s) ** 2 + s**2) ** 0.5, alpha_cumprod
-
-
-def _report(callback: StepCallback | None, index: int, num_steps: int, s: float, s_next: float, timestep: torch.Tensor,
-            x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor) -> None:
-    """One model evaluation as a `StepRecord` in the VP language the tracer and views read (module docstring)."""
+def _report(callback: StepCallback | None, index: int, num_steps: int, s: float, s_next: float,
+            timestep: torch.Tensor, x: torch.Tensor, v: torch.Tensor, x_next: torch.Tensor) -> None:
+    """One model evaluation as a `StepRecord` (module docstring): x_s, its ε̂ and x̂0, the VP σ and ᾱ of s."""
     if callback is None:
         return
-    n, alpha_cumprod = _vp_record_scales(s)
-    _, alpha_next = _vp_record_scales(s_next)
+    alpha_cumprod, alpha_next = (float(flow_alpha_cumprod(time)) for time in (s, s_next))
     sigma, next_sigma = (((1 - a) / a) ** 0.5 for a in (alpha_cumprod, alpha_next))
     callback(StepRecord(index=index, num_steps=num_steps, timestep=float(timestep), sigma=sigma,
-                        alpha_cumprod=alpha_cumprod, x=x / n, state=x, eps_pred=eps_from_velocity(x, s, v),
+        alpha_cumprod=alpha_cumprod, x=x, state=x, eps_pred=eps_from_velocity(x, s, v),
                         x0_pred=x0_from_velocity(x, s, v), x_next=x_next, next_sigma=next_sigma))
 
 
@@ -162,3 +160,30 @@ def sample_flow_heun(velocity_model: VelocityModel, noise: torch.Tensor, grid: G
         x = x_next
     return x
 
+
+
+def invert_flow(velocity_model: VelocityModel, latent: torch.Tensor, grid: Grid, *,
+                callback: StepCallback | None = None) -> torch.Tensor:
+    """The flow run backwards: lift a clean latent (s = 0) to the x_1 from which the Euler sampler (the same
+    `grid`) returns it. Each step climbs from s_{i+1} to s_i along the velocity the sampler will evaluate there,
+    x_{s_i} = x_{s_{i+1}} + (s_i − s_{i+1}) v̂(x_{s_{i+1}}, s_i) — the flow form of DDIM inversion (Song et al. 2021,
+    sec. 4.3; diffusers' DDIMInverseScheduler likewise uses the higher level's time). Every step is reported to
+    `callback`; returns x at s_0 = 1."""
+    if grid.flow_sigmas is None or grid.start_index:
+        raise InvalidArgumentError("flow inversion walks a whole flow grid; make it with flow_grid, no strength")
+    s = _times(grid)
+    x = latent.float()
+    for index, i in enumerate(reversed(range(grid.steps))):  # i = N − 1, …, 0: from s_{i+1} up to s_i
+        v = velocity_model(x, grid.timesteps[i]).float()
+        x_next = x + (s[i] - s[i + 1]) * v
+        _report(callback, index, grid.steps, s[i + 1], s[i], grid.timesteps[i], x, v, x_next)
+        x = x_next
+    return x
+
+
+def flow_sample(x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
+                num_train_timesteps: int = 1000) -> torch.Tensor:
+    """x_s = (1 − s) x_0 + s ε at training timesteps `timesteps` (B,) of `flow_schedule`'s table (s = (t + 1)/T):
+    the flow path's forward process, the counterpart of `schedules.q_sample`. x0, noise (B or 1, C, h, w)."""
+    s = ((timesteps.double() + 1) / num_train_timesteps).to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
+    return (1 - s) * x0 + s * noise

@@ -16,10 +16,10 @@ import torch
 class StepRecord:
     """What one model evaluation saw and produced.
 
-    `x` is always the VP-space x_t (the model input); `state` is the sampler's own variable (x_t for VP
-    samplers, x_0 + σ ε for σ-space samplers) and `x_next` is the state after the step, i.e. the next
-    record's `state` (after the last step: the returned latent). `x_next` is the very tensor the sampler
-    continues from, so a callback may edit it in place (inpainting blends the known region back in).
+    `x` is the model input, the VP-space x_t (a rectified-flow sampler's x_s); `state` is the sampler's own variable
+    (x_t for VP samplers, x_0 + σ ε for σ-space samplers, x_s for flow samplers) and `x_next` is the state after
+    the step, i.e. the next record's `state` (after the last step: the returned latent). `x_next` is the very tensor
+    the sampler continues from, so a callback may edit it in place (inpainting blends the known region back in).
     """
 
     index: int  # 0-based model evaluation
@@ -27,7 +27,7 @@ class StepRecord:
     timestep: float  # t given to the model
     sigma: float  # σ = √((1 - ᾱ) / ᾱ) of the state
     alpha_cumprod: float  # ᾱ = 1 / (σ² + 1)
-    x: torch.Tensor  # (B, C, H, W) VP model input x_t
+    x: torch.Tensor  # (B, C, H, W) the model input: VP x_t, or a flow sampler's x_s = (1 − s) x_0 + s ε
     state: torch.Tensor  # (B, C, H, W) the sampler's state before the step
     eps_pred: torch.Tensor  # ε_θ(x_t, t)
     x0_pred: torch.Tensor  # the x_0 estimate this step implies

@@ -29,7 +29,8 @@ SAMPLES_PER_TENSOR = 8
 RERECORD = "re-record it with `diffx trace --save-trace`"
 LATENT_KEYS = ("latents", "eps", "eps_uncond", "eps_cond", "x0")
 KNOWN_TENSORS = {"timesteps", "sigmas", "alphas_cumprod", *LATENT_KEYS, "attention", "negative_attention",
-                 "self_attention", "self_attention_maps", "final_latent", "image", "decoded_x0", "decoded_steps"}
+                 "self_attention", "self_attention_maps", "final_latent", "image", "decoded_x0", "decoded_steps",
+                 "joint_attention", "text_to_image"}
 LAYER_TENSOR = re.compile(r"(layer|head)_attention\.(0|[1-9][0-9]*)")  # one per recorded layer
 
 
@@ -268,7 +269,7 @@ def check_tensors(path: Path, meta: dict, tensors: dict[str, Tensor]) -> None:
         if decoded.numel() and not (0 <= int(decoded.min()) and int(decoded.max()) < steps):
             raise _fail(path, f"decoded_steps holds a step outside 0…{steps - 1}")
     floating = ("timesteps", "sigmas", "alphas_cumprod", *LATENT_KEYS, "attention", "negative_attention",
-                "self_attention", "self_attention_maps", "final_latent")
+                "self_attention", "self_attention_maps", "final_latent", "joint_attention", "text_to_image")
     for key in sorted(tensors):
         if (key in floating or LAYER_TENSOR.fullmatch(key)) and not tensors[key].is_floating_point():
             raise _fail(path, f"tensor {key} is {tensors[key].dtype}, expected floating point")
@@ -313,6 +314,25 @@ def _check_layers(path: Path, meta: dict, tensors: dict[str, Tensor], expect: Ca
         pixels = grid[0] * grid[1]
         expect("self_attention_maps", (steps, pixels, pixels),
                f"{steps} steps of {pixels}×{pixels} self-attention rows on the {grid[0]}×{grid[1]} grid")
+    _check_joint(path, meta, tensors, expect)
+
+
+def _check_joint(path: Path, meta: dict, tensors: dict[str, Tensor], expect: Callable) -> None:
+    """A transformer's joint-attention record (SD3): the quadrant shares of meta["joint_layers"] and the words'
+    text→image maps on meta["token_grid"]."""
+    layers, grid = meta.get("joint_layers"), meta.get("token_grid")
+    if not ("joint_attention" in tensors) == ("text_to_image" in tensors) == (layers is not None):
+        raise _fail(path, "joint_attention, text_to_image and metadata joint_layers come together, one is missing")
+    if layers is None:
+        return
+    if not (isinstance(layers, list) and layers and all(isinstance(name, str) for name in layers)):
+        raise _fail(path, "metadata joint_layers should be a list of layer names")
+    if not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(n, int) and n > 0 for n in grid)):
+        raise _fail(path, f"metadata token_grid should be [rows, cols], is {grid}")
+    steps, count = tensors["timesteps"].shape[0], meta["tokens"]["num_tokens"]
+    expect("joint_attention", (steps, len(layers), 4),
+           f"{steps} steps × {len(layers)} joint layers × 4 quadrant shares")
+    expect("text_to_image", (steps, count, *grid), f"{steps} steps × {count} token maps on the image tokens")
 
 
 def check_trace_file(path: Path, header: dict, tensors: dict[str, Tensor]) -> dict:

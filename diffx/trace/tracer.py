@@ -46,8 +46,10 @@ if TYPE_CHECKING:
 
     from diffx.models.stable_diffusion import StableDiffusion
 
-RECORDABLE = ("latents", "eps", "x0", "attention", "negative_attention", "self_attention", "self_attention_maps")
-DEFAULT_RECORD = ("latents", "eps", "x0", "attention")
+RECORDABLE = ("latents", "eps", "x0", "attention", "negative_attention", "self_attention", "self_attention_maps",
+              "joint_attention")
+# "joint_attention" only means something for a transformer (SD3), whose attention is joint: a U-Net records nothing.
+DEFAULT_RECORD = ("latents", "eps", "x0", "attention", "joint_attention")
 ATTENTION_DETAILS = ("aggregate", "layers", "heads")
 
 
@@ -85,16 +87,18 @@ class Tracer:
     CFG denoiser, `on_step` as the sampler callback; `finish` turns what was recorded into a `Trace`."""
 
     def __init__(self, latent_shape: tuple[int, int], options: TraceOptions | None = None, num_tokens: int = 77,
-                 num_negative_tokens: int = 77):
+                 num_negative_tokens: int = 77, token_grid: tuple[int, int] | None = None):
         self.options = options or TraceOptions()
         self.num_tokens = num_tokens
         self.num_negative_tokens = num_negative_tokens
         self.latent_shape = latent_shape  # (h, w) of the latent: attention grids are fractions of it
+        self.token_grid = token_grid  # a transformer's (rows, cols) of image tokens: where its joint matrix splits
         self._layer_filter = re.compile(self.options.attention_layers) if self.options.attention_layers else None
         self._pending: dict[str, list[Tensor]] = {}
         self._steps: dict[str, list[Tensor]] = {}
         self._layers: dict[str, dict] = {}  # per-layer detail: layer name -> {"name", "grid", "heads"}
         self._self_grid: tuple[int, int] | None = None  # the grid of the recorded self-attention maps
+        self._joint_layers: list[str] = []  # the joint attentions whose quadrant shares are recorded, in run order
         self._unwanted: set[str] = set()  # self-attention layers of another grid, once seen: not computed again
         self._scalars: dict[str, list[float]] = {"timesteps": [], "sigmas": [], "alphas_cumprod": []}
 
@@ -112,39 +116,83 @@ class Tracer:
     def wants(self, layer: AttentionLayer) -> bool | slice:
         """Which layers to observe, and which batch rows: the denoiser batches [uncond; cond] (or only cond
         without guidance), so the conditional row is the last one; the first is needed for negative_attention."""
-        record = self.options.record
-        wanted_kind = ("cross" if {"attention", "negative_attention"} & set(record) else None,
-                       "self" if {"self_attention", "self_attention_maps"} & set(record) else None)
+        record = set(self.options.record)
+        cross = {"attention", "negative_attention"} & record
+        self_kind = {"self_attention", "self_attention_maps"} & record
+        # A joint attention holds both: its image→text quadrant is a cross-attention, image→image a self-attention.
+        wanted_kind = ("cross" if cross else None, "self" if self_kind else None,
+                       "joint" if cross or self_kind or "joint_attention" in record else None)
         if layer.kind not in wanted_kind or layer.layer_name in self._unwanted:
             return False
         if self._layer_filter is not None and not self._layer_filter.search(layer.layer_name):
             return False
-        return slice(None) if layer.kind == "cross" and "negative_attention" in record else slice(-1, None)
+        return slice(None) if layer.kind != "self" and "negative_attention" in record else slice(-1, None)
 
     def observe(self, layer: AttentionLayer, probs: Tensor) -> None:
+        if layer.kind == "joint":
+            self._observe_joint(layer, probs)
+            return
         rows, cols = self._grid(probs.shape[2])
         if self.options.attention_resolutions and rows not in self.options.attention_resolutions:
             return
-        record = self.options.record
         if layer.kind == "cross":
-            # (B', heads, rows*cols, 77): one (K, rows, cols) map per prompt, mean over heads.
-            if "attention" in record:
-                maps = layer_token_maps(probs[-1], self.num_tokens, rows, cols)
-                self._pending.setdefault("attention", []).append(maps)
-                if self.options.attention_detail != "aggregate":
-                    self._layers.setdefault(layer.layer_name, {"name": layer.layer_name, "grid": [rows, cols],
-                                                               "heads": probs.shape[1]})
-                    self._pending.setdefault("layer_attention", []).append(maps)
-                if self.options.attention_detail == "heads":
-                    # (heads, rows*cols, K) -> (heads, K, rows, cols)
-                    heads = probs[-1, :, :, : self.num_tokens].transpose(1, 2)
-                    self._pending.setdefault("head_attention", []).append(heads.reshape(-1, self.num_tokens,
-                                                                                        rows, cols))
-            if "negative_attention" in record and probs.shape[0] > 1:
-                self._pending.setdefault("negative_attention", []).append(
-                    layer_token_maps(probs[0], self.num_negative_tokens, rows, cols))
+            self._observe_cross(layer, probs, rows, cols)
+        else:
+            self._observe_self(layer, probs[-1].mean(0), rows, cols)
+
+    def _observe_joint(self, layer: AttentionLayer, probs: Tensor) -> None:
+        """SD3's joint attention (B', heads, N_img + N_txt, N_img + N_txt), image tokens first: its image→text
+        quadrant is recorded as cross-attention (the prompt's CLIP tokens are the text's first 77), its
+        image→image quadrant, renormalised per row, as self-attention; with "joint_attention", each quadrant's
+        share of the attention mass and the text→image quadrant (what each word reads back from the picture)."""
+        if self.token_grid is None:
+            raise InvalidArgumentError("a joint attention layer ran, but the tracer was not told the model's token "
+                                       "grid; build the Tracer with token_grid (generate_traced does)")
+        rows, cols = self.token_grid
+        n_image, record = rows * cols, self.options.record
+        if self.options.attention_resolutions and rows not in self.options.attention_resolutions:
             return
-        p = probs[-1].mean(0)  # (N, N): each query pixel's attention row over the key pixels, mean over heads
+        if "joint_attention" in record:
+            p = probs[-1].mean(0)  # (N, N): the conditional row, mean over heads
+            image, text = p[:n_image], p[n_image:]
+            # Each row sums to 1: the share an image (text) query gives the image (text) keys, averaged over queries.
+            shares = torch.stack([image[:, :n_image].sum(-1).mean(), image[:, n_image:].sum(-1).mean(),
+                                  text[:, :n_image].sum(-1).mean(), text[:, n_image:].sum(-1).mean()])
+            self._pending.setdefault("joint_attention", []).append(shares)
+            # (K, N_img) -> (K, rows, cols): each prompt token's attention over the image tokens
+            words = text[: self.num_tokens, :n_image].reshape(self.num_tokens, rows, cols)
+            self._pending.setdefault("text_to_image", []).append(words)
+            if layer.layer_name not in self._joint_layers:
+                self._joint_layers.append(layer.layer_name)
+        if {"attention", "negative_attention"} & set(record):
+            self._observe_cross(layer, probs[:, :, :n_image, n_image:], rows, cols)
+        if {"self_attention", "self_attention_maps"} & set(record):
+            block = probs[-1, :, :n_image, :n_image].mean(0)  # (N_img, N_img)
+            self._observe_self(layer, block / block.sum(-1, keepdim=True), rows, cols)
+
+    def _observe_cross(self, layer: AttentionLayer, probs: Tensor, rows: int, cols: int) -> None:
+        """Cross-attention probabilities (B', heads, rows*cols, tokens) of one layer."""
+        record = self.options.record
+        # (B', heads, rows*cols, 77): one (K, rows, cols) map per prompt, mean over heads.
+        if "attention" in record:
+            maps = layer_token_maps(probs[-1], self.num_tokens, rows, cols)
+            self._pending.setdefault("attention", []).append(maps)
+            if self.options.attention_detail != "aggregate":
+                self._layers.setdefault(layer.layer_name, {"name": layer.layer_name, "grid": [rows, cols],
+                                                           "heads": probs.shape[1]})
+                self._pending.setdefault("layer_attention", []).append(maps)
+            if self.options.attention_detail == "heads":
+                # (heads, rows*cols, K) -> (heads, K, rows, cols)
+                heads = probs[-1, :, :, : self.num_tokens].transpose(1, 2)
+                self._pending.setdefault("head_attention", []).append(heads.reshape(-1, self.num_tokens,
+                                                                                    rows, cols))
+        if "negative_attention" in record and probs.shape[0] > 1:
+            self._pending.setdefault("negative_attention", []).append(
+                layer_token_maps(probs[0], self.num_negative_tokens, rows, cols))
+
+    def _observe_self(self, layer: AttentionLayer, p: Tensor, rows: int, cols: int) -> None:
+        """A self-attention's (N, N) probabilities, mean over heads: each query pixel's row over the key pixels."""
+        record = self.options.record
         if "self_attention" in record:
             # Entropy of each query pixel's attention row: low = looks at few places, high = diffuse.
             entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).reshape(rows, cols)
@@ -184,6 +232,8 @@ class Tracer:
             elif key in ("layer_attention", "head_attention"):  # the layers in the order the U-Net runs them
                 for index, layer_maps in enumerate(maps):
                     self._add(f"{key}.{index}", layer_maps)
+            elif key == "joint_attention":  # (layers, 4): each block's quadrant shares, in the order they run
+                self._add(key, torch.stack(maps))
             elif key.endswith("attention"):
                 self._add(key, daam_aggregate(maps))
             else:
@@ -218,6 +268,8 @@ class Tracer:
                                                      strict=True)]}
         if self._self_grid is not None:
             meta = {**meta, "self_attention_grid": list(self._self_grid)}
+        if self._joint_layers:
+            meta = {**meta, "joint_layers": self._joint_layers, "token_grid": list(self.token_grid)}
         return Trace(settings=run.settings, tokens=run.tokens, negative_tokens=run.negative_tokens, meta=meta,
                      tensors=tensors)
 
@@ -244,7 +296,7 @@ class TraceCollector:
 
     def __call__(self, run: ImageRun) -> Observer:
         tracer = Tracer(run.latent_shape[-2:], self.options, num_tokens=run.tokens.num_tokens,
-                        num_negative_tokens=run.negative_tokens.num_tokens)
+                        num_negative_tokens=run.negative_tokens.num_tokens, token_grid=run.token_grid)
         self.runs.append((run, tracer))
         observer = tracer.observer()
         if self.after_step is not None:

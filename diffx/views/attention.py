@@ -22,7 +22,7 @@ positions: the 77 − K padding positions are not stored (`Trace.token_columns`)
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,23 +117,29 @@ def _under(steps: Sequence[int | None], x0_label: str) -> str:
 
 
 def token_rows(trace: Trace, rows: Sequence[tuple[str, Tensor, int | None]], title: str, panel: int = EXPLORER_PANEL,
-               preview: str = "auto", model: StableDiffusion | None = None) -> Image.Image:
+               preview: str = "auto", model: StableDiffusion | None = None, padding: bool = True,
+               shares: Sequence[Callable[[Tensor], float]] | None = None, note: str = PADDING_NOTE) -> Image.Image:
     """A grid of token-column panels: one row per (label, (K, r, c) maps, 0-based step or None for a mean over
-    the steps), columns from `Trace.token_columns`; each map stretched to its own maximum over, in grey, the
-    row's step's x̂0 (with `preview`) or the final image (`backgrounds`; a caption says which)."""
+    the steps), columns from `Trace.token_columns` (without the padding column unless `padding`); each map
+    stretched to its own maximum over, in grey, the row's step's x̂0 (with `preview`) or the final image
+    (`backgrounds`; a caption says which). Under each panel its share in percent: per row `shares[i](map)`, by
+    default the map's mean (the token's share of the attention mass); `note` says what the percentages mean."""
     size = (panel, panel)
     steps = [step for _, _, step in rows]
     pictures, x0_label = backgrounds(trace, steps, size, preview, model)
+    shares = shares or [lambda m: float(m.mean())] * len(rows)
     cells, cell_labels, labels = [], [], []
-    for (_, maps, _), picture in zip(rows, pictures, strict=True):
+    for (_, maps, _), picture, share in zip(rows, pictures, shares, strict=True):
         labels, columns = trace.token_columns(maps)
+        if not padding:
+            labels, columns = labels[:-1], columns[:-1]
         shown = normalize_maps(columns, "word")  # (columns, r, c) in [0, 1]
         cells.append([overlay(picture, grid_heat(m, size), ATTENTION_ALPHA, grey=True) for m in shown])
-        cell_labels.append([f"{100 * float(m.mean()):.1f}%" for m in columns])
+        cell_labels.append([f"{100 * share(m):.1f}%" for m in columns])
     grid = make_grid(cells, row_labels=[label for label, _, _ in rows], col_labels=labels, cell_labels=cell_labels,
                      title=title, cell_size=size)
     under = caption_bar(grid, _under(steps, x0_label), font_size=round(TITLE_SCALE * font_size_for(*size)))
-    return attention_legend(caption_bar(under, PADDING_NOTE), "word")
+    return attention_legend(caption_bar(under, note), "word")
 
 
 def layer_grid(trace: Trace, step: int | None = None, panel: int = EXPLORER_PANEL, preview: str = "auto",

@@ -24,6 +24,7 @@ from diffx.trace.record import Trace
 from diffx.views.steps import (
     X0_LABELS,
     fit_panel,
+    is_flow,
     prompt_title,
     resolve_preview,
     step_caption,
@@ -37,11 +38,13 @@ from diffx.views.steps import (
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
 
-PREDICTED = {"epsilon": "ε", "v_prediction": "v"}
+PREDICTED = {"epsilon": "ε", "v_prediction": "v", "flow": "v"}
 NOISE_LABEL = f"latents, channels 1–3 as RGB, each over ±{NOISE_DISPLAY_SIGMAS:g} standard deviations"
 # The one line that says what each symbol is: σ (the captions' noise level) is not the noise scale √(1−ᾱ).
 LEGEND = ("σ = √((1−ᾱ)/ᾱ); x_t = √ᾱ x̂0 + √(1−ᾱ) ε̂ and v̂ = √ᾱ ε̂ − √(1−ᾱ) x̂0: "
           "early v̂ ≈ −x̂0, late v̂ ≈ ε̂")
+# Rectified flow (SD3): one straight line from the picture (s = 0) to the noise (s = 1), v̂ its direction.
+FLOW_LEGEND = "s = the share of noise; x_s = (1−s) x̂0 + s ε̂ and v̂ = ε̂ − x̂0: the same v̂ all along one straight line"
 
 
 def default_steps(count: int) -> list[int]:
@@ -69,19 +72,30 @@ def prediction_view(trace: Trace, steps: Sequence[int] | None = None, preview: s
     output = PREDICTED.get(prediction, prediction)
     tensors = trace.tensors
     rows, labels, row_labels = [], [], []
+    flow = is_flow(trace)
     for row, i in enumerate(indices):
         alpha_cumprod = float(tensors["alphas_cumprod"][i])
         signal_scale, noise_scale = alpha_cumprod**0.5, (1 - alpha_cumprod) ** 0.5
         eps = tensors["eps"][i].float()
-        v = v_from_eps(eps, tensors["latents"][i].float(), signal_scale, noise_scale)
+        if flow:  # the flow velocity the network output: the line's direction, noise end minus picture end
+            v = eps - tensors["x0"][i].float()
+        else:
+            v = v_from_eps(eps, tensors["latents"][i].float(), signal_scale, noise_scale)
         smooth = preview != "fast"  # decoded pictures scale smoothly; latent grids keep their squares
         rows.append([fit_panel(xt[row], size, smooth), fit_panel(x0[row], size, smooth),
                      fit_panel(visualize_noise(eps), size), fit_panel(visualize_noise(v), size)])
-        labels.append([xt_label(trace), X0_LABELS[preview],
-                       "ε̂: the model's output" if output == "ε" else "ε̂ = √(1−ᾱ) x_t + √ᾱ v̂",
-                       "v̂: the model's output" if output == "v" else "v̂ = √ᾱ ε̂ − √(1−ᾱ) x̂0"])
-        row_labels.append(f"{step_caption(trace, i)} · √ᾱ={signal_scale:.3f} · √(1−ᾱ)={noise_scale:.3f}")
+        labels.append([xt_label(trace), X0_LABELS[preview], *_prediction_labels(output, flow)])
+        row_labels.append(step_caption(trace, i) if flow else
+                          f"{step_caption(trace, i)} · √ᾱ={signal_scale:.3f} · √(1−ᾱ)={noise_scale:.3f}")
     grid = make_grid(rows, row_labels=row_labels, cell_labels=labels, cell_size=size,
                      title=f"{prompt_title(trace)} · the model predicts {output} · ε̂, v̂: {NOISE_LABEL}")
-    return caption_bar(grid, LEGEND)
+    return caption_bar(grid, FLOW_LEGEND if flow else LEGEND)
+
+
+def _prediction_labels(output: str, flow: bool) -> list[str]:
+    """The ε̂ and v̂ panels' labels: which one the model output, and the formula of the other."""
+    if flow:
+        return ["ε̂ = x_s + (1−s) v̂", "v̂: the model's output (the flow velocity)"]
+    return ["ε̂: the model's output" if output == "ε" else "ε̂ = √(1−ᾱ) x_t + √ᾱ v̂",
+            "v̂: the model's output" if output == "v" else "v̂ = √ᾱ ε̂ − √(1−ᾱ) x̂0"]
 

@@ -47,6 +47,7 @@ from diffx.render.colormap import NORMALIZE_SCALES
 from diffx.render.grid import balanced_columns, note_font_size
 from diffx.render.image import PictureLike
 from diffx.render.latents import noisy_picture
+from diffx.sampling.flow import FLOW_SCHEDULE, FLOW_TIME_SCALE
 from diffx.trace.record import Trace
 from diffx.trace.tracer import TraceOptions
 
@@ -59,6 +60,7 @@ PREVIEWS = ("auto", "fast", "tiny", "vae")
 AUTO_DECODE_GFLOPS = 10.0
 X0_LABELS = {"vae": "x̂0 (VAE decode)", "tiny": "x̂0 (tiny decoder ≈ VAE)", "fast": "x̂0 (latent preview)"}
 XT_LABEL = "x_t = √ᾱ x̂0 + √(1−ᾱ) ε̂"
+XS_LABEL = "x_s = (1−s) x̂0 + s ε̂"  # a flow state: the same picture as x_t up to scale (noisy_picture normalises)
 ATTENTION_SCALES = NORMALIZE_SCALES
 ATTENTION_NOTES = {"word": "each word's map scaled to its own maximum (shapes compare, brightness does not)",
                    "shared": "one scale for every word and step (brightness compares across words)"}
@@ -119,9 +121,17 @@ def format_timestep(t: float) -> str:
     return f"{t:.0f}" if float(t).is_integer() else f"{t:.1f}"
 
 
+def is_flow(trace: Trace) -> bool:
+    """Whether a rectified-flow sampler made the trace (SD3): its states are x_s = (1 − s) x̂0 + s ε̂."""
+    return trace.settings.schedule == FLOW_SCHEDULE
+
+
 def step_caption(trace: Trace, index: int) -> str:
-    """"step 3/25 · t=921 · σ=5.41" for the 0-based step `index`."""
+    """"step 3/25 · t=921 · σ=5.41" for the 0-based step `index`; a flow run's "step 3/28 · t=921 · s=0.921" (its
+    time s = t/T, the share of noise in x_s: SD3's σ)."""
     t = float(trace.tensors["timesteps"][index])
+    if is_flow(trace):
+        return f"step {index + 1}/{trace.num_steps} · t={format_timestep(t)} · s={t / FLOW_TIME_SCALE:.3g}"
     sigma = float(trace.tensors["sigmas"][index])
     return f"step {index + 1}/{trace.num_steps} · t={format_timestep(t)} · σ={sigma:.3g}"
 
@@ -187,6 +197,8 @@ def xt_pictures(trace: Trace, indices: Sequence[int], x0: Sequence[np.ndarray]) 
 
 
 def xt_label(trace: Trace) -> str:
+    if is_flow(trace):
+        return XS_LABEL if "eps" in trace.tensors else "x_s (latent preview)"
     return XT_LABEL if "eps" in trace.tensors else "x_t (latent preview)"
 
 

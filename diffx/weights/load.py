@@ -33,7 +33,7 @@ from torch import Tensor
 from diffx.errors import CheckpointError, ModelNotFoundError, check_choice, elide
 from diffx.files import atomic_output
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
-from diffx.models.sd3 import StableDiffusion3
+from diffx.models.sd3 import SD3Config, StableDiffusion3
 from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
@@ -48,7 +48,7 @@ from diffx.weights.diffusers_layout import (
 )
 from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
 from diffx.weights.safe_pickle import load_torch_zip
-from diffx.weights.sd3_load import is_sd3_folder, load_sd3_folder
+from diffx.weights.sd3_load import is_sd3_folder, load_sd3_folder, sd3_config_from_diffusers
 from diffx.weights.tiny_decoder import TINY_DECODER_FILE, read_tiny_decoder, write_tiny_decoder
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
@@ -303,7 +303,7 @@ def _check_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
                                   "(re-download or re-export it)")
 
 
-def read_config(source: ModelSource, config: ModelConfig | None = None) -> ModelConfig:
+def read_config(source: ModelSource, config: ModelConfig | None = None) -> ModelConfig | SD3Config:
     """A model's configuration without its weights (what `load_model` builds it from): a diffx folder's
     config.json, a diffusers folder's configs, or a single file's architecture recognised from its tensors' names
     and shapes (a .safetensors header; `config`, given, instead, as `load_model` takes it)."""
@@ -316,7 +316,8 @@ def read_config(source: ModelSource, config: ModelConfig | None = None) -> Model
         except CheckpointError as error:
             raise CheckpointError(f"{source.path}: {error}") from None
     if source.format == "diffusers":
-        return config_from_diffusers(source.path)
+        return sd3_config_from_diffusers(source.path) if is_sd3_folder(source.path) else \
+            config_from_diffusers(source.path)
     return read_model_config(source.path / "config.json")
 
 

@@ -11,12 +11,14 @@ Without `text_encoder_3/` (a folder saved with `text_encoder_3=None`) the model 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from diffx.errors import CheckpointError, InvalidArgumentError
+from diffx.models.configs import VAEConfig, sd3_vae
 from diffx.models.sd3 import SD3_PREFIXES, SD3Config, StableDiffusion3, build_sd3, clip_g, clip_l, flow_scheduler
 from diffx.models.t5 import T5Config
 from diffx.models.t5_tokenizer import T5Tokenizer
@@ -55,14 +57,24 @@ def sd3_config_from_diffusers(folder: Path) -> SD3Config:
                               "not SD3's; diffx runs SD3's fixed shift")
     first = read_json(folder / "text_encoder" / "config.json")
     second = read_json(folder / "text_encoder_2" / "config.json")
+    mmdit, vae = read_sd3_config(folder), _vae_config(folder)
     return SD3Config(
-        name=folder.name, mmdit=read_sd3_config(folder),
+        name=folder.name, mmdit=mmdit, image_size=mmdit.sample_size * vae.downsample_factor,  # SD3: 128 × 8
         clip_l=text_config(first, **_used_as(clip_l()), pad_token=pad_token_of(folder, False),
                            projection_dim=first.get("projection_dim", 768)),
         clip_g=text_config(second, **_used_as(clip_g()), pad_token=pad_token_of(folder, True, "tokenizer_2"),
                            projection_dim=second.get("projection_dim", 1280)),
-        t5=_t5_config(folder), vae=vae_config_from_diffusers(read_json(folder / "vae" / "config.json")),
+        t5=_t5_config(folder), vae=vae,
         scheduler=flow_scheduler(float(scheduler.get("shift", 3.0))))
+
+
+def _vae_config(folder: Path) -> VAEConfig:
+    """`vae/config.json` as a `VAEConfig`, with SD3's latent preview factors when it is SD3's 16-channel VAE."""
+    vae = vae_config_from_diffusers(read_json(folder / "vae" / "config.json"))
+    preview = sd3_vae()
+    if vae.embed_dim != preview.embed_dim:
+        return vae
+    return replace(vae, latent_rgb_factors=preview.latent_rgb_factors, latent_rgb_bias=preview.latent_rgb_bias)
 
 
 def _used_as(preset: object) -> dict:

@@ -19,6 +19,13 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from tests.models.t5_tokenizer_files import train_model, write_tokenizer_json
 from tests.models.tokenizer_files import write_vocab_folder
 
+# The sizes that change between the real-width pipeline and the tiny one (tests of commands, not of numbers).
+REAL = {"sample": 128, "heads": 24, "head_dim": 64, "context": 4096, "clip": (768, 1280), "clip_heads": (12, 20),
+        "vae": (128, 256, 512, 512), "groups": 32, "t5": {"d_model": 4096, "d_kv": 64, "d_ff": 1024, "num_heads": 64}}
+TINY = {"sample": 8, "heads": 2, "head_dim": 16, "context": 64, "clip": (32, 48), "clip_heads": (2, 2),
+        "vae": (32, 32, 32, 32),
+        "groups": 8, "t5": {"d_model": 64, "d_kv": 16, "d_ff": 64, "num_heads": 4}}
+
 
 def clip(width: int, heads: int, act: str) -> transformers.CLIPTextModelWithProjection:
     return transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
@@ -27,17 +34,20 @@ def clip(width: int, heads: int, act: str) -> transformers.CLIPTextModelWithProj
 
 
 def sd3_pipeline(folder: Path, t5: bool = True, qk_norm: str | None = None,
-                 dual_attention_layers: tuple[int, ...] = ()) -> StableDiffusion3Pipeline:
-    """Build (seed 0) and save a random SD3 pipeline in `folder`; return it."""
+                 dual_attention_layers: tuple[int, ...] = (), sizes: dict = REAL) -> StableDiffusion3Pipeline:
+    """Build (seed 0) and save a random SD3 pipeline in `folder`; return it. `sizes`: REAL (the module
+    docstring) or TINY (a few dozen channels, an f8 VAE, 64-pixel pictures by default: a CLI run takes seconds)."""
     torch.manual_seed(0)
+    width = sizes["heads"] * sizes["head_dim"]
     transformer = SD3Transformer2DModel(
-        sample_size=128, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64, num_attention_heads=24,
-        joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-        pos_embed_max_size=192, qk_norm=qk_norm, dual_attention_layers=dual_attention_layers)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                        layers_per_block=2, latent_channels=16, norm_num_groups=32, scaling_factor=1.5305,
-                        shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+        sample_size=sizes["sample"], patch_size=2, in_channels=16, num_layers=2, attention_head_dim=sizes["head_dim"],
+        num_attention_heads=sizes["heads"], joint_attention_dim=sizes["context"], caption_projection_dim=width,
+        pooled_projection_dim=sum(sizes["clip"]), out_channels=16, pos_embed_max_size=192, qk_norm=qk_norm,
+        dual_attention_layers=dual_attention_layers)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(sizes["vae"]),
+                        up_block_types=("UpDecoderBlock2D",) * len(sizes["vae"]), block_out_channels=sizes["vae"],
+                        layers_per_block=2, latent_channels=16, norm_num_groups=sizes["groups"],
+                        scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
     # diffusers' random init leaves adaLN-Zero's modulation and the output projection at zero (a network
     # that predicts v = 0 would hide a wrong path): give every weight a random value.
     with torch.no_grad():
@@ -47,8 +57,8 @@ def sd3_pipeline(folder: Path, t5: bool = True, qk_norm: str | None = None,
     t5_model = None
     if t5:
         t5_model = transformers.T5EncoderModel(transformers.T5Config(
-            vocab_size=512, d_model=4096, d_kv=64, d_ff=1024, num_layers=1, num_heads=64,
-            feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+            vocab_size=512, num_layers=1, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+            **sizes["t5"]))
     vocab = write_vocab_folder(folder / "_vocab")
     files = (str(vocab / "vocab.json"), str(vocab / "merges.txt"))
     tokenizer = transformers.CLIPTokenizer(*files, model_max_length=77)
@@ -60,8 +70,8 @@ def sd3_pipeline(folder: Path, t5: bool = True, qk_norm: str | None = None,
         tokenizer_3 = transformers.T5TokenizerFast(tokenizer_file=str(spec), model_max_length=512)
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=clip(768, 12, "quick_gelu"), tokenizer=tokenizer,
-        text_encoder_2=clip(1280, 20, "gelu"), tokenizer_2=tokenizer_2,
+        text_encoder=clip(sizes["clip"][0], sizes["clip_heads"][0], "quick_gelu"), tokenizer=tokenizer,
+        text_encoder_2=clip(sizes["clip"][1], sizes["clip_heads"][1], "gelu"), tokenizer_2=tokenizer_2,
         text_encoder_3=t5_model, tokenizer_3=tokenizer_3)
     pipeline.save_pretrained(folder)
     for component in (transformer, vae, pipeline.text_encoder, pipeline.text_encoder_2, t5_model):

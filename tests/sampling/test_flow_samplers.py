@@ -65,8 +65,9 @@ def test_flow_image_to_image_equals_diffusers() -> None:
     torch.testing.assert_close(sample(velocity_field, noise, grid, init_latent=init), expected, atol=2e-6, rtol=0)
 
 
-def test_flow_records_speak_the_vp_language() -> None:
-    """Each record's x is the VP state x_s / n, its ε̂ and x̂0 are the line's ends, and x_t = √ᾱ x̂0 + √(1 − ᾱ) ε̂."""
+def test_flow_records_hold_the_line_and_its_vp_scales() -> None:
+    """Each record's x is x_s, its ε̂ and x̂0 are the line's ends, and x_s / n = √ᾱ x̂0 + √(1 − ᾱ) ε̂ with the
+    record's ᾱ (n = √((1 − s)² + s²))."""
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     records = []
     sample(velocity_field, noise, flow_grid("euler", 6, 3.0), callback=records.append)
@@ -75,8 +76,10 @@ def test_flow_records_speak_the_vp_language() -> None:
     torch.testing.assert_close(first.x0_pred, noise - velocity_field(noise, torch.tensor(1000.0)))
     torch.testing.assert_close(first.eps_pred, noise)  # at s = 1 the line's noise end is the state itself
     for record in records[1:]:
-        a = record.alpha_cumprod
-        torch.testing.assert_close(record.x, a**0.5 * record.x0_pred + (1 - a) ** 0.5 * record.eps_pred,
+        a, s = record.alpha_cumprod, record.timestep / 1000
+        torch.testing.assert_close(record.x, (1 - s) * record.x0_pred + s * record.eps_pred, atol=1e-5, rtol=1e-5)
+        n = ((1 - s) ** 2 + s**2) ** 0.5
+        torch.testing.assert_close(record.x / n, a**0.5 * record.x0_pred + (1 - a) ** 0.5 * record.eps_pred,
                                    atol=1e-5, rtol=1e-5)
     assert records[-1].next_sigma == 0.0
 
@@ -90,10 +93,26 @@ def test_flow_schedule_table() -> None:
     assert schedule.alphas_cumprod[:-1].diff().le(0).all()  # noise only grows with t
 
 
-@pytest.mark.parametrize("kwargs, message", [({"sampler": "ddpm"}, "euler or heun"),
+@pytest.mark.parametrize("kwargs, message", [({"sampler": "ddpm"}, "euler, heun, ddim"),
                                              ({"shift": 0.0}, "shift"), ({"shift": float("nan")}, "shift"),
                                              ({"steps": 0}, "steps")])
 def test_flow_grid_refuses(kwargs: dict, message: str) -> None:
     arguments = {"sampler": "euler", "steps": 10, "shift": 3.0, **kwargs}
     with pytest.raises(InvalidArgumentError, match=message):
         flow_grid(**arguments)
+
+
+def test_ddim_on_a_flow_grid_is_flow_euler() -> None:
+    """DDIM's deterministic step, √ᾱ' x̂0 + √(1 − ᾱ') ε̂, is in flow units (1 − s') x̂0 + s' ε̂: Euler's step."""
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    euler = sample(velocity_field, noise, flow_grid("euler", 8, 3.0))
+    torch.testing.assert_close(sample(velocity_field, noise, flow_grid("ddim", 8, 3.0)), euler, atol=0, rtol=0)
+    # The same endpoint from the VP view of each step: x' = n' (√ᾱ' x̂0 + √(1 − ᾱ') ε̂).
+    records = []
+    sample(velocity_field, noise, flow_grid("ddim", 8, 3.0), callback=records.append)
+    for record in records:
+        s_next = record.next_sigma / (1 + record.next_sigma)  # s = σ/(1 + σ)
+        a = 1 / (1 + record.next_sigma**2)
+        n = ((1 - s_next) ** 2 + s_next**2) ** 0.5
+        torch.testing.assert_close(n * (a**0.5 * record.x0_pred + (1 - a) ** 0.5 * record.eps_pred), record.x_next,
+                                   atol=1e-5, rtol=1e-5)
