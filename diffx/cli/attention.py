@@ -1,4 +1,5 @@
-"""The `attention` command: the attention explorer (`diffx.attention_views`) for a new run or a saved trace."""
+"""The `attention` command: the attention explorer (`diffx.views.attention`, and `diffx.views.joint_attention` for
+SD3) for a new run or a saved trace."""
 
 from pathlib import Path
 from typing import Annotated
@@ -68,14 +69,18 @@ def attention(
     own resolution, columns = start token, words, end token, padding, each with its share of the
     attention), <out>_steps.png (--layer over the steps), <out>_heads.png (with --heads: that layer's
     heads) and <out>_self.png (where --pixel looks, and the first principal components of self-attention).
+    For an SD3 model, whose attention is joint, also <out>_joint.png (the share of image→image, image→text,
+    text→image and text→text attention per block and step) and <out>_joint_words.png (each word both ways).
     A step's maps lie over that step's x̂0 (--preview), the mean over all steps over the final image.
 
     Example: diffx attention --prompt "a red circle and a blue square" --heads --layer up.4 --out layers.png
     """
+    from diffx.models.attention import attention_kinds
     from diffx.pipeline.settings import resolve_settings
     from diffx.trace.record import load_trace
     from diffx.trace.record import save_trace as write_trace
     from diffx.views.attention import check_new_run, explorer_options, write_attention_views
+    from diffx.views.joint_attention import write_joint_views
 
     check_view_options(preview)
     if trace_file is not None and prompt:
@@ -90,17 +95,27 @@ def attention(
     out = out or Path("attention.png")
     companions = [companion_path(out, name) for name in ("steps", "heads", "self")]
     check_outputs([*companions, save_trace, html], force, picture=out)
+    joint = companion_path(out, "joint")  # an SD3 model's quadrant shares, and <out>_joint_words.png
+    joint_outputs = [joint, companion_path(joint, "words")]
     if trace_file is not None:
         model.check_given()  # before the trace is read: a model is loaded only for some traces
         recorded = load_trace(trace_file)
+        has_joint = "joint_attention" in recorded.tensors
+        if has_joint:
+            check_outputs(joint_outputs, force)
         loaded = model.load_to_decode(preview, [recorded])
     else:
         settings = sampling.settings(prompt, guidance)
         loaded = model.load()
+        has_joint = "joint" in attention_kinds(loaded.modules().values())
+        if has_joint:
+            check_outputs(joint_outputs, force)
         check_new_run(loaded, resolve_settings(loaded, settings), layer, where, step)
         generation = run_generation(loaded, settings, InitImageChoice(), explorer_options(heads), preview)
         recorded = generation.traces[0]
     written = write_attention_views(recorded, out, layer, step, where, force, preview, loaded)
+    if has_joint:
+        written += write_joint_views(recorded, joint, step, force, preview, loaded)
     if save_trace is not None:
         written.append(write_trace(recorded, save_trace, force))
     if html is not None:

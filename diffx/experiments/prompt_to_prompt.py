@@ -38,7 +38,7 @@ from torch import Tensor
 
 from diffx.errors import InvalidArgumentError
 from diffx.experiments.sweeps import TRACE_RECORD_X0
-from diffx.models.attention import AttentionLayer, edit_attention
+from diffx.models.attention import AttentionLayer, attention_kinds, edit_attention
 from diffx.models.tokenizer import CONTEXT_LENGTH, TokenizedPrompt
 from diffx.models.unet import CrossAttention
 from diffx.pipeline.conditioning import tokenize
@@ -224,6 +224,9 @@ def prompt_to_prompt(model: StableDiffusion, settings: GenerationSettings | Reso
     seed: runs the source, the edit without injection and the edit with the source's cross-attention for
     the first `tau` of the model evaluations (and self-attention for the first `self_tau`).
     `reweight`: word of the edit prompt -> factor c on its injected maps. Everything is checked first."""
+    if "cross" not in attention_kinds(model.modules().values()):
+        raise InvalidArgumentError(f"prompt-to-prompt injects cross-attention maps; {model.config.name} attends "
+                                   "jointly (SD3's MMDiT), which diffx does not edit yet: use an SD 1.x/2.x/SDXL model")
     settings = resolve_settings(model, settings)  # once: the three runs share it
     target = settings.prompt if target is None else check_edit_prompt(target)
     for name, value in (("tau", tau), ("self-attention tau", self_tau)):

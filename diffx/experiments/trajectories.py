@@ -235,8 +235,8 @@ def sampler_paths(model: StableDiffusion, settings: GenerationSettings,
     The prompt, guidance, seed, schedule and Karras setting come from `settings`; its spacing too, or
     `CONVERGENCE_SPACING` when it has none. Everything is checked before the first run.
     """
-    samplers = check_samplers(samplers or default_samplers(model))
-    reference = reference or (Reference("heun") if _flow(model) else Reference())
+    samplers = check_samplers(default_samplers(model) if samplers is None else samplers)
+    reference = reference if reference is not None else Reference("heun") if _flow(model) else Reference()
     if not is_deterministic(reference.sampler, settings.eta):
         raise InvalidArgumentError(f"the reference {reference.sampler!r} adds noise at every step, so it solves "
                                    "no ODE; pick ddim, euler, heun or dpmpp_2m")

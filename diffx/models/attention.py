@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -148,3 +148,9 @@ def name_attention_layers(model: nn.Module, prefix: str = "") -> None:
     for name, module in model.named_modules():
         if isinstance(module, AttentionLayer):
             module.layer_name = f"{prefix}{name}"
+
+
+def attention_kinds(modules: Iterable[nn.Module]) -> set[str]:
+    """The kinds ("self", "cross", "joint") of the attention layers inside `modules`: what an observer or editor
+    of the model's attention can find there."""
+    return {layer.kind for module in modules for layer in module.modules() if isinstance(layer, AttentionLayer)}

@@ -113,6 +113,13 @@ class SD3TextEncoders(nn.Module):
         if config.t5 is not None:
             self.t5xxl = _Transformer(T5Encoder(config.t5))
 
+    def forward(self, clip_ids: Tensor) -> Tensor:
+        """The CLIP part of the context alone, (B, 77) -> (B, 77, 768 + 1280): what word weights scale (and what
+        views of the text encoders' output show)."""
+        context_l, _ = self.clip_l.transformer.encode(clip_ids, self.end_id)
+        context_g, _ = self.clip_g.transformer.encode(self.g_ids(clip_ids), self.end_id)
+        return torch.cat([context_l, context_g], dim=-1)
+
     def g_ids(self, input_ids: Tensor) -> Tensor:
         """bigG's tokenizer's ids: CLIP-L's up to the first end token, "!" after it (diffusers' tokenizer_2)."""
         is_end = (input_ids == self.end_id).long()

@@ -197,11 +197,13 @@ class Tracer:
             # Entropy of each query pixel's attention row: low = looks at few places, high = diffuse.
             entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).reshape(rows, cols)
             self._pending.setdefault("self_attention", []).append(entropy[None])
-        if "self_attention_maps" in record and rows == min(self.options.self_attention_resolution,
-                                                           self.latent_shape[0]):
+        finest = (self.token_grid or self.latent_shape)[0]  # a transformer's image tokens, a U-Net's latent rows
+        if "self_attention_maps" in record and rows == min(self.options.self_attention_resolution, finest):
             self._self_grid = (rows, cols)
             self._pending.setdefault("self_attention_maps", []).append(p)
-        elif "self_attention" not in record:  # a 64×64 SD1.5 layer's probabilities are 4096² per head
+        elif "self_attention" not in record and layer.kind == "self":
+            # a 64×64 SD1.5 layer's probabilities are 4096² per head: not computed again (a joint layer's other
+            # quadrants are still wanted)
             self._unwanted.add(layer.layer_name)
 
     # ---- denoiser and sampler hooks ----
@@ -234,7 +236,7 @@ class Tracer:
                     self._add(f"{key}.{index}", layer_maps)
             elif key == "joint_attention":  # (layers, 4): each block's quadrant shares, in the order they run
                 self._add(key, torch.stack(maps))
-            elif key.endswith("attention"):
+            elif key.endswith("attention") or key == "text_to_image":  # maps of every layer: their mean
                 self._add(key, daam_aggregate(maps))
             else:
                 self._add(key, maps[0])

@@ -33,7 +33,7 @@ from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.weights.discovery import ModelSource
-from diffx.weights.load import read_config, read_state_dict
+from diffx.weights.load import read_config, read_state_dict, unet_config
 from diffx.weights.safe_pickle import load_torch_zip
 
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors")
@@ -167,7 +167,7 @@ def read_embeddings(source: ModelSource, specs: Sequence[EmbeddingSpec],
     token already in the vocabulary or two files' same token are refused before any weight is read."""
     if not specs:
         return []
-    skeleton = build_without_weights(read_config(source, config))
+    skeleton = build_without_weights(unet_config(read_config(source, config), "--embedding: embeddings"))
     embeddings = [read_embedding(spec, skeleton) for spec in specs]
     tokenizer = skeleton.tokenizer
     for embedding in embeddings:

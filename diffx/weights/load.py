@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diffx.errors import CheckpointError, ModelNotFoundError, check_choice, elide
+from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, check_choice, elide
 from diffx.files import atomic_output
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
 from diffx.models.sd3 import SD3Config, StableDiffusion3
@@ -319,6 +319,15 @@ def read_config(source: ModelSource, config: ModelConfig | None = None) -> Model
         return sd3_config_from_diffusers(source.path) if is_sd3_folder(source.path) else \
             config_from_diffusers(source.path)
     return read_model_config(source.path / "config.json")
+
+
+def unet_config(config: ModelConfig | SD3Config, what: str) -> ModelConfig:
+    """`config` if it is a U-Net model's (SD 1.x, 2.x, SDXL); for an SD3 model one line saying `what` (e.g.
+    "--lora: LoRA files") diffx applies only to those."""
+    if isinstance(config, SD3Config):
+        raise InvalidArgumentError(f"{what} apply to SD 1.x, 2.x and SDXL models in diffx; {config.name} is an SD3 "
+                                   "model, for which they are not supported yet: leave the option out")
+    return config
 
 
 def describe_architecture(source: ModelSource) -> str:

@@ -25,7 +25,7 @@ from torch.utils.hooks import RemovableHandle
 from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.weights.discovery import ModelSource, resolve_model_source
-from diffx.weights.load import load_model, read_config
+from diffx.weights.load import load_model, read_config, unet_config
 from diffx.weights.lora import Lora, LoraLayer, LoraSpec, lora_summary, read_lora
 
 UNET_BLOCKS = ("all", "in", "mid", "out")  # `AppliedLora.unet_blocks`: the U-Net sections a LoRA may be kept to
@@ -115,7 +115,7 @@ def read_loras(source: ModelSource, loras: Sequence[LoraSpec], config: ModelConf
         spec.check()
     if not loras:
         return []
-    skeleton = build_without_weights(read_config(source, config))
+    skeleton = build_without_weights(unet_config(read_config(source, config), "--lora: LoRA files"))
     return [read_lora(spec.path, skeleton) for spec in loras]
 
 
