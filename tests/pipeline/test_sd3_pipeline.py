@@ -91,3 +91,12 @@ def test_without_t5_equals_diffusers_without_t5(sd3, tmp_path: Path) -> None:
     finally:
         pipeline.text_encoder_3, pipeline.tokenizer_3 = t5, tokenizer
     assert np.abs(ours - theirs).max() <= TOLERANCE
+
+
+def test_sd35_medium_shape_equals_diffusers(tmp_path: Path) -> None:
+    """SD3.5-medium's MMDiT-X at its width: RMS QK-norm and the image stream's second attention in block 0."""
+    pipeline = sd3_pipeline(tmp_path / "sd35", t5=False, qk_norm="rms_norm", dual_attention_layers=(0,))
+    model = load_model(tmp_path / "sd35")
+    assert model.config.mmdit.qk_norm and model.config.mmdit.dual_attention_layers == (0,)
+    ours, theirs = run_both(model, pipeline, guidance=4.5)
+    assert np.abs(ours - theirs).max() <= TOLERANCE
