@@ -26,11 +26,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diffx.errors import CheckpointError, ModelNotFoundError, check_choice, elide
+from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, check_choice, elide
 from diffx.files import atomic_output
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
 from diffx.models.sd3 import StableDiffusion3
@@ -48,7 +47,10 @@ from diffx.weights.diffusers_layout import (
 )
 from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
 from diffx.weights.safe_pickle import load_torch_zip
+from diffx.weights.safetensors_map import header_shapes, map_safetensors
+from diffx.weights.sd3_architecture import is_sd3_layout, recognise_sd3
 from diffx.weights.sd3_load import is_sd3_folder, load_sd3_folder
+from diffx.weights.sd3_single import load_sd3_file
 from diffx.weights.tiny_decoder import TINY_DECODER_FILE, read_tiny_decoder, write_tiny_decoder
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
@@ -68,11 +70,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ModelNotFoundError(f"no checkpoint file at {path}; check the path")
     if path.suffix.lower() == ".safetensors":
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-        except SafetensorError as error:
-            raise CheckpointError(f"{path} is not a valid .safetensors file ({error})") from error
+        tensors = map_safetensors(path)  # views into a memory map of the file: no copy
     else:
         tree = load_torch_zip(path)
         if isinstance(tree, dict) and isinstance(tree.get("state_dict"), dict):
@@ -88,11 +86,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, without reading the data: a .safetensors header, or a .ckpt's memory-mapped tensors."""
     if path.suffix.lower() == ".safetensors":
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-        except SafetensorError as error:
-            raise CheckpointError(f"{path} is not a valid .safetensors file ({error})") from error
+        return header_shapes(path)
     return {key: tuple(tensor.shape) for key, tensor in read_state_dict(path).items()}
 
 
@@ -140,11 +134,11 @@ def _modern_text_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             **{prefix + "text_model." + key.removeprefix(prefix): state_dict[key] for key in old}}
 
 
-def _read_single_file(path: Path, config: ModelConfig | None, choice: str,
+def _read_single_file(path: Path, tensors: dict[str, Tensor], config: ModelConfig | None, choice: str,
                       prediction: str | None) -> tuple[ModelConfig, dict, str]:
-    """The config (given, or recognised from the tensors and the prediction type `prediction` when known, else
-    `v_prediction_hint`), the weights, and a note on what was recognised."""
-    state_dict, taken = _select_weights(_modern_text_keys(read_state_dict(path)), choice)
+    """The config (given, or recognised from the file's `tensors` and the prediction type `prediction` when known,
+    else `v_prediction_hint`), the weights, and a note on what was recognised."""
+    state_dict, taken = _select_weights(_modern_text_keys(tensors), choice)
     # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids, OpenCLIP's
     # contrastive head, which SD2 does not use: `UNUSED_KEYS`) are not weights of diffx's modules.
     state_dict = {key: tensor for key, tensor in state_dict.items() if key not in UNUSED_KEYS}
@@ -260,8 +254,14 @@ def load_model(
         return load_sd3_folder(path, _component_state_dict, device=device, dtype=dtype, prediction_type=prediction)
     tiny_decoder = None  # a diffx folder's optional preview decoder
     if found.format == "single-file":
-        config, state_dict, what = _read_single_file(path, config, weights, prediction)
-        tokenizer = _tokenizer_near(path.parent, path.parent / "tokenizer")
+        tensors, tokenizer = read_state_dict(path), _tokenizer_near(path.parent, path.parent / "tokenizer")
+        if is_sd3_layout(tensors):  # Stability's SD3 / SD3.5 files: `diffx.weights.sd3_single`
+            if config is not None:
+                raise InvalidArgumentError(f"{path.name} is an SD3 file, recognised from its tensors; leave the "
+                                           f"config ({config.name}, an SD1/SD2/SDXL one) out")
+            return load_sd3_file(path, tensors, _component_state_dict, _check_weights, tokenizer=tokenizer,
+                                 device=device, dtype=dtype, prediction_type=prediction, note=note)
+        config, state_dict, what = _read_single_file(path, tensors, config, weights, prediction)
     elif found.format == "diffusers":
         config, state_dict = _read_diffusers(path)
         tokenizer = _tokenizer_near(path / "tokenizer")
@@ -325,7 +325,10 @@ def describe_architecture(source: ModelSource) -> str:
     a single file's tensors, or from a folder's config; for a file diffx cannot load, why."""
     try:
         if source.format == "single-file":
-            return recognise(_modern_text_keys(read_shapes(source.path)), v_prediction_hint(source.path)).summary()
+            shapes = read_shapes(source.path)
+            if is_sd3_layout(shapes):
+                return recognise_sd3(shapes).summary()
+            return recognise(_modern_text_keys(shapes), v_prediction_hint(source.path)).summary()
         config = read_config(source)
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
