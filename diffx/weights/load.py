@@ -6,8 +6,9 @@ mirror (`model.diffusion_model.*`, `first_stage_model.*`, and `cond_stage_model.
 CLIP, `cond_stage_model.model.*` for SD2.x's OpenCLIP, `conditioner.embedders.*` for SDXL's two):
 
 - *single file*: an original SD1.x, SD2.x or SDXL base checkpoint (`v1-5-pruned-emaonly.ckpt`,
-  `v2-1_768-ema-pruned.safetensors`, `sd_xl_base_1.0.safetensors`), read with `safetensors` or with diffx's
-  code-free unpickler (`diffx.safe_checkpoint`);
+  `v2-1_768-ema-pruned.safetensors`, `sd_xl_base_1.0.safetensors`), or one of Stability's SD3 / SD3.5 files
+  (`sd3_medium_incl_clips.safetensors`: `diffx.weights.sd3_single`), read as views into a memory map of a
+  .safetensors (`diffx.weights.safetensors_map`) or with diffx's code-free unpickler (`diffx.safe_checkpoint`);
 - *diffusers folder*: `unet/`, `vae/`, `text_encoder/` (SDXL: and `text_encoder_2/`), `tokenizer/`, `scheduler/`
   with config.json files; names are mapped back by `diffx.diffusers_layout`;
 - *diffx folder*: `model.safetensors` (original keys) + `config.json` (`ModelConfig.to_dict()`), the
