@@ -83,7 +83,7 @@ def _clip_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
             for key, tensor in state_dict.items() if not key.endswith("embeddings.position_ids")}
 
 
-def _t5_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def t5_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """T5EncoderModel's tensors under `prefix`; its one embedding table under both names the module has
     (`shared.weight` and `encoder.embed_tokens.weight`, tied), whichever the file keeps."""
     table = state_dict.get("shared.weight", state_dict.get("encoder.embed_tokens.weight"))
@@ -103,7 +103,7 @@ def clip_state_dict(folder: Path, component_state_dict: Callable[[Path], dict[st
 def t5_state_dict(folder: Path, component_state_dict: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
     """T5's tensors from `text_encoder_3/`, under their single-file keys."""
     prefix = SD3_PREFIXES["text_encoder"] + "t5xxl.transformer."
-    return _t5_keys(component_state_dict(folder / "text_encoder_3"), prefix)
+    return t5_keys(component_state_dict(folder / "text_encoder_3"), prefix)
 
 
 def check_flow_prediction(name: str, prediction_type: str | None) -> None:

@@ -39,7 +39,14 @@ from diffx.models.sd3 import StableDiffusion3, build_sd3
 from diffx.models.t5_tokenizer import T5Tokenizer
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.weights.sd3_architecture import T5_PREFIX, UNUSED_SUFFIXES, recognise_sd3
-from diffx.weights.sd3_load import check_flow_prediction, clip_configs, clip_state_dict, t5_config, t5_state_dict
+from diffx.weights.sd3_load import (
+    check_flow_prediction,
+    clip_configs,
+    clip_state_dict,
+    t5_config,
+    t5_keys,
+    t5_state_dict,
+)
 
 # Where T5's tokenizer.json may sit, relative to the single file's folder (diffusers' layout first).
 T5_TOKENIZER_FILES = ("tokenizer_3/tokenizer.json", "t5xxl/tokenizer.json")
@@ -79,6 +86,9 @@ def load_sd3_file(path: Path, state_dict: dict[str, Tensor], read_component: Rea
     state_dict = {key: tensor for key, tensor in state_dict.items() if not key.endswith(UNUSED_SUFFIXES)}
     recognised = recognise_sd3({key: tuple(tensor.shape) for key, tensor in state_dict.items()}, path.stem)
     config, told = recognised.config, [f"recognised {recognised.summary()}"]
+    if recognised.has_t5:  # its token table under both names the module has, whichever the file keeps
+        t5 = [key for key in state_dict if key.startswith(T5_PREFIX)]
+        state_dict.update(t5_keys({key.removeprefix(T5_PREFIX): state_dict.pop(key) for key in t5}, T5_PREFIX))
     if not recognised.has_clips:
         if not (_has_component(folder, "text_encoder") and _has_component(folder, "text_encoder_2")):
             raise CheckpointError(f"{path} holds the MMDiT and VAE but no CLIP text encoders; put the diffusers "
