@@ -150,8 +150,13 @@ class MMDiT(nn.Module):
         self.config = config
         width, grid = config.width, config.pos_embed_max_size
         self.x_embedder = PatchEmbed(config)
-        # Fixed, not learned, but stored in the checkpoints: a persistent buffer, loaded with the weights.
-        table = sincos_position_table(width, grid, config.sample_size // config.patch_size)
+        # Fixed, not learned, but stored in the checkpoints: a persistent buffer, loaded with the weights. A model
+        # built to receive a checkpoint's tensors (parameters on `meta`) gets a shape-only table: the file's replaces
+        # it, and computing it would cost SD3-medium's loader 226 MB, twice that in float64 meanwhile.
+        if self.x_embedder.proj.weight.is_meta:
+            table = torch.empty(grid * grid, width, device="meta")
+        else:
+            table = sincos_position_table(width, grid, config.sample_size // config.patch_size)
         self.register_buffer("pos_embed", table[None])  # (1, grid², D)
         self.t_embedder = MLPEmbedder(TIMESTEP_CHANNELS, width)
         self.y_embedder = MLPEmbedder(config.pooled_dim, width)

@@ -44,6 +44,7 @@ from diffx.models.configs import PRESETS, ModelConfig, SchedulerConfig, TextEnco
 from diffx.models.open_clip import OPEN_CLIP_PREFIX
 from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, build_without_weights
+from diffx.weights.sd3_architecture import is_sd3_layout
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -102,6 +103,9 @@ def family_of(shapes: Shapes) -> str:
         return "SDXL refiner"
     if any(key.startswith("conditioner.") for key in keys):
         return "SDXL (an unknown variant)"
+    if is_sd3_layout(keys):  # its config is an `SD3Config`: `diffx.weights.sd3_architecture.recognise_sd3`
+        raise CheckpointError("this file is an SD3 / SD3.5 model (an MMDiT); it loads as a model, but this needs an "
+                              "SD1.x, SD2.x or SDXL one")
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     if any(key.startswith("cond_stage_model.model.") for key in keys):
         in_channels = conv_in[1] if conv_in else 4

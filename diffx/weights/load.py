@@ -6,8 +6,9 @@ mirror (`model.diffusion_model.*`, `first_stage_model.*`, and `cond_stage_model.
 CLIP, `cond_stage_model.model.*` for SD2.x's OpenCLIP, `conditioner.embedders.*` for SDXL's two):
 
 - *single file*: an original SD1.x, SD2.x or SDXL base checkpoint (`v1-5-pruned-emaonly.ckpt`,
-  `v2-1_768-ema-pruned.safetensors`, `sd_xl_base_1.0.safetensors`), read with `safetensors` or with diffx's
-  code-free unpickler (`diffx.safe_checkpoint`);
+  `v2-1_768-ema-pruned.safetensors`, `sd_xl_base_1.0.safetensors`), or one of Stability's SD3 / SD3.5 files
+  (`sd3_medium_incl_clips.safetensors`: `diffx.weights.sd3_single`), read as views into a memory map of a
+  .safetensors (`diffx.weights.safetensors_map`) or with diffx's code-free unpickler (`diffx.safe_checkpoint`);
 - *diffusers folder*: `unet/`, `vae/`, `text_encoder/` (SDXL: and `text_encoder_2/`), `tokenizer/`, `scheduler/`
   with config.json files; names are mapped back by `diffx.diffusers_layout`;
 - *diffx folder*: `model.safetensors` (original keys) + `config.json` (`ModelConfig.to_dict()`), the
@@ -26,7 +27,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -48,11 +48,15 @@ from diffx.weights.diffusers_layout import (
 )
 from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_json, resolve_model_source
 from diffx.weights.safe_pickle import load_torch_zip
+from diffx.weights.safetensors_map import header_shapes, map_safetensors
+from diffx.weights.sd3_architecture import is_sd3_layout, recognise_sd3
 from diffx.weights.sd3_load import is_sd3_folder, load_sd3_folder, sd3_config_from_diffusers
+from diffx.weights.sd3_single import load_sd3_file
 from diffx.weights.tiny_decoder import TINY_DECODER_FILE, read_tiny_decoder, write_tiny_decoder
 
 # EMA copies of the U-Net weights in original training checkpoints: `model_ema.diffusion_modelout0weight`.
 EMA_PREFIX = "model_ema."
+CHECK_PIECE = 1 << 22  # elements of a tensor checked for NaN and infinity at a time
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -68,11 +72,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ModelNotFoundError(f"no checkpoint file at {path}; check the path")
     if path.suffix.lower() == ".safetensors":
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-        except SafetensorError as error:
-            raise CheckpointError(f"{path} is not a valid .safetensors file ({error})") from error
+        tensors = map_safetensors(path)  # views into a memory map of the file: no copy
     else:
         tree = load_torch_zip(path)
         if isinstance(tree, dict) and isinstance(tree.get("state_dict"), dict):
@@ -88,11 +88,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, without reading the data: a .safetensors header, or a .ckpt's memory-mapped tensors."""
     if path.suffix.lower() == ".safetensors":
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-        except SafetensorError as error:
-            raise CheckpointError(f"{path} is not a valid .safetensors file ({error})") from error
+        return header_shapes(path)
     return {key: tuple(tensor.shape) for key, tensor in read_state_dict(path).items()}
 
 
@@ -140,11 +136,11 @@ def _modern_text_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             **{prefix + "text_model." + key.removeprefix(prefix): state_dict[key] for key in old}}
 
 
-def _read_single_file(path: Path, config: ModelConfig | None, choice: str,
+def _read_single_file(path: Path, tensors: dict[str, Tensor], config: ModelConfig | None, choice: str,
                       prediction: str | None) -> tuple[ModelConfig, dict, str]:
-    """The config (given, or recognised from the tensors and the prediction type `prediction` when known, else
-    `v_prediction_hint`), the weights, and a note on what was recognised."""
-    state_dict, taken = _select_weights(_modern_text_keys(read_state_dict(path)), choice)
+    """The config (given, or recognised from the file's `tensors` and the prediction type `prediction` when known,
+    else `v_prediction_hint`), the weights, and a note on what was recognised."""
+    state_dict, taken = _select_weights(_modern_text_keys(tensors), choice)
     # Other keys (the schedule tables `betas`, `alphas_cumprod`..., the text encoder's position ids, OpenCLIP's
     # contrastive head, which SD2 does not use: `UNUSED_KEYS`) are not weights of diffx's modules.
     state_dict = {key: tensor for key, tensor in state_dict.items() if key not in UNUSED_KEYS}
@@ -260,8 +256,14 @@ def load_model(
         return load_sd3_folder(path, _component_state_dict, device=device, dtype=dtype, prediction_type=prediction)
     tiny_decoder = None  # a diffx folder's optional preview decoder
     if found.format == "single-file":
-        config, state_dict, what = _read_single_file(path, config, weights, prediction)
-        tokenizer = _tokenizer_near(path.parent, path.parent / "tokenizer")
+        tensors, tokenizer = read_state_dict(path), _tokenizer_near(path.parent, path.parent / "tokenizer")
+        if is_sd3_layout(tensors):  # Stability's SD3 / SD3.5 files: `diffx.weights.sd3_single`
+            if config is not None:
+                raise InvalidArgumentError(f"{path.name} is an SD3 file, recognised from its tensors; leave the "
+                                           f"config ({config.name}, an SD1/SD2/SDXL one) out")
+            return load_sd3_file(path, tensors, _component_state_dict, _check_weights, tokenizer=tokenizer,
+                                 device=device, dtype=dtype, prediction_type=prediction, note=note)
+        config, state_dict, what = _read_single_file(path, tensors, config, weights, prediction)
     elif found.format == "diffusers":
         config, state_dict = _read_diffusers(path)
         tokenizer = _tokenizer_near(path / "tokenizer")
@@ -298,7 +300,8 @@ def _check_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
                 raise CheckpointError(f"{path}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')}; a weight "
                                       "must be floating point (the file is damaged or not a model)")
             continue
-        if tensor.numel() and not torch.isfinite(tensor).all():
+        # In pieces: isfinite's temporaries for a whole token table would add a tenth to the loader's peak memory.
+        if not all(torch.isfinite(piece).all() for piece in tensor.reshape(-1).split(CHECK_PIECE)):
             raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values; the file is damaged "
                                   "(re-download or re-export it)")
 
@@ -335,7 +338,10 @@ def describe_architecture(source: ModelSource) -> str:
     a single file's tensors, or from a folder's config; for a file diffx cannot load, why."""
     try:
         if source.format == "single-file":
-            return recognise(_modern_text_keys(read_shapes(source.path)), v_prediction_hint(source.path)).summary()
+            shapes = read_shapes(source.path)
+            if is_sd3_layout(shapes):
+                return recognise_sd3(shapes).summary()
+            return recognise(_modern_text_keys(shapes), v_prediction_hint(source.path)).summary()
         config = read_config(source)
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")

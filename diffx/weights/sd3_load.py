@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from diffx.errors import CheckpointError, InvalidArgumentError
-from diffx.models.configs import VAEConfig, sd3_vae
+from diffx.models.configs import TextEncoderConfig, VAEConfig, sd3_vae
 from diffx.models.sd3 import SD3_PREFIXES, SD3Config, StableDiffusion3, build_sd3, clip_g, clip_l, flow_scheduler
 from diffx.models.t5 import T5Config
 from diffx.models.t5_tokenizer import T5Tokenizer
@@ -36,7 +36,7 @@ def is_sd3_folder(folder: Path) -> bool:
     return (folder / "transformer" / "config.json").is_file()
 
 
-def _t5_config(folder: Path) -> T5Config | None:
+def t5_config(folder: Path) -> T5Config | None:
     """`text_encoder_3/config.json` as a `T5Config`; None when the folder has no T5."""
     path = folder / "text_encoder_3" / "config.json"
     if not path.is_file():
@@ -55,17 +55,22 @@ def sd3_config_from_diffusers(folder: Path) -> SD3Config:
     if scheduler.get("use_dynamic_shifting"):
         raise CheckpointError(f"{scheduler_file}: resolution-dependent shifting (use_dynamic_shifting) is Flux's, "
                               "not SD3's; diffx runs SD3's fixed shift")
+    first, second = clip_configs(folder)
+    mmdit, vae = read_sd3_config(folder), _vae_config(folder)
+    return SD3Config(name=folder.name, mmdit=mmdit, clip_l=first, clip_g=second, t5=t5_config(folder), vae=vae,
+                     image_size=mmdit.sample_size * vae.downsample_factor,  # SD3: 128 latent rows × 8
+                     scheduler=flow_scheduler(float(scheduler.get("shift", 3.0))))
+
+
+def clip_configs(folder: Path) -> tuple[TextEncoderConfig, TextEncoderConfig]:
+    """CLIP-L's and bigG's configs from a folder's `text_encoder/` and `text_encoder_2/` (and its tokenizers'
+    pad tokens), read as SD3 reads them."""
     first = read_json(folder / "text_encoder" / "config.json")
     second = read_json(folder / "text_encoder_2" / "config.json")
-    mmdit, vae = read_sd3_config(folder), _vae_config(folder)
-    return SD3Config(
-        name=folder.name, mmdit=mmdit, image_size=mmdit.sample_size * vae.downsample_factor,  # SD3: 128 × 8
-        clip_l=text_config(first, **_used_as(clip_l()), pad_token=pad_token_of(folder, False),
-                           projection_dim=first.get("projection_dim", 768)),
-        clip_g=text_config(second, **_used_as(clip_g()), pad_token=pad_token_of(folder, True, "tokenizer_2"),
-                           projection_dim=second.get("projection_dim", 1280)),
-        t5=_t5_config(folder), vae=vae,
-        scheduler=flow_scheduler(float(scheduler.get("shift", 3.0))))
+    return (text_config(first, **_used_as(clip_l()), pad_token=pad_token_of(folder, False),
+                        projection_dim=first.get("projection_dim", 768)),
+            text_config(second, **_used_as(clip_g()), pad_token=pad_token_of(folder, True, "tokenizer_2"),
+                        projection_dim=second.get("projection_dim", 1280)))
 
 
 def _vae_config(folder: Path) -> VAEConfig:
@@ -89,7 +94,7 @@ def _clip_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
             for key, tensor in state_dict.items() if not key.endswith("embeddings.position_ids")}
 
 
-def _t5_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def t5_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """T5EncoderModel's tensors under `prefix`; its one embedding table under both names the module has
     (`shared.weight` and `encoder.embed_tokens.weight`, tied), whichever the file keeps."""
     table = state_dict.get("shared.weight", state_dict.get("encoder.embed_tokens.weight"))
@@ -99,25 +104,41 @@ def _t5_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {prefix + key: tensor for key, tensor in tensors.items()}
 
 
+def clip_state_dict(folder: Path, component_state_dict: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Both CLIPs' tensors from `text_encoder/` and `text_encoder_2/`, under their single-file keys."""
+    text = SD3_PREFIXES["text_encoder"]
+    return {**_clip_keys(component_state_dict(folder / "text_encoder"), text + "clip_l.transformer."),
+            **_clip_keys(component_state_dict(folder / "text_encoder_2"), text + "clip_g.transformer.")}
+
+
+def t5_state_dict(folder: Path, component_state_dict: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """T5's tensors from `text_encoder_3/`, under their single-file keys."""
+    prefix = SD3_PREFIXES["text_encoder"] + "t5xxl.transformer."
+    return t5_keys(component_state_dict(folder / "text_encoder_3"), prefix)
+
+
+def check_flow_prediction(name: str, prediction_type: str | None) -> None:
+    """An SD3 model predicts a flow velocity: another `prediction_type` asked of it is the user's mistake."""
+    if prediction_type not in (None, "flow"):
+        raise InvalidArgumentError(f"{name} is an SD3 model: it predicts a flow velocity, not "
+                                   f"{prediction_type}; leave --prediction-type out")
+
+
 def load_sd3_folder(folder: Path, component_state_dict: Callable[[Path], dict[str, Tensor]], *,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                     prediction_type: str | None = None) -> StableDiffusion3:
     """An SD3 / SD3.5 model from a diffusers folder. `component_state_dict(folder)`: a component's tensors (one
     file or shards), from `diffx.weights.load`."""
-    if prediction_type not in (None, "flow"):
-        raise InvalidArgumentError(f"{folder.name} is an SD3 model: it predicts a flow velocity, not "
-                                   f"{prediction_type}; leave --prediction-type out")
+    check_flow_prediction(folder.name, prediction_type)
     config = sd3_config_from_diffusers(folder)
-    text = SD3_PREFIXES["text_encoder"]
     state_dict = {
         **{SD3_PREFIXES["transformer"] + key: tensor for key, tensor in diffusers_to_diffx(
             component_state_dict(folder / "transformer"), config.mmdit, str(folder / "transformer")).items()},
         **vae_from_diffusers(component_state_dict(folder / "vae"), config.vae),
-        **_clip_keys(component_state_dict(folder / "text_encoder"), text + "clip_l.transformer."),
-        **_clip_keys(component_state_dict(folder / "text_encoder_2"), text + "clip_g.transformer."),
+        **clip_state_dict(folder, component_state_dict),
     }
     if config.t5 is not None:
-        state_dict.update(_t5_keys(component_state_dict(folder / "text_encoder_3"), text + "t5xxl.transformer."))
+        state_dict.update(t5_state_dict(folder, component_state_dict))
     tokenizer = ClipTokenizer.from_folder(folder / "tokenizer")
     t5_tokenizer = T5Tokenizer.from_file(folder / "tokenizer_3" / "tokenizer.json") if config.t5 else None
     model = build_sd3(config, tokenizer, t5_tokenizer, str(folder), weights=False)
