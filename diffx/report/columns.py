@@ -20,11 +20,20 @@ from diffx.pipeline.denoiser import schedule_from_config
 from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
+from diffx.sampling.flow import FLOW_TIME_SCALE
 from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
 from diffx.trace.record import Trace
 from diffx.views.attention import layer_title
-from diffx.views.steps import X0_LABELS, format_timestep, latent_preview, resolve_preview, x0_pictures, xt_pictures
+from diffx.views.steps import (
+    X0_LABELS,
+    format_timestep,
+    is_flow,
+    latent_preview,
+    resolve_preview,
+    x0_pictures,
+    xt_pictures,
+)
 
 if TYPE_CHECKING:
     from diffx.models.stable_diffusion import StableDiffusion
@@ -206,7 +215,10 @@ def _aspect(trace: Trace) -> str:
 
 def _step_info(trace: Trace, step: int) -> str:
     tensors = trace.tensors
-    return (f"t = {format_timestep(float(tensors['timesteps'][step]))} · σ = {float(tensors['sigmas'][step]):.4g} · "
+    t = float(tensors["timesteps"][step])
+    if is_flow(trace):  # a rectified-flow run: its time s is the share of noise in x_s
+        return f"t = {format_timestep(t)} · s = {t / FLOW_TIME_SCALE:.4g}"
+    return (f"t = {format_timestep(t)} · σ = {float(tensors['sigmas'][step]):.4g} · "
             f"ᾱ = {float(tensors['alphas_cumprod'][step]):.4g}")
 
 

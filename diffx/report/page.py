@@ -60,10 +60,10 @@ from diffx.report.columns import (
     shorten,
 )
 from diffx.report.sections import (
-    PANELS,
     attention_mass_section,
     header_html,
     loop_section,
+    panels_for,
     pipeline_section,
     tokens_section,
 )
@@ -85,7 +85,7 @@ def render_report_html(traces: Sequence[Trace] | Trace, model: StableDiffusion |
     words = traces[0].words
     data = {
         "num_steps": traces[0].num_steps,
-        "panels": {key: f"{title}: {caption}" for key, (title, caption) in PANELS.items()},
+        "panels": {key: f"{title}: {caption}" for key, (title, caption) in panels_for(traces).items()},
         "default_words": [default_word(words)] if words else [],
         "columns": columns,
     }

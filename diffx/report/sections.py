@@ -18,6 +18,7 @@ from diffx.report.columns import (
 )
 from diffx.trace.record import Trace
 from diffx.views.attention import layer_title, mass_shares
+from diffx.views.steps import is_flow
 from diffx.views.tables import word_rows
 
 # Panel key -> (title, caption); the key names the frames in the page's data.
@@ -27,6 +28,26 @@ PANELS = {
     "eps": ("ε̂", "guided noise prediction ε_u + w (ε_c − ε_u), channels 1–3 as RGB"),
     "guide": ("ε_c − ε_u", "what the prompt changes in the noise prediction (scaled by w)"),
 }
+# A rectified-flow run's (SD3): its state is x_s = (1 − s) x̂0 + s ε̂ and its network predicts the velocity v̂.
+FLOW_PANELS = {
+    **PANELS,
+    "xt": ("x_s", "the MMDiT's input at this step, (1 − s) x̂0 + s ε̂, drawn so the picture shows through"),
+    "x0": ("x̂0", "the model's guess of the final image: x_s − s v̂"),
+}
+
+
+VP_NOTE = ("At every step the sampler feeds x_t to the U-Net, which predicts the noise ε̂; removing it gives x̂0, the "
+           "model's current guess of the final image. Above the panels: the step's timestep t, its noise level "
+           "σ = √((1−ᾱ)/ᾱ) (x_t / √ᾱ = x̂0 + σ ε̂) and ᾱ; x_t itself scales the noise by √(1−ᾱ).")
+FLOW_NOTE = ("At every step the sampler feeds x_s = (1 − s) x̂0 + s ε̂ to the MMDiT, which predicts the velocity "
+             "v̂ = ε̂ − x̂0 of the straight line from picture to noise; x̂0 = x_s − s v̂ is the model's current guess "
+             "of the final image. Above the panels: the step's timestep t = 1000 s and s, the share of noise in x_s "
+             "(1 at the start, 0 at the end).")
+
+
+def panels_for(traces: list[Trace]) -> dict[str, tuple[str, str]]:
+    """The panels' titles and captions in the runs' own terms: a flow run's (x_s, s) or the VP ones."""
+    return FLOW_PANELS if is_flow(traces[0]) else PANELS
 
 
 def _settings_value(traces: list[Trace], key: str) -> str:
@@ -62,16 +83,27 @@ def pipeline_section(traces: list[Trace]) -> str:
     karras = " (Karras σ)" if all(trace.settings.karras for trace in traces) else ""  # only where every run used it
     start = ("seed " + value["seed"] + " → x_T ~ N(0, I)" if mode == "text2img" else
              f"input image → VAE encoder → noised to strength {value['strength']}")
+    if "mmdit" in config:  # SD3: three text encoders, the MMDiT, rectified flow
+        t5 = config.get("t5")
+        context = f"{CONTEXT_LENGTH}+{config.get('t5_max_length', '?')}×{config['mmdit'].get('context_dim', '?')}"
+        encoder = ("Text encoders", f"CLIP-L + OpenCLIP bigG{' + T5' if t5 else ' (no T5: zero rows)'} → "
+                   f"context c: {context}, pooled 2048")
+        loop = (f"MMDiT loop ↻ × {value['steps']}",
+                f"{start.replace('x_T', 'x_1')} · sampler {value['sampler']} · rectified flow, shift "
+                f"{config.get('scheduler', {}).get('shift', '?')} · CFG v̂ = v_u + w (v_c − v_u), "
+                f"w = {value['guidance']} · latent {latent_shape}")
+    else:
+        encoder = ("Text encoder", f"CLIP transformer, {text_config.get('num_hidden_layers', '?')} layers → "
+                   f"context c: {CONTEXT_LENGTH}×{text_config.get('hidden_size', '?')}")
+        loop = (f"U-Net loop ↻ × {value['steps']}",
+                f"{start} · sampler {value['sampler']}{karras} · schedule {value['schedule']} ({value['spacing']}) · "
+                f"CFG ε̂ = ε_u + w (ε_c − ε_u), w = {value['guidance']} · latent {latent_shape}")
     stages = [
         ("", "Prompt", f"“{html.escape(shorten(first.prompt, 70))}”"),
         ("", "Tokenizer", f"CLIP BPE · {tokens.num_tokens} of {CONTEXT_LENGTH} tokens"
          + (f' · <span class="cut-text">cut: “{html.escape(shorten(cut, 40))}”</span>' if cut else "")),
-        ("", "Text encoder", f"CLIP transformer, {text_config.get('num_hidden_layers', '?')} layers → "
-         f"context c: {CONTEXT_LENGTH}×{text_config.get('hidden_size', '?')}"),
-        ("loop", f"U-Net loop ↻ × {value['steps']}",
-         f"{start} · sampler {value['sampler']}{karras} · "
-         f"schedule {value['schedule']} ({value['spacing']}) · CFG ε̂ = ε_u + w (ε_c − ε_u), "
-         f"w = {value['guidance']} · latent {latent_shape}"),
+        ("", *encoder),
+        ("loop", *loop),
         ("", "VAE decoder", f"latent {latent_shape} → image {html.escape(size)} "
          f"(×{2 ** (len(vae_config.get('ch_mult', (1,))) - 1)} per side)"),
         ("result", "Image", result),
@@ -135,13 +167,11 @@ def loop_section(traces: list[Trace], columns: list[dict], charts_svg: str) -> s
         '<option value="10">10 steps/s</option></select></label>'
         f"{attention_controls}</div>")
     show_model = models_differ(traces)
-    column_html = "\n".join(_column_html(c, column, show_model) for c, column in enumerate(columns))
+    column_html = "\n".join(_column_html(c, column, panels_for(traces), show_model) for c, column in enumerate(columns))
     return (
         '<section class="card" aria-labelledby="loop-title"><h2 id="loop-title">Inside the denoising loop</h2>'
-        '<p class="note">Drag the slider, press ← / → (Home / End), or play. At every step the sampler feeds x_t '
-        "to the U-Net, which predicts the noise ε̂; removing it gives x̂0, the model's current guess of the "
-        "final image. Above the panels: the step's timestep t, its noise level σ = √((1−ᾱ)/ᾱ) (x_t / √ᾱ = "
-        "x̂0 + σ ε̂) and ᾱ; x_t itself scales the noise by √(1−ᾱ). "
+        '<p class="note">Drag the slider, press ← / → (Home / End), or play. '
+        f"{FLOW_NOTE if is_flow(traces[0]) else VP_NOTE} "
         "Latent pictures are shown at the latent resolution, one square per latent pixel, and "
         "stored losslessly, as are the attention maps: their colours are the model's numbers. Pictures at the "
         "image size (VAE decodes of x̂0, x_t drawn over them, the final image) are lossy WebP, like photos.</p>"
@@ -204,9 +234,9 @@ def _icon(path: str) -> str:
     return f'<svg viewBox="0 0 16 16" aria-hidden="true"><path d="{path}"/></svg>'
 
 
-def _column_html(c: int, column: dict, show_model: bool = False) -> str:
+def _column_html(c: int, column: dict, panels: dict[str, tuple[str, str]], show_model: bool = False) -> str:
     figures = []
-    for key, (title, caption) in PANELS.items():
+    for key, (title, caption) in panels.items():
         if key == "x0":
             title = column["x0_label"]
         missing = ("guidance w = 1: only ε_c is computed, so there is no ε_c − ε_u"

@@ -35,7 +35,8 @@ from starlette.routing import Route
 from diffx.errors import DiffxError, InvalidArgumentError, error_line
 from diffx.pipeline.settings import GenerationSettings, resolve_settings
 from diffx.report.page import render_report_html, report_style
-from diffx.report.sections import PANELS
+from diffx.report.sections import FLOW_PANELS, PANELS
+from diffx.sampling.flow import FLOW_SAMPLERS, FLOW_SCHEDULE
 from diffx.sampling.grids import KARRAS_SAMPLERS, SAMPLERS
 from diffx.sampling.schedules import BETA_SCHEDULES, SPACINGS
 from diffx.studio.edits import edit_work, parse_edit
@@ -105,11 +106,13 @@ def create_app(model: StableDiffusion, *, token: str | None = None, model_arg: s
 
     async def info(_request: Request) -> Response:
         defaults = resolve_settings(model, GenerationSettings())
+        flow = defaults.schedule == FLOW_SCHEDULE  # an SD3 model: its own samplers, schedule and panel names
         return JSONResponse({"model": model.config.name, "source": model_arg or "the embedded default model",
-                             "defaults": defaults.as_dict(), "samplers": list(SAMPLERS),
-                             "karras_samplers": list(KARRAS_SAMPLERS), "schedules": list(BETA_SCHEDULES),
+                             "defaults": defaults.as_dict(), "samplers": list(FLOW_SAMPLERS if flow else SAMPLERS),
+                             "karras_samplers": [] if flow else list(KARRAS_SAMPLERS),
+                             "schedules": [FLOW_SCHEDULE] if flow else list(BETA_SCHEDULES),
                              "spacings": list(SPACINGS), "max_prompt_chars": MAX_PROMPT_CHARS,
-                             "panels": {key: list(text) for key, text in PANELS.items()}})
+                             "panels": {key: list(text) for key, text in (FLOW_PANELS if flow else PANELS).items()}})
 
     async def start_run(request: Request) -> Response:
         try:
