@@ -16,7 +16,7 @@ from diffx.models.sd3 import StableDiffusion3
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
 from diffx.weights.load import load_model
-from tests.pipeline.sd3_models import sd3_pipeline
+from tests.pipeline.sd3_models import REAL, TINY, sd3_pipeline
 
 PROMPT, SIZE, STEPS = "a red cube on a blue floor", 64, 4
 TOLERANCE = 1 / 255
@@ -94,8 +94,11 @@ def test_without_t5_equals_diffusers_without_t5(sd3, tmp_path: Path) -> None:
 
 
 def test_sd35_medium_shape_equals_diffusers(tmp_path: Path) -> None:
-    """SD3.5-medium's MMDiT-X at its width: RMS QK-norm and the image stream's second attention in block 0."""
-    pipeline = sd3_pipeline(tmp_path / "sd35", t5=False, qk_norm="rms_norm", dual_attention_layers=(0,))
+    """SD3.5-medium's MMDiT-X at its width (1536, 24 heads of 64; 2 blocks): RMS QK-norm and the image stream's
+    second attention in block 0. The encoders and the VAE are the tiny ones (their real widths are the other
+    tests'), so this test costs the transformer only."""
+    sizes = {**TINY, "sample": REAL["sample"], "heads": REAL["heads"], "head_dim": REAL["head_dim"]}
+    pipeline = sd3_pipeline(tmp_path / "sd35", t5=False, qk_norm="rms_norm", dual_attention_layers=(0,), sizes=sizes)
     model = load_model(tmp_path / "sd35")
     assert model.config.mmdit.qk_norm and model.config.mmdit.dual_attention_layers == (0,)
     ours, theirs = run_both(model, pipeline, guidance=4.5)
