@@ -87,14 +87,19 @@ def _t5_keys(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {prefix + key: tensor for key, tensor in tensors.items()}
 
 
+def check_flow_prediction(folder: Path, prediction_type: str | None) -> None:
+    """An SD3-family model predicts the flow's velocity: any other `prediction_type` asked of it is an error."""
+    if prediction_type not in (None, "flow"):
+        raise InvalidArgumentError(f"{folder.name} is an SD3 model: it predicts a flow velocity, not "
+                                   f"{prediction_type}; leave --prediction-type out")
+
+
 def load_sd3_folder(folder: Path, component_state_dict: Callable[[Path], dict[str, Tensor]], *,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                     prediction_type: str | None = None) -> StableDiffusion3:
     """An SD3 / SD3.5 model from a diffusers folder. `component_state_dict(folder)`: a component's tensors (one
     file or shards), from `diffx.weights.load`."""
-    if prediction_type not in (None, "flow"):
-        raise InvalidArgumentError(f"{folder.name} is an SD3 model: it predicts a flow velocity, not "
-                                   f"{prediction_type}; leave --prediction-type out")
+    check_flow_prediction(folder, prediction_type)
     config = sd3_config_from_diffusers(folder)
     text = SD3_PREFIXES["text_encoder"]
     state_dict = {
