@@ -329,9 +329,12 @@ def describe_architecture(source: ModelSource) -> str:
     try:
         if source.format == "single-file":
             return recognise(_modern_text_keys(read_shapes(source.path)), v_prediction_hint(source.path)).summary()
-        config = read_config(source)
+        config = read_any_model_config(source.path / "config.json") if source.format == "diffx" else \
+            read_config(source)
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
+    if isinstance(config, SD3Config):  # an SD3-family diffx folder: the embedded flow model
+        return f"SD3 family ({config.name}), rectified flow"
     return f"{config_family(config)} ({config.name}), predicts {config.scheduler.prediction_type}"
 
 

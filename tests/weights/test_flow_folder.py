@@ -12,7 +12,8 @@ from diffx.errors import CheckpointError, InvalidArgumentError
 from diffx.models.any_model import build_model
 from diffx.models.configs import shapes_world
 from diffx.models.sd3 import StableDiffusion3
-from diffx.weights.load import load_model, save_model
+from diffx.weights.discovery import resolve_model_source
+from diffx.weights.load import describe_architecture, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +57,8 @@ def test_a_damaged_config_is_one_error_naming_the_field(saved, tmp_path):
 def test_a_flow_model_refuses_another_prediction_type(saved):
     with pytest.raises(InvalidArgumentError, match="predicts a flow velocity"):
         load_model(saved[1], prediction_type="epsilon")
+
+
+def test_diffx_models_describes_it(saved):
+    source = resolve_model_source(saved[1])
+    assert describe_architecture(source) == "SD3 family (shapes-world-flow), rectified flow"
