@@ -97,3 +97,7 @@ def test_a_toy_flow_run_resumes_exports_loads_and_generates(tmp_path):
     assert "MMDiT" in (tmp_path / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
     result = generate(loaded, GenerationSettings(prompt="a red circle", steps=2, seed=0))
     assert result.images[0].shape == (64, 64, 3)
+    # --init-from the exported flow model: a new run starts from all of its weights (its VAE counted as trained)
+    again, _ = train(TrainConfig(**{**settings, "out_dir": str(tmp_path / "again"), "unet_steps": 1,
+                                    "init_from": str(tmp_path / "model")}))
+    torch.testing.assert_close(again.vae.state_dict(), loaded.vae.float().state_dict())
