@@ -193,8 +193,8 @@ class StableDiffusion3:
         its feed-forward outputs in fp32 (`T5Encoder.to_dtype`), as transformers does: they overflow fp16."""
         for name, module in self.modules().items():
             if name == "text_encoder" and self.config.t5 is not None:
-                module.clip_l.to(device=device, dtype=dtype)
-                module.clip_g.to(device=device, dtype=dtype)
+                for part in (module.clip_l, module.clip_g):
+                    part.to(device=device, dtype=dtype)
                 t5 = module.t5xxl.transformer.to(device=device)
                 if dtype is not None:
                     t5.to_dtype(dtype)
