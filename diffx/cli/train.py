@@ -113,11 +113,16 @@ def train(
     object_counts: Annotated[str, typer.Option(
         help="Shares of the U-Net's training draws showing 1, 2, 3... objects, comma-separated (e.g. 0.2,0.4,0.4: "
              "more steps on the scenes still wrong); empty: as many as the pool holds.")] = "",
+    family: Annotated[str, typer.Option(
+        help="The model to train: stable-diffusion (a U-Net on a diffusion schedule) or sd3 (a small MMDiT trained "
+             "with rectified flow, SD3's architecture; pair it with --init-from data/shapes-world-2 to reuse that "
+             "model's VAE and text encoder).")] = "stable-diffusion",
     previews: Annotated[bool, typer.Option(
         "--previews/--no-previews", help="Draw a grid of sample pictures at every checkpoint (minutes on a CPU).")
                         ] = True,
 ) -> None:
-    """Train an embedded model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net.
+    """Train an embedded model (DDPM Algorithm 1): the VAE, then the text encoder and the U-Net (--family sd3:
+    an MMDiT, on rectified flow).
 
     Resumes from whatever --out-dir holds; writes loss curves and sample grids there at every
     checkpoint. With --export, the EMA weights become a model folder that --model accepts (--force to
@@ -136,7 +141,7 @@ def train(
     from diffx.embedded.train import train as run_training
     from diffx.embedded.worlds import get_world
 
-    config = TrainConfig.for_world(world, prediction_type, zero_snr, exact_captions, out_dir=str(out_dir),
+    config = TrainConfig.for_world(world, prediction_type, zero_snr, exact_captions, family, out_dir=str(out_dir),
                                    vae_steps=vae_steps, vae_batch=vae_batch, vae_crop=vae_crop,
                                    unet_steps=unet_steps, unet_batch=batch, unet_lr=lr, pool_size=pool_size,
                                    seed=seed, device=device, checkpoint_every=checkpoint_every,

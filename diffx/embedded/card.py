@@ -21,7 +21,9 @@ from diffx.embedded.world_quality import (
 )
 from diffx.embedded.worlds import get_world
 from diffx.files import atomic_output
-from diffx.models.stable_diffusion import StableDiffusion
+from diffx.models.any_model import SD3_FAMILY, AnyModel
+from diffx.models.configs import ModelConfig
+from diffx.models.sd3 import SD3Config
 from diffx.render import save_png
 from diffx.weights.load import load_model
 
@@ -55,11 +57,14 @@ def _run_lines(runs: list[dict]) -> list[str]:
                 f"+ KL x{settings['vae_kl_weight']}; final loss {vae['final_loss']:.4f}; "
                 f"{_time_words(vae)} on {vae['hardware']}.")
         if unet["final_loss"] is not None:
+            flow = settings.get("family") == SD3_FAMILY
             lines.append(
-                f"  - Text encoder + U-Net: {unet['steps']} steps, batch {settings['unet_batch']}, AdamW lr "
-                f"{settings['unet_lr']} (warm-up, cosine), EMA {settings['ema_decay']}, caption dropout "
-                f"{settings['caption_dropout']}{_target_words(settings)}{_grounding_words(settings, unet)}; "
-                f"final L_simple {unet['final_loss']:.4f}; {_time_words(unet)} on {unet['hardware']}.")
+                f"  - Text encoder + {'MMDiT' if flow else 'U-Net'}: {unet['steps']} steps, batch "
+                f"{settings['unet_batch']}, AdamW lr {settings['unet_lr']} (warm-up, cosine), EMA "
+                f"{settings['ema_decay']}, caption dropout {settings['caption_dropout']}"
+                f"{_FLOW_WORDS if flow else _target_words(settings)}{_grounding_words(settings, unet)}; "
+                f"final {'loss' if flow else 'L_simple'} {unet['final_loss']:.4f}; {_time_words(unet)} on "
+                f"{unet['hardware']}.")
     return lines
 
 
@@ -70,6 +75,9 @@ def _time_words(stage: dict) -> str:
         return f"{steps / 60:.1f} min in training steps"
     return (f"{steps / 60:.1f} min in training steps, {stage['wall_seconds'] / 60:.1f} min in all (with the pool, "
             "loss curves, preview pictures and checkpoints)")
+
+
+_FLOW_WORDS = ", rectified flow (velocity target, logit-normal times)"
 
 
 def _target_words(settings: dict) -> str:
@@ -86,36 +94,57 @@ def _grounding_words(settings: dict, unet: dict) -> str:
             + (f", final {final:.3f}" if final is not None else "") + ")")
 
 
-def write_model_card(folder: Path, model: StableDiffusion, runs: list[dict], scores: dict | None) -> Path:
+def _architecture_lines(config: ModelConfig | SD3Config, parts: dict[str, int], size_mb: float) -> list[str]:
+    """The card's architecture section: text encoder, denoiser (U-Net or MMDiT), VAE, weights and defaults."""
+    flow = isinstance(config, SD3Config)
+    text = config.clip_l if flow else config.text_encoder
+    if flow:
+        mmdit, side = config.mmdit, config.image_size // config.vae.downsample_factor
+        denoiser = (f"- MMDiT (SD3's joint-attention transformer): {mmdit.depth} blocks, width {mmdit.width} "
+                    f"({mmdit.heads} heads), {mmdit.patch_size}x{mmdit.patch_size} patches: "
+                    f"{(side // mmdit.patch_size) ** 2} image tokens beside {config.clip_length} text tokens "
+                    f"({parts['transformer'] / 1e6:.2f} M parameters)")
+        target = (f"rectified flow, time shift {config.scheduler.shift:g}; the MMDiT predicts the velocity "
+                  "ε − x0.")
+    else:
+        unet = config.unet
+        denoiser = (f"- U-Net: channels {[unet.model_channels * m for m in unet.channel_mult]}, "
+                    f"{unet.num_res_blocks} res-block per level, self- and cross-attention at levels "
+                    f"{list(unet.attention_levels)} and the middle ({parts['unet'] / 1e6:.2f} M parameters)")
+        scheduler = config.scheduler
+        target = (f"{scheduler.beta_schedule} schedule"
+                  f"{' rescaled to zero terminal SNR' if scheduler.rescale_betas_zero_snr else ''}, T = "
+                  f"{scheduler.num_train_timesteps}, {scheduler.timestep_spacing} timestep spacing; the U-Net "
+                  f"predicts {scheduler.prediction_type}.")
+    return [
+        f"- Text encoder: CLIP-style, {text.num_hidden_layers} layers, width {text.hidden_size}, real CLIP BPE "
+        f"vocabulary ({parts['text_encoder'] / 1e6:.2f} M parameters)",
+        denoiser,
+        f"- VAE: AutoencoderKL f{config.vae.downsample_factor}, channels "
+        f"{[config.vae.ch * m for m in config.vae.ch_mult]}, 4 latent channels, latent scaling factor "
+        f"{config.vae.scaling_factor:.4f} ({parts['vae'] / 1e6:.2f} M parameters).",
+        f"- Weights: {size_mb:.1f} MB (fp16 safetensors, original {'SD3' if flow else 'SD1.x'} key layout).",
+        f"- Defaults: {config.default_sampler}, {config.default_steps} steps, guidance {config.default_guidance}, "
+        f"{config.image_size}x{config.image_size} px, {target}",
+    ]
+
+
+def write_model_card(folder: Path, model: AnyModel, runs: list[dict], scores: dict | None) -> Path:
     """MODEL_CARD.md: what the model is, how it was trained (every run), and how well it follows prompts."""
-    config = model.config
     parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.modules().items()}
     size_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
     lines = [
         *get_world(runs[-1]["settings"].get("world", "shapes") if runs else "shapes").card,
         "",
         "## Architecture",
-        f"- Text encoder: CLIP-style, {config.text_encoder.num_hidden_layers} layers, width "
-        f"{config.text_encoder.hidden_size}, real CLIP BPE vocabulary ({parts['text_encoder'] / 1e6:.2f} M parameters)",
-        f"- U-Net: channels {[config.unet.model_channels * m for m in config.unet.channel_mult]}, "
-        f"{config.unet.num_res_blocks} res-block per level, self- and cross-attention at levels "
-        f"{list(config.unet.attention_levels)} and the middle ({parts['unet'] / 1e6:.2f} M parameters)",
-        f"- VAE: AutoencoderKL f{config.vae.downsample_factor}, channels "
-        f"{[config.vae.ch * m for m in config.vae.ch_mult]}, 4 latent channels, latent scaling factor "
-        f"{config.vae.scaling_factor:.4f} ({parts['vae'] / 1e6:.2f} M parameters).",
-        f"- Weights: {size_mb:.1f} MB (fp16 safetensors, original SD1.x key layout).",
-        f"- Defaults: {config.default_sampler}, {config.default_steps} steps, guidance {config.default_guidance}, "
-        f"{config.image_size}x{config.image_size} px, {config.scheduler.beta_schedule} schedule"
-        f"{' rescaled to zero terminal SNR' if config.scheduler.rescale_betas_zero_snr else ''}, T = "
-        f"{config.scheduler.num_train_timesteps}, {config.scheduler.timestep_spacing} timestep spacing; the U-Net "
-        f"predicts {config.scheduler.prediction_type}.",
+        *_architecture_lines(model.config, parts, size_mb),
         "",
         "## Training (resumable, seeded: `diffx train`; history in training.json)",
         "Captions are re-drawn each time a scene is used; caption dropout trains the unconditional",
         "prediction for classifier-free guidance.",
         *_run_lines(runs),
     ]
-    if any(run["settings"].get("attention_loss") for run in runs):
+    if not isinstance(model.config, SD3Config) and any(run["settings"].get("attention_loss") for run in runs):
         lines += ["", "The attention-grounding loss (TokenCompose, Wang et al. 2024) taught the cross-attention",
                   "of each named object's colour and shape words (and the words of a grid cell the caption names",
                   "rightly) to fall inside that object: this model's attention maps point at objects because they",

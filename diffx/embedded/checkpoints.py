@@ -1,5 +1,5 @@
 """The training folder's files: the two stages' checkpoints and the run's settings, written atomically,
-and the model they hold (VAE + EMA text encoder/U-Net) read back."""
+and the model they hold (VAE + EMA text encoder/U-Net, or /MMDiT for a flow model) read back."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch
 
 from diffx.embedded.config import TrainConfig
 from diffx.files import atomic_output, write_atomic
-from diffx.models.configs import ModelConfig
-from diffx.models.stable_diffusion import StableDiffusion, build
+from diffx.models.any_model import AnyModel, build_model, config_from_dict, denoiser_of
 
 VAE_CHECKPOINT = "vae_state.pt"
 UNET_CHECKPOINT = "unet_state.pt"
@@ -41,20 +40,20 @@ def load_train_config(out_dir: str | Path) -> dict:
     return json.loads((Path(out_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
 
 
-def model_from_checkpoints(out_dir: str | Path) -> tuple[StableDiffusion, dict]:
-    """The model as it stands in a (possibly still running) training folder: VAE + EMA text encoder/U-Net.
+def model_from_checkpoints(out_dir: str | Path) -> tuple[AnyModel, dict]:
+    """The model as it stands in a (possibly still running) training folder: VAE + EMA text encoder/denoiser.
 
     Returns the model and the stage states (steps, losses, seconds) for the model card.
     """
     out = Path(out_dir)
     vae_saved = load_checkpoint(out / VAE_CHECKPOINT)
     unet_saved = load_checkpoint(out / UNET_CHECKPOINT)
-    model = build(ModelConfig.from_dict(json.loads(unet_saved["model_config"])),
-                  source=f"trained by diffx train ({out})")
+    model = build_model(config_from_dict(json.loads(unet_saved["model_config"])),
+                        source=f"trained by diffx train ({out})")
     model.vae.load_state_dict(vae_saved["vae"])
     model.text_encoder.load_state_dict(unet_saved["text_encoder"])
-    model.unet.load_state_dict(unet_saved["unet"])
-    params = [*model.text_encoder.parameters(), *model.unet.parameters()]
+    denoiser_of(model).load_state_dict(unet_saved["unet"])  # the U-Net or the MMDiT
+    params = [*model.text_encoder.parameters(), *denoiser_of(model).parameters()]
     with torch.no_grad():
         for p, shadow in zip(params, unet_saved["ema"], strict=True):
             p.copy_(shadow)

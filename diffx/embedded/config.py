@@ -11,11 +11,16 @@ import math
 from dataclasses import dataclass, field, fields
 
 from diffx.embedded.captions import EXACT_CAPTIONS, CaptionNoise
+from diffx.embedded.flow_model import flow_model_config
 from diffx.embedded.worlds import WORLDS, get_world
-from diffx.errors import InvalidArgumentError
-from diffx.models.configs import PREDICTION_TYPES, ModelConfig
+from diffx.errors import InvalidArgumentError, check_choice
+from diffx.models.any_model import SD3_FAMILY, config_from_dict, config_to_dict
+from diffx.models.configs import PREDICTION_TYPES
+from diffx.models.sd3 import SD3Config
 
 MAX_STEPS = 10_000_000
+UNET_FAMILY = "stable-diffusion"
+FAMILIES = (UNET_FAMILY, SD3_FAMILY)  # a U-Net on a diffusion schedule; an MMDiT with rectified flow
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,9 @@ class TrainConfig:
     # The share of U-Net training draws showing 1, 2, 3... objects ([] = as many as the pool holds): spends the
     # steps on the scenes not yet learnt without changing the world (pool.scene_weights)
     object_counts: list[float] = field(default_factory=list)
-    model: dict | None = None  # the model's configuration; None = the world's (`World.model_config`)
+    # the model's configuration (`diffx.models.any_model`: an SD3-family one is marked "family": "sd3");
+    # None = the world's U-Net model (`World.model_config`)
+    model: dict | None = None
 
     def __post_init__(self) -> None:
         if self.model is None and isinstance(self.world, str) and self.world in WORLDS:
@@ -118,19 +125,28 @@ class TrainConfig:
 
     @classmethod
     def for_world(cls, world: str = "shapes", prediction_type: str = "epsilon", zero_snr: bool = False,
-                  exact_captions: bool = False, **settings: object) -> TrainConfig:
+                  exact_captions: bool = False, family: str = UNET_FAMILY, **settings: object) -> TrainConfig:
         """A run on `world` whose model learns to predict `prediction_type` ("epsilon" or "v_prediction"), with
         β rescaled to zero terminal SNR if `zero_snr` (Lin et al. 2023; it then samples with trailing spacing),
-        on exact captions instead of the caption-noise model if `exact_captions`; `settings` are the other
-        fields. What `diffx train` builds from its options, with the same one-line errors."""
+        on exact captions instead of the caption-noise model if `exact_captions`; `family` "sd3": the world's
+        flow model instead (`diffx.embedded.flow_model`: an MMDiT trained with rectified flow, which predicts a
+        velocity on no β schedule). `settings` are the other fields. What `diffx train` builds from its options,
+        with the same one-line errors."""
+        check_choice("family", family, FAMILIES)
         chosen = get_world(world)
         if exact_captions and not chosen.noisy_captions:
             raise InvalidArgumentError(f"--exact-captions: the {world!r} world's captions are exact already; "
                                        "use it with --world shapes2")
         model = chosen.model_config()
-        model.scheduler = model.scheduler.trained_for(prediction_type, zero_snr)
+        if family == SD3_FAMILY:
+            if prediction_type != "epsilon" or zero_snr:
+                raise InvalidArgumentError("--prediction-type and --zero-snr choose a U-Net's target and schedule; "
+                                           "a --family sd3 model learns the flow's velocity: leave them out")
+            flow = flow_model_config(model)
+        else:
+            model.scheduler = model.scheduler.trained_for(prediction_type, zero_snr)
         return cls(world=world, caption_noise=EXACT_CAPTIONS.to_dict() if exact_captions else {},
-                   model=model.to_dict(), **settings)
+                   model=config_to_dict(flow if family == SD3_FAMILY else model), **settings)
 
     @property
     def pool_scenes(self) -> int:
@@ -173,8 +189,12 @@ class TrainConfig:
         if any(self.object_counts[world.max_objects:]):
             raise InvalidArgumentError(f"object_counts {self.object_counts!r} gives a share to scenes of more than "
                                        f"{world.max_objects} objects, the most the {world.name!r} world draws")
-        model = ModelConfig.from_dict(self.model)
-        if model.scheduler.prediction_type not in PREDICTION_TYPES:
+        model = config_from_dict(self.model)
+        if isinstance(model, SD3Config):
+            if self.attention_loss > 0:
+                raise InvalidArgumentError("attention_loss is the U-Net's cross-attention grounding; an sd3-family "
+                                           "model has joint attention: leave it 0")
+        elif model.scheduler.prediction_type not in PREDICTION_TYPES:
             raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "
                                        f"{', '.join(PREDICTION_TYPES)}")
         if model.scheduler.rescale_betas_zero_snr and model.scheduler.prediction_type == "epsilon":

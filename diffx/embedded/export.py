@@ -16,13 +16,13 @@ from diffx.embedded.pool import scene_pool, to_unit
 from diffx.embedded.world_quality import TUNING_FILE
 from diffx.errors import CheckpointError
 from diffx.files import atomic_output
-from diffx.models.stable_diffusion import StableDiffusion
+from diffx.models.any_model import AnyModel
 from diffx.render import fit_latent_rgb_mlp
 from diffx.weights.load import save_model
 
 
 @torch.no_grad()
-def fit_preview(model: StableDiffusion, images: torch.Tensor, count: int = 512) -> None:
+def fit_preview(model: AnyModel, images: torch.Tensor, count: int = 512) -> None:
     """Fit the model's latent → RGB preview (the per-pixel MLP: this VAE's colours are not linear in its
     latent, see benchmarks/preview_fit.py) on `count` pool pictures and store it in its config."""
     x = to_unit(images[:count])
@@ -40,7 +40,7 @@ def _nested(tensor: torch.Tensor) -> tuple:
     return tuple(_nested(row) for row in tensor) if tensor.ndim > 1 else tuple(float(v) for v in tensor)
 
 
-def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = None) -> StableDiffusion:
+def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = None) -> AnyModel:
     """Ship a training folder as a diffx model folder (fp16 safetensors + config.json + MODEL_CARD.md +
     training.json, the history of the runs that trained it)."""
     out, folder = Path(out_dir), Path(folder)

@@ -15,12 +15,14 @@ HISTORY_FILE = "training.json"
 
 def run_record(train_config: dict, states: dict, pool_scenes: int | None = None) -> dict:
     """One training run for the history: its settings (without the model config, but with its U-Net's target
-    and schedule: `prediction_type`, `zero_snr`) and, per stage, the steps reached, the seconds spent in
-    training steps (`step_seconds`) and in all (`wall_seconds`: with the pool, loss curves, previews and
-    checkpoints; `TrainState`), the final loss (mean of the last 100 steps) and the hardware; and
-    `pool_scenes`, the scenes its pool held (`TrainConfig.pool_scenes`), when given. Runs recorded before
+    and schedule: `prediction_type`, `zero_snr`; an SD3-family model's run: its `family`) and, per stage, the
+    steps reached, the seconds spent in training steps (`step_seconds`) and in all (`wall_seconds`: with the pool,
+    loss curves, previews and checkpoints; `TrainState`), the final loss (mean of the last 100 steps) and the
+    hardware; and `pool_scenes`, the scenes its pool held (`TrainConfig.pool_scenes`), when given. Runs recorded before
     there were two clocks have `seconds`: their step seconds; before toy pools, no `pool_scenes`: `pool_size`."""
     settings = {key: value for key, value in train_config.items() if key != "model"}
+    if (train_config.get("model") or {}).get("family"):  # an SD3-family model's run (diffx.models.any_model)
+        settings["family"] = train_config["model"]["family"]
     scheduler = train_config.get("model", {}).get("scheduler", {})
     if scheduler:  # what the U-Net learnt to predict, on which schedule: the model config is not kept per run
         settings["prediction_type"] = scheduler["prediction_type"]

@@ -12,7 +12,7 @@ from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.worlds import get_world
 from diffx.errors import InvalidArgumentError
 from diffx.files import write_atomic
-from diffx.models.configs import ModelConfig
+from diffx.models.any_model import config_from_dict
 from diffx.models.stable_diffusion import StableDiffusion
 
 POOL_FILE = "pool.pt"  # (N, 3, H, W) uint8, in the training folder
@@ -32,7 +32,7 @@ def scene_pool(config: TrainConfig) -> tuple[list, torch.Tensor]:
     images = torch.load(path, weights_only=True) if path.exists() else None
     have = 0 if images is None else len(images)
     if have < len(scenes):
-        size = ModelConfig.from_dict(config.model).image_size
+        size = config_from_dict(config.model).image_size
         fresh = torch.from_numpy(np.stack([world.render(scene, size) for scene in scenes[have:]])).permute(0, 3, 1, 2)
         images = fresh.contiguous() if images is None else torch.cat([images, fresh])
         write_atomic(path, lambda tmp: torch.save(images, tmp), force=True)

@@ -25,7 +25,7 @@ from diffx.embedded.pool import POOL_FILE
 from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.worlds import get_world
 from diffx.files import write_atomic
-from diffx.models.configs import ModelConfig
+from diffx.models.any_model import config_from_dict
 
 POOL_STREAM_INDEX = 1_000_003  # the third entropy word of `pool.scene_pool`'s generator
 
@@ -44,7 +44,7 @@ def render_pool(config: TrainConfig, workers: int = 0) -> Path:
     world = get_world(config.world)
     rng = np.random.default_rng([TRAIN_STREAM, config.seed, POOL_STREAM_INDEX])
     scenes = [world.make_scene(rng) for _ in range(config.pool_scenes)]
-    size = ModelConfig.from_dict(config.model).image_size
+    size = config_from_dict(config.model).image_size
     workers = workers or os.cpu_count() or 1
     chunk = max(1, -(-len(scenes) // (workers * 4)))
     chunks = [scenes[start:start + chunk] for start in range(0, len(scenes), chunk)]

@@ -22,10 +22,10 @@ import torch
 from diffx.devices import resolve_device
 from diffx.embedded.checkpoints import CONFIG_FILE, LATENTS_FILE, UNET_CHECKPOINT, VAE_CHECKPOINT
 from diffx.embedded.config import TrainConfig, TrainState
+from diffx.embedded.flow_model import inherited_fields
 from diffx.embedded.pool import POOL_FILE
 from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, OutputPathError, elide
-from diffx.models.configs import ModelConfig
-from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
+from diffx.models.any_model import AnyConfig, AnyModel, build_model, config_from_dict, config_to_dict, denoiser_of
 
 MODEL_FILES = ("config.json", "model.safetensors", "training.json", "MODEL_CARD.md")  # what an export writes
 # Fitted when training ends, not part of the architecture: a model may differ there and still continue.
@@ -79,12 +79,11 @@ def check_init_from(path: str, model: dict) -> None:
         raise CheckpointError(f"--init-from {path}: not a diffx model folder (config.json and model.safetensors "
                               "expected); point it at one such as data/shapes-world-2")
     try:
-        have = ModelConfig.from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8"))).to_dict()
+        have = config_to_dict(config_from_dict(json.loads((folder / "config.json").read_text(encoding="utf-8"))))
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"--init-from {path}: unreadable config.json ({err}); "
                               "point it at a diffx model folder") from None
-    want = {key: value for key, value in model.items() if key in ("text_encoder", "unet", "vae", "image_size")}
-    differs = _differing_field({key: have.get(key) for key in want}, want)
+    differs = _differing_field(*inherited_fields(have, model))
     if differs:
         raise CheckpointError(f"--init-from {path}: another architecture ({differs}); continue from a "
                               "shapes-world model such as data/shapes-world-2")
@@ -95,7 +94,8 @@ def check_init_from(path: str, model: dict) -> None:
 _DELETE = "delete it to re-make it, or use a new --out-dir"
 _SAME_RUN = "resume with the settings it was started with, or use a new --out-dir"
 _SAME_RUN_FIELDS = ("world", "seed", "pool_size")  # what the cached pool's scenes and pictures were drawn from
-_ARCHITECTURE = ("text_encoder", "text_encoder_2", "unet", "vae", "image_size", "scheduler")  # what training builds
+_ARCHITECTURE = ("family", "text_encoder", "text_encoder_2", "unet", "clip_l", "clip_g", "t5", "mmdit",
+                 "clip_length", "t5_max_length", "vae", "image_size", "scheduler")  # what training builds
 _GROUP_NUMBERS = {"lr": 1, "eps": 1, "weight_decay": 1, "betas": 2}  # AdamW's numbers; its other settings are flags
 
 
@@ -228,16 +228,16 @@ def _check_state(saved: object) -> None:
             raise _Unusable(f"state's {key} is not {description}")
 
 
-def _differing_architecture(have: object, want: ModelConfig) -> str | None:
+def _differing_architecture(have: object, want: AnyConfig) -> str | None:
     """The first field of `_ARCHITECTURE` where a saved model config (`have`) differs from training's."""
     if not isinstance(have, dict):
         raise _Unusable(f"its model is a {type(have).__name__}, not a JSON object")
-    wanted = want.to_dict()
+    wanted = config_to_dict(want)
     return _differing_field({key: have.get(key) for key in _ARCHITECTURE},
                             {key: wanted.get(key) for key in _ARCHITECTURE})
 
 
-def _check_vae_state(saved: object, model: StableDiffusion) -> None:
+def _check_vae_state(saved: object, model: AnyModel) -> None:
     """`saved` is what `train_vae` resumes from (and `model_from_checkpoints` reads)."""
     found = _dict_with(saved, ["vae", "optimizer", "generator", "state"])
     _check_weights(found["vae"], model.vae, "vae")
@@ -246,20 +246,20 @@ def _check_vae_state(saved: object, model: StableDiffusion) -> None:
     _check_state(found["state"])
 
 
-def _check_unet_state(saved: object, model: StableDiffusion) -> None:
+def _check_unet_state(saved: object, model: AnyModel) -> None:
     """`saved` is what `train_unet` resumes from (and `model_from_checkpoints` reads)."""
     found = _dict_with(saved, ["text_encoder", "unet", "optimizer", "ema", "generator", "model_config", "rng",
                                "state"])
     try:
-        have = ModelConfig.from_dict(json.loads(found["model_config"])).to_dict()
+        have = config_to_dict(config_from_dict(json.loads(found["model_config"])))
     except (TypeError, ValueError, KeyError, AttributeError):
         raise _Unusable("model_config is not a model configuration in JSON") from None
     differs = _differing_architecture(have, model.config)
     if differs:
         raise _Unusable(f"trained for another model ({differs})", _SAME_RUN)
     _check_weights(found["text_encoder"], model.text_encoder, "text_encoder")
-    _check_weights(found["unet"], model.unet, "unet")
-    params = [*model.text_encoder.parameters(), *model.unet.parameters()]
+    _check_weights(found["unet"], denoiser_of(model), "unet")  # the U-Net or the MMDiT
+    params = [*model.text_encoder.parameters(), *denoiser_of(model).parameters()]
     _check_optimizer(found["optimizer"], params)
     if not isinstance(found["ema"], list) or len(found["ema"]) != len(params):
         raise _Unusable(f"ema is not a list of {len(params)} tensors, one per parameter")
@@ -281,14 +281,14 @@ def _rows(value: object, label: str) -> int:
     return len(value)
 
 
-def _check_pool(saved: object, model: ModelConfig) -> None:
+def _check_pool(saved: object, model: AnyConfig) -> None:
     """`saved` is a pool `scene_pool` rendered: (n, 3, H, W) uint8 at the model's image size (any n: `scene_pool`
     renders the scenes a file lacks and takes the first ones of a larger file, as `pool_render` may write)."""
     size = model.image_size
     _check_tensor(saved, "pool tensor", (_rows(saved, "pool tensor"), 3, size, size), torch.uint8)
 
 
-def _check_latents(saved: object, model: ModelConfig) -> None:
+def _check_latents(saved: object, model: AnyConfig) -> None:
     """`saved` is what `pool_latents` writes: the pool's posterior means and stds, (n, C, h, w) each (any n, as the
     pool)."""
     if not isinstance(saved, tuple | list) or len(saved) != 2:
@@ -299,7 +299,7 @@ def _check_latents(saved: object, model: ModelConfig) -> None:
         _check_tensor(tensor, f"{name} tensor", (rows, model.vae.embed_dim, side, side), torch.float32)
 
 
-def _check_settings(path: Path, config: TrainConfig, model: ModelConfig) -> None:
+def _check_settings(path: Path, config: TrainConfig, model: AnyConfig) -> None:
     """The saved train_config.json is a JSON object from a run this one can continue: the same world, seed and
     pool, the same model (step counts, learning rates and the like may differ)."""
     try:
@@ -328,8 +328,8 @@ def check_training_folder(config: TrainConfig) -> None:
     out = Path(config.out_dir)
     if not out.is_dir():
         return
-    model = ModelConfig.from_dict(config.model)
-    meta = functools.cache(lambda: build_without_weights(model))  # ~0.3 s, only when a checkpoint is there
+    model = config_from_dict(config.model)
+    meta = functools.cache(lambda: build_model(model, weights=False))  # ~0.3 s, only when a checkpoint is there
     checks: dict[str, Callable[[Path], None]] = {  # the settings first: another run's explain what follows
         CONFIG_FILE: lambda path: _check_settings(path, config, model),
         POOL_FILE: lambda path: _check_pool(_load(path), model),

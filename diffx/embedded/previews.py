@@ -9,14 +9,14 @@ import torch
 
 from diffx.embedded.pool import to_unit
 from diffx.images import tensor_to_image
-from diffx.models.stable_diffusion import StableDiffusion
+from diffx.models.any_model import AnyModel, denoiser_of
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
 from diffx.render import make_grid, save_png, to_pil
 
 
 @torch.no_grad()
-def vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> None:
+def vae_preview(model: AnyModel, images: torch.Tensor, path: Path) -> None:
     """Originals (top row) over their reconstructions (bottom row)."""
     x = to_unit(images.to(model.device))
     reconstruction = model.vae.decode(model.vae.encode(x).mean)
@@ -27,16 +27,17 @@ def vae_preview(model: StableDiffusion, images: torch.Tensor, path: Path) -> Non
 
 
 @torch.no_grad()
-def preview_grid(model: StableDiffusion, path: Path, prompts: tuple[str, ...],
+def preview_grid(model: AnyModel, path: Path, prompts: tuple[str, ...],
                  guidances: tuple[float, ...] = (1.0, 5.0)) -> None:
     """A grid of fixed prompts (columns, e.g. a world's `preview_prompts`) at a few guidance weights (rows):
-    progress made visible."""
-    modes = (model.text_encoder.training, model.unet.training)
+    progress made visible. A flow model's are drawn by its default sampler, Euler steps along the flow."""
+    denoiser = denoiser_of(model)
+    modes = (model.text_encoder.training, denoiser.training)
     model.text_encoder.eval()
-    model.unet.eval()
+    denoiser.eval()
     rows = [[to_pil(generate(model, GenerationSettings(prompt=prompt, guidance=w, steps=25)).images[0])
              for prompt in prompts] for w in guidances]
     model.text_encoder.train(modes[0])
-    model.unet.train(modes[1])
+    denoiser.train(modes[1])
     save_png(make_grid(rows, row_labels=[f"w = {w}" for w in guidances], col_labels=list(prompts),
                        title=path.stem.replace("_", " "), cell_size=(96, 96)), path, force=True)

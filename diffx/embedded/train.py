@@ -4,7 +4,8 @@ Two stages, as Stable Diffusion was built (Rombach et al. 2022, section 3):
 1. the VAE learns to compress 64x64 pictures into 16x16x4 latents (reconstruction + a small KL term);
 2. with the VAE frozen, the text encoder and the U-Net learn to predict the noise added to those latents
    (L_simple, DDPM eq. 14), with the caption dropped 10% of the time so that one network learns both
-   ε(x_t, c) and ε(x_t, ∅) for classifier-free guidance (Ho & Salimans 2022).
+   ε(x_t, c) and ε(x_t, ∅) for classifier-free guidance (Ho & Salimans 2022). An SD3-family model
+   (`flow_model.py`) trains an MMDiT instead, on rectified flow's velocity, in the same loop (`objectives.py`).
 
 Both stages checkpoint to `out_dir` and resume from there; every random draw comes from seeded generators
 whose state is saved with the weights. Under torchrun, both stages train data-parallel (`distributed.py`).
@@ -45,21 +46,22 @@ from diffx.embedded.distributed import (
     start,
     stop,
 )
+from diffx.embedded.flow_model import initialise_flow_model
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
 from diffx.embedded.hardware import describe_hardware, joined_hardware
 from diffx.embedded.history import copy_history, run_record
+from diffx.embedded.objectives import DenoisingObjective
 from diffx.embedded.optim import ema_decay, learning_rate, swapped_in
 from diffx.embedded.pool import pool_latents, scene_pool, scene_weights, to_unit
 from diffx.embedded.preflight import check_train_inputs
 from diffx.embedded.previews import vae_preview
 from diffx.embedded.shapes import TRAIN_STREAM
 from diffx.embedded.worlds import get_world
+from diffx.models.any_model import AnyModel, build_model, config_from_dict, config_to_dict, denoiser_of
 from diffx.models.attention import observe_attention
-from diffx.models.configs import ModelConfig
-from diffx.models.stable_diffusion import StableDiffusion, build
+from diffx.models.sd3 import StableDiffusion3
 from diffx.models.vae import DiagonalGaussian
 from diffx.render import plot_loss_curve, save_png
-from diffx.sampling.schedules import NoiseSchedule, training_loss
 from diffx.weights.load import load_model
 
 
@@ -125,7 +127,7 @@ def _loop(name: str, total: int, state: TrainState, step_fn: Callable[[int], flo
                                      f"{state.wall_seconds / 60:.1f} min in all)")
 
 
-def train_vae(model: StableDiffusion, config: TrainConfig, images: torch.Tensor, ranks: Ranks = Ranks(),
+def train_vae(model: AnyModel, config: TrainConfig, images: torch.Tensor, ranks: Ranks = Ranks(),
               started: float | None = None) -> TrainState:
     """Stage 1: reconstruction (L1, object pixels weighted) + KL(q(z|x) || N(0, I)) (Kingma & Welling).
     `started`: when the stage's work began (`time.perf_counter()`, default now), for its wall clock."""
@@ -189,12 +191,13 @@ def latent_scaling_factor(latent_mean: torch.Tensor, latent_std: torch.Tensor, c
     return float(1.0 / (mean + std * noise).std())
 
 
-def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
+def train_unet(model: AnyModel, config: TrainConfig, scenes: list,
                latent_mean: torch.Tensor, latent_std: torch.Tensor,
-               preview: Callable[[StableDiffusion, Path], None] | None = None,
+               preview: Callable[[AnyModel, Path], None] | None = None,
                masks: list[np.ndarray] | None = None, ranks: Ranks = Ranks(), started: float | None = None
                ) -> TrainState:
-    """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept.
+    """Stage 2: text encoder + U-Net on L_simple (DDPM Algorithm 1), VAE frozen, EMA of the weights kept; for an
+    SD3-family model text encoder + MMDiT on the rectified-flow loss (`objectives.DenoisingObjective`).
 
     Captions are drawn afresh every time a scene is used (`World.caption`, with `config.captions()`).
     With `masks` (each scene's object masks at the latent size) and `config.attention_loss` > 0,
@@ -202,13 +205,13 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
     stage's work began (`time.perf_counter()`, default now: the pool's latents are made before), for its
     wall clock."""
     out = Path(config.out_dir)
-    model_config = ModelConfig.from_dict(config.model)
-    schedule = NoiseSchedule.from_config(model_config.scheduler)
-    prediction_type = model_config.scheduler.prediction_type  # the loss's target: ε or v
+    model_config = config_from_dict(config.model)
+    objective = DenoisingObjective(model_config)  # the loss's target: ε, v or the flow's velocity
     scale = model_config.vae.scaling_factor
     device = model.device
     latent_mean, latent_std = latent_mean.to(device), latent_std.to(device)
-    params = [*model.text_encoder.parameters(), *model.unet.parameters()]
+    denoiser = denoiser_of(model)  # the U-Net or the MMDiT; its checkpoint key stays "unet"
+    params = [*model.text_encoder.parameters(), *denoiser.parameters()]
     # fused AdamW: one kernel for all parameters instead of several per tensor (the model is launch-bound on GPUs)
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01, fused=device.type == "cuda")
     ema = [p.detach().clone() for p in params]
@@ -221,7 +224,7 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
     if ckpt.exists():
         saved = load_checkpoint(ckpt)
         model.text_encoder.load_state_dict(saved["text_encoder"])
-        model.unet.load_state_dict(saved["unet"])
+        denoiser.load_state_dict(saved["unet"])
         optimizer.load_state_dict(saved["optimizer"])
         ema = [shadow.to(device) for shadow in saved["ema"]]
         state = TrainState(**saved["state"])
@@ -231,9 +234,9 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
         else:
             rng = np.random.default_rng([TRAIN_STREAM, config.seed, 2, ranks.rank, state.step])
     model.text_encoder.train()
-    model.unet.train()
+    denoiser.train()
     text_encoder = data_parallel(model.text_encoder, ranks, device)
-    unet = data_parallel(model.unet, ranks, device)
+    network = data_parallel(denoiser, ranks, device)
 
     weights = scene_weights(scenes, config.object_counts)
 
@@ -249,13 +252,14 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
         picks = picks.to(device)
         x0 = (latent_mean[picks] + latent_std[picks] * noise) * scale  # (B, 4, 16, 16) scaled latents
         encodings = [model.tokenizer.encode(text) for text in captions]
-        context = text_encoder(torch.tensor([e.ids for e in encodings], device=device))  # (B, 77, width)
+        # (context (B, 77, width),) for a U-Net; (context (B, L, width), pooled (B, width)) for an MMDiT
+        conditioning = objective.condition(text_encoder, torch.tensor([e.ids for e in encodings], device=device))
         if masks is None or config.attention_loss <= 0:
-            loss = total = training_loss(unet, schedule, x0, context, generator, prediction_type)
+            loss = total = objective.loss(network, conditioning, x0, generator)
         else:
             collector = CrossAttentionCollector()
             with observe_attention(collector):
-                loss = training_loss(unet, schedule, x0, context, generator, prediction_type)
+                loss = objective.loss(network, conditioning, x0, generator)
             token_masks, supervised = token_targets(world, [scenes[i] for i in chosen], [masks[i] for i in chosen],
                                                     encodings, x0.shape[-1])
             grounding = grounding_loss(collector.probs, token_masks.to(device), supervised.to(device))
@@ -271,30 +275,29 @@ def train_unet(model: StableDiffusion, config: TrainConfig, scenes: list,
         return float(loss.detach())
 
     def checkpoint(stamp_wall_clock: Callable[[], None]) -> None:
-        curve = plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses,
-                                title=f"U-Net loss (L_simple, {prediction_type} target)")
+        curve = plot_loss_curve(list(range(1, len(state.losses) + 1)), state.losses, title=objective.title)
         save_png(curve, out / "unet_loss.png", force=True)
         if preview is not None:
             with swapped_in(params, ema):
                 preview(model, out / f"samples_{state.step:06d}.png")
         stamp_wall_clock()
-        save_checkpoint(ckpt, {"text_encoder": model.text_encoder.state_dict(), "unet": model.unet.state_dict(),
+        save_checkpoint(ckpt, {"text_encoder": model.text_encoder.state_dict(), "unet": denoiser.state_dict(),
                      "optimizer": optimizer.state_dict(), "ema": ema, "generator": generator.get_state(),
-                     "model_config": json.dumps(model.config.to_dict()),
+                     "model_config": json.dumps(config_to_dict(model.config)),
                      "rng": json.dumps(rng.bit_generator.state), "state": asdict(state)})
 
-    _loop("U-Net", config.unet_steps, state, step, checkpoint, config.checkpoint_every, device, ranks,
+    _loop(objective.network_name, config.unet_steps, state, step, checkpoint, config.checkpoint_every, device, ranks,
           time.perf_counter() if started is None else started)
     with torch.no_grad():
         for shadow, p in zip(ema, params, strict=True):
             p.copy_(shadow)
     model.text_encoder.eval()
-    model.unet.eval()
+    denoiser.eval()
     return state
 
 
-def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] | None = None
-          ) -> tuple[StableDiffusion, dict]:
+def train(config: TrainConfig, preview: Callable[[AnyModel, Path], None] | None = None
+          ) -> tuple[AnyModel, dict]:
     """Both stages end to end (resuming whatever `config.out_dir` already holds). Returns the model and a
     summary (steps, losses, wall time, hardware) for the model card. Under torchrun every rank calls this and
     gets its (identical) model; rank 0 alone writes."""
@@ -309,8 +312,8 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     out.mkdir(parents=True, exist_ok=True)
     device = start(ranks, resolve_device(config.device))
     torch.manual_seed(config.seed)
-    model_config = ModelConfig.from_dict(config.model)
-    model = build(model_config, source=f"trained by diffx train ({config.out_dir})")
+    model_config = config_from_dict(config.model)
+    model = build_model(model_config, source=f"trained by diffx train ({config.out_dir})")
     if ranks.main:  # rank 0 renders the pool and writes the folder's first files; the others then read them
         save_train_config(config)
         scenes, images = scene_pool(config)
@@ -330,7 +333,7 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
         p.requires_grad_(False)
     latent_mean, latent_std = pool_latents(model, images, out / LATENTS_FILE, write=ranks.main)
     model.config.vae.scaling_factor = latent_scaling_factor(latent_mean, latent_std)
-    config.model = model.config.to_dict()
+    config.model = config_to_dict(model.config)
     masks = None
     if config.attention_loss > 0:
         side = model_config.image_size // model_config.vae.downsample_factor
@@ -343,17 +346,21 @@ def train(config: TrainConfig, preview: Callable[[StableDiffusion, Path], None] 
     return model, summary
 
 
-def _initialise_from(model: StableDiffusion, config: TrainConfig) -> None:
+def _initialise_from(model: AnyModel, config: TrainConfig) -> None:
     """Start from a shipped model instead of random weights, with its VAE counted as fully trained.
 
     The optimiser state is not shipped, so a continued run starts a fresh AdamW (and warm-up); this is
-    how training goes on across sittings from the weights in data/.
+    how training goes on across sittings from the weights in data/. A flow model starts from a U-Net model's VAE
+    and text encoder (`flow_model.initialise_flow_model`).
     """
     source = load_model(config.init_from)
     # The history goes into the training folder, so re-exporting over init_from cannot lose it.
     copy_history(config.init_from, config.out_dir)
-    for name, module in model.modules().items():
-        module.load_state_dict(getattr(source, name).state_dict())  # fp16 -> fp32 by the copy
+    if isinstance(model, StableDiffusion3):
+        initialise_flow_model(model, source)
+    else:
+        for name, module in model.modules().items():
+            module.load_state_dict(getattr(source, name).state_dict())  # fp16 -> fp32 by the copy
     vae_optimizer = torch.optim.AdamW(model.vae.parameters(), lr=config.vae_lr)
     save_checkpoint(Path(config.out_dir) / VAE_CHECKPOINT, {
         "vae": model.vae.state_dict(), "optimizer": vae_optimizer.state_dict(),

@@ -31,6 +31,7 @@ from diffx.lab.model import LabModel, one_thread
 from diffx.lab.sampling import LabRun
 from diffx.lab.train import LabTrainConfig, TrainProgress, fit, labelled_batch
 from diffx.sampling.flow import FLOW_TIME_SCALE, check_shift, shift_times
+from diffx.sampling.flow_training import flow_interpolate
 
 FLOW_SAMPLERS = ("flow_euler", "flow_heun")
 
@@ -42,12 +43,6 @@ class TrainedFlow:
     model: LabModel
     data: PointDistribution
     losses: list[float] = field(default_factory=list)
-
-
-def flow_interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """x_t = (1 − t) x_0 + t ε, the straight line from data to noise (Liu et al. 2022, eq. 1); t (B,) or 0-dim."""
-    t = t.reshape(-1, *([1] * (x0.dim() - 1))) if t.dim() else t  # (B,) -> (B, 1)
-    return (1 - t) * x0 + t * noise
 
 
 def flow_matching_loss(model: LabModel, x0: Tensor, labels: Tensor | None, generator: torch.Generator,

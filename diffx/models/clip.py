@@ -155,9 +155,10 @@ class TextEncoder(nn.Module):
         return self.text_model(input_ids)
 
     def encode(self, input_ids: Tensor, end_id: int) -> tuple[Tensor, Tensor]:
-        """(context (B, 77, hidden), pooled (B, projection_dim)): the used block's output as `forward` gives it,
-        and the projected end-token feature of the last block (every block runs). `end_id`: `<|endoftext|>`'s id,
-        whose first occurrence marks the end (transformers' choice for tokenizers that number it last or not)."""
+        """(context (B, 77, hidden), pooled (B, projection_dim or hidden)): the used block's output as `forward`
+        gives it, and the (projected, with a `projection_dim`) end-token feature of the last block (every block
+        runs). `end_id`: `<|endoftext|>`'s id, whose first occurrence marks the end (transformers' choice for
+        tokenizers that number it last or not)."""
         text_model = self.text_model
         x = text_model.embeddings(input_ids)
         layers = text_model.encoder.layers
@@ -169,5 +170,6 @@ class TextEncoder(nn.Module):
                 context = x
         context = text_model.final_layer_norm(context) if self.config.final_norm else context
         end = (input_ids == end_id).int().argmax(dim=-1)
-        # (B, 77, hidden) -> (B, hidden) -> (B, projection_dim)
-        return context, self.text_projection(text_model.final_layer_norm(x)[torch.arange(x.shape[0]), end])
+        pooled = text_model.final_layer_norm(x)[torch.arange(x.shape[0]), end]  # (B, 77, hidden) -> (B, hidden)
+        # (B, hidden) -> (B, projection_dim); no projection_dim: the end-token feature itself
+        return context, self.text_projection(pooled) if self.config.projection_dim else pooled

@@ -59,12 +59,18 @@ def flow_scheduler(shift: float = 3.0) -> SchedulerConfig:
 
 @dataclass
 class SD3Config:
-    """Everything needed to build an SD3 / SD3.5 model. `t5` None: no T5 (its context part: t5_max_length zero rows)."""
+    """Everything needed to build an SD3 / SD3.5 model. `t5` None: no T5 (its context part: t5_max_length zero rows).
+
+    An SD3-shaped model of another size may drop the second CLIP (`clip_g` None: the context and pooled vector are
+    CLIP-L's alone, `clip_l.projection_dim` 0: its pooled vector is the normed end-token feature, unprojected), the
+    T5 part (`t5_max_length` 0) and the tail of CLIP's 77 rows (`clip_length`: CLIP is causal, so the first n rows
+    are what a 77-row run gives them), as the embedded flow model does (`diffx.embedded.flow_model`).
+    """
 
     name: str
     mmdit: MMDiTConfig = field(default_factory=sd3_medium)
     clip_l: TextEncoderConfig = field(default_factory=clip_l)
-    clip_g: TextEncoderConfig = field(default_factory=clip_g)
+    clip_g: TextEncoderConfig | None = field(default_factory=clip_g)
     t5: T5Config | None = field(default_factory=T5Config)
     vae: VAEConfig = field(default_factory=sd3_vae)
     scheduler: SchedulerConfig = field(default_factory=flow_scheduler)
@@ -73,6 +79,12 @@ class SD3Config:
     default_steps: int = 28
     default_guidance: float = 7.0
     t5_max_length: int = T5_MAX_LENGTH
+    clip_length: int = CLIP_LENGTH
+
+    @property
+    def clip_width(self) -> int:
+        """The CLIP part's width before padding to the MMDiT's context width (SD3: 768 + 1280 = 2048)."""
+        return self.clip_l.hidden_size + (self.clip_g.hidden_size if self.clip_g is not None else 0)
 
     def to_dict(self) -> dict:
         """JSON-native: what `from_dict` reads back."""
@@ -84,11 +96,12 @@ class SD3Config:
             return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
         return cls(name=data["name"], mmdit=MMDiTConfig(**tuples(data["mmdit"])),
-                   clip_l=TextEncoderConfig(**data["clip_l"]), clip_g=TextEncoderConfig(**data["clip_g"]),
+                   clip_l=TextEncoderConfig(**data["clip_l"]),
+                   clip_g=TextEncoderConfig(**data["clip_g"]) if data.get("clip_g") else None,
                    t5=T5Config(**data["t5"]) if data.get("t5") else None, vae=VAEConfig(**tuples(data["vae"])),
                    scheduler=SchedulerConfig(**data["scheduler"]),
                    **{k: data[k] for k in ("image_size", "default_sampler", "default_steps", "default_guidance",
-                                           "t5_max_length") if k in data})
+                                           "t5_max_length", "clip_length") if k in data})
 
 
 class _Transformer(nn.Module):
@@ -109,14 +122,17 @@ class SD3TextEncoders(nn.Module):
         self.config = config
         self.end_id, self.g_pad_id = end_id, g_pad_id
         self.clip_l = _Transformer(TextEncoder(config.clip_l))
-        self.clip_g = _Transformer(TextEncoder(config.clip_g))
+        if config.clip_g is not None:
+            self.clip_g = _Transformer(TextEncoder(config.clip_g))
         if config.t5 is not None:
             self.t5xxl = _Transformer(T5Encoder(config.t5))
 
-    def forward(self, clip_ids: Tensor) -> Tensor:
+    def clip_context(self, clip_ids: Tensor) -> Tensor:
         """The CLIP part of the context alone, (B, 77) -> (B, 77, 768 + 1280): what word weights scale (and what
         views of the text encoders' output show)."""
         context_l, _ = self.clip_l.transformer.encode(clip_ids, self.end_id)
+        if self.config.clip_g is None:
+            return context_l
         context_g, _ = self.clip_g.transformer.encode(self.g_ids(clip_ids), self.end_id)
         return torch.cat([context_l, context_g], dim=-1)
 
@@ -126,11 +142,20 @@ class SD3TextEncoders(nn.Module):
         after_end = (is_end.cumsum(dim=-1) - is_end) > 0  # (B, 77): strictly after the first end token
         return input_ids.masked_fill(after_end, self.g_pad_id)
 
+    def forward(self, clip_ids: Tensor, t5_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`encode` as the module's call, so training's data-parallel wrapper sees it."""
+        return self.encode(clip_ids, t5_ids)
+
     def encode(self, clip_ids: Tensor, t5_ids: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(context (B, 77 + L_t5, 4096), pooled (B, 2048)) for CLIP ids (B, 77) and T5 ids (B, L_t5) or None."""
+        """(context (B, 77 + L_t5, 4096), pooled (B, 2048)) for CLIP ids (B, 77) and T5 ids (B, L_t5) or None.
+        Without bigG: (B, clip_length + L_t5, context_dim) and CLIP-L's pooled vector alone."""
         context_l, pooled_l = self.clip_l.transformer.encode(clip_ids, self.end_id)  # (B, 77, 768), (B, 768)
-        context_g, pooled_g = self.clip_g.transformer.encode(self.g_ids(clip_ids), self.end_id)  # 1280 wide
-        clip = torch.cat([context_l, context_g], dim=-1)  # (B, 77, 2048)
+        if self.config.clip_g is None:
+            clip, pooled = context_l[:, :self.config.clip_length], pooled_l  # (B, clip_length, 768)
+        else:
+            context_g, pooled_g = self.clip_g.transformer.encode(self.g_ids(clip_ids), self.end_id)  # 1280 wide
+            clip = torch.cat([context_l, context_g], dim=-1)  # (B, 77, 2048)
+            pooled = torch.cat([pooled_l, pooled_g], dim=-1)  # (B, 2048)
         width = self.config.mmdit.context_dim
         clip = nn.functional.pad(clip, (0, width - clip.shape[-1]))  # (B, 77, 2048) -> (B, 77, 4096)
         if t5_ids is None or self.config.t5 is None:
@@ -138,7 +163,7 @@ class SD3TextEncoders(nn.Module):
             t5 = clip.new_zeros(clip.shape[0], self.config.t5_max_length, width)
         else:
             t5 = self.t5xxl.transformer(t5_ids).to(clip.dtype)  # (B, L_t5, 4096)
-        return torch.cat([clip, t5], dim=1), torch.cat([pooled_l, pooled_g], dim=-1)
+        return torch.cat([clip, t5], dim=1), pooled
 
 
 # Component attribute -> its key prefix in a Stability single file.
@@ -227,7 +252,8 @@ def build_sd3(config: SD3Config, tokenizer: ClipTokenizer | None = None, t5_toke
     tokenizer = (tokenizer or ClipTokenizer.default()).padded_with(config.clip_l.pad_token)
 
     def parts() -> tuple[SD3TextEncoders, MMDiT, AutoencoderKL]:
-        encoders = SD3TextEncoders(config, tokenizer.vocab[END_TOKEN], tokenizer.vocab[config.clip_g.pad_token])
+        g_pad = config.clip_g.pad_token if config.clip_g is not None else config.clip_l.pad_token
+        encoders = SD3TextEncoders(config, tokenizer.vocab[END_TOKEN], tokenizer.vocab[g_pad])
         return encoders, MMDiT(config.mmdit), AutoencoderKL(config.vae)
 
     if weights:

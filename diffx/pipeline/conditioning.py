@@ -48,7 +48,9 @@ class Conditioning:
 
 def _encode(model: StableDiffusion, prompts: Sequence[TokenizedPrompt], pooled: bool) -> tuple[Tensor, Tensor | None]:
     ids = torch.tensor([p.ids for p in prompts], device=model.device)
-    context, pooled_out = model.text_encoder.encode(ids) if pooled else (model.text_encoder(ids), None)
+    # SD3's three encoders: the CLIP part of their context (`clip_context`), what word weights scale.
+    encoder = getattr(model.text_encoder, "clip_context", model.text_encoder)
+    context, pooled_out = model.text_encoder.encode(ids) if pooled else (encoder(ids), None)
     weights = positions_weights(list(prompts))
     return (context if weights is None else apply_weights(context, weights)), pooled_out
 

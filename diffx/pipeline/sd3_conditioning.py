@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from diffx.models.sd3 import CLIP_LENGTH
 from diffx.models.tokenizer import TokenizedPrompt
 from diffx.pipeline.conditioning import Conditioning
 from diffx.pipeline.prompt_weights import apply_weights, positions_weights
@@ -37,10 +36,9 @@ def _encode(model: StableDiffusion3, prompts: Sequence[TokenizedPrompt]) -> tupl
     context, pooled = model.text_encoder.encode(clip_ids, t5_ids)
     weights = positions_weights(list(prompts))
     if weights is not None:  # (B, 77) weights for the CLIP rows; the T5 rows are left as they are
-        width = model.config.clip_l.hidden_size + model.config.clip_g.hidden_size  # 2048, the rest is padding
-        clip = apply_weights(context[:, :CLIP_LENGTH, :width], weights)
-        context = torch.cat([torch.cat([clip, context[:, :CLIP_LENGTH, width:]], dim=-1),
-                             context[:, CLIP_LENGTH:]], dim=1)
+        rows, width = model.config.clip_length, model.config.clip_width  # 77, 2048: the rest is padding
+        clip = apply_weights(context[:, :rows, :width], weights[:, :rows])
+        context = torch.cat([torch.cat([clip, context[:, :rows, width:]], dim=-1), context[:, rows:]], dim=1)
     return context, pooled
 
 

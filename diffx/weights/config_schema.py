@@ -1,4 +1,5 @@
-"""A diffx folder's config.json, checked against `ModelConfig`'s fields and their types before anything is built.
+"""A diffx folder's config.json, checked against `ModelConfig`'s fields and their types before anything is built
+(an SD3-family folder's, marked `"family": "sd3"`, against `SD3Config`'s).
 
 A hand-edited or damaged config (`{}`, a list, a string where a number belongs, a field diffx does not know) is one
 `CheckpointError` naming the file, the field and what it should hold — never a `TypeError` from deep inside a
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from diffx.errors import CheckpointError, elide
+from diffx.models.any_model import FAMILY_KEY, AnyConfig, config_from_dict, is_sd3_config
 from diffx.models.configs import ModelConfig
+from diffx.models.sd3 import SD3Config
 from diffx.weights.discovery import read_json
 
 
@@ -84,3 +87,13 @@ def read_model_config(path: Path) -> ModelConfig:
     data = read_json(path)
     _check(str(path), data, ModelConfig)
     return ModelConfig.from_dict(data)
+
+
+def read_any_model_config(path: Path) -> AnyConfig:
+    """The configuration of a diffx folder's config.json (`path`) of either family (`diffx.models.any_model`), every
+    field's type checked first."""
+    data = read_json(path)
+    if not (isinstance(data, dict) and is_sd3_config(data)):
+        return read_model_config(path)
+    _check(str(path), {key: value for key, value in data.items() if key != FAMILY_KEY}, SD3Config)
+    return config_from_dict(data)

@@ -32,13 +32,14 @@ from torch import Tensor
 
 from diffx.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, check_choice, elide
 from diffx.files import atomic_output
+from diffx.models.any_model import build_model, config_to_dict
 from diffx.models.configs import PREDICTION_TYPES, ModelConfig
 from diffx.models.sd3 import SD3Config, StableDiffusion3
 from diffx.models.sdxl import SDXL_PREFIX
-from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion, build_without_weights
+from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.weights.architecture import UNUSED_KEYS, recognise
-from diffx.weights.config_schema import read_model_config
+from diffx.weights.config_schema import read_any_model_config, read_model_config
 from diffx.weights.diffusers_layout import (
     config_from_diffusers,
     open_clip_from_transformers,
@@ -50,7 +51,7 @@ from diffx.weights.discovery import COMPONENT_WEIGHT_FILES, ModelSource, read_js
 from diffx.weights.safe_pickle import load_torch_zip
 from diffx.weights.safetensors_map import header_shapes, map_safetensors
 from diffx.weights.sd3_architecture import is_sd3_layout, recognise_sd3
-from diffx.weights.sd3_load import is_sd3_folder, load_sd3_folder, sd3_config_from_diffusers
+from diffx.weights.sd3_load import check_flow_prediction, is_sd3_folder, load_sd3_folder, sd3_config_from_diffusers
 from diffx.weights.sd3_single import load_sd3_file
 from diffx.weights.tiny_decoder import TINY_DECODER_FILE, read_tiny_decoder, write_tiny_decoder
 
@@ -267,21 +268,23 @@ def load_model(
     elif found.format == "diffusers":
         config, state_dict = _read_diffusers(path)
         tokenizer = _tokenizer_near(path / "tokenizer")
-    else:
-        config = read_model_config(path / "config.json")
+    else:  # a diffx folder of either family (an SD3-family one: the embedded flow model)
+        config = read_any_model_config(path / "config.json")
         state_dict = read_state_dict(path / "model.safetensors")
         tokenizer = _tokenizer_near(path)
         tiny = path / TINY_DECODER_FILE
         tiny_decoder = read_tiny_decoder(tiny, config.vae) if tiny.is_file() else None
-    if prediction is not None:  # a new config: the caller's `config` stays as it was
+    if isinstance(config, SD3Config):
+        check_flow_prediction(path.name, prediction)
+    elif prediction is not None:  # a new config: the caller's `config` stays as it was
         config = replace(config, scheduler=replace(config.scheduler, prediction_type=prediction))
-    if config.scheduler.prediction_type not in PREDICTION_TYPES:
+    if not isinstance(config, SD3Config) and config.scheduler.prediction_type not in PREDICTION_TYPES:
         raise CheckpointError(f"{path}: model {config.name!r} predicts {config.scheduler.prediction_type!r}; "
                               f"diffx runs {' and '.join(PREDICTION_TYPES)} models")
     _check_weights(path, state_dict)
     # Cast first (a no-op when the file already has `dtype`), then hand the tensors to the modules.
     state_dict = {key: t.to(dtype) if t.is_floating_point() else t for key, t in state_dict.items()}
-    model = build_without_weights(config, tokenizer, str(path))
+    model = build_model(config, tokenizer, str(path), weights=False)
     model.load_original_state_dict(state_dict)
     model.tiny_decoder = tiny_decoder
     del state_dict
@@ -342,9 +345,12 @@ def describe_architecture(source: ModelSource) -> str:
             if is_sd3_layout(shapes):
                 return recognise_sd3(shapes).summary()
             return recognise(_modern_text_keys(shapes), v_prediction_hint(source.path)).summary()
-        config = read_config(source)
+        config = read_any_model_config(source.path / "config.json") if source.format == "diffx" else \
+            read_config(source)
     except CheckpointError as error:
         return str(error).removeprefix(f"{source.path}: ")
+    if isinstance(config, SD3Config):  # an SD3-family diffx folder: the embedded flow model
+        return f"SD3 family ({config.name}), rectified flow"
     return f"{config_family(config)} ({config.name}), predicts {config.scheduler.prediction_type}"
 
 
@@ -354,9 +360,10 @@ def config_family(config: ModelConfig) -> str:
         "SD2.x" if config.text_encoder.layout == "open_clip" else "SD1.x"
 
 
-def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Write `model` as a diffx folder: model.safetensors (original keys, floats as `dtype`) + config.json, and
-    tiny_decoder.safetensors when the model has one."""
+def save_model(model: StableDiffusion | StableDiffusion3, folder: str | Path, dtype: torch.dtype = torch.float16
+               ) -> Path:
+    """Write `model` as a diffx folder: model.safetensors (original keys, floats as `dtype`) + config.json (an
+    SD3-family model's marked `"family": "sd3"`), and tiny_decoder.safetensors when the model has one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -366,7 +373,7 @@ def save_model(model: StableDiffusion, folder: str | Path, dtype: torch.dtype = 
     metadata = {"format": "pt", "diffx_model": model.config.name}
     with atomic_output(folder / "model.safetensors", force=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-    config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
+    config_text = json.dumps(config_to_dict(model.config), indent=2) + "\n"
     with atomic_output(folder / "config.json", force=True) as tmp:
         tmp.write_text(config_text, encoding="utf-8")
     if model.tiny_decoder is not None:
