@@ -23,10 +23,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from diffx.errors import CheckpointError
 from diffx.models.clip import TextEncoder
 from diffx.models.configs import SchedulerConfig, TextEncoderConfig, VAEConfig, sd3_vae
 from diffx.models.mmdit import MMDiT, MMDiTConfig, sd3_medium
+from diffx.models.parts import ModelParts
 from diffx.models.stable_diffusion import parameters_on_meta
 from diffx.models.t5 import T5Config, T5Encoder
 from diffx.models.t5_tokenizer import T5Tokenizer
@@ -172,10 +172,12 @@ SD3_PREFIXES = {"transformer": "model.diffusion_model.", "vae": "first_stage_mod
 
 
 @dataclass
-class StableDiffusion3:
+class StableDiffusion3(ModelParts):
     """SD3 / SD3.5: what the pipeline calls (`diffx.pipeline.families`, family "sd3"), and where it came from."""
 
     family: ClassVar[str] = "sd3"
+    network_part: ClassVar[str] = "transformer"
+    family_hint: ClassVar[str] = "an SD3 / SD3.5 model of that size"
 
     config: SD3Config
     tokenizer: ClipTokenizer
@@ -186,16 +188,8 @@ class StableDiffusion3:
     source: str
     tiny_decoder: TinyDecoder | None = None
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {name: getattr(self, name) for name in SD3_PREFIXES}
+    def prefixes(self) -> dict[str, str]:
+        return dict(SD3_PREFIXES)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StableDiffusion3:
         """Move (and cast floating-point weights of) every component, in place; returns self. In fp16, T5 keeps
@@ -210,38 +204,6 @@ class StableDiffusion3:
             else:
                 module.to(device=device, dtype=dtype)
         return self
-
-    def eval(self) -> StableDiffusion3:
-        for module in self.modules().values():
-            module.eval()
-        return self
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for module in self.modules().values() for p in module.parameters())
-
-    def original_state_dict(self) -> dict[str, Tensor]:
-        """All weights under their single-file keys."""
-        return {SD3_PREFIXES[name] + key: tensor for name, module in self.modules().items()
-                for key, tensor in module.state_dict().items()}
-
-    def load_original_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        """Take over the tensors of a single-file-layout state dict (no copy); one `CheckpointError` naming the first
-        missing, unexpected and mis-shaped keys when they do not fit."""
-        expected = {key: tuple(tensor.shape) for key, tensor in self.original_state_dict().items()}
-        missing = [key for key in expected if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in expected]
-        misshaped = [f"{key} {tuple(state_dict[key].shape)} != {shape}" for key, shape in expected.items()
-                     if key in state_dict and tuple(state_dict[key].shape) != shape]
-        problems = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                    for kind, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                    if keys]
-        if problems:
-            raise CheckpointError(f"weights from {self.source} do not fit the {self.config.name} model: "
-                                  f"{'; '.join(problems)}; is this an SD3 checkpoint of that size?")
-        for name, module in self.modules().items():
-            prefix = SD3_PREFIXES[name]
-            module.load_state_dict({key[len(prefix):]: tensor for key, tensor in state_dict.items()
-                                    if key.startswith(prefix)}, strict=True, assign=True)
 
 
 def build_sd3(config: SD3Config, tokenizer: ClipTokenizer | None = None, t5_tokenizer: T5Tokenizer | None = None,

@@ -18,11 +18,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from diffx.errors import CheckpointError, check_choice
+from diffx.errors import check_choice
 from diffx.models.clip import TextEncoder
 from diffx.models.configs import TEXT_LAYOUTS, ModelConfig
 from diffx.models.fast_cpu import FAST_DTYPE, use_channels_last, use_packed_convolutions
 from diffx.models.open_clip import OPEN_CLIP_PREFIX, OpenClipTextEncoder
+from diffx.models.parts import ModelParts
 from diffx.models.sdxl import SDXL_PREFIX, SdxlTextEncoders
 from diffx.models.tiny_decoder import TinyDecoder
 from diffx.models.tokenizer import END_TOKEN, ClipTokenizer
@@ -40,10 +41,12 @@ ALL_PREFIXES = (*ORIGINAL_PREFIXES.values(), OPEN_CLIP_PREFIX, SDXL_PREFIX)
 
 
 @dataclass
-class StableDiffusion:
+class StableDiffusion(ModelParts):
     """Everything a pipeline needs to turn a prompt into an image, plus where its weights came from."""
 
     family: ClassVar[str] = "stable-diffusion"  # its parts as the pipeline calls them: diffx.pipeline.families
+    network_part: ClassVar[str] = "unet"
+    family_hint: ClassVar[str] = "a model of that family and size"
 
     config: ModelConfig
     tokenizer: ClipTokenizer
@@ -53,19 +56,6 @@ class StableDiffusion:
     source: str
     # Optional: a distilled decoder for cheap x̂0 previews (`models.tiny_decoder`); fp32 always, it is tiny.
     tiny_decoder: TinyDecoder | None = None
-
-    @property
-    def device(self) -> torch.device:
-        """Where the weights live (every component is moved together by `to`)."""
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The weights' floating-point type."""
-        return next(self.unet.parameters()).dtype
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {name: getattr(self, name) for name in ORIGINAL_PREFIXES}
 
     def prefixes(self) -> dict[str, str]:
         """Component attribute -> its key prefix in this model's single-file layout."""
@@ -85,52 +75,6 @@ class StableDiffusion:
             use_channels_last(self.modules().values())
             use_packed_convolutions(self.modules().values())
         return self
-
-    def eval(self) -> StableDiffusion:
-        for module in self.modules().values():
-            module.eval()
-        return self
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for module in self.modules().values() for p in module.parameters())
-
-    def original_state_dict(self) -> dict[str, Tensor]:
-        """All weights under their original single-file keys (`model.diffusion_model.input_blocks...`)."""
-        prefixes = self.prefixes()
-        return {
-            prefixes[name] + key: tensor
-            for name, module in self.modules().items()
-            for key, tensor in module.state_dict().items()
-        }
-
-    def load_original_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
-        """Take over the tensors of an original-layout state dict (no copy: `assign=True`).
-
-        With `strict`, any missing, unexpected or mis-shaped key raises one `CheckpointError` that
-        names the first five of each kind. Without it, only matching keys are loaded.
-        """
-        expected = {key: tuple(tensor.shape) for key, tensor in self.original_state_dict().items()}
-        missing = [key for key in expected if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in expected]
-        misshaped = [
-            f"{key} {tuple(state_dict[key].shape)} != {expected[key]}"
-            for key in expected if key in state_dict and tuple(state_dict[key].shape) != expected[key]
-        ]
-        if strict and (missing or unexpected or misshaped):
-            kinds = {"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped}
-            problems = [
-                f"{len(keys)} {kind} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
-                for kind, keys in kinds.items() if keys
-            ]
-            raise CheckpointError(
-                f"weights from {self.source} do not fit the {self.config.name} model: {'; '.join(problems)}; "
-                "is this checkpoint a model of that family and size?"
-            )
-        loadable = set(expected) - set(missing) - {entry.split(" ")[0] for entry in misshaped}
-        for name, module in self.modules().items():
-            prefix = self.prefixes()[name]
-            part = {key[len(prefix):]: state_dict[key] for key in loadable if key.startswith(prefix)}
-            module.load_state_dict(part, strict=strict, assign=True)
 
 
 def build(
