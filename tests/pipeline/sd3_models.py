@@ -22,6 +22,10 @@ from tests.models.tokenizer_files import write_vocab_folder
 # The sizes that change between the real-width pipeline and the tiny one (tests of commands, not of numbers).
 REAL = {"sample": 128, "heads": 24, "head_dim": 64, "context": 4096, "clip": (768, 1280), "clip_heads": (12, 20),
         "vae": (128, 256, 512, 512), "groups": 32, "t5": {"d_model": 4096, "d_kv": 64, "d_ff": 1024, "num_heads": 64}}
+# SD3's conventions (64-wide heads, the real VAE) at a few heads: what a single file's recognition assumes holds,
+# so file-format tests can be cheap (the real widths' numbers are checked with REAL).
+NARROW = {"sample": 128, "heads": 2, "head_dim": 64, "context": 256, "clip": (64, 128), "clip_heads": (1, 2),
+          "vae": REAL["vae"], "groups": 32, "t5": {"d_model": 256, "d_kv": 64, "d_ff": 256, "num_heads": 4}}
 TINY = {"sample": 8, "heads": 2, "head_dim": 16, "context": 64, "clip": (32, 48), "clip_heads": (2, 2),
         "vae": (32, 32, 32, 32),
         "groups": 8, "t5": {"d_model": 64, "d_kv": 16, "d_ff": 64, "num_heads": 4}}

@@ -1,5 +1,7 @@
 """SD3 single files against diffusers: Stability-layout files written by the inverse of diffusers' converters
-(tests/weights/sd3_single_files.py) from the random-weight reference pipeline of tests/pipeline/sd3_models.py,
+(tests/weights/sd3_single_files.py) from a random-weight reference pipeline of tests/pipeline/sd3_models.py (NARROW:
+SD3's 64-wide heads and real VAE at a few heads — the file layout does not depend on the width; the real widths'
+numbers are tests/pipeline/test_sd3_pipeline.py's),
 loaded by diffx, give the pictures StableDiffusion3Pipeline gives with the same weights, within 1/255 — the file
 with CLIPs and T5 in fp16, with CLIPs and no T5, with T5 in fp8 (upcast), MMDiT + VAE with the CLIPs beside it."""
 
@@ -19,7 +21,7 @@ from diffx.models.sd3 import StableDiffusion3
 from diffx.weights.discovery import resolve_model_source
 from diffx.weights.load import describe_architecture, load_model
 from diffx.weights.sd3_load import sd3_config_from_diffusers
-from tests.pipeline.sd3_models import sd3_pipeline
+from tests.pipeline.sd3_models import NARROW, sd3_pipeline
 from tests.pipeline.test_sd3_pipeline import TOLERANCE, run_both
 from tests.weights.sd3_single_files import T5, round_weights, rounded, single_file_tensors, write_single_file
 
@@ -29,7 +31,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
     """The reference pipeline (its weights rounded to fp16, the numbers an fp16 file holds), its folder, and the
     whole model in Stability's layout."""
     folder = tmp_path_factory.mktemp("sd3-single") / "sd3-random"
-    pipeline = sd3_pipeline(folder)
+    pipeline = sd3_pipeline(folder, sizes=NARROW)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         round_weights(getattr(pipeline, name), torch.float16)
     return folder, pipeline, single_file_tensors(pipeline, sd3_config_from_diffusers(folder))
@@ -110,4 +112,4 @@ def test_the_file_is_a_memory_map(reference, tmp_path: Path) -> None:
     assert not weight.untyped_storage().resizable()  # a view of a buffer (the map), not memory torch allocated
     assert os.path.getsize(path) > weight.numel() * 4
     assert describe_architecture(resolve_model_source(path)).startswith(  # `diffx models`: from the header alone
-        "SD3 / SD3.5 (a non-standard MMDiT: 2 blocks × 1536 wide; the file holds MMDiT + VAE + CLIP-L + bigG)")
+        "SD3 / SD3.5 (a non-standard MMDiT: 2 blocks × 128 wide; the file holds MMDiT + VAE + CLIP-L + bigG)")
