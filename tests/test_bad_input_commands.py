@@ -101,7 +101,8 @@ def _explorers(cases: Table) -> None:
     cases.add(finetune, "--concept", ["missing", "afolder", "afile", "world:red circle", "world:pink dotted",
                                       "world:a red striped circle and a blue solid square", "world:", ""])
     cases.add(finetune, "--token", ["", "a b", "zig", "<zïg>"])
-    cases.add(finetune, "--out", ["loss.safetensors", "before_after.safetensors"])  # its companion exists
+    cases.add(finetune, "--out", ["loss.safetensors", "before_after.safetensors", "attention.safetensors"])  # its
+    # companion <out>_loss.png, … exists
     cases.add(finetune, "--method", CHOICES)
     cases.add(finetune, "--rank", ["0", "-1", "65", "abc", ""])
     cases.add(finetune, "--lr", [*FLOATS, "0", "2"])

@@ -38,9 +38,10 @@ def finetune(
 
     Trains on the model's own diffusion loss (ε or v), every base weight frozen, captions naming the concept by
     the token ("a large <zig> above a blue square on a white background"). Writes --out, <out>_loss.png (the loss
-    per step) and <out>_before_after.png (prompts using the token, the base model beside the fine-tuned one, same
-    seeds). A world concept is then judged: the share of --judge held-out prompts whose picture the world judge reads
-    as the concept (shape, colour and fill right), before and after.
+    per step), <out>_before_after.png (prompts using the token, the base model beside the fine-tuned one, same
+    seeds) and <out>_attention.png (the token's cross-attention map, LoRA at scale 0 and 1, or the word untaught
+    and taught). A world concept is then judged: the share of --judge held-out prompts whose picture the world
+    judge reads as the concept (shape, colour and fill right), before and after.
 
     Example: diffx finetune --concept "world:pink dotted hexagon" --token "<zig>" --out zig.safetensors
     """

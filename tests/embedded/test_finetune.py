@@ -120,12 +120,16 @@ def test_textual_inversion_writes_an_a1111_embedding_that_loads(tmp_path):
     assert np.array_equal(generate(model, settings).images[0], generate(fresh, settings).images[0])
 
 
-def test_cli_finetune_writes_the_file_and_its_pictures(tiny_model_dir, tmp_path):
+def test_cli_finetune_writes_the_file_and_its_pictures(tmp_path, monkeypatch):
+    """On the embedded model, kept quick: 4 training scenes, one prompt in the before/after grid."""
+    monkeypatch.setattr("diffx.embedded.finetune_files.PICTURE_PROMPTS", 1)
+    monkeypatch.setattr("diffx.embedded.finetune.training_examples",
+                        lambda concept, token, count, seed, size: training_examples(concept, token, 4, seed, size))
     out = tmp_path / "zig.safetensors"
     result = CliRunner().invoke(app, ["finetune", "--concept", CONCEPT, "--steps", "2", "--judge", "0",
-                                      "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out)])
+                                      "--device", "cpu", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert out.is_file() and (tmp_path / "zig_loss.png").is_file() and (tmp_path / "zig_before_after.png").is_file()
-    again = CliRunner().invoke(app, ["finetune", "--concept", CONCEPT, "--steps", "2", "--judge", "0",
-                                     "--model", str(tiny_model_dir), "--out", str(out)])
+    assert out.is_file() and all((tmp_path / f"zig_{name}.png").is_file() for name in ("loss", "before_after",
+                                                                                        "attention"))
+    again = CliRunner().invoke(app, ["finetune", "--concept", CONCEPT, "--steps", "2", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.stderr
