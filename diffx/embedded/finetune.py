@@ -40,6 +40,7 @@ from diffx.embedded.concept import Concept, parse_concept, training_examples
 from diffx.embedded.optim import learning_rate
 from diffx.errors import InvalidArgumentError, check_finite, elide
 from diffx.models.stable_diffusion import StableDiffusion
+from diffx.models.tokenizer import ClipTokenizer
 from diffx.pipeline.settings import check_seed
 from diffx.sampling.schedules import NoiseSchedule, training_loss
 from diffx.weights.embedding import TOKEN_PATTERN, Embedding, attach_embedding
@@ -107,7 +108,7 @@ class FinetuneResult:
     lora: Lora | None = None
     applied: AppliedLora | None = None
     embedding: Embedding | None = None
-    base_tokenizer: object = None
+    base_tokenizer: ClipTokenizer | None = None
 
     @contextmanager
     def base(self, model: StableDiffusion) -> Iterator[None]:
