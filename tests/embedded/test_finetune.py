@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from diffx.cli import app
 from diffx.embedded.concept import WorldConcept, held_out_prompts, parse_concept, training_examples
 from diffx.embedded.finetune import FinetuneConfig, finetune
 from diffx.embedded.finetune_files import save_result
+from diffx.errors import InputImageError
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
@@ -55,6 +57,18 @@ def test_world_concept_captions_name_it_by_the_token_only():
     assert all("<zig>" in caption and "hexagon" not in caption.split("<zig>")[0][-12:] for caption in captions)
     held_out = held_out_prompts(concept, "<zig>", 5)
     assert all(prompt.replace("<zig>", "pink dotted hexagon") == words for prompt, words in held_out)
+
+
+def test_a_folder_concept_is_its_pictures_resized_and_captioned_by_the_token(tmp_path):
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(tmp_path / "one.png")
+    Image.new("RGB", (64, 64), (40, 40, 200)).save(tmp_path / "two.JPG")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    concept = parse_concept(str(tmp_path))
+    pictures, captions = training_examples(concept, "<zig>", 64, seed=0, size=32)
+    assert pictures.shape == (2, 3, 32, 32) and captions == ["a <zig>", "a <zig>"]
+    (tmp_path / "three.png").write_bytes(b"not a png")
+    with pytest.raises(InputImageError):
+        parse_concept(str(tmp_path))
 
 
 def test_lora_file_is_kohya_and_diffx_reads_it_back(trained_lora):
