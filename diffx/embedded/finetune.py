@@ -138,8 +138,9 @@ def lora_layers(model: StableDiffusion, rank: int, text_encoder: bool, generator
         down = torch.empty(rank, module.in_features)
         bound = 1 / math.sqrt(module.in_features)  # kaiming_uniform_ with a = √5: U(−1/√in, 1/√in)
         down.uniform_(-bound, bound, generator=generator)
-        layers.append(LoraLayer(target, nn.Parameter(down), nn.Parameter(torch.zeros(module.out_features, rank)),
-                                1.0))
+        device = module.weight.device  # A and B in fp32 beside the layer; the hook casts them to its activations
+        layers.append(LoraLayer(target, nn.Parameter(down.to(device)),
+                                nn.Parameter(torch.zeros(module.out_features, rank, device=device)), 1.0))
     return layers
 
 
@@ -194,7 +195,8 @@ def finetune(model: StableDiffusion, config: FinetuneConfig, progress: Progress 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, base_lr, min(50, config.steps // 10 + 1), config.steps)
         picks = torch.randint(0, len(captions), (config.batch,), generator=generator)
-        noise = torch.randn(mean[picks].shape, generator=generator)
+        # drawn on the CPU, so a seed means the same on every device
+        noise = torch.randn(mean[picks].shape, generator=generator).to(mean.device)
         x0 = (mean[picks] + std[picks] * noise) * scale  # a draw of the posterior, scaled as the model's latents
         context = model.text_encoder(ids[picks])
         loss = training_loss(model.unet, schedule, x0, context, generator, prediction_type)
