@@ -98,7 +98,7 @@ class FinetuneConfig:
 @dataclass
 class FinetuneResult:
     """A finished run: the loss per step, the seconds it took, and what was learned — the LoRA (its layers' A and
-    B, detached) still applied to the model through `applied`, or the embedding attached to it, whose token the
+    B, frozen again) still applied to the model through `applied`, or the embedding attached to it, whose token the
     base tokenizer `base_tokenizer` does not know."""
 
     config: FinetuneConfig
