@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffx.embedded.concept import WorldConcept, drawn_right, held_out_prompts
-from diffx.embedded.finetune import FinetuneResult
+from diffx.embedded.finetune import DEFAULT_LR, FinetuneResult
 from diffx.embedded.world_quality import generate_pictures
 from diffx.files import companion_path, write_atomic
 from diffx.models.stable_diffusion import StableDiffusion
@@ -61,7 +61,7 @@ def lora_metadata(result: FinetuneResult, model: StableDiffusion) -> dict[str, s
         "ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(float(rank)),
         "ss_sd_model_name": model.config.name, "ss_base_model_version": f"diffx_{model.config.name}",
         "ss_max_train_steps": str(config.steps), "ss_steps": str(config.steps),
-        "ss_learning_rate": str(config.lr or ""), "ss_num_train_images": str(config.pictures),
+        "ss_learning_rate": str(config.lr or DEFAULT_LR[config.method]), "ss_num_train_images": str(config.pictures),
         "ss_resolution": f"({model.config.image_size}, {model.config.image_size})",
         "ss_training_comment": f"diffx finetune: {config.token} = {concept}",
         "ss_tag_frequency": json.dumps({concept: {config.token: config.pictures}}),
