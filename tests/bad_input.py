@@ -80,6 +80,8 @@ BASES = {
     "compare": ["compare", "--x", "sampler=ddim,euler", *GENERATION],
     "predict": ["predict", "--prompt", "a red circle", *GENERATION],
     "lora": ["lora", "tinylora.safetensors"],  # valid: it would print the report (and write nothing)
+    # valid: it would train the tiny model (made to fail)
+    "finetune": ["finetune", "--concept", "world:pink dotted hexagon", "--out", "ft.safetensors", "--judge", "0"],
     "paths": ["paths", "--samplers", "ddim", "--reference", "ddim:3", "--steps", "2", "--size", "32", "--device",
               "cpu"],
     "report": ["report", TRACE],
@@ -89,7 +91,7 @@ BASES = {
 # The commands that load a model for every run get the tiny one (the others load one only when asked for; the
 # tour passes it on to its commands).
 MODEL_COMMANDS = ("denoise", "trace", "attention", "edit", "weights", "invert", "cfg-sweep", "compare", "predict",
-                  "paths", "studio", "tour", "lora")
+                  "paths", "studio", "tour", "lora", "finetune")
 
 
 class Case(NamedTuple):
@@ -160,8 +162,9 @@ def fill_folder(folder: Path) -> None:
     Image.new("L", (8, 8), 0).save(folder / "black.png")
     huge_png(folder / "huge.png")
     existing = ["existing.png", "existing.gif", "existing.html", "existing.pt"]
+    # of --out steps.png, attention.png, …, finetune's zig.safetensors (zig_loss.png)
     companions = [f"{name}_{name}.png" for name in ("steps", "attention", "heads", "self", "schedules", "convergence",
-                                                    "guidance", "variance")]  # of --out steps.png, attention.png, …
+                                                    "guidance", "variance", "loss", "before_after")]
     for name in [*existing, *companions]:
         (folder / name).write_bytes(b"keep me")
     (folder / "afile").write_bytes(b"a file, not a folder")

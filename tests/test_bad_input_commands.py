@@ -96,6 +96,17 @@ def _explorers(cases: Table) -> None:
     cases.argument("lora", "FILE", ["missing.safetensors", "afolder", "afile", "picture.png", "afile.pt",
                                     "notatrace.safetensors", "tinylora.safetensors:nan", "tinylora.safetensors:9",
                                     "wideemb.safetensors", ""])
+    finetune = BASES["finetune"]
+    # --concept: no folder, a folder without pictures, a file, an object without fill or colour, two objects, none
+    cases.add(finetune, "--concept", ["missing", "afolder", "afile", "world:red circle", "world:pink dotted",
+                                      "world:a red striped circle and a blue solid square", "world:", ""])
+    cases.add(finetune, "--token", ["", "a b", "zig", "<zïg>"])
+    cases.add(finetune, "--out", ["loss.safetensors", "before_after.safetensors", "attention.safetensors"])  # its
+    # companion <out>_loss.png, … exists
+    cases.add(finetune, "--method", CHOICES)
+    cases.add(finetune, "--rank", ["0", "-1", "65", "abc", ""])
+    cases.add(finetune, "--lr", [*FLOATS, "0", "2"])
+    cases.add(finetune, "--judge", ["-1", "1001", "abc", ""])
 
 
 def _noise_and_lab(cases: Table) -> None:

@@ -30,6 +30,7 @@ OUTPUT_SUFFIXES = {
     "lab": {"--out": ".png", "--gif": ".gif"},
     "report": {"--html": ".html"},
     "lora": {"--out": ".png"},
+    "finetune": {"--out": ".safetensors"},
 }
 COMPANIONS = {"noise": ["schedules"], "denoise": ["steps"], "trace": ["attention"], "render": ["attention"],
               "attention": ["steps", "heads", "self"], "paths": ["convergence"], "lab": ["schedules", "guidance"]}

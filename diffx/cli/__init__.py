@@ -10,6 +10,7 @@ matplotlib and the models are imported inside the commands, so `diffx --help` an
 - progress.py: the per-step progress bar
 - generate.py: denoise, trace, render · experiments.py: noise, cfg-sweep, compare
 - info.py: tokens, models, report · lora.py: lora (a LoRA file inspected) · train.py: train
+- finetune.py: finetune (a new word taught by LoRA or textual inversion)
 - train_preview.py: train-preview (the tiny preview decoder)
 - attention.py: attention (the explorer)
 - trajectories.py: paths · lab.py: lab (the 2-D diffusion lab) · edit.py: edit, weights (editing attention)
@@ -21,6 +22,7 @@ from diffx.cli import (
     attention,
     edit,
     experiments,
+    finetune,
     generate,
     info,
     invert,
@@ -42,6 +44,6 @@ __all__ = ["app"]
 # (tokens and models only look things up).
 for function in (tour.tour, experiments.noise, generate.denoise, generate.trace, generate.render, attention.attention,
                  edit.edit, edit.weights, invert.invert, experiments.cfg_sweep, experiments.compare, predict.predict,
-                 trajectories.paths, lab.lab, info.tokens, info.models, lora.lora, train.train,
+                 trajectories.paths, lab.lab, info.tokens, info.models, lora.lora, finetune.finetune, train.train,
                  train_preview.train_preview, info.report, studio.studio):
     command(function if function in (info.tokens, info.models) else with_threads(function))

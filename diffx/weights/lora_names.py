@@ -86,14 +86,17 @@ def _adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Conv2d | StackedProjection)
 
 
-def _unet_names(unet: UNet) -> dict[str, LoraTarget]:
+def _diffusers_unet_paths(unet: UNet) -> dict[str, str]:
+    """diffx's path of each adaptable U-Net layer -> diffusers' (`input_blocks.1.1.…` -> `down_blocks.0.…`)."""
     inverse = {original: diffusers for diffusers, original in unet_rename_rules(unet.config).items()}
+    return {path: rename_key(path + ".weight", inverse).removesuffix(".weight")
+            for path, module in unet.named_modules() if _adaptable(module)}
+
+
+def _unet_names(unet: UNet) -> dict[str, LoraTarget]:
     names = {}
-    for path, module in unet.named_modules():
-        if not _adaptable(module):
-            continue
+    for path, diffusers in _diffusers_unet_paths(unet).items():
         target = LoraTarget("unet", path)
-        diffusers = rename_key(path + ".weight", inverse).removesuffix(".weight")
         for name in ("lora_unet_" + path.replace(".", "_"), "lora_unet_" + diffusers.replace(".", "_"),
                      "unet." + diffusers):
             names[name] = target
@@ -125,14 +128,17 @@ def _transformers_paths(encoder: nn.Module, within: str) -> dict[str, LoraTarget
     return paths
 
 
-def _text_names(model: StableDiffusion) -> dict[str, LoraTarget]:
+def _text_encoders(model: StableDiffusion) -> list[tuple[nn.Module, str, str, str]]:
+    """(encoder, its path inside the model's text encoder, kohya's prefix, diffusers' component) per text encoder."""
     if model.config.text_encoder_2 is not None:  # SDXL: CLIP-L is te1 / text_encoder, bigG te2 / text_encoder_2
-        encoders = [(model.text_encoder.embedders[0].transformer, "embedders.0.transformer.", "te1", "text_encoder"),
-                    (model.text_encoder.embedders[1].model, "embedders.1.model.", "te2", "text_encoder_2")]
-    else:
-        encoders = [(model.text_encoder, "", "te", "text_encoder")]
+        return [(model.text_encoder.embedders[0].transformer, "embedders.0.transformer.", "te1", "text_encoder"),
+                (model.text_encoder.embedders[1].model, "embedders.1.model.", "te2", "text_encoder_2")]
+    return [(model.text_encoder, "", "te", "text_encoder")]
+
+
+def _text_names(model: StableDiffusion) -> dict[str, LoraTarget]:
     names = {}
-    for encoder, within, kohya, diffusers in encoders:
+    for encoder, within, kohya, diffusers in _text_encoders(model):
         for path, target in _transformers_paths(encoder, within).items():
             # transformers >= 5.6 saves CLIPTextModel's keys without `text_model.`; PEFT files follow the model.
             for name in (f"lora_{kohya}_" + path.replace(".", "_"), f"{diffusers}.{path}",
@@ -145,3 +151,15 @@ def lora_targets(model: StableDiffusion) -> dict[str, LoraTarget]:
     """Every name a LoRA file may give one of `model`'s adaptable layers -> that layer (works on a model built
     without weights, so a file can be checked before any weight is read)."""
     return {**_unet_names(model.unet), **_text_names(model)}
+
+
+def kohya_names(model: StableDiffusion) -> dict[LoraTarget, str]:
+    """The name kohya's sd-scripts give each of `model`'s adaptable layers — `lora_unet_` + diffusers' U-Net path,
+    `lora_te_` (SDXL: `lora_te1_`, `lora_te2_`) + transformers' text-encoder path, dots as underscores: what a LoRA
+    file diffx writes (`diffx finetune`) calls it, so that sd-scripts, diffusers and A1111 read it."""
+    names = {LoraTarget("unet", path): "lora_unet_" + diffusers.replace(".", "_")
+             for path, diffusers in _diffusers_unet_paths(model.unet).items()}
+    for encoder, within, kohya, _ in _text_encoders(model):
+        for path, target in _transformers_paths(encoder, within).items():
+            names[target] = f"lora_{kohya}_" + path.replace(".", "_")
+    return names
