@@ -171,13 +171,10 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         """JSON-native (tuples become lists): what `from_dict` reads back."""
-        return _lists(asdict(self))
+        return json_lists(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        def tuples(d: dict) -> dict:
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
         return cls(
             name=data["name"],
             text_encoder=TextEncoderConfig(**tuples(data["text_encoder"])),
@@ -338,10 +335,15 @@ PRESETS = {"sd15": sd15, "sd15-inpainting": sd15_inpainting, "sd21-v": sd21_v, "
            "shapes-world-2": shapes_world_2}
 
 
-def _lists(value: object) -> object:
+def json_lists(value: object) -> object:
     """Tuples → lists, all the way down, so a config dict compares equal after a JSON round trip."""
     if isinstance(value, dict):
-        return {key: _lists(item) for key, item in value.items()}
+        return {key: json_lists(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_lists(item) for item in value]
+        return [json_lists(item) for item in value]
     return value
+
+
+def tuples(fields: dict) -> dict:
+    """A config section read from JSON with its lists back as tuples (the dataclasses' field types)."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}

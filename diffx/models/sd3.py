@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from diffx.models.clip import TextEncoder
-from diffx.models.configs import SchedulerConfig, TextEncoderConfig, VAEConfig, sd3_vae
+from diffx.models.configs import SchedulerConfig, TextEncoderConfig, VAEConfig, json_lists, sd3_vae, tuples
 from diffx.models.mmdit import MMDiT, MMDiTConfig, sd3_medium
 from diffx.models.parts import ModelParts
 from diffx.models.stable_diffusion import parameters_on_meta
@@ -88,13 +88,10 @@ class SD3Config:
 
     def to_dict(self) -> dict:
         """JSON-native: what `from_dict` reads back."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        return json_lists(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> SD3Config:
-        def tuples(d: dict) -> dict:
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
         return cls(name=data["name"], mmdit=MMDiTConfig(**tuples(data["mmdit"])),
                    clip_l=TextEncoderConfig(**data["clip_l"]),
                    clip_g=TextEncoderConfig(**data["clip_g"]) if data.get("clip_g") else None,

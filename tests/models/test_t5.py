@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from diffx.models.attention import AttentionLayer, observe_attention
 from diffx.models.t5 import T5Config, T5Encoder, relative_position_bucket, small, t5_xxl
+from tests.models.test_clip import Recorder  # the observer that keeps every layer's probabilities
 
 transformers = pytest.importorskip("transformers")
 
@@ -137,17 +138,6 @@ def test_relative_position_buckets():
     """Exact buckets for distances below 8, log-spaced up to 128, keys after the query in the upper half."""
     relative = torch.tensor([0, 1, 7, 8, 127, 128, 1000, -1, -7, -1000])
     assert relative_position_bucket(relative, 32, 128).tolist() == [0, 17, 23, 24, 31, 31, 31, 1, 7, 15]
-
-
-class Recorder:
-    def __init__(self):
-        self.probs = {}
-
-    def wants(self, layer):
-        return True
-
-    def observe(self, layer, probs):
-        self.probs[layer.layer_name] = probs
 
 
 def test_attention_goes_through_attention_layer():
