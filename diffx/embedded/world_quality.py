@@ -105,7 +105,7 @@ def _rates(results: list[dict[str, bool]]) -> dict[str, float | None]:
     return {name: float(np.mean([result[name] for result in results if name in result])) for name in names}
 
 
-def _grouped_rates(prompts: Sequence[str], pictures: Sequence[np.ndarray]) -> dict[str, dict]:
+def grouped_rates(prompts: Sequence[str], pictures: Sequence[np.ndarray]) -> dict[str, dict]:
     """`_rates` of one-object prompts, of two/three-object prompts, and of all."""
     results = [score(prompt, picture) for prompt, picture in zip(prompts, pictures, strict=True)]
     single = [len(parse_caption(prompt).objects) == 1 for prompt in prompts]
@@ -134,7 +134,7 @@ def curve_point(model: StableDiffusion, guidance: float, prompts: Sequence[str],
                 seed: int, diversity_seeds: int, batch: int, steps: int | None = None) -> dict:
     """Adherence by group, saturation and diversity at one guidance scale (see the module docstring)."""
     pictures = generate_pictures(model, prompts, [seed + i for i in range(len(prompts))], guidance, batch, steps)
-    rates = _grouped_rates(prompts, pictures)
+    rates = grouped_rates(prompts, pictures)
     seeds = [seed + k for k in range(diversity_seeds)]
     open_pictures = generate_pictures(model, [p for p in open_prompts for _ in seeds], seeds * len(open_prompts),
                                    guidance, batch, steps)
@@ -215,7 +215,7 @@ def tune_guidance(model: StableDiffusion, scales: Sequence[float], n: int = 128,
     prompts = validation_prompts(n, seed)
     seeds = [seed + i for i in range(len(prompts))]
     ordered = sorted({float(w) for w in scales})
-    adherence = [_grouped_rates(prompts, generate_pictures(model, prompts, seeds, w, batch, steps))[GROUPS[2]]["all"]
+    adherence = [grouped_rates(prompts, generate_pictures(model, prompts, seeds, w, batch, steps))[GROUPS[2]]["all"]
                  for w in ordered]
     settings = GenerationSettings(steps=steps).resolved(model)
     return {"scales": ordered, "all": adherence, "chosen": ordered[int(np.argmax(adherence))], "n": len(prompts),

@@ -1,4 +1,5 @@
-"""Read a LoRA file (Hu et al. 2021) and check it against a model before anything is applied.
+"""Read a LoRA file (Hu et al. 2021; or LyCORIS's LoHa, LoKr) and check it against a model before anything is
+applied.
 
 LoRA adapts a layer y = W x by a low-rank update (Hu et al. 2021, eq. 3), scaled by the file's alpha over the
 rank r and by the user's scale s:
@@ -12,8 +13,10 @@ For a convolution (LoCon, kohya's "conv" LoRA) A is a convolution with the layer
 Formats (names: `diffx.weights.lora_names`): kohya/A1111 `.safetensors` (`.lora_down.weight`, `.lora_up.weight`,
 `.alpha`), diffusers/PEFT (`.lora_A.weight`, `.lora_B.weight`; alpha from the PEFT config diffusers stores in the
 header, else alpha = r, as diffusers reads such files), diffusers' older `to_q_lora.down.weight` files, and
-`.pt`/`.bin` files read by the code-free unpickler (`diffx.weights.safe_pickle`). Every key must be part of a
-LoRA pair that fits one of the model's layers; anything else is refused in one line, never skipped.
+`.pt`/`.bin` files read by the code-free unpickler (`diffx.weights.safe_pickle`); LyCORIS's LoHa (`hada_*`) and
+LoKr (`lokr_*`) layers under kohya's names (`diffx.weights.lycoris`; the three kinds of update:
+`diffx.weights.lora_layers`). Every key must be part of an update that fits one of the model's layers; anything
+else is refused in one line, never skipped.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from diffx.errors import CheckpointError, InvalidArgumentError, check_finite, el
 from diffx.files import check_option_file
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.weights.load import read_state_dict
+from diffx.weights.lora_layers import AdapterLayer, LayerShape, LoraLayer
 from diffx.weights.lora_names import LoraTarget, lora_targets, split_lora_key
+from diffx.weights.lycoris import LayerProblem, loha_layer, lokr_layer
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 INTEGER_ALPHA = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -77,32 +82,11 @@ def check_scale(what: str, scale: float) -> None:
 
 
 @dataclass(frozen=True)
-class LoraLayer:
-    """One layer's update: the target, A (down), B (up) as the file holds them (2-D, or 4-D for a convolution) and
-    alpha / r."""
-
-    target: LoraTarget
-    down: Tensor
-    up: Tensor
-    factor: float
-
-
-@dataclass(frozen=True)
 class Lora:
     """A LoRA file read and checked against a model: its layers and where it came from."""
 
     path: Path
-    layers: tuple[LoraLayer, ...]
-
-
-def _layer_sizes(module: nn.Module, target: LoraTarget) -> tuple[int, int, tuple[int, int]]:
-    """(in, out, kernel) of the layer a target adapts: the rows it owns for OpenCLIP's stacked projection."""
-    if isinstance(module, nn.Conv2d):
-        return module.in_channels, module.out_channels, tuple(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features, (1, 1)
-    start, stop = target.rows  # a StackedProjection: x (in) -> one third of 3·in rows
-    return stop - start, stop - start, (1, 1)
+    layers: tuple[AdapterLayer, ...]
 
 
 def _as_matrices(module: nn.Module, down: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,11 +98,9 @@ def _as_matrices(module: nn.Module, down: Tensor, up: Tensor) -> tuple[Tensor, T
     return flat[0], flat[1]
 
 
-def _check_pair(name: str, module: nn.Module, target: LoraTarget, parts: dict[str, Tensor]) -> str | None:
-    """What is wrong with one layer's tensors, or None: both halves present, floating point, finite, ranks that
-    agree, and shapes that fit the layer."""
-    if "down" not in parts or "up" not in parts:
-        return f"{name} has no {'down (A)' if 'down' not in parts else 'up (B)'} matrix"
+def _check_tensors(name: str, parts: dict[str, Tensor]) -> str | None:
+    """What is wrong with one layer's tensors as numbers, or None: floating point (alpha may be an integer),
+    finite, one alpha."""
     for part, tensor in parts.items():
         # kohya stores alpha = rank as an integer when no --network_alpha was given; A and B are learned floats
         if not tensor.is_floating_point() and not (part == "alpha" and tensor.dtype in INTEGER_ALPHA):
@@ -127,15 +109,41 @@ def _check_pair(name: str, module: nn.Module, target: LoraTarget, parts: dict[st
             return f"{name}.{part} holds NaN or infinite values"
     if "alpha" in parts and parts["alpha"].numel() != 1:
         return f"{name}.alpha has shape {tuple(parts['alpha'].shape)}; expected one number"
-    down, up = _as_matrices(module, parts["down"], parts["up"])
-    features_in, features_out, kernel = _layer_sizes(module, target)
-    rank = down.shape[0]
-    expected_down = (rank, features_in, *kernel) if down.ndim == 4 else (rank, features_in)
-    expected_up = (features_out, rank, 1, 1) if up.ndim == 4 else (features_out, rank)
-    if rank == 0 or tuple(down.shape) != expected_down or tuple(up.shape) != expected_up:
-        return (f"{name}: down {tuple(parts['down'].shape)} and up {tuple(parts['up'].shape)} do not fit a layer "
-                f"{features_in} -> {features_out}{' with kernel ' + str(kernel) if down.ndim == 4 else ''}")
     return None
+
+
+def _lora_layer(name: str, module: nn.Module, target: LoraTarget, parts: dict[str, Tensor],
+                alpha: float | None) -> LoraLayer:
+    """A LoRA (or LoCon) layer: both halves present, ranks that agree, shapes that fit the layer; alpha: the
+    file's own `.alpha` (kohya), else `alpha` (its PEFT config's), else the rank (factor 1)."""
+    if "down" not in parts or "up" not in parts:
+        raise LayerProblem(f"{name} has no {'down (A)' if 'down' not in parts else 'up (B)'} matrix")
+    down, up = _as_matrices(module, parts["down"], parts["up"])
+    shape = LayerShape.of(module, target)
+    rank = down.shape[0]
+    expected_down = (rank, shape.features_in, *shape.kernel) if down.ndim == 4 else (rank, shape.features_in)
+    expected_up = (shape.features_out, rank, 1, 1) if up.ndim == 4 else (shape.features_out, rank)
+    if rank == 0 or tuple(down.shape) != expected_down or tuple(up.shape) != expected_up:
+        layer = shape if down.ndim == 4 else LayerShape(shape.features_in, shape.features_out, (1, 1), False)
+        raise LayerProblem(f"{name}: down {tuple(parts['down'].shape)} and up {tuple(parts['up'].shape)} do not "
+                           f"fit {layer}")
+    alpha = float(parts["alpha"]) if "alpha" in parts else alpha if alpha is not None else float(rank)
+    return LoraLayer(target, down.float(), up.float(), alpha / rank)
+
+
+def _adapter_layer(name: str, module: nn.Module, target: LoraTarget, parts: dict[str, Tensor],
+                   alpha: float | None) -> AdapterLayer:
+    """One layer's update, by the kind its keys name (LoHa `hada_*`, LoKr `lokr_*`, else LoRA), checked."""
+    if problem := _check_tensors(name, parts):
+        raise LayerProblem(problem)
+    kinds = {part.split("_")[0] for part in parts if part != "alpha"} & {"hada", "lokr"}
+    if len(kinds) > 1 or kinds and parts.keys() & {"down", "up"}:
+        raise LayerProblem(f"{name} mixes the keys of two kinds of adapter ({', '.join(sorted(parts))})")
+    if kinds == {"hada"}:
+        return loha_layer(name, target, parts, LayerShape.of(module, target))
+    if kinds == {"lokr"}:
+        return lokr_layer(name, target, parts, LayerShape.of(module, target))
+    return _lora_layer(name, module, target, parts, alpha)
 
 
 def peft_alphas(path: Path) -> dict[str, float]:
@@ -182,31 +190,29 @@ def read_lora(path: str | Path, model: StableDiffusion, tensors: Mapping[str, Te
     if unknown:
         raise CheckpointError(
             f"{path.name}: {len(unknown)} of {len(tensors)} keys name no LoRA layer of this {model.config.name} "
-            f"model ({', '.join(unknown[:3])}); is it a LoRA for another family, or not a LoRA (LoHa, LoKr, DoRA "
-            "are not read)?")
+            f"model ({', '.join(unknown[:3])}); is it for another family, or another kind of adapter (LoRA, "
+            "LoCon, LoHa, LoKr are read; DoRA, OFT, IA3 are not)?")
     layers, config_alphas = [], peft_alphas(path)
     for name, parts in groups.items():
         target = targets[name]
-        module = target.module(model)
-        if problem := _check_pair(name, module, target, parts):
-            raise CheckpointError(f"{path.name}: {problem}; the file is damaged or for another model")
-        down, up = _as_matrices(module, parts["down"], parts["up"])
-        # alpha: the file's own `.alpha` (kohya), else its PEFT config's for the component, else the rank (scale 1)
-        alpha = float(parts["alpha"]) if "alpha" in parts else config_alphas.get(name.split(".")[0],
-                                                                                 float(down.shape[0]))
-        layers.append(LoraLayer(target, down.float(), up.float(), alpha / down.shape[0]))
+        try:
+            layers.append(_adapter_layer(name, target.module(model), target, parts,
+                                         config_alphas.get(name.split(".")[0])))
+        except LayerProblem as problem:
+            raise CheckpointError(f"{path.name}: {problem}; the file is damaged or for another model") from None
     if len({layer.target for layer in layers}) != len(layers):
         raise CheckpointError(f"{path.name} holds two LoRAs for one layer (under two naming schemes); keep one")
     return Lora(path, tuple(layers))
 
 
 def lora_summary(lora: Lora, model: StableDiffusion) -> str:
-    """One line: how many layers of which components, the ranks (for `note:` lines)."""
-    ranks = sorted({layer.down.shape[0] for layer in lora.layers})
+    """One line: how many layers (of which kind, when not plain LoRA) of which components, the ranks (for `note:`
+    lines)."""
+    ranks = sorted({layer.rank for layer in lora.layers if layer.rank})  # 0: a LoKr of two full factors
     parts = sorted({layer.target.component.replace("_", " ") for layer in lora.layers})
-    convs = sum(isinstance(layer.target.module(model), nn.Conv2d) and layer.down.shape[2:] != (1, 1)
-                for layer in lora.layers)
-    rank = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
-    conv = f", {convs} of them convolutions (LoCon)" if convs else ""
-    return f"{lora.path.name}: {len(lora.layers)} layers of the {' and '.join(parts)}{conv}, {rank}"
-
+    kinds = " + ".join(sorted({layer.kind for layer in lora.layers} - {"LoRA"}))
+    convs = sum(LayerShape.of(layer.target.module(model), layer.target).kernel != (1, 1) for layer in lora.layers)
+    rank = "full rank" if not ranks else f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+    conv = f", {convs} of them convolutions{'' if kinds else ' (LoCon)'}" if convs else ""
+    layers = f"{kinds} layers" if kinds else "layers"
+    return f"{lora.path.name}: {len(lora.layers)} {layers} of the {' and '.join(parts)}{conv}, {rank}"

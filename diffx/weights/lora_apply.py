@@ -2,6 +2,8 @@
 
     y = W x + Σ_i s_i · (alpha_i / r_i) · B_i A_i x          (Hu et al. 2021, eq. 3; one term per LoRA)
 
+(a LoHa's or LoKr's ΔW x in its own form: `diffx.weights.lora_layers`).
+
 Nothing is merged into W: the weights stay the checkpoint's (a trace's model identity, `save_model` and a second
 LoRA see them unchanged), a scale change is one attribute (`AppliedLora.scale`), and `remove()` takes the LoRA
 off. The price is two thin matrix products (or a convolution and a 1x1 one) per adapted layer per forward, small
@@ -26,7 +28,8 @@ from diffx.models.configs import ModelConfig
 from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.weights.discovery import ModelSource, resolve_model_source
 from diffx.weights.load import load_model, read_config, unet_config
-from diffx.weights.lora import Lora, LoraLayer, LoraSpec, lora_summary, read_lora
+from diffx.weights.lora import Lora, LoraSpec, lora_summary, read_lora
+from diffx.weights.lora_layers import AdapterLayer
 
 UNET_BLOCKS = ("all", "in", "mid", "out")  # `AppliedLora.unet_blocks`: the U-Net sections a LoRA may be kept to
 
@@ -51,9 +54,10 @@ class AppliedLora:
 
 
 class _LoraHook:
-    """The forward hook of one adapted layer: output + s · (alpha / r) · B(A(x))."""
+    """The forward hook of one adapted layer: output + s · (alpha / r) · ΔW x (`LoraLayer.update`: B(A(x)); a
+    LoKr's or a dense LoHa's their own way)."""
 
-    def __init__(self, layer: LoraLayer, owner: AppliedLora, module: nn.Module):
+    def __init__(self, layer: AdapterLayer, owner: AppliedLora, module: nn.Module):
         self.layer, self.owner = layer, owner
         self.convolution = module if isinstance(module, nn.Conv2d) else None
         self.section = layer.target.unet_section
@@ -62,15 +66,8 @@ class _LoraHook:
         blocks = self.owner.unet_blocks
         if self.owner.scale == 0 or self.section is not None and blocks != "all" and self.section != blocks:
             return output  # the layer's own output, untouched: equal to the model without this LoRA
-        x = args[0]
-        # The update in the activations' dtype and device (bf16 on the CPU fast path), whatever the model moved to.
-        down, up = self.layer.down.to(x), self.layer.up.to(x)
-        if self.convolution is not None:  # A: the layer's kernel, stride, padding; B: 1x1. (B, C, H, W)
-            conv = self.convolution
-            update = F.conv2d(F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation), up)
-        else:  # (..., in) -> (..., r) -> (..., out)
-            update = F.linear(F.linear(x, down), up)
-        update = update * (self.owner.scale * self.layer.factor)
+        # In the activations' dtype and device (bf16 on the CPU fast path), whatever the model moved to.
+        update = self.layer.update(args[0], self.convolution) * (self.owner.scale * self.layer.factor)
         if self.layer.target.rows is not None:  # W_q, W_k or W_v of a stacked projection: its rows only
             start, stop = self.layer.target.rows
             update = F.pad(update, (start, output.shape[-1] - stop))

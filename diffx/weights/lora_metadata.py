@@ -11,6 +11,7 @@ tensors, not its header, decide whether it loads (`diffx.weights.lora`).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
@@ -41,13 +42,15 @@ SKIPPED_MODELSPEC = ("modelspec.thumbnail",)
 VALUE_CHARS = 200  # a header value longer than this is shown elided
 TRIGGER_WORDS = 10  # the most frequent tags shown
 
-# How each format names the two halves of a pair (`lora_names.PART_PATTERNS`), for the format line.
+# How each format names its tensors (`lora_names.PART_PATTERNS`), for the format line.
 FORMATS = (
-    (".lora_down.weight", "kohya / A1111 (lora_down, lora_up, alpha)"),
-    (".lora_A.weight", "diffusers / PEFT (lora_A, lora_B)"),
-    (".lora.down.weight", "diffusers, older (lora.down, lora.up)"),
-    (".lora_linear_layer.down.weight", "diffusers, older (lora_linear_layer)"),
-    ("_lora.down.weight", "diffusers attention processors (to_q_lora …)"),
+    (r"\.lora_down\.weight$", "kohya / A1111 (lora_down, lora_up, alpha)"),
+    (r"\.lora_A\.weight$", "diffusers / PEFT (lora_A, lora_B)"),
+    (r"\.lora\.down\.weight$", "diffusers, older (lora.down, lora.up)"),
+    (r"\.lora_linear_layer\.down\.weight$", "diffusers, older (lora_linear_layer)"),
+    (r"_lora\.down\.weight$", "diffusers attention processors (to_q_lora …)"),
+    (r"\.hada_w1_a$", "LyCORIS LoHa (hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b, alpha)"),
+    (r"\.lokr_w1(?:_a)?$", "LyCORIS LoKr (lokr_w1, lokr_w2 or their low-rank halves, alpha)"),
 )
 
 
@@ -65,7 +68,7 @@ def header_metadata(path: Path) -> dict[str, str]:
 
 def key_format(keys: Collection[str]) -> str:
     """The naming format(s) of a LoRA file's keys, in words (several joined by " + ": a mixed file)."""
-    found = [name for suffix, name in FORMATS if any(key.endswith(suffix) for key in keys)]
+    found = [name for pattern, name in FORMATS if any(re.search(pattern, key) for key in keys)]
     return " + ".join(found) or "unknown"
 
 

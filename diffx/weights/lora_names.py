@@ -31,13 +31,15 @@ from diffx.models.stable_diffusion import StableDiffusion
 from diffx.models.unet import UNet
 from diffx.weights.diffusers_layout import OPEN_CLIP_LEAVES, rename_key, unet_rename_rules
 
-# The part of a LoRA pair a key holds, by how the key ends: down (A: in -> rank), up (B: rank -> out) or alpha.
-PART_PATTERNS = (
+# The part of an update a key holds, by how the key ends: down (A: in -> rank), up (B: rank -> out) or alpha; a
+# LyCORIS LoHa's or LoKr's factors by their own names (part None: the name the key ends with).
+PART_PATTERNS: tuple[tuple[re.Pattern, str | None], ...] = (
     (re.compile(r"(.+)\.(?:lora_down|lora_A|lora\.down|lora_linear_layer\.down)\.weight"), "down"),
     (re.compile(r"(.+)\.(?:lora_up|lora_B|lora\.up|lora_linear_layer\.up)\.weight"), "up"),
     (re.compile(r"(.+)\.alpha"), "alpha"),
     (re.compile(r"(.+_lora)\.down\.weight"), "down"),  # diffusers' attention processors: `to_q_lora.down.weight`
     (re.compile(r"(.+_lora)\.up\.weight"), "up"),
+    (re.compile(r"(.+)\.(hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2)"), None),
 )
 # The U-Net's three runs of blocks, by their module lists' names: a target's section (`LoraTarget.unet_section`).
 UNET_SECTIONS = {"input_blocks": "in", "middle_block": "mid", "output_blocks": "out"}
@@ -70,9 +72,11 @@ class LoraTarget:
 
 
 def split_lora_key(key: str) -> tuple[str, str] | None:
-    """`key` -> (the layer's name in its file's scheme, "down" / "up" / "alpha"); None for a key of no LoRA pair."""
+    """`key` -> (the layer's name in its file's scheme, "down" / "up" / "alpha" / a LyCORIS factor's name such as
+    "hada_w1_a"); None for a key of no update."""
     for pattern, part in PART_PATTERNS:
         if match := pattern.fullmatch(key):
+            part = part or match.group(2)
             name = match.group(1)
             if processor := PROCESSOR_LORA.fullmatch(name):
                 attention, leaf = processor.groups()

@@ -205,7 +205,7 @@ def test_tuned_guidance_is_the_peak_and_becomes_the_folders_default(tmp_path, mo
 
     model = small_v2_model()
     rates = {1.0: 0.2, 3.0: 0.6, 5.0: 0.6, 7.5: 0.4}  # a tie at the peak: the smaller scale keeps more diversity
-    monkeypatch.setattr(world_quality, "_grouped_rates", lambda prompts, pictures: {
+    monkeypatch.setattr(world_quality, "grouped_rates", lambda prompts, pictures: {
         "all prompts": {"all": rates[pictures[0]]}})
     monkeypatch.setattr(world_quality, "generate_pictures",
                         lambda m, prompts, seeds, w, batch, steps: [w] * len(prompts))

@@ -91,7 +91,8 @@ def test_every_scheme_names_the_same_layer():
     ("unet.a.attn1.processor.to_out_lora.up.weight", ("unet.a.attn1.to_out.0", "up")),
     ("text_encoder.t.self_attn.to_k_lora.down.weight", ("text_encoder.t.self_attn.k_proj", "down")),
     ("text_encoder.t.q_proj.lora_linear_layer.down.weight", ("text_encoder.t.q_proj", "down")),
-    ("lora_unet_x.hada_w1_a", None), ("lora_unet_x.dora_scale", None)])
+    ("lora_unet_x.hada_w1_a", ("lora_unet_x", "hada_w1_a")), ("lora_te_y.lokr_w2_b", ("lora_te_y", "lokr_w2_b")),
+    ("lora_unet_x.lokr_t2", ("lora_unet_x", "lokr_t2")), ("lora_unet_x.dora_scale", None)])
 def test_keys_split_into_layer_and_part(key, split):
     assert split_lora_key(key) == split
 
