@@ -48,10 +48,10 @@ def test_json_parses_and_halves_with_the_scale(run):
     full, half = (json.loads(run(scale, "--json").stdout) for scale in ("style.safetensors", "style.safetensors:0.5"))
     assert full["model"] == "shapes-world-2" and full["recognised"] and full["trigger_words"][0] == {
         "tag": "red", "count": 9}
-    assert [b["label"] for b in full["unet_blocks"]][-1] == "output block 5"
+    assert [b["label"] for b in full["network_blocks"]][-1] == "output block 5"
     assert half["total_norm"] == pytest.approx(full["total_norm"] / 2)
     matched = json.loads(run("style.safetensors", "--model", "embedded", "--json").stdout)
-    assert not matched["recognised"] and matched["unet_blocks"] == full["unet_blocks"]
+    assert not matched["recognised"] and matched["network_blocks"] == full["network_blocks"]
 
 
 def test_out_draws_the_chart_and_keeps_an_existing_one_without_force(run, tmp_path):

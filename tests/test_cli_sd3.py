@@ -4,8 +4,12 @@ command runs, writes what it says, and refuses what SD3 cannot do in one line.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from diffx.cli import app
@@ -80,6 +84,27 @@ def test_noise_and_invert(diffx) -> None:
     ok(diffx("invert", "in.png", "--prompt", "a blue square", "--steps", "3", "--out", "i.png"), "i.png")
 
 
+def write_sd3_lora(path: Path) -> Path:
+    """A diffusers-named LoRA on the TINY MMDiT's first q projection (32 wide): a third of Stability's qkv."""
+    generator = torch.Generator().manual_seed(0)
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, 32, generator=generator),
+               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 2, generator=generator)},
+              str(path))
+    return path
+
+
+def test_lora_applies_and_compares(diffx, tmp_path) -> None:
+    lora = write_sd3_lora(tmp_path / "style.safetensors")
+    result = diffx("denoise", "--prompt", "a red circle", *QUICK, "--lora", lora, "--out", "d.png")
+    ok(result, "d.png")
+    assert "note: LoRA style.safetensors: 1 layers of the transformer, rank 2, scale 1" in result.stderr
+    ok(diffx("compare", "--prompt", "a red circle", *QUICK, "--lora", lora, "--x", "lora=0,1", "--out", "m.png"),
+       "m.png")
+    ok(diffx("lora", lora, "--out", "chart.png"), "chart.png")
+    refused(diffx("compare", "--prompt", "a red circle", *QUICK, "--lora", lora, "--x", "lora-blocks=all,in"),
+            "this model's denoiser is an MMDiT")
+
+
 @pytest.mark.parametrize("args, fragment", [
     (("denoise", "--prompt", "x", *QUICK, "--sampler", "dpmpp_2m"), "samples with euler, heun, ddim"),
     (("denoise", "--prompt", "x", *QUICK, "--karras"), "drop --karras"),
@@ -88,3 +113,8 @@ def test_noise_and_invert(diffx) -> None:
 ], ids=["sampler", "karras", "schedule", "edit"])
 def test_what_sd3_cannot_do_is_refused(diffx, args, fragment) -> None:
     refused(diffx(*args), fragment)
+
+
+def test_embeddings_are_refused_in_one_line(diffx) -> None:
+    save_file({"emb_params": torch.randn(1, 32)}, "e.safetensors")
+    refused(diffx("denoise", "--prompt", "x", *QUICK, "--embedding", "e.safetensors"), "embeddings apply to SD 1.x")

@@ -186,7 +186,8 @@ def compare(
     check_outputs([], force, picture=out)
     x_axis = experiments.parse_axis(x)
     y_axis = experiments.parse_axis(y) if y else None
-    check_lora_axes((x_axis[0], y_axis[0] if y_axis else None), bool(model.lora))
+    checked = model.check()  # before any work: each --lora read against the model's configuration
+    check_lora_axes((x_axis[0], y_axis[0] if y_axis else None), bool(checked.loras), checked.network)
     settings = sampling.settings(prompt, guidance)
     loaded = model.load()
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:

@@ -18,29 +18,32 @@ def lora(
              "s its strengths are measured at, -4 to 4 (default 1).")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", show_default=False,
-        help="Also draw ‖ΔW‖_F per U-Net block and text-encoder layer as a bar chart (.png, .jpg or .webp).")] = None,
+        help="Also draw ‖ΔW‖_F per U-Net (or MMDiT) block and text-encoder layer as a bar chart (.png, .jpg or "
+             ".webp).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
     model: ModelChoice = ModelChoice(),
     force: ForceOpt = False,
 ) -> None:
     """Inspect a LoRA file: what it says about itself and how strongly it changes each block.
 
-    Prints the key format (kohya / diffusers / PEFT), the base model family, ranks and alphas, the network module,
+    Prints the key format (kohya / diffusers / PEFT / LyCORIS LoHa, LoKr), the base model family, ranks and alphas,
+    the network module,
     kohya's training metadata (ss_*: base model version, dim and alpha, output name, comment, steps, epochs,
     resolution) and modelspec.*, the trigger words (the most frequent tags of ss_tag_frequency, with counts),
-    how many layers of each kind it adapts (U-Net attention, feed-forward, convolutions; text encoders), and the
-    strength of its update ‖ΔW‖_F = ‖s·(alpha/r)·B A‖_F per U-Net block, in the order the blocks run (input
-    blocks, middle, output blocks), and per text-encoder layer: the root of the sum of the layers' squares.
+    how many layers of each kind it adapts (U-Net attention, feed-forward, convolutions; SD3's MMDiT attention and
+    MLP per stream; text encoders), and the strength of its update ‖ΔW‖_F = ‖s·(alpha/r)·B A‖_F per block of the
+    denoiser, in the order the blocks run (a U-Net's input blocks, middle, output blocks; an MMDiT's joint blocks),
+    and per text-encoder layer: the root of the sum of the layers' squares.
 
     The file is matched against --model (its configuration only: no weights are read); without --model, the
-    default model ($DIFFX_MODEL, else the embedded one) is tried first, then SD1.x, SD2.x, SDXL's and the embedded
-    model's layouts.
+    default model ($DIFFX_MODEL, else the embedded one) is tried first, then SD1.x, SD2.x, SDXL's, the embedded
+    model's and SD3-medium's, SD3.5-medium's and SD3.5-large's layouts.
     The rest of the model group is checked as everywhere.
 
     Example: diffx lora style.safetensors:0.8 --out style_blocks.png
     """
     from diffx.files import check_outputs
-    from diffx.models.stable_diffusion import build_without_weights
+    from diffx.models.any_model import build_model
     from diffx.views.lora import lora_chart, lora_tables
     from diffx.weights.load import read_config
     from diffx.weights.lora import LoraSpec
@@ -51,7 +54,7 @@ def lora(
     checked = model.check()
     config = read_config(checked.source, checked.config)
     if model.model is not None:
-        against = build_without_weights(config)
+        against = build_model(config, weights=False)
     else:
         families = [family() for family in LORA_FAMILIES]
         against = [config, *(other for other in families if other.name != config.name)]

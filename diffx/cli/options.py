@@ -125,6 +125,7 @@ class CheckedModelChoice(NamedTuple):
     config: "ModelConfig | None"
     loras: "tuple[LoraSpec, ...]"
     embeddings: "tuple[Embedding, ...]"
+    network: str = "U-Net"  # the denoiser the LoRAs were read against: "U-Net", or "MMDiT" (SD3)
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,10 @@ class ModelChoice:
         loras = self.lora_specs()
         source = resolve_model_source(self.model)
         target = resolve_device(self.device)
-        read_loras(source, loras, config)
+        read = read_loras(source, loras, config)
         return CheckedModelChoice(source, target, resolve_dtype(self.dtype, target, model_bytes_on_disk(source.path)),
-                                  config, loras, tuple(read_embeddings(source, embeddings, config)))
+                                  config, loras, tuple(read_embeddings(source, embeddings, config)),
+                                  read[0].network if read else "U-Net")
 
     def lora_specs(self) -> "tuple[LoraSpec, ...]":
         """Each --lora FILE[:SCALE], parsed and checked (`LoraSpec.parse`)."""
@@ -202,7 +204,7 @@ class ModelChoice:
         from diffx.weights.embedding import attach_embedding
         from diffx.weights.lora_apply import load_model_with_loras
 
-        source, target, precision, config, loras, embeddings = self.check()
+        source, target, precision, config, loras, embeddings, _ = self.check()
 
         def note(line: str) -> None:
             ERR.print(f"note: {line}", soft_wrap=True, markup=False)
@@ -220,7 +222,7 @@ class ModelChoice:
         every choice is checked as `check` checks it, so a bad one is refused also where no weights are read."""
         from diffx.weights.load import read_config
 
-        source, _, _, config, _, _ = self.check()
+        source, _, _, config, *_ = self.check()
         return read_config(source, config)
 
     def load_to_decode(self, preview: str, traces: "Sequence[Trace]") -> "StableDiffusion | None":

@@ -45,13 +45,18 @@ def lora_caption(name: str, value: object) -> str:
     return f"LoRA ×{value:g}" if name == "lora" else BLOCK_CAPTIONS[value]
 
 
-def check_lora_axes(names: Sequence[str | None], has_lora: bool) -> None:
-    """A LoRA axis among `names` needs a LoRA on the model: refused in one line otherwise."""
+def check_lora_axes(names: Sequence[str | None], has_lora: bool, network: str = "U-Net") -> None:
+    """A LoRA axis among `names` needs a LoRA on the model, and `lora-blocks` one on a U-Net (`network`: the
+    denoiser the LoRAs adapt, `AppliedLora.network`): refused in one line otherwise."""
     for name in names:
         if name in LORA_AXES and not has_lora:
             raise InvalidArgumentError(f"the {name} axis varies the model's LoRA, and none is applied; give one with "
                                        f"--lora FILE (e.g. --lora style.safetensors --x {name}="
                                        f"{LORA_EXAMPLES[name]})")
+        if name == "lora-blocks" and network != "U-Net":
+            raise InvalidArgumentError("the lora-blocks axis keeps a LoRA to a U-Net's input, middle or output "
+                                       "blocks; this model's denoiser is an MMDiT (SD3), which has none: vary "
+                                       "--x lora=0,0.5,1 instead")
 
 
 @contextmanager

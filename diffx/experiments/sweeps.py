@@ -347,7 +347,7 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     if not x_values or not y_values:
         raise InvalidArgumentError("each comparison axis needs at least one value")
     loras = applied_loras(model)
-    check_lora_axes((x_name, y_name), bool(loras))
+    check_lora_axes((x_name, y_name), bool(loras), loras[0].network if loras else "U-Net")
     # Check every combination before the first (slow) generation: its settings, and how its LoRAs run.
     cells = [[{x_name: xv, **({y_name: yv} if y_name else {})} for xv in x_values] for yv in y_values]
     combos = [[(replace(settings, **{k: v for k, v in cell.items() if k not in LORA_AXES}),

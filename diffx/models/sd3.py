@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from diffx.models.clip import TextEncoder
 from diffx.models.configs import SchedulerConfig, TextEncoderConfig, VAEConfig, json_lists, sd3_vae, tuples
-from diffx.models.mmdit import MMDiT, MMDiTConfig, sd3_medium
+from diffx.models.mmdit import MMDiT, MMDiTConfig, sd3_medium, sd35_large, sd35_medium
 from diffx.models.parts import ModelParts
 from diffx.models.stable_diffusion import parameters_on_meta
 from diffx.models.t5 import T5Config, T5Encoder
@@ -99,6 +99,21 @@ class SD3Config:
                    scheduler=SchedulerConfig(**data["scheduler"]),
                    **{k: data[k] for k in ("image_size", "default_sampler", "default_steps", "default_guidance",
                                            "t5_max_length", "clip_length") if k in data})
+
+
+def sd3_medium_model() -> SD3Config:
+    """SD3-medium as Stability ships it: the 2 B MMDiT, CLIP-L, bigG, T5-XXL, the 16-channel VAE."""
+    return SD3Config("sd3-medium")
+
+
+def sd35_medium_model() -> SD3Config:
+    """SD3.5-medium: the MMDiT-X (QK-norm, `attn2` in blocks 0-12) with SD3's encoders and VAE."""
+    return SD3Config("sd3.5-medium", mmdit=sd35_medium())
+
+
+def sd35_large_model() -> SD3Config:
+    """SD3.5-large: the 8 B MMDiT (38 blocks, QK-norm) with SD3's encoders and VAE."""
+    return SD3Config("sd3.5-large", mmdit=sd35_large())
 
 
 class _Transformer(nn.Module):

@@ -1,5 +1,5 @@
 """A LoRA file inspected (`weights.lora_inspect.LoraReport`), for the terminal and as a chart: its metadata and
-trigger words, the kinds of layers it adapts, and the strength ‖ΔW‖_F of its update per U-Net block and
+trigger words, the kinds of layers it adapts, and the strength ‖ΔW‖_F of its update per U-Net or MMDiT block and
 text-encoder layer, in the order they run."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def lora_tables(report: LoraReport) -> list[Table]:
     for part, count in report.parts.items():
         parts.add_row(part, str(count))
     tables.append(parts)
-    for title, blocks in (("U-Net blocks, in the order they run", report.unet_blocks),
+    for title, blocks in ((f"{report.network} blocks, in the order they run", report.network_blocks),
                           ("text-encoder layers, first to last", report.text_layers)):
         if blocks:
             tables.append(_blocks_table(f"{title}: ‖ΔW‖_F at s = {report.scale:g}", blocks))
@@ -62,10 +62,11 @@ def _blocks_table(title: str, blocks: tuple[BlockUpdate, ...]) -> Table:
 
 
 def lora_chart(report: LoraReport) -> Image.Image:
-    """‖ΔW‖_F per U-Net block (coloured by input / middle / output blocks) and, in a second panel, per
-    text-encoder layer (coloured by encoder): horizontal bars, first-run at the top, titled with the file and s."""
+    """‖ΔW‖_F per block of the denoiser (a U-Net's coloured by input / middle / output blocks, an MMDiT's joint
+    blocks apart from its embeddings and final layer) and, in a second panel, per text-encoder layer (coloured by
+    encoder): horizontal bars, first-run at the top, titled with the file and s."""
     panels = [BarPanel(title, [b.label for b in blocks], [b.norm for b in blocks], [b.group for b in blocks])
-              for title, blocks in (("U-Net blocks, in the order they run", report.unet_blocks),
+              for title, blocks in ((f"{report.network} blocks, in the order they run", report.network_blocks),
                                     ("text-encoder layers, first to last", report.text_layers))]
     title = (f"LoRA {report.path.name} at scale s = {report.scale:g}: update strength per block · "
              f"{report.family} ({report.model}), rank {_numbers(report.ranks)}, alpha {_numbers(report.alphas)}")

@@ -39,7 +39,7 @@ from diffx.models.sdxl import SDXL_PREFIX
 from diffx.models.stable_diffusion import ALL_PREFIXES, ORIGINAL_PREFIXES, StableDiffusion
 from diffx.models.tokenizer import ClipTokenizer
 from diffx.weights.architecture import UNUSED_KEYS, recognise
-from diffx.weights.config_schema import read_any_model_config, read_model_config
+from diffx.weights.config_schema import read_any_model_config
 from diffx.weights.diffusers_layout import (
     config_from_diffusers,
     open_clip_from_transformers,
@@ -316,15 +316,17 @@ def read_config(source: ModelSource, config: ModelConfig | None = None) -> Model
     if source.format == "single-file":
         if config is not None:
             return config
-        shapes = _modern_text_keys(read_shapes(source.path))
+        shapes = read_shapes(source.path)
         try:
-            return recognise(shapes, v_prediction_hint(source.path)).config
+            if is_sd3_layout(shapes):  # the file's own encoders, else SD3's CLIPs (found beside it) and no T5
+                return recognise_sd3(shapes).config
+            return recognise(_modern_text_keys(shapes), v_prediction_hint(source.path)).config
         except CheckpointError as error:
             raise CheckpointError(f"{source.path}: {error}") from None
     if source.format == "diffusers":
         return sd3_config_from_diffusers(source.path) if is_sd3_folder(source.path) else \
             config_from_diffusers(source.path)
-    return read_model_config(source.path / "config.json")
+    return read_any_model_config(source.path / "config.json")
 
 
 def unet_config(config: ModelConfig | SD3Config, what: str) -> ModelConfig:
@@ -354,8 +356,11 @@ def describe_architecture(source: ModelSource) -> str:
     return f"{config_family(config)} ({config.name}), predicts {config.scheduler.prediction_type}"
 
 
-def config_family(config: ModelConfig) -> str:
-    """The family a configuration's architecture is of: SDXL (two text encoders), SD2.x (OpenCLIP) or SD1.x."""
+def config_family(config: ModelConfig | SD3Config) -> str:
+    """The family a configuration's architecture is of: SD3 (an MMDiT), SDXL (two text encoders), SD2.x (OpenCLIP)
+    or SD1.x."""
+    if isinstance(config, SD3Config):
+        return "SD3"
     return "SDXL" if config.text_encoder_2 is not None else \
         "SD2.x" if config.text_encoder.layout == "open_clip" else "SD1.x"
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from diffx.errors import CheckpointError, InvalidArgumentError, check_finite, elide
 from diffx.files import check_option_file
-from diffx.models.stable_diffusion import StableDiffusion
+from diffx.models.any_model import AnyModel
 from diffx.weights.load import read_state_dict
 from diffx.weights.lora_layers import AdapterLayer, LayerShape, LoraLayer
 from diffx.weights.lora_names import LoraTarget, lora_targets, split_lora_key
@@ -83,10 +83,12 @@ def check_scale(what: str, scale: float) -> None:
 
 @dataclass(frozen=True)
 class Lora:
-    """A LoRA file read and checked against a model: its layers and where it came from."""
+    """A LoRA file read and checked against a model: its layers, where it came from, and the kind of denoiser it
+    was read against ("U-Net", or "MMDiT" for SD3)."""
 
     path: Path
     layers: tuple[AdapterLayer, ...]
+    network: str = "U-Net"
 
 
 def _as_matrices(module: nn.Module, down: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,7 +173,7 @@ def peft_alphas(path: Path) -> dict[str, float]:
     return alphas
 
 
-def read_lora(path: str | Path, model: StableDiffusion, tensors: Mapping[str, Tensor] | None = None) -> Lora:
+def read_lora(path: str | Path, model: AnyModel, tensors: Mapping[str, Tensor] | None = None) -> Lora:
     """The LoRA file at `path`, each of its layers matched to one of `model`'s and checked (`model` may be built
     without weights: only names and shapes are read from it). One `CheckpointError` names what does not fit: keys
     of no known layer (how many, the first few), a half pair, an integer or non-finite tensor, a rank or a shape
@@ -202,10 +204,10 @@ def read_lora(path: str | Path, model: StableDiffusion, tensors: Mapping[str, Te
             raise CheckpointError(f"{path.name}: {problem}; the file is damaged or for another model") from None
     if len({layer.target for layer in layers}) != len(layers):
         raise CheckpointError(f"{path.name} holds two LoRAs for one layer (under two naming schemes); keep one")
-    return Lora(path, tuple(layers))
+    return Lora(path, tuple(layers), "MMDiT" if model.family == "sd3" else "U-Net")
 
 
-def lora_summary(lora: Lora, model: StableDiffusion) -> str:
+def lora_summary(lora: Lora, model: AnyModel) -> str:
     """One line: how many layers (of which kind, when not plain LoRA) of which components, the ranks (for `note:`
     lines)."""
     ranks = sorted({layer.rank for layer in lora.layers if layer.rank})  # 0: a LoKr of two full factors

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from diffx.models.any_model import AnyModel, build_model
 from diffx.models.configs import ModelConfig
-from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
 from diffx.weights.discovery import ModelSource, resolve_model_source
-from diffx.weights.load import load_model, read_config, unet_config
+from diffx.weights.load import load_model, read_config
 from diffx.weights.lora import Lora, LoraSpec, lora_summary, read_lora
 from diffx.weights.lora_layers import AdapterLayer
 
@@ -45,6 +45,7 @@ class AppliedLora:
     scale: float
     handles: list[RemovableHandle] = field(default_factory=list)
     unet_blocks: str = "all"
+    network: str = "U-Net"  # the denoiser it adapts: "U-Net", or "MMDiT" (SD3: no sections to keep it to)
 
     def remove(self) -> None:
         """Take the LoRA off every layer it adapts."""
@@ -74,16 +75,16 @@ class _LoraHook:
         return output + update
 
 
-def attach_lora(model: StableDiffusion, lora: Lora, scale: float = 1.0) -> AppliedLora:
+def attach_lora(model: AnyModel, lora: Lora, scale: float = 1.0) -> AppliedLora:
     """Hook `lora` (read against this model, or against one of its config built without weights) onto `model`."""
-    applied = AppliedLora(lora.path, scale)
+    applied = AppliedLora(lora.path, scale, network=lora.network)
     for layer in lora.layers:
         module = layer.target.module(model)
         applied.handles.append(module.register_forward_hook(_LoraHook(layer, applied, module)))
     return applied
 
 
-def applied_loras(model: StableDiffusion) -> list[AppliedLora]:
+def applied_loras(model: AnyModel) -> list[AppliedLora]:
     """The LoRAs attached to `model` (by `attach_lora`, `apply_lora`, `load_model_with_loras`), found through their
     hooks: the handles whose `scale` and `unet_blocks` an experiment changes between runs."""
     owners: dict[int, AppliedLora] = {}
@@ -95,7 +96,7 @@ def applied_loras(model: StableDiffusion) -> list[AppliedLora]:
     return list(owners.values())
 
 
-def apply_lora(model: StableDiffusion, path: str | Path, scale: float = 1.0) -> AppliedLora:
+def apply_lora(model: AnyModel, path: str | Path, scale: float = 1.0) -> AppliedLora:
     """Read the LoRA file at `path`, check it against `model` and apply it with scale s (`LoraSpec.check`'s rules:
     finite, within ±4); returns the handle whose `scale` can change and which `remove()`s it."""
     spec = LoraSpec(Path(path), scale)
@@ -112,13 +113,13 @@ def read_loras(source: ModelSource, loras: Sequence[LoraSpec], config: ModelConf
         spec.check()
     if not loras:
         return []
-    skeleton = build_without_weights(unet_config(read_config(source, config), "--lora: LoRA files"))
+    skeleton = build_model(read_config(source, config), weights=False)
     return [read_lora(spec.path, skeleton) for spec in loras]
 
 
 def load_model_with_loras(source: str | Path | ModelSource | None, loras: Sequence[LoraSpec], *,
                           config: ModelConfig | None = None, note: Callable[[str], None] | None = None,
-                          **options: Any) -> StableDiffusion:
+                          **options: Any) -> AnyModel:
     """`load_model(source, config=config, note=note, **options)` with `loras` applied, every file read and checked
     first (`read_loras`), before any weight is read. The model's `source` then names the LoRAs and their scales
     (a trace records it); `note(line)` hears one line per LoRA.

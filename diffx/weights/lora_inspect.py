@@ -15,27 +15,35 @@ blocks (down), the middle block, the output blocks (up) — and the text encoder
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffx.errors import CheckpointError
-from diffx.models.configs import ModelConfig, sd15, sd21_base, sdxl_base, shapes_world_2
-from diffx.models.stable_diffusion import StableDiffusion, build_without_weights
+from diffx.models.any_model import AnyConfig, AnyModel, build_model
+from diffx.models.configs import sd15, sd21_base, sdxl_base, shapes_world_2
+from diffx.models.sd3 import StableDiffusion3, sd3_medium_model, sd35_large_model, sd35_medium_model
+from diffx.models.stable_diffusion import StableDiffusion
 from diffx.weights.load import config_family, read_state_dict
 from diffx.weights.lora import Lora, LoraSpec, read_lora
+from diffx.weights.lora_blocks import (
+    CORE_GROUPS,
+    block_key,
+    layer_part,
+    network_name,
+    network_slots,
+    text_encoder_name,
+    text_slots,
+)
 from diffx.weights.lora_layers import AdapterLayer
 from diffx.weights.lora_metadata import header_metadata, key_format, training_facts, trigger_words
 
 # The layouts a LoRA is matched against when no model is given, in this order (SD2.x 768-v and 512-base share one;
-# shapes-world-2: the embedded model's).
-LORA_FAMILIES: tuple[Callable[[], ModelConfig], ...] = (sd15, sd21_base, sdxl_base, shapes_world_2)
-UNET_GROUPS = {"in": "U-Net input blocks (down)", "mid": "U-Net middle block", "out": "U-Net output blocks (up)",
-               "other": "U-Net embeddings, final convolution"}
-TEXT_LAYER = re.compile(r"(?:layers|resblocks)\.(\d+)\.")
+# shapes-world-2: the embedded model's; SD3's three sizes differ in their MMDiT).
+LORA_FAMILIES: tuple[Callable[[], AnyConfig], ...] = (sd15, sd21_base, sdxl_base, shapes_world_2, sd3_medium_model,
+                                                      sd35_medium_model, sd35_large_model)
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,8 @@ class LoraReport:
     path: Path
     scale: float
     model: str  # the configuration the file was matched against (its name)
-    family: str  # SD1.x, SD2.x or SDXL
+    family: str  # SD1.x, SD2.x, SDXL or SD3
+    network: str  # the denoiser: U-Net or MMDiT
     recognised: bool  # True: the family was recognised from the file's layers (no model given)
     format: str
     network_module: str | None
@@ -79,7 +88,7 @@ class LoraReport:
     trigger_words: tuple[tuple[str, int], ...]
     parts: dict[str, int]  # kind of layer → how many the file adapts
     layers: tuple[LayerUpdate, ...]
-    unet_blocks: tuple[BlockUpdate, ...]  # every input, middle and output block, in the order they run
+    network_blocks: tuple[BlockUpdate, ...]  # every block of the denoiser, in the order they run
     text_layers: tuple[BlockUpdate, ...]  # every layer of each text encoder the file adapts, first to last
 
     @property
@@ -90,75 +99,6 @@ class LoraReport:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "path": str(self.path), "total_norm": self.total_norm,
                 "trigger_words": [{"tag": tag, "count": count} for tag, count in self.trigger_words]}
-
-
-def _part(layer: AdapterLayer, module: nn.Module) -> str:
-    """The kind of layer: U-Net attention, feed-forward, transformer projection, convolution or other; a text
-    encoder's attention, MLP or other."""
-    path = layer.target.module_path
-    if layer.target.component == "text_encoder":
-        encoder = _text_encoder_name(layer)
-        kind = "attention" if ".self_attn." in path or ".attn." in path else "MLP" if ".mlp." in path else "other"
-        return f"{encoder} {kind}"
-    if ".attn1." in path or ".attn2." in path:
-        return "U-Net attention (" + ("self" if ".attn1." in path else "cross") + ")"
-    if ".ff." in path:
-        return "U-Net feed-forward"
-    if path.endswith((".proj_in", ".proj_out")):
-        return "U-Net transformer proj_in / proj_out"
-    return "U-Net convolution" if isinstance(module, nn.Conv2d) else "U-Net other linear (embeddings)"
-
-
-def _text_encoder_name(layer: AdapterLayer) -> str:
-    """"text encoder", or SDXL's "text encoder 1" (CLIP-L, `embedders.0.`) / "text encoder 2" (bigG)."""
-    path = layer.target.module_path
-    return f"text encoder {int(path.split('.')[1]) + 1}" if path.startswith("embedders.") else "text encoder"
-
-
-def _block_key(layer: AdapterLayer) -> tuple[str, str]:
-    """(group, label) of the U-Net block or text-encoder layer a layer sits in."""
-    path = layer.target.module_path
-    if layer.target.component == "text_encoder":
-        encoder = _text_encoder_name(layer)
-        found = TEXT_LAYER.search(path)
-        return encoder, f"{_short(encoder)} layer {found.group(1)}" if found else f"{_short(encoder)} other"
-    section = layer.target.unet_section
-    head = path.split(".")
-    return UNET_GROUPS[section], _unet_label(head[0], int(head[1]) if section in ("in", "out") else None)
-
-
-def _short(encoder: str) -> str:
-    return encoder.replace("text encoder", "TE").replace(" ", "")
-
-
-def _unet_label(name: str, index: int | None) -> str:
-    labels = {"input_blocks": "input block", "output_blocks": "output block", "middle_block": "middle block",
-              "time_embed": "time embedding", "label_emb": "SDXL y embedding", "out": "final convolution"}
-    return labels.get(name, name) + ("" if index is None else f" {index}")
-
-
-def _unet_slots(model: StableDiffusion) -> list[tuple[str, str]]:
-    """(group, label) of every U-Net block in the order they run, embeddings first and the final convolution last."""
-    unet = model.unet
-    slots = [(UNET_GROUPS["other"], _unet_label("time_embed", None))]
-    if hasattr(unet, "label_emb"):
-        slots.append((UNET_GROUPS["other"], _unet_label("label_emb", None)))
-    slots += [(UNET_GROUPS["in"], _unet_label("input_blocks", i)) for i in range(len(unet.input_blocks))]
-    slots.append((UNET_GROUPS["mid"], _unet_label("middle_block", None)))
-    slots += [(UNET_GROUPS["out"], _unet_label("output_blocks", i)) for i in range(len(unet.output_blocks))]
-    return [*slots, (UNET_GROUPS["other"], _unet_label("out", None))]
-
-
-def _text_slots(model: StableDiffusion) -> list[tuple[str, str]]:
-    """(group, label) of every text-encoder layer, first to last, each encoder's other layers after them."""
-    config = model.config
-    encoders = [("text encoder", config.text_encoder)] if config.text_encoder_2 is None else \
-        [("text encoder 1", config.text_encoder), ("text encoder 2", config.text_encoder_2)]
-    slots = []
-    for name, encoder in encoders:
-        slots += [(name, f"{_short(name)} layer {i}") for i in range(encoder.num_hidden_layers)]
-        slots.append((name, f"{_short(name)} other"))
-    return slots
 
 
 def _blocks(slots: list[tuple[str, str]], updates: list[LayerUpdate], keep: Callable[[str, str], bool]
@@ -182,12 +122,12 @@ def _layer_name(layer: AdapterLayer) -> str:
     return f"{target.component}.{target.module_path}[{'qkv'[start // (stop - start)]}]"
 
 
-def _match(path: Path, tensors: dict[str, Tensor], configs: Sequence[ModelConfig]) -> tuple[StableDiffusion, Lora]:
+def _match(path: Path, tensors: dict[str, Tensor], configs: Sequence[AnyConfig]) -> tuple[AnyModel, Lora]:
     """The first configuration (built without weights) whose layers the file's keys and shapes fit, and the file
     read against it; one `CheckpointError` when none does, with the first one's reason."""
     reasons = []
     for config in configs:
-        skeleton = build_without_weights(config)
+        skeleton = build_model(config, weights=False)
         try:
             return skeleton, read_lora(path, skeleton, tensors)
         except CheckpointError as error:
@@ -197,7 +137,7 @@ def _match(path: Path, tensors: dict[str, Tensor], configs: Sequence[ModelConfig
                           f"model. First: {reasons[0]}")
 
 
-def inspect_lora(path: str | Path, model: StableDiffusion | Sequence[ModelConfig] | None = None,
+def inspect_lora(path: str | Path, model: AnyModel | Sequence[AnyConfig] | None = None,
                  scale: float = 1.0) -> LoraReport:
     """Read the LoRA file at `path` and measure it at scale s (`LoraSpec.check`'s rules: finite, within ±4).
 
@@ -207,7 +147,8 @@ def inspect_lora(path: str | Path, model: StableDiffusion | Sequence[ModelConfig
     spec = LoraSpec(Path(path), scale)
     spec.check()
     tensors = read_state_dict(spec.path)
-    if isinstance(model, StableDiffusion):
+    given = isinstance(model, StableDiffusion | StableDiffusion3)
+    if given:
         matched, lora = model, read_lora(spec.path, model, tensors)
     else:
         matched, lora = _match(spec.path, tensors, list(model) if model is not None else
@@ -215,21 +156,20 @@ def inspect_lora(path: str | Path, model: StableDiffusion | Sequence[ModelConfig
     metadata = header_metadata(spec.path)
     updates, parts = [], {}
     for layer in lora.layers:
-        part = _part(layer, layer.target.module(matched))
+        part = layer_part(layer, layer.target.module(matched))
         parts[part] = parts.get(part, 0) + 1
-        updates.append(LayerUpdate(_layer_name(layer), part, _block_key(layer)[1], layer.rank,
+        updates.append(LayerUpdate(_layer_name(layer), part, block_key(layer)[1], layer.rank,
                                    layer.factor * layer.rank, abs(spec.scale) * layer.norm()))
-    core = set(UNET_GROUPS.values()) - {UNET_GROUPS["other"]}
-    touched = {_text_encoder_name(layer) for layer in lora.layers if layer.target.component == "text_encoder"}
+    touched = {text_encoder_name(layer) for layer in lora.layers if layer.target.component == "text_encoder"}
     return LoraReport(
         path=spec.path, scale=spec.scale, model=matched.config.name, family=config_family(matched.config),
-        recognised=not isinstance(model, StableDiffusion), format=key_format(tensors.keys()),
+        network=network_name(matched), recognised=not given, format=key_format(tensors.keys()),
         network_module=metadata.get("ss_network_module") or ("PEFT LoRA" if "lora_adapter_metadata" in metadata
                                                                else None),
         ranks=tuple(sorted({update.rank for update in updates})),
         alphas=tuple(sorted({update.alpha for update in updates})),
         training=training_facts(metadata), trigger_words=tuple(trigger_words(metadata)),
         parts=dict(sorted(parts.items())), layers=tuple(updates),
-        unet_blocks=_blocks(_unet_slots(matched), updates, lambda group, label: group in core),
-        text_layers=_blocks(_text_slots(matched), updates,
+        network_blocks=_blocks(network_slots(matched), updates, lambda group, label: group in CORE_GROUPS),
+        text_layers=_blocks(text_slots(matched), updates,
                             lambda group, label: group in touched and not label.endswith(" other")))

@@ -39,10 +39,11 @@ class LayerShape:
     def of(cls, module: nn.Module, target: LoraTarget) -> LayerShape:
         if isinstance(module, nn.Conv2d):
             return cls(module.in_channels, module.out_channels, tuple(module.kernel_size), True)
-        if isinstance(module, nn.Linear):
-            return cls(module.in_features, module.out_features, (1, 1), False)
-        start, stop = target.rows  # a StackedProjection: x (in) -> one third of 3·in rows
-        return cls(stop - start, stop - start, (1, 1), False)
+        if target.rows is not None:  # a third of a stacked q/k/v projection: x (in) -> its rows of 3 · width
+            start, stop = target.rows  # OpenCLIP's StackedProjection is as wide in as each third out
+            return cls(module.in_features if isinstance(module, nn.Linear) else stop - start, stop - start, (1, 1),
+                       False)
+        return cls(module.in_features, module.out_features, (1, 1), False)
 
     @property
     def fan_in(self) -> int:

@@ -11,6 +11,10 @@ A LoRA file names each adapted layer after the model it was trained on, in one o
 - diffusers' older attention-processor files: `unet.<attention>.processor.to_q_lora`, `to_out_lora` (= `to_out.0`),
   `text_encoder.<attention>.to_q_lora` (= `q_proj`) and `.lora_linear_layer.`.
 
+SD3 / SD3.5 (`_mmdit_names`): sd-scripts' `lora_unet_<Stability's path>` and `lora_te1_`/`lora_te2_`/`lora_te3_`
+(CLIP-L, bigG, T5), diffusers' `transformer.<diffusers path>` and `text_encoder`/`_2`/`_3`; diffusers' q, k and v
+are thirds of Stability's stacked `qkv`.
+
 Underscores cannot be split back into dots unambiguously (`transformer_blocks` vs `input_blocks_4`), so the map
 runs the other way: every Linear and Conv2d of the model is listed under every name a scheme gives it, and a
 file's names are looked up there. diffx's module paths are the original checkpoint's; diffusers' are derived from
@@ -27,9 +31,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from diffx.models.open_clip import OpenClipTextEncoder, StackedProjection
+from diffx.models.sd3 import StableDiffusion3
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.models.unet import UNet
 from diffx.weights.diffusers_layout import OPEN_CLIP_LEAVES, rename_key, unet_rename_rules
+from diffx.weights.sd3_layout import module_sources, swapped_modules
 
 # The part of an update a key holds, by how the key ends: down (A: in -> rank), up (B: rank -> out) or alpha; a
 # LyCORIS LoHa's or LoKr's factors by their own names (part None: the name the key ends with).
@@ -58,7 +64,7 @@ class LoraTarget:
     module_path: str
     rows: tuple[int, int] | None = None
 
-    def module(self, model: StableDiffusion) -> nn.Module:
+    def module(self, model: StableDiffusion | StableDiffusion3) -> nn.Module:
         return getattr(model, self.component).get_submodule(self.module_path)
 
     @property
@@ -132,15 +138,21 @@ def _transformers_paths(encoder: nn.Module, within: str) -> dict[str, LoraTarget
     return paths
 
 
-def _text_encoders(model: StableDiffusion) -> list[tuple[nn.Module, str, str, str]]:
+def _text_encoders(model: StableDiffusion | StableDiffusion3) -> list[tuple[nn.Module, str, str, str]]:
     """(encoder, its path inside the model's text encoder, kohya's prefix, diffusers' component) per text encoder."""
+    if isinstance(model, StableDiffusion3):  # CLIP-L, bigG, T5: te1-te3 / text_encoder - text_encoder_3
+        encoders = model.text_encoder
+        present = [(name, index) for index, name in enumerate(("clip_l", "clip_g", "t5xxl"), 1)
+                   if hasattr(encoders, name)]
+        return [(getattr(encoders, name).transformer, f"{name}.transformer.", f"te{index}",
+                 "text_encoder" if index == 1 else f"text_encoder_{index}") for name, index in present]
     if model.config.text_encoder_2 is not None:  # SDXL: CLIP-L is te1 / text_encoder, bigG te2 / text_encoder_2
         return [(model.text_encoder.embedders[0].transformer, "embedders.0.transformer.", "te1", "text_encoder"),
                 (model.text_encoder.embedders[1].model, "embedders.1.model.", "te2", "text_encoder_2")]
     return [(model.text_encoder, "", "te", "text_encoder")]
 
 
-def _text_names(model: StableDiffusion) -> dict[str, LoraTarget]:
+def _text_names(model: StableDiffusion | StableDiffusion3) -> dict[str, LoraTarget]:
     names = {}
     for encoder, within, kohya, diffusers in _text_encoders(model):
         for path, target in _transformers_paths(encoder, within).items():
@@ -151,9 +163,33 @@ def _text_names(model: StableDiffusion) -> dict[str, LoraTarget]:
     return names
 
 
-def lora_targets(model: StableDiffusion) -> dict[str, LoraTarget]:
+def _mmdit_names(model: StableDiffusion3) -> dict[str, LoraTarget]:
+    """An SD3 MMDiT's layers under Stability's paths (sd-scripts' `lora_unet_joint_blocks_0_x_block_attn_qkv`) and
+    diffusers' (`transformer.transformer_blocks.0.attn.to_q`, and `lora_transformer_…` with underscores): diffusers'
+    to_q / to_k / to_v are thirds of the stacked `qkv` (rows W_q; W_k; W_v). The 2-vector adaLNs whose halves
+    diffusers stores swapped (`sd3_layout.swapped_modules`) are adaptable under Stability's names only."""
+    config = model.config.mmdit
+    sources, swapped, names = module_sources(config), swapped_modules(config), {}
+    for path, module in model.transformer.named_modules():
+        if not _adaptable(module):
+            continue
+        whole = LoraTarget("transformer", path)
+        names["lora_unet_" + path.replace(".", "_")] = whole
+        stacked = sources.get(path, ()) if path not in swapped else ()
+        for index, source in enumerate(stacked):
+            target = whole
+            if len(stacked) > 1:  # q, k, v: a third of the stacked Linear's rows each
+                width = module.out_features // len(stacked)
+                target = LoraTarget("transformer", path, (index * width, (index + 1) * width))
+            names["transformer." + source] = names["lora_transformer_" + source.replace(".", "_")] = target
+    return names
+
+
+def lora_targets(model: StableDiffusion | StableDiffusion3) -> dict[str, LoraTarget]:
     """Every name a LoRA file may give one of `model`'s adaptable layers -> that layer (works on a model built
     without weights, so a file can be checked before any weight is read)."""
+    if isinstance(model, StableDiffusion3):
+        return {**_mmdit_names(model), **_text_names(model)}
     return {**_unet_names(model.unet), **_text_names(model)}
 
 

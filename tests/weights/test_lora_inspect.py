@@ -82,15 +82,15 @@ def test_blocks_come_in_the_order_they_run(skeleton, tmp_path):
     file = write_lora(tmp_path / "k.safetensors", kohya_tensors(layers, "lora_unet_", rank=2, alpha=2, seed=0))
     report = inspect_lora(file, skeleton)
     inputs, outputs = len(skeleton.unet.input_blocks), len(skeleton.unet.output_blocks)
-    assert [block.label for block in report.unet_blocks] == [
+    assert [block.label for block in report.network_blocks] == [
         *(f"input block {i}" for i in range(inputs)), "middle block", *(f"output block {i}" for i in range(outputs))]
     heads = [path.split(".")[:2] for path in layers]  # e.g. ["input_blocks", "1"], ["middle_block", "1"]
-    assert {block.label for block in report.unet_blocks if block.layers} == {
+    assert {block.label for block in report.network_blocks if block.layers} == {
         "middle block" if name == "middle_block" else f"{name.split('_')[0]} block {index}" for name, index in heads}
-    assert all(block.norm == 0 for block in report.unet_blocks if not block.layers)
+    assert all(block.norm == 0 for block in report.network_blocks if not block.layers)
     assert report.text_layers == ()  # no text-encoder layer adapted: no panel
     inside = [layer.norm for layer in report.layers if ".middle_block." in layer.name]
-    middle = next(block for block in report.unet_blocks if block.label == "middle block")
+    middle = next(block for block in report.network_blocks if block.label == "middle block")
     assert middle.norm == pytest.approx(sum(n ** 2 for n in inside) ** 0.5)
 
 
