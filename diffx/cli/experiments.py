@@ -203,7 +203,10 @@ def compare(
     print_written([out])
 
 
-def _load_axis_models(choice: ModelChoice, axes: tuple) -> tuple:
+Axis = tuple[str, list]  # a comparison axis: its name and values (`parse_axis`)
+
+
+def _load_axis_models(choice: ModelChoice, axes: tuple[Axis, Axis | None]) -> tuple[Axis, Axis | None]:
     """`axes` (x, y) with the model axis's names replaced by the models: each name found as --model finds it and
     checked with the other model options (--device, --dtype, --lora…) before the first is loaded, each loaded once.
     --model itself is refused: the axis names every model."""
