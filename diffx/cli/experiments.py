@@ -160,7 +160,9 @@ def compare(
     x: Annotated[str, typer.Option(
         "--x", help="Columns: SETTING=V1,V2,… with SETTING one of sampler, steps, schedule, guidance, seed, "
                     "karras, spacing; with --lora also lora (its scale s, e.g. lora=0,0.5,1) and lora-blocks (the "
-                    "U-Net blocks it is kept to: all, in, mid, out; the text encoders keep it).")
+                    "U-Net blocks it is kept to: all, in, mid, out; the text encoders keep it); or model (models as "
+                    "--model names them, each with its own defaults for what is not set: "
+                    "model=shapes-world-2,FOLDER; instead of --model).")
     ] = "sampler=ddim,euler,dpmpp_2m",
     y: Annotated[str | None, typer.Option("--y", help="Rows, written like --x.", show_default=False)] = None,
     prompt: PromptOpt = "",
@@ -174,12 +176,15 @@ def compare(
 
     Writes a labelled grid (--out, default compare.png) with the U-Net evaluations of each cell, counted
     as they run (guidance runs the U-Net twice per model call): the cost that compares across machines.
-    The lora and lora-blocks axes change how the --lora files run between cells, without reloading the model.
+    The lora and lora-blocks axes change how the --lora files run between cells, without reloading the model. The
+    model axis puts models side by side, same prompt and seed, each with its own sampler, steps, guidance and schedule
+    unless given (a setting given applies to every model).
 
     Example: diffx compare --prompt "a red circle" --x sampler=ddim,euler,dpmpp_2m --y steps=5,10,25
     """
     from diffx.experiments import sweeps as experiments
     from diffx.experiments.lora_axes import check_lora_axes
+    from diffx.experiments.model_axis import MODEL_AXIS
     from diffx.render import save_png
 
     out = out or Path("compare.png")
@@ -189,8 +194,36 @@ def compare(
     checked = model.check()  # before any work: each --lora read against the model's configuration
     check_lora_axes((x_axis[0], y_axis[0] if y_axis else None), bool(checked.loras), checked.network)
     settings = sampling.settings(prompt, guidance)
-    loaded = model.load()
+    if MODEL_AXIS in (x_axis[0], y_axis and y_axis[0]):
+        loaded, (x_axis, y_axis) = None, _load_axis_models(model, (x_axis, y_axis))
+    else:
+        loaded = model.load()
     with StepProgress(runs=len(x_axis[1]) * (len(y_axis[1]) if y_axis else 1)) as progress:
         comparison = experiments.compare(loaded, settings, x_axis, y_axis, progress)
     save_png(comparison.grid, out, force)
     print_written([out])
+
+
+Axis = tuple[str, list]  # a comparison axis: its name and values (`parse_axis`)
+
+
+def _load_axis_models(choice: ModelChoice, axes: tuple[Axis, Axis | None]) -> tuple[Axis, Axis | None]:
+    """`axes` (x, y) with the model axis's names replaced by the models: each name found as --model finds it and
+    checked with the other model options (--device, --dtype, --lora…) before the first is loaded, each loaded once.
+    --model itself is refused: the axis names every model."""
+    from dataclasses import replace
+
+    from diffx.errors import InvalidArgumentError
+    from diffx.experiments.model_axis import BOTH_MODELS, MODEL_AXIS
+    from diffx.weights.discovery import resolve_model_source
+
+    if choice.model is not None:
+        raise InvalidArgumentError(BOTH_MODELS)
+    names = [value for axis in axes if axis and axis[0] == MODEL_AXIS for value in axis[1]]
+    paths = {name: resolve_model_source(name, where=f"{MODEL_AXIS} axis value").path for name in names}
+    choices = {path: replace(choice, model=name) for name, path in paths.items()}  # one per model, however named
+    for named in choices.values():
+        named.check()
+    models = {path: named.load() for path, named in choices.items()}
+    return tuple(axis and (axis[0], [models[paths[v]] for v in axis[1]] if axis[0] == MODEL_AXIS else axis[1])
+                 for axis in axes)

@@ -1,7 +1,8 @@
 """Runs of the pipeline that draw what they find.
 
 - sweeps.py: the forward process (`noise_views`), classifier-free guidance sweeps (`cfg_sweep`), comparisons over any
-  two settings (`compare`); lora_axes.py: its `lora` and `lora-blocks` axes (the applied LoRAs, no reload)
+  two settings (`compare`); lora_axes.py: its `lora` and `lora-blocks` axes (the applied LoRAs, no reload);
+  model_axis.py: its `model` axis (models side by side, each with its own defaults) and its cells, resolved
 - prompt_to_prompt.py (+ its views): editing a prompt by injecting the source's attention (Hertz et al. 2022)
 - round_trip.py: DDIM inversion's round trip, traced and drawn
 - trajectories.py: how samplers travel (paths on the principal components, convergence)

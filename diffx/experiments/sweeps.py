@@ -17,10 +17,10 @@ from diffx.experiments.lora_axes import (
     LORA_AXES,
     LORA_AXIS_TYPES,
     LORA_EXAMPLES,
-    check_lora_axes,
     lora_caption,
     lora_state,
 )
+from diffx.experiments.model_axis import MODEL_AXIS, MODEL_AXIS_TITLE, MODEL_EXAMPLE, Cell, model_caption, resolve_cells
 from diffx.images import image_to_tensor, tensor_to_image
 from diffx.pipeline.codec import decode_latents, encode_image
 from diffx.pipeline.denoiser import grid_for, schedule_from_config
@@ -257,16 +257,18 @@ def _parse_bool(text: str) -> bool:
     return value in ("true", "1", "yes", "on")
 
 
-# Settings a comparison can vary, and how to read their values from text; then the model's LoRAs (`lora_axes`).
+# Settings a comparison can vary, and how to read their values from text; then the model's LoRAs (`lora_axes`) and
+# the model itself (`model_axis`: names as --model takes them, which the command line loads).
 COMPARE_AXES: dict[str, Callable[[str], object]] = {
     "sampler": str, "steps": int, "schedule": str, "guidance": float, "seed": int, "karras": _parse_bool,
-    "spacing": str, **LORA_AXES,
+    "spacing": str, **LORA_AXES, MODEL_AXIS: str,
 }
 AXIS_TYPES = {str: "name", int: "whole number", float: "number", _parse_bool: "true/false value", **LORA_AXIS_TYPES}
 
 
 _AXIS_EXAMPLES = {"sampler": "ddim,euler", "steps": "5,10,25", "schedule": "linear,cosine", "guidance": "1,7.5",
-                  "seed": "0,1,2", "karras": "false,true", "spacing": "leading,trailing", **LORA_EXAMPLES}
+                  "seed": "0,1,2", "karras": "false,true", "spacing": "leading,trailing", **LORA_EXAMPLES,
+                  MODEL_AXIS: MODEL_EXAMPLE}
 
 
 def parse_axis(text: str) -> tuple[str, list]:
@@ -326,7 +328,7 @@ class EvaluationCounter:
         return f"{self.unet} U-Net evaluations{doubled}"
 
 
-def compare(model: StableDiffusion, settings: GenerationSettings,
+def compare(model: StableDiffusion | None, settings: GenerationSettings,
             x: tuple[str, Sequence] = ("sampler", ["ddim", "euler", "dpmpp_2m"]),
             y: tuple[str, Sequence] | None = ("steps", [5, 10, 25]), progress: StepCallback | None = None,
             panel: int | None = None) -> Comparison:
@@ -335,7 +337,9 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     Columns follow `x` = (setting, values), rows `y` (None = one row). Each cell is labelled with its
     number of U-Net evaluations, counted as they run (`EvaluationCounter`: Heun calls the model twice per step,
     guidance runs the U-Net twice per call), the cost that compares across machines; wall times mostly measure load.
-    The `lora` and `lora-blocks` axes vary the model's LoRAs (`lora_axes`: no reload; put back after).
+    The `lora` and `lora-blocks` axes vary the model's LoRAs (`lora_axes`: no reload; put back after). The `model`
+    axis's values are loaded models (`model_axis`; `model` is None then): each cell is resolved for its own model,
+    whose defaults fill what `settings` leaves None.
     """
     x_name, x_values = x
     y_name, y_values = y if y is not None else (None, [None])
@@ -346,27 +350,17 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
             raise InvalidArgumentError(f"both axes vary {x_name}; choose two different settings")
     if not x_values or not y_values:
         raise InvalidArgumentError("each comparison axis needs at least one value")
-    loras = applied_loras(model)
-    check_lora_axes((x_name, y_name), bool(loras), loras[0].network if loras else "U-Net")
-    # Check every combination before the first (slow) generation: its settings, and how its LoRAs run.
-    cells = [[{x_name: xv, **({y_name: yv} if y_name else {})} for xv in x_values] for yv in y_values]
-    combos = [[(replace(settings, **{k: v for k, v in cell.items() if k not in LORA_AXES}),
-                {k: v for k, v in cell.items() if k in LORA_AXES}) for cell in row] for row in cells]
-    for row in combos:
-        for cell, _ in row:
-            cell.resolved(model)
-    for name in (x_name, y_name):  # a value an axis replaces is checked too: a typo must not pass unnoticed
-        if name is not None and name not in LORA_AXES and getattr(settings, name) is not None:
-            replace(combos[0][0][0], **{name: getattr(settings, name)}).resolved(model)
+    cells = resolve_cells(model, settings, x, y)  # every cell checked before the first (slow) generation
 
     generations, counters = [], []
-    for row in combos:
+    for row in cells:
         generations.append([])
         counters.append([])
-        for cell, lora_cell in row:
+        for cell in row:
             counter = EvaluationCounter()
-            with lora_state(loras, lora_cell):
-                generations[-1].append(generate(model, cell, observe=counter.observer, progress=progress))
+            with lora_state(applied_loras(cell.model), cell.loras):
+                generations[-1].append(generate(cell.model, cell.settings, observe=counter.observer,
+                                                progress=progress))
             counters[-1].append(counter)
     height, width = generations[0][0].images[0].shape[:2]
     size = panel_size(width, height, panel)
@@ -375,15 +369,22 @@ def compare(model: StableDiffusion, settings: GenerationSettings,
     note = " · guidance runs the U-Net twice per model call: with the prompt and without" if guided else ""
     if "lora-blocks" in (x_name, y_name):
         note += " · lora-blocks: the text encoders' LoRA layers stay applied in every cell"
+    if MODEL_AXIS in (x_name, y_name) and "seed" not in (x_name, y_name):
+        note += f" · seed {settings.seed} in every cell"
 
-    def labels(name: str, values: Sequence) -> list[str]:
+    def labels(name: str, values: Sequence, firsts: Sequence[Cell]) -> list[str]:
+        """Each value in words; a model as its name and what it ran with (`firsts`: the cells of its first run)."""
+        if name == MODEL_AXIS:
+            return [model_caption(cell, (x_name, y_name)) for cell in firsts]
         return [lora_caption(name, v) if name in LORA_AXES else str(v) for v in values]
 
+    titles = {**AXIS_TITLES, MODEL_AXIS: MODEL_AXIS_TITLE}
     grid = make_grid([[fit_panel(g.images[0], size, smooth=True) for g in row] for row in generations],
-                     row_labels=labels(y_name, y_values) if y_name else None, col_labels=labels(x_name, x_values),
+                     row_labels=labels(y_name, y_values, [row[0] for row in cells]) if y_name else None,
+                     col_labels=labels(x_name, x_values, cells[0]),
                      cell_labels=[[counter.label() for counter in row] for row in counters],
-                     title=prompt + note, x_axis_title=AXIS_TITLES.get(x_name, x_name),
-                     y_axis_title=AXIS_TITLES.get(y_name, y_name), cell_size=size)
+                     title=prompt + note, x_axis_title=titles.get(x_name, x_name),
+                     y_axis_title=titles.get(y_name, y_name), cell_size=size)
     return Comparison(grid=grid, generations=generations,
                       model_calls=[[counter.calls for counter in row] for row in counters],
                       unet_evaluations=[[counter.unet for counter in row] for row in counters])

@@ -98,15 +98,20 @@ WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u30
 SPECIAL_TOKEN_PATTERN = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
 
 
+ASCII_CLASSES = ("A-Za-z", "0-9")  # `\p{L}` and `\p{N}` within ASCII
+
+
 @functools.cache
-def _word_pattern() -> re.Pattern[str]:
+def _word_pattern(ascii_only: bool = False) -> re.Pattern[str]:
     r"""CLIP's pre-tokenizer regex, with `\p{L}` and `\p{N}` spelled out for Python's `re`:
 
         's|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
 
-    (CLIP's regex also lists the two special tokens first; `SPECIAL_TOKEN_PATTERN` finds those.)
+    (CLIP's regex also lists the two special tokens first; `SPECIAL_TOKEN_PATTERN` finds those.) `ascii_only`: the
+    same pattern for ASCII text, which splits it alike without building the Unicode classes (a scan of every code
+    point, a noticeable part of a short command's start).
     """
-    letter, number = _unicode_classes()
+    letter, number = ASCII_CLASSES if ascii_only else _unicode_classes()
     return re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d|[{letter}]+|[{number}]|[^{WHITESPACE}{letter}{number}]+")
 
 
@@ -272,7 +277,11 @@ class ClipTokenizer:
         words: list[str] = []
         # re.split with a capture group alternates: text, special token, text, ...
         for i, segment in enumerate(self.special_pattern.split(prompt)):
-            words += [segment] if i % 2 else _word_pattern().findall(clean_text(segment))
+            if i % 2:
+                words.append(segment)
+            else:
+                text = clean_text(segment)
+                words += _word_pattern(text.isascii()).findall(text)
         return words
 
     def word_tokens(self, word: str) -> list[str]:

@@ -150,9 +150,9 @@ def find_models() -> list[ModelSource]:
     return [_model_source(p) for p in unique]
 
 
-def resolve_model_source(model: str | Path | None = None) -> ModelSource:
-    """The model to use: `model` (a path or "embedded"), else $DIFFX_MODEL, else `find_models()[0]`."""
-    where = "--model"
+def resolve_model_source(model: str | Path | None = None, where: str = "--model") -> ModelSource:
+    """The model to use: `model` (a path or "embedded"), else $DIFFX_MODEL, else `find_models()[0]`. `where`: what
+    named `model`, for the message when there is none such (`diffx compare`'s model axis names models too)."""
     if model is None and os.environ.get("DIFFX_MODEL"):
         model, where = os.environ["DIFFX_MODEL"], "DIFFX_MODEL"
     if model is not None:

@@ -122,6 +122,18 @@ def test_word_pattern_equals_unicode_property_regex():
     assert tokenizer.split_words("x²½Ⅻ") == ["x", "²", "½", "ⅻ"]
 
 
+def test_ascii_text_splits_alike_without_the_unicode_classes():
+    """ASCII prompts take the ASCII pattern (no scan of every code point at a command's start), which splits every
+    ASCII text as the Unicode pattern does."""
+    from diffx.models import tokenizer as module
+
+    module._unicode_classes.cache_clear()
+    ClipTokenizer.default().split_words("A red circle, 2 blue squares' <|endoftext|> (x:1.5)!")
+    assert module._unicode_classes.cache_info().currsize == 0
+    text = "".join(chr(c) for c in range(128)) + " don't 12ab--cd  e'll x_y"
+    assert module._word_pattern(True).findall(text) == module._word_pattern(False).findall(text)
+
+
 def test_from_folder_equals_default(vocab_folder):
     default = ClipTokenizer.default()
     from_folder = ClipTokenizer.from_folder(vocab_folder)
