@@ -307,13 +307,15 @@ class Comparison:
 
 
 class EvaluationCounter:
-    """Counts, over one generation, the denoiser's calls and the U-Net evaluations they run: the CFG denoiser runs
+    """Counts, over one generation, the denoiser's calls and the network evaluations they run: the CFG denoiser runs
     the network on [uncond; cond] — two evaluations, one batch — when guidance w ≠ 1, and on cond alone at w = 1
-    (Ho & Salimans 2022, eq. 6). Its guidance hook hears which branches ran (ε_u is None when only one did)."""
+    (Ho & Salimans 2022, eq. 6). Its guidance hook hears which branches ran (ε_u is None when only one did).
+    `network`: what the label calls the network ("U-Net", "MMDiT")."""
 
-    def __init__(self) -> None:
+    def __init__(self, network: str = "U-Net") -> None:
         self.calls = 0
         self.unet = 0
+        self.network = network
 
     def observer(self, run: ImageRun | None = None) -> Observer:
         return Observer(on_guidance=self.heard)
@@ -323,9 +325,10 @@ class EvaluationCounter:
         self.unet += 1 if eps_uncond is None else 2
 
     def label(self) -> str:
-        """"50 U-Net evaluations" and, under guidance, a second line "= 25 model calls × 2"."""
+        """"50 U-Net evaluations" (an SD3 model's: "MMDiT") and, under guidance, a second line "= 25 model calls
+        × 2"."""
         doubled = f"\n= {self.calls} model calls × 2" if self.unet != self.calls else ""
-        return f"{self.unet} U-Net evaluations{doubled}"
+        return f"{self.unet} {self.network} evaluations{doubled}"
 
 
 def compare(model: StableDiffusion | None, settings: GenerationSettings,
@@ -357,7 +360,7 @@ def compare(model: StableDiffusion | None, settings: GenerationSettings,
         generations.append([])
         counters.append([])
         for cell in row:
-            counter = EvaluationCounter()
+            counter = EvaluationCounter(cell.model.network_name)
             with lora_state(applied_loras(cell.model), cell.loras):
                 generations[-1].append(generate(cell.model, cell.settings, observe=counter.observer,
                                                 progress=progress))

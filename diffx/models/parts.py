@@ -23,6 +23,7 @@ class ModelParts:
     """A mixin for model dataclasses with `source`, `config.name` and one attribute per part (module docstring)."""
 
     network_part: ClassVar[str]  # the part whose parameters tell the device and dtype ("unet", "transformer")
+    network_name: ClassVar[str]  # what the denoiser is, in words ("U-Net", "MMDiT")
     family_hint: ClassVar[str]  # what a checkpoint that does not fit is asked to be, in the error
 
     source: str

@@ -189,6 +189,7 @@ class StableDiffusion3(ModelParts):
 
     family: ClassVar[str] = "sd3"
     network_part: ClassVar[str] = "transformer"
+    network_name: ClassVar[str] = "MMDiT"
     family_hint: ClassVar[str] = "an SD3 / SD3.5 model of that size"
 
     config: SD3Config

@@ -46,6 +46,7 @@ class StableDiffusion(ModelParts):
 
     family: ClassVar[str] = "stable-diffusion"  # its parts as the pipeline calls them: diffx.pipeline.families
     network_part: ClassVar[str] = "unet"
+    network_name: ClassVar[str] = "U-Net"
     family_hint: ClassVar[str] = "a model of that family and size"
 
     config: ModelConfig

@@ -204,7 +204,7 @@ def read_lora(path: str | Path, model: AnyModel, tensors: Mapping[str, Tensor] |
             raise CheckpointError(f"{path.name}: {problem}; the file is damaged or for another model") from None
     if len({layer.target for layer in layers}) != len(layers):
         raise CheckpointError(f"{path.name} holds two LoRAs for one layer (under two naming schemes); keep one")
-    return Lora(path, tuple(layers), "MMDiT" if model.family == "sd3" else "U-Net")
+    return Lora(path, tuple(layers), model.network_name)
 
 
 def lora_summary(lora: Lora, model: AnyModel) -> str:

@@ -24,11 +24,6 @@ MMDIT_LABELS = {"x_embedder": "patch embedding", "t_embedder": "time embedding",
                 "context_embedder": "context embedding", "final_layer": "final layer"}
 
 
-def network_name(model: AnyModel) -> str:
-    """"U-Net" or "MMDiT": what the model's denoiser is."""
-    return "MMDiT" if isinstance(model, StableDiffusion3) else "U-Net"
-
-
 def text_encoder_name(layer: AdapterLayer) -> str:
     """"text encoder"; SDXL's "text encoder 1" (CLIP-L, `embedders.0.`) / "text encoder 2" (bigG); SD3's 1-3 (CLIP-L,
     bigG, T5)."""

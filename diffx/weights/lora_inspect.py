@@ -32,7 +32,6 @@ from diffx.weights.lora_blocks import (
     CORE_GROUPS,
     block_key,
     layer_part,
-    network_name,
     network_slots,
     text_encoder_name,
     text_slots,
@@ -163,7 +162,7 @@ def inspect_lora(path: str | Path, model: AnyModel | Sequence[AnyConfig] | None 
     touched = {text_encoder_name(layer) for layer in lora.layers if layer.target.component == "text_encoder"}
     return LoraReport(
         path=spec.path, scale=spec.scale, model=matched.config.name, family=config_family(matched.config),
-        network=network_name(matched), recognised=not given, format=key_format(tensors.keys()),
+        network=matched.network_name, recognised=not given, format=key_format(tensors.keys()),
         network_module=metadata.get("ss_network_module") or ("PEFT LoRA" if "lora_adapter_metadata" in metadata
                                                                else None),
         ranks=tuple(sorted({update.rank for update in updates})),

@@ -162,3 +162,12 @@ def test_parse_axis_names_the_expected_type_in_words(text, says):
 
     with pytest.raises(InvalidArgumentError, match=says):
         parse_axis(text)
+
+
+def test_a_cell_counts_and_names_its_network_evaluations() -> None:
+    counter = experiments.EvaluationCounter("MMDiT")
+    eps = torch.zeros(1)
+    counter.heard(eps, eps)  # guided: [uncond; cond], two evaluations
+    counter.heard(None, eps)  # w = 1: cond alone
+    assert (counter.calls, counter.unet) == (2, 3)
+    assert counter.label() == "3 MMDiT evaluations\n= 2 model calls × 2"
