@@ -74,3 +74,23 @@ def test_a_file_that_fits_no_model_is_refused_in_one_line(run, tmp_path):
         result = run(*args)
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and problem in lines[0], result.stderr
+
+
+def test_attention_draws_the_trigger_word_with_and_without_the_lora(run):
+    result = run("style.safetensors", "--attention", "a.png", "--prompt", "a red circle", "--steps", "2")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "wrote a.png" in result.output
+    with Image.open("a.png") as picture:
+        assert picture.width > 2 * 64 and picture.height > 2 * 64  # two rows of picture + map
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--prompt", "a red circle"), "give --attention with --prompt"),
+    (("--attention", "a.png", "--prompt", "a blue square"), "contains none of the file's trigger words (red, circle)"),
+    (("--attention", "a.png", "--prompt", "a red circle", "--word", "square"), "the word 'square' is not in"),
+], ids=["prompt-alone", "no-trigger-word", "word-not-in-prompt"])
+def test_attention_options_are_checked_before_the_model_loads(run, monkeypatch, args, fragment):
+    monkeypatch.setattr("diffx.cli.options.ModelChoice.load", lambda self: pytest.fail("the model was loaded"))
+    result = run("style.safetensors", *args)
+    assert result.exit_code == 2 and fragment in result.stderr, result.output + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

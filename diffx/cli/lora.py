@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from diffx.cli.core import ERR, OUT, print_written
-from diffx.cli.options import ForceOpt, ModelChoice, option_groups
+from diffx.cli.options import ForceOpt, GuidanceOpt, ModelChoice, SamplingChoice, option_groups
+from diffx.errors import InvalidArgumentError
 
 
 @option_groups
@@ -21,6 +22,16 @@ def lora(
         help="Also draw ‖ΔW‖_F per U-Net (or MMDiT) block and text-encoder layer as a bar chart (.png, .jpg or "
              ".webp).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+    attention: Annotated[Path | None, typer.Option(
+        "--attention", show_default=False,
+        help="Also draw where --word looks in --prompt's picture with the LoRA at scale 0 and at s, same seed "
+             "(loads the model: seconds for the embedded one).")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt --attention runs.")] = "",
+    word: Annotated[str | None, typer.Option(
+        help="The word --attention follows. Default: the file's most frequent trigger word in --prompt.",
+        show_default=False)] = None,
+    sampling: SamplingChoice = SamplingChoice(),
+    guidance: GuidanceOpt = None,
     model: ModelChoice = ModelChoice(),
     force: ForceOpt = False,
 ) -> None:
@@ -40,16 +51,28 @@ def lora(
     model's and SD3-medium's, SD3.5-medium's and SD3.5-large's layouts.
     The rest of the model group is checked as everywhere.
 
+    With --attention and --prompt, the model (--model) is loaded with the LoRA and the prompt traced twice, at
+    scale 0 (the base model) and at s: the word's cross-attention map over each picture, on one colour scale.
+
     Example: diffx lora style.safetensors:0.8 --out style_blocks.png
     """
+    from diffx.experiments.lora_attention import chosen_word, lora_attention
     from diffx.files import check_outputs
     from diffx.models.any_model import build_model
+    from diffx.models.tokenizer import ClipTokenizer
+    from diffx.render import save_png
     from diffx.views.lora import lora_chart, lora_tables
     from diffx.weights.load import read_config
     from diffx.weights.lora import LoraSpec
+    from diffx.weights.lora_apply import apply_lora
     from diffx.weights.lora_inspect import LORA_FAMILIES, inspect_lora
 
     check_outputs([], force, picture=out)
+    check_outputs([out], force, picture=attention)
+    if bool(prompt or word is not None) != (attention is not None):
+        raise InvalidArgumentError("--attention draws --prompt's run, and --prompt and --word are for it: give "
+                                   "--attention with --prompt (and optionally --word), or none of them")
+    settings = sampling.settings(prompt, guidance) if attention is not None else None
     spec = LoraSpec.parse(file, "FILE")
     checked = model.check()
     config = read_config(checked.source, checked.config)
@@ -59,15 +82,19 @@ def lora(
         families = [family() for family in LORA_FAMILIES]
         against = [config, *(other for other in families if other.name != config.name)]
     report = inspect_lora(spec.path, against, spec.scale)
+    if settings is not None:
+        chosen = chosen_word(ClipTokenizer.default(), prompt, word, report.trigger_words)  # before loading
+        loaded = model.load()
+        applied = apply_lora(loaded, spec.path, spec.scale)
+        save_png(lora_attention(loaded, applied, settings, chosen), attention, force)
     if out is not None:
-        from diffx.render import save_png
-
         save_png(lora_chart(report), out, force)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
-        if out is not None:  # stdout holds the JSON alone
-            ERR.print(f"wrote {out}", soft_wrap=True)
+        for written in (attention, out):  # stdout holds the JSON alone
+            if written is not None:
+                ERR.print(f"wrote {written}", soft_wrap=True)
         return
     for table in lora_tables(report):
         OUT.print(table)
-    print_written([out])
+    print_written([attention, out])

@@ -20,20 +20,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors.torch import save_file
 
 from diffx.embedded.concept import WorldConcept, drawn_right, held_out_prompts
 from diffx.embedded.finetune import DEFAULT_LR, FinetuneResult
 from diffx.embedded.world_quality import generate_pictures
+from diffx.experiments.lora_attention import attention_rows, word_attention
 from diffx.files import companion_path, write_atomic
 from diffx.models.stable_diffusion import StableDiffusion
 from diffx.pipeline.settings import GenerationSettings
-from diffx.render.colormap import overlay
 from diffx.render.grid import make_grid
 from diffx.render.io import save_png
 from diffx.render.plots import plot_loss_curve
-from diffx.trace.tracer import TraceOptions, generate_traced
 from diffx.weights.lora_names import kohya_names
 
 PICTURE_PROMPTS = 4  # before/after grid: this many held-out prompts (world concept), two seeds each
@@ -118,36 +116,18 @@ def write_pictures(model: StableDiffusion, result: FinetuneResult, out: str | Pa
             save_png(attention, files["attention"], force)]
 
 
-def token_attention(model: StableDiffusion, prompt: str, token: str, seed: int, steps: int | None = None
-                    ) -> tuple[np.ndarray, torch.Tensor]:
-    """(the picture, the token's cross-attention map) of one run: the DAAM aggregate over the U-Net's layers
-    (`trace.attention.daam_aggregate`), averaged over the steps and over the token's positions in the prompt (the
-    ones the token alone encodes to: "<", "zig", ">" for the base tokenizer, one new id after textual inversion)."""
-    ids, alone = model.tokenizer.encode(prompt).ids, model.tokenizer.encode(token)
-    pieces = alone.ids[1:alone.num_tokens - 1]  # between the start and end tokens
-    start = next(i for i in range(len(ids)) if ids[i:i + len(pieces)] == pieces)
-    traced = generate_traced(model, GenerationSettings(prompt=prompt, seed=seed, steps=steps),
-                             options=TraceOptions(record=("attention",)))
-    maps = traced.traces[0].tensors["attention"].float().mean(0)  # (K, r, c): each prompt position's map
-    return traced.images[0], maps[start:start + len(pieces)].mean(0)
-
-
 def attention_grid(model: StableDiffusion, result: FinetuneResult, prompt: str, seed: int, steps: int | None = None):
     """The token's cross-attention map before and after (LoRA at scale 0 and 1; the base tokenizer and the taught
     one): a row each, the picture beside the map over it, labelled with the map's mean (the share of the
-    picture's attention the token draws)."""
+    picture's attention the token draws; `experiments.lora_attention`)."""
     token, rows = result.config.token, []
+    settings = GenerationSettings(prompt=prompt, seed=seed, steps=steps)
     with result.base(model):
-        rows.append(token_attention(model, prompt, token, seed, steps))
-    rows.append(token_attention(model, prompt, token, seed, steps))
-    scale = max(float(heat.max()) for _, heat in rows)  # one colour scale for both rows
+        rows.append(word_attention(model, settings, token))
+    rows.append(word_attention(model, settings, token))
     before = "LoRA scale 0" if result.lora is not None else "base tokenizer"
     after = "LoRA scale 1" if result.lora is not None else f"{token} taught"
-    return make_grid([[picture, overlay(picture, (heat / scale).numpy(), alpha=0.6, grey=True)]
-                      for picture, heat in rows],
-                     row_labels=[before, after], col_labels=["picture", f"{token}'s attention"],
-                     cell_labels=[["", f"mean {float(heat.mean()):.3f}"] for _, heat in rows],
-                     title=f"{prompt} · seed {seed}")
+    return attention_rows(rows, [before, after], token, f"{prompt} · seed {seed}")
 
 
 def concept_rate(model: StableDiffusion, concept: WorldConcept, token: str, n: int = 50, seed: int = 0,
