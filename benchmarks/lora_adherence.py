@@ -2,9 +2,10 @@
 the LoRA, with it at scale 0 and at scale 1 (issue #37: scale 0 within 2 points of the base model; scale 1
 measured).
 
-Prompts are the evaluation stream's (`make_eval_prompts(n, 0)`, the 300 that `benchmarks/embedded_quality.py`
-judges), prompt i at seed i, at the model's default sampler, steps and guidance; judged by the world judge
-(`diffx.embedded.world_judge`): "all" = every attribute named right, then each attribute alone.
+Prompts are shapes world 2's evaluation stream (`world_text.make_eval_prompts(n, 0)`, the 300 that
+`benchmarks/embedded_quality.py` judges), prompt i at seed i, at the model's default sampler, steps and guidance;
+judged by the world judge (`diffx.embedded.world_judge`): "all" = every attribute named right, then each
+attribute alone.
 A LoRA at scale 0 adds nothing (the hook returns the layer's own output), so its pictures are compared with the
 base model's pixel for pixel as well.
 
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffx.embedded.shapes import make_eval_prompts
 from diffx.embedded.world_quality import GROUPS, generate_pictures, grouped_rates
+from diffx.embedded.world_text import make_eval_prompts
 from diffx.paths import EMBEDDED_MODEL_DIR
 from diffx.weights.load import load_model
 from diffx.weights.lora_apply import apply_lora
