@@ -111,7 +111,9 @@ def create_app(model: StableDiffusion, *, token: str | None = None, model_arg: s
                              "defaults": defaults.as_dict(), "samplers": list(FLOW_SAMPLERS if flow else SAMPLERS),
                              "karras_samplers": [] if flow else list(KARRAS_SAMPLERS),
                              "schedules": [FLOW_SCHEDULE] if flow else list(BETA_SCHEDULES),
-                             "spacings": list(SPACINGS), "max_prompt_chars": MAX_PROMPT_CHARS,
+                             # a flow grid has no spacing to choose; its noisy input is x_s, s the noise share
+                             "spacings": [] if flow else list(SPACINGS), "input_name": "x_s" if flow else "x_t",
+                             "max_prompt_chars": MAX_PROMPT_CHARS,
                              "panels": {key: list(text) for key, text in (FLOW_PANELS if flow else PANELS).items()}})
 
     async def start_run(request: Request) -> Response:

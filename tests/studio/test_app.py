@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from diffx.pipeline import GenerationSettings, generate
 from diffx.studio import create_app
 from diffx.trace import load_trace
+from tests.models.sd3_tiny import tiny_sd3
 
 SETTINGS = {"prompt": "a red circle", "steps": 3, "seed": 5, "guidance": 2.0}
 
@@ -172,3 +173,13 @@ def test_an_empty_prompt_runs_unconditionally_with_no_words(client):
     events = _events(client, run_id)
     assert events[-1][0] == "done" and dict(events)["start"]["words"] == []
     assert all(data["heat"] == {"word": [], "shared": []} for kind, data in events if kind == "step")
+
+
+def test_info_speaks_the_models_vocabulary(client):
+    """A U-Net model's page offers spacings and calls its input x_t; an SD3 model's (a flow grid: no spacing to
+    choose) calls it x_s and offers the flow samplers."""
+    unet = client.get("/api/info").json()
+    assert unet["input_name"] == "x_t" and unet["spacings"] and "ddim" in unet["samplers"]
+    with TestClient(create_app(tiny_sd3(), hosts=("testserver",))) as flow_client:
+        flow = flow_client.get("/api/info").json()
+    assert flow["input_name"] == "x_s" and flow["spacings"] == [] and flow["schedules"] == ["flow"]

@@ -288,6 +288,8 @@ async function edit(event) {
 async function start() {
   info = await (await fetch("/api/info")).json();
   $("model-name").textContent = `${info.model} (${info.source})`;
+  $("input-name").textContent = info.input_name;
+  if (info.spacings.length === 0) $("spacing-field").style.display = "none";  // a flow grid: nothing to choose
   for (const [name, choices] of [["sampler", info.samplers], ["schedule", info.schedules], ["spacing", info.spacings]]) {
     for (const choice of choices) $(name).append(new Option(choice, choice, false, choice === info.defaults[name]));
   }
