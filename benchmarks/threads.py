@@ -10,9 +10,12 @@ Quiet and busy runs alternate, REPEATS of each, and their medians are compared.
 
 Configurations: threads = the physical cores, one fewer, 1 (a 2-core machine has two of these); waiting =
 OpenMP's default (libgomp spins ~300,000 times before sleeping; written out as GOMP_SPINCOUNT/KMP_BLOCKTIME
-so that diffx leaves it) or passive (OMP_WAIT_POLICY=PASSIVE: sleep at once). The one diffx picks by itself
-(`diffx.threads`) runs with no option and no variable, as a user runs it, and is marked `default`; the old
-behaviour (every core, spinning) is marked `old`.
+so that diffx leaves it) or passive (OMP_WAIT_POLICY=PASSIVE: sleep at once). diffx's own choice
+(`diffx.threads`) is its thread count spinning on an idle machine and asleep on a busy one (`machine_busy`: the
+1-minute load average, which a neighbour started a second before the run does not move yet, so every
+configuration here is set explicitly): marked `default idle` and `default busy`, and the default's
+busy_over_quiet is the busy run of the second over the quiet run of the first. The old behaviour (every core,
+spinning) is marked `old`.
 
 Run from the repository root:  python -m benchmarks.threads [--quick] [--neighbour-threads N]
 The last line is `busy_over_quiet=<the default's busy / quiet median>` with the default's settings, seconds
@@ -58,7 +61,6 @@ class Configuration:
     threads: int
     policy: str  # "spin" (OpenMP's default) or "passive"
     label: str = ""
-    default: bool = False  # run as a user runs it: no option, no variable
     wall: dict[str, list[float]] = field(default_factory=lambda: {"quiet": [], "busy": []})
     cpu: dict[str, list[float]] = field(default_factory=lambda: {"quiet": [], "busy": []})
 
@@ -70,25 +72,29 @@ class Configuration:
 
 
 def configurations(cores: int, chosen: int) -> list[Configuration]:
-    """Every core / one fewer / 1 thread, spinning and passive (1 thread never waits: once); diffx's default
-    (`chosen` threads, passive) marked, and the old behaviour (every core, spinning)."""
+    """Every core / one fewer / 1 thread, spinning and passive (1 thread never waits: once); diffx's defaults
+    (`chosen` threads: spinning when idle, passive when busy) marked, and the old behaviour (every core,
+    spinning)."""
     counts = sorted({cores, max(1, cores - 1), 1}, reverse=True)
     found = [Configuration(n, policy) for n in counts for policy in (("spin", "passive") if n > 1 else ("passive",))]
     for configuration in found:
-        if configuration.threads == chosen and configuration.policy == "passive":
-            configuration.label, configuration.default = "default", True
+        labels = []
+        if configuration.threads == chosen:
+            labels.append("default idle" if configuration.policy == "spin" or chosen == 1 else "default busy")
+            if chosen == 1:
+                labels.append("default busy")
         if configuration.threads == cores and configuration.policy == ("spin" if cores > 1 else "passive"):
-            configuration.label = "old" if not configuration.default else "default, old"
+            labels.append("old")
+        configuration.label = ", ".join(labels)
     return found
 
 
 def run_once(configuration: Configuration, out: Path, steps: str) -> tuple[float, float]:
     """Wall and CPU seconds of one `diffx compare` in a fresh process."""
     env = {key: value for key, value in os.environ.items() if key not in CLEARED}
-    command = [sys.executable, "-m", "diffx", *COMMAND[:-1], steps, "--out", str(out), "--force"]
-    if not configuration.default:
-        command += ["--threads", str(configuration.threads)]
-        env.update(SPIN_ENV if configuration.policy == "spin" else {"OMP_WAIT_POLICY": WAIT_POLICY})
+    command = [sys.executable, "-m", "diffx", *COMMAND[:-1], steps, "--out", str(out), "--force",
+               "--threads", str(configuration.threads)]
+    env.update(SPIN_ENV if configuration.policy == "spin" else {"OMP_WAIT_POLICY": WAIT_POLICY})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -125,7 +131,8 @@ def main() -> None:
     neighbour_threads = args.neighbour_threads or cores
     found = configurations(cores, chosen)
     print(f"{cores} physical cores ({os.cpu_count()} logical), load {os.getloadavg()[0]:.1f}; diffx's default: "
-          f"{chosen} threads, waiting passive; neighbour: {neighbour_threads} threads; {repeats} repeats", flush=True)
+          f"{chosen} threads, spinning when idle, passive when busy; neighbour: {neighbour_threads} threads; "
+          f"{repeats} repeats", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "compare.png"
         for _ in range(repeats):
@@ -144,12 +151,13 @@ def main() -> None:
         print(f"{c.name():42s} quiet {c.median('quiet'):6.1f} s (cpu {c.median('quiet', 'cpu'):5.1f})  busy "
               f"{c.median('busy'):6.1f} s (cpu {c.median('busy', 'cpu'):5.1f})  "
               f"busy_over_quiet={c.median('busy') / c.median('quiet'):.2f}")
-    default = next(c for c in found if c.default)
+    idle = next(c for c in found if "default idle" in c.label)
+    busy = next(c for c in found if "default busy" in c.label)
     old = next(c for c in found if "old" in c.label)
-    print(f"busy_over_quiet={default.median('busy') / default.median('quiet'):.2f} threads={default.threads} "
-          f"wait=passive quiet_s={default.median('quiet'):.1f} busy_s={default.median('busy'):.1f} "
-          f"old_busy_over_quiet={old.median('busy') / old.median('quiet'):.2f} old_busy_s={old.median('busy'):.1f} "
-          f"busy_speedup_over_old={old.median('busy') / default.median('busy'):.2f}")
+    print(f"busy_over_quiet={busy.median('busy') / idle.median('quiet'):.2f} threads={idle.threads} "
+          f"quiet_s={idle.median('quiet'):.1f} (spinning; passive {busy.median('quiet'):.1f}) "
+          f"busy_s={busy.median('busy'):.1f} old_busy_over_quiet={old.median('busy') / old.median('quiet'):.2f} "
+          f"old_busy_s={old.median('busy'):.1f} busy_speedup_over_old={old.median('busy') / busy.median('busy'):.2f}")
 
 
 if __name__ == "__main__":

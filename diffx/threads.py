@@ -11,8 +11,14 @@ which meet at a barrier after every parallel operation. On a machine that is not
 - Every barrier waits for the slowest thread, and a thread that shares its core with a busy program runs at
   half speed: from three cores on, leaving one core to the rest of the machine is faster than using all.
 
-So diffx sets that wait policy (`set_wait_policy`) and uses the physical cores, one fewer from three on
-(`default_threads`); `--threads` or $DIFFX_THREADS choose otherwise (`resolve_threads`).
+- On an idle machine the opposite holds: a thread asleep at every barrier must be woken for the next operation,
+  and a small model's forward is hundreds of short operations — the embedded model's `diffx trace` took 7-9 s
+  with its threads asleep and 5.9 s spinning on the same idle 2-core machine (benchmarks/trace_speed.py).
+
+So diffx asks for that wait policy when the machine is busy as a command starts (`set_wait_policy`,
+`machine_busy`: the 1-minute load average) and leaves OpenMP's spinning alone when it is idle; and it uses the
+physical cores, one fewer from three on (`default_threads`); `--threads` or $DIFFX_THREADS choose otherwise
+(`resolve_threads`).
 
 Nothing here imports torch at module level: the wait policy is read once, when torch loads its OpenMP
 runtime, so `set_wait_policy` must run before `import torch` (the CLI calls it before parsing a command).
@@ -97,10 +103,24 @@ def resolve_threads(threads: str | None = None) -> int | None:
     return None if os.environ.get("OMP_NUM_THREADS") else default_threads()
 
 
+def machine_busy(cpus: int | None = None) -> bool:
+    """Whether other programs keep this machine busy: the 1-minute load average (runnable processes) is at least
+    half the CPUs this process may use (`cpus`, default `usable_cpus()`), and at least 1 — one program busy on a
+    core of two. An idle machine sits near 0, and a diffx command just finished leaves well under 1 (a 6-second
+    run on two cores adds about 0.2); a load average the OS does not give counts as busy (the cautious choice)."""
+    cpus = len(usable_cpus()) if cpus is None else cpus
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return True
+    return load >= max(1.0, 0.5 * cpus)
+
+
 def set_wait_policy() -> None:
-    """Ask OpenMP's idle threads to sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), unless the user set
-    any of `OPENMP_WAIT_ENV` or torch is loaded already (its OpenMP runtime read the environment then: too late)."""
-    if "torch" in sys.modules or any(name in os.environ for name in OPENMP_WAIT_ENV):
+    """On a busy machine (`machine_busy`), ask OpenMP's idle threads to sleep instead of spinning
+    (OMP_WAIT_POLICY=PASSIVE); on an idle one leave them spinning. Nothing changes when the user set any of
+    `OPENMP_WAIT_ENV` or torch is loaded already (its OpenMP runtime read the environment then: too late)."""
+    if "torch" in sys.modules or any(name in os.environ for name in OPENMP_WAIT_ENV) or not machine_busy():
         return
     os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
 

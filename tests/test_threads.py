@@ -17,6 +17,7 @@ from diffx.errors import ERROR_LINE_CHARS, InvalidArgumentError
 from diffx.threads import (
     OPENMP_WAIT_ENV,
     default_threads,
+    machine_busy,
     parse_threads,
     physical_cores,
     resolve_threads,
@@ -121,10 +122,12 @@ def test_a_bad_count_is_refused_before_any_work(run, tmp_path, args, env, named)
 
 
 def test_openmp_threads_are_told_to_sleep_before_torch_loads():
-    """In a fresh process, the policy OpenMP reads when torch loads (the process ends there: the rest is not
-    the question). `diffx train`'s option parsers load torch, so the CLI sets it before parsing a command."""
+    """In a fresh process on a busy machine (its load average pretended), the policy OpenMP reads when torch loads
+    (the process ends there: the rest is not the question). `diffx train`'s option parsers load torch, so the
+    CLI sets it before parsing a command."""
     code = """
 import importlib.abc, os, sys
+os.getloadavg = lambda: (8.0, 8.0, 8.0)
 class Spy(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "torch":
@@ -150,9 +153,20 @@ def test_the_users_openmp_settings_stay_and_a_loaded_torch_is_not_pretended_to(m
     set_wait_policy()
     assert "OMP_WAIT_POLICY" not in os.environ
     monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # idle: the threads keep spinning
+    set_wait_policy()
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # busy: asleep
     set_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.delenv("OMP_WAIT_POLICY")
+
+
+@pytest.mark.parametrize(("load", "cpus", "busy"), [(0.0, 2, False), (0.8, 2, False), (1.0, 2, True), (1.0, 1, True),
+                                                   (7.5, 16, False), (8.0, 16, True)])
+def test_a_machine_is_busy_from_half_its_cpus(monkeypatch, load, cpus, busy):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert machine_busy(cpus) is busy
 
 
 def test_torch_threads_sets_the_count_inside_and_restores_it_after():
