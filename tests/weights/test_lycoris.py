@@ -2,7 +2,8 @@
 layers injected into diffusers' U-Net and transformers' CLIP, on random weights at SD1.5's real widths (reduced
 depth, as tests/weights/test_lora_apply.py: one ResBlock per level, 2 CLIP blocks) — PEFT draws the factors, the
 test writes them under LyCORIS's kohya names, diffx reads the file — on ε̂ and the text encoder's output at scales
-1 and 0.5; LoHa with Tucker cores on the 3x3 convolutions, LoKr with a low-rank W2 and convolutions flattened. On
+1 and 0.5, one file holding both: LoHa on attention and (with Tucker cores) the ResBlocks' first 3x3 convolutions,
+LoKr with a low-rank W2 on the feed-forward, proj_in/out, CLIP's MLP and (flattened) the second convolutions. On
 the tiny model: the forms PEFT does not write (LoHa without Tucker on a convolution, a LoHa larger as a pair than
 ΔW, LoKr with a Tucker core, LoKr with both factors full: factor 1) against the weights with ΔW merged, ΔW built
 here by the formulas LyCORIS documents; each kind's norm; and bad files refused in one line."""
@@ -10,7 +11,6 @@ here by the formulas LyCORIS documents; each kind's norm; and bad files refused 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,32 +41,47 @@ def kohya_name(component: str, path: str) -> str:
     return PREFIXES[component] + path.replace(".", "_")
 
 
-def inject(theirs: dict[str, nn.Module], make_config: Callable[[list[str]], object], gain: float
-           ) -> dict[str, torch.Tensor]:
-    """PEFT's adapter (random factors, the first scaled by `gain` so the update shows) injected into each reference
-    module, and the same tensors under LyCORIS's names, as a LyCORIS trainer writes them."""
+# Which layers get which adapter: LoHa on attention and the ResBlocks' first convolutions (Tucker cores), LoKr on
+# the feed-forward, the transformers' proj_in / proj_out, the second convolutions (flattened W2) and CLIP's MLP.
+PLAN = {
+    "loha": (lambda targets: LoHaConfig(r=4, alpha=2.0, target_modules=targets, use_effective_conv2d=True,
+                                        init_weights=False), 10.0,
+             ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj", "conv1")),
+    "lokr": (lambda targets: LoKrConfig(r=4, alpha=8.0, target_modules=targets, use_effective_conv2d=False,
+                                        init_weights=False), 3.0,
+             ("ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv2", "fc1", "fc2")),
+}
+
+
+def inject(theirs: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """PEFT's LoHa and LoKr (`PLAN`: random factors, the first scaled by a gain so the update shows) injected into
+    each reference module, and the same tensors under LyCORIS's names, as a LyCORIS trainer writes them."""
     tensors = {}
-    for component, reference in theirs.items():
-        leaves = ATTENTION_LEAVES + (CONV_LEAVES if component == "unet" else ())
-        targets = list(adapted_layers(reference, leaves))
-        inject_adapter_in_model(make_config(targets), reference, adapter_name="default")
-        for path, module in reference.named_modules():
-            present = [f for f in FACTORS if "default" in getattr(module, f, {})]
-            if not isinstance(module, LycorisLayer) or not present:  # an earlier test's emptied wrapper: pass-through
-                continue
-            name = kohya_name(component, path.removesuffix(".base_layer"))
-            with torch.no_grad():
-                getattr(module, present[0])["default"].mul_(gain)
-            tensors |= {f"{name}.{f}": getattr(module, f)["default"].detach().clone() for f in present}
-            tensors[f"{name}.alpha"] = torch.tensor(float(module.alpha["default"]))
+    for adapter, (make_config, gain, leaves) in PLAN.items():
+        for component, reference in theirs.items():
+            targets = list(adapted_layers(reference, leaves))
+            assert targets and set(targets) <= set(adapted_layers(reference, ATTENTION_LEAVES + CONV_LEAVES))
+            inject_adapter_in_model(make_config(targets), reference, adapter_name=adapter)
+            for path, module in reference.named_modules():
+                present = [f for f in FACTORS if adapter in getattr(module, f, {})]
+                if not isinstance(module, LycorisLayer) or not present:
+                    continue
+                name = kohya_name(component, path.removesuffix(".base_layer"))
+                with torch.no_grad():
+                    getattr(module, present[0])[adapter].mul_(gain)
+                tensors |= {f"{name}.{f}": getattr(module, f)[adapter].detach().clone() for f in present}
+                tensors[f"{name}.alpha"] = torch.tensor(float(module.alpha[adapter]))
     return tensors
 
 
-def lycoris_parity(model: StableDiffusion, theirs: dict[str, nn.Module], make_config: Callable[[list[str]], object],
-                   path: Path, gain: float) -> dict[str, float]:
+def test_loha_and_lokr_match_peft(sd15_pair, tmp_path):  # noqa: F811
     """Max |diffx − PEFT| per output at scales 1 and 0.5; the adapters taken off after, diffx's output back."""
+    model, theirs = sd15_pair
     before = sd15_outputs(model, theirs)
-    file = write_lora(path, inject(theirs, make_config, gain))
+    file = write_lora(tmp_path / "lycoris.safetensors", inject(theirs))
+    kinds = {(layer.kind, type(layer)) for layer in read_lora(file, model).layers}
+    # LoHa attention as rank-16 pairs, its Tucker convolutions whole; LoKr as Kronecker factors
+    assert kinds == {("LoHa", LoraLayer), ("LoHa", DenseLayer), ("LoKr", KroneckerLayer)}
     applied = apply_lora(model, file)
     diffs = {}
     for scale in (1.0, 0.5):
@@ -80,29 +95,11 @@ def lycoris_parity(model: StableDiffusion, theirs: dict[str, nn.Module], make_co
             diffs[f"{name} @ {scale:g}"] = float((ours - reference).abs().max())
     applied.remove()
     for reference in theirs.values():
-        delete_adapter_layers(reference, "default")
-        del reference.peft_config  # the next test injects afresh
+        for adapter in PLAN:
+            delete_adapter_layers(reference, adapter)
+        del reference.peft_config
     assert all(torch.equal(ours, before[name][0]) for name, (ours, _) in sd15_outputs(model, theirs).items())
-    return diffs
-
-
-def test_loha_with_tucker_convolutions_matches_peft(sd15_pair, tmp_path):  # noqa: F811
-    model, theirs = sd15_pair
-    diffs = lycoris_parity(model, theirs, lambda targets: LoHaConfig(
-        r=4, alpha=2.0, target_modules=targets, use_effective_conv2d=True, init_weights=False),
-        tmp_path / "loha.safetensors", gain=10.0)
-    print("SD1.5 LoHa (Tucker convolutions) vs PEFT:", {name: f"{d:.2e}" for name, d in diffs.items()})
-    assert all(d <= TOLERANCE for d in diffs.values()), diffs
-    kinds = {type(layer) for layer in read_lora(tmp_path / "loha.safetensors", model).layers}
-    assert kinds == {LoraLayer, DenseLayer}  # attention as rank-16 pairs; Tucker convolutions whole
-
-
-def test_lokr_matches_peft(sd15_pair, tmp_path):  # noqa: F811
-    model, theirs = sd15_pair
-    diffs = lycoris_parity(model, theirs, lambda targets: LoKrConfig(
-        r=4, alpha=8.0, target_modules=targets, use_effective_conv2d=False, init_weights=False),
-        tmp_path / "lokr.safetensors", gain=3.0)
-    print("SD1.5 LoKr vs PEFT:", {name: f"{d:.2e}" for name, d in diffs.items()})
+    print("SD1.5 LoHa + LoKr vs PEFT:", {name: f"{d:.2e}" for name, d in diffs.items()})
     assert all(d <= TOLERANCE for d in diffs.values()), diffs
 
 
