@@ -174,8 +174,9 @@ def compare(
 ) -> None:
     """Compare settings: one image per combination of two of them, everything else fixed.
 
-    Writes a labelled grid (--out, default compare.png) with the U-Net evaluations of each cell, counted
-    as they run (guidance runs the U-Net twice per model call): the cost that compares across machines.
+    Writes a labelled grid (--out, default compare.png) with the network evaluations (U-Net or MMDiT) of each
+    cell, counted as they run (guidance runs the network twice per model call): the cost that compares across
+    machines.
     The lora and lora-blocks axes change how the --lora files run between cells, without reloading the model. The
     model axis puts models side by side, same prompt and seed, each with its own sampler, steps, guidance and schedule
     unless given (a setting given applies to every model).

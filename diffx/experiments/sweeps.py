@@ -369,7 +369,8 @@ def compare(model: StableDiffusion | None, settings: GenerationSettings,
     size = panel_size(width, height, panel)
     guided = any(counter.unet != counter.calls for row in counters for counter in row)
     prompt = f"“{settings.prompt}”" if settings.prompt else "unconditional (empty prompt)"
-    note = " · guidance runs the U-Net twice per model call: with the prompt and without" if guided else ""
+    networks = " or ".join(sorted({cell.model.network_name for row in cells for cell in row}, reverse=True))
+    note = f" · guidance runs the {networks} twice per model call: with the prompt and without" if guided else ""
     if "lora-blocks" in (x_name, y_name):
         note += " · lora-blocks: the text encoders' LoRA layers stay applied in every cell"
     if MODEL_AXIS in (x_name, y_name) and "seed" not in (x_name, y_name):
