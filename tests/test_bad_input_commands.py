@@ -96,6 +96,11 @@ def _explorers(cases: Table) -> None:
     cases.argument("lora", "FILE", ["missing.safetensors", "afolder", "afile", "picture.png", "afile.pt",
                                     "notatrace.safetensors", "tinylora.safetensors:nan", "tinylora.safetensors:9",
                                     "wideemb.safetensors", ""])
+    # --attention's run: a prompt that is not one, or without --attention; a word the prompt does not hold
+    attention = [*BASES["lora"], "--attention", "a.png"]
+    cases.add(attention, "--prompt", [""])  # the shared table has the other bad prompts
+    cases.add(BASES["lora"], "--prompt", ["a red circle"])  # without --attention
+    cases.add([*attention, "--prompt", "a red circle"], "--word", ["square", "", "   ", "a red circle blue"])
     finetune = BASES["finetune"]
     # --concept: no folder, a folder without pictures, a file, an object without fill or colour, two objects, none
     cases.add(finetune, "--concept", ["missing", "afolder", "afile", "world:red circle", "world:pink dotted",

@@ -29,7 +29,7 @@ OUTPUT_SUFFIXES = {
     "paths": {"--out": ".png"},
     "lab": {"--out": ".png", "--gif": ".gif"},
     "report": {"--html": ".html"},
-    "lora": {"--out": ".png"},
+    "lora": {"--out": ".png", "--attention": ".png"},
     "finetune": {"--out": ".safetensors"},
 }
 COMPANIONS = {"noise": ["schedules"], "denoise": ["steps"], "trace": ["attention"], "render": ["attention"],

@@ -60,6 +60,7 @@ def lora(
     from diffx.files import check_outputs
     from diffx.models.any_model import build_model
     from diffx.models.tokenizer import ClipTokenizer
+    from diffx.pipeline.settings import resolve_settings
     from diffx.render import save_png
     from diffx.views.lora import lora_chart, lora_tables
     from diffx.weights.load import read_config
@@ -72,17 +73,19 @@ def lora(
     if bool(prompt or word is not None) != (attention is not None):
         raise InvalidArgumentError("--attention draws --prompt's run, and --prompt and --word are for it: give "
                                    "--attention with --prompt (and optionally --word), or none of them")
-    settings = sampling.settings(prompt, guidance) if attention is not None else None
+    settings = sampling.settings(prompt, guidance)  # checked always: a bad value is refused, used or not
     spec = LoraSpec.parse(file, "FILE")
     checked = model.check()
     config = read_config(checked.source, checked.config)
+    skeleton = build_model(config, weights=False)
+    resolve_settings(skeleton, settings)  # against the model's configuration: steps within its schedule, …
     if model.model is not None:
-        against = build_model(config, weights=False)
+        against = skeleton
     else:
         families = [family() for family in LORA_FAMILIES]
         against = [config, *(other for other in families if other.name != config.name)]
     report = inspect_lora(spec.path, against, spec.scale)
-    if settings is not None:
+    if attention is not None:
         chosen = chosen_word(ClipTokenizer.default(), prompt, word, report.trigger_words)  # before loading
         loaded = model.load()
         applied = apply_lora(loaded, spec.path, spec.scale)
