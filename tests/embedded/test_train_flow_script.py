@@ -1,0 +1,33 @@
+"""scripts/train_flow.sh, the prepared run of the embedded flow model, end to end at toy size (SMOKE=1): 2 steps of
+`diffx train --family sd3` from shapes-world-2, the export, the guidance tuning, the quality benchmark and the steps
+comparison, all under a temporary folder (about 40 s)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from diffx.models.sd3 import StableDiffusion3
+from diffx.paths import EMBEDDED_MODEL_DIR
+from diffx.weights.load import load_model
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "train_flow.sh"
+
+
+def test_smoke_run_trains_an_mmdit_on_shapes_world_2s_latents(tmp_path):
+    run, model = tmp_path / "run", tmp_path / "model"
+    env = {**os.environ, "SMOKE": "1", "RUN": str(run), "MODEL": str(model), "PYTHON": sys.executable}
+    completed = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True,
+                               text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    flow, unet = load_model(model), load_model(EMBEDDED_MODEL_DIR)
+    assert isinstance(flow, StableDiffusion3) and flow.config.scheduler.prediction_type == "flow"
+    for name, tensor in unet.vae.state_dict().items():  # the VAE taken over frozen: one latent space for both
+        assert torch.equal(tensor.float(), flow.vae.state_dict()[name].float()), name
+    tuning = json.loads((model / "guidance_tuning.json").read_text(encoding="utf-8"))
+    assert flow.config.default_guidance == tuning["chosen"] and (run / "quality.json").is_file()
+    last = completed.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"{unet.config.name}@2=") and f" {flow.config.name}@2=" in last
