@@ -44,7 +44,8 @@ export OMP_NUM_THREADS="$THREADS" OMP_WAIT_POLICY=PASSIVE  # a background run: i
 if ! "$PY" -c "import diffx" 2>/dev/null; then
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-stage() { echo; echo "== $1 ($(date +%H:%M:%S), ${SECONDS}s)"; }
+# shellcheck source=scripts/stages.sh
+source scripts/stages.sh
 
 stage "1. train the MMDiT ($UNET_STEPS steps at batch $BATCH, lr $LR, $THREADS thread(s)) from $INIT"
 "${NICE[@]}" "$PY" -m diffx train --family sd3 --world shapes2 --init-from "$INIT" --out-dir "$RUN" \
@@ -52,30 +53,15 @@ stage "1. train the MMDiT ($UNET_STEPS steps at batch $BATCH, lr $LR, $THREADS t
   --threads "$THREADS" --device cpu --no-previews
 
 stage "2. export to $MODEL"
-if [[ -f "$MODEL/model.safetensors" && "$MODEL/model.safetensors" -nt "$RUN/unet_state.pt" ]]; then
-  echo "up to date"
-else
-  "$PY" -c "import sys; from diffx.embedded.export import export_model; export_model(sys.argv[1], sys.argv[2])" \
-    "$RUN" "$MODEL"
-  echo "wrote $MODEL"
-fi
+export_model "$RUN" "$MODEL"
 
 stage "3. default guidance, chosen on validation prompts (never the reported ones)"
-if [[ -f "$MODEL/guidance_tuning.json" && "$MODEL/guidance_tuning.json" -nt "$MODEL/model.safetensors" ]]; then
-  echo "up to date: $MODEL/guidance_tuning.json"
-else
-  # shellcheck disable=SC2086  # TUNE_ARGS is a list of options
-  "$PY" -m benchmarks.tune_guidance --model "$MODEL" --write $TUNE_ARGS
-fi
+# shellcheck disable=SC2086  # TUNE_ARGS is a list of options
+tune_guidance "$MODEL" $TUNE_ARGS
 
 stage "4. quality benchmark"
-if [[ -f "$RUN/quality.json" && "$RUN/quality.json" -nt "$MODEL/model.safetensors" ]]; then
-  echo "up to date: $RUN/quality.json"
-else
-  # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
-  "$PY" -m benchmarks.embedded_quality --model "$MODEL" --card --out "$RUN/quality.json.tmp" $EVAL_ARGS
-  mv "$RUN/quality.json.tmp" "$RUN/quality.json"
-fi
+# shellcheck disable=SC2086  # EVAL_ARGS is a list of options
+measure_quality "$RUN" "$MODEL" $EVAL_ARGS
 
 stage "5. adherence by step count, beside shapes-world-2"
 # shellcheck disable=SC2086  # STEPS_ARGS is a list of options

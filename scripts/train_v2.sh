@@ -101,7 +101,8 @@ fi
 # 0.17 in another scene's); sampling starts from pure noise, so the seed placed every object. Grounding pulls
 # colour, shape and rightly-named position words into their objects (diffx/embedded/grounding.py).
 RECIPE=(--prediction-type v_prediction --zero-snr --attention-loss "${ATTENTION_LOSS:-0.01}")
-stage() { echo; echo "== $1 ($(date +%H:%M:%S), ${SECONDS}s)"; }
+# shellcheck source=scripts/stages.sh
+source scripts/stages.sh
 
 stage "0. install check"
 if ! "$PY" -c "import diffx" 2>/dev/null; then
@@ -131,31 +132,15 @@ stage "2. train (VAE $VAE_STEPS steps, U-Net $UNET_STEPS steps at batch $BATCH, 
   "${RECIPE[@]}" "${TRAIN_EXTRA[@]}"
 
 stage "3. export to $MODEL"
-if [[ -f "$MODEL/model.safetensors" && "$MODEL/model.safetensors" -nt "$RUN/unet_state.pt" ]]; then
-  echo "up to date"
-else
-  "$PY" -c "import sys; from diffx.embedded.export import export_model; export_model(sys.argv[1], sys.argv[2])" \
-    "$RUN" "$MODEL"
-  echo "wrote $MODEL"
-fi
+export_model "$RUN" "$MODEL"
 
 stage "4. default guidance, chosen on validation prompts (never the reported ones)"
-if [[ -f "$MODEL/guidance_tuning.json" && "$MODEL/guidance_tuning.json" -nt "$MODEL/model.safetensors" ]]; then
-  echo "up to date: $MODEL/guidance_tuning.json"
-else
-  # shellcheck disable=SC2086  # TUNE_ARGS is a list of options
-  "$PY" -m benchmarks.tune_guidance --model "$MODEL" --device "$DEVICE" --write $TUNE_ARGS
-fi
+# shellcheck disable=SC2086  # TUNE_ARGS is a list of options
+tune_guidance "$MODEL" --device "$DEVICE" $TUNE_ARGS
 
 stage "5. quality benchmark on $DEVICE"
-if [[ -f "$RUN/quality.json" && "$RUN/quality.json" -nt "$MODEL/model.safetensors" ]]; then
-  echo "up to date: $RUN/quality.json"
-else
-  # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
-  "$PY" -m benchmarks.embedded_quality --model "$MODEL" --device "$DEVICE" --card --out "$RUN/quality.json.tmp" \
-    $EVAL_ARGS
-  mv "$RUN/quality.json.tmp" "$RUN/quality.json"
-fi
+# shellcheck disable=SC2086  # EVAL_ARGS is a list of options
+measure_quality "$RUN" "$MODEL" --device "$DEVICE" $EVAL_ARGS
 "$PY" - "$RUN/quality.json" <<'EOF'
 import json
 import sys

@@ -192,8 +192,10 @@ def compare(
     check_outputs([], force, picture=out)
     x_axis = experiments.parse_axis(x)
     y_axis = experiments.parse_axis(y) if y else None
-    checked = model.check()  # before any work: each --lora read against the model's configuration
-    check_lora_axes((x_axis[0], y_axis[0] if y_axis else None), bool(checked.loras), checked.network)
+    names = (x_axis[0], y_axis[0] if y_axis else None)
+    # before any work; lora-blocks needs to know the network the --lora files were read against (U-Net or MMDiT)
+    network = model.check().network if "lora-blocks" in names and model.lora else "U-Net"
+    check_lora_axes(names, bool(model.lora), network)
     settings = sampling.settings(prompt, guidance)
     if MODEL_AXIS in (x_axis[0], y_axis and y_axis[0]):
         loaded, (x_axis, y_axis) = None, _load_axis_models(model, (x_axis, y_axis))

@@ -1,0 +1,40 @@
+# The stages both embedded-model scripts share (scripts/train_v2.sh, scripts/train_flow.sh), sourced by them: each
+# skips itself when its output is newer than its input, so a script called again after a stop goes on.
+# Uses $PY (the Python to run) and $SECONDS from the calling script.
+
+stage() { echo; echo "== $1 ($(date +%H:%M:%S), ${SECONDS}s)"; }
+
+# export_model RUN MODEL: the training folder's EMA weights as a model folder (skipped when MODEL is newer)
+export_model() {
+  if [[ -f "$2/model.safetensors" && "$2/model.safetensors" -nt "$1/unet_state.pt" ]]; then
+    echo "up to date"
+  else
+    "$PY" -c "import sys; from diffx.embedded.export import export_model; export_model(sys.argv[1], sys.argv[2])" \
+      "$1" "$2"
+    echo "wrote $2"
+  fi
+}
+
+# tune_guidance MODEL [OPTION…]: benchmarks/tune_guidance.py --write (skipped when its record is newer than MODEL)
+tune_guidance() {
+  local model="$1"
+  shift
+  if [[ -f "$model/guidance_tuning.json" && "$model/guidance_tuning.json" -nt "$model/model.safetensors" ]]; then
+    echo "up to date: $model/guidance_tuning.json"
+  else
+    "$PY" -m benchmarks.tune_guidance --model "$model" --write "$@"
+  fi
+}
+
+# measure_quality RUN MODEL [OPTION…]: benchmarks/embedded_quality.py --card into RUN/quality.json (skipped when
+# that is newer than MODEL)
+measure_quality() {
+  local run="$1" model="$2"
+  shift 2
+  if [[ -f "$run/quality.json" && "$run/quality.json" -nt "$model/model.safetensors" ]]; then
+    echo "up to date: $run/quality.json"
+  else
+    "$PY" -m benchmarks.embedded_quality --model "$model" --card --out "$run/quality.json.tmp" "$@"
+    mv "$run/quality.json.tmp" "$run/quality.json"
+  fi
+}
