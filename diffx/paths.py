@@ -1,4 +1,4 @@
-"""Where diffx finds its shipped data (the CLIP vocabulary and the embedded model).
+"""Where diffx finds its shipped data (the CLIP vocabulary and the two embedded models).
 
 In a source checkout (or an editable install) that is the repository's top-level `data/` folder. An
 installed wheel carries the same files inside the package, as `diffx/_data/` (setup.py maps `data/` to
@@ -22,4 +22,5 @@ def _data_dir() -> Path:
 
 DATA_DIR = _data_dir()
 BPE_VOCAB_FILE = DATA_DIR / VOCAB_NAME
-EMBEDDED_MODEL_DIR = DATA_DIR / "shapes-world-2"
+EMBEDDED_MODEL_DIR = DATA_DIR / "shapes-world-2"  # the default model: a U-Net trained on a diffusion schedule
+FLOW_MODEL_DIR = DATA_DIR / "shapes-world-flow"  # the same world learnt by an MMDiT with rectified flow (SD3's kind)

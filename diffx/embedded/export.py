@@ -17,8 +17,9 @@ from diffx.embedded.world_quality import TUNING_FILE
 from diffx.errors import CheckpointError
 from diffx.files import atomic_output
 from diffx.models.any_model import AnyModel
+from diffx.models.tiny_decoder import TinyDecoder
 from diffx.render import fit_latent_rgb_mlp
-from diffx.weights.load import save_model
+from diffx.weights.load import load_model, save_model
 
 
 @torch.no_grad()
@@ -49,12 +50,28 @@ def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = 
     config = TrainConfig(**{**train_config, "out_dir": str(out)})
     _, images = scene_pool(config)
     fit_preview(model, images)
+    model.tiny_decoder = inherited_tiny_decoder(model, train_config.get("init_from"))
     model.source = "embedded shapes-world model"
     save_model(model, folder, dtype=torch.float16)
     runs = [*read_runs(out), run_record(train_config, states, config.pool_scenes)]
     write_runs(folder, runs)
     write_model_card(folder, model, runs, scores)
     return model
+
+
+def inherited_tiny_decoder(model: AnyModel, init_from: str | None) -> TinyDecoder | None:
+    """The tiny preview decoder of the model a run started from (`--init-from`), when `model`'s VAE is still that
+    model's bit for bit (as stored, fp16): it was trained to decode exactly these latents. The flow model keeps
+    shapes-world-2's VAE frozen, so it inherits that model's decoder; a run that trained its VAE gets none."""
+    if not init_from:
+        return None
+    source = load_model(init_from)
+    if source.tiny_decoder is None:
+        return None
+    ours, theirs = model.vae.state_dict(), source.vae.state_dict()
+    same = ours.keys() == theirs.keys() and all(
+        torch.equal(ours[key].to(theirs[key].dtype), theirs[key]) for key in ours)
+    return source.tiny_decoder if same else None
 
 
 def record_default_guidance(folder: str | Path, tuning: dict) -> float:

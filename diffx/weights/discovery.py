@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffx.errors import CheckpointError, ModelNotFoundError
-from diffx.paths import DATA_DIR, EMBEDDED_MODEL_DIR
+from diffx.paths import DATA_DIR, EMBEDDED_MODEL_DIR, FLOW_MODEL_DIR
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-MODEL_ALIASES = {"embedded": EMBEDDED_MODEL_DIR, "shapes-world-2": EMBEDDED_MODEL_DIR}
+MODEL_ALIASES = {"embedded": EMBEDDED_MODEL_DIR, "shapes-world-2": EMBEDDED_MODEL_DIR,
+                 "shapes-world-flow": FLOW_MODEL_DIR}
 SD15_FILE_NAMES = ("v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly.ckpt")
 SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
 # diffusers/transformers weight file names, preferred first.
@@ -109,9 +110,10 @@ def _data_dir_models() -> list[Path]:
     if not DATA_DIR.is_dir():
         return []
     entries = sorted(DATA_DIR.iterdir(), key=lambda p: (p.name not in SD15_FILE_NAMES, p.name))
+    shipped = {EMBEDDED_MODEL_DIR.resolve(), FLOW_MODEL_DIR.resolve()}  # listed last: a user's model comes first
     return [
         p for p in entries
-        if p.resolve() != EMBEDDED_MODEL_DIR.resolve()
+        if p.resolve() not in shipped
         and (p.suffix.lower() in (".ckpt", ".safetensors") if p.is_file() else _is_model(p))
     ]
 
@@ -140,12 +142,12 @@ def find_models() -> list[ModelSource]:
     """Every model diffx can use without the network, in the order it prefers them.
 
     $DIFFX_MODEL, then checkpoints and model folders in data/, then Stable Diffusion snapshots in the
-    Hugging Face hub cache, then the embedded model.
+    Hugging Face hub cache, then the embedded models (the default, shapes-world-2, before shapes-world-flow).
     """
     paths = []
     if os.environ.get("DIFFX_MODEL"):
         paths.append(Path(os.environ["DIFFX_MODEL"]).expanduser())
-    paths += _data_dir_models() + _hub_cache_models() + [EMBEDDED_MODEL_DIR]
+    paths += _data_dir_models() + _hub_cache_models() + [EMBEDDED_MODEL_DIR, FLOW_MODEL_DIR]
     unique = dict.fromkeys(p for p in paths if p.exists() and _is_model(p))
     return [_model_source(p) for p in unique]
 
@@ -160,7 +162,8 @@ def resolve_model_source(model: str | Path | None = None, where: str = "--model"
         if not path.exists():
             raise ModelNotFoundError(
                 f"{where} {model}: no such file or folder; point it at a .ckpt/.safetensors file "
-                "(SD 1.x, 2.x or SDXL), a diffusers folder or a diffx folder, or use 'embedded'"
+                "(SD 1.x, 2.x, SDXL or SD3), a diffusers folder or a diffx folder, or use 'embedded' or "
+                "'shapes-world-flow'"
             )
         return _model_source(path)
     found = find_models()

@@ -27,6 +27,10 @@ def test_smoke_run_trains_an_mmdit_on_shapes_world_2s_latents(tmp_path):
     assert isinstance(flow, StableDiffusion3) and flow.config.scheduler.prediction_type == "flow"
     for name, tensor in unet.vae.state_dict().items():  # the VAE taken over frozen: one latent space for both
         assert torch.equal(tensor.float(), flow.vae.state_dict()[name].float()), name
+    # ... so shapes-world-2's tiny preview decoder, trained on those latents, comes along
+    assert flow.tiny_decoder is not None
+    for name, tensor in unet.tiny_decoder.state_dict().items():
+        assert torch.equal(tensor, flow.tiny_decoder.state_dict()[name]), name
     tuning = json.loads((model / "guidance_tuning.json").read_text(encoding="utf-8"))
     assert flow.config.default_guidance == tuning["chosen"] and (run / "quality.json").is_file()
     last = completed.stdout.strip().splitlines()[-1]

@@ -22,6 +22,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(discovery, "DATA_DIR", data)
     monkeypatch.setattr(discovery, "EMBEDDED_MODEL_DIR", data / "shapes-world")
     monkeypatch.setitem(discovery.MODEL_ALIASES, "embedded", data / "shapes-world")
+    monkeypatch.setattr(discovery, "FLOW_MODEL_DIR", data / "shapes-world-flow")
+    monkeypatch.setitem(discovery.MODEL_ALIASES, "shapes-world-flow", data / "shapes-world-flow")
     for name in ("DIFFX_MODEL", "HF_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -59,6 +61,16 @@ def test_discovery_order(tmp_path, isolated, monkeypatch):
     monkeypatch.setenv("DIFFX_MODEL", str(tmp_path / "gone.ckpt"))
     with pytest.raises(ModelNotFoundError, match="DIFFX_MODEL .*gone.ckpt: no such file"):
         resolve_model_source()
+
+
+def test_the_two_shipped_models_come_last_and_the_u_net_one_is_the_default(isolated):
+    flow = save_model(build(tiny()), isolated / "shapes-world-flow")  # discovery reads no family: any folder does
+    embedded = save_model(build(tiny()), isolated / "shapes-world")
+    assert [s.path for s in find_models()] == [embedded, flow]  # not a user's model of data/, first
+    assert resolve_model_source().path == embedded
+    assert resolve_model_source("shapes-world-flow").path == flow
+    users = save_model(build(tiny()), isolated / "my-model")
+    assert [s.path for s in find_models()] == [users, embedded, flow]
 
 
 def test_a_damaged_cache_entry_is_skipped_with_a_warning(tmp_path, monkeypatch):
