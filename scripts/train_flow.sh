@@ -8,17 +8,23 @@
 #                                           # again after any stop; every stage resumes
 #   THREADS=2 bash scripts/train_flow.sh    # both cores (when nothing else runs); default 1
 #   SMOKE=1 bash scripts/train_flow.sh      # smoke test: tiny step counts, writes only under runs/smoke-flow
+#   INIT=data/shapes-world-flow RUN=runs/shapes-world-flow-2 THREADS=2 bash scripts/train_flow.sh
+#                                           # go on from the shipped flow model (every weight; a fresh AdamW and
+#                                           # warm-up, as the optimiser state is not shipped), into a new run folder
 #
 # Stages:
-#   1. diffx train --family sd3 (resumes from $RUN's checkpoints; the scene pool is rendered first when missing)
+#   1. diffx train --family sd3 (resumes from $RUN's checkpoints; the scene pool is rendered first when missing),
+#      from $INIT: shapes-world-2 (its VAE and text encoder) or a flow model (all of it)
 #   2. export to $MODEL (skipped when the model is newer than the last checkpoint)
 #   3. benchmarks/tune_guidance.py --write: the default guidance, chosen on 128 validation prompts
 #   4. benchmarks/embedded_quality.py --card: the v2 measures on 300 held-out prompts ($RUN/quality.json)
-#   5. benchmarks/steps_by_model.py: "every attribute" at 4, 8 and 25 steps, beside shapes-world-2's DDIM
+#   5. benchmarks/steps_by_model.py: "every attribute" at 4, 8 and 25 steps, beside $BASE's DDIM (shapes-world-2)
 #
-# Sizing, measured on this project's 2-core CPU (1 thread, batch 64, a 40-token context, one AdamW step of the
-# text encoder and the MMDiT): 1.7-2.1 s a step with the machine otherwise idle, ~3 s beside other work; the
-# 10,000 steps take 5-6 hours, so the run spans sittings. See diffx/embedded/flow_model.py for the widths tried.
+# Sizing, measured on this project's 2-core CPU (batch 64, a 40-token context, one AdamW step of the text encoder
+# and the MMDiT): 0.55-0.57 s a step on 2 threads with the machine otherwise idle (the shipped run: 8,000 steps in
+# 76 min, 2026-12-07), 1.7-2.1 s on 1 thread, ~3 s beside other work. A sitting's run folder does not outlive the
+# sitting's machine: go on from the exported model (INIT=data/shapes-world-flow, above). See
+# diffx/embedded/flow_model.py for the widths tried.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
@@ -32,14 +38,14 @@ if [[ "${SMOKE:-0}" == "1" ]]; then
   : "${STEPS_ARGS:=--n 4 --steps 2}"
   NICE=()
 else
-  : "${RUN:=runs/shapes-world-flow}" "${MODEL:=data/shapes-world-flow}" "${POOL:=20000}" "${UNET_STEPS:=10000}"
+  : "${RUN:=runs/shapes-world-flow}" "${MODEL:=data/shapes-world-flow}" "${POOL:=20000}" "${UNET_STEPS:=8000}"
   : "${BATCH:=64}" "${CKPT:=250}" "${LR:=3e-4}"
   : "${EVAL_ARGS:=--n 300 --open-prompts 16 --seeds 16 --batch 64}"
   : "${TUNE_ARGS:=--n 128 --batch 64}"
   : "${STEPS_ARGS:=--n 300 --steps 4,8,25}"
   NICE=(nice -n 19)  # other programs come first
 fi
-: "${INIT:=data/shapes-world-2}"
+: "${INIT:=data/shapes-world-2}" "${BASE:=data/shapes-world-2}"  # where training starts; the U-Net model to compare
 export OMP_NUM_THREADS="$THREADS" OMP_WAIT_POLICY=PASSIVE  # a background run: idle threads sleep
 if ! "$PY" -c "import diffx" 2>/dev/null; then
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -65,4 +71,4 @@ measure_quality "$RUN" "$MODEL" $EVAL_ARGS
 
 stage "5. adherence by step count, beside shapes-world-2"
 # shellcheck disable=SC2086  # STEPS_ARGS is a list of options
-"$PY" -m benchmarks.steps_by_model --models "$INIT,$MODEL" $STEPS_ARGS
+"$PY" -m benchmarks.steps_by_model --models "$BASE,$MODEL" $STEPS_ARGS

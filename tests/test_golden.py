@@ -59,8 +59,9 @@ from PIL import Image
 from diffx.embedded.quality import load_for_evaluation
 from diffx.embedded.world import IMAGE_SIZE, Background, Scene, WorldObject, render
 from diffx.experiments.sweeps import cfg_sweep
+from diffx.models.sd3 import StableDiffusion3
 from diffx.models.stable_diffusion import StableDiffusion
-from diffx.paths import EMBEDDED_MODEL_DIR
+from diffx.paths import EMBEDDED_MODEL_DIR, FLOW_MODEL_DIR
 from diffx.pipeline.generation import generate
 from diffx.pipeline.settings import GenerationSettings
 from diffx.sampling.grids import SAMPLERS
@@ -131,6 +132,7 @@ class Case:
     make: Callable[[StableDiffusion, GenerationSettings], np.ndarray]
     settings: GenerationSettings
     tolerance: Tolerance
+    model: Path = EMBEDDED_MODEL_DIR  # which shipped model draws it
 
 
 # See the module docstring for the measurements behind the tolerances.
@@ -147,16 +149,26 @@ CASES = [
          Tolerance(mean=0.1, p99=2.0)),
     Case("cfg_grid", guidance_grid, GenerationSettings(prompt=PROMPT, seed=4), Tolerance(mean=0.1, p99=2.0)),
     Case("trace_frames", trace_strip, GenerationSettings(prompt=TRACE_PROMPT, seed=5), Tolerance(mean=0.1, p99=2.0)),
+    # The flow model (an MMDiT, rectified flow): its two ODE samplers, image to image, guidance and the trace.
+    *(Case(f"flow_text2img_{sampler}", text_to_image, GenerationSettings(prompt=PROMPT, sampler=sampler, seed=1),
+           Tolerance(mean=0.1, p99=2.0), FLOW_MODEL_DIR)
+      for sampler in ("euler", "heun")),
+    Case("flow_img2img", image_to_image, GenerationSettings(prompt=IMG2IMG_PROMPT, strength=0.6, seed=2),
+         Tolerance(mean=0.1, p99=2.0), FLOW_MODEL_DIR),
+    Case("flow_cfg_grid", guidance_grid, GenerationSettings(prompt=PROMPT, seed=4), Tolerance(mean=0.1, p99=2.0),
+         FLOW_MODEL_DIR),
+    Case("flow_trace_frames", trace_strip, GenerationSettings(prompt=TRACE_PROMPT, seed=5),
+         Tolerance(mean=0.1, p99=2.0), FLOW_MODEL_DIR),
 ]
 
 
 @functools.cache
-def embedded_model() -> StableDiffusion:
-    if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
-        pytest.fail(f"the embedded model is missing from {EMBEDDED_MODEL_DIR}: golden images need it; train and "
-                    "export it (`diffx train --export`, diffx.embedded.export) or restore data/shapes-world-2/ "
-                    "from git", pytrace=False)
-    return load_model(EMBEDDED_MODEL_DIR)
+def shipped_model(folder: Path) -> StableDiffusion:
+    if not (folder / "config.json").is_file():
+        pytest.fail(f"the embedded model is missing from {folder}: golden images need it; train and export it "
+                    f"(scripts/train_v2.sh, scripts/train_flow.sh) or restore data/{folder.name}/ from git",
+                    pytrace=False)
+    return load_model(folder)
 
 
 def image_difference(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -183,7 +195,7 @@ def write_failure(name: str, actual: np.ndarray, expected: np.ndarray | None) ->
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_golden_image(case: Case, update_goldens: bool) -> None:
-    actual = case.make(embedded_model(), case.settings)
+    actual = case.make(shipped_model(case.model), case.settings)
     golden = GOLDEN_DIR / f"{case.name}.png"
     if update_goldens:
         GOLDEN_DIR.mkdir(exist_ok=True)
@@ -241,7 +253,8 @@ def other_sampler(sampler: str | None) -> str:
 
 
 def measure(model: StableDiffusion) -> None:
-    """Print each case's difference to its 1-thread baseline under float noise and under real changes."""
+    """Print each case of the model's family (the U-Net model's or the flow model's) as a difference to its
+    1-thread baseline under float noise and under real changes."""
     same = contextlib.nullcontext()
     nudged = perturbed_weights(model)
     # name -> (model, settings change, context) for a case
@@ -255,7 +268,8 @@ def measure(model: StableDiffusion) -> None:
                                        same),
     }
     print(f"{'case':16s}" + "".join(f"{name:>20s}" for name in variants) + "   (mean / p99 grey levels)")
-    for case in CASES:
+    flow = isinstance(model, StableDiffusion3)
+    for case in (case for case in CASES if (case.model == FLOW_MODEL_DIR) == flow):
         with torch_threads(1):
             baseline = case.make(model, case.settings)
             cells = []

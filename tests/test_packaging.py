@@ -27,11 +27,12 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_WHEEL_MB = 42  # the embedded model may weigh 40 MB (issue #14); the vocabulary and code ~1.5 MB
-SHIPPED = ["bpe_simple_vocab_16e6.txt.gz", "BPE_VOCAB_LICENSE.txt", "shapes-world-2/config.json",
-           "shapes-world-2/model.safetensors", "shapes-world-2/MODEL_CARD.md", "shapes-world-2/guidance_curve.png",
-           "shapes-world-2/guidance_tuning.json", "shapes-world-2/training.json",
-           "shapes-world-2/tiny_decoder.safetensors"]
+# the default embedded model may weigh 40 MB (issue #14), the flow model 25 MB (issue #36); vocabulary and code ~2 MB
+MAX_WHEEL_MB = 67
+MODEL_FILES = ["config.json", "model.safetensors", "MODEL_CARD.md", "guidance_curve.png", "guidance_tuning.json",
+               "training.json", "tiny_decoder.safetensors"]
+SHIPPED = ["bpe_simple_vocab_16e6.txt.gz", "BPE_VOCAB_LICENSE.txt",
+           *(f"{model}/{name}" for model in ("shapes-world-2", "shapes-world-flow") for name in MODEL_FILES)]
 
 
 def run(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -155,5 +156,8 @@ def test_installed_diffx_runs_outside_the_checkout(venv, tmp_path):
     run(bin_dir / "diffx", "trace", "--prompt", "a red circle", "--steps", "3", "--gif", "trace.gif",
         cwd=tmp_path, env=env)
     assert (tmp_path / "trace.gif").stat().st_size > 0 and (tmp_path / "trace.png").is_file()
+    run(bin_dir / "diffx", "trace", "--model", "shapes-world-flow", "--prompt", "a red circle", "--steps", "3",
+        "--gif", "flow.gif", cwd=tmp_path, env=env)  # the second embedded model, from the wheel too
+    assert (tmp_path / "flow.gif").stat().st_size > 0
     models = run(bin_dir / "python", "-m", "diffx", "models", cwd=tmp_path, env=env).stdout
-    assert "shapes-world" in models or "embedded" in models
+    assert "shapes-world-2" in models and "shapes-world-flow" in models

@@ -22,7 +22,8 @@ training on the middle of the path).
 Sizing, measured on this project's CPU (1 thread, batch 64, a 40-token context; one rectified-flow AdamW step):
 depth 4 × 128 wide 0.51 s (24-token context; 0.83 s with all 77 rows), depth 6 × 128 0.96 s (3.5 M parameters),
 depth 8 × 128 1.25 s, depth 4 × 192 1.15 s (5.1 M), depth 6 × 192 1.78 s (7.7 M), depth 4 × 256 1.58 s (24 tokens,
-9.0 M). Depth 6 × 128 runs 10,000 steps in about three CPU hours and keeps the model folder within 25 MB in fp16.
+9.0 M). Depth 6 × 128 keeps the model folder within 25 MB in fp16 (22.4 MB shipped); on 2 threads it trains at
+0.57 s a step (the shipped run: 8,000 steps in 76 min).
 """
 
 from __future__ import annotations

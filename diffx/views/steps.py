@@ -71,6 +71,7 @@ WORDS_PER_ROW = 6  # panels per frame row at most, unless the step's own panels 
 # Under every trace frame: x_t stays visibly noisy to the end (at t = 39, √(1−ᾱ) = 0.2 of unit noise), because it is
 # the last step's input; that step's x̂0 is the result (the final image, up to ᾱ_0 ≈ 0.999 for DDIM).
 XT_NOTE = "x_t is the sampler's state (each step's input, still noisy at the last step); the result is the last x̂0"
+XS_NOTE = XT_NOTE.replace("x_t", "x_s", 1)  # a flow run's state is x_s (s: the share of noise)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def trace_frames(trace: Trace, preview: str = "auto", attn_scale: str = "word",
                  model: StableDiffusion | None = None, panel: int | None = None) -> list[Image.Image]:
     """One frame per recorded step: x_t, x̂0, ε̂, ε_c − ε_u (when recorded) and one attention heatmap
     per prompt word over the x̂0 picture in grey (`pack_rows`), with a caption "step i/N · t=… · σ=…", a line
-    saying where the result is (`XT_NOTE`) and a colour bar. Frames share one size."""
+    saying where the result is (`XT_NOTE`, a flow run's `XS_NOTE`) and a colour bar. Frames share one size."""
     _require(trace, "latents", "x0")
     indices = list(range(trace.num_steps))
     size = trace_panel_size(trace, panel)
@@ -289,7 +290,7 @@ def trace_frames(trace: Trace, preview: str = "auto", attn_scale: str = "word",
         tiles = [] if maps is None else [(overlay(x0[i], maps[i, w], ATTENTION_ALPHA, grey=True), f"“{word}”")
                                          for w, word in enumerate(trace.words)]
         frame = caption_bar(_labelled_panels(pack_rows(main, tiles), size), step_caption(trace, i))
-        frame = caption_bar(frame, XT_NOTE, font_size=note_font_size(*frame.size))
+        frame = caption_bar(frame, XS_NOTE if is_flow(trace) else XT_NOTE, font_size=note_font_size(*frame.size))
         frames.append(attention_legend(frame, attn_scale) if maps is not None else frame)
     return frames
 

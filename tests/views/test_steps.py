@@ -10,11 +10,13 @@ from rich.console import Console
 
 from diffx.errors import InvalidArgumentError
 from diffx.models.stable_diffusion import build
+from diffx.paths import FLOW_MODEL_DIR
 from diffx.pipeline.codec import decode_latents
 from diffx.pipeline.settings import GenerationSettings
 from diffx.render import latent_to_rgb_fast
 from diffx.trace.tracer import generate_traced
 from diffx.views import steps as views
+from diffx.weights.load import load_model
 from tests.tiny import STEPS
 from tests.tiny import tiny_settings as _settings
 
@@ -78,6 +80,18 @@ def test_trace_frames_pack_word_maps_without_a_lone_row(model, traced, monkeypat
     assert many.width == few.width < 5 * 64
     assert many.height - few.height > 64
     assert captions.count(views.XT_NOTE) == 2 * STEPS and "the result is the last x̂0" in views.XT_NOTE
+
+
+def test_a_flow_runs_frames_call_its_state_x_s(monkeypatch):
+    flow = load_model(FLOW_MODEL_DIR)  # the shipped flow model: x_s = (1 − s) x̂0 + s ε
+    trace = generate_traced(flow, GenerationSettings(prompt="a red circle", steps=2, seed=0)).traces[0]
+    captions = []
+    real_caption_bar = views.caption_bar
+    monkeypatch.setattr(views, "caption_bar", lambda frame, text, **kw: captions.append(text) or
+                        real_caption_bar(frame, text, **kw))
+    views.trace_frames(trace, panel=64)
+    assert captions.count(views.XS_NOTE) == 2 and views.XT_NOTE not in captions
+    assert views.XS_NOTE.startswith("x_s is the sampler's state")
 
 
 def test_attention_scale_changes_the_heatmaps(traced):
