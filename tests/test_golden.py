@@ -246,10 +246,11 @@ def perturbed_weights(model: StableDiffusion, scale: float = 1e-6) -> StableDiff
     return copied
 
 
-def other_sampler(sampler: str | None) -> str:
-    """A different sampler of the same family (deterministic ODE solvers swap with each other)."""
+def other_sampler(sampler: str | None, flow: bool = False) -> str:
+    """A different sampler of the same family (deterministic ODE solvers swap with each other); a flow model's
+    default is Euler, and it has no DPM++."""
     return {"ddim": "dpmpp_2m", "dpmpp_2m": "ddim", "euler": "heun", "heun": "euler",
-            "euler_a": "ddpm", "ddpm": "euler_a", None: "dpmpp_2m"}[sampler]
+            "euler_a": "ddpm", "ddpm": "euler_a", None: "heun" if flow else "dpmpp_2m"}[sampler]
 
 
 def measure(model: StableDiffusion) -> None:
@@ -264,8 +265,8 @@ def measure(model: StableDiffusion) -> None:
         "weights + 1e-6": lambda case: (nudged, case.settings, same),
         "1 step fewer": lambda case: (model, replace(case.settings, steps=model.config.default_steps - 1), same),
         "seed + 1": lambda case: (model, replace(case.settings, seed=case.settings.seed + 1), same),
-        "other sampler": lambda case: (model, replace(case.settings, sampler=other_sampler(case.settings.sampler)),
-                                       same),
+        "other sampler": lambda case: (model, replace(case.settings, sampler=other_sampler(
+            case.settings.sampler, isinstance(model, StableDiffusion3))), same),
     }
     print(f"{'case':16s}" + "".join(f"{name:>20s}" for name in variants) + "   (mean / p99 grey levels)")
     flow = isinstance(model, StableDiffusion3)

@@ -129,12 +129,33 @@ def _architecture_lines(config: ModelConfig | SD3Config, parts: dict[str, int], 
     ]
 
 
+def _opening_lines(config: ModelConfig | SD3Config, runs: list[dict]) -> list[str]:
+    """What the model is: its world's words for a U-Net model; for a flow model, what it took over from the model
+    it started from (whose runs, which trained those parts, open its history)."""
+    world = get_world(runs[-1]["settings"].get("world", "shapes") if runs else "shapes")
+    if not isinstance(config, SD3Config):
+        return list(world.card)
+    inherited = sum(1 for run in runs if run["settings"].get("family") != SD3_FAMILY)
+    first_own = next((run for run in runs if run["settings"].get("family") == SD3_FAMILY), None)
+    source = (first_own or {}).get("settings", {}).get("init_from") or "a U-Net model"
+    lines = [f"# {config.name} — diffx's embedded flow model (SD3's architecture)", "",
+             "An MMDiT (Stable Diffusion 3's joint-attention transformer) at toy size, trained with rectified flow",
+             f"by `diffx train --family sd3` on the world of the model it started from ({source};",
+             f"diffx/embedded/world.py, {config.image_size} px): the same scenes, loose captions and latents. Its VAE",
+             "is that model's, kept frozen, so both draw into one latent space; its text encoder started from that",
+             "model's and trained on."]
+    if inherited:
+        lines += [f"The history below therefore opens with the runs that trained those parts (runs 1-{inherited}, a",
+                  "U-Net model's), before the flow model's own."]
+    return lines
+
+
 def write_model_card(folder: Path, model: AnyModel, runs: list[dict], scores: dict | None) -> Path:
     """MODEL_CARD.md: what the model is, how it was trained (every run), and how well it follows prompts."""
     parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.modules().items()}
     size_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
     lines = [
-        *get_world(runs[-1]["settings"].get("world", "shapes") if runs else "shapes").card,
+        *_opening_lines(model.config, runs),
         "",
         "## Architecture",
         *_architecture_lines(model.config, parts, size_mb),

@@ -3,7 +3,9 @@
 import json
 
 from diffx.embedded.card import update_model_card, write_model_card
+from diffx.embedded.flow_model import flow_model_config
 from diffx.embedded.history import run_record
+from diffx.models.any_model import build_model
 from diffx.models.configs import tiny
 from diffx.models.stable_diffusion import build
 from diffx.weights.load import save_model
@@ -58,6 +60,20 @@ def test_model_card_lists_every_run_and_the_adherence_table(tmp_path):
     assert card.count("  - VAE:") == 1 and card.count("Text encoder + U-Net:") == 2
     assert "| colour | 0.970 | 0.500 | ≥ 0.95 ✓ |" in card and "| all: default − guidance 1 | +0.300 |" in card
     assert "All targets are met." in card and "color=0.970 shape=0.900 position=0.900 pointing=0.900" in card
+
+
+def test_a_flow_models_card_says_what_it_took_over_and_whose_runs_open_its_history(tmp_path):
+    flow = build_model(flow_model_config(tiny(), depth=1, heads=2, head_dim=16))
+    save_model(flow, tmp_path)
+    runs = [run_record({**SETTINGS, "world": "shapes2"}, _states([0.5] * 3, [0.1] * 3), pool_scenes=6),
+            run_record({**SETTINGS, "world": "shapes2", "init_from": "data/u-net", "family": "sd3"},
+                       _states([], [0.2] * 2))]
+    card = write_model_card(tmp_path, flow, runs, None).read_text()
+    assert card.startswith("# tiny-flow — diffx's embedded flow model (SD3's architecture)")
+    assert "started from (data/u-net;" in card and "(runs 1-1, a\nU-Net model's)" in card
+    assert "Text encoder + U-Net:" in card and "Text encoder + MMDiT:" in card  # the history: theirs, then its own
+    unet_card = write_model_card(tmp_path, build(tiny()), runs[:1], None).read_text()
+    assert unet_card.startswith("# shapes-world-2 — diffx's embedded default model (v2)")  # the world's words
 
 
 def test_a_run_recorded_with_one_clock_says_it_was_the_steps(tmp_path):
