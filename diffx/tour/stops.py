@@ -155,6 +155,18 @@ STOPS: tuple[Stop, ...] = (
         concept="(any two of sampler, steps, schedule, guidance, seed, karras, spacing); each cell is labelled with "
                 "its number of U-Net evaluations, counted as they run"),
     Stop(
+        "two-models", "Two models, one world",
+        ("(`--x model=…`: models side by side, named as `--model` takes them, each with its own sampler, steps, "
+         "guidance and schedule unless given): shapes-world-2, a U-Net trained on a diffusion schedule, beside "
+         "shapes-world-flow, SD3's MMDiT trained with rectified flow on the same world and latents. Each cell "
+         "counts its own network's evaluations. Notice that the flow model, trained for 76 minutes against v2's ten "
+         "hours, draws the star where it is asked and in its colour, but not yet its stripes:",),
+        (TourFile("two_models.png", "the two embedded models side by side at 4, 8 and 25 steps"),),
+        ("compare", "--x", "model=shapes-world-2,shapes-world-flow", "--y", "steps=4,8,25", "--prompt",
+         "a purple striped star in the center on a pale green background", "--seed", "3",
+         "--out", InTour("two_models.png")),
+        quick=(("--y", "steps=2,4"),)),
+    Stop(
         "paths", "How samplers travel",
         ('(`diffx paths`): every sampler from the same x_T, the state x_t recorded at each step and projected on '
          'the first two principal components of all the paths, with the distances that measure convergence against'

@@ -13,7 +13,10 @@ from starlette.testclient import TestClient
 
 from diffx.pipeline import GenerationSettings, generate
 from diffx.studio import create_app
+from diffx.studio.engine import drawing_threads
+from diffx.threads import torch_threads
 from diffx.trace import load_trace
+from diffx.views.steps import resolve_preview
 from tests.models.sd3_tiny import tiny_sd3
 
 SETTINGS = {"prompt": "a red circle", "steps": 3, "seed": 5, "guidance": 2.0}
@@ -56,7 +59,10 @@ def test_every_step_arrives_and_the_run_is_the_pipeline_s(client, tiny_model, tm
     steps = [data for kind, data in events if kind == "step"]
     assert [step["index"] for step in steps] == [0, 1, 2]
     assert set(steps[0]["frames"]) == {"xt", "x0", "eps", "guide"} and len(steps[0]["heat"]["word"]) == 3
-    expected = generate(tiny_model, GenerationSettings(**SETTINGS)).images[0]
+    # The sampler's threads are the studio's (one fewer than all, one drawing), which its command line passes as
+    # --threads: 1 and 2 threads may round one grey level apart on some CPUs (AVX-512 here).
+    with torch_threads(drawing_threads(resolve_preview("auto", model=tiny_model, live=True))[0]):
+        expected = generate(tiny_model, GenerationSettings(**SETTINGS)).images[0]
     assert np.array_equal(_picture(dict(events)["image"]["image"]), expected)  # the same pixels as the CLI's
     trace_file = tmp_path / "run.safetensors"
     trace_file.write_bytes(client.get(f"/api/runs/{run_id}/trace.safetensors").content)
