@@ -38,6 +38,19 @@ runs only 15 steps, from the same picture). Every case therefore gets mean <= 0.
 largest float noise, 1/3 and 1/2 of the smallest real change. ddpm and euler_a make the same picture
 from the same seed: Euler ancestral is DDPM's posterior sampling written in σ-space (same timesteps,
 same noise draws), so no golden image can tell them apart.
+
+The flow model's cases (`python -m tests.test_golden data/shapes-world-flow`, the shipped model, 2026-12-07):
+
+    case                2 threads   randn + 1e-6  weights + 1e-6  1 step fewer     seed + 1  other sampler
+    flow_text2img_euler 0.000/0     0.000/0       0.000/0         0.174/2      68.2/222   1.46/15  (heun)
+    flow_text2img_heun  0.000/0     0.000/0       0.000/0         0.164/2      68.7/222   1.46/15  (euler)
+    flow_img2img        0.000/0     0.000/0       0.000/0         1.39/34      8.14/124   0.45/8   (heun)
+    flow_cfg_grid       0.000/0     0.000/0       0.000/0         0.51/7       32.7/216   2.50/58  (heun)
+    flow_trace_frames   0.000/0     0.000/0       0.000/0         0.48/6       7.97/103   0.47/7   (heun)
+
+Its smallest real change is one Euler step fewer of 25 (0.164 mean, 2 at p99: a flow path is nearly straight,
+so a step less moves little), so its cases get mean <= 0.05 and p99 <= 1: 1/3 and 1/2 of that, with the float
+noise at 0.000.
 """
 
 from __future__ import annotations
@@ -136,6 +149,7 @@ class Case:
 
 
 # See the module docstring for the measurements behind the tolerances.
+FLOW_TOLERANCE = Tolerance(mean=0.05, p99=1.0)
 CASES = [
     *(Case(f"text2img_{sampler}", text_to_image, GenerationSettings(prompt=PROMPT, sampler=sampler, seed=1),
            Tolerance(mean=0.1, p99=2.0))
@@ -151,14 +165,13 @@ CASES = [
     Case("trace_frames", trace_strip, GenerationSettings(prompt=TRACE_PROMPT, seed=5), Tolerance(mean=0.1, p99=2.0)),
     # The flow model (an MMDiT, rectified flow): its two ODE samplers, image to image, guidance and the trace.
     *(Case(f"flow_text2img_{sampler}", text_to_image, GenerationSettings(prompt=PROMPT, sampler=sampler, seed=1),
-           Tolerance(mean=0.1, p99=2.0), FLOW_MODEL_DIR)
+           FLOW_TOLERANCE, FLOW_MODEL_DIR)
       for sampler in ("euler", "heun")),
     Case("flow_img2img", image_to_image, GenerationSettings(prompt=IMG2IMG_PROMPT, strength=0.6, seed=2),
-         Tolerance(mean=0.1, p99=2.0), FLOW_MODEL_DIR),
-    Case("flow_cfg_grid", guidance_grid, GenerationSettings(prompt=PROMPT, seed=4), Tolerance(mean=0.1, p99=2.0),
-         FLOW_MODEL_DIR),
+         FLOW_TOLERANCE, FLOW_MODEL_DIR),
+    Case("flow_cfg_grid", guidance_grid, GenerationSettings(prompt=PROMPT, seed=4), FLOW_TOLERANCE, FLOW_MODEL_DIR),
     Case("flow_trace_frames", trace_strip, GenerationSettings(prompt=TRACE_PROMPT, seed=5),
-         Tolerance(mean=0.1, p99=2.0), FLOW_MODEL_DIR),
+         FLOW_TOLERANCE, FLOW_MODEL_DIR),
 ]
 
 
