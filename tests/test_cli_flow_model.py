@@ -57,3 +57,10 @@ def test_compare_puts_the_two_models_side_by_side(diffx, monkeypatch) -> None:
     ((name, models),) = axes
     assert name == "model" and [m.source for m in models] == [str(EMBEDDED_MODEL_DIR), str(FLOW_MODEL_DIR)]
     assert [type(m).__name__ for m in models] == ["StableDiffusion", "StableDiffusion3"]
+
+
+def test_the_report_charts_what_a_flow_state_is_made_of(diffx) -> None:
+    ok(diffx("trace", "--model", "shapes-world-flow", "--prompt", "a red circle", "--steps", "4", "--html", "f.html"))
+    page = open("f.html", encoding="utf-8").read()
+    assert "1 − s — the share of x₀ in x_s" in page and "log-SNR λ = 2 log((1 − s) / s)" in page
+    assert "ᾱ_t — how much signal is left" not in page

@@ -1,6 +1,7 @@
 """Small inline-SVG line charts for the HTML report: the noise schedule (ᾱ_t and log-SNR against t, every
-visited step as a dot and a marker the page moves to the current step) and a run's convergence (distances
-against model evaluations, log y). Pure: arrays → SVG text."""
+visited step as a dot and a marker the page moves to the current step; for a rectified-flow model 1 − s, the
+share of x₀ in x_s, in place of ᾱ) and a run's convergence (distances against model evaluations, log y).
+Pure: arrays → SVG text."""
 
 from __future__ import annotations
 
@@ -36,19 +37,39 @@ class Chart:
         return round(CHART_MARGIN["top"] + inner * (self.y_max - value) / (self.y_max - self.y_min), 1)
 
 
+def flow_signal_share(abar: np.ndarray) -> np.ndarray:
+    """1 − s of the flow path's points x_s = (1 − s) x₀ + s ε from their VP ᾱ = (1 − s)²/((1 − s)² + s²)
+    (`flow_alpha_cumprod`): (1 − s)/s = √(ᾱ/(1 − ᾱ)), so 1 − s = √ᾱ / (√ᾱ + √(1 − ᾱ)), finite at ᾱ = 0 and 1."""
+    root = np.sqrt(abar)
+    return root / (root + np.sqrt(1 - abar))
+
+
 def schedule_charts(curves: dict[str, np.ndarray], visited: Sequence[tuple[np.ndarray, np.ndarray]],
-                    colours: Sequence[str]) -> tuple[str, list[dict[str, list[list[float]]]]]:
+                    colours: Sequence[str], flow: bool = False) -> tuple[str, list[dict[str, list[list[float]]]]]:
     """Two charts, ᾱ_t and log-SNR against t: the schedule curves (name → ᾱ over all training timesteps),
     every visited (timesteps, ᾱ) step of each column as dots in its colour, and a marker per column at its
-    first step. Returns the SVG and, per column, the marker positions of every step by chart id."""
+    first step. Returns the SVG and, per column, the marker positions of every step by chart id.
+
+    With `flow` (every curve is a rectified-flow path, as `flow_schedule` tabulates it), the first chart shows
+    what a flow model's state is made of, 1 − s (x_s = (1 − s) x₀ + s ε), against t = 1000 s, and the log-SNR
+    is named in s: λ = 2 log((1 − s)/s) (Esser et al. 2024, §3.1). A chart mixing flow and diffusion schedules
+    keeps ᾱ, which both have."""
     x_max = max(len(abar) - 1 for abar in curves.values())
     markers: list[dict[str, list[list[float]]]] = [{} for _ in visited]
     snr_values = np.concatenate([log_snr(a) for a in curves.values()] + [log_snr(a) for _, a in visited])
-    charts = {
-        "abar": ("ᾱ_t — how much signal is left", Chart(x_max, 0.0, 1.0), lambda a: a, (0.0, 0.5, 1.0)),
-        "lsnr": ("log-SNR λ_t = log(ᾱ_t / (1 − ᾱ_t))",
-                 Chart(x_max, math.floor(snr_values.min()), math.ceil(snr_values.max())), log_snr, None),
-    }
+    snr_chart = Chart(x_max, math.floor(snr_values.min()), math.ceil(snr_values.max()))
+    if flow:
+        x_label = "timestep t = 1000 s"
+        charts = {
+            "abar": ("1 − s — the share of x₀ in x_s", Chart(x_max, 0.0, 1.0), flow_signal_share, (0.0, 0.5, 1.0)),
+            "lsnr": ("log-SNR λ = 2 log((1 − s) / s)", snr_chart, log_snr, None),
+        }
+    else:
+        x_label = "timestep t"
+        charts = {
+            "abar": ("ᾱ_t — how much signal is left", Chart(x_max, 0.0, 1.0), lambda a: a, (0.0, 0.5, 1.0)),
+            "lsnr": ("log-SNR λ_t = log(ᾱ_t / (1 − ᾱ_t))", snr_chart, log_snr, None),
+        }
     svgs = []
     for chart_id, (title, chart, transform, y_ticks) in charts.items():
         if y_ticks is None:
@@ -56,7 +77,7 @@ def schedule_charts(curves: dict[str, np.ndarray], visited: Sequence[tuple[np.nd
         parts = [f'<svg viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="{html.escape(title)} '
                  f'against the timestep t, with the current step marked">',
                  f'<text class="title" x="{CHART_MARGIN["left"]}" y="14">{html.escape(title)}</text>']
-        parts += axes_svg(chart, y_ticks)
+        parts += axes_svg(chart, y_ticks, x_label)
         for line_index, abar in enumerate(curves.values()):
             stride = max(1, len(abar) // 250)
             points = " ".join(f"{chart.x(t)},{chart.y(v)}" for t, v in

@@ -20,7 +20,7 @@ from diffx.pipeline.denoiser import schedule_from_config
 from diffx.render.charts import schedule_charts
 from diffx.render.colormap import NORMALIZE_SCALES, heatmap, normalize_maps
 from diffx.render.latents import visualize_noise
-from diffx.sampling.flow import FLOW_TIME_SCALE
+from diffx.sampling.flow import FLOW_SCHEDULE, FLOW_TIME_SCALE
 from diffx.trace.attention import merge_words
 from diffx.trace.checks import describe_identity, model_mismatch
 from diffx.trace.record import Trace
@@ -286,7 +286,8 @@ def schedule_charts_html(traces: list[Trace], columns: list[dict]) -> str:
         curves.setdefault(trace.settings.schedule, _train_alphas_cumprod(trace).double().numpy())
     visited = [(trace.tensors["timesteps"].double().numpy(), trace.tensors["alphas_cumprod"].double().numpy())
                for trace in traces]
-    svg, markers = schedule_charts(curves, visited, [column["colour"] for column in columns])
+    svg, markers = schedule_charts(curves, visited, [column["colour"] for column in columns],
+                                   flow=set(curves) == {FLOW_SCHEDULE})
     for column, column_markers in zip(columns, markers, strict=True):
         column["markers"] = column_markers
     return svg

@@ -24,6 +24,7 @@ from diffx.pipeline.observers import ImageRun
 from diffx.pipeline.settings import GenerationSettings, ResolvedSettings, resolve_settings
 from diffx.render.charts import schedule_charts
 from diffx.report.columns import COLUMN_COLOURS, data_uri, fit_picture, step_frames
+from diffx.sampling.flow import FLOW_SCHEDULE
 from diffx.studio.runs import Emit
 from diffx.threads import default_threads, torch_threads
 from diffx.trace.checks import model_identity
@@ -97,7 +98,8 @@ def schedule_chart(model: StableDiffusion, settings: ResolvedSettings) -> tuple[
     timesteps = np.asarray(grid_for(model, settings).model_timesteps(), dtype=np.float64)
     train_abar = schedule.alphas_cumprod.double().numpy()
     visited = np.interp(timesteps, np.arange(len(train_abar)), train_abar)
-    svg, markers = schedule_charts({settings.schedule: train_abar}, [(timesteps, visited)], COLUMN_COLOURS[:1])
+    svg, markers = schedule_charts({settings.schedule: train_abar}, [(timesteps, visited)], COLUMN_COLOURS[:1],
+                                   flow=settings.schedule == FLOW_SCHEDULE)
     return svg, markers[0]
 
 

@@ -11,6 +11,7 @@ from diffx.studio import engine
 from diffx.studio.engine import generation_work
 from diffx.studio.runs import RunCancelled
 from diffx.views.steps import X0_LABELS
+from tests.models.sd3_tiny import tiny_sd3
 from tests.tiny import STEPS, tiny_settings
 
 
@@ -72,3 +73,9 @@ def test_a_failure_while_drawing_reaches_the_run(model_with_decoder, monkeypatch
     monkeypatch.setattr(engine, "step_frames", broken)
     with pytest.raises(ValueError, match="drawing failed"):
         _run(model_with_decoder)
+
+
+def test_a_flow_model_s_schedule_chart_shows_one_minus_s() -> None:
+    model = tiny_sd3()
+    chart, markers = engine.schedule_chart(model, resolve_settings(model, tiny_settings(sampler="euler")))
+    assert "1 − s — the share of x₀ in x_s" in chart and len(markers["abar"]) == STEPS
