@@ -7,6 +7,8 @@
 #   bash scripts/train_flow.sh              # on the CPU, across sittings, at the lowest priority (nice 19): run it
 #                                           # again after any stop; every stage resumes
 #   THREADS=2 bash scripts/train_flow.sh    # both cores (when nothing else runs); default 1
+#   WAIT=ACTIVE THREADS=2 bash …            # OpenMP's idle threads spin instead of sleeping: faster on a machine
+#                                           # with nothing else to run (see the sizing below), slower beside work
 #   SMOKE=1 bash scripts/train_flow.sh      # smoke test: tiny step counts, writes only under runs/smoke-flow
 #   INIT=data/shapes-world-flow RUN=runs/shapes-world-flow-2 THREADS=2 bash scripts/train_flow.sh
 #                                           # go on from the shipped flow model (every weight; a fresh AdamW and
@@ -21,8 +23,9 @@
 #   5. benchmarks/steps_by_model.py: "every attribute" at 4, 8 and 25 steps, beside $BASE's DDIM (shapes-world-2)
 #
 # Sizing, measured on this project's 2-core CPU (batch 64, a 40-token context, one AdamW step of the text encoder
-# and the MMDiT): 0.55-0.57 s a step on 2 threads with the machine otherwise idle (the shipped run: 8,000 steps in
-# 76 min, 2026-12-07), 1.7-2.1 s on 1 thread, ~3 s beside other work. A sitting's run folder does not outlive the
+# and the MMDiT), on 2 threads with the machine otherwise idle: 0.55-0.57 s a step on an Intel CPU with AMX (the first
+# run: 8,000 steps in 76 min, 2026-12-07); on an AMD EPYC 1.22 s with sleeping threads, 0.87-0.97 s with WAIT=ACTIVE
+# (the continuation, 2026-12-07). 1.7-2.1 s on 1 thread, ~3 s beside other work. A sitting's run folder does not outlive the
 # sitting's machine: go on from the exported model (INIT=data/shapes-world-flow, above). See
 # diffx/embedded/flow_model.py for the widths tried.
 set -euo pipefail
@@ -46,7 +49,7 @@ else
   NICE=(nice -n 19)  # other programs come first
 fi
 : "${INIT:=data/shapes-world-2}" "${BASE:=data/shapes-world-2}"  # where training starts; the U-Net model to compare
-export OMP_NUM_THREADS="$THREADS" OMP_WAIT_POLICY=PASSIVE  # a background run: idle threads sleep
+export OMP_NUM_THREADS="$THREADS" OMP_WAIT_POLICY="${WAIT:-PASSIVE}"  # a background run: idle threads sleep
 if ! "$PY" -c "import diffx" 2>/dev/null; then
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
