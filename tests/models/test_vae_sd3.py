@@ -35,6 +35,7 @@ def test_sd3_vae_matches_diffusers() -> None:
         mean_ours, mean_theirs = ours.encode(image).mean, theirs.encode(image).latent_dist.mean
         decoded_ours, decoded_theirs = ours.decode(z), theirs.decode(z).sample
     assert mean_ours.shape == (1, 16, 8, 8) and mean_theirs.abs().max() > 1e-2
-    assert (mean_ours - mean_theirs).abs().max() <= 1e-5
-    assert (decoded_ours - decoded_theirs).abs().max() <= 1e-5
+    # fp32 with another summation order: within 1e-5 on an AVX-512 CPU, 1.4e-5 on an AVX2-only EPYC's kernels
+    assert (mean_ours - mean_theirs).abs().max() <= 3e-5
+    assert (decoded_ours - decoded_theirs).abs().max() <= 3e-5
     assert not any(name.startswith(("quant_conv", "post_quant_conv")) for name in ours.state_dict())
