@@ -30,6 +30,7 @@ outputs to fp32 (`pipeline.make_denoiser`'s ε̂, `decode_latents`' pictures) be
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 from weakref import WeakKeyDictionary
 
 import torch
@@ -47,7 +48,8 @@ class PackedConv2d(nn.Conv2d):
 
     The packed weight is made for the first input shape seen and made again whenever the shape or the
     weight changes (a new tensor, or an in-place write such as `load_state_dict`, which bumps its version).
-    Training, other dtypes and other devices take `nn.Conv2d`'s own path, so the result is the same
+    Training, other dtypes, other devices and CPUs whose oneDNN has no bf16 kernels (an AVX2-only x86 refuses
+    to reorder a bf16 weight: `onednn_bf16_kernels`) take `nn.Conv2d`'s own path, so the result is the same
     convolution either way (a test checks it equals `F.conv2d` exactly).
     """
 
@@ -62,7 +64,7 @@ class PackedConv2d(nn.Conv2d):
         weight = self.weight
         return (x.device.type == "cpu" and x.dtype == FAST_DTYPE and weight.dtype == FAST_DTYPE
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and not (torch.is_grad_enabled() and weight.requires_grad))
+                and not (torch.is_grad_enabled() and weight.requires_grad) and onednn_bf16_kernels())
 
     def _packed_weight(self, x: Tensor) -> Tensor:
         key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
@@ -73,6 +75,17 @@ class PackedConv2d(nn.Conv2d):
                 dense, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape))
             cached = _PACKED[self] = (key, packed)
         return cached[1]
+
+
+@cache
+def onednn_bf16_kernels() -> bool:
+    """Whether oneDNN has bf16 convolution kernels on this CPU (x86: AVX512-BW/VL/DQ or AVX-NE-CONVERT).
+
+    Not the same question as `devices.cpu_bf16_native` (native bf16 *arithmetic*, which `--dtype auto` asks):
+    a user may still ask for `--dtype bf16` on a CPU without it, and PyTorch then runs bf16 convolutions on
+    its own (slower, emulated) kernels, which every CPU has.
+    """
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def use_channels_last(modules: Iterable[nn.Module], enabled: bool = True) -> None:

@@ -10,19 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffx.devices import cpu_bf16_native
+from diffx.models import fast_cpu
 from diffx.models.attention import observe_attention
 from diffx.models.configs import shapes_world, tiny
-from diffx.models.fast_cpu import FAST_DTYPE, PackedConv2d, to_fast_path
+from diffx.models.fast_cpu import _PACKED, FAST_DTYPE, PackedConv2d, onednn_bf16_kernels, to_fast_path
 from diffx.models.stable_diffusion import build
 from diffx.models.unet import UNet
 from diffx.models.vae import AutoencoderKL, ResnetBlock
 
-# diffx takes the fast path only where the CPU multiplies bf16 natively (`resolve_dtype` asks `cpu_bf16_native`);
-# elsewhere oneDNN's bf16 convolutions refuse to run at all (an AVX2-only EPYC: "bf16 path needs the cpu support
-# avx_ne_convert or avx512bw…"), so there is nothing of diffx's to check there.
-pytestmark = pytest.mark.skipif(not cpu_bf16_native(), reason="no native bf16 on this CPU: diffx never takes the "
-                                "bf16 fast path here (diffx.devices.cpu_bf16_native)")
+# The precision tests run on every CPU (bf16 on PyTorch's own kernels where oneDNN has none); the tests of the
+# packed kernel itself need oneDNN's bf16 convolutions (x86: AVX512-BW/VL/DQ or AVX-NE-CONVERT).
+needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16_kernels(), reason="oneDNN has no bf16 convolutions on this "
+                                       "CPU: PackedConv2d runs nn.Conv2d's path (test_packed_falls_back_…)")
 
 EPS_TOLERANCE = 0.015  # relative error of ε̂ vs fp32, the issue's bound (#18)
 
@@ -124,6 +123,7 @@ def channels_last_bf16(*shape: int, seed: int = 3) -> torch.Tensor:
     return x.to(FAST_DTYPE).contiguous(memory_format=torch.channels_last)
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("kernel,stride,padding,groups", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 0, 1), (3, 2, 0, 1),
                                                           (3, 1, 1, 4)])
 def test_packed_convolution_equals_conv2d_exactly(kernel, stride, padding, groups):
@@ -150,6 +150,7 @@ def packed_after_one_forward(out_channels: int) -> tuple[PackedConv2d, torch.Ten
     return conv, x
 
 
+@needs_onednn_bf16
 def test_packed_convolution_follows_weight_changes():
     """The packed copy is made again after an in-place write (load_state_dict) or a new weight tensor."""
     conv, x = packed_after_one_forward(8)
@@ -158,6 +159,16 @@ def test_packed_convolution_follows_weight_changes():
     with torch.inference_mode():
         assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
     conv.weight = nn.Parameter(-conv.weight.detach())
+    with torch.inference_mode():
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+
+
+def test_packed_convolution_falls_back_where_onednn_has_no_bf16(monkeypatch):
+    """Where oneDNN refuses to reorder a bf16 weight (an AVX2-only CPU: "bf16 path needs the cpu support
+    avx_ne_convert or avx512bw…"), a bf16 model still runs: nn.Conv2d's path, nothing packed."""
+    monkeypatch.setattr(fast_cpu, "onednn_bf16_kernels", lambda: False)
+    conv, x = packed_after_one_forward(8)
+    assert conv not in _PACKED
     with torch.inference_mode():
         assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
 
