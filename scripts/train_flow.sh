@@ -55,6 +55,7 @@ if ! "$PY" -c "import diffx" 2>/dev/null; then
 fi
 # shellcheck source=scripts/stages.sh
 source scripts/stages.sh
+if [[ ${#NICE[@]} -gt 0 ]]; then background_priority; fi
 
 stage "1. train the MMDiT ($UNET_STEPS steps at batch $BATCH, lr $LR, $THREADS thread(s)) from $INIT"
 "${NICE[@]}" "$PY" -m diffx train --family sd3 --world shapes2 --init-from "$INIT" --out-dir "$RUN" \

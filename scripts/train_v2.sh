@@ -103,6 +103,7 @@ fi
 RECIPE=(--prediction-type v_prediction --zero-snr --attention-loss "${ATTENTION_LOSS:-0.01}")
 # shellcheck source=scripts/stages.sh
 source scripts/stages.sh
+if [[ ${#NICE[@]} -gt 0 ]]; then background_priority; fi
 
 stage "0. install check"
 if ! "$PY" -c "import diffx" 2>/dev/null; then
