@@ -121,6 +121,19 @@ def test_render_vae_preview_needs_stored_decodes_or_a_model(run, fast, tiny_mode
     assert frames("vae3.gif") == frames("vae2.gif")
 
 
+@pytest.mark.parametrize("onednn_bf16", [True, False], ids=["onednn-bf16", "no-onednn-bf16"])
+def test_denoise_in_bf16_on_any_cpu(run, fast, monkeypatch, onednn_bf16):
+    """`--dtype bf16` asked for on the CPU runs whether or not oneDNN has bf16 convolutions there (an AVX2-only
+    CPU has none: it used to die in the packed weight's reorder with a traceback); False simulates such a CPU."""
+    from diffx.models import fast_cpu
+
+    if onednn_bf16 and not fast_cpu.onednn_bf16_kernels():
+        pytest.skip("oneDNN has no bf16 convolutions on this CPU")
+    monkeypatch.setattr(fast_cpu, "onednn_bf16_kernels", lambda: onednn_bf16)
+    ok(run("denoise", "-p", "a red circle", "--dtype", "bf16", *fast))
+    assert Image.open("denoise.png").size == (32, 32)
+
+
 def test_denoise_text_image_and_inpainting(run, fast, tmp_path):
     ok(run("denoise", "--gif", "d.gif", *fast))  # unconditional
     assert frames("d.gif")[0] == STEPS and Image.open("denoise.png").size == (32, 32)
