@@ -13,6 +13,9 @@
 #   INIT=data/shapes-world-flow RUN=runs/shapes-world-flow-2 THREADS=2 bash scripts/train_flow.sh
 #                                           # go on from the shipped flow model (every weight; a fresh AdamW and
 #                                           # warm-up, as the optimiser state is not shipped), into a new run folder
+#   ATTENTION_LOSS=0.01 bash …              # with the attention-grounding loss on the joint attention's image→text
+#                                           # quadrant (diffx/embedded/grounding.py; default 0, as the shipped runs;
+#                                           # the smoke test runs it at 0.01)
 #
 # Stages:
 #   1. diffx train --family sd3 (resumes from $RUN's checkpoints; the scene pool is rendered first when missing),
@@ -35,7 +38,7 @@ THREADS="${THREADS:-1}"
 
 if [[ "${SMOKE:-0}" == "1" ]]; then
   : "${RUN:=runs/smoke-flow}" "${MODEL:=runs/smoke-flow/model}" "${POOL:=64}" "${UNET_STEPS:=2}" "${BATCH:=4}"
-  : "${CKPT:=2}" "${LR:=1e-3}"
+  : "${CKPT:=2}" "${LR:=1e-3}" "${ATTENTION_LOSS:=0.01}"
   : "${EVAL_ARGS:=--n 4 --open-prompts 1 --seeds 2 --guidances 1,5 --batch 8 --steps 2}"
   : "${TUNE_ARGS:=--n 4 --scales 1,5 --batch 8 --steps 2}"
   : "${STEPS_ARGS:=--n 4 --steps 2}"
@@ -60,7 +63,7 @@ if [[ ${#NICE[@]} -gt 0 ]]; then background_priority; fi
 stage "1. train the MMDiT ($UNET_STEPS steps at batch $BATCH, lr $LR, $THREADS thread(s)) from $INIT"
 "${NICE[@]}" "$PY" -m diffx train --family sd3 --world shapes2 --init-from "$INIT" --out-dir "$RUN" \
   --pool-size "$POOL" --unet-steps "$UNET_STEPS" --batch "$BATCH" --lr "$LR" --checkpoint-every "$CKPT" \
-  --threads "$THREADS" --device cpu --no-previews
+  --threads "$THREADS" --device cpu --attention-loss "${ATTENTION_LOSS:-0}" --no-previews
 
 stage "2. export to $MODEL"
 export_model "$RUN" "$MODEL"

@@ -91,7 +91,8 @@ def train(
     device: DeviceOpt = "auto",
     attention_loss: Annotated[float, typer.Option(
         parser=_number("--attention-loss", "attention_loss"),
-        help="Weight of the attention-grounding loss (object words attend inside their objects); 0 = off.")] = 0.0,
+        help="Weight of the attention-grounding loss (object words attend inside their objects: a U-Net's "
+             "cross-attention, an MMDiT's image→text quadrant); 0 = off.")] = 0.0,
     checkpoint_every: Annotated[int, typer.Option(parser=_number("--checkpoint-every", "checkpoint_every"),
                                                   help="Steps between checkpoints, loss curves and sample grids.")
                                 ] = 100,

@@ -165,8 +165,11 @@ def write_model_card(folder: Path, model: AnyModel, runs: list[dict], scores: di
         "prediction for classifier-free guidance.",
         *_run_lines(runs),
     ]
-    if not isinstance(model.config, SD3Config) and any(run["settings"].get("attention_loss") for run in runs):
-        lines += ["", "The attention-grounding loss (TokenCompose, Wang et al. 2024) taught the cross-attention",
+    flow = isinstance(model.config, SD3Config)
+    # runs of this model's own network: a flow model's lineage begins with the U-Net model it took parts from
+    if any(run["settings"].get("attention_loss") and (run["settings"].get("family") == "sd3") == flow for run in runs):
+        attention = ("image→text quadrant of the joint attention" if flow else "cross-attention")
+        lines += ["", f"The attention-grounding loss (TokenCompose, Wang et al. 2024) taught the {attention}",
                   "of each named object's colour and shape words (and the words of a grid cell the caption names",
                   "rightly) to fall inside that object: this model's attention maps point at objects because they",
                   "were trained to; plain Stable Diffusion training has no such objective."]

@@ -190,11 +190,7 @@ class TrainConfig:
             raise InvalidArgumentError(f"object_counts {self.object_counts!r} gives a share to scenes of more than "
                                        f"{world.max_objects} objects, the most the {world.name!r} world draws")
         model = config_from_dict(self.model)
-        if isinstance(model, SD3Config):
-            if self.attention_loss > 0:
-                raise InvalidArgumentError("attention_loss is the U-Net's cross-attention grounding; an sd3-family "
-                                           "model has joint attention: leave it 0")
-        elif model.scheduler.prediction_type not in PREDICTION_TYPES:
+        if not isinstance(model, SD3Config) and model.scheduler.prediction_type not in PREDICTION_TYPES:
             raise InvalidArgumentError(f"prediction type {model.scheduler.prediction_type!r} is not one of: "
                                        f"{', '.join(PREDICTION_TYPES)}")
         if model.scheduler.rescale_betas_zero_snr and model.scheduler.prediction_type == "epsilon":

@@ -19,6 +19,10 @@ A caption that places its object on the grid ("... in the top left") grounds the
 ("top", "left" attend inside the object) when the cell it names is the object's own: the U-Net's queries
 must then know where they are and the position words' values can carry the object there. Without it the v2
 model never learnt position words (benchmarks/signal_leak.py: it read the layout from x_T instead).
+
+An MMDiT (the flow model, `--family sd3`) has no cross-attention: one joint attention over image and text
+tokens. Its image→text quadrant, renormalised per image query, is what the pointing game reads as the
+words' maps (`diffx.trace.tracer`), so the same loss supervises that quadrant.
 """
 
 from __future__ import annotations
@@ -72,22 +76,33 @@ def _phrase_indices(words: Sequence[str], phrase: Sequence[str], start: int) -> 
 
 
 class CrossAttentionCollector:
-    """An attention observer (diffx.models.attention) that keeps every U-Net cross-attention map, with
-    gradients, for `grounding_loss`."""
+    """An attention observer (diffx.models.attention) that keeps every image→text attention map, with gradients,
+    for `grounding_loss`: a U-Net's cross-attention, or the image→text quadrant of an MMDiT's joint attention
+    (image tokens first, then the `text_tokens` of the context), renormalised per image query."""
 
-    def __init__(self) -> None:
+    def __init__(self, text_tokens: int | None = None) -> None:
+        self.text_tokens = text_tokens
         self.probs: list[Tensor] = []
 
     def wants(self, layer: AttentionLayer) -> bool:
-        return layer.kind == "cross"
+        return layer.kind == "cross" or (layer.kind == "joint" and self.text_tokens is not None)
 
     def observe(self, layer: AttentionLayer, probs: Tensor) -> None:
+        if layer.kind == "joint":
+            # (B, heads, N_img + N_txt, N_img + N_txt) -> image queries' text keys (B, heads, N_img, N_txt)
+            n_image = probs.shape[-1] - self.text_tokens
+            quadrant = probs[:, :, :n_image, n_image:]
+            probs = quadrant / quadrant.sum(-1, keepdim=True).clamp_min(1e-12)
         self.probs.append(probs.mean(1))  # (B, N_query, tokens), mean over heads
 
 
 def grounding_loss(probs: Sequence[Tensor], token_masks: Tensor, supervised: Tensor) -> Tensor:
-    """TokenCompose's L_token over cross-attention maps `probs` [(B, N, tokens) per layer], masks pooled
+    """TokenCompose's L_token over image→text attention maps `probs` [(B, N, tokens) per layer], masks pooled
     to each layer's square grid. Zero when no token is supervised."""
+    if probs:  # a context shorter than the tokenizer's ids (the flow model's 40 tokens): the words past it are
+        # not in the network's input, so nothing grounds them
+        tokens = probs[0].shape[-1]
+        token_masks, supervised = token_masks[:, :tokens], supervised[:, :tokens]
     weight = supervised.float()
     if not probs or weight.sum() == 0:
         return token_masks.new_zeros(())

@@ -257,7 +257,8 @@ def train_unet(model: AnyModel, config: TrainConfig, scenes: list,
         if masks is None or config.attention_loss <= 0:
             loss = total = objective.loss(network, conditioning, x0, generator)
         else:
-            collector = CrossAttentionCollector()
+            # the context's tokens (B, L, width): an MMDiT's joint attention holds them after its image tokens
+            collector = CrossAttentionCollector(text_tokens=conditioning[0].shape[1])
             with observe_attention(collector):
                 loss = objective.loss(network, conditioning, x0, generator)
             token_masks, supervised = token_targets(world, [scenes[i] for i in chosen], [masks[i] for i in chosen],

@@ -5,7 +5,6 @@ sampled."""
 import json
 import math
 
-import pytest
 import torch
 
 from diffx.embedded.config import TrainConfig
@@ -13,7 +12,6 @@ from diffx.embedded.export import export_model
 from diffx.embedded.flow_model import CONTEXT_TOKENS, flow_model_config, inherited_fields, initialise_flow_model
 from diffx.embedded.objectives import DenoisingObjective
 from diffx.embedded.train import train
-from diffx.errors import InvalidArgumentError
 from diffx.models.any_model import build_model, config_to_dict
 from diffx.models.configs import shapes_world, shapes_world_2
 from diffx.models.sd3 import SD3Config, StableDiffusion3
@@ -77,8 +75,18 @@ def test_the_objective_of_each_family():
     flow, unet = DenoisingObjective(_toy()), DenoisingObjective(shapes_world())
     assert flow.network_name == "MMDiT" and "velocity" in flow.title and flow.schedule is None
     assert unet.network_name == "U-Net" and "epsilon" in unet.title and unet.schedule is not None
-    with pytest.raises(InvalidArgumentError, match="attention_loss"):
-        TrainConfig(model=config_to_dict(_toy()), attention_loss=0.1)
+
+
+def test_a_toy_flow_run_grounds_the_joint_attentions_image_to_text_quadrant(tmp_path):
+    """--attention-loss on an MMDiT: the grounding loss is computed on its joint attention (recorded, positive) and
+    the card says which attention it taught."""
+    out = tmp_path / "run"
+    _, summary = train(TrainConfig(out_dir=str(out), world="shapes", model=config_to_dict(_toy()), vae_steps=1,
+                                   vae_batch=2, vae_crop=16, unet_steps=2, unet_batch=4, pool_size=4,
+                                   checkpoint_every=2, device="cpu", attention_loss=0.1, caption_dropout=0.0))
+    assert 0 < summary["unet"]["final_grounding_loss"] < 1
+    export_model(out, tmp_path / "model")
+    assert "image→text quadrant of the joint attention" in (tmp_path / "model" / "MODEL_CARD.md").read_text("utf-8")
 
 
 def test_a_toy_flow_run_resumes_exports_loads_and_generates(tmp_path):

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from diffx.embedded import world
+from diffx.embedded.flow_model import CONTEXT_TOKENS, flow_model_config
 from diffx.embedded.grounding import CrossAttentionCollector, grounding_loss, token_targets
 from diffx.embedded.shapes import Scene, ShapeObject, object_masks
 from diffx.embedded.worlds import WORLDS
+from diffx.models.any_model import build_model
 from diffx.models.attention import observe_attention
-from diffx.models.configs import tiny
+from diffx.models.configs import shapes_world, tiny
 from diffx.models.stable_diffusion import build
 from diffx.models.tokenizer import ClipTokenizer
 
@@ -121,3 +123,29 @@ def test_a_rightly_named_grid_cell_grounds_its_position_words_and_a_wrong_one_do
         "lime</w>", "star</w>", "top</w>", "left</w>"]
     assert supervised("a lime star in the bottom right") == ["lime</w>", "star</w>"]  # a wrong cell teaches nothing
     assert supervised("a lime star") == ["lime</w>", "star</w>"]
+
+
+def test_collector_keeps_an_mmdits_image_to_text_quadrant_with_gradients():
+    """The flow model has joint attention: the collector keeps its image→text quadrant, each image query's row
+    renormalised to 1 over the text tokens, and the loss reaches the attention's projections."""
+    torch.manual_seed(0)
+    model = build_model(flow_model_config(shapes_world(), depth=2, heads=2, head_dim=16))
+    ids = torch.tensor([model.tokenizer.encode("a red circle").ids])
+    context, pooled = model.text_encoder(ids)  # (1, 40, 64), (1, 64)
+    x = torch.randn(1, 4, 8, 8)  # (B, 4, 8, 8) latents -> 16 image tokens of 2x2 patches
+    collector = CrossAttentionCollector(text_tokens=context.shape[1])
+    with observe_attention(collector):
+        model.transformer(x, torch.tensor([500.0]), context, pooled)
+    joint_layers = [m for m in model.transformer.modules() if getattr(m, "kind", None) == "joint"]
+    assert len(collector.probs) == len(joint_layers) > 0
+    assert all(p.shape == (1, 16, CONTEXT_TOKENS) and p.requires_grad for p in collector.probs)
+    torch.testing.assert_close(collector.probs[0].sum(-1), torch.ones(1, 16))
+    token_masks = torch.zeros(1, 77, 4, 4)  # the tokenizer's ids may run past the context: cut to its 40
+    token_masks[0, 2, :2, :2] = 1.0
+    supervised = torch.zeros(1, 77, dtype=torch.bool)
+    supervised[0, 2] = True
+    loss = grounding_loss(collector.probs, token_masks, supervised)
+    loss.backward()
+    grads = [p.grad for name, p in model.transformer.named_parameters() if name.endswith(("attn.qkv.weight",))]
+    assert 0 < loss.item() < 1 and grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert CrossAttentionCollector().wants(joint_layers[0]) is False  # without the text length: U-Net only

@@ -31,6 +31,8 @@ def test_smoke_run_trains_an_mmdit_on_shapes_world_2s_latents(tmp_path):
     assert flow.tiny_decoder is not None
     for name, tensor in unet.tiny_decoder.state_dict().items():
         assert torch.equal(tensor, flow.tiny_decoder.state_dict()[name]), name
+    runs = json.loads((model / "training.json").read_text(encoding="utf-8"))["runs"]
+    assert runs[-1]["settings"]["attention_loss"] == 0.01 and runs[-1]["unet"]["final_grounding_loss"] > 0
     tuning = json.loads((model / "guidance_tuning.json").read_text(encoding="utf-8"))
     assert flow.config.default_guidance == tuning["chosen"] and (run / "quality.json").is_file()
     last = completed.stdout.strip().splitlines()[-1]

@@ -52,7 +52,6 @@ PATH_CASES = [
     ("--family sd3 with a U-Net's target", ["--family", "sd3", "--prediction-type", "v_prediction"],
      "--prediction-type"),
     ("--family sd3 with --zero-snr", ["--family", "sd3", "--zero-snr"], "--zero-snr"),
-    ("--family sd3 with the attention loss", ["--family", "sd3", "--attention-loss", "0.01"], "attention_loss"),
     ("--family sd3 from another world's model", ["--family", "sd3", "--world", "shapes2", "--init-from", "{other}"],
      "--init-from"),
     ("--prediction-type unknown", ["--prediction-type", "x0"], "prediction"),
