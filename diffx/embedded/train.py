@@ -318,8 +318,10 @@ def train(config: TrainConfig, preview: Callable[[AnyModel, Path], None] | None 
     if ranks.main:  # rank 0 renders the pool and writes the folder's first files; the others then read them
         save_train_config(config)
         scenes, images = scene_pool(config)
-        if config.init_from and not (out / VAE_CHECKPOINT).exists():
-            _initialise_from(model, config)
+        if config.init_from and not (out / UNET_CHECKPOINT).exists():
+            # also when resumed before the U-Net stage's first checkpoint (stopped during the pool's latent
+            # encode, say): its weights then come from init_from still, not from a fresh initialisation
+            _initialise_from(model, config, first=not (out / VAE_CHECKPOINT).exists())
     barrier(ranks)
     if not ranks.main:
         scenes, images = scene_pool(config)
@@ -347,21 +349,24 @@ def train(config: TrainConfig, preview: Callable[[AnyModel, Path], None] | None 
     return model, summary
 
 
-def _initialise_from(model: AnyModel, config: TrainConfig) -> None:
+def _initialise_from(model: AnyModel, config: TrainConfig, first: bool = True) -> None:
     """Start from a shipped model instead of random weights, with its VAE counted as fully trained.
 
     The optimiser state is not shipped, so a continued run starts a fresh AdamW (and warm-up); this is
     how training goes on across sittings from the weights in data/. A flow model starts from a U-Net model's VAE
-    and text encoder (`flow_model.initialise_flow_model`).
+    and text encoder (`flow_model.initialise_flow_model`). `first`: the run's first start, which also copies the
+    history and writes the VAE's checkpoint (a resumed run has both, and loads the weights again).
     """
     source = load_model(config.init_from)
-    # The history goes into the training folder, so re-exporting over init_from cannot lose it.
-    copy_history(config.init_from, config.out_dir)
     if isinstance(model, StableDiffusion3):
         initialise_flow_model(model, source)
     else:
         for name, module in model.modules().items():
             module.load_state_dict(getattr(source, name).state_dict())  # fp16 -> fp32 by the copy
+    if not first:
+        return
+    # The history goes into the training folder, so re-exporting over init_from cannot lose it.
+    copy_history(config.init_from, config.out_dir)
     vae_optimizer = torch.optim.AdamW(model.vae.parameters(), lr=config.vae_lr)
     save_checkpoint(Path(config.out_dir) / VAE_CHECKPOINT, {
         "vae": model.vae.state_dict(), "optimizer": vae_optimizer.state_dict(),
