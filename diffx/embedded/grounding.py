@@ -21,8 +21,9 @@ must then know where they are and the position words' values can carry the objec
 model never learnt position words (benchmarks/signal_leak.py: it read the layout from x_T instead).
 
 An MMDiT (the flow model, `--family sd3`) has no cross-attention: one joint attention over image and text
-tokens. Its image→text quadrant, renormalised per image query, is what the pointing game reads as the
-words' maps (`diffx.trace.tracer`), so the same loss supervises that quadrant.
+tokens. Its image→text quadrant is what the tracer records as the words' maps (`diffx.trace.tracer`, what the
+pointing game reads), so the same loss supervises that quadrant; the loss's own normalisation (each token's
+mass over the image) makes the share of each query's attention that goes to the text irrelevant.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _phrase_indices(words: Sequence[str], phrase: Sequence[str], start: int) -> 
 class CrossAttentionCollector:
     """An attention observer (diffx.models.attention) that keeps every image→text attention map, with gradients,
     for `grounding_loss`: a U-Net's cross-attention, or the image→text quadrant of an MMDiT's joint attention
-    (image tokens first, then the `text_tokens` of the context), renormalised per image query."""
+    (image tokens first, then the `text_tokens` of the context), as the tracer records it."""
 
     def __init__(self, text_tokens: int | None = None) -> None:
         self.text_tokens = text_tokens
@@ -91,8 +92,7 @@ class CrossAttentionCollector:
         if layer.kind == "joint":
             # (B, heads, N_img + N_txt, N_img + N_txt) -> image queries' text keys (B, heads, N_img, N_txt)
             n_image = probs.shape[-1] - self.text_tokens
-            quadrant = probs[:, :, :n_image, n_image:]
-            probs = quadrant / quadrant.sum(-1, keepdim=True).clamp_min(1e-12)
+            probs = probs[:, :, :n_image, n_image:]
         self.probs.append(probs.mean(1))  # (B, N_query, tokens), mean over heads
 
 
