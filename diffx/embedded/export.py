@@ -17,9 +17,10 @@ from diffx.embedded.world_quality import TUNING_FILE
 from diffx.errors import CheckpointError
 from diffx.files import atomic_output
 from diffx.models.any_model import AnyModel
-from diffx.models.tiny_decoder import TinyDecoder
 from diffx.render import fit_latent_rgb_mlp
 from diffx.weights.load import load_model, save_model
+
+PREVIEW_FIELDS = ("latent_rgb_factors", "latent_rgb_bias", "latent_rgb_hidden_weight", "latent_rgb_hidden_bias")
 
 
 @torch.no_grad()
@@ -29,11 +30,8 @@ def fit_preview(model: AnyModel, images: torch.Tensor, count: int = 512) -> None
     x = to_unit(images[:count])
     latents = model.vae.encode(x).mean * model.config.vae.scaling_factor
     preview = fit_latent_rgb_mlp(latents, x)
-    vae = model.config.vae
-    vae.latent_rgb_factors = _nested(preview["factors"])
-    vae.latent_rgb_bias = _nested(preview["bias"])
-    vae.latent_rgb_hidden_weight = _nested(preview["hidden_weight"])
-    vae.latent_rgb_hidden_bias = _nested(preview["hidden_bias"])
+    for name, key in zip(PREVIEW_FIELDS, ("factors", "bias", "hidden_weight", "hidden_bias"), strict=True):
+        setattr(model.config.vae, name, _nested(preview[key]))
 
 
 def _nested(tensor: torch.Tensor) -> tuple:
@@ -48,9 +46,13 @@ def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = 
     model, states = model_from_checkpoints(out)
     train_config = load_train_config(out)
     config = TrainConfig(**{**train_config, "out_dir": str(out)})
-    _, images = scene_pool(config)
-    fit_preview(model, images)
-    model.tiny_decoder = inherited_tiny_decoder(model, train_config.get("init_from"))
+    source = same_vae_source(model, train_config.get("init_from"))
+    if source is None:
+        _, images = scene_pool(config)
+        fit_preview(model, images)
+        model.tiny_decoder = None
+    else:  # the VAE it started from, kept frozen: its previews, fitted to these very latents, come along
+        inherit_previews(model, source)
     model.source = "embedded shapes-world model"
     save_model(model, folder, dtype=torch.float16)
     runs = [*read_runs(out), run_record(train_config, states, config.pool_scenes)]
@@ -59,19 +61,27 @@ def export_model(out_dir: str | Path, folder: str | Path, scores: dict | None = 
     return model
 
 
-def inherited_tiny_decoder(model: AnyModel, init_from: str | None) -> TinyDecoder | None:
-    """The tiny preview decoder of the model a run started from (`--init-from`), when `model`'s VAE is still that
-    model's bit for bit (as stored, fp16): it was trained to decode exactly these latents. The flow model keeps
-    shapes-world-2's VAE frozen, so it inherits that model's decoder; a run that trained its VAE gets none."""
+def same_vae_source(model: AnyModel, init_from: str | None) -> AnyModel | None:
+    """The model a run started from (`--init-from`), when `model`'s VAE is still that model's bit for bit (as
+    stored, fp16) at the same latent scaling; else None (trained from scratch, or a run that trained its VAE).
+    The flow model keeps shapes-world-2's VAE frozen, so its latents are that model's, value for value."""
     if not init_from:
         return None
     source = load_model(init_from)
-    if source.tiny_decoder is None:
-        return None
     ours, theirs = model.vae.state_dict(), source.vae.state_dict()
     same = ours.keys() == theirs.keys() and all(
         torch.equal(ours[key].to(theirs[key].dtype), theirs[key]) for key in ours)
-    return source.tiny_decoder if same else None
+    return source if same and model.config.vae.scaling_factor == source.config.vae.scaling_factor else None
+
+
+def inherit_previews(model: AnyModel, source: AnyModel) -> None:
+    """Give `model` the latent previews of `source`, whose VAE and scaling it shares (`same_vae_source`): the
+    latent → RGB preview and the tiny decoder (if it has one), both fitted to exactly these latents, so a refit
+    (2,000 MLP steps on 512 pool pictures) would only add fitting noise."""
+    ours, theirs = model.config.vae, source.config.vae
+    for name in PREVIEW_FIELDS:
+        setattr(ours, name, getattr(theirs, name))
+    model.tiny_decoder = source.tiny_decoder
 
 
 def record_default_guidance(folder: str | Path, tuning: dict) -> float:

@@ -62,6 +62,7 @@ from diffx.models.attention import observe_attention
 from diffx.models.sd3 import StableDiffusion3
 from diffx.models.vae import DiagonalGaussian
 from diffx.render import plot_loss_curve, save_png
+from diffx.weights.config_schema import read_any_model_config
 from diffx.weights.load import load_model
 
 
@@ -335,7 +336,11 @@ def train(config: TrainConfig, preview: Callable[[AnyModel, Path], None] | None 
     for p in model.vae.parameters():
         p.requires_grad_(False)
     latent_mean, latent_std = pool_latents(model, images, out / LATENTS_FILE, write=ranks.main)
-    model.config.vae.scaling_factor = latent_scaling_factor(latent_mean, latent_std)
+    # A VAE taken over from --init-from (counted as trained) keeps that model's latent scale, which its denoiser
+    # and previews were fitted to; re-estimated on this run's pool it would drift with the pool's size
+    model.config.vae.scaling_factor = (
+        read_any_model_config(Path(config.init_from).expanduser() / "config.json").vae.scaling_factor
+        if config.init_from else latent_scaling_factor(latent_mean, latent_std))
     config.model = config_to_dict(model.config)
     masks = None
     if config.attention_loss > 0:

@@ -106,9 +106,12 @@ def test_a_toy_flow_run_resumes_exports_loads_and_generates(tmp_path):
     result = generate(loaded, GenerationSettings(prompt="a red circle", steps=2, seed=0))
     assert result.images[0].shape == (64, 64, 3)
     # --init-from the exported flow model: a new run starts from all of its weights (its VAE counted as trained)
-    onward = {**settings, "out_dir": str(tmp_path / "again"), "unet_steps": 1, "init_from": str(tmp_path / "model")}
+    onward = {**settings, "out_dir": str(tmp_path / "again"), "unet_steps": 1, "init_from": str(tmp_path / "model"),
+              "pool_size": 6}
     again, _ = train(TrainConfig(**onward))
     torch.testing.assert_close(again.vae.state_dict(), loaded.vae.float().state_dict())
+    # ... and its latent scale, though this run's pool (6 scenes, not 4) would estimate another
+    assert again.config.vae.scaling_factor == loaded.config.vae.scaling_factor
     # Stopped before the MMDiT stage's first checkpoint (the VAE's, written at the start, is there) and run
     # again: the MMDiT still starts from init_from's weights, so the run ends where the unbroken one did.
     stopped = tmp_path / "stopped"
