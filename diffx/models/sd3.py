@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from diffx.models.clip import TextEncoder
 from diffx.models.configs import SchedulerConfig, TextEncoderConfig, VAEConfig, json_lists, sd3_vae, tuples
+from diffx.models.fast_cpu import use_channels_last
 from diffx.models.mmdit import MMDiT, MMDiTConfig, sd3_medium, sd35_large, sd35_medium
 from diffx.models.parts import ModelParts
 from diffx.models.stable_diffusion import parameters_on_meta
@@ -206,7 +207,9 @@ class StableDiffusion3(ModelParts):
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StableDiffusion3:
         """Move (and cast floating-point weights of) every component, in place; returns self. In fp16, T5 keeps
-        its feed-forward outputs in fp32 (`T5Encoder.to_dtype`), as transformers does: they overflow fp16."""
+        its feed-forward outputs in fp32 (`T5Encoder.to_dtype`), as transformers does: they overflow fp16. On the
+        CPU the convolution weights (the VAE's, the patch embedding's) are stored channels-last, as
+        `StableDiffusion.to` stores them."""
         for name, module in self.modules().items():
             if name == "text_encoder" and self.config.t5 is not None:
                 for part in (module.clip_l, module.clip_g):
@@ -216,6 +219,8 @@ class StableDiffusion3(ModelParts):
                     t5.to_dtype(dtype)
             else:
                 module.to(device=device, dtype=dtype)
+        if self.device.type == "cpu":
+            use_channels_last(self.modules().values(), keep_mapped=True)
         return self
 
 

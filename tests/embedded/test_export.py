@@ -21,7 +21,8 @@ def test_the_source_counts_only_while_the_vae_is_its_bit_for_bit_at_the_same_sca
     assert same_vae_source(model, str(EMBEDDED_MODEL_DIR)) is None
     model = load_model(EMBEDDED_MODEL_DIR, dtype=torch.float32)
     with torch.no_grad():
-        next(model.vae.parameters()).view(-1)[0] += 1e-2  # a VAE trained on: its latents are not the previews'
+        weight = next(model.vae.parameters())
+        weight[(0,) * weight.dim()] += 1e-2  # a VAE trained on: its latents are not the previews'
     assert same_vae_source(model, str(EMBEDDED_MODEL_DIR)) is None
 
 

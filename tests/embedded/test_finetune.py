@@ -97,6 +97,7 @@ def test_diffusers_loads_the_lora_and_draws_diffx_picture(trained_lora, tokenize
     model, result, path = trained_lora
     pipe = diffusers_pipeline(model, tokenizer_folder)
     pipe.load_lora_weights(str(path))
+    pipe.unet.to(memory_format=torch.channels_last)  # as diffx holds convolution weights on the CPU
     ids = model.tokenizer([PROMPT, ""])
     x, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3)), torch.tensor([999, 500])
     with torch.no_grad():

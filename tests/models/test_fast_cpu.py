@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 from diffx.models import fast_cpu
@@ -17,6 +18,7 @@ from diffx.models.fast_cpu import _PACKED, FAST_DTYPE, PackedConv2d, onednn_bf16
 from diffx.models.stable_diffusion import build
 from diffx.models.unet import UNet
 from diffx.models.vae import AutoencoderKL, ResnetBlock
+from diffx.weights.safetensors_map import map_safetensors
 
 # The precision tests run on every CPU (bf16 on PyTorch's own kernels where oneDNN has none); the tests of the
 # packed kernel itself need oneDNN's bf16 convolutions (x86: AVX512-BW/VL/DQ or AVX-NE-CONVERT).
@@ -103,6 +105,34 @@ def test_observers_see_fp32_attention_on_the_fast_path(unets):
         fast(x, t, context)
     assert seen and all(probs.dtype == torch.float32 for probs in seen)
     assert torch.allclose(seen[0].sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_an_fp32_model_on_the_cpu_keeps_its_convolution_weights_channels_last():
+    """fp32 is not the fast path (no bf16, no packing), but its convolutions get the NHWC weights oneDNN wants
+    (benchmarks/channels_last.py); the numbers are fp32's, to rounding."""
+    torch.manual_seed(0)
+    model = build(tiny()).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    context = torch.randn(2, 77, model.config.unet.context_dim)
+    with torch.no_grad():
+        reference = model.unet(x, t, context)
+    model.to("cpu")
+    convolutions = [p for module in (model.unet, model.vae) for p in module.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert model.dtype == torch.float32 and not is_fast_path(model.unet)
+    with torch.no_grad():
+        torch.testing.assert_close(model.unet(x, t, context), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_weight_mapped_from_a_file_keeps_its_place_unless_asked(tmp_path):
+    """keep_mapped: copying a file-backed weight into the NHWC layout would hold it in memory twice."""
+    save_file({"weight": torch.randn(8, 4, 3, 3)}, str(tmp_path / "conv.safetensors"))
+    conv = nn.Conv2d(4, 8, 3, bias=False)
+    conv.weight.data = map_safetensors(tmp_path / "conv.safetensors")["weight"]
+    fast_cpu.use_channels_last([conv], keep_mapped=True)
+    assert fast_cpu.is_mapped(conv.weight) and not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    fast_cpu.use_channels_last([conv])  # the bf16 path's call: the layout matters more than the memory there
+    assert not fast_cpu.is_mapped(conv.weight) and conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_model_cast_to_bf16_on_the_cpu_runs_the_fast_path():
