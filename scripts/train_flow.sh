@@ -18,12 +18,14 @@
 #                                           # the smoke test runs it at 0.01)
 #
 # Stages:
-#   1. diffx train --family sd3 (resumes from $RUN's checkpoints; the scene pool is rendered first when missing),
-#      from $INIT: shapes-world-2 (its VAE and text encoder) or a flow model (all of it)
-#   2. export to $MODEL (skipped when the model is newer than the last checkpoint)
-#   3. benchmarks/tune_guidance.py --write: the default guidance, chosen on 128 validation prompts
-#   4. benchmarks/embedded_quality.py --card: the v2 measures on 300 held-out prompts ($RUN/quality.json)
-#   5. benchmarks/steps_by_model.py: "every attribute" at 4, 8 and 25 steps, beside $BASE's DDIM (shapes-world-2)
+#   1. the scene pool, rendered on every core (diffx.embedded.pool_render; skipped when pool.pt exists): on a
+#      2-core AMD EPYC 1,000 scenes took 21.5 s on both cores, 34.4 s on one (20,000: ~7 min instead of ~11)
+#   2. diffx train --family sd3 (resumes from $RUN's checkpoints), from $INIT: shapes-world-2 (its VAE and text
+#      encoder) or a flow model (all of it); the pool's latents are encoded first (20-50 min on that CPU)
+#   3. export to $MODEL (skipped when the model is newer than the last checkpoint)
+#   4. benchmarks/tune_guidance.py --write: the default guidance, chosen on 128 validation prompts
+#   5. benchmarks/embedded_quality.py --card: the v2 measures on 300 held-out prompts ($RUN/quality.json)
+#   6. benchmarks/steps_by_model.py: "every attribute" at 4, 8 and 25 steps, beside $BASE's DDIM (shapes-world-2)
 #
 # Sizing, measured on this project's 2-core CPU (batch 64, a 40-token context, one AdamW step of the text encoder
 # and the MMDiT), on 2 threads with the machine otherwise idle: 0.55-0.57 s a step on an Intel CPU with AMX (the first
@@ -60,22 +62,25 @@ fi
 source scripts/stages.sh
 if [[ ${#NICE[@]} -gt 0 ]]; then background_priority; fi
 
-stage "1. train the MMDiT ($UNET_STEPS steps at batch $BATCH, lr $LR, $THREADS thread(s)) from $INIT"
+stage "1. scene pool ($POOL scenes, on every core)"
+"${NICE[@]}" "$PY" -m diffx.embedded.pool_render --out-dir "$RUN" --world shapes2 --pool-size "$POOL"
+
+stage "2. train the MMDiT ($UNET_STEPS steps at batch $BATCH, lr $LR, $THREADS thread(s)) from $INIT"
 "${NICE[@]}" "$PY" -m diffx train --family sd3 --world shapes2 --init-from "$INIT" --out-dir "$RUN" \
   --pool-size "$POOL" --unet-steps "$UNET_STEPS" --batch "$BATCH" --lr "$LR" --checkpoint-every "$CKPT" \
   --threads "$THREADS" --device cpu --attention-loss "${ATTENTION_LOSS:-0}" --no-previews
 
-stage "2. export to $MODEL"
+stage "3. export to $MODEL"
 export_model "$RUN" "$MODEL"
 
-stage "3. default guidance, chosen on validation prompts (never the reported ones)"
+stage "4. default guidance, chosen on validation prompts (never the reported ones)"
 # shellcheck disable=SC2086  # TUNE_ARGS is a list of options
 tune_guidance "$MODEL" $TUNE_ARGS
 
-stage "4. quality benchmark"
+stage "5. quality benchmark"
 # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
 measure_quality "$RUN" "$MODEL" $EVAL_ARGS
 
-stage "5. adherence by step count, beside shapes-world-2"
+stage "6. adherence by step count, beside shapes-world-2"
 # shellcheck disable=SC2086  # STEPS_ARGS is a list of options
 "$PY" -m benchmarks.steps_by_model --models "$BASE,$MODEL" $STEPS_ARGS

@@ -1,6 +1,6 @@
-"""scripts/train_flow.sh, the prepared run of the embedded flow model, end to end at toy size (SMOKE=1): 2 steps of
-`diffx train --family sd3` from shapes-world-2, the export, the guidance tuning, the quality benchmark and the steps
-comparison, all under a temporary folder (about 40 s)."""
+"""scripts/train_flow.sh, the prepared run of the embedded flow model, end to end at toy size (SMOKE=1): the scene
+pool, 2 steps of `diffx train --family sd3` from shapes-world-2, the export, the guidance tuning, the quality
+benchmark and the steps comparison, all under a temporary folder (about 40 s)."""
 
 import json
 import os
@@ -23,6 +23,7 @@ def test_smoke_run_trains_an_mmdit_on_shapes_world_2s_latents(tmp_path):
     completed = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True,
                                text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "== 1. scene pool (64 scenes, on every core)" in completed.stdout and (run / "pool.pt").is_file()
     flow, unet = load_model(model), load_model(EMBEDDED_MODEL_DIR)
     assert isinstance(flow, StableDiffusion3) and flow.config.scheduler.prediction_type == "flow"
     for name, tensor in unet.vae.state_dict().items():  # the VAE taken over frozen: one latent space for both
