@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from diffx.devices import resolve_device
 from diffx.embedded.world_quality import GROUPS, generate_pictures, grouped_rates
 from diffx.embedded.world_text import make_eval_prompts
 from diffx.pipeline.settings import GenerationSettings
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="evaluation prompts")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (the reported figures), cuda, … or auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prompts, seeds = make_eval_prompts(args.n, 0), list(range(args.n))
@@ -43,7 +45,7 @@ def main() -> None:
         table.add_column(column)
     last = []
     for name in args.models.split(","):
-        model = load_model(name)
+        model = load_model(name).to(resolve_device(args.device))
         sampler = GenerationSettings().resolved(model).sampler
         for count in steps:
             started = time.perf_counter()

@@ -39,6 +39,21 @@ measure_quality() {
   fi
 }
 
+# copy_to_out MODEL RUN PATTERN…: on a device machine ($OUT set: what is written under it comes back), MODEL and
+# RUN's files matching each PATTERN (a glob relative to RUN) copied under $OUT; nothing without $OUT
+copy_to_out() {
+  [[ -n "${OUT:-}" ]] || return 0
+  local model="$1" run="$2" pattern
+  shift 2
+  mkdir -p "$OUT/$model" "$OUT/$run"
+  cp -r "$model"/. "$OUT/$model"/
+  for pattern in "$@"; do
+    # shellcheck disable=SC2086  # the pattern is a glob to expand
+    cp "$run"/$pattern "$OUT/$run"/ 2>/dev/null || true
+  done
+  echo "copied $model and $run's results under \$OUT"
+}
+
 # background_priority: `nice -n 19` only orders processes *within* one scheduler autogroup, and Linux gives every
 # session its own (with /proc/sys/kernel/sched_autogroup_enabled): a run started with setsid then takes a full
 # share of the CPU beside a shell's work whatever its nice (measured: 94% of a core beside a test run). Where this

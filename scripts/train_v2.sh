@@ -150,10 +150,5 @@ from diffx.embedded.world_quality import world_last_line
 
 print(world_last_line(json.load(open(sys.argv[1], encoding="utf-8"))))
 EOF
-if [[ -n "${OUT:-}" ]]; then  # a device machine: what is written under $OUT comes back
-  mkdir -p "$OUT/$MODEL" "$OUT/$RUN"
-  cp -r "$MODEL"/. "$OUT/$MODEL"/
-  cp "$RUN"/quality.json "$RUN"/*.png "$RUN"/train_config.json "$OUT/$RUN"/ 2>/dev/null || true
-  echo "copied $MODEL and $RUN's results under \$OUT"
-fi
+copy_to_out "$MODEL" "$RUN" quality.json '*.png' train_config.json
 echo "done in ${SECONDS}s: $MODEL (MODEL_CARD.md, guidance_curve.png), $RUN/quality.json"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffx.models.sd3 import StableDiffusion3
@@ -38,3 +39,16 @@ def test_smoke_run_trains_an_mmdit_on_shapes_world_2s_latents(tmp_path):
     assert flow.config.default_guidance == tuning["chosen"] and (run / "quality.json").is_file()
     last = completed.stdout.strip().splitlines()[-1]
     assert last.startswith(f"{unet.config.name}@2=") and f" {flow.config.name}@2=" in last
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, GPU=1 would start the real run")
+def test_gpu_mode_refuses_a_machine_without_cuda_before_any_work(tmp_path):
+    """GPU=1 on a machine without CUDA: one line naming the problem and the fix, exit 2, nothing written."""
+    run = tmp_path / "run"
+    env = {**os.environ, "GPU": "1", "RUN": str(run), "MODEL": str(tmp_path / "model"), "PYTHON": sys.executable}
+    completed = subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True,
+                               text=True, timeout=120)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert completed.stderr.strip() == ("no CUDA device: GPU=1 is for a CUDA machine; on the CPU leave GPU unset "
+                                        "(SMOKE=1: the smoke test)")
+    assert not run.exists() and "==" not in completed.stdout
