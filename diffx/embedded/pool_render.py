@@ -3,8 +3,9 @@
 `scene_pool` renders the pool in one process the first time a training folder is used (about 18 ms per
 128 px v2 scene: 30,000 scenes take ~9 minutes, longer than the GPU stage they feed). `render_pool` draws
 the same scenes from the same generator, renders them in a process pool and writes `pool.POOL_FILE`, which
-`scene_pool` then reads instead of rendering. Rendering is deterministic, so the file is byte for byte the
-one `scene_pool` would have written (a test checks it).
+`scene_pool` then reads instead of rendering. Rendering is deterministic, so the file holds exactly the pictures
+`scene_pool` would have written (a test checks the tensors; the bytes differ in the archive's internal name,
+which torch.save takes from the temporary file the write goes through).
 
     python -m diffx.embedded.pool_render --out-dir runs/shapes-world-2 --world shapes2 --pool-size 20000
 """
