@@ -25,7 +25,8 @@
 #   1. the scene pool, rendered on every core (diffx.embedded.pool_render; skipped when pool.pt exists): on a
 #      2-core AMD EPYC 1,000 scenes took 21.5 s on both cores, 34.4 s on one (20,000: ~7 min instead of ~11)
 #   2. diffx train --family sd3 (resumes from $RUN's checkpoints), from $INIT: shapes-world-2 (its VAE and text
-#      encoder) or a flow model (all of it); the pool's latents are encoded first (20-50 min on that CPU)
+#      encoder) or a flow model (all of it); the pool's latents are encoded first (on that CPU ~8 min with
+#      nothing else running: 256 pictures took 6.0 s; 20-50 min when starved beside other work)
 #   3. export to $MODEL (skipped when the model is newer than the last checkpoint)
 #   4. benchmarks/tune_guidance.py --write: the default guidance, chosen on 128 validation prompts
 #   5. benchmarks/embedded_quality.py --card: the v2 measures on 300 held-out prompts ($RUN/quality.json)
