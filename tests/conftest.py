@@ -1,11 +1,22 @@
-"""Shared fixtures."""
+"""Shared fixtures, and how a pytest-xdist worker computes (README's test command runs two workers)."""
 
-import pytest
-import torch
+import os
 
-from diffx.models.configs import tiny
-from diffx.models.stable_diffusion import build
-from diffx.weights.load import save_model
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: each computes on one thread (OpenMP reads this when torch loads, just below), as two
+    # workers of two threads would wait on each other at every barrier; the commands a test starts inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # xdist gives its workers COLUMNS=80, and a rich Console made at import would keep that width for good,
+    # whatever a test's monkeypatch.setenv("COLUMNS", …) says later.
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from diffx.models.configs import tiny  # noqa: E402
+from diffx.models.stable_diffusion import build  # noqa: E402
+from diffx.weights.load import save_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

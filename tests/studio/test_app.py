@@ -156,7 +156,10 @@ def test_an_edit_runs_prompt_to_prompt_on_a_finished_run(client):
     assert set(edit["pictures"]) == {"source", "plain", "injected"}
     assert [data["done"] for kind, data in events if kind == "progress"] == list(range(1, 10))
     source = dict(_events(client, run_id))["image"]["image"]
-    assert np.array_equal(_picture(edit["pictures"]["source"]), _picture(source))
+    # The edit computes its source again, recording attention to inject: the same picture to float rounding, which
+    # on one thread (the test's under README's two workers) moves a value by one grey level in a few pixels.
+    difference = np.abs(_picture(edit["pictures"]["source"]).astype(int) - _picture(source).astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
 
 
 def test_closing_the_event_stream_cancels_the_run(client):
