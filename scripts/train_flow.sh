@@ -18,8 +18,8 @@
 #                                           # go on from the shipped flow model (every weight; a fresh AdamW and
 #                                           # warm-up, as the optimiser state is not shipped), into a new run folder
 #   ATTENTION_LOSS=0.01 bash …              # with the attention-grounding loss on the joint attention's image→text
-#                                           # quadrant (diffx/embedded/grounding.py; default 0, as the shipped runs;
-#                                           # the smoke test runs it at 0.01)
+#                                           # quadrant (diffx/embedded/grounding.py; default 0; the shipped model's
+#                                           # third sitting ran at 0.01, the smoke test does too)
 #
 # Stages:
 #   1. the scene pool, rendered on every core (diffx.embedded.pool_render; skipped when pool.pt exists): on a

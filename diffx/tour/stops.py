@@ -159,8 +159,9 @@ STOPS: tuple[Stop, ...] = (
         ("(`--x model=…`: models side by side, named as `--model` takes them, each with its own sampler, steps, "
          "guidance and schedule unless given): shapes-world-2, a U-Net trained on a diffusion schedule, beside "
          "shapes-world-flow, SD3's MMDiT trained with rectified flow on the same world and latents. Each cell "
-         "counts its own network's evaluations. Notice that the flow model, trained for 2.4 hours against v2's ten "
-         "hours, draws the star where it is asked and in its colour, but not yet its stripes:",),
+         "counts its own network's evaluations. Notice that the flow model, trained for 3.4 hours against v2's ten "
+         "hours, draws the star where it is asked, in its colour and with its stripes, but smaller and with a "
+         "rougher outline:",),
         (TourFile("two_models.png", "the two embedded models side by side at 4, 8 and 25 steps"),),
         ("compare", "--x", "model=shapes-world-2,shapes-world-flow", "--y", "steps=4,8,25", "--prompt",
          "a purple striped star in the center on a pale green background", "--seed", "3",
